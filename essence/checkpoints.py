@@ -1,0 +1,94 @@
+"""Reading weight files safely.
+
+Users download checkpoints from strangers. A ``.pt`` file is a pickle, and a pickle can run any
+code while it loads, so Essence only ever opens them with ``torch.load(weights_only=True)``, whose
+unpickler builds tensors and plain containers and refuses everything else. The one class we add to
+its allow-list is ``argparse.Namespace``: rosinality's training script stores its ``args`` that way,
+and a Namespace is only a bag of attributes. Everything that goes wrong is turned into one of
+Essence's own errors, naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import CorruptFileError, MissingWeightsError, UnsafeFileError, WeightFileError
+
+_SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise MissingWeightsError(f"{path}: no such file.")
+    if not path.is_file():
+        raise WeightFileError(f"{path}: is not a regular file.")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(f"{path}: the file is empty (0 bytes). Download it again.")
+
+
+def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` that never unpickles code; every failure becomes an ``EssenceError``.
+
+    ``map_location`` defaults to the CPU because research checkpoints often hold CUDA tensors
+    (TargetCLIP's ``opt_latents.pt`` does) that would not load on a machine without a GPU.
+    """
+    path = Path(path)
+    _require_file(path)
+    try:
+        with torch.serialization.safe_globals(_SAFE_EXTRA_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text and "truncated" not in text.lower():
+            raise UnsafeFileError(
+                f"{path}: refused. Loading it would need full unpickling, which can run code "
+                f"hidden in the file, so Essence does not do it. If you trust the file, convert it "
+                f"to safetensors in a separate script. Detail: {_unpickler_reason(text)}"
+            ) from None
+        raise CorruptFileError(f"{path}: not a readable PyTorch file ({_unpickler_reason(text)}). "
+                               f"It may be truncated; download it again.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CorruptFileError(
+            f"{path}: not a complete PyTorch file ({_first_line(str(exc)) or type(exc).__name__}). "
+            f"It is probably truncated or damaged; download it again."
+        ) from None
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a TorchScript zip (OpenAI's CLIP releases), which ``torch.load`` cannot read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.endswith("constants.pkl") for name in names) and any(
+        "/code/" in name for name in names
+    )
+
+
+def require_mapping(obj: Any, path: Path | str, what: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise WeightFileError(f"{path}: expected {what} (a dictionary of tensors), "
+                              f"found a {type(obj).__name__}.")
+    return obj
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _unpickler_reason(text: str) -> str:
+    """The useful line of torch's long weights-only message (e.g. 'Unsupported global: ...')."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in ("Unsupported global", "Unsupported operand", "Trying to", "truncated"):
+        for line in lines:
+            if marker in line:
+                return line
+    return lines[-1] if lines else "unknown reason"

@@ -1,0 +1,44 @@
+"""The exceptions Essence raises on purpose.
+
+Every error a user can cause (a missing or damaged file, a file of the wrong kind, a tensor of the
+wrong shape) is one of these, so callers (the CLI, the ComfyUI nodes, scripts) can catch
+``EssenceError`` and show its message, which always says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class EssenceError(Exception):
+    """Base class: an error whose message is meant for the user."""
+
+
+class WeightFileError(EssenceError):
+    """A weight file is missing, unreadable, damaged or of the wrong kind."""
+
+
+class MissingWeightsError(WeightFileError):
+    """A required weight file is not present where Essence looks for it."""
+
+
+class UnsafeFileError(WeightFileError):
+    """A file would need full unpickling (which can run code) to load; it was refused unread."""
+
+
+class CorruptFileError(WeightFileError):
+    """A file is truncated or damaged (not a complete archive, checksum mismatch)."""
+
+
+class WrongFileKindError(WeightFileError):
+    """A file is readable but holds something else (e.g. an encoder where a generator was asked)."""
+
+
+class IncompatibleWeightsError(WeightFileError):
+    """A state dict does not fit the architecture (missing, unexpected or mis-shaped tensors)."""
+
+
+class DownloadError(EssenceError):
+    """A download failed (network, server error, checksum); nothing that looks complete was left."""
+
+
+class ShapeError(EssenceError, ValueError):
+    """A tensor given to a model has the wrong shape, size, channel count or dtype."""
