@@ -1,0 +1,54 @@
+"""StyleGAN2's resampling and activation ops in plain PyTorch.
+
+The reference generator uses two compiled CUDA extensions (upfirdn2d and fused bias + leaky ReLU).
+Essence re-expresses both with standard ``torch.nn.functional`` calls so the pack needs no build
+step and runs on CPU, CUDA, MPS and ROCm alike; the results match the reference's own CPU fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+LEAKY_SLOPE = 0.2
+LEAKY_GAIN = math.sqrt(2.0)
+
+
+def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``leaky_relu(x + bias) * sqrt(2)``: the reference's fused op, bias broadcast over dim 1."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
+    return F.leaky_relu(x, LEAKY_SLOPE) * LEAKY_GAIN
+
+
+def make_blur_kernel(taps: Sequence[float]) -> torch.Tensor:
+    """Separable FIR taps -> normalised 2-D kernel (outer product, sums to 1)."""
+    k = torch.as_tensor(taps, dtype=torch.float32)
+    if k.ndim == 1:
+        k = k[None, :] * k[:, None]
+    return k / k.sum()
+
+
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """Upsample by zero insertion, pad, convolve with ``kernel`` (true convolution), downsample.
+
+    x: [B, C, H, W]; the same 2-D kernel is applied to every channel (a depthwise conv), and
+    downsampling is the conv's stride, which equals taking every ``down``-th output.
+    """
+    batch, channels, height, width = x.shape
+    if up > 1:
+        x = x.reshape(batch, channels, height, 1, width, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(batch, channels, height * up, width * up)
+    pad0, pad1 = pad
+    x = F.pad(x, [max(pad0, 0), max(pad1, 0), max(pad0, 0), max(pad1, 0)])
+    if pad0 < 0 or pad1 < 0:
+        x = x[:, :, max(-pad0, 0): x.shape[2] - max(-pad1, 0), max(-pad0, 0): x.shape[3] - max(-pad1, 0)]
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype)
+    weight = weight[None, None].expand(channels, 1, *kernel.shape)
+    return F.conv2d(x, weight, stride=down, groups=channels)

@@ -1,0 +1,454 @@
+"""The StyleGAN2 generator, key-for-key compatible with rosinality/stylegan2-pytorch.
+
+Users already have ``stylegan2-ffhq-config-f.pt`` (and e4e files that embed the same generator), so
+every module and buffer below carries the reference's name and shape and those files load with
+``strict=True``. The architecture (resolution, channel widths, style size, mapping depth) is read
+from the checkpoint's shapes, so the same code serves the 1024 px FFHQ model and tiny test models.
+
+Latent vocabulary used throughout Essence:
+  z   [B, style_dim]             a Gaussian sample
+  w   [B, style_dim]             the mapping network's output
+  W+  [B, n_latent, style_dim]   one w per synthesis layer (18 rows at 1024 px); directions live here
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import load_torch_file
+from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
+from .ops import bias_leaky_relu, make_blur_kernel, upfirdn2d
+
+NoiseSpec = str | Sequence[torch.Tensor | None]
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with StyleGAN's equalised learning rate (weights scaled at run time)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias * self.lr_mul
+        if self.activation:
+            return bias_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias=bias)
+
+
+class Blur(nn.Module):
+    def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", make_blur_kernel(taps) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """x2 upsampling with a blur kernel (used on the RGB skip path)."""
+
+    def __init__(self, taps: Sequence[float], factor: int = 2):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_blur_kernel(taps) * factor**2)
+        p = len(taps) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution.
+
+    The reference folds the style into a per-sample weight and runs a grouped conv. Scaling the
+    *input* channels by the style and the *output* channels by the demodulation coefficients is the
+    same linear map, shares one weight across the batch, and is faster for batches.
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
+                             upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # x: [B, in, H, W], w: [B, style_dim]
+        style = self.modulation(w)  # [B, in]
+        weight = (self.weight[0] * self.scale).to(x.dtype)  # [out, in, k, k]
+        x = x * style.to(x.dtype)[:, :, None, None]
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            out = self.blur(out)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # sum over (in, k, k) of (weight * style)^2, as one [B, in] x [in, out] product
+            energy = style.square() @ weight.square().sum(dim=(2, 3)).t().to(style.dtype)
+            out = out * torch.rsqrt(energy + 1e-8).to(out.dtype)[:, :, None, None]
+        return out
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channel: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class FusedLeakyReLU(nn.Module):
+    def __init__(self, channel: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_leaky_relu(x, self.bias)
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim,
+                                    upsample=upsample, blur_kernel=blur_kernel)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, w), noise))
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, w) + self.bias.to(x.dtype)
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything that fixes the generator's shapes. ``channels`` maps resolution -> width."""
+
+    size: int
+    style_dim: int
+    n_mlp: int
+    channels: tuple[tuple[int, int], ...]
+    blur_kernel: tuple[float, ...] = (1, 3, 3, 1)
+    lr_mlp: float = 0.01
+
+    @property
+    def log_size(self) -> int:
+        return int(math.log2(self.size))
+
+    @property
+    def n_latent(self) -> int:
+        return self.log_size * 2 - 2
+
+    @property
+    def num_layers(self) -> int:
+        return (self.log_size - 2) * 2 + 1
+
+    def width(self, resolution: int) -> int:
+        return dict(self.channels)[resolution]
+
+    @classmethod
+    def ffhq_config_f(cls, size: int = 1024, style_dim: int = 512, n_mlp: int = 8,
+                      channel_multiplier: int = 2) -> "GeneratorConfig":
+        """The published FFHQ "config-f" widths (rosinality's defaults)."""
+        widths = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier,
+                  128: 128 * channel_multiplier, 256: 64 * channel_multiplier,
+                  512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+        return cls(size, style_dim, n_mlp,
+                   tuple((2**i, widths[2**i]) for i in range(2, int(math.log2(size)) + 1)))
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict") -> "GeneratorConfig":
+        """Read the architecture off the tensors' shapes (the checkpoint stores no config)."""
+        try:
+            style_dim = state["style.1.weight"].shape[0]
+            n_mlp = len({k.split(".")[1] for k in state if k.startswith("style.")})
+            widths = {4: state["input.input"].shape[1]}
+            n_rgbs = len({k.split(".")[1] for k in state if k.startswith("to_rgbs.")})
+            for i in range(n_rgbs):
+                widths[2 ** (i + 3)] = state[f"convs.{2 * i}.conv.weight"].shape[1]
+            blur = state["convs.0.conv.blur.kernel"] if n_rgbs else None
+        except KeyError as exc:
+            raise IncompatibleWeightsError(
+                f"{source}: not a StyleGAN2 generator state dict (missing tensor {exc.args[0]!r})."
+            ) from None
+        taps = (1, 3, 3, 1) if blur is None or blur.shape[0] == 4 else (1,) * blur.shape[0]
+        return cls(size=4 * 2**n_rgbs, style_dim=style_dim, n_mlp=n_mlp,
+                   channels=tuple(sorted(widths.items())), blur_kernel=taps)
+
+
+# ----------------------------------------------------------------------------- the generator
+
+
+class StyleGAN2Generator(nn.Module):
+    """rosinality's ``Generator`` with an explicit API: ``mapping``, ``truncate``, ``synthesize``.
+
+    ``latent_avg`` (the mean w, used for truncation) is a non-persistent buffer, so the state dict
+    keeps exactly the reference's keys.
+    """
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        c, blur = config, config.blur_kernel
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(c.style_dim, c.style_dim, lr_mul=c.lr_mlp, activation=True) for _ in range(c.n_mlp)
+        ])
+        self.input = ConstantInput(c.width(4))
+        self.conv1 = StyledConv(c.width(4), c.width(4), 3, c.style_dim, blur_kernel=blur)
+        self.to_rgb1 = ToRGB(c.width(4), c.style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for layer in range(c.num_layers):
+            res = 2 ** ((layer + 5) // 2)
+            self.noises.register_buffer(f"noise_{layer}", torch.randn(1, 1, res, res))
+        in_channel = c.width(4)
+        for i in range(3, c.log_size + 1):
+            out_channel = c.width(2**i)
+            self.convs.append(StyledConv(in_channel, out_channel, 3, c.style_dim, upsample=True, blur_kernel=blur))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, c.style_dim, blur_kernel=blur))
+            self.to_rgbs.append(ToRGB(out_channel, c.style_dim, blur_kernel=blur))
+            in_channel = out_channel
+        self.register_buffer("latent_avg", torch.zeros(c.style_dim), persistent=False)
+
+    # -- shapes
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    @property
+    def n_latent(self) -> int:
+        return self.config.n_latent
+
+    @property
+    def style_dim(self) -> int:
+        return self.config.style_dim
+
+    # -- latents
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, style_dim] -> w [B, style_dim]."""
+        if z.ndim != 2 or z.shape[1] != self.style_dim:
+            raise ShapeError(f"z must have shape [batch, {self.style_dim}], got {list(z.shape)}.")
+        return self.style(z)
+
+    def truncate(self, w: torch.Tensor, psi: float) -> torch.Tensor:
+        """Pull w (or W+) toward ``latent_avg``: psi 1 keeps w, psi 0 gives the average face."""
+        return self.latent_avg + psi * (w - self.latent_avg)
+
+    def to_wplus(self, latent: torch.Tensor) -> torch.Tensor:
+        """Accept w [B, D] or W+ [B, n_latent, D]; return W+ (w repeated over every layer)."""
+        d, n = self.style_dim, self.n_latent
+        if latent.ndim == 2 and latent.shape[1] == d:
+            return latent[:, None, :].expand(-1, n, -1)
+        if latent.ndim == 3 and latent.shape[1:] == (n, d):
+            return latent
+        raise ShapeError(
+            f"latent must be W+ [batch, {n}, {d}] or w [batch, {d}] for this {self.size} px "
+            f"generator, got {list(latent.shape)}."
+        )
+
+    def sample_wplus(self, count: int, seed: int | None = None, truncation: float = 1.0) -> torch.Tensor:
+        """Random W+ latents: z ~ N(0, I) (seeded, CPU generator for reproducibility) -> w -> truncate."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(count, self.style_dim, generator=gen).to(self.latent_avg.device)
+        w = self.mapping(z.to(self.style[1].weight.dtype))
+        if truncation != 1.0:
+            w = self.truncate(w, truncation)
+        return self.to_wplus(w)
+
+    # -- synthesis
+
+    def noise_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.config.num_layers)]
+
+    def _noise_list(self, noise: NoiseSpec) -> Sequence[torch.Tensor | None]:
+        if noise == "fixed":
+            return self.noise_buffers()
+        if noise == "random":
+            return [None] * self.config.num_layers
+        if isinstance(noise, str) or len(noise) != self.config.num_layers:
+            raise ValueError(f"noise must be 'fixed', 'random' or a list of {self.config.num_layers} tensors.")
+        return noise
+
+    def synthesize(self, latent: torch.Tensor, noise: NoiseSpec = "fixed",
+                   stop_at: int | None = None) -> torch.Tensor:
+        """W+ (or w) -> RGB image [B, 3, S, S], roughly in [-1, 1].
+
+        ``noise="fixed"`` uses the stored noise buffers (TargetCLIP's ``randomize_noise=False``);
+        ``"random"`` draws fresh noise. ``stop_at`` (a power of two below ``size``) returns the
+        RGB skip output at that resolution and skips the layers above it: a cheaper, blurrier image.
+        """
+        wplus = self.to_wplus(latent)
+        if stop_at is not None and (stop_at not in dict(self.config.channels) or stop_at < 4):
+            raise ValueError(f"stop_at must be one of {[r for r, _ in self.config.channels]}, got {stop_at}.")
+        noises = self._noise_list(noise)
+        batch = wplus.shape[0]
+        x = self.input(batch).to(wplus.dtype)
+        x = self.conv1(x, wplus[:, 0], noises[0])
+        skip = self.to_rgb1(x, wplus[:, 1])
+        resolution = 4
+        for level, to_rgb in enumerate(self.to_rgbs):
+            if stop_at is not None and resolution >= stop_at:
+                break
+            i = 1 + 2 * level
+            x = self.convs[2 * level](x, wplus[:, i], noises[i])
+            x = self.convs[2 * level + 1](x, wplus[:, i + 1], noises[i + 1])
+            skip = to_rgb(x, wplus[:, i + 2], skip)
+            resolution *= 2
+        return skip
+
+    def forward(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None) -> torch.Tensor:
+        return self.synthesize(latent, noise=noise, stop_at=stop_at)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def generator_state_from_checkpoint(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Find the generator's state dict and mean latent in any file layout users have.
+
+    Accepted: rosinality's ``{"g_ema": ..., "latent_avg": [D]}`` (extra ``g``/``d``/``args`` ignored),
+    an e4e checkpoint (its ``decoder.*`` tensors; ``latent_avg`` [n_latent, D]), or a bare state dict.
+    """
+    if not isinstance(obj, Mapping):
+        raise WrongFileKindError(f"{source}: expected a StyleGAN2 checkpoint (a dict with 'g_ema'), "
+                                 f"found a {type(obj).__name__}.")
+    latent_avg = obj.get("latent_avg")
+    if "g_ema" in obj:
+        state = dict(obj["g_ema"])
+    elif isinstance(obj.get("state_dict"), Mapping) and any(k.startswith("decoder.") for k in obj["state_dict"]):
+        state = {k[len("decoder."):]: v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
+    elif "style.1.weight" in obj and "input.input" in obj:
+        state, latent_avg = {k: v for k, v in obj.items() if k != "latent_avg"}, obj.get("latent_avg")
+    else:
+        raise WrongFileKindError(f"{source}: this is not a StyleGAN2 generator checkpoint "
+                                 f"({describe_contents(obj)}). Expected a dict with 'g_ema' (rosinality "
+                                 f"format) or an e4e checkpoint that embeds a decoder.")
+    if isinstance(latent_avg, torch.Tensor) and latent_avg.ndim == 2:
+        latent_avg = latent_avg[0]  # e4e stores it repeated over the W+ rows
+    return state, latent_avg if isinstance(latent_avg, torch.Tensor) else None
+
+
+def describe_contents(obj: Mapping[str, Any]) -> str:
+    """A short human description of a checkpoint's top level, for error messages."""
+    keys = list(obj.keys())
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        prefixes = sorted({k.split(".")[0] for k in obj["state_dict"]})
+        return f"it holds a 'state_dict' with parts {prefixes}"
+    if any(str(k).startswith("visual.") for k in keys):
+        return "it looks like a CLIP model"
+    shown = ", ".join(repr(k) for k in keys[:6]) + (" ..." if len(keys) > 6 else "")
+    return f"its top-level keys are {shown}"
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what did not fit."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+        raise IncompatibleWeightsError(f"{source}: the {what} weights do not fit the architecture "
+                                       f"({'; '.join(parts)}). The file may be damaged or from another model.")
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                           strict=True, assign=True)
+
+
+def build_generator(config: GeneratorConfig, device: str | torch.device = "cpu") -> StyleGAN2Generator:
+    """A randomly initialised generator (tests, benchmarks; real use loads weights)."""
+    with torch.device(device):
+        return StyleGAN2Generator(config).eval()
+
+
+def load_generator_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> StyleGAN2Generator:
+    """Load a generator from any accepted file layout (see ``generator_state_from_checkpoint``)."""
+    source = str(path)
+    state, latent_avg = generator_state_from_checkpoint(load_torch_file(path), source)
+    config = GeneratorConfig.from_state_dict(state, source)
+    with torch.device("meta"):
+        model = StyleGAN2Generator(config)
+    load_state_strict(model, state, source, "generator")
+    avg = latent_avg.float() if latent_avg is not None else _estimate_mean_w(model)
+    if avg.shape != (config.style_dim,):
+        raise IncompatibleWeightsError(f"{source}: latent_avg has shape {list(avg.shape)}, "
+                                       f"expected [{config.style_dim}].")
+    model.latent_avg = avg
+    return model.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def _estimate_mean_w(model: StyleGAN2Generator, samples: int = 4096) -> torch.Tensor:
+    """Mean w over seeded samples, for checkpoints saved without ``latent_avg`` (as the reference's
+    ``mean_latent(4096)`` does, but deterministic)."""
+    z = torch.randn(samples, model.style_dim, generator=torch.Generator().manual_seed(0))
+    return model.mapping(z).mean(0)

@@ -1,0 +1,34 @@
+"""Shared test set-up: the golden fixtures, deterministic single-threaded torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+# Tiny models on 2 cores run several times faster on one thread (DESIGN.md, "CPU threads").
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"golden fixtures not found at {FIXTURES}; set ESSENCE_FIXTURES")
+    return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(monkeypatch, tmp_path_factory):
+    """No test may find weight files on this machine by accident, nor share the model cache."""
+    import essence
+
+    monkeypatch.setenv("ESSENCE_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-weights")))
+    monkeypatch.setenv("ESSENCE_REPO_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-repo-weights")))
+    essence.clear_model_cache()
+    yield
+    essence.clear_model_cache()

@@ -1,0 +1,152 @@
+"""The generator reproduces rosinality's StyleGAN2 on the golden fixtures and loads real layouts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import essence
+from essence.stylegan2 import GeneratorConfig, build_generator
+
+
+@pytest.fixture(scope="module")
+def tiny_io(fixtures):
+    return load_file(fixtures / "stylegan2_tiny64_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny(fixtures):
+    return essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_tiny_generator_architecture_is_read_from_the_checkpoint(tiny):
+    cfg = tiny.config
+    assert (cfg.size, cfg.style_dim, cfg.n_mlp, tiny.n_latent) == (64, 64, 2, 10)
+    assert dict(cfg.channels) == {4: 32, 8: 32, 16: 32, 32: 16, 64: 16}
+
+
+def test_mapping_and_synthesis_match_reference(tiny, tiny_io):
+    with torch.no_grad():
+        assert max_abs(tiny.mapping(tiny_io["z"]), tiny_io["w"]) < 1e-4
+        assert max_abs(tiny.synthesize(tiny_io["wplus"]), tiny_io["image_from_wplus"]) < 1e-4
+
+
+def test_truncation_toward_latent_avg_matches_reference(tiny, tiny_io):
+    with torch.no_grad():
+        wplus = tiny.to_wplus(tiny.truncate(tiny.mapping(tiny_io["z"]), 0.7))
+        assert max_abs(wplus, tiny_io["wplus_from_z_trunc07"]) < 1e-4
+        assert max_abs(tiny.synthesize(wplus), tiny_io["image_from_z_trunc07"]) < 1e-4
+
+
+def test_gradient_through_synthesis_matches_reference(tiny, tiny_io):
+    wplus = tiny_io["wplus"].clone().requires_grad_(True)
+    image = tiny.synthesize(wplus)
+    (image * torch.linspace(-1, 1, image.numel()).view_as(image)).sum().backward()
+    ref = tiny_io["grad_wplus"]
+    assert ((wplus.grad - ref).norm() / ref.norm()).item() < 1e-3
+
+
+def test_full_size_generator_has_exactly_the_ffhq_keys_and_shapes(fixtures):
+    expected = json.loads((fixtures / "stylegan2_ffhq_config_f_keys.json").read_text())["g_ema"]
+    model = build_generator(GeneratorConfig.ffhq_config_f(), device="meta")
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    assert {k: list(v.shape) for k, v in state.items()} == expected
+    assert model.n_latent == 18
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(30.37e6, rel=1e-3)
+
+
+def test_full_size_config_is_inferred_back_from_its_own_state_dict():
+    config = GeneratorConfig.ffhq_config_f()
+    state = build_generator(config, device="meta").state_dict()
+    assert GeneratorConfig.from_state_dict(state) == config
+
+
+def test_checkpoint_with_training_extras_and_namespace_args_loads(tmp_path, fixtures, tiny, tiny_io):
+    """rosinality's train.py saves g, d and an argparse Namespace beside g_ema."""
+    ckpt = torch.load(fixtures / "stylegan2_tiny64.pt", weights_only=True)
+    ckpt.update(g=ckpt["g_ema"], d={"convs.0.0.weight": torch.zeros(1)},
+                args=argparse.Namespace(size=64, latent=64, n_mlp=2))
+    path = tmp_path / "trained.pt"
+    torch.save(ckpt, path)
+    model = essence.load_generator(path, cache=False)
+    with torch.no_grad():
+        assert max_abs(model.synthesize(tiny_io["wplus"]), tiny_io["image_from_wplus"]) < 1e-4
+
+
+def test_half_precision_checkpoint_loads_as_float32(tmp_path, fixtures):
+    ckpt = torch.load(fixtures / "stylegan2_tiny64.pt", weights_only=True)
+    ckpt["g_ema"] = {k: v.half() for k, v in ckpt["g_ema"].items()}
+    torch.save(ckpt, tmp_path / "half.pt")
+    model = essence.load_generator(tmp_path / "half.pt", cache=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_wrong_latent_shape_names_the_expected_shapes(tiny):
+    with pytest.raises(essence.ShapeError, match=r"\[batch, 10, 64\].*\[2, 18, 512\]"):
+        tiny.synthesize(torch.zeros(2, 18, 512))
+    with pytest.raises(essence.ShapeError, match=r"\[batch, 64\]"):
+        tiny.mapping(torch.zeros(2, 512))
+
+
+def test_w_is_broadcast_over_all_layers(tiny, tiny_io):
+    w = tiny_io["w"]
+    with torch.no_grad():
+        assert max_abs(tiny.synthesize(w), tiny.synthesize(w[:, None].repeat(1, 10, 1))) == 0
+
+
+def test_fixed_noise_is_deterministic_and_random_noise_is_not(tiny, tiny_io):
+    wplus = tiny_io["wplus"][:1]
+    with torch.no_grad():
+        assert torch.equal(tiny.synthesize(wplus), tiny.synthesize(wplus, noise="fixed"))
+        assert not torch.equal(tiny.synthesize(wplus, noise="random"), tiny.synthesize(wplus, noise="random"))
+
+
+def test_stop_at_returns_the_intermediate_rgb(tiny, tiny_io):
+    wplus = tiny_io["wplus"]
+    with torch.no_grad():
+        low = tiny.synthesize(wplus, stop_at=16)
+        full = tiny.synthesize(wplus, stop_at=64)
+        image = tiny.synthesize(wplus)
+    assert low.shape == (3, 3, 16, 16)
+    assert torch.equal(full, image)
+    # the intermediate RGB is a coarse version of the final image, not unrelated pixels
+    coarse = torch.nn.functional.avg_pool2d(image, 4)
+    assert torch.corrcoef(torch.stack([low.flatten(), coarse.flatten()]))[0, 1] > 0.5
+    with pytest.raises(ValueError, match="stop_at"):
+        tiny.synthesize(wplus, stop_at=48)
+
+
+def test_seeded_sampling_is_reproducible_and_truncated(tiny):
+    a = tiny.sample_wplus(3, seed=7, truncation=0.7)
+    b = tiny.sample_wplus(3, seed=7, truncation=0.7)
+    free = tiny.sample_wplus(3, seed=7)
+    assert a.shape == (3, 10, 64) and torch.equal(a, b)
+    dist = lambda x: (x - tiny.latent_avg).norm(dim=-1).mean()  # noqa: E731
+    assert dist(a) == pytest.approx(0.7 * dist(free).item(), rel=1e-4)
+
+
+def test_bf16_autocast_stays_close_to_float32(tiny, tiny_io):
+    wplus = tiny_io["wplus"]
+    with torch.no_grad():
+        ref = tiny.synthesize(wplus)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = tiny.synthesize(wplus)
+    assert torch.isfinite(low).all()
+    assert ((low.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_fp16_autocast_runs_and_stays_finite(tiny, tiny_io):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        image = tiny.synthesize(tiny_io["wplus"])
+    assert torch.isfinite(image).all()
+    ref = tiny.synthesize(tiny_io["wplus"]).detach()
+    assert ((image.float() - ref).norm() / ref.norm()).item() < 0.05
