@@ -1,0 +1,119 @@
+"""The CLIP guide embeds like OpenAI's CLIP and reproduces TargetCLIP's preprocessing."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import essence
+from essence.clip_guide import load_guide_file, official_resize_matrix, to_unit
+
+
+@pytest.fixture(scope="module")
+def guide(fixtures):
+    return essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+
+
+@pytest.fixture(scope="module")
+def trace(fixtures):
+    return load_file(fixtures / "targetclip_public_trace.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_clip(fixtures):
+    import clip
+
+    model, _ = clip.load(str(fixtures / "clip_tiny.pt"), jit=False, device="cpu")
+    return model.eval()
+
+
+def test_guide_reads_the_tower_shape(guide):
+    assert (guide.input_resolution, guide.embed_dim) == (224, 32)
+
+
+def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace, fixtures):
+    image = Image.open(fixtures / "face_a.jpg")
+    assert torch.equal(guide.preprocess(image), trace["target_clip_input"])
+    with torch.no_grad():
+        emb = to_unit(guide.embed_target(image))
+    assert (emb - trace["target_embedding"]).abs().max().item() < 1e-5
+
+
+def test_embeddings_equal_openai_clip_for_the_same_weights(guide, reference_clip):
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(guide.encode(pixels), reference_clip.encode_image(pixels))
+
+
+@pytest.mark.parametrize("size", [64, 256, 1024])
+def test_official_resize_equals_upsample_x7_then_avg_pool(guide, size):
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+    literal = torch.nn.AvgPool2d(size // 32)(torch.nn.Upsample(scale_factor=7)(images))
+    assert (guide.resize_generated(images) - literal).abs().max().item() < 1e-5
+
+
+def test_official_mode_skips_normalisation_and_normalized_mode_applies_it(guide):
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    official = guide.resize_generated(images, "official")
+    normalized = guide.resize_generated(images, "normalized")
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    assert torch.allclose(normalized, ((official + 1) / 2 - mean) / std, atol=1e-6)
+    with pytest.raises(ValueError, match="official"):
+        guide.resize_generated(images, "other")
+
+
+def test_generated_path_is_differentiable(guide):
+    images = torch.zeros(2, 3, 64, 64, requires_grad=True)
+    guide.embed_generated(images).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_comfy_style_tensor_target_is_close_to_the_pil_path(guide, fixtures):
+    image = Image.open(fixtures / "face_a.jpg").convert("RGB")
+    tensor = torch.from_numpy(np.asarray(image) / 255.0).float()[None]  # [1, H, W, 3]
+    pil = guide.preprocess(image)
+    via_tensor = guide.preprocess(tensor)
+    assert via_tensor.shape == pil.shape
+    assert ((via_tensor - pil).abs() * torch.tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1)).max() < 0.01
+
+
+def test_resize_rejects_sizes_that_do_not_pool_to_224():
+    with pytest.raises(essence.ShapeError, match="multiple of 32"):
+        official_resize_matrix(100, 224)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torchscript_archive_loads_like_openai_releases(tmp_path, reference_clip):
+    """OpenAI publishes CLIP as traced TorchScript; build one from the tiny model."""
+    import clip
+
+    pixels = torch.randn(1, 3, 224, 224)
+    traced = torch.jit.trace(reference_clip, (pixels, clip.tokenize(["a face"])))
+    traced.save(str(tmp_path / "ViT-tiny.pt"))
+    guide = load_guide_file(tmp_path / "ViT-tiny.pt")
+    with torch.no_grad():
+        assert torch.equal(guide.encode(pixels), reference_clip.encode_image(pixels))
+    assert guide.name == "ViT-tiny"
+
+
+def test_guide_loads_without_pkg_resources(monkeypatch, fixtures):
+    """clip-anytorch's package __init__ needs pkg_resources; the guide must not."""
+    for name in [m for m in sys.modules if m == "clip" or m.startswith("clip.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pkg_resources", None)  # makes `import pkg_resources` fail
+    with pytest.raises(ImportError):
+        importlib.import_module("clip")
+    guide = load_guide_file(fixtures / "clip_tiny.pt")
+    assert guide.embed_dim == 32
+
+
+def test_generator_file_given_as_guide_is_refused(fixtures):
+    with pytest.raises(essence.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an OpenAI CLIP"):
+        load_guide_file(fixtures / "stylegan2_tiny64.pt")
