@@ -1,0 +1,138 @@
+"""``python -m essence``: weights list / fetch and the demo's weight check."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from essence import cli, weights
+from test_download import PAYLOAD, FileServer
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_FILES = ("stylegan2-ffhq-config-f.pt", "e4e_ffhq_encode.pt", "ViT-B-32.pt")
+
+
+@pytest.fixture(autouse=True)
+def empty_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every folder Essence searches is an empty temporary one (the real weights/ is never read)."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv(weights.ENV_REPO_WEIGHTS_DIR, str(folder))
+    monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, str(tmp_path / "env-weights"))
+    weights.set_folder_provider(None)
+    weights.clear_sha_cache()
+    yield folder
+    weights.set_folder_provider(None)
+
+
+def test_weights_list_shows_every_entry(capsys: pytest.CaptureFixture[str], empty_weights: Path) -> None:
+    assert cli.main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for spec in weights.load_manifest():
+        row = next(line for line in out.splitlines() if line.startswith(spec.name + " "))
+        assert spec.role in row and "missing" in row and spec.licence_short in row
+        assert str(empty_weights / spec.filename) in row
+    assert "python -m essence weights fetch" in out
+
+
+def test_weights_list_reports_found_files(capsys: pytest.CaptureFixture[str], empty_weights: Path) -> None:
+    (empty_weights / "ViT-B-32.pt").write_bytes(b"not the real CLIP")
+    (empty_weights / "stylegan2-ffhq-config-f.pt").write_bytes(b"someone's own conversion")
+    assert cli.main(["weights", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "corrupt" in rows["clip-vit-b-32"] and str(empty_weights / "ViT-B-32.pt") in rows["clip-vit-b-32"]
+    assert "unverified" in rows["stylegan2-ffhq-config-f"]
+
+
+def test_demo_without_weights_names_each_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    for spec in weights.demo_specs():
+        assert spec.filename in err and spec.urls[0] in err and spec.licence in err
+        assert f"python -m essence weights fetch {spec.name}" in err
+    assert "Traceback" not in captured.out + err
+
+
+def test_demo_looks_in_provider_folders(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    comfy = tmp_path / "comfy-models"
+    weights.set_folder_provider(lambda folder: [comfy / folder])
+    assert cli.main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in DEMO_FILES)
+
+
+def test_demo_with_weights_present_exits_zero(capsys: pytest.CaptureFixture[str], empty_weights: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    small = [dataclasses.replace(s, size_bytes=10 if s.size_bytes else None) for s in weights.demo_specs()]
+    monkeypatch.setattr(cli, "demo_specs", lambda: small)
+    for spec in small:
+        (empty_weights / spec.filename).write_bytes(b"0123456789")
+    assert cli.main(["demo"]) == 0
+    assert "not built yet" in capsys.readouterr().out
+
+
+def test_demo_reports_a_damaged_file(capsys: pytest.CaptureFixture[str], empty_weights: Path) -> None:
+    (empty_weights / "e4e_ffhq_encode.pt").write_bytes(b"truncated")
+    assert cli.main(["demo"]) == 2
+    assert "e4e_ffhq_encode.pt" in capsys.readouterr().err
+
+
+def test_demo_as_a_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    env = dict(os.environ, ESSENCE_WEIGHTS_DIR=str(empty), ESSENCE_REPO_WEIGHTS_DIR=str(empty),
+               PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "essence", "demo"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert all(name in result.stderr for name in DEMO_FILES)
+
+
+def test_user_errors_print_error_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["weights", "fetch", "no-such-weight"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and "no-such-weight" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["weights"]) == 2
+    assert cli.main(["no-such-command"]) == 2
+    assert cli.main(["--help"]) == 0
+    capsys.readouterr()
+
+
+def test_weights_fetch_prints_licence_then_downloads(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with FileServer() as server:
+        server.files["/g.pt"] = PAYLOAD
+        spec = dataclasses.replace(
+            weights.get_spec("generator"), urls=(server.url("/g.pt"),), url_checksums={}, known_copies=(),
+            sha256=hashlib.sha256(PAYLOAD).hexdigest(), size_bytes=len(PAYLOAD))
+        monkeypatch.setattr(cli, "demo_specs", lambda: [spec])
+        dest = tmp_path / "chosen"
+        assert cli.main(["weights", "fetch", "--dir", str(dest), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.index(spec.licence) < out.index("present:")
+    assert "307 kB" in out
+    assert (dest / spec.filename).read_bytes() == PAYLOAD
+
+
+def test_weights_fetch_failure_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with FileServer() as server:
+        spec = dataclasses.replace(weights.get_spec("generator"), urls=(server.url("/gone.pt"),), url_checksums={})
+        monkeypatch.setattr(cli, "get_spec", lambda _name: spec)
+        assert cli.main(["weights", "fetch", "generator", "--dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "Traceback" not in err
