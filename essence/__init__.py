@@ -1,0 +1,72 @@
+"""Essence: TargetCLIP essence transfer in plain PyTorch.
+
+The public API loads the three networks from the files users already have::
+
+    import essence
+    G = essence.load_generator("stylegan2-ffhq-config-f.pt")   # or the e4e file (its decoder)
+    E = essence.load_encoder("e4e_ffhq_encode.pt")
+    clip = essence.load_guide("ViT-B-32.pt")
+    wplus = E.encode(faces)                  # [B, 3, 256, 256] in [-1, 1] -> [B, 18, 512]
+    images = G.synthesize(wplus)             # -> [B, 3, 1024, 1024] in about [-1, 1]
+    emb = clip.embed_generated(images)       # TargetCLIP's CLIP path
+
+Paths may be omitted: the file is then looked up as described in ``essence.weights``.
+This package never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .clip_guide import ClipGuide, load_guide_file
+from .e4e import E4EEncoder, EncoderConfig, load_encoder_file
+from .errors import (CorruptFileError, DownloadError, EssenceError, IncompatibleWeightsError,
+                     MissingWeightsError, ShapeError, UnsafeFileError, WeightFileError,
+                     WrongFileKindError)
+from .runtime import cached_model, clear_model_cache, default_device, resolve_device
+from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
+
+__version__ = "0.1.0"
+
+PathLike = str | os.PathLike
+
+
+def _load(kind: str, role: str, path: PathLike | None, device, loader, cache: bool):
+    from .weights import find_weight
+
+    file = find_weight(role, explicit_path=path)
+    target = resolve_device(device)
+    # ComfyUI runs everything under inference_mode; tensors created there can never take part in
+    # autograd (training), so models are always built outside it.
+    with torch.inference_mode(False):
+        if not cache:
+            return loader(file, target)
+        return cached_model(kind, file, target, loader)
+
+
+def load_generator(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                   cache: bool = True) -> StyleGAN2Generator:
+    """StyleGAN2 generator from ``stylegan2-ffhq-config-f.pt``-style files or an e4e file's decoder."""
+    return _load("generator", "generator", path, device, load_generator_file, cache)
+
+
+def load_encoder(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                 cache: bool = True) -> E4EEncoder:
+    """e4e encoder from ``e4e_ffhq_encode.pt``-style files."""
+    return _load("encoder", "encoder", path, device, load_encoder_file, cache)
+
+
+def load_guide(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+               cache: bool = True) -> ClipGuide:
+    """CLIP image tower from OpenAI's TorchScript files (``ViT-B-32.pt``) or a CLIP state dict."""
+    return _load("guide", "guide", path, device, load_guide_file, cache)
+
+
+__all__ = [
+    "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",
+    "load_generator", "load_encoder", "load_guide", "default_device", "clear_model_cache",
+    "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
+    "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
+]
