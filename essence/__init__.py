@@ -20,13 +20,17 @@ import os
 
 import torch
 
+from .apply import apply_direction, mix_directions, strength_sweep
 from .clip_guide import ClipGuide, load_guide_file
+from .direction import Direction, load_direction
 from .e4e import E4EEncoder, EncoderConfig, load_encoder_file
-from .errors import (CorruptFileError, DownloadError, EssenceError, IncompatibleWeightsError,
-                     MissingWeightsError, ShapeError, UnsafeFileError, WeightFileError,
+from .errors import (CorruptFileError, DirectionFileError, DownloadError, EssenceError,
+                     IncompatibleLatentSpaceError, IncompatibleWeightsError, MissingWeightsError,
+                     ShapeError, TrainingCancelled, UnsafeFileError, WeightFileError,
                      WrongFileKindError)
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
+from .train import TrainResult, TrainSettings, train_direction
 
 __version__ = "0.1.0"
 
@@ -69,4 +73,7 @@ __all__ = [
     "load_generator", "load_encoder", "load_guide", "default_device", "clear_model_cache",
     "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
     "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
+    "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
+    "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
+    "TrainSettings", "TrainResult", "train_direction",
 ]

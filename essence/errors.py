@@ -42,3 +42,15 @@ class DownloadError(EssenceError):
 
 class ShapeError(EssenceError, ValueError):
     """A tensor given to a model has the wrong shape, size, channel count or dtype."""
+
+
+class DirectionFileError(EssenceError):
+    """A direction or latent file is unreadable, damaged, not what it claims, or holds NaN/inf."""
+
+
+class IncompatibleLatentSpaceError(EssenceError):
+    """A direction or latent belongs to another latent space (rows x width) than the generator's."""
+
+
+class TrainingCancelled(EssenceError):
+    """Training was stopped on request; nothing was saved."""

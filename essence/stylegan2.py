@@ -13,6 +13,7 @@ Latent vocabulary used throughout Essence:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -320,6 +321,19 @@ class StyleGAN2Generator(nn.Module):
         if truncation != 1.0:
             w = self.truncate(w, truncation)
         return self.to_wplus(w)
+
+    def fingerprint(self) -> str:
+        """A short hash of the mapping network and constant input.
+
+        Direction files record it so a direction can say which generator it was trained on
+        without hashing the whole checkpoint file.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name.startswith("style.") or name == "input.input":
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     # -- synthesis
 

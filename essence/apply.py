@@ -1,0 +1,104 @@
+"""Using directions: ``w + alpha * d`` at one strength or per layer, mixes, and strength sweeps.
+
+Per-layer strengths matter because W+ rows control different scales: the first rows set pose and
+face shape (coarse), the next ones features (middle), the rest colour and texture (fine). The
+presets follow StyleGAN's usual split: for the 18-row FFHQ space, rows 0-3 coarse (4-8 px),
+4-7 middle (16-32 px), 8-17 fine (64-1024 px); other spaces use the same first 4 / next 4 / rest.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .direction import Direction, direction_metadata
+from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError
+
+LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
+_BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
+
+Strength = float | Sequence[float] | torch.Tensor
+
+
+def layer_mask(n_latent: int, preset: str = "all") -> torch.Tensor:
+    """1.0 on the rows a preset covers, 0.0 elsewhere: [n_latent]."""
+    if preset not in LAYER_PRESETS:
+        raise EssenceError(f"unknown layer preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}.")
+    mask = torch.zeros(n_latent)
+    for band in (_BANDS if preset == "all" else preset.split("+")):
+        start, stop = _BANDS[band]
+        mask[start:stop] = 1.0
+    return mask
+
+
+def layer_strengths(n_latent: int, strength: Strength = 1.0, layers: str = "all") -> torch.Tensor:
+    """Per-row strengths [n_latent]: a scalar spread over a preset's rows, or a full vector."""
+    if isinstance(strength, (int, float)):
+        return float(strength) * layer_mask(n_latent, layers)
+    vector = torch.as_tensor(strength, dtype=torch.float32).flatten()
+    if vector.numel() != n_latent:
+        raise ShapeError(f"per-layer strengths need one value per W+ row ({n_latent}), got {vector.numel()}.")
+    return vector * layer_mask(n_latent, layers)
+
+
+def apply_direction(wplus: torch.Tensor, direction: Direction | torch.Tensor, strength: Strength = 1.0,
+                    layers: str = "all") -> torch.Tensor:
+    """W+ [B, n, D] (or [n, D]) + per-row strength x direction [1, n, D] -> edited W+ of the same shape."""
+    tensor = direction.tensor if isinstance(direction, Direction) else direction
+    squeeze = wplus.ndim == 2
+    batch = wplus[None] if squeeze else wplus
+    if batch.ndim != 3 or batch.shape[1:] != tensor.shape[1:]:
+        name = direction.name if isinstance(direction, Direction) else "the direction"
+        raise IncompatibleLatentSpaceError(
+            f"{name!r} is [1, {tensor.shape[1]}, {tensor.shape[2]}] but the latents are {list(wplus.shape)}; "
+            f"they must share the W+ rows and width (e.g. [batch, 18, 512]).")
+    alpha = layer_strengths(tensor.shape[1], strength, layers).to(batch.device, batch.dtype)
+    edited = batch + alpha[None, :, None] * tensor.to(batch.device, batch.dtype)
+    return edited[0] if squeeze else edited
+
+
+def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | None = None,
+                   name: str | None = None) -> Direction:
+    """Weighted sum of directions from the same latent space (default weights: all 1)."""
+    if not directions:
+        raise EssenceError("mixing needs at least one direction.")
+    weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(directions):
+        raise EssenceError(f"got {len(directions)} directions but {len(weights)} weights.")
+    first = directions[0]
+    for other in directions[1:]:
+        if other.tensor.shape != first.tensor.shape:
+            raise IncompatibleLatentSpaceError(
+                f"cannot mix {first.name!r} ({first.space.describe()}) with {other.name!r} "
+                f"({other.space.describe()}): they live in different latent spaces.")
+    mixed = sum(w * d.tensor for w, d in zip(weights, directions))
+    parts = [{"name": d.name, "weight": w} for d, w in zip(directions, weights)]
+    meta = direction_metadata(
+        name=name or " + ".join(f"{w:g}*{d.name}" for d, w in zip(directions, weights)),
+        source="mix", mix=parts, latent_space=first.meta.get("latent_space", {
+            "n_latent": first.tensor.shape[1], "style_dim": first.tensor.shape[2]}),
+    )
+    for key in ("generator_fingerprint", "clip_model"):
+        values = {d.meta.get(key) for d in directions}
+        if len(values) == 1 and None not in values:
+            meta[key] = values.pop()
+    return Direction(mixed, meta)
+
+
+@torch.no_grad()
+def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengths: Sequence[float],
+                   layers: str = "all", batch_size: int = 4) -> torch.Tensor:
+    """Render every source at every strength: images [len(sources) * len(strengths), 3, S, S], row-major
+    (one row per source), in the generator's [-1, 1] range."""
+    direction.check_fits(generator)
+    wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
+    edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
+    return torch.cat([generator.synthesize(chunk) for chunk in edits.split(batch_size)])
+
+
+def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] -> one grid image [3, H', W'] in [0, 1] (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
+    return make_grid(((images.float().clamp(-1, 1) + 1) / 2).cpu(), nrow=columns, padding=padding, pad_value=1.0)

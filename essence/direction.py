@@ -1,0 +1,193 @@
+"""The essence direction: one W+ offset, and the self-describing file users share.
+
+A direction file is a safetensors file holding ``direction`` [1, n_latent, style_dim] float32 (and
+optionally ``thumbnail``, the target as uint8 [H, W, 3]) plus string metadata saying what it is and
+how it was made: format and version, the latent space and a fingerprint of the generator it was
+trained on, the CLIP model, the target, the initialisation, every hyper-parameter, the final loss
+terms, a recommended strength range, when and with which Essence version it was made, and a
+licence note. Files are written atomically and validated on load, so a shared file is either
+usable or refused with a reason.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DirectionFileError, EssenceError, IncompatibleLatentSpaceError
+from .files import load_safetensors_checked, save_safetensors_atomic
+
+FORMAT_NAME = "essence.direction"
+FORMAT_VERSION = 1
+DEFAULT_STRENGTH_RANGE = (0.5, 1.2)  # the paper's usual range; its evaluation used 1.2
+FFHQ_RESOLUTION = 1024
+LICENCE_NOTE = ("Trained against the StyleGAN2 FFHQ generator (NVIDIA Source Code License-NC): "
+                "use for non-commercial purposes only.")
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """Which W+ space a direction lives in; directions only transfer between equal spaces."""
+
+    n_latent: int
+    style_dim: int
+    resolution: int | None = None
+
+    def describe(self) -> str:
+        res = f"{self.resolution} px, " if self.resolution else ""
+        return f"{res}{self.n_latent} x {self.style_dim} W+"
+
+    @classmethod
+    def of_generator(cls, generator: Any) -> "LatentSpace":
+        return cls(generator.n_latent, generator.style_dim, generator.size)
+
+
+@dataclass
+class Direction:
+    """A W+ direction [1, n_latent, style_dim] with its metadata (plain JSON-able values)."""
+
+    tensor: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    thumbnail: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.tensor = _validated_tensor(self.tensor, "direction")
+
+    @property
+    def space(self) -> LatentSpace:
+        _, n, d = self.tensor.shape
+        return LatentSpace(n, d, self.meta.get("latent_space", {}).get("resolution"))
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", "direction"))
+
+    def check_fits(self, generator: Any, what: str | None = None) -> None:
+        """Refuse to apply a direction made for another latent space, naming both spaces."""
+        mine, theirs = self.space, LatentSpace.of_generator(generator)
+        if (mine.n_latent, mine.style_dim) != (theirs.n_latent, theirs.style_dim):
+            raise IncompatibleLatentSpaceError(
+                f"{what or self.name!r} is a direction for a {mine.describe()} latent space, but the "
+                f"generator is {theirs.describe()}. Use a direction trained for this generator.")
+
+    # -- files
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the direction file atomically (a cancelled or failed save leaves no file)."""
+        tensors = {"direction": self.tensor.detach().float().cpu().contiguous()}
+        if self.thumbnail is not None:
+            tensors["thumbnail"] = self.thumbnail.to(torch.uint8).cpu().contiguous()
+        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+        for key, value in self.meta.items():
+            meta[key] = value if isinstance(value, str) else json.dumps(value)
+        return save_safetensors_atomic(tensors, meta, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Direction":
+        """Read a direction file (``.safetensors``) or an official TargetCLIP ``.npy``."""
+        path = Path(path)
+        if path.suffix.lower() == ".npy":
+            return cls.from_official_npy(path)
+        try:
+            tensors, raw_meta = load_safetensors_checked(path)
+        except EssenceError as exc:
+            raise DirectionFileError(f"not a usable direction file: {exc}") from None
+        if raw_meta.get("format") != FORMAT_NAME or "direction" not in tensors:
+            raise DirectionFileError(f"{path}: not an Essence direction file (format "
+                                     f"{raw_meta.get('format')!r}, tensors {sorted(tensors)}).")
+        version = raw_meta.get("format_version", "?")
+        if not version.isdigit() or int(version) > FORMAT_VERSION:
+            raise DirectionFileError(f"{path}: direction format version {version} is newer than this "
+                                     f"Essence understands ({FORMAT_VERSION}); update Essence.")
+        meta = {k: _decode(v) for k, v in raw_meta.items() if k not in ("format", "format_version")}
+        try:
+            direction = cls(tensors["direction"], meta, tensors.get("thumbnail"))
+        except DirectionFileError as exc:
+            raise DirectionFileError(f"{path}: {exc}") from None
+        space = meta.get("latent_space")
+        if isinstance(space, dict) and (space.get("n_latent"), space.get("style_dim")) != tuple(direction.tensor.shape[1:]):
+            raise DirectionFileError(f"{path}: metadata says {space} but the tensor is {list(direction.tensor.shape)}.")
+        return direction
+
+    @classmethod
+    def from_official_npy(cls, path: str | os.PathLike, name: str | None = None) -> "Direction":
+        """Import a direction published with TargetCLIP (float32 [1, 18, 512] ``.npy``)."""
+        path = Path(path)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DirectionFileError(f"{path}: not a readable .npy array ({exc}).") from None
+        try:
+            tensor = torch.from_numpy(np.array(array))
+            if tensor.ndim == 2:
+                tensor = tensor[None]
+            meta = {
+                "name": name or path.stem,
+                "source": f"official TargetCLIP direction ({path.name}), imported",
+                "latent_space": {"n_latent": tensor.shape[-2], "style_dim": tensor.shape[-1],
+                                 "resolution": FFHQ_RESOLUTION if tensor.shape[-2] == 18 else None},
+                "generator": "stylegan2-ffhq-config-f (as published with TargetCLIP)",
+                "clip_model": "ViT-B/32",
+                "recommended_strength": list(DEFAULT_STRENGTH_RANGE),
+                "created": _now(),
+                "licence": LICENCE_NOTE,
+            }
+            return cls(tensor, meta)
+        except DirectionFileError as exc:
+            raise DirectionFileError(f"{path}: {exc}") from None
+
+    def to_npy(self, path: str | os.PathLike) -> Path:
+        """Export as TargetCLIP's ``.npy`` layout (float32 [1, n_latent, style_dim])."""
+        path = Path(path)
+        from .files import atomic_write
+
+        with atomic_write(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, self.tensor.detach().cpu().numpy().astype(np.float32))
+        return path
+
+
+def _validated_tensor(tensor: Any, what: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise DirectionFileError(f"the {what} must be a tensor, got {type(tensor).__name__}.")
+    if not tensor.is_floating_point():
+        raise DirectionFileError(f"the {what} must hold floating-point numbers, got {tensor.dtype}.")
+    if tensor.ndim != 3 or tensor.shape[0] != 1 or 0 in tensor.shape:
+        raise DirectionFileError(f"the {what} must have shape [1, n_latent, style_dim] "
+                                 f"(e.g. [1, 18, 512]), got {list(tensor.shape)}.")
+    if not torch.isfinite(tensor).all():
+        raise DirectionFileError(f"the {what} contains NaN or infinite values; it cannot be applied.")
+    return tensor.detach().float()
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def direction_metadata(**fields: Any) -> dict[str, Any]:
+    """Metadata common to every direction Essence creates (time, version, licence) plus ``fields``."""
+    from . import __version__
+
+    base = {"created": _now(), "essence_version": __version__, "licence": LICENCE_NOTE,
+            "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
+    base.update(fields)
+    return base
+
+
+def load_direction(path: str | os.PathLike) -> Direction:
+    return Direction.load(path)
+

@@ -1,0 +1,128 @@
+"""Writing files so that no reader ever sees half of one, and reading Essence's safetensors files.
+
+Direction and latent files are written by long jobs that users cancel and by processes that get
+killed. Every write goes to a temporary file in the destination folder, is flushed to disk, and is
+then renamed over the destination with ``os.replace`` (atomic on one filesystem): the destination
+is either the old complete file or the new complete file, never a torn one.
+
+Reading: Essence's own files are safetensors (no code can hide in them). Before loading any tensor
+the header is parsed and checked, so a damaged or hostile header (truncated, absurd shapes, a
+declared size larger than the file) is refused with a clear message instead of a huge allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from .errors import CorruptFileError, MissingWeightsError
+
+MAX_HEADER_BYTES = 16 * 2**20  # safetensors' own limit is 100 MB; Essence's headers are tiny
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1}
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                            path: str | os.PathLike) -> Path:
+    """safetensors ``save_file`` through ``atomic_write``; metadata values must be strings."""
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in metadata.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be strings: {bad}")
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
+    return Path(path)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict:
+    """Parse and validate a safetensors header without loading any tensor data.
+
+    Checks: the 8-byte length prefix, a JSON header within bounds, and every tensor's dtype, shape
+    and byte range agreeing with each other and lying inside the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{path}: no such file.")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError(f"{path}: not a safetensors file (only {len(prefix)} bytes).")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+            raise CorruptFileError(f"{path}: not a safetensors file, or truncated (header claims "
+                                   f"{header_len} bytes, file has {size}).")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptFileError(f"{path}: not a safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path}: not a safetensors file (its header is not a JSON object).")
+    data_len = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CorruptFileError(f"{path}: malformed metadata block.")
+            continue
+        _check_tensor_entry(path, name, info, data_len)
+    return header
+
+
+def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> None:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CorruptFileError(f"{path}: malformed entry for tensor {name!r}.")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in _DTYPE_BYTES:
+        raise CorruptFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}.")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data offsets.")
+    numel = 1
+    for d in shape:
+        numel *= d
+    start, end = offsets
+    if not (0 <= start <= end <= data_len) or end - start != numel * _DTYPE_BYTES[dtype]:
+        raise CorruptFileError(f"{path}: tensor {name!r} ({dtype} {shape}) does not fit the file's data "
+                               f"(bytes {start}-{end} of {data_len}); the file is truncated or damaged.")
+
+
+def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validated header, then the tensors (on the CPU) and the metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_safetensors_header(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path}: unreadable safetensors file ({exc}).") from None
+    return tensors, dict(header.get("__metadata__", {}))
+

@@ -1,0 +1,183 @@
+"""TargetCLIP training reproduces the official optimisation and behaves well inside ComfyUI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import essence
+from essence.train import (TrainSettings, essence_losses, learning_rate, target_embedding,
+                           train_direction)
+
+
+@pytest.fixture(scope="module")
+def trace(fixtures):
+    return load_file(fixtures / "targetclip_public_trace.safetensors")
+
+
+@pytest.fixture(scope="module")
+def models(fixtures):
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+    return generator, guide
+
+
+@pytest.fixture(scope="module")
+def target(fixtures):
+    return Image.open(fixtures / "face_a.jpg")
+
+
+@pytest.fixture(scope="module")
+def official_run(models, trace, target):
+    generator, guide = models
+    return train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                           settings=TrainSettings(steps=40, path="official"))
+
+
+def test_official_path_reproduces_the_reference_trace(official_run, trace):
+    reference = trace["loss_per_step"]
+    losses = torch.tensor(official_run.losses)
+    assert losses.shape == (40,)
+    assert (losses[:7] - reference[:7]).abs().max().item() < 1e-4
+    assert min(official_run.losses) == pytest.approx(reference.min().item(), rel=0.10)
+    best = trace["best_direction"]
+    assert ((official_run.direction.tensor - best).norm() / best.norm()).item() < 0.10
+
+
+def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
+    assert official_run.best_step == min(range(40), key=official_run.losses.__getitem__)
+    assert official_run.best_loss == min(official_run.losses)
+    assert official_run.direction.meta["losses"]["best_step"] == official_run.best_step
+
+
+def test_fast_path_gives_the_same_losses_as_official(official_run, models, trace, target):
+    generator, guide = models
+    fast = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                           settings=TrainSettings(steps=40, path="fast"))
+    assert fast.losses == pytest.approx(official_run.losses, abs=1e-6)
+    assert torch.allclose(fast.direction.tensor, official_run.direction.tensor, atol=1e-5)
+
+
+def test_learning_rate_schedule_matches_the_official_formula():
+    assert learning_rate(0, 1000, 0.2) == 0.0
+    assert learning_rate(1, 1000, 0.2) == pytest.approx(0.2 * 0.2)  # warm-up: t / 0.005
+    assert learning_rate(100, 1000, 0.2) == pytest.approx(0.2)
+    t = 0.9
+    expected = 0.2 * (0.5 - 0.5 * math.cos(math.pi * (1 - t) / 0.75))
+    assert learning_rate(900, 1000, 0.2) == pytest.approx(expected)
+
+
+def test_loss_terms_follow_the_paper_definitions():
+    target = torch.tensor([[1.0, 0.0]])
+    src = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    # both edits land exactly on the target, and both move the same way: no loss at all
+    transfer, consistency = essence_losses(src, torch.tensor([[3.0, 0.0], [1.0, 0.0]]), target)
+    assert transfer.item() == pytest.approx(0.0, abs=1e-7)
+    assert consistency.item() == pytest.approx(0.0, abs=1e-6)
+    # edits orthogonal to the target, moving in opposite directions: transfer 1, consistency 2
+    transfer, consistency = essence_losses(torch.tensor([[0.0, -1.0], [0.0, 1.0]]),
+                                           torch.tensor([[0.0, 1.0], [0.0, -1.0]]), target)
+    assert transfer.item() == pytest.approx(1.0)
+    assert consistency.item() == pytest.approx(2.0)
+
+
+def test_several_target_pictures_average_their_unit_embeddings(models, fixtures):
+    _, guide = models
+    a, b = Image.open(fixtures / "face_a.jpg"), Image.open(fixtures / "face_b.jpg")
+    with torch.no_grad():
+        ea = guide.embed_target(a)
+        eb = guide.embed_target(b)
+    mean = ea / ea.norm() + eb / eb.norm()
+    expected = mean / mean.norm()
+    assert torch.allclose(target_embedding(guide, [a, b]), expected, atol=1e-6)
+    assert torch.allclose(target_embedding(guide, [a, a]), ea / ea.norm(), atol=1e-6)
+
+
+def test_training_on_two_copies_of_a_target_equals_training_on_one(models, trace, target):
+    generator, guide = models
+    settings = TrainSettings(steps=3)
+    one = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"], settings=settings)
+    two = train_direction([target, target], trace["sources"], generator, guide, init=trace["init_direction"],
+                          settings=settings)
+    assert two.losses == pytest.approx(one.losses, abs=1e-6)
+
+
+def test_random_initialisation_is_seeded_and_recorded(models, trace, target):
+    generator, guide = models
+    runs = [train_direction(target, trace["sources"], generator, guide, init="random",
+                            settings=TrainSettings(steps=2, seed=seed)) for seed in (5, 5, 6)]
+    assert torch.equal(runs[0].direction.tensor, runs[1].direction.tensor)
+    assert not torch.equal(runs[0].direction.tensor, runs[2].direction.tensor)
+    assert runs[0].direction.meta["init"] == "random"
+
+
+def test_cancel_stops_training_with_nothing_returned(models, trace, target):
+    generator, guide = models
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(essence.TrainingCancelled, match="step 3 of 50"):
+        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                        settings=TrainSettings(steps=50), should_stop=stop)
+
+
+def test_progress_reports_loss_terms_and_an_exception_from_it_aborts(models, trace, target):
+    generator, guide = models
+    seen = []
+
+    class Interrupted(Exception):
+        pass
+
+    def progress(p):
+        seen.append(p)
+        if p.step >= 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                        settings=TrainSettings(steps=20, progress_every=2), progress=progress)
+    assert [p.step for p in seen] == [2, 4]
+    assert seen[0].total == 20 and seen[0].direction.shape == (1, 10, 64)
+    assert seen[0].loss == pytest.approx(seen[0].transfer + 0.5 * seen[0].consistency, rel=1e-5)
+
+
+def test_training_works_inside_inference_mode_as_comfyui_runs_it(fixtures, trace, target):
+    with torch.inference_mode():
+        generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+        guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+        sources = trace["sources"].clone()  # an inference tensor, as a ComfyUI input would be
+        result = train_direction(target, sources, generator, guide, init=trace["init_direction"].clone(),
+                                 settings=TrainSettings(steps=8))
+    assert min(result.losses) < result.losses[0]
+
+
+def test_metadata_records_how_the_direction_was_made(official_run):
+    meta = official_run.direction.meta
+    assert meta["latent_space"] == {"n_latent": 10, "style_dim": 64, "resolution": 64}
+    assert meta["hyperparameters"]["lr"] == 0.2 and meta["hyperparameters"]["steps"] == 40
+    assert meta["clip_model"] == "clip_tiny" and len(meta["generator_fingerprint"]) == 16
+    assert meta["init"] == "given" and meta["sources"] == 4
+    assert set(meta["losses"]) >= {"total", "transfer", "consistency"}
+
+
+def test_wrong_source_shape_is_refused(models, trace, target):
+    generator, guide = models
+    with pytest.raises(essence.ShapeError, match=r"\[count, 10, 64\]"):
+        train_direction(target, torch.zeros(4, 18, 512), generator, guide, init=trace["init_direction"],
+                        settings=TrainSettings(steps=1))
+
+
+def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
+    generator, guide = models
+    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                            settings=TrainSettings(steps=3))
+    approx = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                             settings=TrainSettings(steps=3, autocast="bf16"))
+    assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
