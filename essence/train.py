@@ -52,6 +52,7 @@ class TrainSettings:
     seed: int = 0
     random_init_truncation: float = 0.7
     progress_every: int = 10
+    chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -62,6 +63,8 @@ class TrainSettings:
             raise EssenceError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}.")
         if self.clip_mode not in ("official", "normalized"):
             raise EssenceError(f"clip_mode must be 'official' or 'normalized', got {self.clip_mode!r}.")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise EssenceError(f"chunk_size must be at least 1 (or None for all sources), got {self.chunk_size}.")
 
 
 @dataclass
@@ -191,6 +194,33 @@ def train_direction(
                          {**(metadata or {}), "init": init_method})
 
 
+def _loss_and_backward(edited, count: int, chunk: int | None, e_src, target, s: TrainSettings):
+    """Loss terms for all sources, with their gradient accumulated into the parameters.
+
+    In one pass when ``chunk`` covers every source. Otherwise exactly the same gradient with the
+    memory of one chunk: first every edited embedding without autograd, then the loss and its
+    gradient with respect to those embeddings (tiny), then each chunk is rendered again with
+    autograd and that slice of the gradient is back-propagated through it.
+    """
+    def terms(e_amp):
+        transfer, consistency = essence_losses(e_src, e_amp, target)
+        return s.lambda_transfer * transfer + s.lambda_consistency * consistency, transfer, consistency
+
+    if chunk is None or chunk >= count:
+        loss, transfer, consistency = terms(edited(slice(None)))
+        loss.backward()
+        return loss, transfer, consistency
+    slices = [slice(i, min(i + chunk, count)) for i in range(0, count, chunk)]
+    with torch.no_grad():
+        e_amp = torch.cat([edited(rows) for rows in slices])
+    e_amp.requires_grad_(True)
+    loss, transfer, consistency = terms(e_amp)
+    loss.backward()
+    for rows in slices:
+        edited(rows).backward(e_amp.grad[rows])
+    return loss, transfer, consistency
+
+
 def _optimise(sources, init, target, generator, guide, s: TrainSettings, progress, should_stop, meta) -> TrainResult:
     device = sources.device
     count = sources.shape[0]
@@ -200,13 +230,20 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         with _autocast(device, s.autocast):
             return guide.embed_generated(generator.synthesize(latents), mode=s.clip_mode).float()
 
+    def embed_sources() -> torch.Tensor:
+        step = s.chunk_size or count
+        with torch.no_grad():
+            return torch.cat([embed(part) for part in sources.split(step)])
+
     direction = init.clone().requires_grad_(True)
     coefficients = torch.ones(count, device=device, requires_grad=use_coefficients)
+
+    def edited(rows: slice) -> torch.Tensor:
+        part = direction * coefficients[rows, None, None] if use_coefficients else direction
+        return embed(sources[rows] + part)
+
     optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
-    cached_src = None
-    if s.path == "fast":
-        with torch.no_grad():
-            cached_src = embed(sources)
+    cached_src = embed_sources() if s.path == "fast" else None
 
     best_loss = torch.full((), float("inf"), device=device)
     best_direction = direction.detach().clone()
@@ -221,19 +258,11 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         # the reference builds a fresh Adam for the coefficients every step (its state resets)
         coef_optimizer = (torch.optim.Adam([coefficients], lr=s.coefficient_lr,
                                            weight_decay=s.coefficient_weight_decay) if use_coefficients else None)
-        if cached_src is None:
-            with torch.no_grad():
-                e_src = embed(sources)
-        else:
-            e_src = cached_src
-        scaled = direction * coefficients[:, None, None] if use_coefficients else direction.expand(count, -1, -1)
-        transfer, consistency = essence_losses(e_src, embed(sources + scaled), target)
-        loss = s.lambda_transfer * transfer + s.lambda_consistency * consistency
-
+        e_src = embed_sources() if cached_src is None else cached_src
         optimizer.zero_grad(set_to_none=True)
         if coef_optimizer is not None:
             coef_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, transfer, consistency = _loss_and_backward(edited, count, s.chunk_size, e_src, target, s)
         if coef_optimizer is not None:
             coef_optimizer.step()
         optimizer.step()
