@@ -20,14 +20,18 @@ import os
 
 import torch
 
+from .align import AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, load_landmarker
 from .apply import apply_direction, mix_directions, strength_sweep
 from .clip_guide import ClipGuide, load_guide_file
 from .direction import Direction, load_direction
 from .e4e import E4EEncoder, EncoderConfig, load_encoder_file
 from .errors import (CorruptFileError, DirectionFileError, DownloadError, EssenceError,
-                     IncompatibleLatentSpaceError, IncompatibleWeightsError, MissingWeightsError,
-                     ShapeError, TrainingCancelled, UnsafeFileError, WeightFileError,
-                     WrongFileKindError)
+                     FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
+                     IncompatibleWeightsError, LatentFileError, MissingWeightsError, ShapeError,
+                     TrainingCancelled, UnsafeFileError, WeightFileError, WrongFileKindError)
+from .images import load_image, load_photo, load_photos
+from .invert import Inversion, clear_inversion_cache, invert
+from .latents import LatentSet, load_latents, sample_latents, save_latents
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
 from .train import TrainResult, TrainSettings, train_direction
@@ -76,4 +80,8 @@ __all__ = [
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
     "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction",
+    "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
+    "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
+    "LatentSet", "load_latents", "save_latents", "sample_latents",
+    "FaceNotFoundError", "ImageInputError", "LatentFileError",
 ]

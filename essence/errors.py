@@ -54,3 +54,15 @@ class IncompatibleLatentSpaceError(EssenceError):
 
 class TrainingCancelled(EssenceError):
     """Training was stopped on request; nothing was saved."""
+
+
+class ImageInputError(EssenceError, ValueError):
+    """An input image is missing, not an image, damaged or truncated, too large, or of an unusable shape."""
+
+
+class FaceNotFoundError(EssenceError):
+    """No face was found in a photo (callers may fall back, e.g. to a random initialisation)."""
+
+
+class LatentFileError(DirectionFileError):
+    """A latent file is unreadable, damaged, not an Essence latent file, or holds NaN/inf."""

@@ -12,7 +12,8 @@ Lookup order (first hit wins):
    model folders ComfyUI knows, including ``extra_model_paths.yaml`` entries; this module never
    imports ComfyUI),
 3. the repository's ``weights/`` folder (overridable with ``$ESSENCE_REPO_WEIGHTS_DIR``),
-4. ``$ESSENCE_WEIGHTS_DIR`` (one folder, or several separated by ``os.pathsep``).
+4. ``$ESSENCE_WEIGHTS_DIR`` (one folder, or several separated by ``os.pathsep``),
+5. for the landmarks file only, where other packages install it (``installed_package_dirs``).
 
 This module is stdlib-only so that listing and locating weights stays cheap and never needs torch.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -285,7 +287,30 @@ def search_dirs(spec: WeightSpec | None = None) -> list[tuple[str, Path]]:
     places = [(f"host folder '{f}'", d) for f in folders for d in provider_dirs(f)]
     places.append(("Essence weights folder", default_weights_dir()))
     places += [(f"${ENV_WEIGHTS_DIR}", d) for d in env_weights_dirs()]
+    if spec is not None:
+        places += installed_package_dirs(spec.role)
     return _dedupe(places)
+
+
+def installed_package_dirs(role: str) -> list[tuple[str, Path]]:
+    """Folders where other installers put a known file, searched last.
+
+    Only the landmarks role has any: PyPI's ``face-recognition-models`` and Debian's
+    ``libdlib-data`` both ship ``shape_predictor_68_face_landmarks.dat``. The PyPI package is
+    located without importing it (its ``__init__`` imports ``pkg_resources``).
+    """
+    if role != "landmarks":
+        return []
+    places = []
+    try:
+        found = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.submodule_search_locations:
+        for location in found.submodule_search_locations:
+            places.append(("PyPI package face-recognition-models", Path(location) / "models"))
+    places.append(("Debian package libdlib-data", Path("/usr/share/dlib")))
+    return places
 
 
 def _dedupe(places: Iterable[tuple[str, Path]]) -> list[tuple[str, Path]]:

@@ -1,0 +1,246 @@
+"""Source latents: the W+ codes of the faces a direction is trained on or applied to.
+
+They come from two places: e4e inversions of photos (``essence.invert``) and random samples of the
+generator (``sample_latents``). Either way they are worth keeping, so they have a file: a
+safetensors file with one tensor, ``latents`` [N, n_latent, style_dim] float32, and string metadata:
+
+    format          "essence.latents"        format_version  "1"
+    latent_space    {"n_latent", "style_dim", "resolution"} (JSON)
+    generator       {"fingerprint", "name"} of the generator the codes belong to, when known (JSON)
+    encoder         {"fingerprint", "name"} for inversions (JSON)
+    sources         one entry per row (JSON list): {"kind": "photo", "name", "sha256", "face", ...}
+                    or {"kind": "sample", "seed", "row", "truncation"}
+    created, essence_version, count
+
+Files are written atomically and checked on load (header, dtype, shape, NaN/inf, metadata), so a
+damaged or foreign file is refused with a reason. TargetCLIP's own source latents
+(``opt_latents.pt``, CUDA tensors [4, 18, 512], or ``w_plus.npy``) can be imported.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError
+from .files import load_safetensors_checked, save_safetensors_atomic
+
+FORMAT_NAME = "essence.latents"
+FORMAT_VERSION = 1
+TENSOR_NAME = "latents"
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class LatentSet:
+    """W+ latents [N, n_latent, style_dim] with one provenance entry per row and file-level metadata."""
+
+    latents: torch.Tensor
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.latents = validated_latents(self.latents)
+        if not self.sources:
+            self.sources = [{"kind": "unknown", "row": i} for i in range(len(self))]
+        if len(self.sources) != len(self):
+            raise LatentFileError(f"{len(self.sources)} source entries for {len(self)} latents; "
+                                  f"give one per row.")
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def space(self) -> dict[str, int | None]:
+        """{"n_latent", "style_dim", "resolution"} of these latents."""
+        _, n, d = self.latents.shape
+        space = self.meta.get("latent_space")
+        resolution = space.get("resolution") if isinstance(space, dict) else None
+        return {"n_latent": n, "style_dim": d, "resolution": resolution or resolution_for(n)}
+
+    @property
+    def generator_fingerprint(self) -> str | None:
+        gen = self.meta.get("generator")
+        return gen.get("fingerprint") if isinstance(gen, dict) else None
+
+    def check_fits(self, generator: Any, what: str = "these latents") -> None:
+        """Refuse latents of another W+ shape than ``generator``'s, naming both."""
+        mine = (self.latents.shape[1], self.latents.shape[2])
+        theirs = (generator.n_latent, generator.style_dim)
+        if mine != theirs:
+            raise IncompatibleLatentSpaceError(
+                f"{what} are {mine[0]} x {mine[1]} W+ codes, but the generator ({generator.size} px) uses "
+                f"{theirs[0]} x {theirs[1]}. Invert or sample them with this generator.")
+
+    def save(self, path: PathLike) -> Path:
+        """Write the latent file atomically (a failed save leaves no partial file)."""
+        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
+        fields = {**_base_meta(), **self.meta, "latent_space": self.space, "count": len(self),
+                  "sources": self.sources}
+        for key, value in fields.items():
+            if key not in meta:
+                meta[key] = value if isinstance(value, str) else json.dumps(value)
+        return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()}, meta, path)
+
+    @classmethod
+    def load(cls, path: PathLike, generator: Any = None) -> "LatentSet":
+        """Read an Essence latent file (or import TargetCLIP's ``.pt``/``.npy``); with ``generator``,
+        also check the latents fit it."""
+        path = Path(path)
+        if path.suffix.lower() in (".pt", ".pth", ".npy"):
+            latent_set = import_targetclip_latents(path)
+        else:
+            latent_set = _load_safetensors(path)
+        if generator is not None:
+            latent_set.check_fits(generator, f"the latents in {path}")
+        return latent_set
+
+
+def _load_safetensors(path: Path) -> LatentSet:
+    try:
+        tensors, raw = load_safetensors_checked(path)
+    except EssenceError as exc:
+        raise LatentFileError(f"not a usable latent file: {exc}") from None
+    if raw.get("format") != FORMAT_NAME or TENSOR_NAME not in tensors:
+        raise LatentFileError(f"{path}: not an Essence latent file (format {raw.get('format')!r}, tensors "
+                              f"{sorted(tensors)}). Create one with `python -m essence invert` or `sample`.")
+    version = raw.get("format_version", "?")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise LatentFileError(f"{path}: latent format version {version} is newer than this Essence "
+                              f"understands ({FORMAT_VERSION}); update Essence.")
+    meta = {k: _decode(v) for k, v in raw.items() if k not in ("format", "format_version")}
+    sources = meta.pop("sources", None)
+    if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
+        raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")
+    try:
+        latent_set = LatentSet(tensors[TENSOR_NAME], sources or [], meta)
+    except LatentFileError as exc:
+        raise LatentFileError(f"{path}: {exc}") from None
+    space = meta.get("latent_space")
+    shape = tuple(latent_set.latents.shape[1:])
+    if isinstance(space, dict) and (space.get("n_latent"), space.get("style_dim")) != shape:
+        raise LatentFileError(f"{path}: metadata says {space} but the tensor is {list(latent_set.latents.shape)}.")
+    return latent_set
+
+
+def validated_latents(latents: Any) -> torch.Tensor:
+    """W+ latents as a float32 CPU tensor [N, n_latent, style_dim], or a ``LatentFileError`` saying why not."""
+    if isinstance(latents, np.ndarray):
+        latents = torch.from_numpy(np.array(latents))
+    if not isinstance(latents, torch.Tensor):
+        raise LatentFileError(f"latents must be a tensor, got {type(latents).__name__}.")
+    if not latents.is_floating_point():
+        raise LatentFileError(f"latents must hold floating-point numbers, got {latents.dtype}.")
+    if latents.ndim != 3 or 0 in latents.shape:
+        raise LatentFileError(f"latents must have shape [count, n_latent, style_dim] (e.g. [4, 18, 512]), "
+                              f"got {list(latents.shape)}.")
+    latents = latents.detach().float().cpu()
+    if not torch.isfinite(latents).all():
+        raise LatentFileError("latents contain NaN or infinite values.")
+    return latents
+
+
+def resolution_for(n_latent: int) -> int | None:
+    """The generator resolution a W+ of ``n_latent`` rows belongs to (18 -> 1024; rosinality's layout)."""
+    return 2 ** ((n_latent + 2) // 2) if n_latent >= 2 and n_latent % 2 == 0 else None
+
+
+# ----------------------------------------------------------------------------- creating latent sets
+
+
+def save_latents(path: PathLike, latents: torch.Tensor | LatentSet, sources: Sequence[dict[str, Any]] | None = None,
+                 *, generator: Any = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write latents [N, n_latent, style_dim] (or a ``LatentSet``) to ``path`` (``.safetensors``).
+
+    ``generator`` (a ``StyleGAN2Generator``) records its fingerprint and checks the shape.
+    """
+    if isinstance(latents, LatentSet):
+        latent_set = LatentSet(latents.latents, list(sources or latents.sources), {**latents.meta, **(meta or {})})
+    else:
+        latent_set = LatentSet(latents, list(sources or []), dict(meta or {}))
+    if generator is not None:
+        latent_set.check_fits(generator)
+        latent_set.meta["generator"] = generator_info(generator, latent_set.meta.get("generator"))
+        latent_set.meta["latent_space"] = {**latent_set.space, "resolution": generator.size}
+    return latent_set.save(path)
+
+
+def load_latents(path: PathLike, generator: Any = None) -> LatentSet:
+    """Read a latent file (``.safetensors``; TargetCLIP's ``.pt``/``.npy`` are imported)."""
+    return LatentSet.load(path, generator)
+
+
+def sample_latents(generator: Any, count: int, seed: int = 0, truncation: float = 0.7) -> LatentSet:
+    """``count`` random W+ latents: z ~ N(0, I) from ``seed`` -> mapping -> truncation toward the mean.
+
+    Row ``i`` is reproducible: it is row ``i`` of ``generator.sample_wplus(count, seed, truncation)``,
+    and its source entry says so. TargetCLIP's random initialisation uses truncation 0.7.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}.")
+    with torch.no_grad():
+        latents = generator.sample_wplus(count, seed=seed, truncation=truncation)
+    sources = [{"kind": "sample", "seed": seed, "row": i, "truncation": truncation,
+                "description": f"sample seed={seed} row={i} truncation={truncation}"} for i in range(count)]
+    meta = {"generator": generator_info(generator),
+            "latent_space": {"n_latent": generator.n_latent, "style_dim": generator.style_dim,
+                             "resolution": generator.size}}
+    return LatentSet(latents.detach().float().cpu().contiguous(), sources, meta)
+
+
+def generator_info(generator: Any, known: Any = None) -> dict[str, Any]:
+    """{"fingerprint", "size", ...} identifying a generator (keeps a ``name`` already recorded)."""
+    info = dict(known) if isinstance(known, dict) else {}
+    info.update({"fingerprint": generator.fingerprint(), "size": generator.size})
+    return info
+
+
+def import_targetclip_latents(path: PathLike) -> LatentSet:
+    """TargetCLIP's source latents: ``opt_latents.pt`` (a [4, 18, 512] tensor, saved on CUDA; loaded
+    safely onto the CPU) or ``w_plus.npy`` ([68, 18, 512], its evaluation set)."""
+    from .checkpoints import load_torch_file
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            data: Any = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise LatentFileError(f"{path}: not a readable .npy array ({exc}).") from None
+    else:
+        try:
+            data = load_torch_file(path)
+        except EssenceError as exc:
+            raise LatentFileError(f"not a usable latent file: {exc}") from None
+    if isinstance(data, dict):
+        tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+        data = tensors[0] if len(tensors) == 1 else data
+    try:
+        latents = validated_latents(data)
+    except LatentFileError as exc:
+        raise LatentFileError(f"{path}: {exc}") from None
+    sources = [{"kind": "imported", "name": path.name, "row": i} for i in range(latents.shape[0])]
+    meta = {"imported_from": f"TargetCLIP {path.name}",
+            "generator": {"name": "stylegan2-ffhq-config-f (as published with TargetCLIP)"}}
+    return LatentSet(latents, sources, meta)
+
+
+def _base_meta() -> dict[str, Any]:
+    from . import __version__
+
+    return {"created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "essence_version": __version__}
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
