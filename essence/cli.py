@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .download import fetch_weight
 from .errors import EssenceError
 from .weights import (
@@ -184,6 +185,136 @@ def _print_missing(problems: Sequence[tuple[WeightSpec, str]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# align / invert / sample (photos -> aligned faces -> W+ latents; random latents)
+
+
+def _add_align(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    align = subparsers.add_parser("align", help="detect and FFHQ-align the faces in photos (PNG crops + JSON)")
+    align.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    align.add_argument("--out", type=Path, required=True, help="folder for the crops")
+    align.add_argument("--size", type=int, choices=(256, 1024), default=1024, help="crop size in pixels")
+    align.add_argument("--all-faces", action="store_true", help="every face, not only the largest")
+    align.add_argument("--landmarks", type=Path, default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    align.set_defaults(handler=_cmd_align)
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    """Write ``<stem>.png`` (``<stem>_face<i>.png`` with --all-faces) and a ``.json`` beside each
+    crop with its crop-to-photo transform, landmarks and quad; print the transform."""
+    import json
+
+    from .align import align_faces, load_landmarker
+
+    landmarker = load_landmarker(args.landmarks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed, used = 0, set()
+    for photo in args.photos:
+        try:
+            faces = align_faces(photo, args.size, landmarks=landmarker, all_faces=args.all_faces)
+        except EssenceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for face in faces:
+            stem = _unique_stem(f"{photo.stem}_face{face.index}" if args.all_faces else photo.stem, used)
+            face.crop.save(args.out / f"{stem}.png")
+            record = {"photo": str(photo), "face": face.index, "transform": face.transform.to_dict(),
+                      "quad": face.quad.tolist(), "box": list(face.box), "landmarks": face.landmarks.tolist()}
+            (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+            matrix = [[round(v, 4) for v in row] for row in face.transform.matrix[:2].tolist()]
+            print(f"{photo.name} face {face.index} -> {args.out / (stem + '.png')}  crop->photo {matrix}")
+    return EXIT_USER_ERROR if failed else EXIT_OK
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... when two photos share a name (a/me.jpg, b/me.jpg)."""
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    invert = subparsers.add_parser("invert", help="align photos and e4e-encode them into a W+ latent file")
+    invert.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    invert.add_argument("--out", type=Path, required=True, help="latent file to write (.safetensors)")
+    invert.add_argument("--encoder", type=Path, default=None, help="e4e checkpoint (default: looked up)")
+    invert.add_argument("--generator", type=Path, default=None,
+                        help="generator for --reconstruction and the file's fingerprint (default: the e4e "
+                             "file's own decoder)")
+    invert.add_argument("--landmarks", type=Path, default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    invert.add_argument("--reconstruction", type=Path, default=None, metavar="DIR",
+                        help="also write G(latent) for each face as PNG into DIR")
+    invert.add_argument("--all-faces", action="store_true", help="every face, not only the largest")
+    invert.add_argument("--skip-missing", action="store_true", help="skip photos without a face")
+    invert.add_argument("--batch-size", type=int, default=4)
+    invert.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    invert.set_defaults(handler=_cmd_invert)
+
+
+def _cmd_invert(args: argparse.Namespace) -> int:
+    from . import load_encoder, load_generator
+    from .images import model_to_pil
+    from .invert import invert
+    from .weights import find_weight
+
+    encoder_file = find_weight("encoder", explicit_path=args.encoder)
+    encoder = load_encoder(encoder_file, device=args.device)
+    generator = None
+    if args.generator is not None or args.reconstruction is not None:
+        generator = load_generator(args.generator or encoder_file, device=args.device)
+    result = invert(args.photos, encoder, landmarks=args.landmarks, batch_size=args.batch_size,
+                    return_reconstruction=args.reconstruction is not None, generator=generator,
+                    all_faces=args.all_faces, skip_missing=args.skip_missing)
+    for name, reason in result.failures:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if not result.faces:
+        raise EssenceError("no face was found in any of the photos; nothing to write.")
+    path = result.latent_set(generator, encoder_name=encoder_file.name).save(args.out)
+    if result.reconstructions is not None:
+        args.reconstruction.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for face, image in zip(result.faces, model_to_pil(result.reconstructions)):
+            image.save(args.reconstruction / f"{_unique_stem(f'{Path(face.source).stem}_face{face.index}', used)}.png")
+    _, n, d = result.latents.shape
+    print(f"wrote {len(result.faces)} latent(s) ({n} x {d} W+) to {path}")
+    for source in result.sources:
+        print(f"  {source['name']} face {source['face']}  sha256 {source['sha256'][:12]}")
+    return EXIT_OK  # photos without a face were skipped on request (--skip-missing) and reported
+
+
+def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    sample = subparsers.add_parser("sample", help="random W+ latents from the generator into a latent file")
+    sample.add_argument("--count", type=int, default=4)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--truncation", type=float, default=0.7, help="1 = none; TargetCLIP uses 0.7")
+    sample.add_argument("--out", type=Path, required=True, help="latent file to write (.safetensors)")
+    sample.add_argument("--generator", type=Path, default=None, help="StyleGAN2 checkpoint (default: looked up)")
+    sample.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    sample.set_defaults(handler=_cmd_sample)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from . import load_generator
+    from .latents import sample_latents
+    from .weights import find_weight
+
+    if args.count < 1:
+        raise EssenceError(f"--count must be at least 1, got {args.count}.")
+    generator_file = find_weight("generator", explicit_path=args.generator)
+    generator = load_generator(generator_file, device=args.device)
+    latent_set = sample_latents(generator, args.count, seed=args.seed, truncation=args.truncation)
+    latent_set.meta["generator"]["name"] = generator_file.name
+    path = latent_set.save(args.out)
+    _, n, d = latent_set.latents.shape
+    print(f"wrote {args.count} sampled latent(s) ({n} x {d} W+, seed {args.seed}, truncation "
+          f"{args.truncation}) to {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # formatting
 
 
@@ -214,4 +345,5 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo]
+SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
+                                      *DIRECTION_COMMANDS]

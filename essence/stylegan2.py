@@ -235,6 +235,7 @@ class GeneratorConfig:
             raise IncompatibleWeightsError(
                 f"{source}: not a StyleGAN2 generator state dict (missing tensor {exc.args[0]!r})."
             ) from None
+        # the kernel's values are buffers loaded from the file; only its length shapes the model
         taps = (1, 3, 3, 1) if blur is None or blur.shape[0] == 4 else (1,) * blur.shape[0]
         return cls(size=4 * 2**n_rgbs, style_dim=style_dim, n_mlp=n_mlp,
                    channels=tuple(sorted(widths.items())), blur_kernel=taps)

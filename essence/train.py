@@ -175,7 +175,7 @@ def train_direction(
     (ComfyUI); the models' own weights stay frozen. Nothing is written to disk.
     """
     device = generator.latent_avg.device
-    init_method = "random" if isinstance(init, str) else (metadata or {}).get("init", "given")
+    init_method = (metadata or {}).get("init") or ("random" if isinstance(init, str) else "given")
     if isinstance(init, str):
         if init != "random":
             raise EssenceError(f"init must be a tensor or 'random', got {init!r}.")

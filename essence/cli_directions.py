@@ -1,0 +1,316 @@
+"""Command-line commands for essence directions: ``train``, ``apply``, ``import-official``, ``info``,
+``export-npy``. Registered by ``essence.cli``; each ``_add_*`` declares arguments, each ``_cmd_*`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EssenceError
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
+    parser.add_argument("--generator", help="StyleGAN2 file (default: looked up as stylegan2-ffhq-config-f.pt)")
+    if guide:
+        parser.add_argument("--guide", help="CLIP file (default: ViT-B-32.pt)")
+    if encoder:
+        parser.add_argument("--encoder", help="e4e file (default: e4e_ffhq_encode.pt)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+
+
+def _parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EssenceError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+
+
+def load_source_latents(path: str | Path, generator=None) -> torch.Tensor:
+    """W+ latents [N, n_latent, D] from a latent file, or TargetCLIP's ``opt_latents.pt`` / ``w_plus.npy``."""
+    from .latents import load_latents
+
+    return load_latents(path, generator).latents
+
+
+def _open_targets(paths: list[str]):
+    from .images import load_image
+
+    return [load_image(p) for p in paths]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("train", help="train an essence direction from target image(s)",
+                              description="Train a TargetCLIP direction: the essence of the target picture(s), "
+                                          "applicable to any face.")
+    p.add_argument("targets", nargs="+", help="target image(s); several pictures of the same target are averaged")
+    p.add_argument("--out", "-o", required=True, help="direction file to write (.safetensors)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
+    src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=["auto", "inversion", "random"], default="auto",
+                   help="start from the e4e inversion of the target (auto: when it has a face) or a random latent")
+    p.add_argument("--mode", choices=["fast", "official", "fast+bf16", "fast+fp16"], default="fast",
+                   help="fast = same result as official, quicker; +bf16/+fp16 = approximate, quicker still")
+    p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
+                   help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
+    p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
+    p.add_argument("--lambda-transfer", type=float, default=1.0)
+    p.add_argument("--lambda-consistency", type=float, default=0.5)
+    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
+    _add_model_options(p, encoder=True, guide=True)
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import essence
+    from .train import TrainSettings, train_direction
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
+    path, _, precision = args.mode.partition("+")
+    settings = TrainSettings(steps=args.steps, seed=args.seed, path=path, autocast=precision or None,
+                             clip_mode=args.clip_mode, chunk_size=args.chunk,
+                             lambda_transfer=args.lambda_transfer, lambda_consistency=args.lambda_consistency)
+    generator = essence.load_generator(args.generator, device=args.device)
+    guide = essence.load_guide(args.guide, device=args.device)
+    targets = _open_targets(args.targets)
+    if args.sources:
+        sources = load_source_latents(args.sources, generator)
+        source_note = Path(args.sources).name
+    else:
+        sources = generator.sample_wplus(args.sample, seed=args.seed + 1, truncation=0.7)
+        source_note = f"{args.sample} random samples (seed {args.seed + 1}, truncation 0.7)"
+    init, init_note = _initial_direction(args, generator, targets)
+    print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
+          f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode.")
+    result = train_direction(targets, sources, generator, guide, init=init, settings=settings,
+                             progress=_tqdm_progress(args.steps),
+                             metadata={"name": args.name or Path(args.targets[0]).stem,
+                                       "target": [Path(t).name for t in args.targets],
+                                       "init": init_note, "source_latents": source_note})
+    result.direction.thumbnail = _thumbnail(targets[0])
+    result.direction.save(out)
+    terms = result.direction.meta["losses"]
+    print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
+          f"{terms['transfer']:.4f}, consistency {terms['consistency']:.4f}; {result.seconds:.1f} s).")
+    return 0
+
+
+def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
+    """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
+    if args.init == "random":
+        return "random", "random"
+    from .errors import FaceNotFoundError, MissingWeightsError
+
+    try:
+        import essence
+        from .invert import invert
+
+        encoder = essence.load_encoder(args.encoder, device=args.device)
+        inverted = invert([targets[0]], encoder)
+        return inverted.latents[:1].to(generator.latent_avg.device), "e4e inversion of the target"
+    except (FaceNotFoundError, MissingWeightsError) as exc:
+        if args.init == "inversion":
+            raise
+        reason = "no face found in the target" if isinstance(exc, FaceNotFoundError) else "no e4e/landmark file"
+        print(f"note: starting from a random latent ({reason}).", file=sys.stderr)
+        return "random", f"random ({reason})"
+
+
+def _tqdm_progress(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def report(p) -> None:
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", transfer=f"{p.transfer:.4f}", consistency=f"{p.consistency:.4f}",
+                        best=f"{p.best_loss:.4f}")
+        if p.step == p.total:
+            bar.close()
+
+    return report
+
+
+def _thumbnail(image, size: int = 128) -> torch.Tensor:
+    import numpy as np
+
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    return torch.from_numpy(np.asarray(thumb.convert("RGB")).copy())
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def _add_apply(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("apply", help="apply direction(s) to latents, sampled faces or photos -> image",
+                              description="Render faces with an essence applied: w + strength * direction.")
+    p.add_argument("directions", nargs="+",
+                   help="direction file(s) (.safetensors or official .npy); NAME:WEIGHT mixes several")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--latents", help="latent file (.safetensors), or TargetCLIP's opt_latents.pt / w_plus.npy")
+    where.add_argument("--photo", nargs="+", help="photo(s) to align and invert with e4e")
+    where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument("--strength", default="1.0",
+                   help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2)")
+    p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
+    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face")
+    _add_model_options(p, encoder=True)
+    p.set_defaults(handler=_cmd_apply)
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    import essence
+    from .apply import image_grid, mix_directions, strength_sweep
+
+    strengths = _parse_floats(args.strength, "--strength")
+    loaded = [_weighted(spec) for spec in args.directions]
+    if len(loaded) == 1 and loaded[0][1] == 1.0:
+        direction = loaded[0][0]
+    else:
+        direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
+    generator = essence.load_generator(args.generator, device=args.device)
+    direction.check_fits(generator, what=", ".join(args.directions))
+    if args.latents:
+        latents = load_source_latents(args.latents, generator)
+    elif args.photo:
+        from .invert import invert
+
+        encoder = essence.load_encoder(args.encoder, device=args.device)
+        latents = invert(_open_targets(args.photo), encoder).latents
+    else:
+        latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
+    images = strength_sweep(generator, latents, direction, strengths, layers=args.layers)
+    _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
+    print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
+    return 0
+
+
+def _weighted(spec: str):
+    """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
+    import essence
+
+    path, weight = spec, "1"
+    if ":" in spec and not Path(spec).exists():
+        path, _, weight = spec.rpartition(":")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise EssenceError(f"{spec!r}: the weight after ':' must be a number.") from None
+    return essence.load_direction(path), value
+
+
+def _save_image(grid: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    from .files import atomic_write
+
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise EssenceError(f"{path.name}: choose a .png, .jpg or .webp output.")
+    with atomic_write(path) as tmp:
+        Image.fromarray(array).save(tmp, format=fmt)
+
+
+# ----------------------------------------------------------------------------- import / export / info
+
+
+def _add_import_official(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions / .pt latents",
+                              description="Convert the directions (.npy) and source latents (.pt) published "
+                                          "with TargetCLIP into Essence files.")
+    p.add_argument("files", nargs="+", help=".npy direction files and/or .pt latent tensors")
+    p.add_argument("--out-dir", "-o", required=True, help="folder for the converted .safetensors files")
+    p.set_defaults(handler=_cmd_import_official)
+
+
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    from .direction import Direction
+
+    out_dir = Path(args.out_dir)
+    for name in args.files:
+        path = Path(name)
+        target = out_dir / f"{path.stem}.safetensors"
+        if path.suffix.lower() == ".npy":
+            Direction.from_official_npy(path).save(target)
+        elif path.suffix.lower() in (".pt", ".pth"):
+            from .latents import import_targetclip_latents
+
+            import_targetclip_latents(path).save(target)
+        else:
+            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction or a .pt latent tensor.")
+        print(f"{path} -> {target}")
+    return 0
+
+
+def _add_export_npy(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("export-npy", help="export a direction as TargetCLIP's .npy layout")
+    p.add_argument("direction", help="direction file")
+    p.add_argument("out", help="output .npy")
+    p.set_defaults(handler=_cmd_export_npy)
+
+
+def _cmd_export_npy(args: argparse.Namespace) -> int:
+    import essence
+
+    essence.load_direction(args.direction).to_npy(args.out)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+def _add_info(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("info", help="show what a direction or latent file holds")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(handler=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    for name in args.files:
+        kind, shape, meta = _describe_file(Path(name))
+        if args.json:
+            print(json.dumps({"file": name, "kind": kind, "shape": shape, "metadata": meta}, indent=1))
+            continue
+        print(f"{name}: {kind} {shape}")
+        for key, value in meta.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            print(f"  {key}: {text}")
+    return 0
+
+
+def _describe_file(path: Path) -> tuple[str, list[int], dict]:
+    from .direction import Direction
+    from .files import read_safetensors_header
+
+    if path.suffix.lower() != ".npy":
+        header = read_safetensors_header(path)
+        if header.get("__metadata__", {}).get("format") == "essence.latents":
+            from .latents import load_latents
+
+            latents = load_latents(path)
+            return "latents", list(latents.latents.shape), latents.meta
+    direction = Direction.load(path)
+    return "direction", list(direction.tensor.shape), direction.meta
+
+
+SUBCOMMANDS = [_add_train, _add_apply, _add_import_official, _add_export_npy, _add_info]

@@ -1,0 +1,134 @@
+"""``python -m essence train | apply | import-official | export-npy | info`` with the tiny fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import essence
+from essence import cli
+from essence.invert import clear_inversion_cache
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
+    clear_inversion_cache()
+
+
+@pytest.fixture()
+def tiny_models(fixtures: Path) -> list[str]:
+    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+            "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
+
+
+def _train(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(["train", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_inverts_a_target_with_a_face_and_writes_a_direction(fixtures, tmp_path, tiny_models, capsys):
+    out = tmp_path / "a.safetensors"
+    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "4", "--sample", "2",
+                              *tiny_models], capsys)
+    assert code == 0, stdout
+    direction = essence.load_direction(out)
+    assert direction.meta["init"] == "e4e inversion of the target"
+    assert direction.meta["name"] == "face_a" and direction.meta["target"] == ["face_a.jpg"]
+    assert direction.meta["hyperparameters"]["steps"] == 4 and direction.thumbnail is not None
+    assert "Saved" in stdout and "best loss" in stdout
+
+
+def test_train_falls_back_to_random_init_when_the_target_has_no_face(fixtures, tmp_path, tiny_models, capsys):
+    out = tmp_path / "elsa.safetensors"
+    code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
+                           "--sample", "2", *tiny_models], capsys)
+    assert code == 0
+    assert "random latent (no face found in the target)" in err
+    assert essence.load_direction(out).meta["init"] == "random (no face found in the target)"
+
+
+def test_train_with_init_inversion_required_fails_clearly_without_a_face(fixtures, tmp_path, tiny_models, capsys):
+    out = tmp_path / "elsa.safetensors"
+    code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
+                           "--init", "inversion", *tiny_models], capsys)
+    assert code == 2 and "no face found" in err and not out.exists()
+
+
+def test_train_refuses_sources_from_another_latent_space(fixtures, tmp_path, tiny_models, capsys):
+    out = tmp_path / "x.safetensors"
+    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--init", "random",
+                           "--sources", str(fixtures / "official" / "opt_latents.pt"), *tiny_models], capsys)
+    assert code == 2 and "18 x 512" in err and "10 x 64" in err and not out.exists()
+
+
+def test_interrupted_training_exits_130_and_writes_nothing(fixtures, tmp_path, tiny_models, capsys, monkeypatch):
+    from essence import cli_directions
+
+    def interrupting_progress(total):
+        def report(p):
+            raise KeyboardInterrupt
+
+        return report
+
+    monkeypatch.setattr(cli_directions, "_tqdm_progress", interrupting_progress)
+    out = tmp_path / "cancelled.safetensors"
+    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "30", "--init", "random",
+                           "--sample", "2", *tiny_models], capsys)
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_apply_renders_a_sweep_grid(fixtures, tmp_path, tiny_models, capsys):
+    direction = tmp_path / "d.safetensors"
+    assert _train([str(fixtures / "face_b.jpg"), "--out", str(direction), "--steps", "2", "--init", "random",
+                   "--sample", "2", *tiny_models], capsys)[0] == 0
+    out = tmp_path / "grid.png"
+    code = cli.main(["apply", str(direction), "--sample", "2", "--strength", "0,0.5,1", "--out", str(out),
+                     *tiny_models[:2], "--device", "cpu"])
+    assert code == 0
+    assert Image.open(out).size == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)  # 3 strengths x 2 faces, 2 px padding
+
+
+def test_apply_mixes_weighted_directions_and_inverts_photos(fixtures, tmp_path, tiny_models, capsys):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path, seed in ((a, "1"), (b, "2")):
+        assert _train([str(fixtures / "face_a.jpg"), "--out", str(path), "--steps", "2", "--init", "random",
+                       "--seed", seed, "--sample", "2", *tiny_models], capsys)[0] == 0
+    out = tmp_path / "mix.jpg"
+    code = cli.main(["apply", f"{a}:0.5", f"{b}:0.5", "--photo", str(fixtures / "face_b.jpg"),
+                     "--out", str(out), *tiny_models[:2], *tiny_models[4:]])
+    assert code == 0 and Image.open(out).size == (64, 64)  # one face, one strength: no grid padding
+
+
+def test_apply_refuses_an_official_direction_on_a_small_generator(fixtures, tmp_path, tiny_models, capsys):
+    code = cli.main(["apply", str(fixtures / "official" / "keanu.npy"), "--sample", "1",
+                     "--out", str(tmp_path / "x.png"), *tiny_models[:2]])
+    err = capsys.readouterr().err
+    assert code == 2 and "18 x 512" in err and "10 x 64" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_import_official_export_npy_and_info(fixtures, tmp_path, capsys):
+    official = fixtures / "official"
+    assert cli.main(["import-official", str(official / "joker.npy"), str(official / "opt_latents.pt"),
+                     "--out-dir", str(tmp_path)]) == 0
+    assert essence.load_direction(tmp_path / "joker.safetensors").tensor.shape == (1, 18, 512)
+    assert essence.load_latents(tmp_path / "opt_latents.safetensors").latents.shape == (4, 18, 512)
+    assert cli.main(["export-npy", str(tmp_path / "joker.safetensors"), str(tmp_path / "joker.npy")]) == 0
+    assert (tmp_path / "joker.npy").read_bytes() == (official / "joker.npy").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "joker.safetensors"), str(tmp_path / "opt_latents.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "direction [1, 18, 512]" in out and "latents [4, 18, 512]" in out
+    assert "official TargetCLIP direction" in out
+    assert cli.main(["info", "--json", str(tmp_path / "joker.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["name"] == "joker"
+
+
+def test_info_on_a_non_direction_file_is_a_clear_error(fixtures, capsys):
+    assert cli.main(["info", str(fixtures / "stylegan2_tiny64_io.safetensors")]) == 2
+    assert "not an Essence direction file" in capsys.readouterr().err
