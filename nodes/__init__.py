@@ -1,8 +1,34 @@
 """ComfyUI nodes: thin adapters from ComfyUI's types to ``essence`` calls.
 
-The node classes arrive with the ComfyUI-nodes work; until then the pack registers no nodes, and
-ComfyUI loads it without error.
+Importing this package registers the pack's model folders with ComfyUI when ComfyUI is present
+(``comfy.register_model_folders``) and otherwise only defines the node classes, so the pack can be
+imported and inspected without ComfyUI, a GPU or any weight file.
 """
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+from __future__ import annotations
+
+from . import comfy
+from .directions import EssenceLoad, EssenceMix, EssenceSave
+from .latents import EssenceApply, EssenceSampleLatents
+from .loaders import EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader
+from .render import EssenceRender, EssenceStrengthSweep
+from .train import EssenceTrain
+
+_NODES: list[tuple[type, str]] = [
+    (EssenceGeneratorLoader, "Load Essence Generator (StyleGAN2)"),
+    (EssenceEncoderLoader, "Load Essence Encoder (e4e)"),
+    (EssenceGuideLoader, "Load Essence CLIP Guide"),
+    (EssenceSampleLatents, "Sample Face Latents"),
+    (EssenceApply, "Apply Essence"),
+    (EssenceTrain, "Train Essence (TargetCLIP)"),
+    (EssenceSave, "Save Essence"),
+    (EssenceLoad, "Load Essence"),
+    (EssenceMix, "Mix Essences"),
+    (EssenceRender, "Render Latents"),
+    (EssenceStrengthSweep, "Essence Strength Sweep"),
+]
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls, _ in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {cls.__name__: name for cls, name in _NODES}
+
+comfy.register_model_folders()

@@ -1,0 +1,238 @@
+"""The only place Essence touches ComfyUI: folders, devices, progress, interruption, memory.
+
+Everything here imports ComfyUI's modules (``folder_paths``, ``comfy.utils``,
+``comfy.model_management``) lazily, inside the functions, so the pack can be imported (and its node
+classes registered and inspected) without ComfyUI; the functions that need ComfyUI then fall back
+to plain CPU behaviour. The rest of ``nodes/`` calls these functions and never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterator, TypeVar
+
+import torch
+
+from ..essence import weights as essence_weights
+from ..essence.errors import MissingWeightsError
+
+T = TypeVar("T")
+
+DIRECTIONS_FOLDER = "essence_directions"
+DIRECTION_EXTENSIONS = frozenset({".safetensors", ".npy"})
+PREVIEW_MAX_SIZE = 512  # ComfyUI's default --preview-size
+
+
+# ----------------------------------------------------------------------------- lazy imports
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def folder_paths() -> ModuleType | None:
+    """ComfyUI's ``folder_paths`` module, or None outside ComfyUI."""
+    return _module("folder_paths")
+
+
+def model_management() -> ModuleType | None:
+    """``comfy.model_management``, or None outside ComfyUI."""
+    return _module("comfy.model_management")
+
+
+def comfy_utils() -> ModuleType | None:
+    """``comfy.utils`` (for ``ProgressBar``), or None outside ComfyUI."""
+    return _module("comfy.utils")
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def model_folders() -> dict[str, frozenset[str]]:
+    """Folder name -> file extensions, for every folder the pack registers.
+
+    The weight folders come from the manifest's ``comfy_folder`` names so the loaders, the
+    ``MissingWeightsError`` messages and ``python -m essence weights`` all agree on them.
+    """
+    fp = folder_paths()
+    checkpoint_ext = frozenset(getattr(fp, "supported_pt_extensions", None) or {".pt", ".pth", ".safetensors"})
+    folders: dict[str, frozenset[str]] = {}
+    for spec in essence_weights.load_manifest():
+        ext = frozenset({Path(spec.filename).suffix.lower()}) if spec.role == "landmarks" else checkpoint_ext
+        folders[spec.comfy_folder] = folders.get(spec.comfy_folder, frozenset()) | ext
+    folders[DIRECTIONS_FOLDER] = DIRECTION_EXTENSIONS
+    return folders
+
+
+def register_model_folders() -> bool:
+    """Add ``models/<folder>`` for every Essence folder to ComfyUI's registry; False outside ComfyUI.
+
+    Paths a user already configured (``extra_model_paths.yaml`` is read before custom nodes load)
+    are kept and stay first; the default folder under ComfyUI's models directory is appended.
+    Extensions are merged, so a folder created by the yaml (which registers "any file") lists model
+    files only. Also registers the folder provider through which ``essence.find_weight`` searches
+    these folders.
+    """
+    fp = folder_paths()
+    if fp is None:
+        return False
+    for name, extensions in model_folders().items():
+        fp.add_model_folder_path(name, os.path.join(fp.models_dir, name))
+        paths, existing = fp.folder_names_and_paths[name]
+        fp.folder_names_and_paths[name] = (paths, set(existing) | set(extensions))
+    essence_weights.set_folder_provider(_comfy_folder_paths)
+    return True
+
+
+def _comfy_folder_paths(folder: str) -> list[str]:
+    """Folder provider for ``essence.weights``: the paths ComfyUI knows for ``folder``."""
+    fp = folder_paths()
+    if fp is None or folder not in fp.folder_names_and_paths:
+        return []
+    return list(fp.get_folder_paths(folder))
+
+
+def folder_dirs(folder: str) -> list[str]:
+    """Every directory registered for ``folder`` (first = where new files are written)."""
+    return _comfy_folder_paths(folder)
+
+
+def filename_list(folder: str) -> list[str]:
+    """The files a loader dropdown offers (ComfyUI's cached listing), [] outside ComfyUI."""
+    fp = folder_paths()
+    if fp is None or folder not in fp.folder_names_and_paths:
+        return []
+    return list(fp.get_filename_list(folder))
+
+
+def full_path(folder: str, filename: str) -> Path | None:
+    """Where ``filename`` from a dropdown lives, or None when it is in none of the folder's paths."""
+    fp = folder_paths()
+    if fp is None or folder not in fp.folder_names_and_paths:
+        return None
+    found = fp.get_full_path(folder, filename)
+    return Path(found) if found else None
+
+
+def require_file(folder: str, filename: str, what: str) -> Path:
+    """The path of a dropdown choice, or a ``MissingWeightsError`` naming the folder to put it in."""
+    found = full_path(folder, filename)
+    if found is not None:
+        return found
+    places = folder_dirs(folder) or [f"models/{folder}"]
+    where = places[0] + (f" (or another '{folder}' path: {', '.join(places[1:])})" if places[1:] else "")
+    lines = [f"The {what} '{filename}' is not in ComfyUI's '{folder}' model folder. "
+             f"Put it in {where}, then refresh ComfyUI (press R) and pick it."]
+    lines += _how_to_get(folder, filename)
+    raise MissingWeightsError("\n".join(lines))
+
+
+def _how_to_get(folder: str, filename: str) -> list[str]:
+    """Download, licence and fetch-command lines for a file the manifest knows; a hint for directions."""
+    if folder == DIRECTIONS_FOLDER:
+        return ["Directions come from Save Essence, or are TargetCLIP's published .npy files (the dirs/ "
+                "folder of github.com/hila-chefer/TargetCLIP)."]
+    try:
+        spec = essence_weights.get_spec(filename)
+    except MissingWeightsError:
+        return []
+    return essence_weights.get_it_lines(spec) if spec.filename == filename else []
+
+
+# ----------------------------------------------------------------------------- devices and memory
+
+
+def compute_device() -> torch.device:
+    """Where models run: ComfyUI's torch device (honours --cpu, --gpu-only, ...); CPU outside it."""
+    mm = model_management()
+    return torch.device(mm.get_torch_device()) if mm is not None else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where IMAGE outputs live between nodes (CPU unless --gpu-only)."""
+    mm = model_management()
+    return torch.device(mm.intermediate_device()) if mm is not None else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where models wait between nodes (CPU, or the GPU in ComfyUI's high-VRAM mode)."""
+    mm = model_management()
+    return torch.device(mm.unet_offload_device()) if mm is not None else torch.device("cpu")
+
+
+def free_memory() -> None:
+    """Return cached device memory to the driver (ComfyUI's soft_empty_cache)."""
+    mm = model_management()
+    if mm is not None:
+        mm.soft_empty_cache()
+
+
+def _move(model: torch.nn.Module, device: torch.device) -> None:
+    # Outside inference mode: parameters copied under it would become inference tensors, which can
+    # never take part in autograd, and the training node back-propagates through these models.
+    with torch.inference_mode(False), torch.no_grad():
+        model.to(device)
+
+
+@contextlib.contextmanager
+def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]:
+    """Run a block with ``models`` on the compute device; afterwards (even on error or interrupt)
+    move them back to the offload device and free cached memory."""
+    device = compute_device()
+    try:
+        for model in models:
+            _move(model, device)
+        yield device
+    finally:
+        home = offload_device()
+        for model in models:
+            _move(model, home)
+        if device.type != "cpu":
+            free_memory()
+
+
+def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
+    """``run(size)``; on device out-of-memory, free memory and retry with half the size, down to 1."""
+    while True:
+        try:
+            return run(size)
+        except torch.OutOfMemoryError as exc:
+            if size <= 1:
+                raise torch.OutOfMemoryError(
+                    f"out of device memory while {what}, even one at a time. Close other models "
+                    f"(ComfyUI's 'Unload models'), or run ComfyUI with --cpu.") from exc
+            size = max(1, size // 2)
+            free_memory()
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+    mm = model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """ComfyUI's progress bar for one node (silent outside ComfyUI)."""
+
+    def __init__(self, total: int):
+        utils = comfy_utils()
+        self._bar = utils.ProgressBar(total) if utils is not None else None
+        self.total = total
+
+    def update(self, value: int, preview: Any = None) -> None:
+        """Set the bar to ``value``; ``preview`` is a PIL image shown on the node while it runs."""
+        if self._bar is None:
+            return
+        shown = ("JPEG", preview, PREVIEW_MAX_SIZE) if preview is not None else None
+        self._bar.update_absolute(value, self.total, shown)

@@ -1,0 +1,87 @@
+"""Latent nodes: make W+ latents and edit them with a direction.
+
+Latents travel as ``EssenceLatent`` (CPU float32 tensor + per-row notes), so a batch always says
+where each face came from and which essences were added to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from .. import essence
+from ..essence.apply import LAYER_PRESETS, apply_direction
+from ..essence.direction import LatentSpace
+from . import comfy
+from . import types as T
+from .inputs import choice, integer, link, number, seed
+
+CATEGORY = "essence/latents"
+MAX_SAMPLES = 64
+
+
+def batch_meta(generator: essence.StyleGAN2Generator) -> dict[str, Any]:
+    """What a latent batch records about the generator it belongs to (as latent files do)."""
+    return {"latent_space": asdict(LatentSpace.of_generator(generator)),
+            "generator": {"fingerprint": generator.fingerprint(), "size": generator.size}}
+
+
+def layers_input() -> tuple:
+    return choice(LAYER_PRESETS, "Which W+ rows the essence changes: all; coarse = pose and face shape; "
+                  "middle = features; fine = colour and texture; or a combination.", "all")
+
+
+class EssenceSampleLatents:
+    """Random faces from the generator."""
+
+    DESCRIPTION = ("Draws random W+ latents (random faces) from the generator: z -> mapping -> truncation. "
+                   "The same seed and count always give the same faces.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (T.LATENT,)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("W+ latents [count, rows, width], one per face.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "generator": link(T.GENERATOR, "The generator whose latent space to sample."),
+            "count": integer(4, 1, MAX_SAMPLES, "How many faces to draw."),
+            "seed": seed("Random seed; the same seed and count give the same faces."),
+            "truncation": number(0.7, 0.0, 1.0, "Pull toward the average face: 1 = full variety, lower = "
+                                 "more typical, cleaner faces (TargetCLIP uses 0.7).", 0.05),
+        }}
+
+    def sample(self, generator: essence.StyleGAN2Generator, count: int, seed: int,
+               truncation: float) -> tuple[T.EssenceLatent]:
+        with comfy.models_on_compute_device(generator):
+            wplus = generator.sample_wplus(count, seed=seed, truncation=truncation)
+        sources = [{"kind": "sample", "seed": seed, "row": i, "truncation": truncation} for i in range(count)]
+        return (T.EssenceLatent.create(wplus, sources, batch_meta(generator)),)
+
+
+class EssenceApply:
+    """Add an essence to latents."""
+
+    DESCRIPTION = ("Adds an essence direction to every latent: w + strength * d, on the chosen W+ rows. "
+                   "Strength 0.5-1.2 is typical (the paper evaluated at 1.2); negative strengths push away.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = (T.LATENT,)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("The edited latents (render them with Render Latents).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "latents": link(T.LATENT, "The faces to edit."),
+            "direction": link(T.DIRECTION, "The essence to add (from Train, Load or Mix Essence)."),
+            "strength": number(1.0, -5.0, 5.0, "How much of the essence to add.", 0.05),
+            "layers": layers_input(),
+        }}
+
+    def apply(self, latents: T.EssenceLatent, direction: essence.Direction, strength: float,
+              layers: str) -> tuple[T.EssenceLatent]:
+        edited = apply_direction(latents.tensor, direction, strength, layers)
+        return (latents.edited(edited, {"direction": direction.name, "strength": strength, "layers": layers}),)
+

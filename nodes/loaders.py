@@ -1,0 +1,122 @@
+"""Loader nodes: the three networks, from files in ComfyUI's Essence model folders.
+
+Models are loaded through ``essence.load_*``, which caches them per file and device and builds them
+outside inference mode (so the training node can back-propagate through them). They are loaded onto
+ComfyUI's offload device; compute nodes move them to the GPU only while they run.
+
+Dropdown values are validated by the node itself (``VALIDATE_INPUTS``) instead of ComfyUI's "value
+not in list" check, so a workflow that names a file the user does not have yet fails with Essence's
+message: which folder to put the file in, where to download it, and its licence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import essence
+from ..essence import weights as essence_weights
+from . import comfy
+from . import types as T
+from .inputs import choice
+
+CATEGORY = "essence/loaders"
+E4E_PREFIX = "[e4e] "  # generator dropdown entries that load the decoder embedded in an e4e file
+
+
+def _folder(role: str) -> str:
+    return essence_weights.get_spec(role).comfy_folder
+
+
+def _default(options: list[str], role: str) -> str | None:
+    wanted = essence_weights.get_spec(role).filename
+    return wanted if wanted in options else None
+
+
+def _options(role: str) -> list[str]:
+    """The folder's files; when it is empty, the manifest's file name, so the node shows what it
+    wants (running it then says where to get that file)."""
+    return comfy.filename_list(_folder(role)) or [essence_weights.get_spec(role).filename]
+
+
+class EssenceGeneratorLoader:
+    """Load a StyleGAN2 generator."""
+
+    DESCRIPTION = ("Loads a StyleGAN2 generator (rosinality format, e.g. stylegan2-ffhq-config-f.pt) from "
+                   "models/essence_stylegan2, or the generator embedded in an e4e file from models/essence_e4e.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T.GENERATOR,)
+    RETURN_NAMES = ("generator",)
+    OUTPUT_TOOLTIPS = ("The StyleGAN2 generator: turns W+ latents into faces.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        options = _options("generator") + [E4E_PREFIX + f for f in comfy.filename_list(_folder("encoder"))]
+        return {"required": {"generator_file": choice(
+            options, "StyleGAN2 checkpoint in models/essence_stylegan2 (e.g. stylegan2-ffhq-config-f.pt), or "
+            "'[e4e] ...' for the decoder inside an e4e file in models/essence_e4e.",
+            _default(options, "generator"))}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, generator_file: str) -> bool | str:
+        return True if isinstance(generator_file, str) and generator_file else "pick a generator file"
+
+    def load(self, generator_file: str) -> tuple[essence.StyleGAN2Generator]:
+        if generator_file.startswith(E4E_PREFIX):
+            path = comfy.require_file(_folder("encoder"), generator_file[len(E4E_PREFIX):], "e4e file")
+        else:
+            path = comfy.require_file(_folder("generator"), generator_file, "generator file")
+        return (essence.load_generator(path, device=comfy.offload_device()),)
+
+
+class EssenceEncoderLoader:
+    """Load an e4e encoder."""
+
+    DESCRIPTION = ("Loads the e4e (encoder4editing) encoder, e.g. e4e_ffhq_encode.pt, from models/essence_e4e. "
+                   "It turns aligned face photos into W+ latents.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T.ENCODER,)
+    RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The e4e encoder: aligned 256 px faces -> W+ latents.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        options = _options("encoder")
+        return {"required": {"encoder_file": choice(
+            options, "e4e checkpoint in models/essence_e4e (e4e_ffhq_encode.pt).", _default(options, "encoder"))}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, encoder_file: str) -> bool | str:
+        return True if isinstance(encoder_file, str) and encoder_file else "pick an encoder file"
+
+    def load(self, encoder_file: str) -> tuple[essence.E4EEncoder]:
+        path = comfy.require_file(_folder("encoder"), encoder_file, "e4e encoder file")
+        return (essence.load_encoder(path, device=comfy.offload_device()),)
+
+
+class EssenceGuideLoader:
+    """Load OpenAI CLIP's image tower."""
+
+    DESCRIPTION = ("Loads OpenAI CLIP (ViT-B-32.pt; ViT-B-16.pt and ViT-L-14.pt also work) from models/essence_clip. "
+                   "Only the image tower is kept: it scores how much an edited face looks like the target.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T.GUIDE,)
+    RETURN_NAMES = ("guide",)
+    OUTPUT_TOOLTIPS = ("The CLIP image embedder that steers training.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        options = _options("guide")
+        return {"required": {"clip_file": choice(
+            options, "OpenAI CLIP file in models/essence_clip (ViT-B-32.pt is what TargetCLIP used).",
+            _default(options, "guide"))}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, clip_file: str) -> bool | str:
+        return True if isinstance(clip_file, str) and clip_file else "pick a CLIP file"
+
+    def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
+        path = comfy.require_file(_folder("guide"), clip_file, "CLIP file")
+        return (essence.load_guide(path, device=comfy.offload_device()),)

@@ -1,0 +1,107 @@
+"""Render nodes: latents -> IMAGE, and strength sweeps as one comparison grid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import essence
+from ..essence.apply import image_grid, strength_sweep
+from . import comfy
+from . import types as T
+from .convert import grid_to_comfy_image, to_comfy_image
+from .inputs import choice, integer, link, number
+from .latents import layers_input
+
+CATEGORY = "essence/render"
+RESOLUTIONS = ("full", "512", "256", "128", "64", "32")
+BATCH = 4  # images per generator pass; halved automatically on out-of-memory
+
+
+def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | None:
+    """The generator's ``stop_at`` for a dropdown value; None (all layers) for 'full' or at/above its size."""
+    if resolution == "full" or int(resolution) >= generator.size:
+        return None
+    return int(resolution)
+
+
+def synthesize(generator: essence.StyleGAN2Generator, wplus: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+    """Render W+ in batches on the generator's device, halving the batch on out-of-memory."""
+    device = generator.latent_avg.device
+
+    def run(batch: int) -> torch.Tensor:
+        parts = []
+        for chunk in wplus.split(batch):
+            comfy.check_interrupt()
+            parts.append(generator.synthesize(chunk.to(device), stop_at=stop).float().cpu())
+        return torch.cat(parts)
+
+    with torch.no_grad():
+        return comfy.retry_smaller_on_oom(run, BATCH, "rendering faces")
+
+
+class EssenceRender:
+    """Latents -> images."""
+
+    DESCRIPTION = ("Renders W+ latents with the generator into an IMAGE batch (one picture per latent). "
+                   "A lower resolution stops the generator early: faster, blurrier previews.")
+    CATEGORY = CATEGORY
+    FUNCTION = "render"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("One image per latent, at the generator's resolution (or the chosen one).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "generator": link(T.GENERATOR, "The generator the latents belong to."),
+                "latents": link(T.LATENT, "The faces to render."),
+            },
+            "optional": {
+                "resolution": choice(RESOLUTIONS, "'full' renders every layer; a smaller size skips the top "
+                                     "layers (quick previews).", "full"),
+            },
+        }
+
+    def render(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent,
+               resolution: str = "full") -> tuple[torch.Tensor]:
+        with comfy.models_on_compute_device(generator):
+            wplus = generator.to_wplus(latents.tensor)
+            images = synthesize(generator, wplus, stop_at(generator, resolution))
+        return (to_comfy_image(images, comfy.intermediate_device()),)
+
+
+class EssenceStrengthSweep:
+    """One grid: each face at several strengths."""
+
+    DESCRIPTION = ("Renders every latent at evenly spaced strengths of an essence, as one grid image: one row "
+                   "per face, one column per strength (left = start, right = end).")
+    CATEGORY = CATEGORY
+    FUNCTION = "sweep"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("grid",)
+    OUTPUT_TOOLTIPS = ("The comparison grid (a single image).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "generator": link(T.GENERATOR, "The generator the latents and the essence belong to."),
+            "latents": link(T.LATENT, "The faces to edit (one grid row each)."),
+            "direction": link(T.DIRECTION, "The essence to sweep."),
+            "strength_start": number(0.0, -5.0, 5.0, "Strength of the first column (0 = the unedited face).", 0.05),
+            "strength_end": number(1.2, -5.0, 5.0, "Strength of the last column (the paper evaluated at 1.2).", 0.05),
+            "steps": integer(5, 2, 16, "Number of columns (strengths) in the grid."),
+            "layers": layers_input(),
+        }}
+
+    def sweep(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent, direction: essence.Direction,
+              strength_start: float, strength_end: float, steps: int, layers: str) -> tuple[torch.Tensor]:
+        strengths = torch.linspace(strength_start, strength_end, steps).tolist()
+        with comfy.models_on_compute_device(generator):
+            images = comfy.retry_smaller_on_oom(
+                lambda batch: strength_sweep(generator, latents.tensor, direction, strengths, layers, batch),
+                BATCH, "rendering the strength sweep")
+        grid = image_grid(images, columns=steps)
+        return (grid_to_comfy_image(grid, comfy.intermediate_device()),)

@@ -1,0 +1,167 @@
+"""The training node: TargetCLIP optimisation of one essence direction, with progress and cancel.
+
+ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train_direction`` switches
+autograd back on for its loop, and the models it back-propagates through were built outside
+inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``comfy.py``).
+
+Cancelling: ComfyUI's Cancel sets a flag that ``throw_exception_if_processing_interrupted`` turns
+into an exception. It is checked every step and on every progress update; the exception leaves
+``train_direction`` before any result exists, so nothing reaches Save Essence and no file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+
+from .. import essence
+from ..essence.train import TrainProgress, TrainSettings, train_direction
+from . import comfy
+from . import types as T
+from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
+from .inputs import choice, integer, link, number, seed
+from .render import synthesize
+
+CATEGORY = "essence/train"
+PREVIEW_FACES = 4        # sources shown in the progress preview
+PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (cheap)
+PROGRESS_UPDATES = 200   # at most this many progress reports (each one synchronises the GPU)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One entry of the training 'mode' dropdown."""
+
+    path: str
+    autocast: str | None
+    help: str
+
+
+MODES: dict[str, Mode] = {
+    "fast": Mode("fast", None, "exact: same result as the official loop, source embeddings computed once"),
+    "official": Mode("official", None, "the official loop step for step (recomputes everything; slower)"),
+    "fast+bf16": Mode("fast", "bf16", "approximate: generator and CLIP in bfloat16 (faster on recent GPUs)"),
+}
+
+# How the direction starts. The official code starts from the e4e inversion of the target and
+# falls back to a random latent; the inversion option arrives with the encoder nodes. Each entry
+# maps to the ``init`` argument of ``train_direction`` (a tensor or "random").
+INITS: dict[str, Callable[..., torch.Tensor | str]] = {
+    "random": lambda **_: "random",
+}
+
+
+class EssenceTrain:
+    """Train an essence from target pictures."""
+
+    DESCRIPTION = ("TargetCLIP: learns one direction that gives any face the essence of the target (a person, a "
+                   "character, a painting) while keeping who the face is. Feed several pictures of the same "
+                   "target as one batch. 1000 steps is the paper's setting. Cancel stops it; nothing is saved.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (T.DIRECTION, "IMAGE")
+    RETURN_NAMES = ("direction", "preview")
+    OUTPUT_TOOLTIPS = ("The trained essence (save it with Save Essence).",
+                       "The source faces with the essence applied at strength 1.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        mode_help = "; ".join(f"{name}: {mode.help}" for name, mode in MODES.items())
+        return {
+            "required": {
+                "target": link("IMAGE", "Picture(s) of the target; a batch of several pictures of the same "
+                               "target is averaged."),
+                "sources": link(T.LATENT, "Source faces the essence must work on (TargetCLIP uses 4)."),
+                "generator": link(T.GENERATOR, "The StyleGAN2 generator."),
+                "guide": link(T.GUIDE, "The CLIP model that compares edited faces with the target."),
+                "steps": integer(1000, 1, 20000, "Optimisation steps (the paper uses 1000)."),
+                "lambda_transfer": number(1.0, 0.0, 10.0, "Weight of 'look like the target' (official: 1).", 0.05),
+                "lambda_consistency": number(0.5, 0.0, 10.0, "Weight of 'change every face the same way' "
+                                             "(official: 0.5); 0 turns it off.", 0.05),
+                "seed": seed("Seed of the random starting direction and of the optimisation."),
+                "mode": choice(list(MODES), mode_help, "fast"),
+                "init": choice(list(INITS), "Starting direction: random = a random face latent (the official "
+                               "fallback when the target has no invertible face).", "random"),
+                "chunk_size": integer(0, 0, 64, "Faces rendered per pass: 0 = all at once; smaller uses less "
+                                      "memory with the same result (halved automatically on out-of-memory)."),
+            },
+            "optional": {
+                "clip_preprocessing": choice(("official", "normalized"), "How generated faces enter CLIP: "
+                                             "'official' reproduces TargetCLIP (no mean/std normalisation); "
+                                             "'normalized' is CLIP's own preprocessing.", "official"),
+                "preview_every": integer(50, 0, 10000, "Show the edited sources on the node every this many "
+                                         "steps (0 = no previews)."),
+            },
+        }
+
+    def train(self, target: torch.Tensor, sources: T.EssenceLatent, generator: essence.StyleGAN2Generator,
+              guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
+              seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
+              preview_every: int = 50) -> tuple[essence.Direction, torch.Tensor]:
+        if mode not in MODES:
+            raise essence.EssenceError(f"unknown training mode {mode!r}; choose one of {', '.join(MODES)}.")
+        if init not in INITS:
+            raise essence.EssenceError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}.")
+        settings = TrainSettings(
+            steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
+            clip_mode=clip_preprocessing, path=MODES[mode].path, autocast=MODES[mode].autocast,
+            seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
+            chunk_size=chunk_size or None)
+        with comfy.models_on_compute_device(generator, guide):
+            result = self._optimise(target, sources, generator, guide, settings, init, preview_every)
+            preview = synthesize(generator, sources.tensor + result.direction.tensor)
+        return self._direction(result, target, mode, init), to_comfy_image(preview, comfy.intermediate_device())
+
+    def _optimise(self, target, sources, generator, guide, settings: TrainSettings, init: str,
+                  preview_every: int) -> essence.TrainResult:
+        """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
+        chunks when the device runs out of memory (same result, less memory)."""
+        start = INITS[init](generator=generator, target=target, seed=settings.seed)
+
+        def run(chunk: int) -> essence.TrainResult:
+            chunked = replace(settings, chunk_size=chunk if chunk < sources.count else None)
+            report = _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps, preview_every)
+            return train_direction(target, sources.tensor, generator, guide, init=start, settings=chunked,
+                                   progress=report, should_stop=_interrupted)
+
+        return comfy.retry_smaller_on_oom(run, settings.chunk_size or sources.count, "training the essence")
+
+    @staticmethod
+    def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:
+        """The trained direction with its loss curve and the target's thumbnail in the metadata."""
+        meta = {**result.direction.meta, "mode": mode, "init": init, "targets": int(target.shape[0]),
+                "loss_curve": {"total": _rounded(result.losses), "transfer": _rounded(result.transfer),
+                               "consistency": _rounded(result.consistency)}}
+        return essence.Direction(result.direction.tensor, meta, comfy_image_thumbnail(target))
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(float(v), 6) for v in values]
+
+
+def _interrupted() -> bool:
+    """Polled by ``train_direction`` every step: raises ComfyUI's interrupt exception on Cancel."""
+    comfy.check_interrupt()
+    return False
+
+
+def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tensor, steps: int,
+                       preview_every: int) -> Callable[[TrainProgress], None]:
+    """A ``train_direction`` progress callback driving ComfyUI's bar, with a preview of the edited
+    faces (rendered from the current direction) every ``preview_every`` steps."""
+    bar = comfy.Progress(steps)
+    next_preview = [preview_every]
+    stop = PREVIEW_RESOLUTION if generator.size > PREVIEW_RESOLUTION else None
+
+    def report(progress: TrainProgress) -> None:
+        comfy.check_interrupt()
+        image = None
+        if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
+            next_preview[0] = progress.step + preview_every
+            with torch.no_grad():
+                image = to_pil(synthesize(generator, faces + progress.direction.to(faces.dtype).cpu(), stop))
+        bar.update(progress.step, image)
+
+    return report

@@ -1,0 +1,339 @@
+"""The ComfyUI nodes, executed as ComfyUI executes them (inside inference mode, through FUNCTION)
+against stand-ins for ComfyUI's modules and a real models folder holding the tiny fixtures."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_stubs import (ComfyEnv, InterruptProcessingException, comfy_env, drop_pack,  # noqa: F401
+                         extra_model_paths, import_pack)
+
+NODE_IDS = ["EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceSampleLatents",
+            "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
+            "EssenceStrengthSweep"]
+CATEGORIES = {"essence/loaders", "essence/latents", "essence/train", "essence/directions", "essence/render"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+LINK_TYPES = {"IMAGE", "ESSENCE_GENERATOR", "ESSENCE_ENCODER", "ESSENCE_GUIDE", "ESSENCE_LATENT", "ESSENCE_DIRECTION"}
+TRAIN_STEPS = 12
+
+
+def target_image(fixtures, name: str = "face_a.jpg", size: int = 128) -> torch.Tensor:
+    """A picture as LoadImage outputs it: IMAGE [1, H, W, 3] float32 in 0..1."""
+    image = Image.open(fixtures / name).convert("RGB").resize((size, size))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+@pytest.fixture
+def models(comfy_env):
+    (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
+    (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
+    return generator, guide
+
+
+def sample(env: ComfyEnv, generator, count: int = 4, seed: int = 0):
+    return env.run("EssenceSampleLatents", generator=generator, count=count, seed=seed, truncation=0.7)[0]
+
+
+def train(env: ComfyEnv, generator, guide, fixtures, steps: int = TRAIN_STEPS, **overrides):
+    inputs = dict(target=target_image(fixtures), sources=sample(env, generator), generator=generator, guide=guide,
+                  steps=steps, lambda_transfer=1.0, lambda_consistency=0.5, seed=3, mode="fast", init="random",
+                  chunk_size=0, preview_every=5)
+    return env.run("EssenceTrain", **{**inputs, **overrides})
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def test_pack_imports_without_comfyui(monkeypatch):
+    for name in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        pack = import_pack()
+        assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
+        assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+        assert pack.nodes.comfy.register_model_folders() is False
+        assert pack.essence.weights._folder_provider is None
+        for cls in pack.NODE_CLASS_MAPPINGS.values():
+            cls.INPUT_TYPES()  # dropdowns work (empty folders) without ComfyUI
+    finally:
+        drop_pack()
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_input_types_are_valid(comfy_env, node_id):
+    cls = comfy_env.node(node_id)
+    assert node_id.startswith("Essence") and cls.CATEGORY in CATEGORIES
+    assert cls.DESCRIPTION and comfy_env.pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional"}
+    inputs = {**spec["required"], **spec.get("optional", {})}
+    for name, declaration in inputs.items():
+        kind, options = declaration
+        where = f"{node_id}.{name}"
+        assert options.get("tooltip"), f"{where} has no tooltip"
+        if isinstance(kind, list):
+            assert kind and all(isinstance(v, str) for v in kind), where
+            assert options.get("default", kind[0]) in kind, where
+        elif kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], where
+            assert isinstance(options["default"], int if kind == "INT" else float), where
+        elif kind in WIDGET_TYPES:
+            assert isinstance(options["default"], str if kind == "STRING" else bool), where
+        else:
+            assert kind in LINK_TYPES, f"{where}: unknown type {kind}"
+    signature = inspect.signature(getattr(cls, cls.FUNCTION))
+    params = {n: p for n, p in signature.parameters.items() if n != "self"}
+    assert set(params) == set(inputs), node_id
+    for name in spec.get("optional", {}):
+        assert params[name].default is not inspect.Parameter.empty, f"{node_id}.{name} needs a default"
+    assert all(t in LINK_TYPES | {"STRING"} for t in cls.RETURN_TYPES)
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+@pytest.mark.parametrize("extra_model_paths", [{"essence_stylegan2": "/data/shared-models/stylegan"}])
+def test_model_folders_are_added_to_comfyui_keeping_existing_entries(comfy_env, extra_model_paths):
+    registry = comfy_env.folder_paths.folder_names_and_paths
+    models = str(comfy_env.models_dir)
+    paths, extensions = registry["essence_stylegan2"]
+    assert paths == ["/data/shared-models/stylegan", os.path.join(models, "essence_stylegan2")]
+    assert ".pt" in extensions and ".pth" in extensions
+    for folder in ("essence_e4e", "essence_clip", "essence_landmarks", "essence_directions"):
+        assert registry[folder][0] == [os.path.join(models, folder)]
+    assert registry["essence_directions"][1] == {".safetensors", ".npy"}
+    assert registry["essence_landmarks"][1] == {".dat"}
+    assert not any("custom_nodes" in p for paths, _ in registry.values() for p in paths)
+    # the library searches the same folders
+    found = comfy_env.pack.essence.weights.provider_dirs("essence_stylegan2")
+    assert [str(p) for p in found] == paths
+
+
+def test_loader_dropdowns_list_the_model_folders(comfy_env):
+    (comfy_env.dir("essence_stylegan2") / "notes.txt").write_text("not a model")
+    options = comfy_env.node("EssenceGeneratorLoader").INPUT_TYPES()["required"]["generator_file"][0]
+    assert options == ["stylegan2_tiny64.pt", "[e4e] e4e_tiny64.pt"]
+    assert comfy_env.node("EssenceGuideLoader").INPUT_TYPES()["required"]["clip_file"][0] == ["clip_tiny.pt"]
+    assert comfy_env.node("EssenceEncoderLoader").INPUT_TYPES()["required"]["encoder_file"][0] == ["e4e_tiny64.pt"]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_loaders_build_models_usable_for_training(comfy_env):
+    (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
+    (decoder,) = comfy_env.run("EssenceGeneratorLoader", generator_file="[e4e] e4e_tiny64.pt")
+    (encoder,) = comfy_env.run("EssenceEncoderLoader", encoder_file="e4e_tiny64.pt")
+    assert generator.size == decoder.size == 64 and encoder.n_latent == generator.n_latent == 10
+    # built outside ComfyUI's inference mode, so autograd can flow through them
+    assert not any(p.is_inference() for p in generator.parameters())
+    again = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")[0]
+    assert again is generator  # cached
+
+
+def test_missing_model_names_the_folder_and_the_download(comfy_env):
+    cls = comfy_env.node("EssenceGeneratorLoader")
+    assert cls.VALIDATE_INPUTS(generator_file="stylegan2-ffhq-config-f.pt") is True
+    with pytest.raises(comfy_env.pack.essence.MissingWeightsError) as info:
+        comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    message = str(info.value)
+    assert "'essence_stylegan2'" in message and str(comfy_env.dir("essence_stylegan2")) in message
+    assert "Download: https://" in message and "Licence:" in message
+
+
+def test_missing_direction_names_its_folder(comfy_env):
+    with pytest.raises(comfy_env.pack.essence.MissingWeightsError, match="essence_directions"):
+        comfy_env.run("EssenceLoad", direction_file="keanu.npy")
+
+
+def test_empty_model_folder_dropdown_shows_the_expected_file(comfy_env):
+    shutil.rmtree(comfy_env.dir("essence_clip"))
+    options = comfy_env.node("EssenceGuideLoader").INPUT_TYPES()["required"]["clip_file"]
+    assert options[0] == ["ViT-B-32.pt"] and options[1]["default"] == "ViT-B-32.pt"
+
+
+# ----------------------------------------------------------------------------- latents and rendering
+
+
+def test_sample_latents_follow_the_seed_convention(comfy_env, models):
+    generator, _ = models
+    latents = sample(comfy_env, generator, count=3, seed=2**64 - 1)
+    assert latents.tensor.shape == (3, 10, 64) and latents.tensor.dtype == torch.float32
+    assert not latents.tensor.is_inference()  # safe to reuse outside inference mode
+    assert [r["row"] for r in latents.sources] == [0, 1, 2] and latents.sources[0]["seed"] == 2**64 - 1
+    assert latents.sources[0]["kind"] == "sample" and latents.meta["generator"]["fingerprint"]
+    assert latents.meta["latent_space"]["n_latent"] == 10
+    same = sample(comfy_env, generator, count=3, seed=2**64 - 1)
+    assert torch.equal(same.tensor, latents.tensor)
+    assert not torch.equal(sample(comfy_env, generator, count=3, seed=1).tensor, latents.tensor)
+
+
+def test_render_gives_comfyui_images(comfy_env, models):
+    generator, _ = models
+    latents = sample(comfy_env, generator)
+    (full,) = comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    assert full.shape == (4, 64, 64, 3)
+    (small,) = comfy_env.run("EssenceRender", generator=generator, latents=latents, resolution="32")
+    assert small.shape == (4, 32, 32, 3)
+    (same,) = comfy_env.run("EssenceRender", generator=generator, latents=latents, resolution="512")
+    assert torch.equal(same, full)  # at or above the generator's size: every layer
+    expected = ((generator.synthesize(latents.tensor).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    assert torch.allclose(full, expected, atol=1e-5)
+
+
+def test_apply_and_sweep(comfy_env, models, fixtures):
+    generator, _ = models
+    latents = sample(comfy_env, generator, count=2)
+    noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0))
+    direction = comfy_env.pack.essence.Direction(noise * 0.3, {"name": "test"})
+    (edited,) = comfy_env.run("EssenceApply", latents=latents, direction=direction, strength=0.5, layers="coarse")
+    delta = edited.tensor - latents.tensor
+    assert torch.allclose(delta[:, :4], 0.5 * direction.tensor[:, :4].expand(2, -1, -1), atol=1e-6)
+    assert torch.all(delta[:, 4:] == 0)
+    assert edited.sources[0]["edits"] == [{"direction": "test", "strength": 0.5, "layers": "coarse"}]
+    assert "edits" not in latents.sources[0]  # the input batch is untouched
+    (grid,) = comfy_env.run("EssenceStrengthSweep", generator=generator, latents=latents, direction=direction,
+                            strength_start=0.0, strength_end=1.0, steps=3, layers="all")
+    assert grid.shape == (1, 2 * 66 + 2, 3 * 66 + 2, 3)  # 2 rows x 3 columns of 64 px, 2 px padding
+
+
+def test_official_npy_direction_loads_and_refuses_another_latent_space(comfy_env, models, fixtures):
+    generator, _ = models
+    comfy_env.dir("essence_directions").mkdir(exist_ok=True)
+    shutil.copy(fixtures / "official" / "keanu.npy", comfy_env.dir("essence_directions") / "keanu.npy")
+    assert "keanu.npy" in comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0]
+    (direction,) = comfy_env.run("EssenceLoad", direction_file="keanu.npy")
+    assert direction.tensor.shape == (1, 18, 512) and direction.name == "keanu"
+    with pytest.raises(comfy_env.pack.essence.IncompatibleLatentSpaceError, match="18"):
+        comfy_env.run("EssenceApply", latents=sample(comfy_env, generator), direction=direction,
+                      strength=1.0, layers="all")
+
+
+def test_mix_weights_directions(comfy_env):
+    Direction = comfy_env.pack.essence.Direction
+    noise = torch.randn(3, 1, 10, 64, generator=torch.Generator().manual_seed(1))
+    a, b, c = (Direction(t, {"name": n}) for t, n in zip(noise, "abc"))
+    (mixed,) = comfy_env.run("EssenceMix", direction_1=a, weight_1=0.5, direction_2=b, weight_2=-1.0)
+    assert torch.allclose(mixed.tensor, 0.5 * a.tensor - b.tensor, atol=1e-6)
+    (three,) = comfy_env.run("EssenceMix", direction_1=a, weight_1=1.0, direction_2=b, weight_2=1.0,
+                             direction_3=c, weight_3=2.0)
+    assert torch.allclose(three.tensor, a.tensor + b.tensor + 2 * c.tensor, atol=1e-6)
+    assert [p["name"] for p in three.meta["mix"]] == ["a", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixtures):
+    generator, guide = models
+    direction, preview = train(comfy_env, generator, guide, fixtures)
+    curve = direction.meta["loss_curve"]["total"]
+    assert len(curve) == TRAIN_STEPS
+    assert min(curve) < curve[0] - 1e-3 and direction.meta["losses"]["total"] == pytest.approx(min(curve), abs=1e-6)
+    assert direction.meta["init"] == "random" and direction.meta["mode"] == "fast"
+    assert direction.thumbnail is not None and direction.thumbnail.dtype == torch.uint8
+    assert preview.shape == (4, 64, 64, 3)
+    # the progress bar reached the end, with previews of the edited faces
+    values = [value for value, _total, _preview in comfy_env.progress.updates]
+    assert values == sorted(values) and values[-1] == TRAIN_STEPS
+    previews = [p for _v, _t, p in comfy_env.progress.updates if p is not None]
+    assert previews and all(p[0] == "JPEG" and isinstance(p[1], Image.Image) and p[2] > 0 for p in previews)
+    assert previews[0][1].size == (4 * 64, 64)
+    # models are still usable for autograd after a run under inference mode
+    assert not any(p.is_inference() for p in generator.parameters())
+
+    (name,) = comfy_env.run("EssenceSave", direction=direction, filename_prefix="face_a")
+    assert name == "face_a_00001.safetensors"
+    assert comfy_env.run("EssenceSave", direction=direction, filename_prefix="face_a")[0] == "face_a_00002.safetensors"
+    assert comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0] == [
+        "face_a_00001.safetensors", "face_a_00002.safetensors"]
+    (loaded,) = comfy_env.run("EssenceLoad", direction_file=name)
+    assert torch.equal(loaded.tensor, direction.tensor) and loaded.name == "face_a"
+    assert loaded.meta["loss_curve"]["total"] == curve and torch.equal(loaded.thumbnail, direction.thumbnail)
+
+
+def test_official_mode_matches_fast_mode(comfy_env, models, fixtures):
+    generator, guide = models
+    fast, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="fast")
+    official, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="official", chunk_size=3)
+    assert official.meta["loss_curve"]["total"] == pytest.approx(fast.meta["loss_curve"]["total"], abs=1e-5)
+    assert torch.allclose(official.tensor, fast.tensor, atol=1e-5)
+
+
+def test_cancel_from_the_progress_hook_stops_training_and_saves_nothing(comfy_env, models, fixtures):
+    generator, guide = models
+    mm = comfy_env.model_management
+
+    def press_cancel(value, total, preview):
+        if value >= 3:
+            mm.interrupt_current_processing(True)
+
+    comfy_env.progress.hook = press_cancel
+    with pytest.raises(InterruptProcessingException):
+        train(comfy_env, generator, guide, fixtures, steps=50)
+    # ComfyUI skips every node downstream of the failed one: Save never runs and no file exists
+    assert not comfy_env.dir("essence_directions").exists() or not any(comfy_env.dir("essence_directions").iterdir())
+    assert comfy_env.progress.updates[-1][0] < 50
+    assert not any(p.is_inference() for p in generator.parameters())
+
+
+@pytest.mark.parametrize("name", ["../evil", "..", "/tmp/evil", "sub/dir", "sub\\dir", "", "  ", ".hidden",
+                                  "C:evil", "a..b", "bad\x00name"])
+def test_save_refuses_names_that_leave_the_folder(comfy_env, name):
+    direction = comfy_env.pack.essence.Direction(torch.zeros(1, 10, 64))
+    before = sorted(p for p in comfy_env.models_dir.parent.parent.rglob("*"))
+    with pytest.raises(comfy_env.pack.essence.EssenceError, match="cannot save the essence"):
+        comfy_env.run("EssenceSave", direction=direction, filename_prefix=name)
+    assert sorted(p for p in comfy_env.models_dir.parent.parent.rglob("*")) == before
+
+
+def test_save_writes_into_the_first_directions_path(comfy_env):
+    direction = comfy_env.pack.essence.Direction(torch.zeros(1, 10, 64))
+    (name,) = comfy_env.run("EssenceSave", direction=direction, filename_prefix="plain.safetensors")
+    assert name == "plain_00001.safetensors" and (comfy_env.dir("essence_directions") / name).is_file()
+    assert not [p for p in comfy_env.dir("essence_directions").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_out_of_memory_retries_with_smaller_batches(comfy_env):
+    comfy = comfy_env.pack.nodes.comfy
+    tried = []
+
+    def run(size):
+        tried.append(size)
+        if size > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    assert comfy.retry_smaller_on_oom(run, 8, "testing") == "done" and tried == [8, 4, 2, 1]
+    assert comfy_env.model_management.empty_cache_calls == 3
+    with pytest.raises(torch.OutOfMemoryError, match="even one at a time"):
+        comfy.retry_smaller_on_oom(lambda size: run(2), 1, "testing")
+
+
+def test_models_move_between_devices_outside_inference_mode(comfy_env):
+    """A parameter copied to another device under ComfyUI's inference mode would become an inference
+    tensor that training can never back-propagate through; the moves must happen outside it."""
+    seen = []
+
+    class Probe(torch.nn.Linear):
+        def to(self, *args, **kwargs):
+            seen.append(torch.is_inference_mode_enabled())
+            return super().to(*args, **kwargs)
+
+    with torch.inference_mode():
+        with comfy_env.pack.nodes.comfy.models_on_compute_device(Probe(2, 2)):
+            pass
+    assert seen == [False, False]  # to the compute device, and back to the offload device
+
+
+def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):
+    generator, guide = models
+    direction, preview = train(comfy_env, generator, guide, fixtures, steps=3, mode="fast+bf16")
+    assert direction.meta["hyperparameters"]["autocast"] == "bf16"
+    assert torch.isfinite(direction.tensor).all() and torch.isfinite(preview).all()

@@ -1,0 +1,133 @@
+"""The example workflows load in ComfyUI's frontend and run: checked statically against the node
+definitions (types, links, widget values as the frontend lays them out), then executed in-process
+with the tiny models standing in for the real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from comfy_stubs import fake_comfyui, import_pack, drop_pack
+from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, STAND_INS, TARGET_IMAGE, VIRTUAL_NODES,
+                            definitions_of, load_image, load_workflow, quick_run, random_directions, run_prompt,
+                            socket_inputs, stage_tiny_files, ui_to_api, widget_slots, workflow_files)
+
+EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep"}
+FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | {TARGET_IMAGE}
+TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    pack = import_pack()
+    try:
+        yield definitions_of(pack), pack
+    finally:
+        drop_pack()
+
+
+def test_the_examples_are_there():
+    assert {p.stem for p in workflow_files()} == EXPECTED
+
+
+def is_file_dropdown(pack, node_type: str, name: str) -> bool:
+    """Dropdowns listing files (model folders, ComfyUI's input folder): their options depend on the
+    user's folders, so the examples must name files the pack documents."""
+    if node_type == "LoadImage":
+        return name == "image"
+    validate = getattr(pack.NODE_CLASS_MAPPINGS.get(node_type), "VALIDATE_INPUTS", None)
+    return validate is not None and name in validate.__code__.co_varnames
+
+
+def check_widget_values(node: dict, definition: dict, pack) -> None:
+    slots = widget_slots(definition)
+    values = node.get("widgets_values", [])
+    where = f"node {node['id']} ({node['type']})"
+    assert len(values) == len(slots), f"{where}: {len(values)} widget values for widgets {[s[0] for s in slots]}"
+    for (name, kind, options), value in zip(slots, values):
+        if name == "control_after_generate":
+            assert value in CONTROL_VALUES, f"{where}: {value!r}"
+        elif name == "upload":
+            assert value == "image", where
+        elif is_file_dropdown(pack, node["type"], name):
+            assert value in FILE_VALUES, f"{where}.{name}: {value!r} is not a documented file"
+        elif isinstance(kind, list):
+            assert value in kind, f"{where}.{name}: {value!r} not in {kind}"
+        elif kind == "INT":
+            assert isinstance(value, int) and options["min"] <= value <= options["max"], f"{where}.{name}={value!r}"
+        elif kind == "FLOAT":
+            assert isinstance(value, (int, float)) and options["min"] <= value <= options["max"], f"{where}.{name}"
+        elif kind == "STRING":
+            assert isinstance(value, str), f"{where}.{name}"
+        elif kind == "BOOLEAN":
+            assert isinstance(value, bool), f"{where}.{name}"
+
+
+def check_sockets(node: dict, definition: dict) -> None:
+    where = f"node {node['id']} ({node['type']})"
+    expected_in = [(name, kind) for name, kind, _optional in socket_inputs(definition)]
+    assert [(i["name"], i["type"]) for i in node["inputs"]] == expected_in, where
+    for (name, _kind, optional), socket in zip(socket_inputs(definition), node["inputs"]):
+        assert optional or socket["link"] is not None, f"{where}: required input {name} is not connected"
+    expected_out = list(zip(definition["output_name"], definition["output"]))
+    assert [(o["name"], o["type"]) for o in node["outputs"]] == expected_out, where
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_workflow_matches_the_node_definitions(path: Path, definitions):
+    defs, pack = definitions
+    ui = load_workflow(path)
+    assert set(ui) >= TOP_LEVEL and ui["version"] == 0.4
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]) and ui["last_node_id"] >= max(nodes)
+    assert ui["last_link_id"] >= max((link[0] for link in ui["links"]), default=0)
+    for node in ui["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            assert len(node["widgets_values"]) == len(VIRTUAL_NODES[node["type"]])
+            continue
+        assert node["type"] in defs, f"unknown node type {node['type']}"
+        check_sockets(node, defs[node["type"]])
+        check_widget_values(node, defs[node["type"]], pack)
+    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+        source, target = nodes[src], nodes[dst]
+        assert defs[source["type"]]["output"][src_slot] == kind, f"link {link_id}: source is not {kind}"
+        assert target["inputs"][dst_slot]["type"] == kind, f"link {link_id}: target is not {kind}"
+        assert target["inputs"][dst_slot]["link"] == link_id and link_id in source["outputs"][src_slot]["links"]
+    linked = {i["link"] for n in ui["nodes"] for i in n["inputs"] if i["link"] is not None}
+    assert linked == {link[0] for link in ui["links"]}
+
+
+def test_core_node_layouts_match_comfyui():
+    """LoadImage's widgets are [filename, 'image'] (its upload widget); a seed gets its control widget."""
+    assert [s[0] for s in widget_slots(CORE_NODES["LoadImage"])] == ["image", "upload"]
+    assert [s[0] for s in widget_slots(CORE_NODES["SaveImage"])] == ["filename_prefix"]
+    seeded = {"input": {"required": {"seed": ["INT", {"default": 0, "min": 0, "max": 9}],
+                                     "other": ["ESSENCE_LATENT", {}], "x": ["FLOAT", {}]}}}
+    assert [s[0] for s in widget_slots(seeded)] == ["seed", "control_after_generate", "x"]
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_thumbnail_is_a_small_real_picture(path: Path):
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{thumb.name} is missing (run tests/build_workflows.py)"
+    assert thumb.stat().st_size < 100_000
+    with Image.open(thumb) as image:
+        assert image.format == "JPEG" and 128 <= image.width <= 512 and 64 <= image.height <= 512
+        extrema = image.convert("L").getextrema()
+        assert extrema[1] - extrema[0] > 32  # not a blank placeholder
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path, fixtures):
+    models = stage_tiny_files(tmp_path, fixtures, random_directions())
+    with fake_comfyui(models) as env:
+        defs = definitions_of(env.pack)
+        prompt = ui_to_api(load_workflow(path), defs, quick_run)
+        outputs = run_prompt(prompt, env.run, {TARGET_IMAGE: load_image(tmp_path / "input" / TARGET_IMAGE)})
+        assert outputs and all(isinstance(v, torch.Tensor) and v.ndim == 4 for v in outputs.values())
+        saves = [n for n in prompt.values() if n["class_type"] == "EssenceSave"]
+        saved = sorted(p.name for p in (models / "essence_directions").glob("*.safetensors"))
+        assert saved == [f"{n['inputs']['filename_prefix']}_00001.safetensors" for n in saves]

@@ -1,0 +1,214 @@
+"""Reading the example workflows the way ComfyUI's frontend does, and running them.
+
+A UI-format workflow stores each node's widget values as one positional list, ``widgets_values``.
+The frontend builds widgets from the node definition (``/object_info``, i.e. ``INPUT_TYPES``):
+
+* INT, FLOAT, STRING, BOOLEAN and dropdowns (a list, or "COMBO") get a widget, in input order,
+  required inputs first, then optional ones; every other type (IMAGE, ESSENCE_*) is a socket only;
+* an INT named ``seed`` or ``noise_seed`` (or with ``control_after_generate``) is followed by a
+  "control after generate" widget ("fixed", "increment", "decrement", "randomize");
+* an input with ``image_upload`` (core LoadImage) is followed by its upload widget, whose saved
+  value is "image".
+
+``widget_slots`` encodes exactly that; the static test, the API conversion for the real server and
+the in-process runner all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"]
+SEED_NAMES = {"seed", "noise_seed"}
+# Frontend-only nodes: saved in UI workflows, never sent to the server.
+VIRTUAL_NODES = {"Note": ["text"], "MarkdownNote": ["text"]}
+
+# Core ComfyUI nodes the examples use, as ComfyUI's nodes.py defines them (object_info layout).
+CORE_NODES: dict[str, dict[str, Any]] = {
+    "LoadImage": {"input": {"required": {"image": [[], {"image_upload": True}]}},
+                  "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"]},
+    "PreviewImage": {"input": {"required": {"images": ["IMAGE", {}]}}, "output": [], "output_name": []},
+    "SaveImage": {"input": {"required": {"images": ["IMAGE", {}],
+                                         "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
+                  "output": [], "output_name": []},
+}
+
+
+def workflow_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.json"))
+
+
+def load_workflow(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def definitions_of(pack: Any) -> dict[str, dict[str, Any]]:
+    """The pack's nodes in ``/object_info`` layout, plus the core nodes the examples use."""
+    defs = dict(CORE_NODES)
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        defs[node_id] = {
+            "input": {section: {k: list(v) for k, v in spec.get(section, {}).items()} for section in ("required", "optional")},
+            "output": list(cls.RETURN_TYPES), "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+        }
+    return defs
+
+
+def ordered_inputs(definition: dict[str, Any]) -> Iterator[tuple[str, Any, dict[str, Any], bool]]:
+    """(name, type, options, optional) in the frontend's order: required, then optional."""
+    for section in ("required", "optional"):
+        for name, declaration in definition["input"].get(section, {}).items():
+            options = declaration[1] if len(declaration) > 1 else {}
+            yield name, declaration[0], options, section == "optional"
+
+
+def is_widget(kind: Any) -> bool:
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def widget_slots(definition: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Each entry of ``widgets_values``: (input name or helper widget name, type, options)."""
+    slots = []
+    for name, kind, options, _optional in ordered_inputs(definition):
+        if not is_widget(kind):
+            continue
+        slots.append((name, kind, options))
+        if (kind == "INT" and name in SEED_NAMES) or options.get("control_after_generate"):
+            slots.append(("control_after_generate", CONTROL_VALUES, {}))
+        if options.get("image_upload"):
+            slots.append(("upload", ["image"], {}))
+    return slots
+
+
+def socket_inputs(definition: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Link-only inputs: (name, type, optional)."""
+    return [(n, k, o) for n, k, _opts, o in ordered_inputs(definition) if not is_widget(k)]
+
+
+def ui_to_api(workflow: dict[str, Any], definitions: dict[str, dict[str, Any]],
+              override: Callable[[str, str, Any], Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The API-format prompt ComfyUI's frontend would queue for this UI workflow.
+
+    ``override(node_type, input_name, value)`` may replace widget values (e.g. fewer training
+    steps for a smoke run).
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, dict[str, Any]] = {}
+    for node in workflow["nodes"]:
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) != 0:
+            continue
+        definition = definitions[node["type"]]
+        inputs: dict[str, Any] = {}
+        for (name, _kind, _opts), value in zip(widget_slots(definition), node.get("widgets_values", [])):
+            if name in ("control_after_generate", "upload"):
+                continue
+            inputs[name] = override(node["type"], name, value) if override else value
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _id, from_node, from_slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(from_node), from_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def execution_order(prompt: dict[str, dict[str, Any]]) -> list[str]:
+    """Node ids so that every node comes after the nodes it takes inputs from."""
+    done: list[str] = []
+
+    def visit(node_id: str, stack: tuple[str, ...] = ()) -> None:
+        if node_id in done:
+            return
+        assert node_id not in stack, f"cycle through node {node_id}"
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list):
+                visit(value[0], stack + (node_id,))
+        done.append(node_id)
+
+    for node_id in prompt:
+        visit(node_id)
+    return done
+
+
+def run_prompt(prompt: dict[str, dict[str, Any]], run_node: Callable[..., tuple],
+               images: dict[str, Any]) -> dict[str, list[Any]]:
+    """Execute an API prompt in-process: ``run_node(class_type, **inputs)`` runs pack nodes,
+    LoadImage reads ``images[filename]``, SaveImage/PreviewImage collect their images.
+    Returns {node id: images} for the image sinks."""
+    outputs: dict[str, tuple] = {}
+    collected: dict[str, list[Any]] = {}
+    for node_id in execution_order(prompt):
+        node = prompt[node_id]
+        inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+        kind = node["class_type"]
+        if kind == "LoadImage":
+            outputs[node_id] = (images[inputs["image"]], None)
+        elif kind in ("SaveImage", "PreviewImage"):
+            collected[node_id] = inputs["images"]
+            outputs[node_id] = ()
+        else:
+            outputs[node_id] = run_node(kind, **inputs)
+    return collected
+
+
+# ----------------------------------------------------------------------------- tiny stand-ins
+
+# The examples name the real files; runs with the tiny fixtures put a tiny file under each name.
+STAND_INS = {
+    ("essence_stylegan2", "stylegan2-ffhq-config-f.pt"): "stylegan2_tiny64.pt",
+    ("essence_e4e", "e4e_ffhq_encode.pt"): "e4e_tiny64.pt",
+    ("essence_clip", "ViT-B-32.pt"): "clip_tiny.pt",
+}
+DIRECTION_FILES = ("keanu.npy", "joker.npy")  # official TargetCLIP directions the examples load
+TARGET_IMAGE = "target.jpg"                   # the picture the training example loads
+TARGET_FIXTURE = "face_a.jpg"
+
+
+def stage_tiny_files(base: Path, fixtures: Path, directions: dict[str, Any]) -> Path:
+    """A ComfyUI-like base folder (``models/``, ``input/``) holding tiny stand-ins under the names
+    the examples use; ``directions`` maps file names to float32 arrays [1, n_latent, D]. Returns
+    the models folder."""
+    models = base / "models"
+    for (folder, name), fixture in STAND_INS.items():
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        target = models / folder / name
+        if not target.exists():
+            target.symlink_to(fixtures / fixture)
+    (models / "essence_directions").mkdir(parents=True, exist_ok=True)
+    for name, array in directions.items():
+        np.save(models / "essence_directions" / name, np.asarray(array, dtype=np.float32))
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fixtures / TARGET_FIXTURE, base / "input" / TARGET_IMAGE)
+    return models
+
+
+def random_directions(n_latent: int = 10, style_dim: int = 64, scale: float = 0.5) -> dict[str, Any]:
+    """Small seeded directions for the tiny generator, under the examples' direction names."""
+    rng = np.random.default_rng(0)
+    return {name: (rng.standard_normal((1, n_latent, style_dim)) * scale).astype(np.float32)
+            for name in DIRECTION_FILES}
+
+
+def quick_run(node_type: str, name: str, value: Any) -> Any:
+    """Overrides for smoke runs with the tiny models: a few training steps instead of 1000."""
+    if node_type == "EssenceTrain" and name == "steps":
+        return min(value, 6)
+    if node_type == "EssenceTrain" and name == "preview_every":
+        return 2
+    return value
+
+
+def load_image(path: Path) -> Any:
+    """A picture as ComfyUI's LoadImage outputs it: IMAGE [1, H, W, 3] float32 in 0..1."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]
