@@ -15,11 +15,12 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from .errors import CorruptFileError, MissingWeightsError, UnsafeFileError, WeightFileError
+from .errors import (CorruptFileError, IncompatibleWeightsError, MissingWeightsError, UnsafeFileError,
+                     WeightFileError)
 
 _SAFE_EXTRA_GLOBALS = [argparse.Namespace]
 
@@ -92,3 +93,43 @@ def _unpickler_reason(text: str) -> str:
             if marker in line:
                 return line
     return lines[-1] if lines else "unknown reason"
+
+
+def describe_contents(obj: Mapping[str, Any]) -> str:
+    """A short human description of a checkpoint's top level, for error messages."""
+    keys = list(obj.keys())
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        prefixes = sorted({k.split(".")[0] for k in obj["state_dict"]})
+        return f"it holds a 'state_dict' with parts {prefixes}"
+    if any(str(k).startswith("visual.") for k in keys):
+        return "it looks like a CLIP model"
+    shown = ", ".join(repr(k) for k in keys[:6]) + (" ..." if len(keys) > 6 else "")
+    return f"its top-level keys are {shown}"
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what did not fit."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
+                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mis_shaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
+            if items:
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+        raise IncompatibleWeightsError(f"{source}: the {what} weights do not fit the architecture "
+                                       f"({'; '.join(parts)}). The file may be damaged or from another model.")
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                           strict=True, assign=True)
+
+
+def build_loaded(model_cls: Callable[[Any], torch.nn.Module], config: Any, state: Mapping[str, torch.Tensor],
+                 source: str, what: str):
+    """``model_cls(config)`` filled strictly from ``state``, without allocating random weights first
+    (built on the meta device; the loaded tensors are assigned in place)."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    load_state_strict(model, state, source, what)
+    return model

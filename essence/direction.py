@@ -11,8 +11,6 @@ usable or refused with a reason.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DirectionFileError, EssenceError, IncompatibleLatentSpaceError
-from .files import load_safetensors_checked, save_safetensors_atomic
+from .errors import DirectionFileError, IncompatibleLatentSpaceError
+from .files import encode_metadata, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
@@ -84,10 +82,7 @@ class Direction:
         tensors = {"direction": self.tensor.detach().float().cpu().contiguous()}
         if self.thumbnail is not None:
             tensors["thumbnail"] = self.thumbnail.to(torch.uint8).cpu().contiguous()
-        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
-        for key, value in self.meta.items():
-            meta[key] = value if isinstance(value, str) else json.dumps(value)
-        return save_safetensors_atomic(tensors, meta, path)
+        return save_safetensors_atomic(tensors, encode_metadata(FORMAT_NAME, FORMAT_VERSION, self.meta), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Direction":
@@ -95,18 +90,8 @@ class Direction:
         path = Path(path)
         if path.suffix.lower() == ".npy":
             return cls.from_official_npy(path)
-        try:
-            tensors, raw_meta = load_safetensors_checked(path)
-        except EssenceError as exc:
-            raise DirectionFileError(f"not a usable direction file: {exc}") from None
-        if raw_meta.get("format") != FORMAT_NAME or "direction" not in tensors:
-            raise DirectionFileError(f"{path}: not an Essence direction file (format "
-                                     f"{raw_meta.get('format')!r}, tensors {sorted(tensors)}).")
-        version = raw_meta.get("format_version", "?")
-        if not version.isdigit() or int(version) > FORMAT_VERSION:
-            raise DirectionFileError(f"{path}: direction format version {version} is newer than this "
-                                     f"Essence understands ({FORMAT_VERSION}); update Essence.")
-        meta = {k: _decode(v) for k, v in raw_meta.items() if k not in ("format", "format_version")}
+        tensors, meta = read_typed_file(path, FORMAT_NAME, FORMAT_VERSION, "direction", DirectionFileError,
+                                        "direction file")
         try:
             direction = cls(tensors["direction"], meta, tensors.get("thumbnail"))
         except DirectionFileError as exc:
@@ -136,7 +121,7 @@ class Direction:
                 "generator": "stylegan2-ffhq-config-f (as published with TargetCLIP)",
                 "clip_model": "ViT-B/32",
                 "recommended_strength": list(DEFAULT_STRENGTH_RANGE),
-                "created": _now(),
+                "created": utc_now(),
                 "licence": LICENCE_NOTE,
             }
             return cls(tensor, meta)
@@ -167,22 +152,11 @@ def _validated_tensor(tensor: Any, what: str) -> torch.Tensor:
     return tensor.detach().float()
 
 
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def direction_metadata(**fields: Any) -> dict[str, Any]:
     """Metadata common to every direction Essence creates (time, version, licence) plus ``fields``."""
     from . import __version__
 
-    base = {"created": _now(), "essence_version": __version__, "licence": LICENCE_NOTE,
+    base = {"created": utc_now(), "essence_version": __version__, "licence": LICENCE_NOTE,
             "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
     base.update(fields)
     return base

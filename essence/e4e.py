@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import load_torch_file
+from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
-from .stylegan2 import EqualLinear, describe_contents, load_state_strict
+from .stylegan2 import EqualLinear
 
 INPUT_SIZE = 256
 
@@ -232,9 +232,7 @@ def load_encoder_file(path: str | os.PathLike, device: str | torch.device = "cpu
     source = str(path)
     state, latent_avg = encoder_state_from_checkpoint(load_torch_file(path), source)
     config = EncoderConfig.from_state_dict(state, source)
-    with torch.device("meta"):
-        model = E4EEncoder(config)
-    load_state_strict(model, state, source, "e4e encoder")
+    model = build_loaded(E4EEncoder, config, state, source, "e4e encoder")
     if latent_avg.ndim == 1:
         latent_avg = latent_avg[None].expand(config.n_styles, -1)
     if tuple(latent_avg.shape) != (config.n_styles, config.style_dim):

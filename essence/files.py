@@ -126,3 +126,47 @@ def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.T
         raise CorruptFileError(f"{path}: unreadable safetensors file ({exc}).") from None
     return tensors, dict(header.get("__metadata__", {}))
 
+
+
+def utc_now() -> str:
+    """Creation timestamps in Essence's files: UTC, seconds, ISO 8601."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def encode_metadata(format_name: str, format_version: int, fields: Mapping[str, object]) -> dict[str, str]:
+    """safetensors metadata (strings only): the format tag, then every field, JSON-encoded unless a string."""
+    meta = {"format": format_name, "format_version": str(format_version)}
+    for key, value in fields.items():
+        if key not in meta:
+            meta[key] = value if isinstance(value, str) else json.dumps(value)
+    return meta
+
+
+def read_typed_file(path: str | os.PathLike, format_name: str, format_version: int, tensor_name: str,
+                    error: type[Exception], what: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load one of Essence's own safetensors files (directions, latents) and check it is one.
+
+    Returns the tensors and the decoded metadata (JSON fields parsed, format tags removed). Any
+    problem (damaged file, another kind of file, a newer format) raises ``error`` naming the file.
+    """
+    try:
+        tensors, raw = load_safetensors_checked(path)
+    except (CorruptFileError, MissingWeightsError) as exc:
+        raise error(f"not a usable {what}: {exc}") from None
+    if raw.get("format") != format_name or tensor_name not in tensors:
+        raise error(f"{path}: not an Essence {what} (format {raw.get('format')!r}, tensors "
+                    f"{sorted(tensors)}).{' ' + hint if hint else ''}")
+    version = raw.get("format_version", "?")
+    if not version.isdigit() or int(version) > format_version:
+        raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
+                    f"({format_version}); update Essence.")
+    return tensors, {k: _json_or_text(v) for k, v in raw.items() if k not in ("format", "format_version")}
+
+
+def _json_or_text(value: str) -> object:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -19,8 +19,6 @@ damaged or foreign file is refused with a reason. TargetCLIP's own source latent
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError
-from .files import load_safetensors_checked, save_safetensors_atomic
+from .files import encode_metadata, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.latents"
 FORMAT_VERSION = 1
@@ -82,13 +80,10 @@ class LatentSet:
 
     def save(self, path: PathLike) -> Path:
         """Write the latent file atomically (a failed save leaves no partial file)."""
-        meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
         fields = {**_base_meta(), **self.meta, "latent_space": self.space, "count": len(self),
                   "sources": self.sources}
-        for key, value in fields.items():
-            if key not in meta:
-                meta[key] = value if isinstance(value, str) else json.dumps(value)
-        return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()}, meta, path)
+        return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
+                                       encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
 
     @classmethod
     def load(cls, path: PathLike, generator: Any = None) -> "LatentSet":
@@ -105,18 +100,8 @@ class LatentSet:
 
 
 def _load_safetensors(path: Path) -> LatentSet:
-    try:
-        tensors, raw = load_safetensors_checked(path)
-    except EssenceError as exc:
-        raise LatentFileError(f"not a usable latent file: {exc}") from None
-    if raw.get("format") != FORMAT_NAME or TENSOR_NAME not in tensors:
-        raise LatentFileError(f"{path}: not an Essence latent file (format {raw.get('format')!r}, tensors "
-                              f"{sorted(tensors)}). Create one with `python -m essence invert` or `sample`.")
-    version = raw.get("format_version", "?")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
-        raise LatentFileError(f"{path}: latent format version {version} is newer than this Essence "
-                              f"understands ({FORMAT_VERSION}); update Essence.")
-    meta = {k: _decode(v) for k, v in raw.items() if k not in ("format", "format_version")}
+    tensors, meta = read_typed_file(path, FORMAT_NAME, FORMAT_VERSION, TENSOR_NAME, LatentFileError, "latent file",
+                                    "Create one with `python -m essence invert` or `sample`.")
     sources = meta.pop("sources", None)
     if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
         raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")
@@ -235,12 +220,4 @@ def import_targetclip_latents(path: PathLike) -> LatentSet:
 def _base_meta() -> dict[str, Any]:
     from . import __version__
 
-    return {"created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "essence_version": __version__}
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+    return {"created": utc_now(), "essence_version": __version__}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import load_torch_file
+from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
 from .ops import bias_leaky_relu, make_blur_kernel, upfirdn2d
 
@@ -409,36 +409,6 @@ def generator_state_from_checkpoint(obj: Any, source: str) -> tuple[dict[str, to
     return state, latent_avg if isinstance(latent_avg, torch.Tensor) else None
 
 
-def describe_contents(obj: Mapping[str, Any]) -> str:
-    """A short human description of a checkpoint's top level, for error messages."""
-    keys = list(obj.keys())
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        prefixes = sorted({k.split(".")[0] for k in obj["state_dict"]})
-        return f"it holds a 'state_dict' with parts {prefixes}"
-    if any(str(k).startswith("visual.") for k in keys):
-        return "it looks like a CLIP model"
-    shown = ", ".join(repr(k) for k in keys[:6]) + (" ..." if len(keys) > 6 else "")
-    return f"its top-level keys are {shown}"
-
-
-def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, what: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what did not fit."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
-                  for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
-            if items:
-                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        raise IncompatibleWeightsError(f"{source}: the {what} weights do not fit the architecture "
-                                       f"({'; '.join(parts)}). The file may be damaged or from another model.")
-    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                           strict=True, assign=True)
-
-
 def build_generator(config: GeneratorConfig, device: str | torch.device = "cpu") -> StyleGAN2Generator:
     """A randomly initialised generator (tests, benchmarks; real use loads weights)."""
     with torch.device(device):
@@ -450,9 +420,7 @@ def load_generator_file(path: str | os.PathLike, device: str | torch.device = "c
     source = str(path)
     state, latent_avg = generator_state_from_checkpoint(load_torch_file(path), source)
     config = GeneratorConfig.from_state_dict(state, source)
-    with torch.device("meta"):
-        model = StyleGAN2Generator(config)
-    load_state_strict(model, state, source, "generator")
+    model = build_loaded(StyleGAN2Generator, config, state, source, "generator")
     avg = latent_avg.float() if latent_avg is not None else _estimate_mean_w(model)
     if avg.shape != (config.style_dim,):
         raise IncompatibleWeightsError(f"{source}: latent_avg has shape {list(avg.shape)}, "
