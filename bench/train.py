@@ -9,6 +9,7 @@ initialised (no pretrained weights are needed to time them), 4 sources. Modes:
   fast            same results, E(G(w_i)) computed once, no per-step host syncs
   fast+chunk1     fast, rendering one source at a time (exact; bounds memory, costs an extra forward)
   fast+bf16       fast under bf16 autocast (an approximation; its quality cost is measured elsewhere)
+  fast+256px      fast, CLIP fed the generator's 256 px intermediate RGB (an approximation)
 Each mode runs in its own subprocess. Reported: seconds per step (median of the timed steps after
 one warm-up step), the implied time for 1000 steps, and peak memory (CPU: peak RSS added by the
 run; CUDA: torch.cuda.max_memory_allocated).
@@ -29,8 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODES = {"official": ("official", None, None), "fast": ("fast", None, None),
-         "fast+chunk1": ("fast", None, 1), "fast+bf16": ("fast", "bf16", None)}
+MODES = {"official": ("official", None, None, None), "fast": ("fast", None, None, None),
+         "fast+chunk1": ("fast", None, 1, None), "fast+bf16": ("fast", "bf16", None, None),
+         "fast+256px": ("fast", None, None, 256)}
 
 
 def build_models(device):
@@ -60,7 +62,7 @@ def run_one(device: str, mode: str, steps: int, threads: int) -> dict:
     sources = generator.sample_wplus(4, seed=1, truncation=0.7)
     init = generator.sample_wplus(1, seed=2, truncation=0.7)
     target = torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)
-    path, autocast, chunk = MODES[mode]
+    path, autocast, chunk, render_size = MODES[mode]
     stamps: list[float] = []
 
     def progress(_):
@@ -76,7 +78,7 @@ def run_one(device: str, mode: str, steps: int, threads: int) -> dict:
     start = time.perf_counter()
     result = train_direction(None, sources, generator, guide, init=init, target_embedding_override=target,
                              settings=TrainSettings(steps=steps, path=path, autocast=autocast, chunk_size=chunk,
-                                                    progress_every=1),
+                                                    render_size=render_size, progress_every=1),
                              progress=progress)
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # drop the warm-up step
     median = statistics.median(per_step)

@@ -14,7 +14,9 @@ users compare against the paper's directions:
 Two exact paths give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
 reference does; ``"fast"`` computes it once (the sources never change) and keeps the loop free of
 host-device synchronisation (best-so-far tracking stays on the device). Approximations are separate,
-named options: ``autocast="bf16"``/``"fp16"`` runs generator and CLIP in reduced precision.
+named options: ``autocast="bf16"``/``"fp16"`` runs generator and CLIP in reduced precision, and
+``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
+anyway), skipping the two most expensive resolutions.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class TrainSettings:
     random_init_truncation: float = 0.7
     progress_every: int = 10
     chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
+    render_size: int | None = None  # approximation: CLIP sees the generator's intermediate RGB at this size
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -132,13 +135,17 @@ def random_initial_direction(generator: StyleGAN2Generator, seed: int, truncatio
         return generator.sample_wplus(1, seed=seed, truncation=truncation).clone()
 
 
-def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN2Generator) -> None:
+def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN2Generator,
+                  render_size: int | None) -> None:
     n, d = generator.n_latent, generator.style_dim
     if sources.ndim != 3 or sources.shape[1:] != (n, d) or sources.shape[0] < 1:
         raise ShapeError(f"sources must be W+ latents [count, {n}, {d}] for this generator, "
                          f"got {list(sources.shape)}.")
     if init.shape != (1, n, d):
         raise ShapeError(f"the initial direction must be [1, {n}, {d}], got {list(init.shape)}.")
+    sizes = [r for r, _ in generator.config.channels if r >= 32]
+    if render_size is not None and render_size not in sizes:
+        raise EssenceError(f"render_size must be one of this generator's resolutions {sizes}, got {render_size}.")
 
 
 def _autocast(device: torch.device, mode: str | None):
@@ -184,7 +191,7 @@ def train_direction(
         # tensors made under inference mode cannot join autograd: copy them out of it
         sources_ = sources.detach().clone().to(device, torch.float32)
         init_ = init.detach().clone().to(device, torch.float32)
-        _check_inputs(sources_, init_, generator)
+        _check_inputs(sources_, init_, generator, settings.render_size)
         if target_embedding_override is not None:
             target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
         else:
@@ -228,7 +235,8 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
 
     def embed(latents: torch.Tensor) -> torch.Tensor:
         with _autocast(device, s.autocast):
-            return guide.embed_generated(generator.synthesize(latents), mode=s.clip_mode).float()
+            images = generator.synthesize(latents, stop_at=s.render_size)
+            return guide.embed_generated(images, mode=s.clip_mode).float()
 
     def embed_sources() -> torch.Tensor:
         step = s.chunk_size or count

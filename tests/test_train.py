@@ -193,3 +193,17 @@ def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
                               settings=TrainSettings(steps=6, chunk_size=chunk))
     assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
     assert torch.allclose(chunked.direction.tensor, whole.direction.tensor, atol=1e-4)
+
+
+def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, target):
+    generator, guide = models
+    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                            settings=TrainSettings(steps=3))
+    low = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                          settings=TrainSettings(steps=3, render_size=32))
+    assert low.losses != exact.losses  # a different (approximate) objective ...
+    assert low.losses[0] == pytest.approx(exact.losses[0], abs=0.2)  # ... of the same kind
+    assert low.direction.meta["hyperparameters"]["render_size"] == 32
+    with pytest.raises(essence.EssenceError, match=r"render_size must be one of .*\[32, 64\]"):
+        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                        settings=TrainSettings(steps=1, render_size=16))
