@@ -85,3 +85,7 @@ __all__ = [
     "LatentSet", "load_latents", "save_latents", "sample_latents",
     "FaceNotFoundError", "ImageInputError", "LatentFileError",
 ]
+
+from .paste import paste_back, paste_mask  # noqa: E402
+
+__all__ += ["paste_back", "paste_mask"]

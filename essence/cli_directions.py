@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .errors import EssenceError
+from .train import INIT_CHOICES
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -63,7 +64,7 @@ def _add_train(subparsers: Subparsers) -> None:
     src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", choices=["auto", "inversion", "random"], default="auto",
+    p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
                    help="start from the e4e inversion of the target (auto: when it has a face) or a random latent")
     p.add_argument("--mode", choices=["fast", "official", "fast+bf16", "fast+fp16"], default="fast",
                    help="fast = same result as official, quicker; +bf16/+fp16 = approximate, quicker still")
@@ -103,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
           f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode.")
     result = train_direction(targets, sources, generator, guide, init=init, settings=settings,
-                             progress=_tqdm_progress(args.steps),
+                             progress=training_progress_bar(args.steps),
                              metadata={"name": args.name or Path(args.targets[0]).stem,
                                        "target": [Path(t).name for t in args.targets],
                                        "init": init_note, "source_latents": source_note})
@@ -117,26 +118,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
     """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
-    if args.init == "random":
-        return "random", "random"
-    from .errors import FaceNotFoundError, MissingWeightsError
+    import essence
+    from .errors import MissingWeightsError
+    from .train import initial_direction
 
-    try:
-        import essence
-        from .invert import invert
-
-        encoder = essence.load_encoder(args.encoder, device=args.device)
-        inverted = invert([targets[0]], encoder)
-        return inverted.latents[:1].to(generator.latent_avg.device), "e4e inversion of the target"
-    except (FaceNotFoundError, MissingWeightsError) as exc:
-        if args.init == "inversion":
-            raise
-        reason = "no face found in the target" if isinstance(exc, FaceNotFoundError) else "no e4e/landmark file"
-        print(f"note: starting from a random latent ({reason}).", file=sys.stderr)
-        return "random", f"random ({reason})"
+    encoder = None
+    if args.init != "random":
+        try:
+            encoder = essence.load_encoder(args.encoder, device=args.device)
+        except MissingWeightsError:
+            if args.init == "inversion":
+                raise
+    init, note = initial_direction(args.init, targets[0], generator, encoder)
+    if init == "random" and args.init == "auto":
+        print(f"note: starting from a {note}.", file=sys.stderr)
+    return init, note
 
 
-def _tqdm_progress(total: int):
+def training_progress_bar(total: int):
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="step", dynamic_ncols=True)

@@ -135,6 +135,46 @@ def random_initial_direction(generator: StyleGAN2Generator, seed: int, truncatio
         return generator.sample_wplus(1, seed=seed, truncation=truncation).clone()
 
 
+INIT_CHOICES = ("auto", "inversion", "random")
+INVERTED_NOTE = "e4e inversion of the target"
+
+
+def initial_direction(choice: str, target: Any, generator: StyleGAN2Generator, encoder: Any = None,
+                      landmarks: Any = None) -> tuple[torch.Tensor | str, str]:
+    """TargetCLIP's starting direction and a note saying which start was used, for the metadata.
+
+    ``"inversion"``: the e4e W+ latent [1, n_latent, D] of the target's largest face (as the paper);
+    it raises when that is impossible (no encoder, no face, no landmark model). ``"auto"``: the same,
+    falling back to a random start in those cases (as the official code does for cartoons).
+    ``"random"``: always the seeded random start. ``target`` is any single image ``invert`` accepts.
+    """
+    from .errors import FaceNotFoundError, IncompatibleLatentSpaceError, MissingWeightsError
+    from .invert import invert
+
+    if choice not in INIT_CHOICES:
+        raise EssenceError(f"unknown initialisation {choice!r}; choose one of {', '.join(INIT_CHOICES)}.")
+    if choice == "random":
+        return "random", "random"
+    if encoder is None:
+        if choice == "inversion":
+            raise EssenceError("init 'inversion' starts from the e4e inversion of the target, but no e4e "
+                               "encoder was given (e4e_ffhq_encode.pt). Give one, or use init 'auto' or 'random'.")
+        return "random", "random (no encoder)"
+    try:
+        latent = invert([target], encoder, landmarks=landmarks).latents[:1]
+    except (FaceNotFoundError, MissingWeightsError) as exc:
+        if choice == "inversion":
+            raise type(exc)(f"init 'inversion' could not invert the target: {exc}\nUse init 'auto' to start "
+                            f"from a random latent when the target has no face.") from None
+        reason = "no face found in the target" if isinstance(exc, FaceNotFoundError) else "no landmark model"
+        return "random", f"random ({reason})"
+    if latent.shape[1:] != (generator.n_latent, generator.style_dim):
+        raise IncompatibleLatentSpaceError(
+            f"the encoder makes {latent.shape[1]} x {latent.shape[2]} W+ latents but the generator uses "
+            f"{generator.n_latent} x {generator.style_dim}; use the e4e encoder made for this generator.")
+    return latent.to(generator.latent_avg.device), INVERTED_NOTE
+
+
 def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN2Generator,
                   render_size: int | None) -> None:
     n, d = generator.n_latent, generator.style_dim

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from . import comfy
 from .directions import EssenceLoad, EssenceMix, EssenceSave
+from .faces import EssenceAlignFace, EssenceInvertFace, EssencePasteBack
 from .latents import EssenceApply, EssenceSampleLatents
-from .loaders import EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader
+from .loaders import EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader, EssenceLandmarkLoader
 from .render import EssenceRender, EssenceStrengthSweep
 from .train import EssenceTrain
 
@@ -18,6 +19,10 @@ _NODES: list[tuple[type, str]] = [
     (EssenceGeneratorLoader, "Load Essence Generator (StyleGAN2)"),
     (EssenceEncoderLoader, "Load Essence Encoder (e4e)"),
     (EssenceGuideLoader, "Load Essence CLIP Guide"),
+    (EssenceLandmarkLoader, "Load Landmark Model (dlib)"),
+    (EssenceAlignFace, "Align Face (FFHQ)"),
+    (EssenceInvertFace, "Invert Face (e4e)"),
+    (EssencePasteBack, "Paste Back Face"),
     (EssenceSampleLatents, "Sample Face Latents"),
     (EssenceApply, "Apply Essence"),
     (EssenceTrain, "Train Essence (TargetCLIP)"),

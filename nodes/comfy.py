@@ -126,12 +126,16 @@ def require_file(folder: str, filename: str, what: str) -> Path:
     found = full_path(folder, filename)
     if found is not None:
         return found
+    raise MissingWeightsError(missing_file_message(folder, filename, what))
+
+
+def missing_file_message(folder: str, filename: str, what: str) -> str:
+    """Which folder to put ``filename`` in, and (for a file the manifest knows) where to get it."""
     places = folder_dirs(folder) or [f"models/{folder}"]
     where = places[0] + (f" (or another '{folder}' path: {', '.join(places[1:])})" if places[1:] else "")
     lines = [f"The {what} '{filename}' is not in ComfyUI's '{folder}' model folder. "
              f"Put it in {where}, then refresh ComfyUI (press R) and pick it."]
-    lines += _how_to_get(folder, filename)
-    raise MissingWeightsError("\n".join(lines))
+    return "\n".join(lines + _how_to_get(folder, filename))
 
 
 def _how_to_get(folder: str, filename: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Loader nodes: the three networks, from files in ComfyUI's Essence model folders.
+"""Loader nodes: the three networks and the face landmark model, from ComfyUI's Essence model folders.
 
 Models are loaded through ``essence.load_*``, which caches them per file and device and builds them
 outside inference mode (so the training node can back-propagate through them). They are loaded onto
@@ -21,6 +21,7 @@ from .inputs import choice
 
 CATEGORY = "essence/loaders"
 E4E_PREFIX = "[e4e] "  # generator dropdown entries that load the decoder embedded in an e4e file
+LANDMARKS_AUTO = "auto"  # landmark dropdown entry: Essence's own lookup (model folder, then installed packages)
 
 
 def _folder(role: str) -> str:
@@ -120,3 +121,42 @@ class EssenceGuideLoader:
     def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
         path = comfy.require_file(_folder("guide"), clip_file, "CLIP file")
         return (essence.load_guide(path, device=comfy.offload_device()),)
+
+
+class EssenceLandmarkLoader:
+    """Load dlib's face detector and 68-point landmark model."""
+
+    DESCRIPTION = ("Loads dlib's face detector and 68-point landmark model (shape_predictor_68_face_landmarks.dat), "
+                   "which Align Face and Invert Face use to find and frame faces the way FFHQ was framed. 'auto' "
+                   "takes the file from models/essence_landmarks or, when installed, from the "
+                   "face-recognition-models Python package.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T.LANDMARKS,)
+    RETURN_NAMES = ("landmarks",)
+    OUTPUT_TOOLTIPS = ("The face detector and landmark model (for Align Face, Invert Face and Train Essence).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        options = [LANDMARKS_AUTO] + comfy.filename_list(_folder("landmarks"))
+        return {"required": {"landmarks_file": choice(
+            options, "dlib 68-point model in models/essence_landmarks; 'auto' finds "
+            "shape_predictor_68_face_landmarks.dat there or in the face-recognition-models package.",
+            LANDMARKS_AUTO)}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, landmarks_file: str) -> bool | str:
+        return True if isinstance(landmarks_file, str) and landmarks_file else "pick a landmark model"
+
+    def load(self, landmarks_file: str) -> tuple[essence.FaceLandmarker]:
+        if landmarks_file != LANDMARKS_AUTO:
+            path = comfy.require_file(_folder("landmarks"), landmarks_file, "landmark model")
+            return (essence.load_landmarker(path),)
+        try:
+            return (essence.load_landmarker(),)
+        except essence.MissingWeightsError:
+            spec = essence_weights.get_spec("landmarks")
+            message = comfy.missing_file_message(spec.comfy_folder, spec.filename, "landmark model")
+            raise essence.MissingWeightsError(
+                message + "\nOr install it with the face-recognition-models package in ComfyUI's Python "
+                "environment (`pip install face-recognition-models`); 'auto' finds it there.") from None

@@ -4,6 +4,10 @@ ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train_direc
 autograd back on for its loop, and the models it back-propagates through were built outside
 inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``comfy.py``).
 
+Starting point (``init``): TargetCLIP starts from the e4e inversion of the target and falls back to
+a random latent when the target has no face; 'auto' does the same when an encoder is connected,
+'inversion' insists on it, 'random' skips it. The direction records which start was used.
+
 Cancelling: ComfyUI's Cancel sets a flag that ``throw_exception_if_processing_interrupted`` turns
 into an exception. It is checked every step and on every progress update; the exception leaves
 ``train_direction`` before any result exists, so nothing reaches Save Essence and no file is written.
@@ -18,6 +22,7 @@ import torch
 
 from .. import essence
 from ..essence.train import TrainProgress, TrainSettings, train_direction
+from ..essence.train import initial_direction as library_initial_direction
 from . import comfy
 from . import types as T
 from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
@@ -45,11 +50,14 @@ MODES: dict[str, Mode] = {
     "fast+bf16": Mode("fast", "bf16", "approximate: generator and CLIP in bfloat16 (faster on recent GPUs)"),
 }
 
-# How the direction starts. The official code starts from the e4e inversion of the target and
-# falls back to a random latent; the inversion option arrives with the encoder nodes. Each entry
-# maps to the ``init`` argument of ``train_direction`` (a tensor or "random").
-INITS: dict[str, Callable[..., torch.Tensor | str]] = {
-    "random": lambda **_: "random",
+# How the direction starts. The official code starts from the e4e inversion of the target (its
+# absolute W+ code) and falls back to a random latent when the target has no face.
+INITS: dict[str, str] = {
+    "auto": "the e4e inversion of the target when it has a face and an encoder is connected, else random "
+            "(TargetCLIP's behaviour)",
+    "inversion": "the e4e inversion of the (first) target picture (needs the encoder input; stops if it has "
+                 "no face)",
+    "random": "a random face latent (the official fallback, e.g. for cartoons)",
 }
 
 
@@ -82,8 +90,8 @@ class EssenceTrain:
                                              "(official: 0.5); 0 turns it off.", 0.05),
                 "seed": seed("Seed of the random starting direction and of the optimisation."),
                 "mode": choice(list(MODES), mode_help, "fast"),
-                "init": choice(list(INITS), "Starting direction: random = a random face latent (the official "
-                               "fallback when the target has no invertible face).", "random"),
+                "init": choice(list(INITS), "Starting direction: " + "; ".join(
+                    f"{name} = {help}" for name, help in INITS.items()) + ".", "auto"),
                 "chunk_size": integer(0, 0, 64, "Faces rendered per pass: 0 = all at once; smaller uses less "
                                       "memory with the same result (halved automatically on out-of-memory)."),
             },
@@ -93,48 +101,67 @@ class EssenceTrain:
                                              "'normalized' is CLIP's own preprocessing.", "official"),
                 "preview_every": integer(50, 0, 10000, "Show the edited sources on the node every this many "
                                          "steps (0 = no previews)."),
+                "encoder": link(T.ENCODER, "The e4e encoder, for init 'inversion' / 'auto' (start from the "
+                                "target's own latent, as TargetCLIP does)."),
+                "landmarks": link(T.LANDMARKS, "dlib's landmark model, to align the target for the inversion "
+                                  "(default: found automatically, as Load Landmark Model's 'auto')."),
             },
         }
 
     def train(self, target: torch.Tensor, sources: T.EssenceLatent, generator: essence.StyleGAN2Generator,
               guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
-              preview_every: int = 50) -> tuple[essence.Direction, torch.Tensor]:
+              preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
+              landmarks: essence.FaceLandmarker | None = None) -> tuple[essence.Direction, torch.Tensor]:
         if mode not in MODES:
             raise essence.EssenceError(f"unknown training mode {mode!r}; choose one of {', '.join(MODES)}.")
-        if init not in INITS:
-            raise essence.EssenceError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}.")
         settings = TrainSettings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, path=MODES[mode].path, autocast=MODES[mode].autocast,
             seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None)
+        start, note = initial_direction(init, target, generator, encoder, landmarks)
         with comfy.models_on_compute_device(generator, guide):
-            result = self._optimise(target, sources, generator, guide, settings, init, preview_every)
+            result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
             preview = synthesize(generator, sources.tensor + result.direction.tensor)
         return self._direction(result, target, mode, init), to_comfy_image(preview, comfy.intermediate_device())
 
-    def _optimise(self, target, sources, generator, guide, settings: TrainSettings, init: str,
-                  preview_every: int) -> essence.TrainResult:
+    def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
+                  note: str, preview_every: int) -> essence.TrainResult:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory)."""
-        start = INITS[init](generator=generator, target=target, seed=settings.seed)
-
         def run(chunk: int) -> essence.TrainResult:
             chunked = replace(settings, chunk_size=chunk if chunk < sources.count else None)
             report = _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps, preview_every)
             return train_direction(target, sources.tensor, generator, guide, init=start, settings=chunked,
-                                   progress=report, should_stop=_interrupted)
+                                   progress=report, should_stop=_interrupted, metadata={"init": note})
 
         return comfy.retry_smaller_on_oom(run, settings.chunk_size or sources.count, "training the essence")
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:
-        """The trained direction with its loss curve and the target's thumbnail in the metadata."""
-        meta = {**result.direction.meta, "mode": mode, "init": init, "targets": int(target.shape[0]),
+        """The trained direction with its loss curve and the target's thumbnail in the metadata
+        (``init`` says how it actually started, ``init_option`` what was asked for)."""
+        meta = {**result.direction.meta, "mode": mode, "init_option": init, "targets": int(target.shape[0]),
                 "loss_curve": {"total": _rounded(result.losses), "transfer": _rounded(result.transfer),
                                "consistency": _rounded(result.consistency)}}
         return essence.Direction(result.direction.tensor, meta, comfy_image_thumbnail(target))
+
+
+def initial_direction(init: str, target: torch.Tensor, generator: essence.StyleGAN2Generator,
+                      encoder: essence.E4EEncoder | None,
+                      landmarks: essence.FaceLandmarker | None) -> tuple[torch.Tensor | str, str]:
+    """``essence.train.initial_direction`` for the first target picture, with the encoder on the
+    compute device and a message that names the node input to connect."""
+    if init == "inversion" and encoder is None:
+        raise essence.EssenceError(
+            "init 'inversion' starts from the e4e inversion of the target, but Train Essence's encoder "
+            "input is not connected. Connect Load Essence Encoder (e4e_ffhq_encode.pt) to it, or choose "
+            "init 'auto' or 'random'.")
+    if encoder is None:
+        return library_initial_direction(init, target[0], generator)
+    with comfy.models_on_compute_device(encoder):
+        return library_initial_direction(init, target[0], generator, encoder, landmarks)
 
 
 def _rounded(values: list[float]) -> list[float]:

@@ -1,4 +1,5 @@
-"""The custom socket types Essence nodes exchange, and the latent batch that travels between them.
+"""The custom socket types Essence nodes exchange, and the latent batch and face alignment that
+travel between them.
 
 ComfyUI matches sockets by type name only, so every name is prefixed (``ESSENCE_...``) to keep the
 pack's sockets from connecting to other StyleGAN packs whose objects look alike but are not.
@@ -11,13 +12,17 @@ from typing import Any
 
 import torch
 
+from ..essence.align import CropTransform
+
 GENERATOR = "ESSENCE_GENERATOR"   # essence.StyleGAN2Generator
 ENCODER = "ESSENCE_ENCODER"       # essence.E4EEncoder
 GUIDE = "ESSENCE_GUIDE"           # essence.ClipGuide
 LATENT = "ESSENCE_LATENT"         # EssenceLatent (below)
 DIRECTION = "ESSENCE_DIRECTION"   # essence.Direction
+LANDMARKS = "ESSENCE_LANDMARKS"   # essence.FaceLandmarker (dlib detector + 68-point predictor)
+ALIGNMENT = "ESSENCE_ALIGNMENT"   # EssenceAlignment (below)
 
-CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION)
+CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, ALIGNMENT)
 
 
 @dataclass(frozen=True)
@@ -62,3 +67,42 @@ class EssenceLatent:
         sources = self.sources or tuple({"kind": "unknown", "row": i} for i in range(self.count))
         return EssenceLatent.create(tensor, [{**s, "edits": [*s.get("edits", []), dict(edit)]} for s in sources],
                                     self.meta)
+
+
+@dataclass(frozen=True)
+class FacePlacement:
+    """Where one aligned face came from: ``transform`` maps its crop into the photo (and knows the
+    photo's original size), ``photo_index`` is the photo's place in the aligned IMAGE batch,
+    ``face_index`` the face's rank by size in that photo (0 = largest)."""
+
+    transform: CropTransform
+    photo_index: int
+    face_index: int
+    photo_sha256: str
+
+    @property
+    def photo_size(self) -> tuple[int, int]:
+        """(width, height) of the photo the face was aligned from."""
+        return self.transform.photo_size
+
+
+@dataclass(frozen=True)
+class EssenceAlignment:
+    """What Paste Back needs to put edited faces back into their photos.
+
+    ``faces`` has one entry per aligned image (in the order of the aligned IMAGE batch, and of the
+    latents Invert Face makes from it); ``photo_count`` is the size of the photo batch that was
+    aligned, which may hold more photos than faces when photos without a face were skipped.
+    """
+
+    faces: tuple[FacePlacement, ...]
+    photo_count: int
+
+    def __post_init__(self) -> None:
+        if not self.faces:
+            raise ValueError("an alignment needs at least one face.")
+        if any(not 0 <= f.photo_index < self.photo_count for f in self.faces):
+            raise ValueError(f"face photo indices must lie in 0..{self.photo_count - 1}.")
+
+    def __len__(self) -> int:
+        return len(self.faces)

