@@ -152,18 +152,60 @@ def _fetch_one(spec: WeightSpec, folder: Path, progress: bool) -> bool:
 
 
 def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    demo = subparsers.add_parser("demo", help="run the end-to-end demo (checks its weight files first)")
+    demo = subparsers.add_parser(
+        "demo", help="the whole idea end to end: invert a photo, train an essence, apply it, paste back",
+        description="Invert a photo (default: scikit-image's astronaut), train the essence of a target "
+                    "(default: scikit-image's Chelsea the cat), apply it at several strengths, paste the "
+                    "edits back into the photo, and write grid.png, the direction file and a report.")
+    demo.add_argument("--photo", type=Path, help="the face photo to edit (default: scikit-image's astronaut)")
+    demo.add_argument("--target", type=Path, nargs="+", default=[],
+                      help="target picture(s) (default: scikit-image's Chelsea the cat)")
+    demo.add_argument("--out", type=Path, default=Path("output/demo"), help="output folder (default output/demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default 1000 on CUDA, 150 otherwise)")
+    demo.add_argument("--exact", action="store_true",
+                      help="full-size rendering during training even on a CPU (slow; the default on CUDA)")
+    demo.add_argument("--strengths", default="0.5,0.8,1.2", help="comma-separated strengths to show")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    demo.add_argument("--download", action="store_true",
+                      help="download missing weight files without asking (sizes and licences are printed)")
+    for role, name in (("generator", "StyleGAN2"), ("encoder", "e4e"), ("guide", "CLIP"), ("landmarks", "dlib 68-point")):
+        demo.add_argument(f"--{role}", type=Path, default=None, help=f"{name} file (default: looked up)")
     demo.set_defaults(handler=_cmd_demo)
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
-    problems = [(spec, _demo_problem(spec)) for spec in demo_specs()]
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .cli_directions import training_progress_bar
+    from .demo import DemoOptions, run_demo
+
+    given = {role for role in ("generator", "encoder", "guide", "landmarks") if getattr(args, role) is not None}
+    problems = [(spec, _demo_problem(spec)) for spec in demo_specs() if spec.role not in given]
     problems = [(spec, why) for spec, why in problems if why]
-    if problems:
+    if problems and not _offer_download([spec for spec, _ in problems], args.download):
         _print_missing(problems)
         return EXIT_USER_ERROR
-    print("All demo weight files are present. The demo pipeline is not built yet; nothing to run.")
+    try:
+        strengths = tuple(float(v) for v in args.strengths.split(",") if v.strip())
+    except ValueError:
+        raise EssenceError(f"--strengths must be comma-separated numbers, got {args.strengths!r}.") from None
+    options = DemoOptions(out_dir=args.out, photo=args.photo, targets=list(args.target), steps=args.steps,
+                          render_size=None if args.exact else 0, strengths=strengths, seed=args.seed,
+                          device=args.device, generator=args.generator, encoder=args.encoder,
+                          guide=args.guide, landmarks=args.landmarks)
+    report = run_demo(options, make_progress=training_progress_bar)
+    print()
+    print(report.text(), end="")
     return EXIT_OK
+
+
+def _offer_download(specs: Sequence[WeightSpec], assume_yes: bool) -> bool:
+    """Download the missing files when told to, or when a person at a terminal agrees."""
+    if not assume_yes and not sys.stdin.isatty():
+        return False
+    _print_fetch_plan(specs, default_weights_dir())
+    if not assume_yes and input("Download these files now? [y/N] ").strip().lower() not in ("y", "yes"):
+        return False
+    return all(_fetch_one(spec, default_weights_dir(), progress=True) for spec in specs)
 
 
 def _demo_problem(spec: WeightSpec) -> str | None:

@@ -70,14 +70,17 @@ def test_demo_looks_in_provider_folders(capsys: pytest.CaptureFixture[str], tmp_
     assert all(name in err for name in DEMO_FILES)
 
 
-def test_demo_with_weights_present_exits_zero(capsys: pytest.CaptureFixture[str], empty_weights: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_with_unloadable_weights_fails_with_a_clear_error(capsys: pytest.CaptureFixture[str],
+                                                               empty_weights: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files that pass the quick size check but are not loadable stop the demo with a message."""
     small = [dataclasses.replace(s, size_bytes=10 if s.size_bytes else None) for s in weights.demo_specs()]
     monkeypatch.setattr(cli, "demo_specs", lambda: small)
     for spec in small:
         (empty_weights / spec.filename).write_bytes(b"0123456789")
-    assert cli.main(["demo"]) == 0
-    assert "not built yet" in capsys.readouterr().out
+    assert cli.main(["demo", "--out", str(empty_weights / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
 
 
 def test_demo_reports_a_damaged_file(capsys: pytest.CaptureFixture[str], empty_weights: Path) -> None:

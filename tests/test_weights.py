@@ -80,9 +80,10 @@ def test_openai_checksums_match_their_urls() -> None:
             assert spec.urls[0].split("/")[-2] == spec.sha256
 
 
-def test_demo_needs_generator_encoder_and_vit_b_32() -> None:
+def test_demo_needs_generator_encoder_vit_b_32_and_landmarks() -> None:
     assert sorted(s.filename for s in weights.demo_specs()) == [
-        "ViT-B-32.pt", "e4e_ffhq_encode.pt", "stylegan2-ffhq-config-f.pt"]
+        "ViT-B-32.pt", "e4e_ffhq_encode.pt", "shape_predictor_68_face_landmarks.dat",
+        "stylegan2-ffhq-config-f.pt"]
 
 
 def test_manifest_validation_rejects_bad_entries(tmp_path: Path) -> None:
