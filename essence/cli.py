@@ -10,6 +10,7 @@ user ever sees a traceback for a missing file or a failed download.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -357,6 +358,47 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# bench
+
+
+def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .bench import TRAIN_MODES
+
+    bench = subparsers.add_parser(
+        "bench", help="speed and memory of the full-size models on this device (random weights)",
+        description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
+                    + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
+    bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    bench.add_argument("--only", nargs="+", choices=["generator", "encoder", "train"],
+                       default=["generator", "encoder", "train"], help="sections to run (default: all)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    bench.add_argument("--train-steps", type=int, default=None,
+                       help="steps per training mode, the first a warm-up (default 3 on CPU, 30 on CUDA)")
+    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    bench.add_argument("--json", type=Path, default=Path("output/bench.json"), help="where to write the results")
+    bench.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
+    bench.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .bench import run_all, run_one
+    from .runtime import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.one:
+        print(json.dumps(run_one(device, json.loads(args.one), args.repeats)))
+        return EXIT_OK
+    steps = args.train_steps or (30 if device.type == "cuda" else 3)
+    run_all(device, args.only, args.repeats, steps, args.threads, args.json)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # formatting
 
 
@@ -388,4 +430,4 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS]
+                                      *DIRECTION_COMMANDS, _add_bench]

@@ -1,0 +1,223 @@
+"""``python -m essence bench``: speed and memory of the full-size models on whatever device is here.
+
+Models are built at full size with random weights (FFHQ config-f generator, IR-SE-50 e4e encoder,
+CLIP ViT-B/32 image tower): timing needs the shapes, not the trained values, so the benchmark runs
+without any weight file. Three sections:
+
+  generator   synthesis at 1024 px, forward and forward+backward, per batch size and dtype
+  encoder     e4e encoding of aligned 256 px faces (the network only; alignment is dlib on the CPU)
+  train       TargetCLIP seconds per step with 4 sources, per training mode
+
+Each measurement runs in its own subprocess, so "peak MB" is that run's own high-water mark: on the
+CPU the resident memory added after the models were built, on CUDA ``torch.cuda.max_memory_allocated``.
+Times are medians after one warm-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+TRAIN_MODES = {  # name: (path, autocast, chunk_size, render_size)
+    "official": ("official", None, None, None),
+    "fast": ("fast", None, None, None),
+    "fast+chunk1": ("fast", None, 1, None),
+    "fast+bf16": ("fast", "bf16", None, None),
+    "fast+256px": ("fast", None, None, 256),
+}
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def _peak_tracker(device: torch.device) -> Callable[[], float]:
+    """Start measuring; the returned function gives the peak MB added since."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        return lambda: (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+def _timed(step: Callable[[], None], device: torch.device, repeats: int) -> list[float]:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16)
+
+
+def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int) -> dict:
+    from .stylegan2 import GeneratorConfig, build_generator
+
+    torch.manual_seed(0)
+    model = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
+    wplus = torch.randn(batch, model.n_latent, model.style_dim, device=device) * 0.5
+    peak = _peak_tracker(device)
+
+    def step() -> None:
+        latent = wplus.clone().requires_grad_(backward)
+        with _autocast(device, dtype), torch.set_grad_enabled(backward):
+            image = model.synthesize(latent)
+        if backward:
+            image.float().square().mean().backward()
+
+    times = _timed(step, device, repeats)
+    seconds = statistics.median(times)
+    return {"pass": "forward+backward" if backward else "forward", "batch": batch, "dtype": dtype,
+            "seconds": seconds, "images_per_second": batch / seconds, "peak_mb": peak()}
+
+
+def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) -> dict:
+    from .e4e import EncoderConfig, build_encoder
+
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig.ir_se50(), device=device).requires_grad_(False)
+    faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+    peak = _peak_tracker(device)
+
+    def step() -> None:
+        with _autocast(device, dtype), torch.no_grad():
+            model.encode(faces, batch_size=batch)
+
+    seconds = statistics.median(_timed(step, device, repeats))
+    return {"batch": batch, "dtype": dtype, "seconds": seconds, "images_per_second": batch / seconds,
+            "peak_mb": peak()}
+
+
+def bench_train(device: torch.device, mode: str, steps: int) -> dict:
+    from clip.model import VisionTransformer
+
+    from .clip_guide import ClipGuide
+    from .stylegan2 import GeneratorConfig, build_generator
+    from .train import TrainSettings, train_direction
+
+    torch.manual_seed(0)
+    generator = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
+    with torch.device(device):
+        visual = VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12, heads=12,
+                                   output_dim=512)
+    guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False)
+    sources = generator.sample_wplus(4, seed=1, truncation=0.7)
+    init = generator.sample_wplus(1, seed=2, truncation=0.7)
+    target = torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)
+    path, autocast, chunk, render_size = TRAIN_MODES[mode]
+    stamps: list[float] = []
+
+    def progress(_) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    peak = _peak_tracker(device)
+    start = time.perf_counter()
+    train_direction(None, sources, generator, guide, init=init, target_embedding_override=target,
+                    settings=TrainSettings(steps=steps, path=path, autocast=autocast, chunk_size=chunk,
+                                           render_size=render_size, progress_every=1),
+                    progress=progress)
+    per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
+    seconds = statistics.median(per_step)
+    return {"mode": mode, "steps_timed": len(per_step), "seconds_per_step": seconds,
+            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak()}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def plan(device: torch.device, sections: list[str], train_steps: int) -> list[dict]:
+    """Every measurement to run, as the arguments of one ``--one`` subprocess each."""
+    cuda = device.type == "cuda"
+    dtypes = ["float32", "bfloat16"] if cuda else ["float32"]
+    jobs: list[dict] = []
+    if "generator" in sections:
+        jobs += [{"kind": "generator", "batch": b, "dtype": d, "backward": bw}
+                 for d in dtypes for b in ([1, 4, 16] if cuda else [1, 4]) for bw in (False, True)]
+    if "encoder" in sections:
+        jobs += [{"kind": "encoder", "batch": b, "dtype": d} for d in dtypes for b in ([1, 32, 128] if cuda else [1, 8])]
+    if "train" in sections:
+        jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in TRAIN_MODES]
+    return jobs
+
+
+def run_one(device: torch.device, job: dict, repeats: int) -> dict:
+    kind = job["kind"]
+    if kind == "generator":
+        result = bench_generator(device, job["batch"], job["dtype"], job["backward"], repeats)
+    elif kind == "encoder":
+        result = bench_encoder(device, job["batch"], job["dtype"], repeats)
+    else:
+        result = bench_train(device, job["mode"], job["steps"])
+    return {"kind": kind, **result}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def format_row(row: dict) -> str:
+    if row["kind"] == "generator":
+        what = f"generator {row['pass']:<16} batch {row['batch']:<3} {row['dtype']:<8}"
+        return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
+    if row["kind"] == "encoder":
+        what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}"
+        return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
+    what = f"train 4 sources             {row['mode']}"
+    return (f"{what:<54}{row['seconds_per_step']:>9.2f} s/step {row['projected_1000_steps_s'] / 60:>6.1f} min/1000 "
+            f"{row['peak_mb']:>6.0f} MB")
+
+
+def run_all(device: torch.device, sections: list[str], repeats: int, train_steps: int, threads: int,
+            out: Path | None) -> dict:
+    """Run every planned measurement in its own process; print rows as they come; write JSON."""
+    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
+    rows = []
+    for job in plan(device, sections, train_steps):
+        cmd = [sys.executable, "-m", "essence", "bench", "--device", str(device), "--repeats", str(repeats),
+               "--threads", str(threads), "--one", json.dumps(job)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _package_root()})
+        if done.returncode != 0:
+            print(f"  failed: {job}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print("  " + format_row(row), flush=True)
+    report = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+              "threads": threads, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    if out is not None:
+        from .files import atomic_write
+
+        with atomic_write(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        print(f"wrote {out}")
+    return report
+
+
+def _package_root() -> str:
+    root = str(Path(__file__).resolve().parents[1])
+    existing = os.environ.get("PYTHONPATH")
+    return root if not existing else root + os.pathsep + existing

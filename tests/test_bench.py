@@ -1,0 +1,34 @@
+"""``python -m essence bench``: what it measures and how it reports (numbers themselves are not asserted)."""
+
+from __future__ import annotations
+
+import torch
+
+from essence import cli
+from essence.bench import TRAIN_MODES, format_row, plan
+
+
+def test_plan_covers_every_section_and_training_mode():
+    jobs = plan(torch.device("cpu"), ["generator", "encoder", "train"], train_steps=3)
+    kinds = {job["kind"] for job in jobs}
+    assert kinds == {"generator", "encoder", "train"}
+    assert [j["mode"] for j in jobs if j["kind"] == "train"] == list(TRAIN_MODES)
+    assert {(j["batch"], j["backward"]) for j in jobs if j["kind"] == "generator"} == {
+        (1, False), (1, True), (4, False), (4, True)}
+    gpu = plan(torch.device("cuda"), ["generator"], train_steps=30)
+    assert {j["dtype"] for j in gpu} == {"float32", "bfloat16"}
+
+
+def test_one_measurement_reports_time_throughput_and_memory(capsys):
+    assert cli.main(["bench", "--device", "cpu", "--repeats", "1", "--threads", "1",
+                     "--one", '{"kind": "encoder", "batch": 1, "dtype": "float32"}']) == 0
+    import json
+
+    row = json.loads(capsys.readouterr().out)
+    assert row["kind"] == "encoder" and row["seconds"] > 0 and row["images_per_second"] == 1 / row["seconds"]
+    assert "e4e encode" in format_row(row) and "img/s" in format_row(row)
+
+
+def test_training_rows_project_a_1000_step_run():
+    row = {"kind": "train", "mode": "fast", "seconds_per_step": 0.5, "projected_1000_steps_s": 500.0, "peak_mb": 10.0}
+    assert "fast" in format_row(row) and "8.3 min/1000" in format_row(row)
