@@ -191,9 +191,8 @@ def format_row(row: dict) -> str:
             f"{row['peak_mb']:>6.0f} MB")
 
 
-def run_all(device: torch.device, sections: list[str], repeats: int, train_steps: int, threads: int,
-            out: Path | None) -> dict:
-    """Run every planned measurement in its own process; print rows as they come; write JSON."""
+def run_all(device: torch.device, sections: list[str], repeats: int, train_steps: int, threads: int) -> dict:
+    """Run every planned measurement in its own process, printing rows as they come; the report."""
     print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
     rows = []
     for job in plan(device, sections, train_steps):
@@ -206,18 +205,67 @@ def run_all(device: torch.device, sections: list[str], repeats: int, train_steps
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print("  " + format_row(row), flush=True)
-    report = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-              "threads": threads, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    if out is not None:
-        from .files import atomic_write
-
-        with atomic_write(out) as tmp:
-            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"wrote {out}")
-    return report
+    return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": threads, "date": time.strftime("%Y-%m-%d"), "rows": rows}
 
 
 def _package_root() -> str:
     root = str(Path(__file__).resolve().parents[1])
     existing = os.environ.get("PYTHONPATH")
     return root if not existing else root + os.pathsep + existing
+
+
+# ----------------------------------------------------------------------------- quality of the approximations
+
+
+def quality_modes(generator) -> dict[str, dict]:
+    """TrainSettings overrides per mode; the low-resolution path uses 256 px, or half the size of a
+    generator that small."""
+    low = 256 if generator.size > 256 else generator.size // 2
+    return {"fast (exact)": {}, "official": {"path": "official"}, "fast+chunk1": {"chunk_size": 1},
+            "fast+channels_last": {"channels_last": True}, "fast+compile": {"compile": True},
+            "fast+bf16": {"autocast": "bf16"}, "fast+fp16": {"autocast": "fp16"},
+            f"fast+{low}px": {"render_size": low}}
+
+
+def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
+    """The exact objective (full-size rendering, float32, every coefficient 1) of a trained direction."""
+    from .clip_guide import to_unit
+    from .train import TrainSettings, essence_losses
+
+    settings = TrainSettings()
+    with torch.no_grad():
+        embed = lambda w: guide.embed_generated(generator.synthesize(w), mode=settings.clip_mode).float()  # noqa: E731
+        transfer, consistency = essence_losses(embed(sources), embed(sources + direction.to(sources.device)),
+                                               to_unit(target))
+    return float(settings.lambda_transfer * transfer + settings.lambda_consistency * consistency)
+
+
+def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: torch.Tensor, steps: int,
+                  seed: int = 0, modes: list[str] | None = None) -> list[dict]:
+    """Train with every mode from the same random start; compare each direction with the exact one."""
+    from .train import TrainSettings, random_initial_direction, train_direction
+
+    init = random_initial_direction(generator, seed)
+    rows, reference = [], None
+    for name, overrides in quality_modes(generator).items():
+        if modes and name not in modes:
+            continue
+        start = time.perf_counter()
+        result = train_direction(None, sources, generator, guide, init=init, target_embedding_override=target_embedding,
+                                 settings=TrainSettings(steps=steps, seed=seed, **overrides))
+        seconds = time.perf_counter() - start
+        d = result.direction.tensor
+        reference = d if reference is None else reference
+        update = (reference - init.cpu()).norm()
+        rows.append({"kind": "quality", "mode": name, "steps": steps, "seconds": seconds,
+                     "own_best_loss": result.best_loss,
+                     "exact_loss": exact_loss(d, sources, target_embedding, generator, guide),
+                     "cosine_to_exact": float(torch.nn.functional.cosine_similarity(d.flatten(), reference.flatten(), dim=0)),
+                     "distance_over_exact_update": float((d - reference).norm() / update) if update > 0 else 0.0})
+    return rows
+
+
+def format_quality_row(row: dict) -> str:
+    return (f"{row['mode']:<22}{row['seconds']:>8.1f} s  loss {row['own_best_loss']:.4f}  exact-objective "
+            f"{row['exact_loss']:.4f}  cosine {row['cosine_to_exact']:.5f}  distance {row['distance_over_exact_update']:.3f}")

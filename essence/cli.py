@@ -369,13 +369,21 @@ def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
         description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
                     + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
     bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    bench.add_argument("--only", nargs="+", choices=["generator", "encoder", "train"],
-                       default=["generator", "encoder", "train"], help="sections to run (default: all)")
+    bench.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "quality"],
+                       default=["generator", "encoder", "train"],
+                       help="sections (default: generator encoder train; 'quality' compares the approximate "
+                            "training modes with the exact one and needs the weight files)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     bench.add_argument("--train-steps", type=int, default=None,
                        help="steps per training mode, the first a warm-up (default 3 on CPU, 30 on CUDA)")
     bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     bench.add_argument("--json", type=Path, default=Path("output/bench.json"), help="where to write the results")
+    quality = bench.add_argument_group("quality section (real models: looked up or given)")
+    quality.add_argument("--generator", type=Path, default=None)
+    quality.add_argument("--guide", type=Path, default=None)
+    quality.add_argument("--target", type=Path, default=None, help="target picture (default: scikit-image's Chelsea)")
+    quality.add_argument("--sources", type=Path, default=None, help="latent file (default: 4 samples, seed 1)")
+    quality.add_argument("--quality-steps", type=int, default=100, help="training steps per mode (default 100)")
     bench.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
     bench.set_defaults(handler=_cmd_bench)
 
@@ -394,8 +402,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(run_one(device, json.loads(args.one), args.repeats)))
         return EXIT_OK
     steps = args.train_steps or (30 if device.type == "cuda" else 3)
-    run_all(device, args.only, args.repeats, steps, args.threads, args.json)
+    timed = [section for section in args.only if section != "quality"]
+    report = run_all(device, timed, args.repeats, steps, args.threads) if timed else {"rows": []}
+    if "quality" in args.only:
+        report["rows"] += _bench_quality(args, device)
+    if args.json is not None:
+        from .files import atomic_write
+
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        print(f"wrote {args.json}")
     return EXIT_OK
+
+
+def _bench_quality(args: argparse.Namespace, device) -> list[dict]:
+    from . import load_generator, load_guide
+    from .bench import bench_quality, format_quality_row
+    from .demo import scikit_image_picture
+    from .images import load_image
+    from .latents import load_latents
+    from .train import target_embedding
+
+    generator = load_generator(args.generator, device=device)
+    guide = load_guide(args.guide, device=device)
+    target = load_image(args.target or scikit_image_picture("chelsea.png"))
+    sources = (load_latents(args.sources, generator).latents if args.sources
+               else generator.sample_wplus(4, seed=1, truncation=0.7)).to(device)
+    print(f"Approximate training modes vs the exact one: {args.quality_steps} steps each, same random start "
+          f"(cosine and distance of the trained direction to the exact one; distance relative to the exact "
+          f"update; exact-objective = the loss of the direction under full-size float32 rendering)")
+    rows = bench_quality(generator, guide, target_embedding(guide, target), sources, args.quality_steps)
+    for row in rows:
+        print("  " + format_quality_row(row), flush=True)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

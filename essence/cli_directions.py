@@ -73,6 +73,9 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
     p.add_argument("--render-size", type=int, default=None,
                    help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC activations (GPU tensor cores; same maths)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the render+CLIP path (same maths; "
+                   "compiling takes a while)")
     p.add_argument("--lambda-transfer", type=float, default=1.0)
     p.add_argument("--lambda-consistency", type=float, default=0.5)
     p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
@@ -90,6 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path, _, precision = args.mode.partition("+")
     settings = TrainSettings(steps=args.steps, seed=args.seed, path=path, autocast=precision or None,
                              clip_mode=args.clip_mode, chunk_size=args.chunk, render_size=args.render_size,
+                             channels_last=args.channels_last, compile=args.compile,
                              lambda_transfer=args.lambda_transfer, lambda_consistency=args.lambda_consistency)
     generator = essence.load_generator(args.generator, device=args.device)
     guide = essence.load_guide(args.guide, device=args.device)

@@ -351,12 +351,13 @@ class StyleGAN2Generator(nn.Module):
         return noise
 
     def synthesize(self, latent: torch.Tensor, noise: NoiseSpec = "fixed",
-                   stop_at: int | None = None) -> torch.Tensor:
+                   stop_at: int | None = None, channels_last: bool = False) -> torch.Tensor:
         """W+ (or w) -> RGB image [B, 3, S, S], roughly in [-1, 1].
 
         ``noise="fixed"`` uses the stored noise buffers (TargetCLIP's ``randomize_noise=False``);
         ``"random"`` draws fresh noise. ``stop_at`` (a power of two below ``size``) returns the
         RGB skip output at that resolution and skips the layers above it: a cheaper, blurrier image.
+        ``channels_last`` keeps activations in NHWC layout, which GPU tensor cores prefer (same maths).
         """
         wplus = self.to_wplus(latent)
         if stop_at is not None and (stop_at not in dict(self.config.channels) or stop_at < 4):
@@ -364,6 +365,8 @@ class StyleGAN2Generator(nn.Module):
         noises = self._noise_list(noise)
         batch = wplus.shape[0]
         x = self.input(batch).to(wplus.dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv1(x, wplus[:, 0], noises[0])
         skip = self.to_rgb1(x, wplus[:, 1])
         resolution = 4
@@ -377,8 +380,9 @@ class StyleGAN2Generator(nn.Module):
             resolution *= 2
         return skip
 
-    def forward(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None) -> torch.Tensor:
-        return self.synthesize(latent, noise=noise, stop_at=stop_at)
+    def forward(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None,
+                channels_last: bool = False) -> torch.Tensor:
+        return self.synthesize(latent, noise=noise, stop_at=stop_at, channels_last=channels_last)
 
 
 # ----------------------------------------------------------------------------- loading

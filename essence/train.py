@@ -16,7 +16,8 @@ reference does; ``"fast"`` computes it once (the sources never change) and keeps
 host-device synchronisation (best-so-far tracking stays on the device). Approximations are separate,
 named options: ``autocast="bf16"``/``"fp16"`` runs generator and CLIP in reduced precision, and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
-anyway), skipping the two most expensive resolutions.
+anyway), skipping the two most expensive resolutions. ``channels_last`` and ``compile`` change only
+how the same maths runs (memory layout; a compiled graph), for speed on GPUs.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class TrainSettings:
     progress_every: int = 10
     chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
     render_size: int | None = None  # approximation: CLIP sees the generator's intermediate RGB at this size
+    channels_last: bool = False  # NHWC activations (GPU tensor cores); same maths
+    compile: bool = False  # torch.compile the render+embed path; same maths, float rounding may differ
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -237,8 +240,27 @@ def train_direction(
         else:
             target_ = target_embedding(guide, target).clone().to(device)
         torch.manual_seed(settings.seed)
-        return _optimise(sources_, init_, target_, generator, guide, settings, progress, should_stop,
-                         {**(metadata or {}), "init": init_method})
+        try:
+            return _optimise(sources_, init_, target_, generator, guide, settings, progress, should_stop,
+                             {**(metadata or {}), "init": init_method})
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            _raise_if_out_of_memory(exc, sources_.shape[0], settings.chunk_size)
+            raise
+
+
+def _raise_if_out_of_memory(exc: BaseException, count: int, chunk: int | None) -> None:
+    """Turn a device out-of-memory error into a ``DeviceMemoryError`` saying what to lower."""
+    from .errors import DeviceMemoryError
+    from .runtime import is_out_of_memory, release_device_memory
+
+    if not is_out_of_memory(exc):
+        return
+    release_device_memory()
+    per_pass = min(chunk or count, count)
+    advice = (f"lower the chunk size (--chunk / chunk_size; it is {per_pass}: same result, less memory)"
+              if per_pass > 1 else "use fewer source faces, --render-size 256, a +bf16 mode, or the CPU")
+    raise DeviceMemoryError(f"out of device memory while training ({count} source faces, {per_pass} rendered "
+                            f"per pass): {advice}.") from exc
 
 
 def _loss_and_backward(edited, count: int, chunk: int | None, e_src, target, s: TrainSettings):
@@ -273,10 +295,15 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
     count = sources.shape[0]
     use_coefficients = s.lambda_consistency > 0
 
+    def render_and_embed(latents: torch.Tensor) -> torch.Tensor:
+        images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last)
+        return guide.embed_generated(images, mode=s.clip_mode).float()
+
+    compiled = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed
+
     def embed(latents: torch.Tensor) -> torch.Tensor:
         with _autocast(device, s.autocast):
-            images = generator.synthesize(latents, stop_at=s.render_size)
-            return guide.embed_generated(images, mode=s.clip_mode).float()
+            return compiled(latents)
 
     def embed_sources() -> torch.Tensor:
         step = s.chunk_size or count

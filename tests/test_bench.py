@@ -32,3 +32,21 @@ def test_one_measurement_reports_time_throughput_and_memory(capsys):
 def test_training_rows_project_a_1000_step_run():
     row = {"kind": "train", "mode": "fast", "seconds_per_step": 0.5, "projected_1000_steps_s": 500.0, "peak_mb": 10.0}
     assert "fast" in format_row(row) and "8.3 min/1000" in format_row(row)
+
+
+def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsys):
+    """A short run with the tiny models: the exact modes agree, and the table has every mode asked for."""
+    import essence
+    from essence.bench import bench_quality, format_quality_row
+    from essence.train import target_embedding
+    from PIL import Image
+
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    guide = essence.load_guide(fixtures / "clip_tiny.pt")
+    target = target_embedding(guide, Image.open(fixtures / "face_a.jpg"))
+    sources = generator.sample_wplus(3, seed=1, truncation=0.7)
+    rows = bench_quality(generator, guide, target, sources, steps=3,
+                         modes=["fast (exact)", "official", "fast+32px"])
+    assert [r["mode"] for r in rows] == ["fast (exact)", "official", "fast+32px"]
+    assert rows[0]["cosine_to_exact"] == 1.0 and rows[1]["cosine_to_exact"] > 0.99999
+    assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])

@@ -207,3 +207,14 @@ def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, targ
     with pytest.raises(essence.EssenceError, match=r"render_size must be one of .*\[32, 64\]"):
         train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=1, render_size=16))
+
+
+def test_channels_last_option_gives_the_same_training(models, trace, target):
+    generator, guide = models
+    settings = dict(steps=4)
+    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                            settings=TrainSettings(**settings))
+    nhwc = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                           settings=TrainSettings(**settings, channels_last=True))
+    assert nhwc.losses == pytest.approx(exact.losses, abs=1e-5)
+    assert nhwc.direction.meta["hyperparameters"]["channels_last"] is True
