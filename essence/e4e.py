@@ -193,11 +193,16 @@ class E4EEncoder(nn.Module):
     def encode(self, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
         """Aligned faces [B, 3, 256, 256] in [-1, 1] -> W+ latents [B, n_latent, D].
 
-        Runs in chunks of ``batch_size`` so large batches do not exhaust memory.
+        Runs in chunks of ``batch_size`` so large batches do not exhaust memory; a chunk that still
+        runs out of device memory is retried in smaller chunks (same result), down to one face.
         """
+        from .runtime import run_in_chunks_on_oom
+
         check_encoder_input(images)
         param = self.input_layer[0].weight
-        chunks = [self(chunk.to(param.device, param.dtype)) for chunk in images.split(batch_size)]
+        chunks = run_in_chunks_on_oom(lambda chunk: self(chunk.to(param.device, param.dtype)), images, batch_size,
+                                      f"e4e-encoding {len(images)} faces",
+                                      "Free device memory (close other models) or run on the CPU (--device cpu).")
         return torch.cat(chunks) + self.latent_avg.to(chunks[0].dtype)
 
 

@@ -7,6 +7,8 @@ wrong shape) is one of these, so callers (the CLI, the ComfyUI nodes, scripts) c
 
 from __future__ import annotations
 
+import torch
+
 
 class EssenceError(Exception):
     """Base class: an error whose message is meant for the user."""
@@ -66,3 +68,10 @@ class FaceNotFoundError(EssenceError):
 
 class LatentFileError(DirectionFileError):
     """A latent file is unreadable, damaged, not an Essence latent file, or holds NaN/inf."""
+
+
+class DeviceMemoryError(EssenceError, torch.OutOfMemoryError):
+    """The device ran out of memory even at the smallest batch; the message says what to lower.
+
+    Also a ``torch.OutOfMemoryError``, so callers that retry smaller on out-of-memory (the ComfyUI
+    nodes) still recognise it."""

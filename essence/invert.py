@@ -116,10 +116,16 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
 
 def reconstruct(latents: torch.Tensor, generator: Any, batch_size: int = 4) -> torch.Tensor:
     """G(latents) with the generator's fixed noise, in batches -> [N, 3, S, S] on the CPU."""
+    from .runtime import run_in_chunks_on_oom
+
     param = next(generator.parameters())
+
+    def render(chunk: torch.Tensor) -> torch.Tensor:
+        return generator.synthesize(chunk.to(param.device, param.dtype)).float().cpu()
+
     with torch.no_grad():
-        images = [generator.synthesize(chunk.to(param.device, param.dtype)).float().cpu()
-                  for chunk in latents.split(batch_size)]
+        images = run_in_chunks_on_oom(render, latents, batch_size, f"rendering {len(latents)} reconstructions",
+                                      "Run on the CPU (--device cpu) or close other programs using the GPU.")
     return torch.cat(images)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
+
+from .errors import DeviceMemoryError, EssenceError
 
 T = TypeVar("T")
 
@@ -56,3 +58,58 @@ def cached_model(kind: str, path: str | os.PathLike, device: torch.device,
 def clear_model_cache() -> None:
     with _cache_lock:
         _cache.clear()
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA's ``torch.OutOfMemoryError`` and for the plain ``RuntimeError``s other backends
+    raise when an allocation fails (MPS "out of memory", CPU "DefaultCPUAllocator: can't allocate")."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_TEXTS)
+
+
+def release_device_memory() -> None:
+    """Give cached device memory back after an out-of-memory error (a no-op on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, batch_size: int, what: str,
+                         advice: str) -> list[T]:
+    """``fn`` on ``items`` in chunks of ``batch_size`` rows; the outputs, in order.
+
+    When a chunk runs out of device memory, memory is released and the same rows are retried in
+    half as many per chunk (and the rest continue at that size), down to one row; only then is it
+    a ``DeviceMemoryError`` saying what ran out and ``advice`` (what the user can lower). ``fn``
+    must treat rows independently (inference: every batched path here does), so the split changes
+    nothing in the result.
+    """
+    if batch_size < 1:
+        raise EssenceError(f"batch size must be at least 1, got {batch_size}.")
+    outputs: list[T] = []
+    start, size = 0, batch_size
+    while start < len(items):
+        chunk = items[start:start + size]
+        failed = False
+        try:
+            outputs.append(fn(chunk))
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if len(chunk) <= 1:
+                raise DeviceMemoryError(f"out of device memory while {what}, even one at a time. {advice}") from exc
+            failed = True  # retried below, outside the handler, so the failed chunk's tensors are freed
+        if failed:
+            release_device_memory()
+            size = max(1, len(chunk) // 2)
+            continue
+        start += len(chunk)
+    return outputs

@@ -203,11 +203,19 @@ def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]
 
 
 def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
-    """``run(size)``; on device out-of-memory, free memory and retry with half the size, down to 1."""
+    """``run(size)``; on device out-of-memory, free memory and retry with half the size, down to 1.
+
+    Out-of-memory is CUDA's ``torch.OutOfMemoryError`` (also Essence's ``DeviceMemoryError``) or the
+    plain ``RuntimeError`` other backends raise ("MPS backend out of memory", "can't allocate memory").
+    """
+    from ..essence.runtime import is_out_of_memory
+
     while True:
         try:
             return run(size)
-        except torch.OutOfMemoryError as exc:
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             if size <= 1:
                 raise torch.OutOfMemoryError(
                     f"out of device memory while {what}, even one at a time. Close other models "

@@ -1,0 +1,266 @@
+"""Resource limits: tiny, huge and deep photos; batches larger than the device's memory.
+
+Photos (``tests/test_images.py`` covers the other input forms, the decompression-bomb refusal and
+JPEG reduction at decode time on a small file):
+- a 1x1 photo is a clear ``FaceNotFoundError`` from alignment, not a crash;
+- a real 20000 x 20000 JPEG (400 megapixels, built directly as a 4.7 MB file) is decoded at reduced
+  scale with bounded memory, measured in a child process;
+- a 4-channel 16-bit PNG loads exactly like its 8-bit RGBA / RGB counterparts.
+
+Out of memory (no GPU needed: the failure is simulated by raising what CUDA raises,
+``torch.OutOfMemoryError``, or what other backends raise, ``RuntimeError("... out of memory")``):
+- the library's batched inference paths (e4e ``encode``, ``strength_sweep``, ``reconstruct``) retry
+  smaller and give identical results, and only at one image at a time raise a ``DeviceMemoryError``
+  (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what to lower;
+- ``train_direction`` raises a ``DeviceMemoryError`` naming ``--chunk`` / ``chunk_size``;
+- the ComfyUI nodes' ``retry_smaller_on_oom`` halves the batch (or training chunk) and succeeds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401 (fixtures)
+from PIL import Image
+
+import essence
+from essence import images
+from essence.align import load_landmarker
+from essence.apply import strength_sweep
+from essence.errors import DeviceMemoryError, EssenceError, FaceNotFoundError
+from essence.invert import reconstruct
+from essence.runtime import is_out_of_memory, run_in_chunks_on_oom
+from essence.train import TrainSettings, train_direction
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+def test_a_1x1_photo_is_a_clear_face_not_found_error(tmp_path: Path) -> None:
+    Image.new("RGB", (1, 1), (200, 150, 120)).save(tmp_path / "dot.png")
+    assert images.load_photo(tmp_path / "dot.png").image.size == (1, 1)  # a valid, if useless, photo
+    with pytest.raises(FaceNotFoundError, match=r"no face found in dot.png \(1x1\)"):
+        essence.align_faces(tmp_path / "dot.png", 256, landmarks=load_landmarker())
+
+
+def grey_jpeg(width: int, height: int) -> bytes:
+    """A valid baseline greyscale JPEG of any size, every pixel 128, without encoding its pixels.
+
+    With Pillow's standard Huffman tables a uniform mid-grey 8x8 block is 6 bits (DC difference 0,
+    end of block), so four blocks are the 3 bytes 28 a2 8a; the headers come from a small image
+    encoded by Pillow, with the frame size patched.
+    """
+    assert width % 32 == 0 and height % 8 == 0, "whole groups of four blocks"
+    small = io.BytesIO()
+    Image.new("L", (32, 8), 128).save(small, "JPEG", quality=90)
+    data = small.getvalue()
+    sos = data.index(b"\xff\xda")
+    headers = data[:sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")]
+    assert data[len(headers):] == b"\x28\xa2\x8a" + b"\xff\xd9", "Pillow's encoder changed"
+    sof = headers.index(b"\xff\xc0")
+    headers = headers[:sof + 5] + struct.pack(">HH", height, width) + headers[sof + 9:]
+    return headers + b"\x28\xa2\x8a" * (width // 8 * height // 8 // 4) + b"\xff\xd9"
+
+
+HUGE_PHOTO = """
+    import json, resource, sys
+    import essence
+    from essence import images
+    from essence.align import load_landmarker
+    from essence.errors import FaceNotFoundError
+
+    landmarks = load_landmarker()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    photo = images.load_photo(sys.argv[1])
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = {"size": photo.size, "work": photo.image.size, "scale": photo.scale, "pixel": photo.image.getpixel((0, 0))}
+    del photo
+    try:
+        essence.align_faces(sys.argv[1], 256, landmarks=landmarks)
+        error = None
+    except FaceNotFoundError as exc:
+        error = str(exc)
+    aligned = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({**report, "error": error, "load_mib": (loaded - before) / 1024,
+                      "align_mib": (aligned - before) / 1024}))
+"""
+
+
+def test_a_20000x20000_jpeg_is_decoded_at_reduced_scale_in_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(grey_jpeg(20000, 20000))
+    assert path.stat().st_size < 5 * 2**20
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(HUGE_PHOTO), str(path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["size"] == [20000, 20000] and report["scale"] == 4 and report["work"] == [5000, 5000]
+    assert report["pixel"] == [128, 128, 128]
+    assert report["error"] and "no face found in huge.jpg (20000x20000, reduced 1/4)" in report["error"]
+    # decoded at full size the photo alone would be 381 MiB (greyscale) or 1144 MiB (RGB); at 1/4 scale
+    # it is 24 + 72 MiB (measured: peak +157 MiB to load; +288 MiB to load again and look for faces)
+    assert report["load_mib"] < 300 and report["align_mib"] < 600, report
+
+
+def _png(values: np.ndarray, color_type: int) -> bytes:
+    """A minimal 16-bit PNG (Pillow cannot write 16-bit RGBA): colour type 6 = RGBA, 2 = RGB."""
+    height, width, _ = values.shape
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_a_16_bit_rgba_png_loads_like_its_8_bit_counterparts(fixtures: Path, tmp_path: Path) -> None:
+    rgb = np.asarray(Image.open(fixtures / "face_a.jpg").convert("RGB"))[:96, :80]
+    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    alpha[:, :40] = 128  # the left half is half transparent
+    rgba = np.concatenate([rgb, alpha], axis=2)
+    (tmp_path / "deep.png").write_bytes(_png(rgba.astype(np.uint16) * 257, 6))
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba8.png")
+
+    deep = images.load_photo(tmp_path / "deep.png")
+    assert deep.image.mode == "RGB" and deep.image.size == (80, 96)
+    assert np.array_equal(np.asarray(deep.image), np.asarray(images.load_photo(tmp_path / "rgba8.png").image))
+    assert np.array_equal(np.asarray(deep.image)[:, 40:], rgb[:, 40:])  # opaque: exactly the RGB pixels
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+def _failing_above(fn, limit: int, error: type[Exception] = torch.OutOfMemoryError,
+                   message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
+    """``fn``, except that a batch of more than ``limit`` rows raises what the device would."""
+    sizes: list[int] = []
+
+    def wrapper(batch, *args, **kwargs):
+        sizes.append(len(batch))
+        if len(batch) > limit:
+            raise error(message)
+        return fn(batch, *args, **kwargs)
+
+    wrapper.sizes = sizes  # type: ignore[attr-defined]
+    return wrapper
+
+
+def test_out_of_memory_is_recognised_on_every_backend() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                                         "allocate memory: you tried to allocate 80000000000 bytes."))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert issubclass(DeviceMemoryError, EssenceError) and issubclass(DeviceMemoryError, torch.OutOfMemoryError)
+
+
+def test_chunks_are_split_on_out_of_memory_keeping_order() -> None:
+    fn = _failing_above(lambda rows: rows * 10, 3, RuntimeError, "MPS backend out of memory")
+    outputs = run_in_chunks_on_oom(fn, torch.arange(10), 8, "testing", "Lower something.")
+    assert torch.equal(torch.cat(outputs), torch.arange(10) * 10)
+    assert fn.sizes == [8, 4, 2, 2, 2, 2, 2]  # once halved, the rest continue at the smaller size
+    with pytest.raises(RuntimeError, match="shapes"):  # anything else is not retried
+        run_in_chunks_on_oom(_failing_above(lambda r: r, 0, RuntimeError, "shapes differ"), torch.arange(4), 2,
+                             "testing", "")
+    with pytest.raises(DeviceMemoryError, match="out of device memory while testing, even one at a time. Lower"):
+        run_in_chunks_on_oom(_failing_above(lambda r: r, 0), torch.arange(4), 4, "testing", "Lower something.")
+
+
+def test_e4e_encode_splits_a_batch_that_does_not_fit(fixtures: Path) -> None:
+    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt", cache=False)
+    faces = torch.rand(6, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = encoder.encode(faces, batch_size=6)
+    encoder.forward = _failing_above(encoder.forward, 2)
+    assert torch.allclose(encoder.encode(faces, batch_size=6), expected, atol=1e-5)
+    assert encoder.forward.sizes == [6, 3, 1, 1, 1, 1, 1, 1]
+    encoder.forward = _failing_above(encoder.forward, 0)
+    with pytest.raises(DeviceMemoryError, match="while e4e-encoding 6 faces, even one at a time"):
+        encoder.encode(faces)
+
+
+def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(fixtures: Path) -> None:
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+    latents = generator.sample_wplus(3, seed=0)
+    direction = essence.Direction(torch.randn(1, generator.n_latent, generator.style_dim) * 0.1)
+    with torch.no_grad():
+        expected_sweep = strength_sweep(generator, latents, direction, [0.0, 0.5, 1.0], batch_size=9)
+        expected_images = reconstruct(latents, generator, batch_size=3)
+    generator.synthesize = _failing_above(generator.synthesize, 2, RuntimeError, "MPS backend out of memory")
+    with torch.no_grad():
+        assert torch.allclose(strength_sweep(generator, latents, direction, [0.0, 0.5, 1.0], batch_size=9),
+                              expected_sweep, atol=1e-5)
+        assert torch.allclose(reconstruct(latents, generator, batch_size=3), expected_images, atol=1e-5)
+    generator.synthesize = _failing_above(generator.synthesize, 0)
+    with pytest.raises(DeviceMemoryError, match="strength-sweep images, even one at a time. Use fewer faces"):
+        strength_sweep(generator, latents, direction, [1.0])
+
+
+@pytest.fixture
+def tiny_models(fixtures: Path):
+    return (essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False),
+            essence.load_guide(fixtures / "clip_tiny.pt", cache=False))
+
+
+def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_models) -> None:
+    generator, guide = tiny_models
+    sources = generator.sample_wplus(4, seed=1)
+    target = torch.nn.functional.normalize(torch.randn(1, guide.embed_dim, generator=torch.Generator().manual_seed(0)))
+    generator.synthesize = _failing_above(generator.synthesize, 1)
+    settings = TrainSettings(steps=2, progress_every=1)
+    with pytest.raises(DeviceMemoryError, match=r"4 source faces, 4 rendered per pass\): lower the chunk size "
+                                                r"\(--chunk / chunk_size; it is 4"):
+        train_direction(None, sources, generator, guide, settings=settings, target_embedding_override=target)
+    result = train_direction(None, sources, generator, guide, settings=TrainSettings(steps=2, chunk_size=1),
+                             target_embedding_override=target)
+    assert torch.isfinite(result.direction.tensor).all()
+
+
+def test_comfyui_nodes_retry_smaller_on_any_backend_out_of_memory(comfy_env) -> None:
+    comfy = comfy_env.pack.nodes.comfy
+    tried: list[int] = []
+
+    def run(size: int) -> str:
+        tried.append(size)
+        if size > 2:
+            raise RuntimeError("MPS backend out of memory")
+        return "done"
+
+    assert comfy.retry_smaller_on_oom(run, 8, "testing") == "done" and tried == [8, 4, 2]
+    with pytest.raises(RuntimeError, match="shapes"):
+        comfy.retry_smaller_on_oom(lambda size: (_ for _ in ()).throw(RuntimeError("shapes differ")), 8, "testing")
+
+
+def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixtures: Path) -> None:
+    (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
+    (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
+    (latents,) = comfy_env.run("EssenceSampleLatents", generator=generator, count=4, seed=0, truncation=0.7)
+    (expected,) = comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    real = generator.synthesize
+    generator.synthesize = _failing_above(real, 1)  # CUDA's error for more than one face at a time
+    (images_,) = comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    assert torch.allclose(images_, expected, atol=1e-5)
+
+    target = torch.from_numpy(np.asarray(Image.open(fixtures / "face_a.jpg").convert("RGB").resize((64, 64)),
+                                         dtype=np.float32) / 255.0)[None]
+    inputs = dict(target=target, sources=latents, generator=generator, guide=guide, steps=2, lambda_transfer=1.0,
+                  lambda_consistency=0.5, seed=3, mode="fast", init="random", chunk_size=0, preview_every=5)
+    direction, _preview = comfy_env.run("EssenceTrain", **inputs)
+    assert direction.meta["hyperparameters"]["chunk_size"] == 1  # 4 -> 2 -> 1 source per pass
+    generator.synthesize = real
+    reference, _ = comfy_env.run("EssenceTrain", **{**inputs, "chunk_size": 1})
+    assert torch.allclose(direction.tensor, reference.tensor, atol=1e-5)
