@@ -42,6 +42,7 @@ def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     _require_file(path)
+    refuse_zip_bomb(path)
     try:
         with torch.serialization.safe_globals(_SAFE_EXTRA_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -60,6 +61,55 @@ def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: not a complete PyTorch file ({_first_line(str(exc)) or type(exc).__name__}). "
             f"It is probably truncated or damaged; download it again."
         ) from None
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler lets IndexError, KeyError, ... out of damaged files
+        raise CorruptFileError(
+            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {_first_line(str(exc))}). "
+            f"It is damaged or not a checkpoint; download it again."
+        ) from None
+
+
+MAX_UNPACKED_EXTRA_BYTES = 64 * 2**20
+
+
+def refuse_zip_bomb(path: Path) -> None:
+    """Refuse a zip whose members would unpack to far more than the file holds.
+
+    ``torch.save`` stores members uncompressed, so a real checkpoint unpacks to about its own size;
+    a small file declaring gigabytes of compressed data would only fill memory. Files that are not
+    zips (legacy pickles) are left to ``torch.load``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return
+    size = path.stat().st_size
+    if declared > 2 * size + MAX_UNPACKED_EXTRA_BYTES:
+        raise UnsafeFileError(f"{path}: refused. Its zip members unpack to {declared:,} bytes from a "
+                              f"{size:,}-byte file (a zip bomb?); PyTorch never compresses checkpoints.")
+
+
+def refuse_torchscript_load_code(path: str | os.PathLike) -> None:
+    """Refuse a TorchScript archive whose code defines ``__setstate__``.
+
+    ``torch.jit.load`` runs an object's TorchScript ``__setstate__`` while loading, and TorchScript
+    can open, create and write files (``torch.from_file(..., shared=True)``), so such an archive could
+    act on the machine before Essence sees a tensor. Model releases (OpenAI's CLIP files are traced
+    modules) define no ``__setstate__``; an archive that does is refused unread.
+    """
+    path = Path(path)
+    refuse_zip_bomb(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".py"):  # TorchScript source, wherever it sits
+                    if b"__setstate__" in archive.read(info):
+                        raise UnsafeFileError(
+                            f"{path}: refused. This TorchScript archive defines __setstate__ "
+                            f"({info.filename}), code that torch.jit.load would run while loading it; "
+                            f"released CLIP models do not. Use the official file.")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path}: damaged TorchScript archive ({exc}). Download it again.") from None
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoints import is_torchscript_archive, load_torch_file
+from .checkpoints import is_torchscript_archive, load_torch_file, refuse_torchscript_load_code
 from .errors import CorruptFileError, IncompatibleWeightsError, ShapeError, WrongFileKindError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -143,10 +143,13 @@ def clip_state_from_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of an OpenAI CLIP file: a TorchScript archive or a plain state dict.
 
     TorchScript archives are opened with ``torch.jit.load``, which reads TorchScript code and
-    tensors but never Python pickles of arbitrary objects; only the weights are kept.
+    tensors but never Python pickles of arbitrary objects; only the weights are kept. Archives whose
+    code would run while loading (a ``__setstate__``) or that unpack to far more than their size are
+    refused first (``refuse_torchscript_load_code``).
     """
     source = str(path)
     if is_torchscript_archive(path):
+        refuse_torchscript_load_code(path)
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, OSError) as exc:

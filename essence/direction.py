@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DirectionFileError, IncompatibleLatentSpaceError
-from .files import encode_metadata, read_typed_file, save_safetensors_atomic, utc_now
+from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
@@ -61,7 +61,9 @@ class Direction:
     @property
     def space(self) -> LatentSpace:
         _, n, d = self.tensor.shape
-        return LatentSpace(n, d, self.meta.get("latent_space", {}).get("resolution"))
+        space = self.meta.get("latent_space")
+        resolution = space.get("resolution") if isinstance(space, dict) else None
+        return LatentSpace(n, d, resolution if isinstance(resolution, int) else None)
 
     @property
     def name(self) -> str:
@@ -105,14 +107,12 @@ class Direction:
     def from_official_npy(cls, path: str | os.PathLike, name: str | None = None) -> "Direction":
         """Import a direction published with TargetCLIP (float32 [1, 18, 512] ``.npy``)."""
         path = Path(path)
+        array = load_npy_checked(path, DirectionFileError)
         try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise DirectionFileError(f"{path}: not a readable .npy array ({exc}).") from None
-        try:
-            tensor = torch.from_numpy(np.array(array))
+            tensor = torch.from_numpy(array)
             if tensor.ndim == 2:
                 tensor = tensor[None]
+            tensor = _validated_tensor(tensor, "direction")  # before reading its shape below
             meta = {
                 "name": name or path.stem,
                 "source": f"official TargetCLIP direction ({path.name}), imported",

@@ -17,6 +17,7 @@ import json
 import os
 import struct
 import tempfile
+import tokenize
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -81,7 +82,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested, or a 5000-digit number
         raise CorruptFileError(f"{path}: not a safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: not a safetensors file (its header is not a JSON object).")
@@ -99,11 +100,11 @@ def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> N
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise CorruptFileError(f"{path}: malformed entry for tensor {name!r}.")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in _DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
         raise CorruptFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**62 for d in shape)):
         raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}.")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
         raise CorruptFileError(f"{path}: tensor {name!r} has invalid data offsets.")
     numel = 1
     for d in shape:
@@ -122,7 +123,7 @@ def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.T
     header = read_safetensors_header(path)
     try:
         tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, RuntimeError) as exc:
+    except (SafetensorError, OSError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise CorruptFileError(f"{path}: unreadable safetensors file ({exc}).") from None
     return tensors, dict(header.get("__metadata__", {}))
 
@@ -159,7 +160,7 @@ def read_typed_file(path: str | os.PathLike, format_name: str, format_version: i
         raise error(f"{path}: not an Essence {what} (format {raw.get('format')!r}, tensors "
                     f"{sorted(tensors)}).{' ' + hint if hint else ''}")
     version = raw.get("format_version", "?")
-    if not version.isdigit() or int(version) > format_version:
+    if not (version.isascii() and version.isdigit()) or int(version) > format_version:
         raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
                     f"({format_version}); update Essence.")
     return tensors, {k: _json_or_text(v) for k, v in raw.items() if k not in ("format", "format_version")}
@@ -168,5 +169,50 @@ def read_typed_file(path: str | os.PathLike, format_name: str, format_version: i
 def _json_or_text(value: str) -> object:
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (plain text), absurdly nested, or a huge number
         return value
+
+
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default limit for a .npy header
+
+
+def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.ndarray":
+    """A numeric ``.npy`` array (native byte order), or ``error`` naming the file.
+
+    The header is read and checked before any data: no pickles (``allow_pickle`` is never on), only
+    numeric dtypes torch can hold, and a shape whose size equals the bytes actually in the file, so
+    a header claiming a huge array is refused without allocating it. ``.npz`` archives and other
+    files are refused too.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file.")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or \
+                    dtype.kind not in "fiubc" or dtype.itemsize > (16 if dtype.kind == "c" else 8):
+                raise ValueError(f"it holds {dtype}, not plain numbers")
+            if not all(type(dim) is int and dim >= 0 for dim in shape):
+                raise ValueError(f"its header declares an invalid shape {shape!r}")
+            count = 1
+            for dim in shape:
+                count *= dim
+            data_bytes = size - handle.tell()
+            if count * dtype.itemsize != data_bytes:
+                raise ValueError(f"its header declares {dtype} {list(shape)} ({count * dtype.itemsize} bytes) "
+                                 f"but the file holds {data_bytes} bytes of data; it is truncated or damaged")
+            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
+            tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))

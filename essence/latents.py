@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError
-from .files import encode_metadata, read_typed_file, save_safetensors_atomic, utc_now
+from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.latents"
 FORMAT_VERSION = 1
@@ -119,7 +119,10 @@ def _load_safetensors(path: Path) -> LatentSet:
 def validated_latents(latents: Any) -> torch.Tensor:
     """W+ latents as a float32 CPU tensor [N, n_latent, style_dim], or a ``LatentFileError`` saying why not."""
     if isinstance(latents, np.ndarray):
-        latents = torch.from_numpy(np.array(latents))
+        try:
+            latents = torch.from_numpy(np.array(latents, dtype=latents.dtype.newbyteorder("=")))
+        except (TypeError, ValueError):
+            raise LatentFileError(f"latents must hold floating-point numbers, got {latents.dtype}.") from None
     if not isinstance(latents, torch.Tensor):
         raise LatentFileError(f"latents must be a tensor, got {type(latents).__name__}.")
     if not latents.is_floating_point():
@@ -195,10 +198,7 @@ def import_targetclip_latents(path: PathLike) -> LatentSet:
 
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        try:
-            data: Any = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise LatentFileError(f"{path}: not a readable .npy array ({exc}).") from None
+        data: Any = load_npy_checked(path, LatentFileError)
     else:
         try:
             data = load_torch_file(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .inputs import choice, link, number, text
 
 CATEGORY = "essence/directions"
 COUNTER_DIGITS = 5
+MAX_NAME_BYTES = 200  # room for _00001.safetensors and the temporary-file affixes
 _FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f<>:"|?*]')
 
 
@@ -45,6 +47,8 @@ def check_save_name(name: str) -> str:
         problem = "it contains a character file systems refuse (< > : \" | ? * or a control character)"
     elif stem.startswith("."):
         problem = "it starts with '.' (a hidden file)"
+    elif len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+        problem = f"it is longer than {MAX_NAME_BYTES} bytes (file systems allow 255 for a whole file name)"
     if problem:
         raise EssenceError(f"cannot save the essence as {name!r}: {problem}. Use a plain name such as "
                            f"'keanu'; files always go into the '{comfy.DIRECTIONS_FOLDER}' model folder.")
@@ -56,6 +60,38 @@ def next_free_path(folder: Path, stem: str) -> Path:
     pattern = re.compile(rf"^{re.escape(stem)}_(\d{{{COUNTER_DIGITS},}})\.safetensors$")
     taken = [int(m.group(1)) for f in (os.listdir(folder) if folder.is_dir() else []) if (m := pattern.match(f))]
     return folder / f"{stem}_{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}.safetensors"
+
+
+def save_with_next_free_name(direction: essence.Direction, folder: Path, stem: str) -> Path:
+    """Save ``direction`` as the next free ``<stem>_NNNNN.safetensors`` without ever replacing a file,
+    even one that another prompt or another ComfyUI process saves at the same moment.
+
+    The file is written completely under a hidden temporary name (``.<stem>.*.tmp``, which no
+    dropdown lists), then given its final name with ``os.link``, which fails instead of replacing
+    when the name was taken in the meantime (then the next number is tried). Where hard links are
+    unsupported, the name is reserved with an exclusive create and the file renamed over it.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        direction.save(tmp)
+        while True:
+            path = next_free_path(folder, stem)
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue  # another save took this number first
+            except OSError:  # no hard links on this file system: reserve the name, then move in
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, path)
+                return path
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def directions_dir() -> Path:
@@ -91,9 +127,8 @@ class EssenceSave:
         stem = check_save_name(filename_prefix)
         folder = directions_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        path = next_free_path(folder, stem)
         meta = {**direction.meta, "name": direction.meta.get("name") or stem}
-        essence.Direction(direction.tensor, meta, direction.thumbnail).save(path)
+        path = save_with_next_free_name(essence.Direction(direction.tensor, meta, direction.thumbnail), folder, stem)
         return {"ui": {"text": [path.name]}, "result": (path.name,)}
 
 
@@ -117,9 +152,17 @@ class EssenceLoad:
 
     @classmethod
     def VALIDATE_INPUTS(cls, direction_file: str) -> bool | str:
-        return True if isinstance(direction_file, str) and direction_file else "pick a direction file"
+        if not isinstance(direction_file, str) or not direction_file:
+            return "pick a direction file"
+        parts = direction_file.replace("\\", "/").split("/")
+        if os.path.isabs(direction_file) or direction_file.startswith(("/", "\\")) or ".." in parts:
+            return f"{direction_file!r} is not a file inside models/{comfy.DIRECTIONS_FOLDER}"
+        return True
 
     def load(self, direction_file: str) -> tuple[essence.Direction]:
+        verdict = self.VALIDATE_INPUTS(direction_file)  # ComfyUI skips its list check when this exists
+        if verdict is not True:
+            raise EssenceError(f"cannot load the essence: {verdict}.")
         path = comfy.require_file(comfy.DIRECTIONS_FOLDER, direction_file, "essence")
         return (essence.Direction.load(path),)
 
