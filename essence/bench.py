@@ -15,7 +15,6 @@ Times are medians after one warm-up.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -68,9 +67,9 @@ def _timed(step: Callable[[], None], device: torch.device, repeats: int) -> list
 
 
 def _autocast(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16)
+    from .train import autocast_for
+
+    return autocast_for(device, {"float32": None, "bfloat16": "bf16", "float16": "fp16"}[dtype])
 
 
 def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int) -> dict:

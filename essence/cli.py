@@ -176,7 +176,7 @@ def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .cli_directions import training_progress_bar
+    from .cli_directions import parse_floats, training_progress_bar
     from .demo import DemoOptions, run_demo
 
     given = {role for role in ("generator", "encoder", "guide", "landmarks") if getattr(args, role) is not None}
@@ -185,10 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if problems and not _offer_download([spec for spec, _ in problems], args.download):
         _print_missing(problems)
         return EXIT_USER_ERROR
-    try:
-        strengths = tuple(float(v) for v in args.strengths.split(",") if v.strip())
-    except ValueError:
-        raise EssenceError(f"--strengths must be comma-separated numbers, got {args.strengths!r}.") from None
+    strengths = tuple(parse_floats(args.strengths, "--strengths"))
     options = DemoOptions(out_dir=args.out, photo=args.photo, targets=list(args.target), steps=args.steps,
                           render_size=None if args.exact else 0, strengths=strengths, seed=args.seed,
                           device=args.device, generator=args.generator, encoder=args.encoder,

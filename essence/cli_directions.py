@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .direction import target_thumbnail
 from .errors import EssenceError
 from .train import INIT_CHOICES
 
@@ -30,7 +31,7 @@ def _add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, g
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
 
 
-def _parse_floats(text: str, what: str) -> list[float]:
+def parse_floats(text: str, what: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -112,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              metadata={"name": args.name or Path(args.targets[0]).stem,
                                        "target": [Path(t).name for t in args.targets],
                                        "init": init_note, "source_latents": source_note})
-    result.direction.thumbnail = _thumbnail(targets[0])
+    result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
     terms = result.direction.meta["losses"]
     print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
@@ -154,14 +155,6 @@ def training_progress_bar(total: int):
     return report
 
 
-def _thumbnail(image, size: int = 128) -> torch.Tensor:
-    import numpy as np
-
-    thumb = image.copy()
-    thumb.thumbnail((size, size))
-    return torch.from_numpy(np.asarray(thumb.convert("RGB")).copy())
-
-
 # ----------------------------------------------------------------------------- apply
 
 
@@ -187,7 +180,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     import essence
     from .apply import image_grid, mix_directions, strength_sweep
 
-    strengths = _parse_floats(args.strength, "--strength")
+    strengths = parse_floats(args.strength, "--strength")
     loaded = [_weighted(spec) for spec in args.directions]
     if len(loaded) == 1 and loaded[0][1] == 1.0:
         direction = loaded[0][0]

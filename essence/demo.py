@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .direction import target_thumbnail
 from .errors import EssenceError
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
@@ -137,7 +138,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     result = train_direction(targets, sources, generator, guide, init=init, settings=settings, progress=progress,
                              metadata={"name": target_paths[0].stem, "init": init_note,
                                        "target": [p.name for p in target_paths]})
-    result.direction.thumbnail = _thumbnail(targets[0])
+    result.direction.thumbnail = target_thumbnail(targets[0])
 
     _say(f"[4/5] Applying it at strengths {', '.join(f'{s:g}' for s in options.strengths)} and pasting back ...")
     strengths = (0.0, *options.strengths)
@@ -162,14 +163,6 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     (out / "report.txt").write_text(report.text(), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
     return report
-
-
-def _thumbnail(image: Image.Image, size: int = 128) -> torch.Tensor:
-    import numpy as np
-
-    thumb = image.convert("RGB")
-    thumb.thumbnail((size, size))
-    return torch.from_numpy(np.asarray(thumb).copy())
 
 
 def _fit(image: Image.Image, height: int = PANEL) -> Image.Image:

@@ -152,6 +152,14 @@ def _validated_tensor(tensor: Any, what: str) -> torch.Tensor:
     return tensor.detach().float()
 
 
+def target_thumbnail(image: Any, size: int = 128) -> torch.Tensor:
+    """A PIL picture as the uint8 [h, w, 3] thumbnail a direction file carries (longest side ``size``),
+    so a shared file shows what it was trained on."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((size, size))
+    return torch.from_numpy(np.asarray(thumb).copy())
+
+
 def direction_metadata(**fields: Any) -> dict[str, Any]:
     """Metadata common to every direction Essence creates (time, version, licence) plus ``fields``."""
     from . import __version__

@@ -191,7 +191,8 @@ def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN
         raise EssenceError(f"render_size must be one of this generator's resolutions {sizes}, got {render_size}.")
 
 
-def _autocast(device: torch.device, mode: str | None):
+def autocast_for(device: torch.device, mode: str | None):
+    """The reduced-precision context for ``mode`` ("bf16", "fp16"), or none for float32 (None)."""
     if mode is None:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
@@ -302,7 +303,7 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
     compiled = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed
 
     def embed(latents: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, s.autocast):
+        with autocast_for(device, s.autocast):
             return compiled(latents)
 
     def embed_sources() -> torch.Tensor:
