@@ -116,9 +116,21 @@ def essence_losses(e_src: torch.Tensor, e_amp: torch.Tensor, target: torch.Tenso
     count = e_amp.shape[0]
     if count < 2:
         return transfer, torch.zeros_like(transfer)
-    deltas = to_unit(to_unit(e_src.float()) - amp)
+    deltas = _unit_or_zero(to_unit(e_src.float()) - amp)
     consistency = (1 - deltas @ deltas.t()).sum() / (count * count - count)
     return transfer, consistency
+
+
+def _unit_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """``x / |x|`` row by row, with zero rows left zero instead of 0/0 = NaN.
+
+    A coefficient can land on (almost exactly) 0: the official code's fresh Adam moves each one by
+    0.2 per step from 1. Then the edited face equals its source and its delta is zero; in float32 the
+    leftover rounding noise keeps it finite, in bf16/fp16 it is exactly zero, and one NaN would end
+    the run. Elsewhere this is ``to_unit``, bit for bit.
+    """
+    norm = x.norm(dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
 def target_embedding(guide: ClipGuide, targets: Any) -> torch.Tensor:
@@ -297,14 +309,13 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
     use_coefficients = s.lambda_consistency > 0
 
     def render_and_embed(latents: torch.Tensor) -> torch.Tensor:
-        images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last)
-        return guide.embed_generated(images, mode=s.clip_mode).float()
-
-    compiled = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed
-
-    def embed(latents: torch.Tensor) -> torch.Tensor:
+        # reduced precision for the generator only: the consistency loss compares nearly equal
+        # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
         with autocast_for(device, s.autocast):
-            return compiled(latents)
+            images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last)
+        return guide.embed_generated(images.float(), mode=s.clip_mode).float()
+
+    embed = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed
 
     def embed_sources() -> torch.Tensor:
         step = s.chunk_size or count

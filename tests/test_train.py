@@ -183,6 +183,36 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
 
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
+    """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0
+    in the consistency loss and a NaN direction from step 6 on (this exact case)."""
+    from essence.demo import scikit_image_picture
+    from essence.images import load_image
+
+    generator, guide = models
+    target = target_embedding(guide, load_image(scikit_image_picture("chelsea.png")))
+    sources = generator.sample_wplus(4, seed=1, truncation=0.7)
+    run = lambda **kw: train_direction(None, sources, generator, guide, target_embedding_override=target,  # noqa: E731
+                                       settings=TrainSettings(steps=40, **kw))
+    exact, approx = run(), run(autocast=mode)
+    assert all(math.isfinite(loss) for loss in approx.losses)
+    assert torch.isfinite(approx.direction.tensor).all()
+    cosine = torch.nn.functional.cosine_similarity(approx.direction.tensor.flatten(), exact.direction.tensor.flatten(), dim=0)
+    assert cosine > 0.95
+
+
+def test_an_edit_that_changes_nothing_adds_no_nan_to_the_losses():
+    e_src = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    e_amp = e_src.clone()
+    e_amp[1:] += 0.1 * torch.randn(2, 8)
+    e_amp.requires_grad_(True)
+    target = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    transfer, consistency = essence_losses(e_src, e_amp, target)
+    (transfer + consistency).backward()
+    assert math.isfinite(float(consistency)) and torch.isfinite(e_amp.grad).all()
+
+
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
     """Processing sources a few at a time bounds memory; the gradient must stay exact."""
