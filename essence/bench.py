@@ -32,12 +32,18 @@ TRAIN_MODES = {  # name: TrainSettings overrides
     "official": {"path": "official"},
     "fast": {},
     "fast+chunk1": {"chunk_size": 1},
+    "fast+chunk2": {"chunk_size": 2},
     "fast+bf16": {"autocast": "bf16"},
     "fast+256px": {"render_size": 256},
     "fast+channels_last": {"channels_last": True},
+    "fast+chunk2+channels_last": {"chunk_size": 2, "channels_last": True},
     "fast+compile": {"compile": True},
+    "fast+compile+chunk2": {"compile": True, "chunk_size": 2},
+    "fast+compile+bf16": {"compile": True, "autocast": "bf16"},
 }
-GPU_ONLY_MODES = ("fast+compile",)  # compiling the full-size graph on a CPU takes longer than the run
+# compiling the full-size graph on a CPU takes longer than the run
+GPU_ONLY_MODES = tuple(name for name in TRAIN_MODES if "compile" in name)
+DEFAULT_BATCHES = {"generator": {"cpu": [1, 4], "cuda": [1, 4, 16]}, "encoder": {"cpu": [1, 8], "cuda": [1, 32, 128]}}
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -93,12 +99,15 @@ def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool
             "seconds": seconds, "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
-def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) -> dict:
+def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int, channels_last: bool = False) -> dict:
     from .e4e import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig.ir_se50(), device=device).requires_grad_(False)
     faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        faces = faces.contiguous(memory_format=torch.channels_last)
     peak = _peak_tracker(device)
 
     def step() -> None:
@@ -106,26 +115,31 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
             model.encode(faces, batch_size=batch)
 
     seconds = statistics.median(_timed(step, device, repeats))
-    return {"batch": batch, "dtype": dtype, "seconds": seconds, "images_per_second": batch / seconds,
-            "peak_mb": peak()}
+    return {"batch": batch, "dtype": dtype, "channels_last": channels_last, "seconds": seconds,
+            "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
-def bench_train(device: torch.device, mode: str, steps: int) -> dict:
-    from clip.model import VisionTransformer
-
-    from .clip_guide import ClipGuide
+def _training_problem(device: torch.device) -> dict:
+    """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
+    ``train_direction`` needs."""
+    from .clip_guide import ClipGuide, import_clip_model
     from .stylegan2 import GeneratorConfig, build_generator
-    from .train import TrainSettings, train_direction
 
     torch.manual_seed(0)
     generator = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
     with torch.device(device):
-        visual = VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12, heads=12,
-                                   output_dim=512)
+        visual = import_clip_model().VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12,
+                                                       heads=12, output_dim=512)
     guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False)
-    sources = generator.sample_wplus(4, seed=1, truncation=0.7)
-    init = generator.sample_wplus(1, seed=2, truncation=0.7)
-    target = torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)
+    return {"target": None, "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
+            "guide": guide, "init": generator.sample_wplus(1, seed=2, truncation=0.7),
+            "target_embedding_override": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)}
+
+
+def bench_train(device: torch.device, mode: str, steps: int) -> dict:
+    from .train import TrainSettings, train_direction
+
+    problem = _training_problem(device)
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -135,8 +149,7 @@ def bench_train(device: torch.device, mode: str, steps: int) -> dict:
 
     peak = _peak_tracker(device)
     start = time.perf_counter()
-    train_direction(None, sources, generator, guide, init=init, target_embedding_override=target,
-                    settings=TrainSettings(steps=steps, progress_every=1, **TRAIN_MODES[mode]),
+    train_direction(**problem, settings=TrainSettings(steps=steps, progress_every=1, **TRAIN_MODES[mode]),
                     progress=progress)
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
     seconds = statistics.median(per_step)
@@ -144,34 +157,65 @@ def bench_train(device: torch.device, mode: str, steps: int) -> dict:
             "projected_1000_steps_s": seconds * 1000, "peak_mb": peak()}
 
 
+def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30) -> str:
+    """The operators that take a training step's time, as torch.profiler's table: where to optimise.
+
+    A 2-step run first warms up (kernel selection, compilation), then ``steps`` steps are profiled.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from .train import TrainSettings, train_direction
+
+    problem = _training_problem(device)
+    settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
+    train_direction(**problem, settings=TrainSettings(**{**settings.__dict__, "steps": 2}))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_direction(**problem, settings=settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=top)
+
+
 # ----------------------------------------------------------------------------- the table
 
 
-def plan(device: torch.device, sections: list[str], train_steps: int) -> list[dict]:
-    """Every measurement to run, as the arguments of one ``--one`` subprocess each."""
+def plan(device: torch.device, sections: list[str], train_steps: int, modes: list[str] | None = None,
+         batches: list[int] | None = None) -> list[dict]:
+    """Every measurement to run, as the arguments of one ``--one`` subprocess each.
+
+    ``modes`` picks training modes (default: all that suit the device); ``batches`` replaces the
+    default batch sizes of the generator and encoder sections.
+    """
     cuda = device.type == "cuda"
     dtypes = ["float32", "bfloat16"] if cuda else ["float32"]
+    kind = "cuda" if cuda else "cpu"
     jobs: list[dict] = []
     if "generator" in sections:
         jobs += [{"kind": "generator", "batch": b, "dtype": d, "backward": bw}
-                 for d in dtypes for b in ([1, 4, 16] if cuda else [1, 4]) for bw in (False, True)]
+                 for d in dtypes for b in (batches or DEFAULT_BATCHES["generator"][kind]) for bw in (False, True)]
     if "encoder" in sections:
-        jobs += [{"kind": "encoder", "batch": b, "dtype": d} for d in dtypes for b in ([1, 32, 128] if cuda else [1, 8])]
+        jobs += [{"kind": "encoder", "batch": b, "dtype": d, "channels_last": cl}
+                 for d in dtypes for cl in ([False, True] if cuda else [False])
+                 for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
     if "train" in sections:
-        jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in TRAIN_MODES
-                 if cuda or m not in GPU_ONLY_MODES]
+        chosen = modes or [m for m in TRAIN_MODES if cuda or m not in GPU_ONLY_MODES]
+        jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
     return jobs
 
 
 def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     kind = job["kind"]
+    # cuDNN's autotuner: off by default in PyTorch; a job may ask for it to see what it is worth
+    torch.backends.cudnn.benchmark = bool(job.get("cudnn_benchmark", False))
     if kind == "generator":
         result = bench_generator(device, job["batch"], job["dtype"], job["backward"], repeats)
     elif kind == "encoder":
-        result = bench_encoder(device, job["batch"], job["dtype"], repeats)
+        result = bench_encoder(device, job["batch"], job["dtype"], repeats, job.get("channels_last", False))
     else:
         result = bench_train(device, job["mode"], job["steps"])
-    return {"kind": kind, **result}
+    return {"kind": kind, **result, **({"cudnn_benchmark": True} if job.get("cudnn_benchmark") else {})}
 
 
 def device_name(device: torch.device) -> str:
@@ -185,23 +229,33 @@ def format_row(row: dict) -> str:
         what = f"generator {row['pass']:<16} batch {row['batch']:<3} {row['dtype']:<8}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
     if row["kind"] == "encoder":
-        what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}"
+        layout = " NHWC" if row.get("channels_last") else ""
+        what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}{layout}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
-    what = f"train 4 sources             {row['mode']}"
+    what = f"train 4 sources             {row['mode']}{' cudnn.benchmark' if row.get('cudnn_benchmark') else ''}"
     return (f"{what:<54}{row['seconds_per_step']:>9.2f} s/step {row['projected_1000_steps_s'] / 60:>6.1f} min/1000 "
             f"{row['peak_mb']:>6.0f} MB")
 
 
-def run_all(device: torch.device, sections: list[str], repeats: int, train_steps: int, threads: int) -> dict:
-    """Run every planned measurement in its own process, printing rows as they come; the report."""
+def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, timeout: float | None = None) -> dict:
+    """Run each measurement in its own process, printing rows as they come; the report.
+
+    A measurement that fails or outlasts ``timeout`` seconds is reported and skipped.
+    """
     print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
     rows = []
-    for job in plan(device, sections, train_steps):
+    for job in jobs:
         cmd = [sys.executable, "-m", "essence", "bench", "--device", str(device), "--repeats", str(repeats),
                "--threads", str(threads), "--one", json.dumps(job)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": _package_root()})
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  env={**os.environ, "PYTHONPATH": _package_root()})
+        except subprocess.TimeoutExpired:
+            print(f"  skipped: {job}: still running after {timeout:.0f} s", flush=True)
+            continue
         if done.returncode != 0:
-            print(f"  failed: {job}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            print(f"  failed: {job}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}",
+                  flush=True)
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)

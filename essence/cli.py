@@ -370,6 +370,15 @@ def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                        default=["generator", "encoder", "train"],
                        help="sections (default: generator encoder train; 'quality' compares the approximate "
                             "training modes with the exact one and needs the weight files)")
+    bench.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
+                       help="training modes to time (default: all; the compile modes on GPUs only)")
+    bench.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
+                       help="batch sizes for the generator and encoder sections (default: 1 4 16 / 1 32 128 "
+                            "on CUDA, 1 4 / 1 8 on the CPU)")
+    bench.add_argument("--job-timeout", type=float, default=None, metavar="S",
+                       help="skip a measurement still running after S seconds (default: no limit)")
+    bench.add_argument("--profile", choices=list(TRAIN_MODES), default=None, metavar="MODE",
+                       help="instead of timing, print torch.profiler's table of the operators in 3 steps of MODE")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     bench.add_argument("--train-steps", type=int, default=None,
                        help="steps per training mode, the first a warm-up (default 3 on CPU, 30 on CUDA)")
@@ -390,7 +399,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import run_all, run_one
+    from .bench import plan, profile_train, run_all, run_one
     from .runtime import resolve_device
 
     torch.set_num_threads(args.threads)
@@ -398,9 +407,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.one:
         print(json.dumps(run_one(device, json.loads(args.one), args.repeats)))
         return EXIT_OK
+    if args.profile:
+        print(profile_train(device, args.profile))
+        return EXIT_OK
     steps = args.train_steps or (30 if device.type == "cuda" else 3)
     timed = [section for section in args.only if section != "quality"]
-    report = run_all(device, timed, args.repeats, steps, args.threads) if timed else {"rows": []}
+    jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches)
+    report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
     if "quality" in args.only:
         report["rows"] += _bench_quality(args, device)
     if args.json is not None:

@@ -176,7 +176,7 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _import_clip_model():
+def import_clip_model():
     # clip/__init__.py imports pkg_resources (setuptools < 81); clip.model itself does not need it,
     # so fall back to loading that one module when the package import fails.
     try:
@@ -197,7 +197,7 @@ def _import_clip_model():
 def load_guide_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClipGuide:
     """Build the CLIP image tower from a file, in float32, without gradients on its weights."""
     state = clip_state_from_file(path)
-    clip_model = _import_clip_model()
+    clip_model = import_clip_model()
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     try:

@@ -5,19 +5,39 @@ from __future__ import annotations
 import torch
 
 from essence import cli
-from essence.bench import TRAIN_MODES, format_row, plan
+from essence.bench import GPU_ONLY_MODES, TRAIN_MODES, format_row, plan
 
 
 def test_plan_covers_every_section_and_training_mode():
     jobs = plan(torch.device("cpu"), ["generator", "encoder", "train"], train_steps=3)
     kinds = {job["kind"] for job in jobs}
     assert kinds == {"generator", "encoder", "train"}
-    assert [j["mode"] for j in jobs if j["kind"] == "train"] == [m for m in TRAIN_MODES if m != "fast+compile"]
-    assert "fast+compile" in [j["mode"] for j in plan(torch.device("cuda"), ["train"], train_steps=30)]
+    assert "fast+compile" in GPU_ONLY_MODES and "fast" not in GPU_ONLY_MODES
+    assert [j["mode"] for j in jobs if j["kind"] == "train"] == [m for m in TRAIN_MODES if m not in GPU_ONLY_MODES]
+    assert [j["mode"] for j in plan(torch.device("cuda"), ["train"], train_steps=30)] == list(TRAIN_MODES)
     assert {(j["batch"], j["backward"]) for j in jobs if j["kind"] == "generator"} == {
         (1, False), (1, True), (4, False), (4, True)}
-    gpu = plan(torch.device("cuda"), ["generator"], train_steps=30)
+    gpu = plan(torch.device("cuda"), ["generator", "encoder"], train_steps=30)
     assert {j["dtype"] for j in gpu} == {"float32", "bfloat16"}
+    assert {j["channels_last"] for j in gpu if j["kind"] == "encoder"} == {False, True}
+
+
+def test_plan_takes_the_modes_and_batch_sizes_asked_for():
+    jobs = plan(torch.device("cpu"), ["generator", "encoder", "train"], train_steps=3,
+                modes=["fast", "fast+chunk2"], batches=[2])
+    assert [j["mode"] for j in jobs if j["kind"] == "train"] == ["fast", "fast+chunk2"]
+    assert {j["batch"] for j in jobs if j["kind"] != "train"} == {2}
+
+
+def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
+    from essence.bench import run_all
+
+    report = run_all(torch.device("cpu"), [{"kind": "train", "mode": "no-such-mode", "steps": 1},
+                                           {"kind": "encoder", "batch": 1, "dtype": "float32"}],
+                     repeats=1, threads=1)
+    out = capsys.readouterr().out
+    assert "failed: {'kind': 'train', 'mode': 'no-such-mode'" in out
+    assert [row["kind"] for row in report["rows"]] == ["encoder"]
 
 
 def test_one_measurement_reports_time_throughput_and_memory(capsys):

@@ -1,0 +1,85 @@
+"""Does Essence compute the same numbers on a GPU? The golden fixtures, run on CUDA.
+
+The test suite checks the fixtures on the CPU (CI has no GPU). This script repeats the checks that
+matter for a GPU session on one: the tiny generator's image and gradient, the e4e codes, and the
+official TargetCLIP trace, plus the fast and bf16 paths staying finite. It prints one line per check
+and exits 1 if any fails.
+
+    python bench/cuda_check.py [FIXTURES_DIR]      (default ../shared/fixtures)
+
+Tolerances are looser than the CPU tests' because PyTorch runs float32 convolutions on TF32 tensor
+cores by default (about 1e-3 relative).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import essence  # noqa: E402
+from essence.train import TrainSettings, train_direction  # noqa: E402
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float().cpu() - b.float().cpu()).norm() / b.float().cpu().norm())
+
+
+def main(fixtures: Path, device: str = "cuda") -> int:
+    results: list[tuple[str, float, float]] = []  # name, value, limit
+
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device=device, cache=False)
+    io = {k: v.to(device) for k, v in load_file(fixtures / "stylegan2_tiny64_io.safetensors").items()}
+    with torch.no_grad():
+        results.append(("generator image, relative error", relative(generator.synthesize(io["wplus"]),
+                                                                    io["image_from_wplus"]), 3e-3))
+    wplus = io["wplus"].clone().requires_grad_(True)
+    image = generator.synthesize(wplus)
+    (image * torch.linspace(-1, 1, image.numel(), device=device).view_as(image)).sum().backward()
+    results.append(("generator gradient, relative error", relative(wplus.grad, io["grad_wplus"]), 1e-2))
+
+    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt", device=device, cache=False)
+    e4e_io = load_file(fixtures / "e4e_tiny64_io.safetensors")
+    with torch.no_grad():
+        codes = encoder.encode(e4e_io["input"].to(device))
+    results.append(("e4e codes, relative error", relative(codes, e4e_io["codes"]), 3e-3))
+
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
+    trace = load_file(fixtures / "targetclip_public_trace.safetensors")
+    target = Image.open(fixtures / "face_a.jpg")
+    run = lambda **kw: train_direction(target, trace["sources"], generator, guide,  # noqa: E731
+                                       init=trace["init_direction"], settings=TrainSettings(steps=40, **kw))
+    official = run(path="official")
+    reference = trace["loss_per_step"]
+    results.append(("official trace, steps 0-6 max loss error",
+                    float((torch.tensor(official.losses[:7]) - reference[:7]).abs().max()), 1e-3))
+    results.append(("official trace, minimum loss relative error",
+                    abs(min(official.losses) - float(reference.min())) / float(reference.min()), 0.10))
+    results.append(("official trace, best direction relative error",
+                    relative(official.direction.tensor, trace["best_direction"]), 0.10))
+    fast = run()
+    results.append(("fast vs official, steps 0-6 max loss difference",
+                    max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
+    for mode in ("bf16", "fp16"):
+        reduced = run(autocast=mode)
+        results.append((f"{mode}: minimum loss relative to float32 (must be finite)",
+                        abs(min(reduced.losses) - min(fast.losses)) / min(fast.losses), 0.5))
+
+    failed = 0
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"CUDA check on {name}, torch {torch.__version__}")
+    for what, value, limit in results:
+        ok = value == value and value <= limit  # NaN fails
+        failed += not ok
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}: {value:.3g} (limit {limit:g})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+                  "cuda" if torch.cuda.is_available() else "cpu"))

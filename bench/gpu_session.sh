@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU measurement the README quotes, in one run (GPU time is scarce: one prepared script).
+#
+#   bash bench/gpu_session.sh OUTDIR [FIXTURES_DIR] [BASELINE_DIR]
+#
+# Order = what matters most if time runs out: the fixtures on CUDA, the generator and e4e throughput,
+# the training modes, the eager baseline side by side (BASELINE_DIR holds an older checkout's
+# `essence/` to compare against), the profiler's table of a fast step, and last the torch.compile
+# modes, whose compilation takes minutes. Each section writes JSON or text into OUTDIR.
+set -u
+out=${1:-output/gpu}
+fixtures=${2:-../shared/fixtures}
+baseline=${3:-}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+bench() { "$py" -m essence bench --device cuda "$@"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$py" bench/cuda_check.py "$fixtures" 2>&1 | grep -v Warning | tee "$out/cuda_check.txt"
+
+bench --only generator --batches 1 4 --repeats 5 --json "$out/generator.json"
+bench --only encoder --batches 128 --repeats 5 --json "$out/encoder.json"
+bench --only train --modes official fast fast+chunk2 fast+channels_last fast+chunk2+channels_last \
+    fast+bf16 fast+256px --json "$out/train.json"
+
+echo "== cuDNN autotuner, and the baseline checkout, side by side with 'fast' above"
+for job in '{"kind": "train", "mode": "fast", "steps": 30, "cudnn_benchmark": true}' \
+           '{"kind": "train", "mode": "fast+chunk2", "steps": 30, "cudnn_benchmark": true}'; do
+    bench --one "$job" | tail -1 | tee -a "$out/extra.jsonl"
+done
+if [ -n "$baseline" ]; then
+    for job in '{"kind": "train", "mode": "fast", "steps": 30}' \
+               '{"kind": "generator", "batch": 4, "dtype": "float32", "backward": true}'; do
+        (cd "$baseline" && "$py" -m essence bench --device cuda --repeats 5 --one "$job") | tail -1 \
+            | sed 's/^{/{"baseline": true, /' | tee -a "$out/extra.jsonl"
+    done
+fi
+
+echo "== profile of 3 'fast' steps"
+bench --profile fast > "$out/profile_fast.txt" 2>&1
+head -45 "$out/profile_fast.txt" | cut -c1-160
+
+bench --only train --modes fast+compile fast+compile+bf16 --job-timeout 150 --json "$out/train_compile.json"
