@@ -17,7 +17,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 
 from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
-from .ops import LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, upfirdn2d
+from .ops import LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, scale_channels, upfirdn2d
 
 NoiseSpec = str | Sequence[torch.Tensor | None]
 
@@ -87,7 +87,18 @@ class ModulatedConv2d(nn.Module):
     The reference folds the style into a per-sample weight and runs a grouped conv. Scaling the
     *input* channels by the style and the *output* channels by the demodulation coefficients is the
     same linear map, shares one weight across the batch, and is faster for batches.
+
+    Upsampling layers: the reference runs a stride-2 transposed conv, then a 4x4 depthwise blur.
+    Both are linear, so they compose into one kernel (conv weight * blur), whose four stride-2
+    phases are ordinary 3x3 kernels: one conv with 4x the output channels plus a pixel shuffle
+    gives the same image. Depthwise convs run on slow generic kernels on GPUs; this runs on
+    cuDNN's tensor-core convolutions instead (the blur was 18 % of an H100 training step). It does
+    4x the multiply-adds of the transposed conv, which costs more than the blur on CPUs.
     """
+
+    #: "phases" (one conv + pixel shuffle), "transposed" (the reference's transposed conv + blur) or
+    #: "auto": phases on CUDA, transposed elsewhere. Same maths; a class setting for benchmarks.
+    upsample_method: ClassVar[str] = "auto"
 
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
                  demodulate: bool = True, upsample: bool = False,
@@ -101,10 +112,54 @@ class ModulatedConv2d(nn.Module):
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
                              upsample_factor=factor)
+            self._init_phases(kernel_size, len(blur_kernel))
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+
+    def _init_phases(self, kernel_size: int, taps: int) -> None:
+        """Where each output phase's taps sit in the composed (kernel_size + taps - 1)^2 kernel K.
+
+        Output pixel 2i + p of the reference op is sum_u x[i + u] * K[p + offset - 2u] (per axis).
+        For u in [lo, hi] that is a correlation with T = hi - lo + 1 taps, read from the flipped K
+        at every second position from ``phase_starts[p]``, with -lo / hi zero padding.
+        """
+        size = kernel_size + taps - 1
+        offset = taps - 1 - self.blur.pad[0]
+        lo = min(-((size - 1 - p - offset) // 2) for p in (0, 1))  # ceil((p + offset - (size - 1)) / 2)
+        hi = max((p + offset) // 2 for p in (0, 1))
+        self.phase_taps = hi - lo + 1
+        starts = [size - 1 - (p + offset - 2 * lo) for p in (0, 1)]  # flipped-K index of tap 0
+        self.phase_margin = max(0, -min(starts))  # zeros before the flipped K keep starts >= 0
+        self.phase_starts = [start + self.phase_margin for start in starts]
+        self.phase_padding = (-lo, hi)
+
+    def _uses_phases(self, x: torch.Tensor) -> bool:
+        method = self.upsample_method
+        if method not in ("auto", "phases", "transposed"):
+            raise ValueError(f"upsample_method must be 'auto', 'phases' or 'transposed', got {method!r}.")
+        return method == "phases" or (method == "auto" and x.device.type == "cuda")
+
+    def _upsample_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Transposed conv (stride 2) then blur, as one conv + pixel shuffle. [B, in, H, W] -> [B, out, 2H, 2W]"""
+        out_c, in_c, k, _ = weight.shape
+        blur = self.blur.kernel.to(weight.dtype)
+        taps, span = self.phase_taps, 2 * self.phase_taps - 1
+        # K = weight (*) blur, the full 2-D convolution, flipped: [out * in, 1, k + blur - 1, same]
+        flipped = F.conv2d(F.pad(weight.reshape(out_c * in_c, 1, k, k).flip(2, 3), [blur.shape[0] - 1] * 4),
+                           blur[None, None])
+        margin = self.phase_margin
+        tail = max(0, max(self.phase_starts) + span - (flipped.shape[-1] + margin))
+        flipped = F.pad(flipped, [margin, tail, margin, tail])
+        phases = torch.stack([flipped[..., r: r + span: 2, c: c + span: 2]
+                              for r in self.phase_starts for c in self.phase_starts], dim=1)  # [out*in, 4, 1, T, T]
+        phases = phases.reshape(out_c, in_c, 4, taps, taps).transpose(1, 2).reshape(out_c * 4, in_c, taps, taps)
+        before, after = self.phase_padding
+        if before != after:
+            x = F.pad(x, [before, after, before, after])
+        out = F.conv2d(x, phases, padding=before if before == after else 0)  # [B, out * 4, H, W]
+        return F.pixel_shuffle(out, 2)  # channel 4c + 2p + q -> pixel (2i + p, 2j + q) of channel c
 
     def modulated(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The convolution before demodulation, and the demodulation gains [B, out] (None without).
@@ -114,10 +169,11 @@ class ModulatedConv2d(nn.Module):
         # x: [B, in, H, W], w: [B, style_dim]
         style = self.modulation(w)  # [B, in]
         weight = (self.weight[0] * self.scale).to(x.dtype)  # [out, in, k, k]
-        x = x * style.to(x.dtype)[:, :, None, None]
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-            out = self.blur(out)
+        x = scale_channels(x, style)
+        if self.upsample and self._uses_phases(x):
+            out = self._upsample_conv(x, weight)
+        elif self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if not self.demodulate:
@@ -177,7 +233,7 @@ class StyledConv(nn.Module):
             noise = torch.randn(out.shape[0], 1, out.shape[2], out.shape[3], device=out.device, dtype=out.dtype)
         gain = LEAKY_GAIN
         noise_term = (self.noise.weight * gain).to(out.dtype) * noise.to(out.dtype)  # [1|B, 1, H, W]
-        out = torch.addcmul(noise_term, out, (demod * gain)[:, :, None, None])
+        out = scale_channels(out, demod * gain, noise_term)
         out = out.add_((self.activate.bias * gain).to(out.dtype)[None, :, None, None])
         return F.leaky_relu_(out, LEAKY_SLOPE)
 
