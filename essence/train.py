@@ -335,6 +335,7 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
     best_loss = torch.full((), float("inf"), device=device)
     best_direction = direction.detach().clone()
     best_step = torch.zeros((), dtype=torch.long, device=device)
+    step_counter = torch.zeros((), dtype=torch.long, device=device)  # on the device: no per-step copy
     history: list[torch.Tensor] = []  # [loss, transfer, consistency] per step, kept on the device
     start = time.perf_counter()
     for step in range(s.steps):
@@ -359,7 +360,8 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
             improved = pre_step_loss < best_loss
             best_loss = torch.where(improved, pre_step_loss, best_loss)
             best_direction = torch.where(improved, direction.detach(), best_direction)
-            best_step = torch.where(improved, torch.tensor(step, device=device), best_step)
+            best_step = torch.where(improved, step_counter, best_step)
+            step_counter += 1
             history.append(torch.stack([pre_step_loss, transfer.detach(), consistency.detach()]))
         done = step + 1
         if progress is not None and (done % s.progress_every == 0 or done == s.steps):
