@@ -5,10 +5,12 @@ matter for a GPU session on one: the tiny generator's image and gradient, the e4
 official TargetCLIP trace, plus the fast and bf16 paths staying finite. It prints one line per check
 and exits 1 if any fails.
 
-    python bench/cuda_check.py [FIXTURES_DIR]      (default ../shared/fixtures)
+    python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32]     (default ../shared/fixtures)
 
 Tolerances are looser than the CPU tests' because PyTorch runs float32 convolutions on TF32 tensor
-cores by default (about 1e-3 relative).
+cores by default (about 1e-3 relative). The official loop is chaotic (fixtures README): after step 6
+such rounding sends it down another path, so with TF32 the trajectory checks compare the loss it
+reaches; ``--no-tf32`` runs strict float32 and checks the reference's own trajectory.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float().cpu() - b.float().cpu()).norm() / b.float().cpu().norm())
 
 
-def main(fixtures: Path, device: str = "cuda") -> int:
+def main(fixtures: Path, device: str = "cuda", tf32: bool = True) -> int:
     results: list[tuple[str, float, float]] = []  # name, value, limit
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
 
     generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device=device, cache=False)
     io = {k: v.to(device) for k, v in load_file(fixtures / "stylegan2_tiny64_io.safetensors").items()}
@@ -58,10 +62,13 @@ def main(fixtures: Path, device: str = "cuda") -> int:
     reference = trace["loss_per_step"]
     results.append(("official trace, steps 0-6 max loss error",
                     float((torch.tensor(official.losses[:7]) - reference[:7]).abs().max()), 1e-3))
-    results.append(("official trace, minimum loss relative error",
-                    abs(min(official.losses) - float(reference.min())) / float(reference.min()), 0.10))
-    results.append(("official trace, best direction relative error",
-                    relative(official.direction.tensor, trace["best_direction"]), 0.10))
+    reached = (min(official.losses) - float(reference.min())) / float(reference.min())
+    if tf32:  # another path through the chaos: it must reach as low a loss, not the same direction
+        results.append(("official trace, minimum loss above the reference's (relative)", reached, 0.25))
+    else:
+        results.append(("official trace, minimum loss relative error", abs(reached), 0.10))
+        results.append(("official trace, best direction relative error",
+                        relative(official.direction.tensor, trace["best_direction"]), 0.10))
     fast = run()
     results.append(("fast vs official, steps 0-6 max loss difference",
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
@@ -72,7 +79,7 @@ def main(fixtures: Path, device: str = "cuda") -> int:
 
     failed = 0
     name = torch.cuda.get_device_name() if device == "cuda" else device
-    print(f"CUDA check on {name}, torch {torch.__version__}")
+    print(f"CUDA check on {name}, torch {torch.__version__}, {'TF32' if tf32 else 'strict float32'}")
     for what, value, limit in results:
         ok = value == value and value <= limit  # NaN fails
         failed += not ok
@@ -81,5 +88,6 @@ def main(fixtures: Path, device: str = "cuda") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "fixtures",
-                  "cuda" if torch.cuda.is_available() else "cpu"))
+    args = [a for a in sys.argv[1:] if a != "--no-tf32"]
+    sys.exit(main(Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+                  "cuda" if torch.cuda.is_available() else "cpu", tf32="--no-tf32" not in sys.argv))

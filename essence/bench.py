@@ -35,10 +35,9 @@ TRAIN_MODES = {  # name: TrainSettings overrides
     "fast+chunk2": {"chunk_size": 2},
     "fast+bf16": {"autocast": "bf16"},
     "fast+256px": {"render_size": 256},
+    "fast+bf16+256px": {"autocast": "bf16", "render_size": 256},
     "fast+channels_last": {"channels_last": True},
-    "fast+chunk2+channels_last": {"chunk_size": 2, "channels_last": True},
     "fast+compile": {"compile": True},
-    "fast+compile+chunk2": {"compile": True, "chunk_size": 2},
     "fast+compile+bf16": {"compile": True, "autocast": "bf16"},
 }
 # compiling the full-size graph on a CPU takes longer than the run
@@ -99,15 +98,12 @@ def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool
             "seconds": seconds, "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
-def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int, channels_last: bool = False) -> dict:
+def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) -> dict:
     from .e4e import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig.ir_se50(), device=device).requires_grad_(False)
     faces = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        faces = faces.contiguous(memory_format=torch.channels_last)
     peak = _peak_tracker(device)
 
     def step() -> None:
@@ -115,7 +111,7 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int, ch
             model.encode(faces, batch_size=batch)
 
     seconds = statistics.median(_timed(step, device, repeats))
-    return {"batch": batch, "dtype": dtype, "channels_last": channels_last, "seconds": seconds,
+    return {"batch": batch, "dtype": dtype, "seconds": seconds,
             "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
@@ -196,9 +192,8 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
         jobs += [{"kind": "generator", "batch": b, "dtype": d, "backward": bw}
                  for d in dtypes for b in (batches or DEFAULT_BATCHES["generator"][kind]) for bw in (False, True)]
     if "encoder" in sections:
-        jobs += [{"kind": "encoder", "batch": b, "dtype": d, "channels_last": cl}
-                 for d in dtypes for cl in ([False, True] if cuda else [False])
-                 for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
+        jobs += [{"kind": "encoder", "batch": b, "dtype": d}
+                 for d in dtypes for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
     if "train" in sections:
         chosen = modes or [m for m in TRAIN_MODES if cuda or m not in GPU_ONLY_MODES]
         jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
@@ -209,13 +204,18 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     kind = job["kind"]
     # cuDNN's autotuner: off by default in PyTorch; a job may ask for it to see what it is worth
     torch.backends.cudnn.benchmark = bool(job.get("cudnn_benchmark", False))
+    if "upsample" in job:  # compare the generator's two ways of upsampling
+        from .stylegan2 import ModulatedConv2d
+
+        ModulatedConv2d.upsample_method = job["upsample"]
     if kind == "generator":
         result = bench_generator(device, job["batch"], job["dtype"], job["backward"], repeats)
     elif kind == "encoder":
-        result = bench_encoder(device, job["batch"], job["dtype"], repeats, job.get("channels_last", False))
+        result = bench_encoder(device, job["batch"], job["dtype"], repeats)
     else:
         result = bench_train(device, job["mode"], job["steps"])
-    return {"kind": kind, **result, **({"cudnn_benchmark": True} if job.get("cudnn_benchmark") else {})}
+    extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
+    return {"kind": kind, **result, **extras}
 
 
 def device_name(device: torch.device) -> str:
@@ -224,17 +224,22 @@ def device_name(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def _variant(row: dict) -> str:
+    return "".join([" cudnn.benchmark" if row.get("cudnn_benchmark") else "",
+                    f" up={row['upsample']}" if row.get("upsample") else ""])
+
+
 def format_row(row: dict) -> str:
     if row["kind"] == "generator":
-        what = f"generator {row['pass']:<16} batch {row['batch']:<3} {row['dtype']:<8}"
+        what = f"generator {row['pass']:<16} batch {row['batch']:<3} {row['dtype']:<8}{_variant(row)}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
     if row["kind"] == "encoder":
-        layout = " NHWC" if row.get("channels_last") else ""
-        what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}{layout}"
+        what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
-    what = f"train 4 sources             {row['mode']}{' cudnn.benchmark' if row.get('cudnn_benchmark') else ''}"
-    return (f"{what:<54}{row['seconds_per_step']:>9.2f} s/step {row['projected_1000_steps_s'] / 60:>6.1f} min/1000 "
-            f"{row['peak_mb']:>6.0f} MB")
+    what = f"train 4 sources             {row['mode']}{_variant(row)}"
+    total = row["projected_1000_steps_s"]
+    per_1000 = f"{total:.0f} s" if total < 600 else f"{total / 60:.1f} min"
+    return f"{what:<54}{row['seconds_per_step']:>9.3f} s/step {per_1000:>9}/1000 {row['peak_mb']:>7.0f} MB"
 
 
 def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, timeout: float | None = None) -> dict:

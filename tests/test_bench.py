@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from essence import cli
@@ -19,7 +20,6 @@ def test_plan_covers_every_section_and_training_mode():
         (1, False), (1, True), (4, False), (4, True)}
     gpu = plan(torch.device("cuda"), ["generator", "encoder"], train_steps=30)
     assert {j["dtype"] for j in gpu} == {"float32", "bfloat16"}
-    assert {j["channels_last"] for j in gpu if j["kind"] == "encoder"} == {False, True}
 
 
 def test_plan_takes_the_modes_and_batch_sizes_asked_for():
@@ -52,7 +52,9 @@ def test_one_measurement_reports_time_throughput_and_memory(capsys):
 
 def test_training_rows_project_a_1000_step_run():
     row = {"kind": "train", "mode": "fast", "seconds_per_step": 0.5, "projected_1000_steps_s": 500.0, "peak_mb": 10.0}
-    assert "fast" in format_row(row) and "8.3 min/1000" in format_row(row)
+    assert "fast" in format_row(row) and "500 s/1000" in format_row(row)
+    slow = {**row, "seconds_per_step": 25.0, "projected_1000_steps_s": 25000.0}
+    assert "416.7 min/1000" in format_row(slow)
 
 
 def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsys):
@@ -69,5 +71,5 @@ def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsy
     rows = bench_quality(generator, guide, target, sources, steps=3,
                          modes=["fast (exact)", "official", "fast+32px"])
     assert [r["mode"] for r in rows] == ["fast (exact)", "official", "fast+32px"]
-    assert rows[0]["cosine_to_exact"] == 1.0 and rows[1]["cosine_to_exact"] > 0.99999
+    assert rows[0]["cosine_to_exact"] == pytest.approx(1.0, abs=1e-6) and rows[1]["cosine_to_exact"] > 0.99999
     assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])
