@@ -14,7 +14,7 @@ users compare against the paper's directions:
 Two exact paths give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
 reference does; ``"fast"`` computes it once (the sources never change) and keeps the loop free of
 host-device synchronisation (best-so-far tracking stays on the device). Approximations are separate,
-named options: ``autocast="bf16"``/``"fp16"`` runs generator and CLIP in reduced precision, and
+named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
 anyway), skipping the two most expensive resolutions. ``channels_last`` and ``compile`` change only
 how the same maths runs (memory layout; a compiled graph), for speed on GPUs.

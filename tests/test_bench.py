@@ -73,3 +73,16 @@ def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsy
     assert [r["mode"] for r in rows] == ["fast (exact)", "official", "fast+32px"]
     assert rows[0]["cosine_to_exact"] == pytest.approx(1.0, abs=1e-6) and rows[1]["cosine_to_exact"] > 0.99999
     assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])
+
+
+def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys):
+    """bench/cuda_check.py only runs on GPU machines; running it here keeps it working."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("cuda_check", Path(__file__).resolve().parents[1] / "bench" / "cuda_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(fixtures, "cpu", tf32=False) == 0
+    out = capsys.readouterr().out
+    assert "strict float32" in out and "FAIL" not in out and out.count("ok ") == 9
