@@ -34,7 +34,7 @@ from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
-from .train import TrainResult, TrainSettings, train_direction
+from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
 
 __version__ = "0.1.0"
 
@@ -79,7 +79,7 @@ __all__ = [
     "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
     "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
-    "TrainSettings", "TrainResult", "train_direction",
+    "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
     "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
     "LatentSet", "load_latents", "save_latents", "sample_latents",

@@ -86,7 +86,7 @@ def _add_train(subparsers: Subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import essence
-    from .train import TrainSettings, train_direction
+    from .train import TrainSettings, train_direction_fitting_memory
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -108,11 +108,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     init, init_note = _initial_direction(args, generator, targets)
     print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
           f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode.")
-    result = train_direction(targets, sources, generator, guide, init=init, settings=settings,
-                             progress=training_progress_bar(args.steps),
-                             metadata={"name": args.name or Path(args.targets[0]).stem,
-                                       "target": [Path(t).name for t in args.targets],
-                                       "init": init_note, "source_latents": source_note})
+    result = train_direction_fitting_memory(
+        targets, sources, generator, guide, init=init, settings=settings,
+        make_progress=lambda: training_progress_bar(args.steps), on_retry=report_memory_retry,
+        metadata={"name": args.name or Path(args.targets[0]).stem, "target": [Path(t).name for t in args.targets],
+                  "init": init_note, "source_latents": source_note})
     result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
     terms = result.direction.meta["losses"]
@@ -138,6 +138,11 @@ def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[An
     if init == "random" and args.init == "auto":
         print(f"note: starting from a {note}.", file=sys.stderr)
     return init, note
+
+
+def report_memory_retry(chunk: int) -> None:
+    print(f"Out of device memory: starting again with {chunk} source face(s) per pass "
+          f"(the same result, less memory; --chunk {chunk} skips this next time).", flush=True)
 
 
 def training_progress_bar(total: int):

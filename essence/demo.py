@@ -102,7 +102,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     from .invert import invert
     from .paste import paste_back
     from .runtime import resolve_device
-    from .train import TrainSettings, initial_direction, train_direction
+    from .train import TrainSettings, initial_direction, train_direction_fitting_memory
 
     start = time.perf_counter()
     device = resolve_device(options.device)
@@ -134,10 +134,12 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     # on a CPU, full-size rendering one source at a time is both faster and 3.6x smaller (bench/train.py)
     chunk = 1 if device.type != "cuda" and render_size is None else None
     settings = TrainSettings(steps=steps, seed=options.seed, render_size=render_size, chunk_size=chunk)
-    progress = make_progress(steps) if make_progress else None
-    result = train_direction(targets, sources, generator, guide, init=init, settings=settings, progress=progress,
-                             metadata={"name": target_paths[0].stem, "init": init_note,
-                                       "target": [p.name for p in target_paths]})
+    result = train_direction_fitting_memory(
+        targets, sources, generator, guide, init=init, settings=settings,
+        make_progress=(lambda: make_progress(steps)) if make_progress else None,
+        on_retry=lambda chunk: _say(f"      out of device memory: starting again with {chunk} face(s) per pass "
+                                    f"(the same result, less memory)"),
+        metadata={"name": target_paths[0].stem, "init": init_note, "target": [p.name for p in target_paths]})
     result.direction.thumbnail = target_thumbnail(targets[0])
 
     _say(f"[4/5] Applying it at strengths {', '.join(f'{s:g}' for s in options.strengths)} and pasting back ...")

@@ -113,3 +113,29 @@ def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, b
             continue
         start += len(chunk)
     return outputs
+
+
+def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str, advice: str,
+                         release: Callable[[], None] = release_device_memory,
+                         on_retry: Callable[[int], None] | None = None) -> T:
+    """``run(size)``; on device out-of-memory, ``release`` memory and retry with half the size.
+
+    For work whose result does not depend on ``size`` (a batch or chunk size). ``on_retry`` hears
+    each new size. At size 1 it is a ``DeviceMemoryError`` saying what ran out and ``advice``.
+    """
+    while True:
+        try:
+            return run(size)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if size <= 1:
+                if isinstance(exc, DeviceMemoryError):
+                    raise
+                raise DeviceMemoryError(f"out of device memory while {what}, even one at a time. {advice}") from exc
+        # outside the handler, so the failed attempt's tensors are already freed
+        release()
+        size = max(1, size // 2)
+        if on_retry is not None:
+            on_retry(size)
+

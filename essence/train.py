@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal
 
 import torch
@@ -259,6 +259,40 @@ def train_direction(
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             _raise_if_out_of_memory(exc, sources_.shape[0], settings.chunk_size)
             raise
+
+
+def train_direction_fitting_memory(
+    target: Any,
+    sources: torch.Tensor,
+    generator: StyleGAN2Generator,
+    guide: ClipGuide,
+    init: torch.Tensor | Literal["random"] = "random",
+    settings: TrainSettings = TrainSettings(),
+    *,
+    make_progress: Callable[[], Callable[[TrainProgress], None]] | None = None,
+    on_retry: Callable[[int], None] | None = None,
+    release: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """``train_direction``, started again with half as many faces per pass whenever the device runs
+    out of memory, down to one: chunking is exact, so an 8 GB card gets the same direction, later.
+
+    ``make_progress`` makes a fresh progress callback per attempt; ``on_retry`` hears each new chunk
+    size; ``release`` frees memory between attempts (default: the device cache). Other keyword
+    arguments go to ``train_direction``.
+    """
+    from .runtime import release_device_memory, retry_smaller_on_oom
+
+    count = sources.shape[0]
+
+    def attempt(chunk: int) -> TrainResult:
+        chunked = replace(settings, chunk_size=chunk if chunk < count else None)
+        progress = make_progress() if make_progress is not None else None
+        return train_direction(target, sources, generator, guide, init, chunked, progress=progress, **kwargs)
+
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count), "training",
+                                "Use fewer source faces, --render-size 256, a +bf16 mode, or the CPU.",
+                                release=release or release_device_memory, on_retry=on_retry)
 
 
 def _raise_if_out_of_memory(exc: BaseException, count: int, chunk: int | None) -> None:

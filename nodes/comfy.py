@@ -203,25 +203,12 @@ def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]
 
 
 def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
-    """``run(size)``; on device out-of-memory, free memory and retry with half the size, down to 1.
+    """``run(size)``; on device out-of-memory, free ComfyUI's memory and retry with half the size,
+    down to 1 (Essence's ``retry_smaller_on_oom`` with ComfyUI's advice and memory release)."""
+    from ..essence.runtime import retry_smaller_on_oom as retry
 
-    Out-of-memory is CUDA's ``torch.OutOfMemoryError`` (also Essence's ``DeviceMemoryError``) or the
-    plain ``RuntimeError`` other backends raise ("MPS backend out of memory", "can't allocate memory").
-    """
-    from ..essence.runtime import is_out_of_memory
-
-    while True:
-        try:
-            return run(size)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if size <= 1:
-                raise torch.OutOfMemoryError(
-                    f"out of device memory while {what}, even one at a time. Close other models "
-                    f"(ComfyUI's 'Unload models'), or run ComfyUI with --cpu.") from exc
-            size = max(1, size // 2)
-            free_memory()
+    return retry(run, size, what, "Close other models (ComfyUI's 'Unload models'), or run ComfyUI with --cpu.",
+                 release=free_memory)
 
 
 # ----------------------------------------------------------------------------- progress

@@ -15,13 +15,13 @@ into an exception. It is checked every step and on every progress update; the ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from .. import essence
-from ..essence.train import TrainProgress, TrainSettings, train_direction
+from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
 from ..essence.train import initial_direction as library_initial_direction
 from . import comfy
 from . import types as T
@@ -130,13 +130,11 @@ class EssenceTrain:
                   note: str, preview_every: int) -> essence.TrainResult:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory)."""
-        def run(chunk: int) -> essence.TrainResult:
-            chunked = replace(settings, chunk_size=chunk if chunk < sources.count else None)
-            report = _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps, preview_every)
-            return train_direction(target, sources.tensor, generator, guide, init=start, settings=chunked,
-                                   progress=report, should_stop=_interrupted, metadata={"init": note})
-
-        return comfy.retry_smaller_on_oom(run, settings.chunk_size or sources.count, "training the essence")
+        return train_direction_fitting_memory(
+            target, sources.tensor, generator, guide, init=start, settings=settings,
+            make_progress=lambda: _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps,
+                                                     preview_every),
+            release=comfy.free_memory, should_stop=_interrupted, metadata={"init": note})
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:

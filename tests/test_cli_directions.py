@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import essence
@@ -132,3 +133,37 @@ def test_import_official_export_npy_and_info(fixtures, tmp_path, capsys):
 def test_info_on_a_non_direction_file_is_a_clear_error(fixtures, capsys):
     assert cli.main(["info", str(fixtures / "stylegan2_tiny64_io.safetensors")]) == 2
     assert "not an Essence direction file" in capsys.readouterr().err
+
+
+def _limit_faces_per_render(monkeypatch, most: int) -> None:
+    """Make rendering more than ``most`` faces at once fail as a full GPU would."""
+    from essence.stylegan2 import StyleGAN2Generator
+
+    synthesize = StyleGAN2Generator.synthesize
+
+    def limited(self, latent, *args, **kwargs):
+        if latent.shape[0] > most:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return synthesize(self, latent, *args, **kwargs)
+
+    monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
+
+
+def test_training_that_runs_out_of_memory_starts_again_in_smaller_chunks(fixtures, tmp_path, tiny_models, capsys,
+                                                                         monkeypatch):
+    out = tmp_path / "a.safetensors"
+    _limit_faces_per_render(monkeypatch, 1)
+    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "3", "--sample", "4",
+                              "--init", "random", *tiny_models], capsys)
+    assert code == 0, stdout
+    assert "starting again with 2 source face(s) per pass" in stdout and "with 1 source face(s)" in stdout
+    assert essence.load_direction(out).meta["hyperparameters"]["chunk_size"] == 1
+
+
+def test_training_that_cannot_fit_even_one_face_says_what_to_lower(fixtures, tmp_path, tiny_models, capsys,
+                                                                   monkeypatch):
+    out = tmp_path / "a.safetensors"
+    _limit_faces_per_render(monkeypatch, 0)
+    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "3", "--sample", "2",
+                           "--init", "random", *tiny_models], capsys)
+    assert code == 2 and "out of device memory" in err and "--render-size 256" in err and not out.exists()

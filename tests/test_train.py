@@ -248,3 +248,29 @@ def test_channels_last_option_gives_the_same_training(models, trace, target):
                            settings=TrainSettings(**settings, channels_last=True))
     assert nhwc.losses == pytest.approx(exact.losses, abs=1e-5)
     assert nhwc.direction.meta["hyperparameters"]["channels_last"] is True
+
+
+def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace, target, monkeypatch):
+    """Chunking is exact, so the retried run equals a run asked to chunk from the start."""
+    from essence.stylegan2 import StyleGAN2Generator
+    from essence.train import train_direction_fitting_memory
+
+    generator, guide = models
+    expected = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                               settings=TrainSettings(steps=4, chunk_size=2))
+    synthesize = StyleGAN2Generator.synthesize
+
+    def limited(self, latent, *args, **kwargs):
+        if latent.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return synthesize(self, latent, *args, **kwargs)
+
+    monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
+    retries, bars, released = [], [], []
+    result = train_direction_fitting_memory(
+        target, trace["sources"], generator, guide, init=trace["init_direction"], settings=TrainSettings(steps=4),
+        make_progress=lambda: bars.append(1) or (lambda p: None), on_retry=retries.append,
+        release=lambda: released.append(1))
+    assert retries == [2] and len(bars) == 2 and released == [1]
+    assert result.losses == expected.losses
+    assert torch.equal(result.direction.tensor, expected.direction.tensor)
