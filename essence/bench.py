@@ -77,11 +77,13 @@ def _autocast(device: torch.device, dtype: str):
     return autocast_for(device, {"float32": None, "bfloat16": "bf16", "float16": "fp16"}[dtype])
 
 
-def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int) -> dict:
+def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int,
+                    upsample: str = "auto") -> dict:
     from .stylegan2 import GeneratorConfig, build_generator
 
     torch.manual_seed(0)
     model = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
+    model.set_upsample_method(upsample)
     wplus = torch.randn(batch, model.n_latent, model.style_dim, device=device) * 0.5
     peak = _peak_tracker(device)
 
@@ -115,7 +117,7 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
             "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
-def _training_problem(device: torch.device) -> dict:
+def _training_problem(device: torch.device, upsample: str = "auto") -> dict:
     """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
     ``train_direction`` needs."""
     from .clip_guide import ClipGuide, import_clip_model
@@ -123,6 +125,7 @@ def _training_problem(device: torch.device) -> dict:
 
     torch.manual_seed(0)
     generator = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
+    generator.set_upsample_method(upsample)
     with torch.device(device):
         visual = import_clip_model().VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12,
                                                        heads=12, output_dim=512)
@@ -132,10 +135,10 @@ def _training_problem(device: torch.device) -> dict:
             "target_embedding_override": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)}
 
 
-def bench_train(device: torch.device, mode: str, steps: int) -> dict:
+def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
     from .train import TrainSettings, train_direction
 
-    problem = _training_problem(device)
+    problem = _training_problem(device, upsample)
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -204,16 +207,13 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     kind = job["kind"]
     # cuDNN's autotuner: off by default in PyTorch; a job may ask for it to see what it is worth
     torch.backends.cudnn.benchmark = bool(job.get("cudnn_benchmark", False))
-    if "upsample" in job:  # compare the generator's two ways of upsampling
-        from .stylegan2 import ModulatedConv2d
-
-        ModulatedConv2d.upsample_method = job["upsample"]
     if kind == "generator":
-        result = bench_generator(device, job["batch"], job["dtype"], job["backward"], repeats)
+        result = bench_generator(device, job["batch"], job["dtype"], job["backward"], repeats,
+                                 job.get("upsample", "auto"))
     elif kind == "encoder":
         result = bench_encoder(device, job["batch"], job["dtype"], repeats)
     else:
-        result = bench_train(device, job["mode"], job["steps"])
+        result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"))
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
     return {"kind": kind, **result, **extras}
 

@@ -17,7 +17,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
 from .ops import LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, scale_channels, upfirdn2d
 
 NoiseSpec = str | Sequence[torch.Tensor | None]
+UPSAMPLE_METHODS = ("auto", "phases", "transposed")
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -96,10 +97,6 @@ class ModulatedConv2d(nn.Module):
     4x the multiply-adds of the transposed conv, which costs more than the blur on CPUs.
     """
 
-    #: "phases" (one conv + pixel shuffle), "transposed" (the reference's transposed conv + blur) or
-    #: "auto": phases on CUDA, transposed elsewhere. Same maths; a class setting for benchmarks.
-    upsample_method: ClassVar[str] = "auto"
-
     def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
                  demodulate: bool = True, upsample: bool = False,
                  blur_kernel: Sequence[float] = (1, 3, 3, 1)):
@@ -113,6 +110,9 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1),
                              upsample_factor=factor)
             self._init_phases(kernel_size, len(blur_kernel))
+        # "phases" (one conv + pixel shuffle), "transposed" (the reference's transposed conv + blur)
+        # or "auto": phases on CUDA, transposed elsewhere; see StyleGAN2Generator.set_upsample_method
+        self.upsample_method = "auto"
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
@@ -136,10 +136,7 @@ class ModulatedConv2d(nn.Module):
         self.phase_padding = (-lo, hi)
 
     def _uses_phases(self, x: torch.Tensor) -> bool:
-        method = self.upsample_method
-        if method not in ("auto", "phases", "transposed"):
-            raise ValueError(f"upsample_method must be 'auto', 'phases' or 'transposed', got {method!r}.")
-        return method == "phases" or (method == "auto" and x.device.type == "cuda")
+        return self.upsample_method == "phases" or (self.upsample_method == "auto" and x.device.type == "cuda")
 
     def _upsample_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Transposed conv (stride 2) then blur, as one conv + pixel shuffle. [B, in, H, W] -> [B, out, 2H, 2W]"""
@@ -395,6 +392,16 @@ class StyleGAN2Generator(nn.Module):
         if truncation != 1.0:
             w = self.truncate(w, truncation)
         return self.to_wplus(w)
+
+    def set_upsample_method(self, method: str) -> "StyleGAN2Generator":
+        """How the upsampling layers run: "phases", "transposed" or "auto" (the default: phases on
+        CUDA, where they are faster, transposed elsewhere). The same maths; for benchmarks and tests."""
+        if method not in UPSAMPLE_METHODS:
+            raise ValueError(f"upsample method must be one of {', '.join(UPSAMPLE_METHODS)}, got {method!r}.")
+        for module in self.modules():
+            if isinstance(module, ModulatedConv2d):
+                module.upsample_method = method
+        return self
 
     def fingerprint(self) -> str:
         """A short hash of the mapping network and constant input.
