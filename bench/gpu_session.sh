@@ -23,8 +23,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 bench --only generator --batches 1 4 --repeats 5 --json "$out/generator.json"
 bench --only encoder --batches 128 --repeats 5 --json "$out/encoder.json"
-bench --only train --train-steps 20 --modes official fast fast+chunk2 fast+bf16 fast+256px fast+bf16+256px \
-    --json "$out/train.json"
+bench --only train --train-steps 20 --modes official fast fast+chunk2 fast+recompute512 fast+bf16 fast+256px \
+    fast+bf16+256px --json "$out/train.json"
 
 echo "== the generator's two upsampling methods, and the baseline checkout, side by side"
 for job in '{"kind": "train", "mode": "fast", "steps": 20, "upsample": "transposed"}' \

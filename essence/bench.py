@@ -33,6 +33,7 @@ TRAIN_MODES = {  # name: TrainSettings overrides
     "fast": {},
     "fast+chunk1": {"chunk_size": 1},
     "fast+chunk2": {"chunk_size": 2},
+    "fast+recompute512": {"recompute_from": 512},
     "fast+bf16": {"autocast": "bf16"},
     "fast+256px": {"render_size": 256},
     "fast+bf16+256px": {"autocast": "bf16", "render_size": 256},

@@ -72,6 +72,9 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
                    help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
     p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
+    p.add_argument("--recompute-from", type=int, default=None, metavar="RES",
+                   help="re-run the generator's layers from this resolution up in the backward pass instead of "
+                        "keeping them (e.g. 512: less memory, same result)")
     p.add_argument("--render-size", type=int, default=None,
                    help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256)")
     p.add_argument("--channels-last", action="store_true", help="NHWC activations (GPU tensor cores; same maths)")
@@ -94,6 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     path, _, precision = args.mode.partition("+")
     settings = TrainSettings(steps=args.steps, seed=args.seed, path=path, autocast=precision or None,
                              clip_mode=args.clip_mode, chunk_size=args.chunk, render_size=args.render_size,
+                             recompute_from=args.recompute_from,
                              channels_last=args.channels_last, compile=args.compile,
                              lambda_transfer=args.lambda_transfer, lambda_consistency=args.lambda_consistency)
     generator = essence.load_generator(args.generator, device=args.device)

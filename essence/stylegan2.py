@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
@@ -430,18 +431,25 @@ class StyleGAN2Generator(nn.Module):
             raise ValueError(f"noise must be 'fixed', 'random' or a list of {self.config.num_layers} tensors.")
         return noise
 
-    def synthesize(self, latent: torch.Tensor, noise: NoiseSpec = "fixed",
-                   stop_at: int | None = None, channels_last: bool = False) -> torch.Tensor:
+    def synthesize(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None,
+                   channels_last: bool = False, recompute_from: int | None = None) -> torch.Tensor:
         """W+ (or w) -> RGB image [B, 3, S, S], roughly in [-1, 1].
 
         ``noise="fixed"`` uses the stored noise buffers (TargetCLIP's ``randomize_noise=False``);
         ``"random"`` draws fresh noise. ``stop_at`` (a power of two below ``size``) returns the
         RGB skip output at that resolution and skips the layers above it: a cheaper, blurrier image.
         ``channels_last`` keeps activations in NHWC layout, which GPU tensor cores prefer (same maths).
+        ``recompute_from`` (a resolution): when gradients are taken, the layers making that
+        resolution and above keep only their inputs and run again during the backward pass
+        (activation checkpointing). The largest resolutions hold most of the activations, so this
+        trades one more forward pass of those layers for much less memory; the result is the same.
         """
         wplus = self.to_wplus(latent)
-        if stop_at is not None and (stop_at not in dict(self.config.channels) or stop_at < 4):
-            raise ValueError(f"stop_at must be one of {[r for r, _ in self.config.channels]}, got {stop_at}.")
+        resolutions = [r for r, _ in self.config.channels]
+        if stop_at is not None and (stop_at not in resolutions or stop_at < 4):
+            raise ValueError(f"stop_at must be one of {resolutions}, got {stop_at}.")
+        if recompute_from is not None and recompute_from not in resolutions:
+            raise ValueError(f"recompute_from must be one of {resolutions}, got {recompute_from}.")
         noises = self._noise_list(noise)
         batch = wplus.shape[0]
         x = self.input(batch).to(wplus.dtype)
@@ -450,19 +458,29 @@ class StyleGAN2Generator(nn.Module):
         x = self.conv1(x, wplus[:, 0], noises[0])
         skip = self.to_rgb1(x, wplus[:, 1])
         resolution = 4
-        for level, to_rgb in enumerate(self.to_rgbs):
+        for level in range(len(self.to_rgbs)):
             if stop_at is not None and resolution >= stop_at:
                 break
-            i = 1 + 2 * level
-            x = self.convs[2 * level](x, wplus[:, i], noises[i])
-            x = self.convs[2 * level + 1](x, wplus[:, i + 1], noises[i + 1])
-            skip = to_rgb(x, wplus[:, i + 2], skip)
             resolution *= 2
+            i = 1 + 2 * level
+            inputs = (x, skip, wplus[:, i:i + 3], noises[i], noises[i + 1])
+            if recompute_from is not None and resolution >= recompute_from and torch.is_grad_enabled():
+                x, skip = checkpoint(self._level, level, *inputs, use_reentrant=False)
+            else:
+                x, skip = self._level(level, *inputs)
         return skip
 
+    def _level(self, level: int, x: torch.Tensor, skip: torch.Tensor, w: torch.Tensor,
+               noise_a: torch.Tensor | None, noise_b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One resolution doubling: upsampling conv, conv, RGB skip. w: [B, 3, D], one row per layer."""
+        x = self.convs[2 * level](x, w[:, 0], noise_a)
+        x = self.convs[2 * level + 1](x, w[:, 1], noise_b)
+        return x, self.to_rgbs[level](x, w[:, 2], skip)
+
     def forward(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None,
-                channels_last: bool = False) -> torch.Tensor:
-        return self.synthesize(latent, noise=noise, stop_at=stop_at, channels_last=channels_last)
+                channels_last: bool = False, recompute_from: int | None = None) -> torch.Tensor:
+        return self.synthesize(latent, noise=noise, stop_at=stop_at, channels_last=channels_last,
+                               recompute_from=recompute_from)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -17,7 +17,9 @@ host-device synchronisation (best-so-far tracking stays on the device). Approxim
 named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
 anyway), skipping the two most expensive resolutions. ``channels_last`` and ``compile`` change only
-how the same maths runs (memory layout; a compiled graph), for speed on GPUs.
+how the same maths runs (memory layout; a compiled graph), for speed on GPUs. Two exact options
+trade time for memory: ``chunk_size`` renders a few sources per pass, ``recompute_from`` re-runs the
+largest layers during the backward pass instead of keeping their activations.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class TrainSettings:
     random_init_truncation: float = 0.7
     progress_every: int = 10
     chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
+    recompute_from: int | None = None  # layers at this resolution and up re-run in backward: less memory, same result
     render_size: int | None = None  # approximation: CLIP sees the generator's intermediate RGB at this size
     channels_last: bool = False  # NHWC activations (GPU tensor cores); same maths
     compile: bool = False  # torch.compile the render+embed path; same maths, float rounding may differ
@@ -191,7 +194,7 @@ def initial_direction(choice: str, target: Any, generator: StyleGAN2Generator, e
 
 
 def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN2Generator,
-                  render_size: int | None) -> None:
+                  settings: TrainSettings) -> None:
     n, d = generator.n_latent, generator.style_dim
     if sources.ndim != 3 or sources.shape[1:] != (n, d) or sources.shape[0] < 1:
         raise ShapeError(f"sources must be W+ latents [count, {n}, {d}] for this generator, "
@@ -199,8 +202,10 @@ def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN
     if init.shape != (1, n, d):
         raise ShapeError(f"the initial direction must be [1, {n}, {d}], got {list(init.shape)}.")
     sizes = [r for r, _ in generator.config.channels if r >= 32]
-    if render_size is not None and render_size not in sizes:
-        raise EssenceError(f"render_size must be one of this generator's resolutions {sizes}, got {render_size}.")
+    for name in ("render_size", "recompute_from"):
+        value = getattr(settings, name)
+        if value is not None and value not in sizes:
+            raise EssenceError(f"{name} must be one of this generator's resolutions {sizes}, got {value}.")
 
 
 def autocast_for(device: torch.device, mode: str | None):
@@ -247,7 +252,7 @@ def train_direction(
         # tensors made under inference mode cannot join autograd: copy them out of it
         sources_ = sources.detach().clone().to(device, torch.float32)
         init_ = init.detach().clone().to(device, torch.float32)
-        _check_inputs(sources_, init_, generator, settings.render_size)
+        _check_inputs(sources_, init_, generator, settings)
         if target_embedding_override is not None:
             target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
         else:
@@ -346,7 +351,8 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         # reduced precision for the generator only: the consistency loss compares nearly equal
         # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
         with autocast_for(device, s.autocast):
-            images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last)
+            images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last,
+                                          recompute_from=s.recompute_from)
         return guide.embed_generated(images.float(), mode=s.clip_mode).float()
 
     embed = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed

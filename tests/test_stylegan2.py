@@ -184,3 +184,18 @@ def test_phase_upsampling_equals_transposed_conv_then_blur_for_any_kernel(taps, 
 def test_an_unknown_upsampling_method_is_refused(tiny):
     with pytest.raises(ValueError, match="upsample method must be one of auto, phases, transposed"):
         tiny.set_upsample_method("nearest")
+
+
+def test_recomputed_layers_give_the_same_image_and_gradient(tiny, tiny_io):
+    def grad(**kwargs):
+        wplus = tiny_io["wplus"].clone().requires_grad_(True)
+        image = tiny.synthesize(wplus, **kwargs)
+        (image * torch.linspace(-1, 1, image.numel()).view_as(image)).sum().backward()
+        return image.detach(), wplus.grad
+
+    image, gradient = grad()
+    for resolution in (8, 64):
+        again, again_gradient = grad(recompute_from=resolution)
+        assert torch.equal(again, image) and torch.equal(again_gradient, gradient)
+    with pytest.raises(ValueError, match="recompute_from"):
+        tiny.synthesize(tiny_io["wplus"], recompute_from=100)

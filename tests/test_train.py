@@ -250,6 +250,25 @@ def test_channels_last_option_gives_the_same_training(models, trace, target):
     assert nhwc.direction.meta["hyperparameters"]["channels_last"] is True
 
 
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, target, resolution):
+    generator, guide = models
+    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                            settings=TrainSettings(steps=4))
+    recomputed = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                                 settings=TrainSettings(steps=4, recompute_from=resolution))
+    assert recomputed.losses == exact.losses
+    assert torch.equal(recomputed.direction.tensor, exact.direction.tensor)
+    assert recomputed.direction.meta["hyperparameters"]["recompute_from"] == resolution
+
+
+def test_a_recompute_resolution_the_generator_lacks_is_refused(models, trace, target):
+    generator, guide = models
+    with pytest.raises(essence.EssenceError, match="recompute_from must be one of .*got 48"):
+        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                        settings=TrainSettings(steps=1, recompute_from=48))
+
+
 def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace, target, monkeypatch):
     """Chunking is exact, so the retried run equals a run asked to chunk from the start."""
     from essence.stylegan2 import StyleGAN2Generator
