@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from essence.bench import _training_problem  # noqa: E402
+from essence.bench import training_problem  # noqa: E402
 from essence.clip_guide import to_unit  # noqa: E402
 from essence.train import essence_losses  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> int:
         print("needs a CUDA device", file=sys.stderr)
         return 2
     device = torch.device("cuda")
-    problem = _training_problem(device)
+    problem = training_problem(device)
     generator, guide, sources = problem["generator"], problem["guide"], problem["sources"]
     target = to_unit(problem["target_embedding_override"].to(device))
 

@@ -118,7 +118,7 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
             "images_per_second": batch / seconds, "peak_mb": peak()}
 
 
-def _training_problem(device: torch.device, upsample: str = "auto") -> dict:
+def training_problem(device: torch.device, upsample: str = "auto") -> dict:
     """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
     ``train_direction`` needs."""
     from .clip_guide import ClipGuide, import_clip_model
@@ -139,7 +139,7 @@ def _training_problem(device: torch.device, upsample: str = "auto") -> dict:
 def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
     from .train import TrainSettings, train_direction
 
-    problem = _training_problem(device, upsample)
+    problem = training_problem(device, upsample)
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -162,13 +162,15 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
     A 2-step run first warms up (kernel selection, compilation), then ``steps`` steps are profiled.
     """
+    from dataclasses import replace
+
     from torch.profiler import ProfilerActivity, profile
 
     from .train import TrainSettings, train_direction
 
-    problem = _training_problem(device)
+    problem = training_problem(device)
     settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
-    train_direction(**problem, settings=TrainSettings(**{**settings.__dict__, "steps": 2}))
+    train_direction(**problem, settings=replace(settings, steps=2))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         train_direction(**problem, settings=settings)

@@ -130,8 +130,6 @@ def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str, advice: 
             if not is_out_of_memory(exc):
                 raise
             if size <= 1:
-                if isinstance(exc, DeviceMemoryError):
-                    raise
                 raise DeviceMemoryError(f"out of device memory while {what}, even one at a time. {advice}") from exc
         # outside the handler, so the failed attempt's tensors are already freed
         release()

@@ -277,14 +277,15 @@ def train_direction_fitting_memory(
     make_progress: Callable[[], Callable[[TrainProgress], None]] | None = None,
     on_retry: Callable[[int], None] | None = None,
     release: Callable[[], None] | None = None,
+    advice: str = "Use fewer source faces, --render-size 256, a +bf16 mode, or the CPU.",
     **kwargs: Any,
 ) -> TrainResult:
     """``train_direction``, started again with half as many faces per pass whenever the device runs
     out of memory, down to one: chunking is exact, so an 8 GB card gets the same direction, later.
 
     ``make_progress`` makes a fresh progress callback per attempt; ``on_retry`` hears each new chunk
-    size; ``release`` frees memory between attempts (default: the device cache). Other keyword
-    arguments go to ``train_direction``.
+    size; ``release`` frees memory between attempts (default: the device cache); ``advice`` ends the
+    error when even one face does not fit. Other keyword arguments go to ``train_direction``.
     """
     from .runtime import release_device_memory, retry_smaller_on_oom
 
@@ -295,8 +296,7 @@ def train_direction_fitting_memory(
         progress = make_progress() if make_progress is not None else None
         return train_direction(target, sources, generator, guide, init, chunked, progress=progress, **kwargs)
 
-    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count), "training",
-                                "Use fewer source faces, --render-size 256, a +bf16 mode, or the CPU.",
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count), "training", advice,
                                 release=release or release_device_memory, on_retry=on_retry)
 
 

@@ -202,13 +202,15 @@ def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]
             free_memory()
 
 
+OUT_OF_MEMORY_ADVICE = "Close other models (ComfyUI's 'Unload models'), or run ComfyUI with --cpu."
+
+
 def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
     """``run(size)``; on device out-of-memory, free ComfyUI's memory and retry with half the size,
     down to 1 (Essence's ``retry_smaller_on_oom`` with ComfyUI's advice and memory release)."""
     from ..essence.runtime import retry_smaller_on_oom as retry
 
-    return retry(run, size, what, "Close other models (ComfyUI's 'Unload models'), or run ComfyUI with --cpu.",
-                 release=free_memory)
+    return retry(run, size, what, OUT_OF_MEMORY_ADVICE, release=free_memory)
 
 
 # ----------------------------------------------------------------------------- progress

@@ -134,7 +134,8 @@ class EssenceTrain:
             target, sources.tensor, generator, guide, init=start, settings=settings,
             make_progress=lambda: _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps,
                                                      preview_every),
-            release=comfy.free_memory, should_stop=_interrupted, metadata={"init": note})
+            release=comfy.free_memory, advice=comfy.OUT_OF_MEMORY_ADVICE, should_stop=_interrupted,
+            metadata={"init": note})
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:

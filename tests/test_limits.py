@@ -264,3 +264,19 @@ def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixture
     generator.synthesize = real
     reference, _ = comfy_env.run("EssenceTrain", **{**inputs, "chunk_size": 1})
     assert torch.allclose(direction.tensor, reference.tensor, atol=1e-5)
+
+
+def test_train_node_that_cannot_fit_one_face_gives_comfyui_advice(comfy_env, fixtures: Path) -> None:
+    (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
+    (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
+    (latents,) = comfy_env.run("EssenceSampleLatents", generator=generator, count=2, seed=0, truncation=0.7)
+    real = generator.synthesize
+    generator.synthesize = _failing_above(real, 0)
+    target = torch.rand(1, 64, 64, 3)
+    try:
+        with pytest.raises(torch.OutOfMemoryError, match="even one at a time. Close other models .*Unload models"):
+            comfy_env.run("EssenceTrain", target=target, sources=latents, generator=generator, guide=guide, steps=2,
+                          lambda_transfer=1.0, lambda_consistency=0.5, seed=3, mode="fast", init="random",
+                          chunk_size=0, preview_every=5)
+    finally:
+        generator.synthesize = real
