@@ -8,7 +8,8 @@ users compare against the paper's directions:
   ``L_transfer = 1 - mean_i n(e_amp_i) . t`` and ``L_consistency = sum_{i != j} (1 - delta_i . delta_j)
   / (N^2 - N)`` with ``delta_i = n(n(e_src_i) - n(e_amp_i))``; loss = 1 * L_transfer + 0.5 * L_consistency;
 * Adam on ``d`` (lr 0.2, coupled weight decay 3e-3) with a cosine ramp-down and a linear warm-up whose
-  first step has lr 0; a *new* Adam (lr 0.2, weight decay 0.01) on the coefficients every step;
+  first step has lr 0; a *new* Adam (the run's base lr, without the schedule; weight decay 0.01) on the
+  coefficients every step, so changing ``lr`` changes both optimisers, as in the reference;
 * the direction kept is the one after the step whose pre-step loss was the lowest.
 
 Two exact paths give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
@@ -47,7 +48,7 @@ class TrainSettings:
     steps: int = 1000
     lr: float = 0.2
     weight_decay: float = 3e-3
-    coefficient_lr: float = 0.2
+    coefficient_lr: float | None = None  # None: the run's base ``lr``, as the reference does
     coefficient_weight_decay: float = 0.01
     lambda_transfer: float = 1.0
     lambda_consistency: float = 0.5
@@ -66,6 +67,10 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise EssenceError(f"steps must be at least 1, got {self.steps}.")
+        for name in ("lr", "weight_decay", "coefficient_lr", "coefficient_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise EssenceError(f"{name} must be a finite number of at least 0, got {value}.")
         if self.path not in ("official", "fast"):
             raise EssenceError(f"path must be 'official' or 'fast', got {self.path!r}.")
         if self.autocast not in (None, "bf16", "fp16"):
@@ -370,6 +375,7 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         return embed(sources[rows] + part)
 
     optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
+    coefficient_lr = s.lr if s.coefficient_lr is None else s.coefficient_lr
     cached_src = embed_sources() if s.path == "fast" else None
 
     best_loss = torch.full((), float("inf"), device=device)
@@ -384,7 +390,7 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         lr = learning_rate(step, s.steps, s.lr)
         optimizer.param_groups[0]["lr"] = lr
         # the reference builds a fresh Adam for the coefficients every step (its state resets)
-        coef_optimizer = (torch.optim.Adam([coefficients], lr=s.coefficient_lr,
+        coef_optimizer = (torch.optim.Adam([coefficients], lr=coefficient_lr,
                                            weight_decay=s.coefficient_weight_decay) if use_coefficients else None)
         e_src = embed_sources() if cached_src is None else cached_src
         optimizer.zero_grad(set_to_none=True)
@@ -417,7 +423,8 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         latent_space=asdict(LatentSpace.of_generator(generator)),
         generator_fingerprint=generator.fingerprint(),
         clip_model=guide.name,
-        hyperparameters={k: v for k, v in asdict(s).items() if k != "progress_every"},
+        hyperparameters={**{k: v for k, v in asdict(s).items() if k != "progress_every"},
+                         "coefficient_lr": coefficient_lr},
         sources=count,
         losses={"total": losses[best], "transfer": transfers[best], "consistency": consistencies[best],
                 "best_step": best, "steps": s.steps},
