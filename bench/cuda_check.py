@@ -65,7 +65,7 @@ def _check(fixtures: Path, device: str, tf32: bool) -> int:
     target = Image.open(fixtures / "face_a.jpg")
     run = lambda **kw: train_direction(target, trace["sources"], generator, guide,  # noqa: E731
                                        init=trace["init_direction"], settings=TrainSettings(steps=40, **kw))
-    official = run(path="official")
+    official = run(loop="official")
     reference = trace["loss_per_step"]
     # TF32 keeps 10 mantissa bits: the losses of the first steps move by a few 1e-3 (H100: 1.9e-3)
     results.append(("official trace, steps 0-6 max loss error",

@@ -32,6 +32,7 @@ from .errors import (CorruptFileError, DirectionFileError, DownloadError, Essenc
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
+from .modes import TRAIN_MODES, TrainMode, train_mode
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
 from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
@@ -80,6 +81,7 @@ __all__ = [
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
     "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
+    "TRAIN_MODES", "TrainMode", "train_mode",
     "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
     "LatentSet", "load_latents", "save_latents", "sample_latents",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
+from .cli_directions import add_training_options
 from .download import fetch_weight
 from .errors import EssenceError
 from .weights import (
@@ -163,8 +164,7 @@ def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
                       help="target picture(s) (default: scikit-image's Chelsea the cat)")
     demo.add_argument("--out", type=Path, default=Path("output/demo"), help="output folder (default output/demo)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default 1000 on CUDA, 150 otherwise)")
-    demo.add_argument("--exact", action="store_true",
-                      help="full-size rendering during training even on a CPU (slow; the default on CUDA)")
+    add_training_options(demo, default_mode=None, default_text="fast on CUDA, fast+256px otherwise")
     demo.add_argument("--strengths", default="0.5,0.8,1.2", help="comma-separated strengths to show")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
@@ -187,7 +187,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     strengths = tuple(parse_floats(args.strengths, "--strengths"))
     options = DemoOptions(out_dir=args.out, photo=args.photo, targets=list(args.target), steps=args.steps,
-                          render_size=None if args.exact else 0, strengths=strengths, seed=args.seed,
+                          mode=args.mode, lr=args.lr, weight_decay=args.weight_decay, strengths=strengths, seed=args.seed,
                           device=args.device, generator=args.generator, encoder=args.encoder,
                           guide=args.guide, landmarks=args.landmarks)
     report = run_demo(options, make_progress=training_progress_bar)
@@ -371,7 +371,7 @@ def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                        help="sections (default: generator encoder train; 'quality' compares the approximate "
                             "training modes with the exact one and needs the weight files)")
     bench.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
-                       help="training modes to time (default: all; the compile modes on GPUs only)")
+                       help="training modes to time (default: all)")
     bench.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
                        help="batch sizes for the generator and encoder sections (default: 1 4 16 / 1 32 128 "
                             "on CUDA, 1 4 / 1 8 on the CPU)")

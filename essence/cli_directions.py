@@ -14,7 +14,8 @@ import torch
 
 from .direction import target_thumbnail
 from .errors import EssenceError
-from .train import INIT_CHOICES
+from .modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
+from .train import INIT_CHOICES, TrainSettings
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -29,6 +30,20 @@ def _add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, g
     if encoder:
         parser.add_argument("--encoder", help="e4e file (default: e4e_ffhq_encode.pt)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+
+
+def add_training_options(parser: argparse.ArgumentParser, default_mode: str | None = DEFAULT_MODE,
+                         default_text: str = DEFAULT_MODE) -> None:
+    """``--mode``, ``--lr`` and ``--weight-decay``: the options ``train`` and ``demo`` share."""
+    defaults = TrainSettings()
+    parser.add_argument("--mode", choices=list(TRAIN_MODES), default=default_mode,
+                        help=f"training mode (default: {default_text}). {modes_help()}")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help=f"learning rate of the direction and of the per-source coefficients (default "
+                             f"{defaults.lr:g}, as the official script)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help=f"the direction's L2 weight decay inside Adam (default {defaults.weight_decay:g}, "
+                             f"as the official script)")
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -67,8 +82,7 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
                    help="start from the e4e inversion of the target (auto: when it has a face) or a random latent")
-    p.add_argument("--mode", choices=["fast", "official", "fast+bf16", "fast+fp16"], default="fast",
-                   help="fast = same result as official, quicker; +bf16/+fp16 = approximate, quicker still")
+    add_training_options(p)
     p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
                    help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
     p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
@@ -76,10 +90,8 @@ def _add_train(subparsers: Subparsers) -> None:
                    help="re-run the generator's layers from this resolution up in the backward pass instead of "
                         "keeping them (e.g. 512: less memory, same result)")
     p.add_argument("--render-size", type=int, default=None,
-                   help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC activations (GPU tensor cores; same maths)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the render+CLIP path (same maths; "
-                   "compiling takes a while)")
+                   help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256); "
+                        "a mode's own size (+256px) cannot be changed")
     p.add_argument("--lambda-transfer", type=float, default=1.0)
     p.add_argument("--lambda-consistency", type=float, default=0.5)
     p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
@@ -89,17 +101,16 @@ def _add_train(subparsers: Subparsers) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import essence
-    from .train import TrainSettings, train_direction_fitting_memory
+    from .train import train_direction_fitting_memory
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
-    path, _, precision = args.mode.partition("+")
-    settings = TrainSettings(steps=args.steps, seed=args.seed, path=path, autocast=precision or None,
-                             clip_mode=args.clip_mode, chunk_size=args.chunk, render_size=args.render_size,
-                             recompute_from=args.recompute_from,
-                             channels_last=args.channels_last, compile=args.compile,
-                             lambda_transfer=args.lambda_transfer, lambda_consistency=args.lambda_consistency)
+    options = {"render_size": args.render_size} if args.render_size is not None else {}
+    settings = train_mode(args.mode).settings(
+        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
+        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
+        lambda_consistency=args.lambda_consistency, **options)
     generator = essence.load_generator(args.generator, device=args.device)
     guide = essence.load_guide(args.guide, device=args.device)
     targets = _open_targets(args.targets)

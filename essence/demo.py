@@ -5,9 +5,9 @@ target (scikit-image's Chelsea the cat, or ``--target``) -> TargetCLIP training 
 latent plus three sampled faces -> the essence direction -> applied to the photo at several strengths
 -> rendered -> pasted back into the photo -> one grid PNG, the direction file and a short report.
 
-On a GPU the training uses the paper's settings (1000 exact steps). On a CPU that would take hours,
-so the default there is a quick, approximate run (150 steps, CLIP fed the 256 px intermediate
-image); the report says which was used.
+On a GPU the training uses the paper's settings (1000 steps in the exact "fast" mode). On a CPU that
+would take hours, so the default there is a quick, approximate run (150 steps in the "fast+256px"
+mode: CLIP fed the 256 px intermediate image); the report says which was used.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import importlib.util
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,8 @@ from PIL import Image
 
 from .direction import target_thumbnail
 from .errors import EssenceError
+from .modes import TrainMode, train_mode
+from .train import TrainSettings
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
 PANEL = 256  # height of each picture in the grid
@@ -36,7 +38,9 @@ class DemoOptions:
     photo: Path | None = None  # default: scikit-image's astronaut
     targets: list[Path] = field(default_factory=list)  # default: scikit-image's Chelsea the cat
     steps: int | None = None  # default: 1000 on CUDA, 150 elsewhere
-    render_size: int | None = 0  # 0 = choose by device (None on CUDA, 256 elsewhere); None = full size
+    mode: str | None = None  # a training mode; default: "fast" on CUDA, "fast+256px" elsewhere
+    lr: float = TrainSettings.lr
+    weight_decay: float = TrainSettings.weight_decay
     strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     seed: int = 0
     device: str = "auto"
@@ -52,6 +56,7 @@ class DemoReport:
     targets: list[str]
     device: str
     steps: int
+    mode: str
     render_size: int | None
     init: str
     best_loss: float
@@ -64,8 +69,8 @@ class DemoReport:
 
     def text(self) -> str:
         lines = [f"Essence demo report", "", f"photo:    {self.photo}", f"target:   {', '.join(self.targets)}",
-                 f"device:   {self.device}", f"training: {self.steps} steps, "
-                 f"{'full-size rendering (exact)' if self.render_size is None else f'CLIP on the {self.render_size} px intermediate image (approximate)'}",
+                 f"device:   {self.device}", f"training: {self.steps} steps, {self.mode} mode, "
+                 f"{'full-size rendering' if self.render_size is None else f'CLIP on the {self.render_size} px intermediate image (approximate)'}",
                  f"start:    {self.init}",
                  f"losses:   total {self.best_loss:.4f} (transfer {self.transfer:.4f}, consistency {self.consistency:.4f})",
                  f"time:     training {self.train_seconds:.1f} s, whole demo {self.total_seconds:.1f} s",
@@ -102,7 +107,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     from .invert import invert
     from .paste import paste_back
     from .runtime import resolve_device
-    from .train import TrainSettings, initial_direction, train_direction_fitting_memory
+    from .train import initial_direction, train_direction_fitting_memory
 
     start = time.perf_counter()
     device = resolve_device(options.device)
@@ -111,15 +116,13 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     photo_path = options.photo or scikit_image_picture("astronaut.png")
     target_paths = options.targets or [scikit_image_picture("chelsea.png")]
     steps = options.steps or (1000 if device.type == "cuda" else 150)
-    render_size = options.render_size if options.render_size != 0 else (None if device.type == "cuda" else 256)
+    mode = train_mode(options.mode or ("fast" if device.type == "cuda" else "fast+256px"))
 
     _say(f"[1/5] Loading models on {device} ...")
     generator = essence.load_generator(options.generator, device=device)
     encoder = essence.load_encoder(options.encoder, device=device)
     guide = essence.load_guide(options.guide, device=device)
     landmarker = essence.load_landmarker(options.landmarks)
-    if render_size is not None and render_size >= generator.size:
-        render_size = None
 
     _say(f"[2/5] Aligning and inverting {photo_path.name} ...")
     photo = essence.load_image(photo_path)  # full resolution: the edits are pasted back into it
@@ -129,11 +132,12 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     targets = [essence.load_image(p) for p in target_paths]
     init, init_note = initial_direction("auto", targets[0], generator, encoder, landmarker)
+    settings = _demo_settings(mode, generator.size, device, steps=steps, seed=options.seed, lr=options.lr,
+                              weight_decay=options.weight_decay)
+    render_size = settings.render_size
     _say(f"[3/5] Training the essence of {', '.join(p.name for p in target_paths)}: {steps} steps, "
-         f"start: {init_note}" + ("" if render_size is None else f", approximate ({render_size} px CLIP path)"))
-    # on a CPU, full-size rendering one source at a time is both faster and 3.6x smaller (bench/train.py)
-    chunk = 1 if device.type != "cuda" and render_size is None else None
-    settings = TrainSettings(steps=steps, seed=options.seed, render_size=render_size, chunk_size=chunk)
+         f"{mode.name} mode, start: {init_note}"
+         + ("" if render_size is None else f", approximate ({render_size} px CLIP path)"))
     result = train_direction_fitting_memory(
         targets, sources, generator, guide, init=init, settings=settings,
         make_progress=(lambda: make_progress(steps)) if make_progress else None,
@@ -157,7 +161,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     terms = result.direction.meta["losses"]
     report = DemoReport(
         photo=str(photo_path), targets=[str(p) for p in target_paths], device=str(device), steps=steps,
-        render_size=render_size, init=init_note, best_loss=terms["total"], transfer=terms["transfer"],
+        mode=mode.name, render_size=render_size, init=init_note, best_loss=terms["total"], transfer=terms["transfer"],
         consistency=terms["consistency"], train_seconds=result.seconds,
         total_seconds=time.perf_counter() - start, peak_memory_mb=_peak_memory_mb(device),
         outputs={"grid": str(grid_path), "direction": str(direction_path), "report": str(out / "report.txt"),
@@ -165,6 +169,21 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     (out / "report.txt").write_text(report.text(), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
     return report
+
+
+def _demo_settings(mode: TrainMode, generator_size: int, device: torch.device, **fields) -> TrainSettings:
+    """The mode's settings, fitted to this generator and device.
+
+    A generator no larger than a ``+256px`` mode's size has no larger layers to skip: CLIP then sees
+    the full image, as in the exact mode. On a CPU, full-size rendering one source at a time is both
+    faster and 3.6x smaller (measured with ``python -m essence bench``), and the result is the same.
+    """
+    settings = mode.settings(**fields)
+    if settings.render_size is not None and settings.render_size >= generator_size:
+        settings = replace(settings, render_size=None)
+    if device.type != "cuda" and settings.render_size is None:
+        settings = replace(settings, chunk_size=1)
+    return settings
 
 
 def _fit(image: Image.Image, height: int = PANEL) -> Image.Image:

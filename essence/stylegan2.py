@@ -432,13 +432,12 @@ class StyleGAN2Generator(nn.Module):
         return noise
 
     def synthesize(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None,
-                   channels_last: bool = False, recompute_from: int | None = None) -> torch.Tensor:
+                   recompute_from: int | None = None) -> torch.Tensor:
         """W+ (or w) -> RGB image [B, 3, S, S], roughly in [-1, 1].
 
         ``noise="fixed"`` uses the stored noise buffers (TargetCLIP's ``randomize_noise=False``);
         ``"random"`` draws fresh noise. ``stop_at`` (a power of two below ``size``) returns the
         RGB skip output at that resolution and skips the layers above it: a cheaper, blurrier image.
-        ``channels_last`` keeps activations in NHWC layout, which GPU tensor cores prefer (same maths).
         ``recompute_from`` (a resolution): when gradients are taken, the layers making that
         resolution and above keep only their inputs and run again during the backward pass
         (activation checkpointing). The largest resolutions hold most of the activations, so this
@@ -453,8 +452,6 @@ class StyleGAN2Generator(nn.Module):
         noises = self._noise_list(noise)
         batch = wplus.shape[0]
         x = self.input(batch).to(wplus.dtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv1(x, wplus[:, 0], noises[0])
         skip = self.to_rgb1(x, wplus[:, 1])
         resolution = 4
@@ -478,9 +475,8 @@ class StyleGAN2Generator(nn.Module):
         return x, self.to_rgbs[level](x, w[:, 2], skip)
 
     def forward(self, latent: torch.Tensor, noise: NoiseSpec = "fixed", stop_at: int | None = None,
-                channels_last: bool = False, recompute_from: int | None = None) -> torch.Tensor:
-        return self.synthesize(latent, noise=noise, stop_at=stop_at, channels_last=channels_last,
-                               recompute_from=recompute_from)
+                recompute_from: int | None = None) -> torch.Tensor:
+        return self.synthesize(latent, noise=noise, stop_at=stop_at, recompute_from=recompute_from)
 
 
 # ----------------------------------------------------------------------------- loading

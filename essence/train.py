@@ -12,13 +12,12 @@ users compare against the paper's directions:
   coefficients every step, so changing ``lr`` changes both optimisers, as in the reference;
 * the direction kept is the one after the step whose pre-step loss was the lowest.
 
-Two exact paths give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
+Two exact loops give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
 reference does; ``"fast"`` computes it once (the sources never change) and keeps the loop free of
 host-device synchronisation (best-so-far tracking stays on the device). Approximations are separate,
 named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
-anyway), skipping the two most expensive resolutions. ``channels_last`` and ``compile`` change only
-how the same maths runs (memory layout; a compiled graph), for speed on GPUs. Two exact options
+anyway), skipping the two most expensive resolutions. Two exact options
 trade time for memory: ``chunk_size`` renders a few sources per pass, ``recompute_from`` re-runs the
 largest layers during the backward pass instead of keeping their activations.
 """
@@ -38,7 +37,7 @@ from .direction import Direction, LatentSpace, direction_metadata
 from .errors import EssenceError, ShapeError, TrainingCancelled
 from .stylegan2 import StyleGAN2Generator
 
-TrainPath = Literal["official", "fast"]
+TrainLoop = Literal["official", "fast"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class TrainSettings:
     lambda_transfer: float = 1.0
     lambda_consistency: float = 0.5
     clip_mode: GeneratedMode = "official"
-    path: TrainPath = "fast"
+    loop: TrainLoop = "fast"  # "official": E(G(w_i)) recomputed every step, as the reference; same result
     autocast: Literal["bf16", "fp16"] | None = None
     seed: int = 0
     random_init_truncation: float = 0.7
@@ -61,8 +60,6 @@ class TrainSettings:
     chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
     recompute_from: int | None = None  # layers at this resolution and up re-run in backward: less memory, same result
     render_size: int | None = None  # approximation: CLIP sees the generator's intermediate RGB at this size
-    channels_last: bool = False  # NHWC activations (GPU tensor cores); same maths
-    compile: bool = False  # torch.compile the render+embed path; same maths, float rounding may differ
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -71,8 +68,8 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise EssenceError(f"{name} must be a finite number of at least 0, got {value}.")
-        if self.path not in ("official", "fast"):
-            raise EssenceError(f"path must be 'official' or 'fast', got {self.path!r}.")
+        if self.loop not in ("official", "fast"):
+            raise EssenceError(f"loop must be 'official' or 'fast', got {self.loop!r}.")
         if self.autocast not in (None, "bf16", "fp16"):
             raise EssenceError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}.")
         if self.clip_mode not in ("official", "normalized"):
@@ -356,27 +353,24 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         # reduced precision for the generator only: the consistency loss compares nearly equal
         # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
         with autocast_for(device, s.autocast):
-            images = generator.synthesize(latents, stop_at=s.render_size, channels_last=s.channels_last,
-                                          recompute_from=s.recompute_from)
+            images = generator.synthesize(latents, stop_at=s.render_size, recompute_from=s.recompute_from)
         return guide.embed_generated(images.float(), mode=s.clip_mode).float()
-
-    embed = torch.compile(render_and_embed, dynamic=False) if s.compile else render_and_embed
 
     def embed_sources() -> torch.Tensor:
         step = s.chunk_size or count
         with torch.no_grad():
-            return torch.cat([embed(part) for part in sources.split(step)])
+            return torch.cat([render_and_embed(part) for part in sources.split(step)])
 
     direction = init.clone().requires_grad_(True)
     coefficients = torch.ones(count, device=device, requires_grad=use_coefficients)
 
     def edited(rows: slice) -> torch.Tensor:
         part = direction * coefficients[rows, None, None] if use_coefficients else direction
-        return embed(sources[rows] + part)
+        return render_and_embed(sources[rows] + part)
 
     optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
     coefficient_lr = s.lr if s.coefficient_lr is None else s.coefficient_lr
-    cached_src = embed_sources() if s.path == "fast" else None
+    cached_src = embed_sources() if s.loop == "fast" else None
 
     best_loss = torch.full((), float("inf"), device=device)
     best_direction = direction.detach().clone()

@@ -15,12 +15,12 @@ into an exception. It is checked every step and on every progress update; the ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from .. import essence
+from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
 from ..essence.train import initial_direction as library_initial_direction
 from . import comfy
@@ -33,22 +33,8 @@ CATEGORY = "essence/train"
 PREVIEW_FACES = 4        # sources shown in the progress preview
 PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (cheap)
 PROGRESS_UPDATES = 200   # at most this many progress reports (each one synchronises the GPU)
+DEFAULTS = TrainSettings()  # the official hyperparameters, the inputs' defaults
 
-
-@dataclass(frozen=True)
-class Mode:
-    """One entry of the training 'mode' dropdown."""
-
-    path: str
-    autocast: str | None
-    help: str
-
-
-MODES: dict[str, Mode] = {
-    "fast": Mode("fast", None, "exact: same result as the official loop, source embeddings computed once"),
-    "official": Mode("official", None, "the official loop step for step (recomputes everything; slower)"),
-    "fast+bf16": Mode("fast", "bf16", "approximate: generator and CLIP in bfloat16 (faster on recent GPUs)"),
-}
 
 # How the direction starts. The official code starts from the e4e inversion of the target (its
 # absolute W+ code) and falls back to a random latent when the target has no face.
@@ -76,7 +62,6 @@ class EssenceTrain:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        mode_help = "; ".join(f"{name}: {mode.help}" for name, mode in MODES.items())
         return {
             "required": {
                 "target": link("IMAGE", "Picture(s) of the target; a batch of several pictures of the same "
@@ -89,7 +74,7 @@ class EssenceTrain:
                 "lambda_consistency": number(0.5, 0.0, 10.0, "Weight of 'change every face the same way' "
                                              "(official: 0.5); 0 turns it off.", 0.05),
                 "seed": seed("Seed of the random starting direction and of the optimisation."),
-                "mode": choice(list(MODES), mode_help, "fast"),
+                "mode": choice(list(TRAIN_MODES), modes_help(), DEFAULT_MODE),
                 "init": choice(list(INITS), "Starting direction: " + "; ".join(
                     f"{name} = {help}" for name, help in INITS.items()) + ".", "auto"),
                 "chunk_size": integer(0, 0, 64, "Faces rendered per pass: 0 = all at once; smaller uses less "
@@ -105,6 +90,10 @@ class EssenceTrain:
                                 "target's own latent, as TargetCLIP does)."),
                 "landmarks": link(T.LANDMARKS, "dlib's landmark model, to align the target for the inversion "
                                   "(default: found automatically, as Load Landmark Model's 'auto')."),
+                "lr": number(DEFAULTS.lr, 0.0, 10.0, "Learning rate of the direction and of the per-source "
+                             "coefficients (official: 0.2).", 0.001),
+                "weight_decay": number(DEFAULTS.weight_decay, 0.0, 1.0, "L2 weight decay of the direction "
+                                       "(official: 0.003).", 0.0001),
             },
         }
 
@@ -112,14 +101,12 @@ class EssenceTrain:
               guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
-              landmarks: essence.FaceLandmarker | None = None) -> tuple[essence.Direction, torch.Tensor]:
-        if mode not in MODES:
-            raise essence.EssenceError(f"unknown training mode {mode!r}; choose one of {', '.join(MODES)}.")
-        settings = TrainSettings(
+              landmarks: essence.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
+              weight_decay: float = DEFAULTS.weight_decay) -> tuple[essence.Direction, torch.Tensor]:
+        settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
-            clip_mode=clip_preprocessing, path=MODES[mode].path, autocast=MODES[mode].autocast,
-            seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
-            chunk_size=chunk_size or None)
+            clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
+            chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         start, note = initial_direction(init, target, generator, encoder, landmarks)
         with comfy.models_on_compute_device(generator, guide):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)

@@ -43,6 +43,36 @@ def test_train_inverts_a_target_with_a_face_and_writes_a_direction(fixtures, tmp
     assert "Saved" in stdout and "best loss" in stdout
 
 
+def test_train_takes_the_official_scripts_learning_rate_and_weight_decay(fixtures, tmp_path, tiny_models, capsys):
+    out = tmp_path / "a.safetensors"
+    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+                              "--init", "random", "--lr", "0.1", "--weight-decay", "0.01", *tiny_models], capsys)
+    assert code == 0, stdout
+    settings = essence.load_direction(out).meta["hyperparameters"]
+    assert (settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (0.1, 0.1, 0.01)
+    defaults = {action.dest: action.default for action in _train_parser()._actions}
+    assert (defaults["lr"], defaults["weight_decay"]) == (0.2, 0.003)  # the official script's
+
+
+def _train_parser():
+    return cli.build_parser()._subparsers._group_actions[0].choices["train"]
+
+
+def test_train_modes_are_the_librarys_and_a_mode_keeps_its_own_render_size(fixtures, tmp_path, tiny_models,
+                                                                          capsys):
+    mode = next(action for action in _train_parser()._actions if action.dest == "mode")
+    assert mode.choices == list(essence.TRAIN_MODES) and mode.default == "fast"
+    out = tmp_path / "a.safetensors"
+    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+                           "--init", "random", "--mode", "fast+256px", "--render-size", "32", *tiny_models], capsys)
+    assert code == 2 and "'fast+256px' sets render_size itself" in err and not out.exists()
+    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+                           "--init", "random", "--mode", "fast+bf16", "--render-size", "32", *tiny_models], capsys)
+    assert code == 0, err
+    settings = essence.load_direction(out).meta["hyperparameters"]
+    assert (settings["loop"], settings["autocast"], settings["render_size"]) == ("fast", "bf16", 32)
+
+
 def test_train_falls_back_to_random_init_when_the_target_has_no_face(fixtures, tmp_path, tiny_models, capsys):
     out = tmp_path / "elsa.safetensors"
     code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",

@@ -41,6 +41,8 @@ def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_models, cap
     assert direction.meta["hyperparameters"]["steps"] == 3
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 3 and report["best_loss"] > 0 and report["peak_memory_mb"] > 0
+    # on a CPU the default mode is the 256 px one; a 64 px generator has nothing above 256 px to skip
+    assert report["mode"] == "fast+256px" and report["render_size"] is None
     assert "losses:" in (out / "report.txt").read_text()
     grid = Image.open(out / "grid.png")
     assert grid.height > 256 and grid.width > 5 * 256  # target, photo, reconstruction, 3 strengths
@@ -49,10 +51,14 @@ def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_models, cap
 def test_demo_with_a_face_target_starts_from_its_inversion(tmp_path, tiny_models, fixtures, capsys):
     out = tmp_path / "demo"
     code = cli.main(["demo", "--out", str(out), "--steps", "2", "--photo", str(fixtures / "photos" / "keanu.jpg"),
-                     "--target", str(fixtures / "face_a.jpg"), "--strengths", "1", *tiny_models])
+                     "--target", str(fixtures / "face_a.jpg"), "--strengths", "1", "--mode", "official",
+                     "--lr", "0.1", "--weight-decay", "0.01", *tiny_models])
     assert code == 0
     direction = essence.load_direction(out / "face_a.safetensors")
     assert direction.meta["init"] == "e4e inversion of the target"
+    settings = direction.meta["hyperparameters"]
+    assert (settings["loop"], settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (
+        "official", 0.1, 0.1, 0.01)
     grid = Image.open(out / "grid.png")
     assert grid.height == 256 + 20 + 2 * 4 and grid.width > 3 * 256  # target, photo, reconstruction, 1 edit
 

@@ -340,3 +340,16 @@ def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):
     direction, preview = train(comfy_env, generator, guide, fixtures, steps=3, mode="fast+bf16")
     assert direction.meta["hyperparameters"]["autocast"] == "bf16"
     assert torch.isfinite(direction.tensor).all() and torch.isfinite(preview).all()
+
+
+def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inputs(comfy_env, models, fixtures):
+    from essence.modes import TRAIN_MODES
+
+    generator, guide = models
+    spec = comfy_env.node("EssenceTrain").INPUT_TYPES()
+    assert spec["required"]["mode"][0] == list(TRAIN_MODES)
+    assert all(f"{name} (" in spec["required"]["mode"][1]["tooltip"] for name in TRAIN_MODES)
+    assert spec["optional"]["lr"][1]["default"] == 0.2 and spec["optional"]["weight_decay"][1]["default"] == 0.003
+    direction, _ = train(comfy_env, generator, guide, fixtures, steps=2, lr=0.1, weight_decay=0.01)
+    settings = direction.meta["hyperparameters"]
+    assert (settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (0.1, 0.1, 0.01)

@@ -37,10 +37,10 @@ def target(fixtures):
 def official_run(models, trace, target):
     generator, guide = models
     return train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                           settings=TrainSettings(steps=40, path="official"))
+                           settings=TrainSettings(steps=40, loop="official"))
 
 
-def test_official_path_reproduces_the_reference_trace(official_run, trace):
+def test_official_loop_reproduces_the_reference_trace(official_run, trace):
     assert_follows_reference(official_run, trace)
 
 
@@ -77,10 +77,10 @@ def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
     assert official_run.direction.meta["losses"]["best_step"] == official_run.best_step
 
 
-def test_fast_path_gives_the_same_losses_as_official(official_run, models, trace, target):
+def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, target):
     generator, guide = models
     fast = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                           settings=TrainSettings(steps=40, path="fast"))
+                           settings=TrainSettings(steps=40, loop="fast"))
     assert fast.losses == pytest.approx(official_run.losses, abs=1e-6)
     assert torch.allclose(fast.direction.tensor, official_run.direction.tensor, atol=1e-5)
 
@@ -262,17 +262,6 @@ def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, targ
                         settings=TrainSettings(steps=1, render_size=16))
 
 
-def test_channels_last_option_gives_the_same_training(models, trace, target):
-    generator, guide = models
-    settings = dict(steps=4)
-    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TrainSettings(**settings))
-    nhwc = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                           settings=TrainSettings(**settings, channels_last=True))
-    assert nhwc.losses == pytest.approx(exact.losses, abs=1e-5)
-    assert nhwc.direction.meta["hyperparameters"]["channels_last"] is True
-
-
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, target, resolution):
     generator, guide = models
@@ -316,3 +305,35 @@ def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace
     assert retries == [2] and len(bars) == 2 and released == [1]
     assert result.losses == expected.losses
     assert torch.equal(result.direction.tensor, expected.direction.tensor)
+
+
+def test_every_training_mode_is_valid_and_labelled_exact_only_when_it_is():
+    from essence.modes import TRAIN_MODES, train_mode
+
+    assert list(TRAIN_MODES)[:2] == ["fast", "official"]
+    for mode in TRAIN_MODES.values():
+        settings = mode.settings(steps=3, lr=0.1)
+        assert settings.steps == 3 and settings.lr == 0.1
+        assert mode.exact == (settings.autocast is None and settings.render_size is None), mode.name
+    with pytest.raises(essence.EssenceError, match="'official' sets loop itself"):
+        train_mode("official").settings(loop="fast")
+    with pytest.raises(essence.EssenceError, match=r"unknown training mode 'fastest'; choose one of fast, official"):
+        train_mode("fastest")
+
+
+def test_reduced_precision_modes_keep_clip_in_float32_as_their_help_says(models, trace, target):
+    from essence.modes import TRAIN_MODES
+
+    generator, guide = models
+    seen: set[torch.dtype] = set()
+    linears = [m for m in guide.modules() if isinstance(m, torch.nn.Linear)]
+    handles = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in linears]
+    try:
+        for name in ("fast+bf16", "fast+fp16"):
+            assert "CLIP stays float32" in TRAIN_MODES[name].help
+            train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+                            settings=TRAIN_MODES[name].settings(steps=1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert linears and seen == {torch.float32}
