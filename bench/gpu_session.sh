@@ -6,8 +6,7 @@
 # Order = what matters most if time runs out: the fixtures on CUDA, the generator and e4e throughput,
 # the training modes, the baseline side by side (BASELINE_DIR holds an older checkout's `essence/`
 # and `weights/manifest.json`), the profiler's table of a fast step, the CUDA-graph experiment
-# (bench/graph_step.py), and last the torch.compile modes, whose compilation took over 150 s on an
-# H100 machine. Each section writes into OUTDIR.
+# (bench/graph_step.py). Each section writes into OUTDIR.
 set -u
 out=${1:-output/gpu}
 fixtures=${2:-../shared/fixtures}
@@ -48,4 +47,3 @@ for options in "" "--render-size 256"; do
     "$py" bench/graph_step.py $options 2>&1 | grep -v Warning | tee -a "$out/graph_step.txt"
 done
 
-bench --only train --modes fast+compile fast+compile+bf16 --job-timeout 300 --json "$out/train_compile.json"

@@ -28,21 +28,14 @@ from typing import Callable
 
 import torch
 
-TRAIN_MODES = {  # name: TrainSettings overrides
-    "official": {"path": "official"},
-    "fast": {},
+from .modes import TRAIN_MODES as LIBRARY_MODES
+
+TRAIN_MODES = {  # name: TrainSettings overrides; the library's training modes, then memory options of "fast"
+    **{name: dict(mode.overrides) for name, mode in LIBRARY_MODES.items()},
     "fast+chunk1": {"chunk_size": 1},
     "fast+chunk2": {"chunk_size": 2},
     "fast+recompute512": {"recompute_from": 512},
-    "fast+bf16": {"autocast": "bf16"},
-    "fast+256px": {"render_size": 256},
-    "fast+bf16+256px": {"autocast": "bf16", "render_size": 256},
-    "fast+channels_last": {"channels_last": True},
-    "fast+compile": {"compile": True},
-    "fast+compile+bf16": {"compile": True, "autocast": "bf16"},
 }
-# compiling the full-size graph on a CPU takes longer than the run
-GPU_ONLY_MODES = tuple(name for name in TRAIN_MODES if "compile" in name)
 DEFAULT_BATCHES = {"generator": {"cpu": [1, 4], "cuda": [1, 4, 16]}, "encoder": {"cpu": [1, 8], "cuda": [1, 32, 128]}}
 
 
@@ -201,7 +194,7 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
         jobs += [{"kind": "encoder", "batch": b, "dtype": d}
                  for d in dtypes for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
     if "train" in sections:
-        chosen = modes or [m for m in TRAIN_MODES if cuda or m not in GPU_ONLY_MODES]
+        chosen = modes or list(TRAIN_MODES)
         jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
     return jobs
 
@@ -282,13 +275,13 @@ def _package_root() -> str:
 
 
 def quality_modes(generator) -> dict[str, dict]:
-    """TrainSettings overrides per mode; the low-resolution path uses 256 px, or half the size of a
-    generator that small."""
+    """TrainSettings overrides per training mode, then chunk 1 (exact, in another order); the
+    +256px modes use half the size of a generator no larger than 256 px."""
     low = 256 if generator.size > 256 else generator.size // 2
-    return {"fast (exact)": {}, "official": {"path": "official"}, "fast+chunk1": {"chunk_size": 1},
-            "fast+channels_last": {"channels_last": True}, "fast+compile": {"compile": True},
-            "fast+bf16": {"autocast": "bf16"}, "fast+fp16": {"autocast": "fp16"},
-            f"fast+{low}px": {"render_size": low}}
+    modes = {name.replace("256px", f"{low}px"): {**mode.overrides, **({"render_size": low} if "render_size" in
+                                                                      mode.overrides else {})}
+             for name, mode in LIBRARY_MODES.items()}
+    return {**modes, "fast+chunk1": {"chunk_size": 1}}
 
 
 def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
