@@ -8,12 +8,13 @@ presets follow StyleGAN's usual split: for the 18-row FFHQ space, rows 0-3 coars
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .direction import Direction, direction_metadata
-from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError
+from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError, require_finite
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -35,10 +36,12 @@ def layer_mask(n_latent: int, preset: str = "all") -> torch.Tensor:
 def layer_strengths(n_latent: int, strength: Strength = 1.0, layers: str = "all") -> torch.Tensor:
     """Per-row strengths [n_latent]: a scalar spread over a preset's rows, or a full vector."""
     if isinstance(strength, (int, float)):
+        require_finite(float(strength), "the strength")
         return float(strength) * layer_mask(n_latent, layers)
     vector = torch.as_tensor(strength, dtype=torch.float32).flatten()
     if vector.numel() != n_latent:
         raise ShapeError(f"per-layer strengths need one value per W+ row ({n_latent}), got {vector.numel()}.")
+    require_finite(vector, "the per-layer strengths")
     return vector * layer_mask(n_latent, layers)
 
 
@@ -53,6 +56,9 @@ def apply_direction(wplus: torch.Tensor, direction: Direction | torch.Tensor, st
         raise IncompatibleLatentSpaceError(
             f"{name!r} is [1, {tensor.shape[1]}, {tensor.shape[2]}] but the latents are {list(wplus.shape)}; "
             f"they must share the W+ rows and width (e.g. [batch, 18, 512]).")
+    require_finite(batch, "the latents", fix="Invert or sample those faces again.")
+    if not isinstance(direction, Direction):  # a Direction is checked when it is made
+        require_finite(tensor, "the direction")
     alpha = layer_strengths(tensor.shape[1], strength, layers).to(batch.device, batch.dtype)
     edited = batch + alpha[None, :, None] * tensor.to(batch.device, batch.dtype)
     return edited[0] if squeeze else edited
@@ -66,6 +72,9 @@ def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | N
     weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
     if len(weights) != len(directions):
         raise EssenceError(f"got {len(directions)} directions but {len(weights)} weights.")
+    for direction, weight in zip(directions, weights):
+        if not math.isfinite(weight):
+            raise EssenceError(f"the mix weight of {direction.name!r} is {weight}; mix weights must be finite numbers.")
     first = directions[0]
     for other in directions[1:]:
         if other.tensor.shape != first.tensor.shape:
@@ -95,6 +104,7 @@ def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengt
     from .runtime import run_in_chunks_on_oom
 
     direction.check_fits(generator)
+    require_finite(list(strengths), "the strengths")
     wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
     edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
     return torch.cat(run_in_chunks_on_oom(generator.synthesize, edits, batch_size,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .cli_directions import add_training_options
 from .download import fetch_weight
-from .errors import EssenceError
+from .errors import EssenceError, EssenceWarning
 from .weights import (
     FETCH_COMMAND,
     WeightSpec,
@@ -52,13 +53,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EssenceWarning)
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return handler(args)
     except EssenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
+    """Show Essence's own warnings as ``warning: <message>`` (no file and line: they are about the
+    user's input); other warnings as before."""
+    def show(message, category, *args, **kwargs) -> None:
+        if issubclass(category, EssenceWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            others(message, category, *args, **kwargs)
+
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +203,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     strengths = tuple(parse_floats(args.strengths, "--strengths"))
     options = DemoOptions(out_dir=args.out, photo=args.photo, targets=list(args.target), steps=args.steps,
-                          mode=args.mode, lr=args.lr, weight_decay=args.weight_decay, strengths=strengths, seed=args.seed,
-                          device=args.device, generator=args.generator, encoder=args.encoder,
+                          mode=args.mode, lr=args.lr, weight_decay=args.weight_decay, strengths=strengths,
+                          seed=args.seed, device=args.device, generator=args.generator, encoder=args.encoder,
                           guide=args.guide, landmarks=args.landmarks)
     report = run_demo(options, make_progress=training_progress_bar)
     print()

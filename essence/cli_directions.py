@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,12 @@ def add_training_options(parser: argparse.ArgumentParser, default_mode: str | No
 
 def parse_floats(text: str, what: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise EssenceError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+    if not all(math.isfinite(v) for v in values):
+        raise EssenceError(f"{what} must be finite numbers, got {text!r}.")
+    return values
 
 
 def load_source_latents(path: str | Path, generator=None) -> torch.Tensor:
@@ -234,6 +238,8 @@ def _weighted(spec: str):
         value = float(weight)
     except ValueError:
         raise EssenceError(f"{spec!r}: the weight after ':' must be a number.") from None
+    if not math.isfinite(value):
+        raise EssenceError(f"{spec!r}: the weight after ':' must be a finite number.")
     return essence.load_direction(path), value
 
 

@@ -12,6 +12,7 @@ usable or refused with a reason.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DirectionFileError, IncompatibleLatentSpaceError
+from .errors import DirectionFileError, EssenceWarning, IncompatibleLatentSpaceError
 from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
 DEFAULT_STRENGTH_RANGE = (0.5, 1.2)  # the paper's usual range; its evaluation used 1.2
 FFHQ_RESOLUTION = 1024
+# The 19 directions published with TargetCLIP have a root-mean-square of 0.067-0.139 per W+ value
+# (norms 6.4-13.4 over 18 x 512); W+ latents themselves are about 0.5. A direction above this RMS
+# (70 times the largest published one) moves every face far outside what the generator has seen.
+IMPLAUSIBLE_RMS = 10.0
 LICENCE_NOTE = ("Trained against the StyleGAN2 FFHQ generator (NVIDIA Source Code License-NC): "
                 "use for non-commercial purposes only.")
 
@@ -57,6 +62,7 @@ class Direction:
 
     def __post_init__(self) -> None:
         self.tensor = _validated_tensor(self.tensor, "direction")
+        _warn_if_implausible(self.tensor, self.name)
 
     @property
     def space(self) -> LatentSpace:
@@ -150,6 +156,17 @@ def _validated_tensor(tensor: Any, what: str) -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise DirectionFileError(f"the {what} contains NaN or infinite values; it cannot be applied.")
     return tensor.detach().float()
+
+
+def _warn_if_implausible(tensor: torch.Tensor, name: str) -> None:
+    """Warn about a direction far larger than any trained one (a damaged file, a runaway mix)."""
+    rms = float(tensor.double().square().mean().sqrt())  # float64: 1e30 squared overflows float32
+    if rms > IMPLAUSIBLE_RMS:
+        warnings.warn(EssenceWarning(
+            f"direction {name!r} is implausibly large: {rms:.3g} root-mean-square per W+ value (norm "
+            f"{float(tensor.double().norm()):.3g}), where trained directions are about 0.07-0.14 and anything "
+            f"above {IMPLAUSIBLE_RMS:g} pushes faces far outside the generator's range. Check the file, the mix "
+            f"weights or the training settings."), stacklevel=4)
 
 
 def target_thumbnail(image: Any, size: int = 128) -> torch.Tensor:

@@ -7,6 +7,8 @@ wrong shape) is one of these, so callers (the CLI, the ComfyUI nodes, scripts) c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -75,3 +77,33 @@ class DeviceMemoryError(EssenceError, torch.OutOfMemoryError):
 
     Also a ``torch.OutOfMemoryError``, so callers that retry smaller on out-of-memory (the ComfyUI
     nodes) still recognise it."""
+
+
+class EssenceWarning(UserWarning):
+    """Something is probably wrong but not certainly (e.g. a direction far larger than any trained
+    one); the CLI prints it as ``warning: <message>``."""
+
+
+def require_finite(values: Any, what: str, error: type[EssenceError] = EssenceError, fix: str = "") -> None:
+    """Refuse NaN or infinite numbers, naming the input (and, for a batch, the rows that hold them).
+
+    One NaN in a latent, a strength or a weight silently turns every image it touches black and
+    every loss it touches into NaN; stopping at the input says where it came from.
+    """
+    tensor = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=torch.float64)
+    bad = ~torch.isfinite(tensor)
+    if not bool(bad.any()):
+        return
+    if tensor.ndim == 0:
+        where = f" ({tensor.item()})"
+    elif tensor.ndim == 1:
+        entries = bad.nonzero().flatten().tolist()
+        where = " (" + _listed([f"entry {i} = {tensor[i].item()}" for i in entries]) + ")"
+    else:
+        rows = bad.reshape(tensor.shape[0], -1).any(1).nonzero().flatten().tolist()
+        where = f" (row{'s' if len(rows) > 1 else ''} " + _listed([str(r) for r in rows]) + ")"
+    raise error(f"NaN or infinite values in {what}{where}." + (f" {fix}" if fix else ""))
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")

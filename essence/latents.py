@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError
+from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError, require_finite
 from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
 
 FORMAT_NAME = "essence.latents"
@@ -131,8 +131,7 @@ def validated_latents(latents: Any) -> torch.Tensor:
         raise LatentFileError(f"latents must have shape [count, n_latent, style_dim] (e.g. [4, 18, 512]), "
                               f"got {list(latents.shape)}.")
     latents = latents.detach().float().cpu()
-    if not torch.isfinite(latents).all():
-        raise LatentFileError("latents contain NaN or infinite values.")
+    require_finite(latents, "the latents", LatentFileError, "Invert or sample those faces again.")
     return latents
 
 

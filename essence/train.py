@@ -34,7 +34,7 @@ import torch
 
 from .clip_guide import ClipGuide, GeneratedMode, to_unit
 from .direction import Direction, LatentSpace, direction_metadata
-from .errors import EssenceError, ShapeError, TrainingCancelled
+from .errors import EssenceError, ShapeError, TrainingCancelled, require_finite
 from .stylegan2 import StyleGAN2Generator
 
 TrainLoop = Literal["official", "fast"]
@@ -68,6 +68,9 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise EssenceError(f"{name} must be a finite number of at least 0, got {value}.")
+        for name in ("lambda_transfer", "lambda_consistency"):
+            if not math.isfinite(getattr(self, name)):
+                raise EssenceError(f"{name} must be a finite number, got {getattr(self, name)}.")
         if self.loop not in ("official", "fast"):
             raise EssenceError(f"loop must be 'official' or 'fast', got {self.loop!r}.")
         if self.autocast not in (None, "bf16", "fp16"):
@@ -203,6 +206,8 @@ def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN
                          f"got {list(sources.shape)}.")
     if init.shape != (1, n, d):
         raise ShapeError(f"the initial direction must be [1, {n}, {d}], got {list(init.shape)}.")
+    require_finite(sources, "the source latents", fix="Invert or sample those faces again.")
+    require_finite(init, "the initial direction")
     sizes = [r for r, _ in generator.config.channels if r >= 32]
     for name in ("render_size", "recompute_from"):
         value = getattr(settings, name)
@@ -256,6 +261,7 @@ def train_direction(
         init_ = init.detach().clone().to(device, torch.float32)
         _check_inputs(sources_, init_, generator, settings)
         if target_embedding_override is not None:
+            require_finite(target_embedding_override, "the target embedding")
             target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
         else:
             target_ = target_embedding(guide, target).clone().to(device)
