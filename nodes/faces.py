@@ -24,7 +24,7 @@ from ..essence.images import pil_to_comfy
 from ..essence.invert import encoder_fingerprint, invert
 from ..essence.latents import resolution_for
 from ..essence.paste import MAX_FEATHER, paste_back
-from . import comfy
+from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
 
@@ -56,10 +56,10 @@ def align_batch(images: torch.Tensor, face_index: int, no_face: str,
     batch image, or (``no_face='skip'``) leaves the photo out; if no photo has a face it raises.
     """
     count = int(images.shape[0])
-    bar = comfy.Progress(count)
+    bar = host.Progress(count)
     chosen: list[tuple[int, Any]] = []
     for i in range(count):
-        comfy.check_interrupt()
+        host.check_interrupt()
         where = f"image {i + 1} of {count} in the batch ({images.shape[2]}x{images.shape[1]})"
         try:
             faces = align_one(images[i], face_index > 0)
@@ -116,7 +116,7 @@ class EssenceAlignFace:
               no_face: str = "error") -> tuple[torch.Tensor, T.EssenceAlignment]:
         chosen = align_batch(images, face_index, no_face,
                              lambda photo, every: align_faces(photo, int(size), landmarks=landmarks, all_faces=every))
-        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(comfy.intermediate_device())
+        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(host.intermediate_device())
         alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
         return aligned, alignment
 
@@ -150,7 +150,7 @@ class EssenceInvertFace:
 
     def invert(self, encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
                face_index: int, no_face: str = "error") -> tuple[T.EssenceLatent, torch.Tensor, T.EssenceAlignment]:
-        with comfy.models_on_compute_device(encoder):
+        with host.models_on_compute_device(encoder):
             chosen = align_batch(images, face_index, no_face, lambda photo, every: _rows(
                 invert(photo, encoder, landmarks=landmarks, all_faces=every)))
         latents = torch.stack([latent for _, (_, latent, _) in chosen])
@@ -158,7 +158,7 @@ class EssenceInvertFace:
         space = {"n_latent": encoder.n_latent, "style_dim": encoder.config.style_dim,
                  "resolution": resolution_for(encoder.n_latent)}
         meta = {"latent_space": space, "encoder": {"fingerprint": encoder_fingerprint(encoder)}}
-        aligned = pil_to_comfy([face.crop for _, (face, _, _) in chosen]).to(comfy.intermediate_device())
+        aligned = pil_to_comfy([face.crop for _, (face, _, _) in chosen]).to(host.intermediate_device())
         alignment = T.EssenceAlignment(tuple(placement(i, face) for i, (face, _, _) in chosen), int(images.shape[0]))
         return T.EssenceLatent.create(latents, sources, meta), aligned, alignment
 
@@ -196,9 +196,9 @@ class EssencePasteBack:
         _check_batches(photos, faces, alignment)
         out = photos[..., :3].float().clone()
         for face, place in zip(faces, alignment.faces):
-            comfy.check_interrupt()
+            host.check_interrupt()
             out[place.photo_index] = paste_back(out[place.photo_index], face[..., :3], place.transform, feather)
-        return (out.to(comfy.intermediate_device()),)
+        return (out.to(host.intermediate_device()),)
 
 
 def _check_batches(photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment) -> None:

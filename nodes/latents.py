@@ -12,7 +12,7 @@ from typing import Any
 from .. import essence
 from ..essence.apply import LAYER_PRESETS, apply_direction
 from ..essence.direction import LatentSpace
-from . import comfy
+from . import host
 from . import types as T
 from .inputs import choice, integer, link, number, seed
 
@@ -54,7 +54,7 @@ class EssenceSampleLatents:
 
     def sample(self, generator: essence.StyleGAN2Generator, count: int, seed: int,
                truncation: float) -> tuple[T.EssenceLatent]:
-        with comfy.models_on_compute_device(generator):
+        with host.models_on_compute_device(generator):
             wplus = generator.sample_wplus(count, seed=seed, truncation=truncation)
         sources = [{"kind": "sample", "seed": seed, "row": i, "truncation": truncation} for i in range(count)]
         return (T.EssenceLatent.create(wplus, sources, batch_meta(generator)),)

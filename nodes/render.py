@@ -8,7 +8,7 @@ import torch
 
 from .. import essence
 from ..essence.apply import image_grid, strength_sweep
-from . import comfy
+from . import host
 from . import types as T
 from .convert import grid_to_comfy_image, to_comfy_image
 from .inputs import choice, integer, link, number
@@ -33,12 +33,12 @@ def synthesize(generator: essence.StyleGAN2Generator, wplus: torch.Tensor, stop:
     def run(batch: int) -> torch.Tensor:
         parts = []
         for chunk in wplus.split(batch):
-            comfy.check_interrupt()
+            host.check_interrupt()
             parts.append(generator.synthesize(chunk.to(device), stop_at=stop).float().cpu())
         return torch.cat(parts)
 
     with torch.no_grad():
-        return comfy.retry_smaller_on_oom(run, BATCH, "rendering faces")
+        return host.retry_smaller_on_oom(run, BATCH, "rendering faces")
 
 
 class EssenceRender:
@@ -67,10 +67,10 @@ class EssenceRender:
 
     def render(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent,
                resolution: str = "full") -> tuple[torch.Tensor]:
-        with comfy.models_on_compute_device(generator):
+        with host.models_on_compute_device(generator):
             wplus = generator.to_wplus(latents.tensor)
             images = synthesize(generator, wplus, stop_at(generator, resolution))
-        return (to_comfy_image(images, comfy.intermediate_device()),)
+        return (to_comfy_image(images, host.intermediate_device()),)
 
 
 class EssenceStrengthSweep:
@@ -99,9 +99,9 @@ class EssenceStrengthSweep:
     def sweep(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent, direction: essence.Direction,
               strength_start: float, strength_end: float, steps: int, layers: str) -> tuple[torch.Tensor]:
         strengths = torch.linspace(strength_start, strength_end, steps).tolist()
-        with comfy.models_on_compute_device(generator):
-            images = comfy.retry_smaller_on_oom(
+        with host.models_on_compute_device(generator):
+            images = host.retry_smaller_on_oom(
                 lambda batch: strength_sweep(generator, latents.tensor, direction, strengths, layers, batch),
                 BATCH, "rendering the strength sweep")
         grid = image_grid(images, columns=steps)
-        return (grid_to_comfy_image(grid, comfy.intermediate_device()),)
+        return (grid_to_comfy_image(grid, host.intermediate_device()),)

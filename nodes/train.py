@@ -2,7 +2,7 @@
 
 ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train_direction`` switches
 autograd back on for its loop, and the models it back-propagates through were built outside
-inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``comfy.py``).
+inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``host.py``).
 
 Starting point (``init``): TargetCLIP starts from the e4e inversion of the target and falls back to
 a random latent when the target has no face; 'auto' does the same when an encoder is connected,
@@ -23,7 +23,7 @@ import torch
 from .. import essence
 from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
 from ..essence.train import initial_direction as library_initial_direction
-from . import comfy
+from . import host
 from . import types as T
 from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
 from .inputs import choice, integer, link, number, seed
@@ -121,10 +121,10 @@ class EssenceTrain:
             seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None)
         start, note = initial_direction(init, target, generator, encoder, landmarks)
-        with comfy.models_on_compute_device(generator, guide):
+        with host.models_on_compute_device(generator, guide):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
             preview = synthesize(generator, sources.tensor + result.direction.tensor)
-        return self._direction(result, target, mode, init), to_comfy_image(preview, comfy.intermediate_device())
+        return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
                   note: str, preview_every: int) -> essence.TrainResult:
@@ -134,7 +134,7 @@ class EssenceTrain:
             target, sources.tensor, generator, guide, init=start, settings=settings,
             make_progress=lambda: _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps,
                                                      preview_every),
-            release=comfy.free_memory, advice=comfy.OUT_OF_MEMORY_ADVICE, should_stop=_interrupted,
+            release=host.free_memory, advice=host.OUT_OF_MEMORY_ADVICE, should_stop=_interrupted,
             metadata={"init": note})
 
     @staticmethod
@@ -159,7 +159,7 @@ def initial_direction(init: str, target: torch.Tensor, generator: essence.StyleG
             "init 'auto' or 'random'.")
     if encoder is None:
         return library_initial_direction(init, target[0], generator)
-    with comfy.models_on_compute_device(encoder):
+    with host.models_on_compute_device(encoder):
         return library_initial_direction(init, target[0], generator, encoder, landmarks)
 
 
@@ -169,7 +169,7 @@ def _rounded(values: list[float]) -> list[float]:
 
 def _interrupted() -> bool:
     """Polled by ``train_direction`` every step: raises ComfyUI's interrupt exception on Cancel."""
-    comfy.check_interrupt()
+    host.check_interrupt()
     return False
 
 
@@ -177,12 +177,12 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
                        preview_every: int) -> Callable[[TrainProgress], None]:
     """A ``train_direction`` progress callback driving ComfyUI's bar, with a preview of the edited
     faces (rendered from the current direction) every ``preview_every`` steps."""
-    bar = comfy.Progress(steps)
+    bar = host.Progress(steps)
     next_preview = [preview_every]
     stop = PREVIEW_RESOLUTION if generator.size > PREVIEW_RESOLUTION else None
 
     def report(progress: TrainProgress) -> None:
-        comfy.check_interrupt()
+        host.check_interrupt()
         image = None
         if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
             next_preview[0] = progress.step + preview_every

@@ -231,7 +231,7 @@ def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_models) -> Non
 
 
 def test_comfyui_nodes_retry_smaller_on_any_backend_out_of_memory(comfy_env) -> None:
-    comfy = comfy_env.pack.nodes.comfy
+    host = comfy_env.pack.nodes.host
     tried: list[int] = []
 
     def run(size: int) -> str:

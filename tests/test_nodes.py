@@ -62,7 +62,7 @@ def test_pack_imports_without_comfyui(monkeypatch):
         pack = import_pack()
         assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
         assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
-        assert pack.nodes.comfy.register_model_folders() is False
+        assert pack.nodes.host.register_model_folders() is False
         assert pack.essence.weights._folder_provider is None
         for cls in pack.NODE_CLASS_MAPPINGS.values():
             cls.INPUT_TYPES()  # dropdowns work (empty folders) without ComfyUI
@@ -304,7 +304,7 @@ def test_save_writes_into_the_first_directions_path(comfy_env):
 
 
 def test_out_of_memory_retries_with_smaller_batches(comfy_env):
-    comfy = comfy_env.pack.nodes.comfy
+    host = comfy_env.pack.nodes.host
     tried = []
 
     def run(size):
@@ -330,7 +330,7 @@ def test_models_move_between_devices_outside_inference_mode(comfy_env):
             return super().to(*args, **kwargs)
 
     with torch.inference_mode():
-        with comfy_env.pack.nodes.comfy.models_on_compute_device(Probe(2, 2)):
+        with comfy_env.pack.nodes.host.models_on_compute_device(Probe(2, 2)):
             pass
     assert seen == [False, False]  # to the compute device, and back to the offload device
 
