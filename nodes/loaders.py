@@ -1,8 +1,10 @@
 """Loader nodes: the three networks and the face landmark model, from ComfyUI's Essence model folders.
 
-Models are loaded through ``essence.load_*``, which caches them per file and device and builds them
-outside inference mode (so the training node can back-propagate through them). They are loaded onto
-ComfyUI's offload device; compute nodes move them to the GPU only while they run.
+Models are loaded through ``essence.load_*``, which builds them outside inference mode (so the
+training node can back-propagate through them), onto ComfyUI's offload device. ComfyUI owns their
+lifetime: they live in its node cache like its own models (not in Essence's model cache, which
+ComfyUI could not free), and compute nodes hand them to ComfyUI's model manager to move them to the
+GPU (``host.models_on_compute_device``).
 
 Dropdown values are validated by the node itself (``VALIDATE_INPUTS``) instead of ComfyUI's "value
 not in list" check, so a workflow that names a file the user does not have yet fails with Essence's
@@ -67,7 +69,7 @@ class EssenceGeneratorLoader:
             path = host.require_file(_folder("encoder"), generator_file[len(E4E_PREFIX):], "e4e file")
         else:
             path = host.require_file(_folder("generator"), generator_file, "generator file")
-        return (essence.load_generator(path, device=host.offload_device()),)
+        return (essence.load_generator(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceEncoderLoader:
@@ -93,7 +95,7 @@ class EssenceEncoderLoader:
 
     def load(self, encoder_file: str) -> tuple[essence.E4EEncoder]:
         path = host.require_file(_folder("encoder"), encoder_file, "e4e encoder file")
-        return (essence.load_encoder(path, device=host.offload_device()),)
+        return (essence.load_encoder(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceGuideLoader:
@@ -120,7 +122,7 @@ class EssenceGuideLoader:
 
     def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
         path = host.require_file(_folder("guide"), clip_file, "CLIP file")
-        return (essence.load_guide(path, device=host.offload_device()),)
+        return (essence.load_guide(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceLandmarkLoader:
@@ -151,9 +153,9 @@ class EssenceLandmarkLoader:
     def load(self, landmarks_file: str) -> tuple[essence.FaceLandmarker]:
         if landmarks_file != LANDMARKS_AUTO:
             path = host.require_file(_folder("landmarks"), landmarks_file, "landmark model")
-            return (essence.load_landmarker(path),)
+            return (essence.load_landmarker(path, cache=False),)
         try:
-            return (essence.load_landmarker(),)
+            return (essence.load_landmarker(cache=False),)
         except essence.MissingWeightsError:
             spec = essence_weights.get_spec("landmarks")
             message = host.missing_file_message(spec.comfy_folder, spec.filename, "landmark model")

@@ -108,7 +108,7 @@ class EssenceTrain:
             },
         }
 
-    def train(self, target: torch.Tensor, sources: T.EssenceLatent, generator: essence.StyleGAN2Generator,
+    def train(self, target: torch.Tensor, sources: essence.LatentSet, generator: essence.StyleGAN2Generator,
               guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
@@ -123,7 +123,7 @@ class EssenceTrain:
         start, note = initial_direction(init, target, generator, encoder, landmarks)
         with host.models_on_compute_device(generator, guide):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
-            preview = synthesize(generator, sources.tensor + result.direction.tensor)
+            preview = synthesize(generator, sources.latents + result.direction.tensor)
         return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
@@ -131,10 +131,10 @@ class EssenceTrain:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory)."""
         return train_direction_fitting_memory(
-            target, sources.tensor, generator, guide, init=start, settings=settings,
-            make_progress=lambda: _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps,
+            target, sources.latents, generator, guide, init=start, settings=settings,
+            make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
                                                      preview_every),
-            release=host.free_memory, advice=host.OUT_OF_MEMORY_ADVICE, should_stop=_interrupted,
+            release=host.release_memory, should_stop=_interrupted,
             metadata={"init": note})
 
     @staticmethod
