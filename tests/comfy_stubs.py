@@ -217,7 +217,6 @@ def make_model_management() -> types.ModuleType:
     mm.current_loaded_models = []
     mm.device_memory = {}  # device -> total bytes, for devices with a memory ledger (the CPU has none)
     mm.free_memory_calls = []
-    mm.minimum_inference_memory = lambda: 0
 
     class LoadedModel:
         def __init__(self, model):

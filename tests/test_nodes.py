@@ -351,17 +351,27 @@ def test_comfyui_makes_room_for_essence_models_and_unloads_them_whole(comfy_env,
     assert mm.loaded_models() == [] and comfy_env.pack.essence.runtime.cached_models() == []
 
 
-def test_a_plain_model_patcher_would_split_a_model(comfy_env):
-    """The stand-in reproduces the hazard the pack avoids: ComfyUI frees part of a plain module."""
+def test_essence_models_load_and_unload_whole_where_a_plain_model_patcher_splits_them(comfy_env):
+    """The stand-in reproduces the hazard the pack avoids: ComfyUI loads and frees part of a plain
+    module (its "lowvram" mode); Essence's patcher moves all of it or nothing."""
     mm, mp = comfy_env.model_management, sys.modules["comfy.model_patcher"]
     gpu = torch.device("cpu", 0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
-    mm.device_memory[gpu] = mm.module_size(model) + 100
+    size = mm.module_size(model)
+    mm.device_memory[gpu] = size + 100
     patcher = mp.ModelPatcher(model, gpu, torch.device("cpu"))
     mm.load_models_gpu([patcher])
     mm.free_memory(200, gpu)
     assert mm.loaded_models() == [patcher]  # still loaded, in part
-    assert model.model_lowvram and 0 < model.model_loaded_weight_memory < mm.module_size(model)
+    assert model.model_lowvram and 0 < model.model_loaded_weight_memory < size
+    mm.unload_all_models()
+
+    mm.get_torch_device = lambda: gpu
+    essence_model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
+    whole = comfy_env.pack.nodes.host.model_patcher(essence_model)
+    assert comfy_env.pack.nodes.host.model_patcher(essence_model) is whole  # one per model
+    assert whole.partially_load(gpu, 1000) == size and not essence_model.model_lowvram  # asked for part: all
+    assert whole.partially_unload(torch.device("cpu"), 200) == 0 and whole.loaded_size() == size  # none
 
 
 # ----------------------------------------------------------------------------- out of memory
