@@ -16,10 +16,6 @@ This package never imports ComfyUI.
 
 from __future__ import annotations
 
-import os
-
-import torch
-
 from .align import AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, load_landmarker
 from .apply import apply_direction, mix_directions, strength_sweep
 from .clip_guide import ClipGuide, load_guide_file
@@ -32,46 +28,13 @@ from .errors import (CorruptFileError, DirectionFileError, DownloadError, Essenc
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
+from .models import load_encoder, load_generator, load_guide
 from .modes import TRAIN_MODES, TrainMode, train_mode
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
 from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
 
 __version__ = "0.1.0"
-
-PathLike = str | os.PathLike
-
-
-def _load(kind: str, role: str, path: PathLike | None, device, loader, cache: bool):
-    from .weights import find_weight
-
-    file = find_weight(role, explicit_path=path)
-    target = resolve_device(device)
-    # ComfyUI runs everything under inference_mode; tensors created there can never take part in
-    # autograd (training), so models are always built outside it.
-    with torch.inference_mode(False):
-        if not cache:
-            return loader(file, target)
-        return cached_model(kind, file, target, loader)
-
-
-def load_generator(path: PathLike | None = None, device: str | torch.device | None = "cpu",
-                   cache: bool = True) -> StyleGAN2Generator:
-    """StyleGAN2 generator from ``stylegan2-ffhq-config-f.pt``-style files or an e4e file's decoder."""
-    return _load("generator", "generator", path, device, load_generator_file, cache)
-
-
-def load_encoder(path: PathLike | None = None, device: str | torch.device | None = "cpu",
-                 cache: bool = True) -> E4EEncoder:
-    """e4e encoder from ``e4e_ffhq_encode.pt``-style files."""
-    return _load("encoder", "encoder", path, device, load_encoder_file, cache)
-
-
-def load_guide(path: PathLike | None = None, device: str | torch.device | None = "cpu",
-               cache: bool = True) -> ClipGuide:
-    """CLIP image tower from OpenAI's TorchScript files (``ViT-B-32.pt``) or a CLIP state dict."""
-    return _load("guide", "guide", path, device, load_guide_file, cache)
-
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",

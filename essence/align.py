@@ -34,6 +34,7 @@ from PIL import Image
 from .errors import CorruptFileError, EssenceError, FaceNotFoundError, WrongFileKindError
 from .images import ImageSource, Photo, load_photo
 from .runtime import cached_model
+from .weights import find_weight
 
 DETECT_PIXELS = 1 << 21  # detection runs on a copy of at most ~2 megapixels (then upsampled once)
 N_LANDMARKS = 68
@@ -81,12 +82,13 @@ def _import_dlib() -> Any:
     return dlib
 
 
-def load_landmarker(path: PathLike | None = None) -> FaceLandmarker:
+def load_landmarker(path: PathLike | None = None, cache: bool = True) -> FaceLandmarker:
     """The detector + predictor for ``path`` (or the landmarks file found by ``essence.weights``),
-    loaded once per file and kept in the model cache (``essence.clear_model_cache`` frees it)."""
-    from .weights import find_weight
-
+    by default loaded once per file and kept in the model cache (``essence.clear_model_cache``
+    frees it); ``cache=False`` for a host that manages the models' lifetime itself (ComfyUI)."""
     file = find_weight("landmarks", explicit_path=path)
+    if not cache:
+        return FaceLandmarker(file)
     return cached_model("landmarks", file, torch.device("cpu"), lambda p, _device: FaceLandmarker(p))
 
 

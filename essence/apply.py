@@ -15,6 +15,7 @@ import torch
 
 from .direction import Direction, direction_metadata
 from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError, require_finite
+from .runtime import run_in_chunks_on_oom
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -101,15 +102,12 @@ def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengt
     """Render every source at every strength: images [len(sources) * len(strengths), 3, S, S], row-major
     (one row per source), in the generator's [-1, 1] range. ``batch_size`` images are rendered at a
     time; a batch that runs out of device memory is retried smaller (same images), down to one."""
-    from .runtime import run_in_chunks_on_oom
-
     direction.check_fits(generator)
     require_finite(list(strengths), "the strengths")
     wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
     edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
     return torch.cat(run_in_chunks_on_oom(generator.synthesize, edits, batch_size,
-                                          f"rendering {len(edits)} strength-sweep images",
-                                          "Use fewer faces or strengths, or run on the CPU (--device cpu)."))
+                                          f"rendering {len(edits)} strength-sweep images"))
 
 
 def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:

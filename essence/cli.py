@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .cli_directions import add_training_options
 from .download import fetch_weight
-from .errors import EssenceError, EssenceWarning
+from .errors import DeviceMemoryError, EssenceError, EssenceWarning
 from .weights import (
     FETCH_COMMAND,
     WeightSpec,
@@ -37,6 +37,8 @@ PROG = "python -m essence"
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# what a CLI user can do when even the smallest batch does not fit (commands may set their own)
+OUT_OF_MEMORY_ADVICE = "Run on the CPU (--device cpu), or close other programs that use the GPU."
 
 SubcommandAdder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -57,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", EssenceWarning)
             warnings.showwarning = _warning_printer(warnings.showwarning)
             return handler(args)
+    except DeviceMemoryError as exc:
+        advice = getattr(args, "out_of_memory_advice", OUT_OF_MEMORY_ADVICE)
+        print(f"error: {exc.advised(advice)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except EssenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -100,7 +100,8 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--lambda-consistency", type=float, default=0.5)
     p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
     _add_model_options(p, encoder=True, guide=True)
-    p.set_defaults(handler=_cmd_train)
+    p.set_defaults(handler=_cmd_train, out_of_memory_advice="Use fewer source faces (--sample or a smaller "
+                   "--sources file), --render-size 256, a +bf16 --mode, or --device cpu.")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

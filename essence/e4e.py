@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
+from .runtime import run_in_chunks_on_oom
 from .stylegan2 import EqualLinear
 
 INPUT_SIZE = 256
@@ -196,8 +197,6 @@ class E4EEncoder(nn.Module):
         Runs in chunks of ``batch_size`` so large batches do not exhaust memory; a chunk that still
         runs out of device memory is retried in smaller chunks (same result), down to one face.
         """
-        from .runtime import run_in_chunks_on_oom
-
         check_encoder_input(images)
         param = self.input_layer[0].weight
         # NHWC on CUDA: cuDNN's tensor-core convolutions want it (H100, batch 128: 672 -> 1218 faces/s)
@@ -208,9 +207,7 @@ class E4EEncoder(nn.Module):
         def encode_chunk(chunk: torch.Tensor) -> torch.Tensor:
             return self(chunk.to(param.device, param.dtype).contiguous(memory_format=layout))
 
-        chunks = run_in_chunks_on_oom(encode_chunk, images, batch_size,
-                                      f"e4e-encoding {len(images)} faces",
-                                      "Free device memory (close other models) or run on the CPU (--device cpu).")
+        chunks = run_in_chunks_on_oom(encode_chunk, images, batch_size, f"e4e-encoding {len(images)} faces")
         return torch.cat(chunks) + self.latent_avg.to(chunks[0].dtype)
 
 

@@ -73,10 +73,21 @@ class LatentFileError(DirectionFileError):
 
 
 class DeviceMemoryError(EssenceError, torch.OutOfMemoryError):
-    """The device ran out of memory even at the smallest batch; the message says what to lower.
+    """The device ran out of memory even at the smallest batch.
 
-    Also a ``torch.OutOfMemoryError``, so callers that retry smaller on out-of-memory (the ComfyUI
-    nodes) still recognise it."""
+    The library says what ran out (``what``); what the user can do about it depends on where they
+    are (a CLI flag, ComfyUI's 'Unload models', a keyword argument), so the caller adds that with
+    ``advised``. Also a ``torch.OutOfMemoryError``, so code that handles device out-of-memory
+    recognises it.
+    """
+
+    def __init__(self, what: str, advice: str = ""):
+        self.what, self.advice = what, advice
+        super().__init__(f"out of device memory while {what}." + (f" {advice}" if advice else ""))
+
+    def advised(self, advice: str) -> "DeviceMemoryError":
+        """The same error with ``advice`` (the caller's words for what to do) instead of the library's."""
+        return DeviceMemoryError(self.what, advice)
 
 
 class EssenceWarning(UserWarning):

@@ -125,7 +125,7 @@ def _load_any(item: ImageSource, background: tuple[int, int, int], work_pixels: 
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu()
         if item.ndim == 4:
-            return [_from_array(t.numpy(), f"tensor image {i}", background, work_pixels)
+            return [_from_array(t.numpy(), f"image {i + 1} of {len(item)} in the batch", background, work_pixels)
                     for i, t in enumerate(item)]
         return [_from_array(item.numpy(), "tensor image", background, work_pixels)]
     if isinstance(item, np.ndarray):

@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -24,6 +24,8 @@ from .e4e import INPUT_SIZE, E4EEncoder
 from .errors import FaceNotFoundError
 from .images import ImageSource, load_photos, pil_to_model
 from .latents import LatentSet, generator_info
+from .models import load_encoder, load_generator
+from .runtime import run_in_chunks_on_oom
 
 PathLike = str | os.PathLike
 CACHE_SIZE = 256  # photos; a W+ latent is 36 kB, a 256 px crop 200 kB
@@ -71,7 +73,8 @@ class Inversion:
 def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | PathLike | None = None, *,
            landmarks: FaceLandmarker | PathLike | None = None, batch_size: int = 4,
            return_reconstruction: bool = False, generator: Any = None, all_faces: bool = False,
-           skip_missing: bool = False, use_cache: bool = True) -> Inversion:
+           skip_missing: bool = False, use_cache: bool = True,
+           progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Align and e4e-encode ``photos`` (paths, PIL images, arrays, ComfyUI [B, H, W, C] tensors or a
     list of them) into W+ latents, one row per face (the largest face per photo unless ``all_faces``).
 
@@ -80,6 +83,9 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     ``FaceNotFoundError`` naming it, or is listed in ``failures`` with ``skip_missing=True``.
     ``return_reconstruction`` also decodes the latents with ``generator`` (a generator or a file;
     default: the encoder file's own decoder when the encoder was given as a file, else looked up).
+    Each row's source records ``photo_index``, the photo's place in ``photos`` (a batch tensor
+    counts one per image). ``progress(done, total)`` hears each photo aligned; it may raise to stop
+    (ComfyUI's Cancel does).
     """
     model = _encoder(encoder)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
@@ -87,21 +93,24 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     rows: list[tuple[AlignedFace, torch.Tensor | None, dict[str, Any]]] = []
     failures: list[tuple[str, str]] = []
     hits = 0
-    for photo in load_photos(photos):
+    loaded = load_photos(photos)
+    for index, photo in enumerate(loaded):
         key = (photo.sha256, fingerprint, RECIPE, str(landmarker.path), all_faces)
         cached = _cache.get(key) if use_cache else None
         if cached is not None:
             hits += 1
-            rows += [(face, latent, _source(face)) for face, latent in cached]
-            continue
-        try:
-            faces = align_faces(photo, INPUT_SIZE, landmarks=landmarker, all_faces=all_faces)
-        except FaceNotFoundError as exc:
-            if not skip_missing:
-                raise
-            failures.append((photo.name, str(exc)))
-            continue
-        rows += [(face, None, _source(face)) for face in faces]
+            rows += [(face, latent, _source(face, index)) for face, latent in cached]
+        else:
+            try:
+                faces = align_faces(photo, INPUT_SIZE, landmarks=landmarker, all_faces=all_faces)
+            except FaceNotFoundError as exc:
+                if not skip_missing:
+                    raise
+                failures.append((photo.name, str(exc)))
+                faces = []
+            rows += [(face, None, _source(face, index)) for face in faces]
+        if progress is not None:
+            progress(index + 1, len(loaded))
     _encode_missing(rows, model, batch_size)
     if use_cache:
         _remember(rows, fingerprint, str(landmarker.path), all_faces)
@@ -116,16 +125,13 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
 
 def reconstruct(latents: torch.Tensor, generator: Any, batch_size: int = 4) -> torch.Tensor:
     """G(latents) with the generator's fixed noise, in batches -> [N, 3, S, S] on the CPU."""
-    from .runtime import run_in_chunks_on_oom
-
     param = next(generator.parameters())
 
     def render(chunk: torch.Tensor) -> torch.Tensor:
         return generator.synthesize(chunk.to(param.device, param.dtype)).float().cpu()
 
     with torch.no_grad():
-        images = run_in_chunks_on_oom(render, latents, batch_size, f"rendering {len(latents)} reconstructions",
-                                      "Run on the CPU (--device cpu) or close other programs using the GPU.")
+        images = run_in_chunks_on_oom(render, latents, batch_size, f"rendering {len(latents)} reconstructions")
     return torch.cat(images)
 
 
@@ -147,16 +153,12 @@ def encoder_fingerprint(encoder: E4EEncoder) -> str:
 def _encoder(encoder: E4EEncoder | PathLike | None) -> E4EEncoder:
     if isinstance(encoder, E4EEncoder):
         return encoder
-    from . import load_encoder
-
     return load_encoder(encoder)
 
 
 def _generator(generator: Any, encoder: Any) -> Any:
     if generator is not None and not isinstance(generator, (str, os.PathLike)):
         return generator
-    from . import load_generator
-
     if generator is None and isinstance(encoder, (str, os.PathLike)):
         return load_generator(encoder)  # e4e files embed the decoder they were trained with
     return load_generator(generator)
@@ -180,9 +182,9 @@ def _encode_missing(rows: list, model: E4EEncoder, batch_size: int) -> None:
                 rows[i] = (rows[i][0], code, rows[i][2])
 
 
-def _source(face: AlignedFace) -> dict[str, Any]:
+def _source(face: AlignedFace, photo_index: int) -> dict[str, Any]:
     return {"kind": "photo", "name": face.source, "sha256": face.file_sha256 or face.photo_sha256,
-            "pixels_sha256": face.photo_sha256, "face": face.index,
+            "pixels_sha256": face.photo_sha256, "photo_index": photo_index, "face": face.index,
             "box": [round(v, 1) for v in face.box], "alignment": face.recipe}
 
 

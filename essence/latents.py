@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .checkpoints import load_torch_file
 from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError, require_finite
 from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
 
@@ -39,7 +40,13 @@ PathLike = str | os.PathLike
 
 @dataclass
 class LatentSet:
-    """W+ latents [N, n_latent, style_dim] with one provenance entry per row and file-level metadata."""
+    """W+ latents [N, n_latent, style_dim] with one provenance entry per row and file-level metadata.
+
+    ``latents`` is always this set's own float32 CPU copy, made outside inference mode, so a set
+    built inside ComfyUI's ``torch.inference_mode`` can still feed training (autograd) later.
+    ``sources[i]`` says where row ``i`` came from, with an ``edits`` list once directions were
+    applied (``edited``). Treat a set as a value: ComfyUI reuses a node's output across prompts.
+    """
 
     latents: torch.Tensor
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -55,6 +62,16 @@ class LatentSet:
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    def edited(self, latents: torch.Tensor, edit: dict[str, Any]) -> "LatentSet":
+        """A new set of ``latents`` for the same rows, with ``edit`` (e.g. {"direction", "strength",
+        "layers"}) appended to every row's ``edits``; this set is left unchanged."""
+        sources = [{**source, "edits": [*source.get("edits", []), dict(edit)]} for source in self.sources]
+        return LatentSet(latents, sources, dict(self.meta))
+
+    def select(self, rows: Sequence[int]) -> "LatentSet":
+        """A new set of just these rows (in this order), with their provenance and this set's metadata."""
+        return LatentSet(self.latents[list(rows)], [dict(self.sources[i]) for i in rows], dict(self.meta))
 
     @property
     def space(self) -> dict[str, int | None]:
@@ -117,7 +134,8 @@ def _load_safetensors(path: Path) -> LatentSet:
 
 
 def validated_latents(latents: Any) -> torch.Tensor:
-    """W+ latents as a float32 CPU tensor [N, n_latent, style_dim], or a ``LatentFileError`` saying why not."""
+    """W+ latents as a new float32 CPU tensor [N, n_latent, style_dim] created outside inference mode
+    (usable with autograd), or a ``LatentFileError`` saying why not."""
     if isinstance(latents, np.ndarray):
         try:
             latents = torch.from_numpy(np.array(latents, dtype=latents.dtype.newbyteorder("=")))
@@ -130,7 +148,8 @@ def validated_latents(latents: Any) -> torch.Tensor:
     if latents.ndim != 3 or 0 in latents.shape:
         raise LatentFileError(f"latents must have shape [count, n_latent, style_dim] (e.g. [4, 18, 512]), "
                               f"got {list(latents.shape)}.")
-    latents = latents.detach().float().cpu()
+    with torch.inference_mode(False):
+        latents = latents.detach().to("cpu", torch.float32).clone()
     require_finite(latents, "the latents", LatentFileError, "Invert or sample those faces again.")
     return latents
 
@@ -193,8 +212,6 @@ def generator_info(generator: Any, known: Any = None) -> dict[str, Any]:
 def import_targetclip_latents(path: PathLike) -> LatentSet:
     """TargetCLIP's source latents: ``opt_latents.pt`` (a [4, 18, 512] tensor, saved on CUDA; loaded
     safely onto the CPU) or ``w_plus.npy`` ([68, 18, 512], its evaluation set)."""
-    from .checkpoints import load_torch_file
-
     path = Path(path)
     if path.suffix.lower() == ".npy":
         data: Any = load_npy_checked(path, LatentFileError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 
@@ -60,6 +60,12 @@ def clear_model_cache() -> None:
         _cache.clear()
 
 
+def cached_models() -> list[object]:
+    """Every model the cache holds now (to check that a host's models are not kept here)."""
+    with _cache_lock:
+        return list(_cache.values())
+
+
 # ----------------------------------------------------------------------------- out of memory
 
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -82,15 +88,15 @@ def release_device_memory() -> None:
         mps.empty_cache()
 
 
-def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, batch_size: int, what: str,
-                         advice: str) -> list[T]:
+def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, batch_size: int,
+                         what: str) -> list[T]:
     """``fn`` on ``items`` in chunks of ``batch_size`` rows; the outputs, in order.
 
     When a chunk runs out of device memory, memory is released and the same rows are retried in
     half as many per chunk (and the rest continue at that size), down to one row; only then is it
-    a ``DeviceMemoryError`` saying what ran out and ``advice`` (what the user can lower). ``fn``
-    must treat rows independently (inference: every batched path here does), so the split changes
-    nothing in the result.
+    a ``DeviceMemoryError`` saying what ran out (the caller adds what its user can do). ``fn`` must
+    treat rows independently (inference: every batched path here does), so the split changes
+    nothing in the result. This is the only retry layer: ``fn`` itself must not retry.
     """
     if batch_size < 1:
         raise EssenceError(f"batch size must be at least 1, got {batch_size}.")
@@ -105,7 +111,7 @@ def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, b
             if not is_out_of_memory(exc):
                 raise
             if len(chunk) <= 1:
-                raise DeviceMemoryError(f"out of device memory while {what}, even one at a time. {advice}") from exc
+                raise DeviceMemoryError(f"{what}, even one at a time") from exc
             failed = True  # retried below, outside the handler, so the failed chunk's tensors are freed
         if failed:
             release_device_memory()
@@ -115,13 +121,14 @@ def run_in_chunks_on_oom(fn: Callable[[torch.Tensor], T], items: torch.Tensor, b
     return outputs
 
 
-def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str, advice: str,
+def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str,
                          release: Callable[[], None] = release_device_memory,
                          on_retry: Callable[[int], None] | None = None) -> T:
     """``run(size)``; on device out-of-memory, ``release`` memory and retry with half the size.
 
-    For work whose result does not depend on ``size`` (a batch or chunk size). ``on_retry`` hears
-    each new size. At size 1 it is a ``DeviceMemoryError`` saying what ran out and ``advice``.
+    For work whose result does not depend on ``size`` (a batch or chunk size) and that does not
+    retry inside (one retry layer, never nested). ``on_retry`` hears each new size. At size 1 it
+    is a ``DeviceMemoryError`` saying what ran out (the caller adds what its user can do).
     """
     while True:
         try:
@@ -130,7 +137,7 @@ def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str, advice: 
             if not is_out_of_memory(exc):
                 raise
             if size <= 1:
-                raise DeviceMemoryError(f"out of device memory while {what}, even one at a time. {advice}") from exc
+                raise DeviceMemoryError(f"{what}, even one at a time") from exc
         # outside the handler, so the failed attempt's tensors are already freed
         release()
         size = max(1, size // 2)

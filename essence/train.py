@@ -34,7 +34,10 @@ import torch
 
 from .clip_guide import ClipGuide, GeneratedMode, to_unit
 from .direction import Direction, LatentSpace, direction_metadata
-from .errors import EssenceError, ShapeError, TrainingCancelled, require_finite
+from .errors import (DeviceMemoryError, EssenceError, FaceNotFoundError, IncompatibleLatentSpaceError,
+                     MissingWeightsError, ShapeError, TrainingCancelled, require_finite)
+from .invert import invert
+from .runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .stylegan2 import StyleGAN2Generator
 
 TrainLoop = Literal["official", "fast"]
@@ -171,9 +174,6 @@ def initial_direction(choice: str, target: Any, generator: StyleGAN2Generator, e
     falling back to a random start in those cases (as the official code does for cartoons).
     ``"random"``: always the seeded random start. ``target`` is any single image ``invert`` accepts.
     """
-    from .errors import FaceNotFoundError, IncompatibleLatentSpaceError, MissingWeightsError
-    from .invert import invert
-
     if choice not in INIT_CHOICES:
         raise EssenceError(f"unknown initialisation {choice!r}; choose one of {', '.join(INIT_CHOICES)}.")
     if choice == "random":
@@ -284,19 +284,17 @@ def train_direction_fitting_memory(
     *,
     make_progress: Callable[[], Callable[[TrainProgress], None]] | None = None,
     on_retry: Callable[[int], None] | None = None,
-    release: Callable[[], None] | None = None,
-    advice: str = "Use fewer source faces, --render-size 256, a +bf16 mode, or the CPU.",
+    release: Callable[[], None] = release_device_memory,
     **kwargs: Any,
 ) -> TrainResult:
     """``train_direction``, started again with half as many faces per pass whenever the device runs
     out of memory, down to one: chunking is exact, so an 8 GB card gets the same direction, later.
 
     ``make_progress`` makes a fresh progress callback per attempt; ``on_retry`` hears each new chunk
-    size; ``release`` frees memory between attempts (default: the device cache); ``advice`` ends the
-    error when even one face does not fit. Other keyword arguments go to ``train_direction``.
+    size; ``release`` frees memory between attempts (default: the device cache). When even one face
+    per pass does not fit it is a ``DeviceMemoryError`` (the caller adds what its user can do).
+    This is the only retry layer of training. Other keyword arguments go to ``train_direction``.
     """
-    from .runtime import release_device_memory, retry_smaller_on_oom
-
     count = sources.shape[0]
 
     def attempt(chunk: int) -> TrainResult:
@@ -304,23 +302,20 @@ def train_direction_fitting_memory(
         progress = make_progress() if make_progress is not None else None
         return train_direction(target, sources, generator, guide, init, chunked, progress=progress, **kwargs)
 
-    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count), "training", advice,
-                                release=release or release_device_memory, on_retry=on_retry)
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count),
+                                f"training ({count} source faces)", release=release, on_retry=on_retry)
 
 
 def _raise_if_out_of_memory(exc: BaseException, count: int, chunk: int | None) -> None:
-    """Turn a device out-of-memory error into a ``DeviceMemoryError`` saying what to lower."""
-    from .errors import DeviceMemoryError
-    from .runtime import is_out_of_memory, release_device_memory
-
+    """Turn a device out-of-memory error into a ``DeviceMemoryError`` saying what ran out, with the
+    library's advice (its keyword arguments); ``train_direction_fitting_memory`` retries it smaller."""
     if not is_out_of_memory(exc):
         return
     release_device_memory()
     per_pass = min(chunk or count, count)
-    advice = (f"lower the chunk size (--chunk / chunk_size; it is {per_pass}: same result, less memory)"
-              if per_pass > 1 else "use fewer source faces, --render-size 256, a +bf16 mode, or the CPU")
-    raise DeviceMemoryError(f"out of device memory while training ({count} source faces, {per_pass} rendered "
-                            f"per pass): {advice}.") from exc
+    advice = (f"Lower chunk_size (it is {per_pass}): the same result with less memory."
+              if per_pass > 1 else "Use fewer source faces, render_size=256 or a reduced-precision autocast.")
+    raise DeviceMemoryError(f"training ({count} source faces, {per_pass} rendered per pass)", advice) from exc
 
 
 def _loss_and_backward(edited, count: int, chunk: int | None, e_src, target, s: TrainSettings):

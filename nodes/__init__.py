@@ -1,13 +1,13 @@
 """ComfyUI nodes: thin adapters from ComfyUI's types to ``essence`` calls.
 
 Importing this package registers the pack's model folders with ComfyUI when ComfyUI is present
-(``comfy.register_model_folders``) and otherwise only defines the node classes, so the pack can be
+(``host.register_model_folders``) and otherwise only defines the node classes, so the pack can be
 imported and inspected without ComfyUI, a GPU or any weight file.
 """
 
 from __future__ import annotations
 
-from . import comfy
+from . import host
 from .directions import EssenceLoad, EssenceMix, EssenceSave
 from .faces import EssenceAlignFace, EssenceInvertFace, EssencePasteBack
 from .latents import EssenceApply, EssenceSampleLatents
@@ -36,4 +36,4 @@ _NODES: list[tuple[type, str]] = [
 NODE_CLASS_MAPPINGS: dict[str, type] = {cls.__name__: cls for cls, _ in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {cls.__name__: name for cls, name in _NODES}
 
-comfy.register_model_folders()
+host.register_model_folders()

@@ -15,7 +15,7 @@ from typing import Any
 from .. import essence
 from ..essence.apply import mix_directions
 from ..essence.errors import EssenceError
-from . import comfy
+from . import host
 from . import types as T
 from .inputs import choice, link, number, text
 
@@ -51,7 +51,7 @@ def check_save_name(name: str) -> str:
         problem = f"it is longer than {MAX_NAME_BYTES} bytes (file systems allow 255 for a whole file name)"
     if problem:
         raise EssenceError(f"cannot save the essence as {name!r}: {problem}. Use a plain name such as "
-                           f"'keanu'; files always go into the '{comfy.DIRECTIONS_FOLDER}' model folder.")
+                           f"'keanu'; files always go into the '{host.DIRECTIONS_FOLDER}' model folder.")
     return stem
 
 
@@ -96,9 +96,9 @@ def save_with_next_free_name(direction: essence.Direction, folder: Path, stem: s
 
 def directions_dir() -> Path:
     """Where new direction files go: the first registered ``essence_directions`` path."""
-    dirs = comfy.folder_dirs(comfy.DIRECTIONS_FOLDER)
+    dirs = host.folder_dirs(host.DIRECTIONS_FOLDER)
     if not dirs:
-        raise EssenceError(f"ComfyUI has no '{comfy.DIRECTIONS_FOLDER}' model folder registered; "
+        raise EssenceError(f"ComfyUI has no '{host.DIRECTIONS_FOLDER}' model folder registered; "
                            f"the Essence pack did not load properly (see ComfyUI's start-up log).")
     return Path(dirs[0])
 
@@ -145,7 +145,7 @@ class EssenceLoad:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        options = comfy.filename_list(comfy.DIRECTIONS_FOLDER) or ["essence_00001.safetensors"]
+        options = host.filename_list(host.DIRECTIONS_FOLDER) or ["essence_00001.safetensors"]
         return {"required": {"direction_file": choice(
             options, "Direction file in models/essence_directions (.safetensors from Save Essence, "
             "or TargetCLIP's official .npy).")}}
@@ -156,14 +156,14 @@ class EssenceLoad:
             return "pick a direction file"
         parts = direction_file.replace("\\", "/").split("/")
         if os.path.isabs(direction_file) or direction_file.startswith(("/", "\\")) or ".." in parts:
-            return f"{direction_file!r} is not a file inside models/{comfy.DIRECTIONS_FOLDER}"
+            return f"{direction_file!r} is not a file inside models/{host.DIRECTIONS_FOLDER}"
         return True
 
     def load(self, direction_file: str) -> tuple[essence.Direction]:
         verdict = self.VALIDATE_INPUTS(direction_file)  # ComfyUI skips its list check when this exists
         if verdict is not True:
             raise EssenceError(f"cannot load the essence: {verdict}.")
-        path = comfy.require_file(comfy.DIRECTIONS_FOLDER, direction_file, "essence")
+        path = host.require_file(host.DIRECTIONS_FOLDER, direction_file, "essence")
         return (essence.Direction.load(path),)
 
 

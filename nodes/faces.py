@@ -13,18 +13,18 @@ records which photo each face belongs to.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import collections
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
 from .. import essence
 from ..essence.align import AlignedFace, align_faces
 from ..essence.errors import FaceNotFoundError
-from ..essence.images import pil_to_comfy
-from ..essence.invert import encoder_fingerprint, invert
-from ..essence.latents import resolution_for
+from ..essence.images import load_photos, pil_to_comfy
+from ..essence.invert import invert
 from ..essence.paste import MAX_FEATHER, paste_back
-from . import comfy
+from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
 
@@ -32,6 +32,9 @@ CATEGORY = "essence/faces"
 ALIGN_SIZES = ("1024", "512", "256")
 MAX_FACE_INDEX = 31
 NO_FACE = ("error", "skip")
+SKIP_HINT = "Set no_face to 'skip' to leave such photos out."
+
+Face = TypeVar("Face")
 
 
 def images_input(tooltip: str) -> tuple:
@@ -47,38 +50,51 @@ def no_face_input() -> tuple:
                   "leaves it out (Paste Back returns it unchanged).", "error")
 
 
-def align_batch(images: torch.Tensor, face_index: int, no_face: str,
-                align_one: Callable[[torch.Tensor, bool], list[Any]]) -> list[tuple[int, Any]]:
-    """(photo index, the chosen face's result) for every photo of a ComfyUI IMAGE batch.
-
-    ``align_one(photo, all_faces)`` returns the photo's faces, largest first (AlignedFaces, or
-    inversion rows); ``face_index`` picks one. No face raises a ``FaceNotFoundError`` naming the
-    batch image, or (``no_face='skip'``) leaves the photo out; if no photo has a face it raises.
-    """
+def choose_faces(faces_per_photo: Sequence[Sequence[Face]], face_index: int,
+                 images: torch.Tensor) -> list[tuple[int, Face]]:
+    """(photo index, face number ``face_index``) for every photo of the IMAGE batch that has faces
+    (each photo's faces largest first). A photo with fewer faces than ``face_index`` asks for is an
+    error naming it; photos without any face are left out, but not all of them."""
     count = int(images.shape[0])
-    bar = comfy.Progress(count)
-    chosen: list[tuple[int, Any]] = []
-    for i in range(count):
-        comfy.check_interrupt()
-        where = f"image {i + 1} of {count} in the batch ({images.shape[2]}x{images.shape[1]})"
-        try:
-            faces = align_one(images[i], face_index > 0)
-        except FaceNotFoundError as exc:
-            if no_face != "skip":
-                raise FaceNotFoundError(
-                    f"no face found in {where}: dlib's detector needs a roughly frontal, unobstructed face at "
-                    f"least about 40 pixels wide. Use another photo, or set no_face to 'skip' to leave such "
-                    f"photos out.\n(details: {exc})") from None
-            faces = []
+    chosen: list[tuple[int, Face]] = []
+    for i, faces in enumerate(faces_per_photo):
         if len(faces) > face_index:
             chosen.append((i, faces[face_index]))
         elif faces:
+            where = f"image {i + 1} of {count} in the batch ({images.shape[2]}x{images.shape[1]})"
             raise FaceNotFoundError(f"face_index {face_index} asks for face {face_index + 1} of {where}, but "
                                     f"only {len(faces)} face(s) were found. Use face_index 0 for the largest.")
-        bar.update(i + 1)
     if not chosen:
         raise FaceNotFoundError(f"no face found in any of the {count} image(s); nothing to align.")
     return chosen
+
+
+def photo_progress(count: int) -> Callable[[int, int], None]:
+    """A per-photo progress callback for ComfyUI's bar that also stops on Cancel."""
+    bar = host.Progress(count)
+
+    def report(done: int, _total: int) -> None:
+        host.check_interrupt()
+        bar.update(done)
+
+    return report
+
+
+def align_batch(images: torch.Tensor, size: int, landmarks: essence.FaceLandmarker, face_index: int,
+                no_face: str) -> list[tuple[int, AlignedFace]]:
+    """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch (see ``choose_faces``).
+    A photo without a face raises a ``FaceNotFoundError`` naming it, unless ``no_face='skip'``."""
+    report = photo_progress(int(images.shape[0]))
+    faces_per_photo: list[list[AlignedFace]] = []
+    for i, photo in enumerate(load_photos(images)):  # named "image i of n in the batch" in messages
+        try:
+            faces_per_photo.append(align_faces(photo, size, landmarks=landmarks, all_faces=face_index > 0))
+        except FaceNotFoundError as exc:
+            if no_face != "skip":
+                raise FaceNotFoundError(f"{exc} {SKIP_HINT}") from None
+            faces_per_photo.append([])
+        report(i + 1, len(images))
+    return choose_faces(faces_per_photo, face_index, images)
 
 
 def placement(index: int, face: AlignedFace) -> T.FacePlacement:
@@ -114,9 +130,8 @@ class EssenceAlignFace:
 
     def align(self, images: torch.Tensor, landmarks: essence.FaceLandmarker, size: str, face_index: int,
               no_face: str = "error") -> tuple[torch.Tensor, T.EssenceAlignment]:
-        chosen = align_batch(images, face_index, no_face,
-                             lambda photo, every: align_faces(photo, int(size), landmarks=landmarks, all_faces=every))
-        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(comfy.intermediate_device())
+        chosen = align_batch(images, int(size), landmarks, face_index, no_face)
+        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(host.intermediate_device())
         alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
         return aligned, alignment
 
@@ -149,23 +164,21 @@ class EssenceInvertFace:
         }
 
     def invert(self, encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
-               face_index: int, no_face: str = "error") -> tuple[T.EssenceLatent, torch.Tensor, T.EssenceAlignment]:
-        with comfy.models_on_compute_device(encoder):
-            chosen = align_batch(images, face_index, no_face, lambda photo, every: _rows(
-                invert(photo, encoder, landmarks=landmarks, all_faces=every)))
-        latents = torch.stack([latent for _, (_, latent, _) in chosen])
-        sources = [{**source, "batch_index": i} for i, (_, _, source) in chosen]
-        space = {"n_latent": encoder.n_latent, "style_dim": encoder.config.style_dim,
-                 "resolution": resolution_for(encoder.n_latent)}
-        meta = {"latent_space": space, "encoder": {"fingerprint": encoder_fingerprint(encoder)}}
-        aligned = pil_to_comfy([face.crop for _, (face, _, _) in chosen]).to(comfy.intermediate_device())
-        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, (face, _, _) in chosen), int(images.shape[0]))
-        return T.EssenceLatent.create(latents, sources, meta), aligned, alignment
-
-
-def _rows(inversion: essence.Inversion) -> list[tuple[AlignedFace, torch.Tensor, dict[str, Any]]]:
-    """An inversion's faces as (face, latent, source) rows, largest face first."""
-    return list(zip(inversion.faces, inversion.latents, inversion.sources))
+               face_index: int, no_face: str = "error") -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+        try:
+            with host.models_on_compute_device(encoder):
+                inversion = invert(images, encoder, landmarks=landmarks, all_faces=face_index > 0,
+                                   skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])))
+        except FaceNotFoundError as exc:
+            raise FaceNotFoundError(f"{exc} {SKIP_HINT}") from None
+        rows_per_photo: dict[int, list[int]] = collections.defaultdict(list)
+        for row, source in enumerate(inversion.sources):
+            rows_per_photo[source["photo_index"]].append(row)
+        chosen = choose_faces([rows_per_photo[i] for i in range(len(images))], face_index, images)
+        faces = [(i, inversion.faces[row]) for i, row in chosen]
+        aligned = pil_to_comfy([face.crop for _, face in faces]).to(host.intermediate_device())
+        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in faces), int(images.shape[0]))
+        return inversion.latent_set().select([row for _, row in chosen]), aligned, alignment
 
 
 class EssencePasteBack:
@@ -196,9 +209,9 @@ class EssencePasteBack:
         _check_batches(photos, faces, alignment)
         out = photos[..., :3].float().clone()
         for face, place in zip(faces, alignment.faces):
-            comfy.check_interrupt()
+            host.check_interrupt()
             out[place.photo_index] = paste_back(out[place.photo_index], face[..., :3], place.transform, feather)
-        return (out.to(comfy.intermediate_device()),)
+        return (out.to(host.intermediate_device()),)
 
 
 def _check_batches(photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment) -> None:

@@ -1,29 +1,22 @@
 """Latent nodes: make W+ latents and edit them with a direction.
 
-Latents travel as ``EssenceLatent`` (CPU float32 tensor + per-row notes), so a batch always says
-where each face came from and which essences were added to it.
+Latents travel as ``essence.LatentSet`` (CPU float32 tensor + one provenance entry per row), so a
+batch always says where each face came from and which essences were added to it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from .. import essence
 from ..essence.apply import LAYER_PRESETS, apply_direction
-from ..essence.direction import LatentSpace
-from . import comfy
+from ..essence.latents import sample_latents
+from . import host
 from . import types as T
 from .inputs import choice, integer, link, number, seed
 
 CATEGORY = "essence/latents"
 MAX_SAMPLES = 64
-
-
-def batch_meta(generator: essence.StyleGAN2Generator) -> dict[str, Any]:
-    """What a latent batch records about the generator it belongs to (as latent files do)."""
-    return {"latent_space": asdict(LatentSpace.of_generator(generator)),
-            "generator": {"fingerprint": generator.fingerprint(), "size": generator.size}}
 
 
 def layers_input() -> tuple:
@@ -53,11 +46,9 @@ class EssenceSampleLatents:
         }}
 
     def sample(self, generator: essence.StyleGAN2Generator, count: int, seed: int,
-               truncation: float) -> tuple[T.EssenceLatent]:
-        with comfy.models_on_compute_device(generator):
-            wplus = generator.sample_wplus(count, seed=seed, truncation=truncation)
-        sources = [{"kind": "sample", "seed": seed, "row": i, "truncation": truncation} for i in range(count)]
-        return (T.EssenceLatent.create(wplus, sources, batch_meta(generator)),)
+               truncation: float) -> tuple[essence.LatentSet]:
+        with host.models_on_compute_device(generator):
+            return (sample_latents(generator, count, seed, truncation),)
 
 
 class EssenceApply:
@@ -80,8 +71,8 @@ class EssenceApply:
             "layers": layers_input(),
         }}
 
-    def apply(self, latents: T.EssenceLatent, direction: essence.Direction, strength: float,
-              layers: str) -> tuple[T.EssenceLatent]:
-        edited = apply_direction(latents.tensor, direction, strength, layers)
+    def apply(self, latents: essence.LatentSet, direction: essence.Direction, strength: float,
+              layers: str) -> tuple[essence.LatentSet]:
+        edited = apply_direction(latents.latents, direction, strength, layers)
         return (latents.edited(edited, {"direction": direction.name, "strength": strength, "layers": layers}),)
 

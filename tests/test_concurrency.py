@@ -1,7 +1,7 @@
 """Two ComfyUI prompts, or two CLI processes, using the same model cache and the same folders at once.
 
-- Threads: two prompts asking for the same model at the same moment get one object, loaded once
-  (``essence.runtime``'s cache lock).
+- Threads: two threads asking the library for the same model at the same moment get one object,
+  loaded once (``essence.runtime``'s cache lock).
 - Processes: two ComfyUI servers (or two prompts) saving with Save Essence's counter naming into
   one directions folder never overwrite each other, and every file loads.
 - Processes: two ``python -m essence sample --out same.safetensors`` at once leave one complete file.
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import essence
+import essence.models
 from essence.latents import load_latents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +33,14 @@ def _env() -> dict[str, str]:
 
 def test_two_threads_loading_one_model_share_one_load(fixtures: Path, monkeypatch) -> None:
     calls = []
-    real = essence.load_generator_file
+    real = essence.models.load_generator_file
 
     def slow_loader(path, device):
         calls.append(threading.get_ident())
         time.sleep(0.3)  # a big file: the second thread arrives while the first is still loading
         return real(path, device)
 
-    monkeypatch.setattr(essence, "load_generator_file", slow_loader)
+    monkeypatch.setattr(essence.models, "load_generator_file", slow_loader)
     barrier = threading.Barrier(2)
     results: list[object] = [None, None]
 

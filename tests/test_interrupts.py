@@ -195,8 +195,8 @@ def test_save_killed_leaves_the_earlier_file_intact(comfy_env, kind: str, kill_a
     strays = sorted(p.name for p in folder.iterdir() if p.name != dest.name)
     assert strays and all(s.startswith(f".{dest.name}.") and s.endswith(".tmp") for s in strays), strays
     # the leftover temporary file is never offered as a direction, nor loadable as one by mistake
-    comfy = comfy_env.pack.nodes.comfy
-    assert comfy.filename_list(comfy.DIRECTIONS_FOLDER) == [dest.name]
+    host = comfy_env.pack.nodes.host
+    assert host.filename_list(host.DIRECTIONS_FOLDER) == [dest.name]
     assert comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0] == [dest.name]
 
 
@@ -246,8 +246,8 @@ def test_leftovers_are_not_weight_files(comfy_env, tmp_path: Path, monkeypatch) 
     folder = comfy_env.dir("essence_stylegan2")
     for name in ("big.pt.part", "big.pt.part.json", ".big.pt.x1y2.tmp"):
         (folder / name).write_bytes(b"partial")
-    comfy = comfy_env.pack.nodes.comfy
-    assert comfy.filename_list("essence_stylegan2") == ["stylegan2_tiny64.pt"]
+    host = comfy_env.pack.nodes.host
+    assert host.filename_list("essence_stylegan2") == ["stylegan2_tiny64.pt"]
 
 
 # ----------------------------------------------------------------------------- training

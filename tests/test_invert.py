@@ -94,7 +94,7 @@ def test_a_comfy_batch_inverts_row_by_row(fixtures: Path, encoder, landmarker) -
     result = invert(batch, encoder, landmarks=landmarker)
     assert result.latents.shape == (2, 10, 64)
     assert not torch.allclose(result.latents[0], result.latents[1])
-    assert [s["name"] for s in result.sources] == ["tensor image 0", "tensor image 1"]
+    assert [s["name"] for s in result.sources] == ["image 1 of 2 in the batch", "image 2 of 2 in the batch"]
 
 
 def test_inversion_saves_as_a_latent_file(fixtures: Path, encoder, landmarker, tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ Out of memory (no GPU needed: the failure is simulated by raising what CUDA rais
 ``torch.OutOfMemoryError``, or what other backends raise, ``RuntimeError("... out of memory")``):
 - the library's batched inference paths (e4e ``encode``, ``strength_sweep``, ``reconstruct``) retry
   smaller and give identical results, and only at one image at a time raise a ``DeviceMemoryError``
-  (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what to lower;
-- ``train_direction`` raises a ``DeviceMemoryError`` naming ``--chunk`` / ``chunk_size``;
-- the ComfyUI nodes' ``retry_smaller_on_oom`` halves the batch (or training chunk) and succeeds.
+  (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what ran out;
+- ``train_direction`` raises a ``DeviceMemoryError`` naming ``chunk_size``;
+- the caller adds its own advice: the CLI names its flags, the ComfyUI nodes name ComfyUI's remedies
+  and never a CLI flag (``tests/test_nodes.py`` checks the exact batch sizes a node tries).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401 (fixtures)
 from PIL import Image
 
 import essence
-from essence import images
+from essence import cli, cli_directions, images
 from essence.align import load_landmarker
 from essence.apply import strength_sweep
 from essence.errors import DeviceMemoryError, EssenceError, FaceNotFoundError
 from essence.invert import reconstruct
-from essence.runtime import is_out_of_memory, run_in_chunks_on_oom
+from essence.runtime import is_out_of_memory, retry_smaller_on_oom, run_in_chunks_on_oom
 from essence.train import TrainSettings, train_direction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def grey_jpeg(width: int, height: int) -> bytes:
 HUGE_PHOTO = """
     import json, resource, sys
     import essence
-    from essence import images
+    from essence import cli, cli_directions, images
     from essence.align import load_landmarker
     from essence.errors import FaceNotFoundError
 
@@ -171,14 +172,14 @@ def test_out_of_memory_is_recognised_on_every_backend() -> None:
 
 def test_chunks_are_split_on_out_of_memory_keeping_order() -> None:
     fn = _failing_above(lambda rows: rows * 10, 3, RuntimeError, "MPS backend out of memory")
-    outputs = run_in_chunks_on_oom(fn, torch.arange(10), 8, "testing", "Lower something.")
+    outputs = run_in_chunks_on_oom(fn, torch.arange(10), 8, "testing")
     assert torch.equal(torch.cat(outputs), torch.arange(10) * 10)
     assert fn.sizes == [8, 4, 2, 2, 2, 2, 2]  # once halved, the rest continue at the smaller size
     with pytest.raises(RuntimeError, match="shapes"):  # anything else is not retried
         run_in_chunks_on_oom(_failing_above(lambda r: r, 0, RuntimeError, "shapes differ"), torch.arange(4), 2,
-                             "testing", "")
-    with pytest.raises(DeviceMemoryError, match="out of device memory while testing, even one at a time. Lower"):
-        run_in_chunks_on_oom(_failing_above(lambda r: r, 0), torch.arange(4), 4, "testing", "Lower something.")
+                             "testing")
+    with pytest.raises(DeviceMemoryError, match="^out of device memory while testing, even one at a time.$"):
+        run_in_chunks_on_oom(_failing_above(lambda r: r, 0), torch.arange(4), 4, "testing")
 
 
 def test_e4e_encode_splits_a_batch_that_does_not_fit(fixtures: Path) -> None:
@@ -206,7 +207,7 @@ def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(fixtu
                               expected_sweep, atol=1e-5)
         assert torch.allclose(reconstruct(latents, generator, batch_size=3), expected_images, atol=1e-5)
     generator.synthesize = _failing_above(generator.synthesize, 0)
-    with pytest.raises(DeviceMemoryError, match="strength-sweep images, even one at a time. Use fewer faces"):
+    with pytest.raises(DeviceMemoryError, match="strength-sweep images, even one at a time.$"):
         strength_sweep(generator, latents, direction, [1.0])
 
 
@@ -222,16 +223,15 @@ def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_models) -> Non
     target = torch.nn.functional.normalize(torch.randn(1, guide.embed_dim, generator=torch.Generator().manual_seed(0)))
     generator.synthesize = _failing_above(generator.synthesize, 1)
     settings = TrainSettings(steps=2, progress_every=1)
-    with pytest.raises(DeviceMemoryError, match=r"4 source faces, 4 rendered per pass\): lower the chunk size "
-                                                r"\(--chunk / chunk_size; it is 4"):
+    with pytest.raises(DeviceMemoryError, match=r"training \(4 source faces, 4 rendered per pass\)\. Lower "
+                                                r"chunk_size \(it is 4\)"):
         train_direction(None, sources, generator, guide, settings=settings, target_embedding_override=target)
     result = train_direction(None, sources, generator, guide, settings=TrainSettings(steps=2, chunk_size=1),
                              target_embedding_override=target)
     assert torch.isfinite(result.direction.tensor).all()
 
 
-def test_comfyui_nodes_retry_smaller_on_any_backend_out_of_memory(comfy_env) -> None:
-    comfy = comfy_env.pack.nodes.comfy
+def test_whole_runs_retry_smaller_on_any_backend_out_of_memory() -> None:
     tried: list[int] = []
 
     def run(size: int) -> str:
@@ -240,9 +240,26 @@ def test_comfyui_nodes_retry_smaller_on_any_backend_out_of_memory(comfy_env) -> 
             raise RuntimeError("MPS backend out of memory")
         return "done"
 
-    assert comfy.retry_smaller_on_oom(run, 8, "testing") == "done" and tried == [8, 4, 2]
+    assert retry_smaller_on_oom(run, 8, "testing", on_retry=tried.append) == "done" and tried == [8, 4, 4, 2, 2]
     with pytest.raises(RuntimeError, match="shapes"):
-        comfy.retry_smaller_on_oom(lambda size: (_ for _ in ()).throw(RuntimeError("shapes differ")), 8, "testing")
+        retry_smaller_on_oom(lambda size: (_ for _ in ()).throw(RuntimeError("shapes differ")), 8, "testing")
+    with pytest.raises(DeviceMemoryError, match="^out of device memory while testing, even one at a time.$"):
+        retry_smaller_on_oom(lambda size: run(8), 1, "testing")
+
+
+@pytest.mark.parametrize(("command", "module", "handler", "advice"), [
+    (["sample", "--out", "x.safetensors"], cli, "_cmd_sample", "Run on the CPU (--device cpu)"),
+    (["train", "t.jpg", "--out", "x.safetensors"], cli_directions, "_cmd_train", "--render-size 256, a +bf16 --mode"),
+])
+def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, advice, monkeypatch, capsys) -> None:
+    def out_of_memory(_args):
+        raise DeviceMemoryError("testing, even one at a time", "Lower chunk_size.")
+
+    monkeypatch.setattr(module, handler, out_of_memory)
+    assert cli.main(command) == cli.EXIT_USER_ERROR
+    message = capsys.readouterr().err
+    assert message.startswith("error: out of device memory while testing, even one at a time. ") and advice in message
+    assert "chunk_size" not in message  # the library's words for Python callers are replaced
 
 
 def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixtures: Path) -> None:
@@ -274,7 +291,8 @@ def test_train_node_that_cannot_fit_one_face_gives_comfyui_advice(comfy_env, fix
     generator.synthesize = _failing_above(real, 0)
     target = torch.rand(1, 64, 64, 3)
     try:
-        with pytest.raises(torch.OutOfMemoryError, match="even one at a time. Close other models .*Unload models"):
+        with pytest.raises(torch.OutOfMemoryError, match=r"while training \(2 source faces\), even one at a time\. "
+                                                         r"Free GPU memory with ComfyUI's 'Unload Models'"):
             comfy_env.run("EssenceTrain", target=target, sources=latents, generator=generator, guide=guide, steps=2,
                           lambda_transfer=1.0, lambda_consistency=0.5, seed=3, mode="fast", init="random",
                           chunk_size=0, preview_every=5)

@@ -62,7 +62,7 @@ def test_pack_imports_without_comfyui(monkeypatch):
         pack = import_pack()
         assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
         assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
-        assert pack.nodes.comfy.register_model_folders() is False
+        assert pack.nodes.host.register_model_folders() is False
         assert pack.essence.weights._folder_provider is None
         for cls in pack.NODE_CLASS_MAPPINGS.values():
             cls.INPUT_TYPES()  # dropdowns work (empty folders) without ComfyUI
@@ -136,8 +136,8 @@ def test_loaders_build_models_usable_for_training(comfy_env):
     assert generator.size == decoder.size == 64 and encoder.n_latent == generator.n_latent == 10
     # built outside ComfyUI's inference mode, so autograd can flow through them
     assert not any(p.is_inference() for p in generator.parameters())
-    again = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")[0]
-    assert again is generator  # cached
+    # ComfyUI's node cache owns them (its 'free model and node cache' frees them); Essence keeps none
+    assert comfy_env.pack.essence.runtime.cached_models() == []
 
 
 def test_missing_model_names_the_folder_and_the_download(comfy_env):
@@ -167,14 +167,14 @@ def test_empty_model_folder_dropdown_shows_the_expected_file(comfy_env):
 def test_sample_latents_follow_the_seed_convention(comfy_env, models):
     generator, _ = models
     latents = sample(comfy_env, generator, count=3, seed=2**64 - 1)
-    assert latents.tensor.shape == (3, 10, 64) and latents.tensor.dtype == torch.float32
-    assert not latents.tensor.is_inference()  # safe to reuse outside inference mode
+    assert latents.latents.shape == (3, 10, 64) and latents.latents.dtype == torch.float32
+    assert not latents.latents.is_inference()  # safe to reuse outside inference mode
     assert [r["row"] for r in latents.sources] == [0, 1, 2] and latents.sources[0]["seed"] == 2**64 - 1
     assert latents.sources[0]["kind"] == "sample" and latents.meta["generator"]["fingerprint"]
     assert latents.meta["latent_space"]["n_latent"] == 10
     same = sample(comfy_env, generator, count=3, seed=2**64 - 1)
-    assert torch.equal(same.tensor, latents.tensor)
-    assert not torch.equal(sample(comfy_env, generator, count=3, seed=1).tensor, latents.tensor)
+    assert torch.equal(same.latents, latents.latents)
+    assert not torch.equal(sample(comfy_env, generator, count=3, seed=1).latents, latents.latents)
 
 
 def test_render_gives_comfyui_images(comfy_env, models):
@@ -186,7 +186,7 @@ def test_render_gives_comfyui_images(comfy_env, models):
     assert small.shape == (4, 32, 32, 3)
     (same,) = comfy_env.run("EssenceRender", generator=generator, latents=latents, resolution="512")
     assert torch.equal(same, full)  # at or above the generator's size: every layer
-    expected = ((generator.synthesize(latents.tensor).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    expected = ((generator.synthesize(latents.latents).clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
     assert torch.allclose(full, expected, atol=1e-5)
 
 
@@ -196,7 +196,7 @@ def test_apply_and_sweep(comfy_env, models, fixtures):
     noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0))
     direction = comfy_env.pack.essence.Direction(noise * 0.3, {"name": "test"})
     (edited,) = comfy_env.run("EssenceApply", latents=latents, direction=direction, strength=0.5, layers="coarse")
-    delta = edited.tensor - latents.tensor
+    delta = edited.latents - latents.latents
     assert torch.allclose(delta[:, :4], 0.5 * direction.tensor[:, :4].expand(2, -1, -1), atol=1e-6)
     assert torch.all(delta[:, 4:] == 0)
     assert edited.sources[0]["edits"] == [{"direction": "test", "strength": 0.5, "layers": "coarse"}]
@@ -303,25 +303,9 @@ def test_save_writes_into_the_first_directions_path(comfy_env):
     assert not [p for p in comfy_env.dir("essence_directions").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_out_of_memory_retries_with_smaller_batches(comfy_env):
-    comfy = comfy_env.pack.nodes.comfy
-    tried = []
-
-    def run(size):
-        tried.append(size)
-        if size > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return "done"
-
-    assert comfy.retry_smaller_on_oom(run, 8, "testing") == "done" and tried == [8, 4, 2, 1]
-    assert comfy_env.model_management.empty_cache_calls == 3
-    with pytest.raises(torch.OutOfMemoryError, match="even one at a time"):
-        comfy.retry_smaller_on_oom(lambda size: run(2), 1, "testing")
-
-
-def test_models_move_between_devices_outside_inference_mode(comfy_env):
+def test_models_move_to_the_device_outside_inference_mode(comfy_env):
     """A parameter copied to another device under ComfyUI's inference mode would become an inference
-    tensor that training can never back-propagate through; the moves must happen outside it."""
+    tensor that training can never back-propagate through; the move must happen outside it."""
     seen = []
 
     class Probe(torch.nn.Linear):
@@ -330,9 +314,104 @@ def test_models_move_between_devices_outside_inference_mode(comfy_env):
             return super().to(*args, **kwargs)
 
     with torch.inference_mode():
-        with comfy_env.pack.nodes.comfy.models_on_compute_device(Probe(2, 2)):
+        with comfy_env.pack.nodes.host.models_on_compute_device(Probe(2, 2)):
             pass
-    assert seen == [False, False]  # to the compute device, and back to the offload device
+    assert seen == [False]  # to the compute device; it stays loaded until ComfyUI unloads it
+
+
+def test_comfyui_makes_room_for_essence_models_and_unloads_them_whole(comfy_env, models):
+    """ComfyUI's ledger manages Essence's models like its own: another model is unloaded to make room
+    before the generator moves; a request to free part of the generator unloads all of it (a plain
+    module cannot run split across devices); 'Unload Models' releases it; Essence caches nothing."""
+    mm, mp = comfy_env.model_management, sys.modules["comfy.model_patcher"]
+    gpu = torch.device("cpu", 0)  # a device with a memory ledger, as ComfyUI sees a GPU (tensors stay on the CPU)
+    mm.get_torch_device = lambda: gpu
+    generator, _ = models
+    size = mm.module_size(generator)
+    mm.device_memory[gpu] = size + 1000  # room for the generator or for a model as big as it, not both
+    other = mp.ModelPatcher(torch.nn.Linear(size // 4, 1, bias=False), gpu, torch.device("cpu"))
+    mm.load_models_gpu([other])
+
+    def on_device() -> list:
+        return [patcher for patcher in mm.loaded_models() if patcher.loaded_size() > 0]
+
+    assert on_device() == [other]
+    latents = sample(comfy_env, generator, count=1)
+    comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    (essence_model,) = on_device()  # the other model was unloaded to make room
+    assert essence_model.model is generator and essence_model.loaded_size() == size
+    assert any(required >= size and device == gpu for required, device in mm.free_memory_calls)
+    comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    assert on_device() == [essence_model]  # still loaded: the next node found it in place
+
+    mm.load_models_gpu([other], force_full_load=True)  # needs all but 1000 bytes: ComfyUI asks to free part
+    assert on_device() == [other] and essence_model not in mm.loaded_models()
+    assert essence_model.loaded_size() == 0 and not generator.model_lowvram  # unloaded whole, not split
+    mm.unload_all_models()  # what POST /free {"unload_models": true} runs
+    assert mm.loaded_models() == [] and comfy_env.pack.essence.runtime.cached_models() == []
+
+
+def test_essence_models_load_and_unload_whole_where_a_plain_model_patcher_splits_them(comfy_env):
+    """The stand-in reproduces the hazard the pack avoids: ComfyUI loads and frees part of a plain
+    module (its "lowvram" mode); Essence's patcher moves all of it or nothing."""
+    mm, mp = comfy_env.model_management, sys.modules["comfy.model_patcher"]
+    gpu = torch.device("cpu", 0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
+    size = mm.module_size(model)
+    mm.device_memory[gpu] = size + 100
+    patcher = mp.ModelPatcher(model, gpu, torch.device("cpu"))
+    mm.load_models_gpu([patcher])
+    mm.free_memory(200, gpu)
+    assert mm.loaded_models() == [patcher]  # still loaded, in part
+    assert model.model_lowvram and 0 < model.model_loaded_weight_memory < size
+    mm.unload_all_models()
+
+    mm.get_torch_device = lambda: gpu
+    essence_model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
+    whole = comfy_env.pack.nodes.host.model_patcher(essence_model)
+    assert comfy_env.pack.nodes.host.model_patcher(essence_model) is whole  # one per model
+    assert whole.partially_load(gpu, 1000) == size and not essence_model.model_lowvram  # asked for part: all
+    assert whole.partially_unload(torch.device("cpu"), 200) == 0 and whole.loaded_size() == size  # none
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+def _fail_above(synthesize, limit: int, tried: list[int]):
+    """``synthesize``, except that more than ``limit`` faces at once raise CUDA's out-of-memory error."""
+    def fake(wplus, *args, **kwargs):
+        tried.append(len(wplus))
+        if len(wplus) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return synthesize(wplus, *args, **kwargs)
+    return fake
+
+
+def test_render_and_sweep_retry_smaller_in_one_layer_with_comfyui_advice(comfy_env, models, monkeypatch):
+    generator, _ = models
+    latents = sample(comfy_env, generator, count=2)
+    direction = comfy_env.pack.essence.Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)))
+    sweep = dict(generator=generator, latents=latents, direction=direction, strength_start=0.0, strength_end=1.0,
+                 steps=3, layers="all")
+    (expected,) = comfy_env.run("EssenceStrengthSweep", **sweep)
+    tried: list[int] = []
+    real = generator.synthesize
+    monkeypatch.setattr(generator, "synthesize", _fail_above(real, 1, tried))
+    (grid,) = comfy_env.run("EssenceStrengthSweep", **sweep)
+    assert torch.allclose(grid, expected, atol=1e-5)
+    assert tried == [4, 2, 1, 1, 1, 1, 1, 1]  # 6 images: halved once per failure, never restarted
+    tried.clear()
+    comfy_env.run("EssenceRender", generator=generator, latents=latents)
+    assert tried == [2, 1, 1]
+
+    monkeypatch.setattr(generator, "synthesize", _fail_above(real, 0, tried))
+    tried.clear()
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        comfy_env.run("EssenceStrengthSweep", **sweep)
+    assert tried == [4, 2, 1]
+    assert str(info.value) == ("out of device memory while rendering 6 strength-sweep images, even one at a time. "
+                               "Free GPU memory with ComfyUI's 'Unload Models' button, use fewer or smaller "
+                               "inputs, or start ComfyUI with --cpu.")
 
 
 def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):

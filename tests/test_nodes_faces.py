@@ -57,7 +57,8 @@ def test_landmark_loader_offers_auto_and_the_folder_files(comfy_env, landmarks):
     assert spec[0] == ["auto", LANDMARKS_NAME] and spec[1]["default"] == "auto"
     assert landmarks.path.parent == comfy_env.dir(LANDMARKS_FOLDER)  # the model folder comes first
     (by_name,) = comfy_env.run("EssenceLandmarkLoader", landmarks_file=LANDMARKS_NAME)
-    assert by_name is landmarks  # loaded once
+    assert by_name.path == landmarks.path  # 'auto' picked the folder's file
+    assert comfy_env.pack.essence.runtime.cached_models() == []  # ComfyUI's node cache owns them
 
 
 def test_missing_landmark_model_names_the_folder_the_file_and_the_package(comfy_env, monkeypatch):
@@ -106,6 +107,23 @@ def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo,
         align(comfy_env, faceless, landmarks, no_face="skip")
 
 
+def test_invert_face_inverts_the_batch_once_and_skips_photos_without_a_face(comfy_env, landmarks, encoder, photo,
+                                                                           faceless):
+    lib = comfy_env.pack.essence
+    batch = torch.cat([faceless, photo])
+    invert = dict(encoder=encoder, landmarks=landmarks, images=batch, face_index=0)
+    with pytest.raises(lib.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
+        comfy_env.run("EssenceInvertFace", **invert)
+    latents, aligned, alignment = comfy_env.run("EssenceInvertFace", **invert, no_face="skip")
+    assert len(latents) == 1 and aligned.shape == (1, 256, 256, 3)
+    assert latents.sources[0]["photo_index"] == 1 and [f.photo_index for f in alignment.faces] == [1]
+    assert comfy_env.progress.updates[-1][:2] == (2, 2)  # one step per photo
+    lib.clear_inversion_cache()
+    expected = lib.invert(batch, encoder, landmarks=landmarks, skip_missing=True)
+    assert torch.allclose(latents.latents, expected.latents, atol=1e-6)
+    assert latents.sources == expected.latent_set().sources and latents.meta == expected.latent_set().meta
+
+
 # ----------------------------------------------------------------------------- invert, edit, paste back
 
 
@@ -114,12 +132,12 @@ def test_invert_edit_render_and_paste_back_into_the_photo(comfy_env, landmarks, 
     latents, aligned, alignment = comfy_env.run("EssenceInvertFace", encoder=encoder, landmarks=landmarks,
                                                 images=photo, face_index=0)
     expected = lib.invert(photo[0], encoder, landmarks=landmarks)
-    assert latents.tensor.shape == (1, 10, 64) and not latents.tensor.is_inference()
-    assert torch.allclose(latents.tensor, expected.latents, atol=1e-6)
+    assert latents.latents.shape == (1, 10, 64) and not latents.latents.is_inference()
+    assert torch.allclose(latents.latents, expected.latents, atol=1e-6)
     source = latents.sources[0]
-    assert source["kind"] == "photo" and source["batch_index"] == 0
+    assert source["kind"] == "photo" and source["photo_index"] == 0
     assert source["sha256"] == lib.load_photo(photo[0]).sha256  # the photo's pixel sha256
-    assert latents.meta["latent_space"]["n_latent"] == 10 and latents.meta["encoder"]["fingerprint"]
+    assert latents.space["n_latent"] == 10 and latents.meta["encoder"]["fingerprint"]
     assert aligned.shape == (1, 256, 256, 3) and alignment.faces[0].photo_size == (890, 1112)
 
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="[e4e] e4e_tiny64.pt")

@@ -1,26 +1,27 @@
-"""The only place Essence touches ComfyUI: folders, devices, progress, interruption, memory.
+"""The only place Essence touches its host, ComfyUI: folders, devices, memory, progress, interruption.
 
-Everything here imports ComfyUI's modules (``folder_paths``, ``comfy.utils``,
-``comfy.model_management``) lazily, inside the functions, so the pack can be imported (and its node
-classes registered and inspected) without ComfyUI; the functions that need ComfyUI then fall back
-to plain CPU behaviour. The rest of ``nodes/`` calls these functions and never imports ComfyUI.
+ComfyUI's modules (``folder_paths``, ``comfy.utils``, ``comfy.model_management``,
+``comfy.model_patcher``) are optional here, looked up when used, so the pack can be imported (and
+its node classes registered and inspected) without ComfyUI; the functions that need ComfyUI then
+fall back to plain CPU behaviour. The rest of ``nodes/`` calls these functions and never imports
+ComfyUI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import torch
 
 from ..essence import weights as essence_weights
-from ..essence.errors import MissingWeightsError
-
-T = TypeVar("T")
+from ..essence.errors import DeviceMemoryError, MissingWeightsError
+from ..essence.runtime import is_out_of_memory
 
 DIRECTIONS_FOLDER = "essence_directions"
 DIRECTION_EXTENSIONS = frozenset({".safetensors", ".npy"})
@@ -171,46 +172,81 @@ def offload_device() -> torch.device:
     return torch.device(mm.unet_offload_device()) if mm is not None else torch.device("cpu")
 
 
-def free_memory() -> None:
-    """Return cached device memory to the driver (ComfyUI's soft_empty_cache)."""
+def release_memory() -> None:
+    """Return cached device memory to the driver (ComfyUI's soft_empty_cache), e.g. between
+    out-of-memory retries."""
     mm = model_management()
     if mm is not None:
         mm.soft_empty_cache()
 
 
-def _move(model: torch.nn.Module, device: torch.device) -> None:
-    # Outside inference mode: parameters copied under it would become inference tensors, which can
-    # never take part in autograd, and the training node back-propagates through these models.
-    with torch.inference_mode(False), torch.no_grad():
-        model.to(device)
+OUT_OF_MEMORY_ADVICE = ("Free GPU memory with ComfyUI's 'Unload Models' button, use fewer or smaller inputs, "
+                        "or start ComfyUI with --cpu.")
 
 
 @contextlib.contextmanager
 def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]:
-    """Run a block with ``models`` on the compute device; afterwards (even on error or interrupt)
-    move them back to the offload device and free cached memory."""
+    """Run a block with ``models`` on ComfyUI's compute device, as one of ComfyUI's loaded models.
+
+    ComfyUI keeps one ledger of what occupies the GPU (``comfy.model_management``). Each model
+    joins it through a ``ModelPatcher`` (``model_patcher``), and ``load_models_gpu`` first
+    unloads other models until these fit, then moves them. They stay loaded after the block, so
+    the next Essence node finds them in place, until ComfyUI needs the room or the user presses
+    'Unload Models' (``POST /free``): then ComfyUI moves them back to the offload device. Outside
+    ComfyUI nothing moves (the CPU). An out-of-memory error from the block is re-raised with
+    advice a ComfyUI user can follow.
+    """
+    mm = model_management()
     device = compute_device()
     try:
-        for model in models:
-            _move(model, device)
+        if mm is not None:
+            # outside inference mode: parameters copied under it become inference tensors, which
+            # can never take part in autograd, and the training node back-propagates through these
+            with torch.inference_mode(False), torch.no_grad():
+                mm.load_models_gpu([model_patcher(model) for model in models], force_full_load=True)
         yield device
-    finally:
-        home = offload_device()
-        for model in models:
-            _move(model, home)
-        if device.type != "cpu":
-            free_memory()
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        what = exc.what if isinstance(exc, DeviceMemoryError) else f"running on {device}"
+        raise DeviceMemoryError(what, OUT_OF_MEMORY_ADVICE) from exc
 
 
-OUT_OF_MEMORY_ADVICE = "Close other models (ComfyUI's 'Unload models'), or run ComfyUI with --cpu."
+PATCHER_ATTRIBUTE = "comfy_model_patcher"
 
 
-def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str) -> T:
-    """``run(size)``; on device out-of-memory, free ComfyUI's memory and retry with half the size,
-    down to 1 (Essence's ``retry_smaller_on_oom`` with ComfyUI's advice and memory release)."""
-    from ..essence.runtime import retry_smaller_on_oom as retry
+def model_patcher(model: torch.nn.Module) -> Any:
+    """The one ModelPatcher through which ComfyUI manages ``model`` (made on first use).
 
-    return retry(run, size, what, OUT_OF_MEMORY_ADVICE, release=free_memory)
+    It is kept on the model itself: ComfyUI recognises a loaded model by its patcher's identity,
+    and the pair then lives exactly as long as ComfyUI's node cache holds the model.
+    """
+    patcher = model.__dict__.get(PATCHER_ATTRIBUTE)
+    if patcher is None:
+        patcher = _whole_model_patcher_type()(model, compute_device(), offload_device())
+        model.__dict__[PATCHER_ATTRIBUTE] = patcher
+    return patcher
+
+
+@functools.cache
+def _whole_model_patcher_type() -> type:
+    """``comfy.model_patcher.ModelPatcher`` for plain PyTorch modules, which move only as a whole.
+
+    ComfyUI loads and unloads its own models layer by layer when memory is short ("lowvram"); only
+    its own layer types can run with their weights split across devices. So a load here is always
+    complete, and a request to free part of the model frees none of it, which makes ComfyUI unload
+    the model whole.
+    """
+    base = importlib.import_module("comfy.model_patcher").ModelPatcher
+
+    class WholeModelPatcher(base):
+        def partially_load(self, device_to, extra_memory=0, *args, **kwargs):
+            return super().partially_load(device_to, max(extra_memory, 2 * self.model_size()), *args, **kwargs)
+
+        def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs):
+            return 0
+
+    return WholeModelPatcher
 
 
 # ----------------------------------------------------------------------------- progress
