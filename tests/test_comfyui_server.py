@@ -137,7 +137,10 @@ def server(tmp_path_factory, fixtures):
 
 def test_pack_imports_and_its_nodes_are_listed(server):
     log = server.log_text()
-    assert PACK_DIR_NAME in log and "IMPORT FAILED" not in log, log[-4000:]
+    # ComfyUI lists each custom node folder once, as "<time> seconds[ (IMPORT FAILED)]: <path>". Its own
+    # optional nodes (e.g. audio without torchaudio) may fail to import; that is not the pack's concern.
+    pack_lines = [line for line in log.splitlines() if line.rstrip().endswith("custom_nodes/" + PACK_DIR_NAME)]
+    assert pack_lines and not any("IMPORT FAILED" in line for line in pack_lines), log[-4000:]
     info = server.get("/object_info")
     assert NODE_IDS <= set(info)
     for node_id in NODE_IDS:
