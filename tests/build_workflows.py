@@ -167,7 +167,8 @@ class Graph:
             x += max(block.extent()[0] for block in column) + GAP
         placed = {id(n) for g in self.groups for column in g.columns for n in column}
         missing = [n.type for n in self.nodes if id(n) not in placed]
-        assert not missing, f"nodes in no group: {missing}"
+        if missing:
+            raise ValueError(f"put every node in a group; these are in none: {missing}")
 
     def _body_height(self, node_type: str) -> int:
         if node_type == "LoadImage":
