@@ -1,16 +1,28 @@
 """Write the example workflows (``workflows/*.json``, ComfyUI UI format 0.4) and their thumbnails.
 
-    .venv/bin/python tests/build_workflows.py
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python \
+        /path/to/its/python tests/build_workflows.py
+
+(the Python running it needs Essence's requirements and ``playwright``; Chromium comes from
+``apt-get install chromium``; see ``tests/real_comfyui.py``). ``--no-thumbnails`` writes the JSON
+files only and needs neither ComfyUI nor a browser.
 
 The graphs are declared below by node type and input name; node layouts (sockets, widget order)
 come from the nodes' own ``INPUT_TYPES`` through ``workflow_tools.widget_slots``, the frontend's
-rule. Each thumbnail is the workflow's actual output: the graph is run in-process with the tiny
-fixture models standing in for the real files (tiny directions trained here on the fixture photos),
-so it is a real, if low-resolution, picture of what the workflow produces.
+rule. Nodes are placed in columns inside titled groups, each node at least as big as the frontend
+makes it (so the frontend keeps the saved size): a node that gains an input moves its neighbours
+instead of covering them.
+
+Each thumbnail is the graph itself as ComfyUI's real frontend draws it (notes left out): a real
+server with the pack is started, every example is loaded with the frontend's own
+``app.loadGraphData``, checked for overlapping nodes, framed and screenshotted. It shows what the
+workflow does, not a picture pretending to be its result.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import sys
@@ -19,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,13 +38,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for
 
 from comfy_stubs import fake_comfyui  # noqa: E402
 from workflow_tools import (LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, WORKFLOWS, definitions_of,  # noqa: E402
-                            input_images, load_image, quick_run, run_prompt, socket_inputs, stage_tiny_files,
-                            ui_to_api, widget_slots)
+                            random_directions, socket_inputs, stage_tiny_files, widget_slots)
 
 FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
-THUMBNAIL_WIDTH = 384
-THUMBNAIL_TRAIN_STEPS = 40  # the training example runs this many steps (not 1000) for its thumbnail
+THUMBNAIL_SIZE = 400   # square, like ComfyUI's own template thumbnails (the browser shows them square)
+RENDER_SIZE = 1400     # the canvas is drawn this big, then scaled down: crisper than drawing at 400
 NOTE_COLOUR = {"color": "#432", "bgcolor": "#653"}
+GROUP_COLOUR = "#3f789e"
 
 MODELS_NOTE = (
     "Model files (ComfyUI/models/...):\n"
@@ -51,13 +62,68 @@ DIRECTIONS_NOTE = (
     "github.com/hila-chefer/TargetCLIP.")
 
 
+# The frontend's geometry (LiteGraph, ComfyUI frontend 1.27): a node's title bar is drawn above its
+# ``pos``; its body holds one 20 px row per socket (inputs and outputs side by side) and one 24 px row
+# per widget. A saved size at least that big is kept as it is.
+NODE_WIDTH = 320
+TITLE_HEIGHT = 30
+SLOT_HEIGHT = 20
+WIDGET_HEIGHT = 24
+IMAGE_NODE_HEIGHT = 340   # LoadImage shows the picture under its widgets
+GAP = 40                  # between nodes, columns and groups
+GROUP_TITLE = 44          # a group's title bar (font 24) plus a margin
+GROUP_PAD = 16
+
+
 @dataclass
 class Node:
     id: int
     type: str
-    pos: tuple[int, int]
     values: dict[str, Any]
+    title: str | None = None
     links_in: dict[str, tuple["Node", int]] = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (NODE_WIDTH, 0)
+
+
+@dataclass
+class Note:
+    id: int
+    text: str
+    size: tuple[int, int]
+    pos: tuple[int, int] = (0, 0)
+
+    def extent(self) -> tuple[int, int]:
+        return self.size[0], self.size[1] + TITLE_HEIGHT
+
+
+@dataclass
+class Group:
+    """Titled frame around columns of nodes (one stage of the workflow)."""
+    title: str
+    columns: list[list[Node]]
+    pos: tuple[int, int] = (0, 0)
+
+    def extent(self) -> tuple[int, int]:
+        widths = [max(n.size[0] for n in column) for column in self.columns]
+        heights = [sum(n.size[1] + TITLE_HEIGHT for n in column) + GAP * (len(column) - 1) for column in self.columns]
+        return (sum(widths) + GAP * (len(widths) - 1) + 2 * GROUP_PAD,
+                max(heights) + GROUP_TITLE + 2 * GROUP_PAD)
+
+    def place(self, x: int, y: int) -> None:
+        self.pos = (x, y)
+        left = x + GROUP_PAD
+        for column in self.columns:
+            top = y + GROUP_TITLE + GROUP_PAD
+            for node in column:
+                node.pos = (left, top + TITLE_HEIGHT)
+                top += node.size[1] + TITLE_HEIGHT + GAP
+            left += max(n.size[0] for n in column) + GAP
+
+    def to_ui(self) -> dict[str, Any]:
+        width, height = self.extent()
+        return {"title": self.title, "bounding": [self.pos[0], self.pos[1], width, height], "color": GROUP_COLOUR,
+                "font_size": 24, "flags": {}}
 
 
 class Graph:
@@ -66,28 +132,63 @@ class Graph:
     def __init__(self, definitions: dict[str, dict[str, Any]]):
         self.defs = definitions
         self.nodes: list[Node] = []
-        self.notes: list[dict[str, Any]] = []
+        self.notes: list[Note] = []
+        self.groups: list[Group] = []
 
-    def add(self, node_type: str, pos: tuple[int, int], **inputs: Any) -> Node:
-        node = Node(len(self.nodes) + len(self.notes) + 1, node_type, pos, {})
+    def add(self, node_type: str, title: str | None = None, **inputs: Any) -> Node:
+        node = Node(len(self.nodes) + len(self.notes) + 1, node_type, {}, title)
         for name, value in inputs.items():
             (node.links_in if isinstance(value, tuple) else node.values)[name] = value
+        node.size = (NODE_WIDTH, self._body_height(node_type))
         self.nodes.append(node)
         return node
 
-    def note(self, pos: tuple[int, int], text: str, size: tuple[int, int] = (420, 150)) -> None:
-        self.notes.append({"id": len(self.nodes) + len(self.notes) + 1, "type": "Note", "pos": list(pos),
-                           "size": list(size), "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [],
-                           "properties": {"text": ""}, "widgets_values": [text], **NOTE_COLOUR})
+    def note(self, text: str, size: tuple[int, int] = (420, 150)) -> Note:
+        note = Note(len(self.nodes) + len(self.notes) + 1, text, size)
+        self.notes.append(note)
+        return note
+
+    def group(self, title: str, *columns: list[Node]) -> Group:
+        group = Group(title, list(columns))
+        self.groups.append(group)
+        return group
+
+    def arrange(self, *columns: list[Note | Group]) -> None:
+        """Place notes and groups: each argument is one column of them, top to bottom, left to right."""
+        x = 0
+        for column in columns:
+            y = 0
+            for block in column:
+                if isinstance(block, Group):
+                    block.place(x, y)
+                else:
+                    block.pos = (x, y + TITLE_HEIGHT)
+                y += block.extent()[1] + GAP
+            x += max(block.extent()[0] for block in column) + GAP
+        placed = {id(n) for g in self.groups for column in g.columns for n in column}
+        missing = [n.type for n in self.nodes if id(n) not in placed]
+        if missing:
+            raise ValueError(f"put every node in a group; these are in none: {missing}")
+
+    def _body_height(self, node_type: str) -> int:
+        if node_type == "LoadImage":
+            return IMAGE_NODE_HEIGHT
+        definition = self.defs[node_type]
+        rows = max(len(socket_inputs(definition)), len(definition["output"]))
+        widgets = len(widget_slots(definition))
+        return rows * SLOT_HEIGHT + widgets * WIDGET_HEIGHT + 16
 
     def to_ui(self) -> dict[str, Any]:
         links, order = self._links(), self._order()
         nodes = [self._ui_node(node, links, order[node.id]) for node in self.nodes]
+        notes = [{"id": n.id, "type": "Note", "pos": list(n.pos), "size": list(n.size), "flags": {}, "order": 0,
+                  "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [n.text],
+                  **NOTE_COLOUR} for n in self.notes]
         ui_links = [[i, src.id, slot, dst.id, dst_slot, kind] for i, (src, slot, dst, dst_slot, kind) in links.items()]
-        all_nodes = sorted(nodes + self.notes, key=lambda n: n["id"])
+        all_nodes = sorted(nodes + notes, key=lambda n: n["id"])
         return {"last_node_id": max(n["id"] for n in all_nodes), "last_link_id": max(links, default=0),
-                "nodes": all_nodes, "links": ui_links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.9, "offset": [0, 0]}}, "version": 0.4}
+                "nodes": all_nodes, "links": ui_links, "groups": [g.to_ui() for g in self.groups], "config": {},
+                "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}}, "version": 0.4}
 
     def _links(self) -> dict[int, tuple[Node, int, Node, int, str]]:
         links = {}
@@ -123,8 +224,8 @@ class Graph:
         outputs = [{"name": name, "type": kind, "links": outgoing.get(slot, []), "slot_index": slot}
                    for slot, (name, kind) in enumerate(zip(definition["output_name"], definition["output"]))]
         widgets = [self._widget_value(node, name, kind, options) for name, kind, options in widget_slots(definition)]
-        height = 46 + 24 * (max(len(inputs), len(outputs)) + len(widgets))
-        return {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [320, height], "flags": {},
+        return {"id": node.id, "type": node.type, **({"title": node.title} if node.title else {}),
+                "pos": list(node.pos), "size": list(node.size), "flags": {},
                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": node.type}, "widgets_values": widgets}
 
@@ -145,169 +246,156 @@ class Graph:
 def apply_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     """(a) Apply a saved essence to random faces and compare before / after."""
     g = Graph(defs)
-    g.note((20, 20), MODELS_NOTE + "\n\n" + DIRECTIONS_NOTE, (460, 190))
-    gen = g.add("EssenceGeneratorLoader", (20, 250), generator_file="stylegan2-ffhq-config-f.pt")
-    essence = g.add("EssenceLoad", (20, 380), direction_file="keanu.npy")
-    faces = g.add("EssenceSampleLatents", (380, 250), generator=(gen, 0), count=4, seed=7, truncation=0.7)
-    before = g.add("EssenceRender", (760, 60), generator=(gen, 0), latents=(faces, 0), resolution="full")
-    g.add("PreviewImage", (1120, 60), images=(before, 0))
-    edited = g.add("EssenceApply", (380, 460), latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all")
-    after = g.add("EssenceRender", (760, 420), generator=(gen, 0), latents=(edited, 0), resolution="full")
-    g.add("SaveImage", (1120, 420), images=(after, 0), filename_prefix="essence/applied")
+    note = g.note(MODELS_NOTE + "\n\n" + DIRECTIONS_NOTE, (460, 230))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    essence = g.add("EssenceLoad", direction_file="keanu.npy")
+    faces = g.add("EssenceSampleLatents", "Random Faces", generator=(gen, 0), count=4, seed=7, truncation=0.7)
+    edited = g.add("EssenceApply", latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all")
+    before = g.add("EssenceRender", "Render Before", generator=(gen, 0), latents=(faces, 0), resolution="full")
+    after = g.add("EssenceRender", "Render After", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    shown = g.add("PreviewImage", "Before", images=(before, 0))
+    saved = g.add("SaveImage", "After", images=(after, 0), filename_prefix="essence/applied")
+    models = g.group("Models", [gen, essence])
+    main = g.group("Apply the essence to random faces", [faces, edited], [before, after], [shown, saved])
+    g.arrange([note], [models, main])
     return g
 
 
 def train_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     """(b) Train an essence from a target picture, save it, and apply it to new faces."""
     g = Graph(defs)
-    g.note((20, 20), "Train an essence from a picture of the target (several pictures of the same target can be "
-                     "batched). 1000 steps is the paper's setting; a GPU is recommended. The result is saved to "
-                     "models/essence_directions/my_essence_00001.safetensors.\n\n" + MODELS_NOTE, (460, 230))
-    target = g.add("LoadImage", (20, 290), image=TARGET_IMAGE)
-    gen = g.add("EssenceGeneratorLoader", (20, 660), generator_file="stylegan2-ffhq-config-f.pt")
-    guide = g.add("EssenceGuideLoader", (20, 790), clip_file="ViT-B-32.pt")
-    sources = g.add("EssenceSampleLatents", (380, 660), generator=(gen, 0), count=4, seed=0, truncation=0.7)
-    trained = g.add("EssenceTrain", (760, 290), target=(target, 0), sources=(sources, 0), generator=(gen, 0),
+    note = g.note("Train an essence from a picture of the target (several pictures of the same target can be "
+                  "batched). 1000 steps is the paper's setting; a GPU is recommended. The result is saved to "
+                  "models/essence_directions/my_essence_00001.safetensors.\n\n" + MODELS_NOTE, (460, 270))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    guide = g.add("EssenceGuideLoader", clip_file="ViT-B-32.pt")
+    target = g.add("LoadImage", "Target Picture", image=TARGET_IMAGE)
+    sources = g.add("EssenceSampleLatents", "Training Faces", generator=(gen, 0), count=4, seed=0, truncation=0.7)
+    trained = g.add("EssenceTrain", target=(target, 0), sources=(sources, 0), generator=(gen, 0),
                     guide=(guide, 0), steps=1000, lambda_transfer=1.0, lambda_consistency=0.5, seed=0, mode="fast",
                     init="random", chunk_size=0, clip_preprocessing="official", preview_every=50)
-    g.add("EssenceSave", (1140, 290), direction=(trained, 0), filename_prefix="my_essence")
-    g.add("PreviewImage", (1140, 440), images=(trained, 1))
-    faces = g.add("EssenceSampleLatents", (380, 860), generator=(gen, 0), count=4, seed=123, truncation=0.7)
-    edited = g.add("EssenceApply", (1140, 760), latents=(faces, 0), direction=(trained, 0), strength=1.0, layers="all")
-    images = g.add("EssenceRender", (1500, 760), generator=(gen, 0), latents=(edited, 0), resolution="full")
-    g.add("SaveImage", (1860, 760), images=(images, 0), filename_prefix="essence/trained")
+    save = g.add("EssenceSave", direction=(trained, 0), filename_prefix="my_essence")
+    preview = g.add("PreviewImage", "Training Preview", images=(trained, 1))
+    faces = g.add("EssenceSampleLatents", "New Faces", generator=(gen, 0), count=4, seed=123, truncation=0.7)
+    edited = g.add("EssenceApply", latents=(faces, 0), direction=(trained, 0), strength=1.0, layers="all")
+    images = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    result = g.add("SaveImage", images=(images, 0), filename_prefix="essence/trained")
+    models = g.group("Models", [gen, guide])
+    train = g.group("Train an essence from a picture", [target, sources], [trained], [save, preview])
+    use = g.group("Apply it to new faces", [faces, edited], [images, result])
+    g.arrange([models, note], [train, use])
     return g
 
 
 def mix_and_sweep(defs: dict[str, dict[str, Any]]) -> Graph:
     """(c) Mix two essences and sweep the mix's strength over two faces."""
     g = Graph(defs)
-    g.note((20, 20), "Mix two essences (weights may be negative) and see the mix at five strengths, one row "
-                     "per face.\n\n" + DIRECTIONS_NOTE, (460, 170))
-    gen = g.add("EssenceGeneratorLoader", (20, 230), generator_file="stylegan2-ffhq-config-f.pt")
-    first = g.add("EssenceLoad", (20, 360), direction_file="keanu.npy")
-    second = g.add("EssenceLoad", (20, 470), direction_file="joker.npy")
-    mixed = g.add("EssenceMix", (380, 360), direction_1=(first, 0), weight_1=0.6, direction_2=(second, 0),
-                  weight_2=0.6)
-    faces = g.add("EssenceSampleLatents", (380, 160), generator=(gen, 0), count=2, seed=11, truncation=0.7)
-    grid = g.add("EssenceStrengthSweep", (760, 230), generator=(gen, 0), latents=(faces, 0), direction=(mixed, 0),
+    note = g.note("Mix two essences (weights may be negative) and see the mix at five strengths, one row "
+                  "per face.\n\n" + DIRECTIONS_NOTE, (460, 200))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    first = g.add("EssenceLoad", "Load Essence 1", direction_file="keanu.npy")
+    second = g.add("EssenceLoad", "Load Essence 2", direction_file="joker.npy")
+    mixed = g.add("EssenceMix", direction_1=(first, 0), weight_1=0.6, direction_2=(second, 0), weight_2=0.6)
+    faces = g.add("EssenceSampleLatents", "Faces", generator=(gen, 0), count=2, seed=11, truncation=0.7)
+    grid = g.add("EssenceStrengthSweep", generator=(gen, 0), latents=(faces, 0), direction=(mixed, 0),
                  strength_start=0.0, strength_end=1.2, steps=5, layers="all")
-    g.add("SaveImage", (1120, 230), images=(grid, 0), filename_prefix="essence/mix_sweep")
+    saved = g.add("SaveImage", images=(grid, 0), filename_prefix="essence/mix_sweep")
+    models = g.group("Models and essences", [gen, first, second])
+    main = g.group("Mix, then sweep the strength", [mixed, faces], [grid], [saved])
+    g.arrange([note], [models, main])
     return g
 
 
 def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
     """(d) Train an essence from a target picture, apply it to a photo's face and paste it back."""
     g = Graph(defs)
-    g.note((20, 20), "Train an essence from a picture of the target, starting from the target's own e4e latent "
-                     "(init 'auto', as TargetCLIP does), then give the face in your photo that essence: the photo "
-                     "is aligned and inverted, edited, rendered and pasted back with a soft edge.\n\n"
-                     + MODELS_NOTE + "\n" + FACES_NOTE, (520, 290))
-    target = g.add("LoadImage", (20, 330), image=TARGET_IMAGE)
-    photo = g.add("LoadImage", (20, 700), image=PHOTO_IMAGE)
-    gen = g.add("EssenceGeneratorLoader", (560, 20), generator_file="stylegan2-ffhq-config-f.pt")
-    guide = g.add("EssenceGuideLoader", (560, 150), clip_file="ViT-B-32.pt")
-    encoder = g.add("EssenceEncoderLoader", (560, 280), encoder_file="e4e_ffhq_encode.pt")
-    landmarks = g.add("EssenceLandmarkLoader", (560, 410), landmarks_file=LANDMARKS_AUTO)
-    sources = g.add("EssenceSampleLatents", (560, 540), generator=(gen, 0), count=4, seed=0, truncation=0.7)
-    trained = g.add("EssenceTrain", (940, 20), target=(target, 0), sources=(sources, 0), generator=(gen, 0),
+    note = g.note("Train an essence from a picture of the target, starting from the target's own e4e latent "
+                  "(init 'auto', as TargetCLIP does), then give the face in your photo that essence: the photo "
+                  "is aligned and inverted, edited, rendered and pasted back with a soft edge.\n\n"
+                  + MODELS_NOTE + "\n" + FACES_NOTE, (520, 330))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    guide = g.add("EssenceGuideLoader", clip_file="ViT-B-32.pt")
+    encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
+    landmarks = g.add("EssenceLandmarkLoader", landmarks_file=LANDMARKS_AUTO)
+    target = g.add("LoadImage", "Target Picture", image=TARGET_IMAGE)
+    sources = g.add("EssenceSampleLatents", "Training Faces", generator=(gen, 0), count=4, seed=0, truncation=0.7)
+    trained = g.add("EssenceTrain", target=(target, 0), sources=(sources, 0), generator=(gen, 0),
                     guide=(guide, 0), steps=1000, lambda_transfer=1.0, lambda_consistency=0.5, seed=0, mode="fast",
                     init="auto", chunk_size=0, clip_preprocessing="official", preview_every=50,
                     encoder=(encoder, 0), landmarks=(landmarks, 0))
-    g.add("EssenceSave", (1320, 20), direction=(trained, 0), filename_prefix="my_photo_essence")
-    face = g.add("EssenceInvertFace", (560, 720), encoder=(encoder, 0), landmarks=(landmarks, 0),
-                 images=(photo, 0), face_index=0, no_face="error")
-    g.add("PreviewImage", (940, 900), images=(face, 1))
-    edited = g.add("EssenceApply", (940, 560), latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all")
-    rendered = g.add("EssenceRender", (1320, 560), generator=(gen, 0), latents=(edited, 0), resolution="full")
-    g.add("PreviewImage", (1700, 420), images=(rendered, 0))
-    pasted = g.add("EssencePasteBack", (1700, 640), photos=(photo, 0), faces=(rendered, 0), alignment=(face, 2),
-                   feather=0.1)
-    g.add("SaveImage", (2080, 640), images=(pasted, 0), filename_prefix="essence/photo_edit")
+    save = g.add("EssenceSave", direction=(trained, 0), filename_prefix="my_photo_essence")
+    photo = g.add("LoadImage", "Your Photo", image=PHOTO_IMAGE)
+    face = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(photo, 0),
+                 face_index=0, no_face="error")
+    aligned = g.add("PreviewImage", "Aligned Face", images=(face, 1))
+    edited = g.add("EssenceApply", latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all")
+    rendered = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    shown = g.add("PreviewImage", "Edited Face", images=(rendered, 0))
+    pasted = g.add("EssencePasteBack", photos=(photo, 0), faces=(rendered, 0), alignment=(face, 2), feather=0.1)
+    result = g.add("SaveImage", images=(pasted, 0), filename_prefix="essence/photo_edit")
+    models = g.group("Models", [gen, guide, encoder, landmarks])
+    train = g.group("Train an essence from a picture", [target, sources], [trained], [save])
+    edit = g.group("Give the face in your photo that essence", [photo], [face, aligned],
+                   [edited, rendered, shown], [pasted, result])
+    g.arrange([models, note], [train, edit])
     return g
 
 
 EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep,
             "essence_train_photo": train_from_photo}
-SIDE_BY_SIDE = {"essence_train_photo"}  # photo-sized outputs: one row of pictures, not one row per output
 
 
 # ----------------------------------------------------------------------------- thumbnails
 
 
-def trained_directions(env: Any) -> dict[str, Any]:
-    """Tiny essences of the fixture photos, under the examples' direction names."""
-    run = env.run
-    (gen,) = run("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
-    (guide,) = run("EssenceGuideLoader", clip_file="ViT-B-32.pt")
-    (sources,) = run("EssenceSampleLatents", generator=gen, count=4, seed=0, truncation=0.7)
-    out = {}
-    for name, photo in (("keanu.npy", "keanu.jpg"), ("joker.npy", "joker.jpg")):
-        direction, _ = run("EssenceTrain", target=load_image(FIXTURES / "photos" / photo), sources=sources,
-                           generator=gen, guide=guide, steps=30, lambda_transfer=1.0, lambda_consistency=0.5,
-                           seed=0, mode="fast", init="random", chunk_size=0, preview_every=0)
-        out[name] = direction.tensor.numpy()
-    return out
+def without_notes(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The workflow's working graph: notes are for reading in the editor, unreadable in a thumbnail."""
+    return {**workflow, "nodes": [n for n in workflow["nodes"] if n["type"] not in ("Note", "MarkdownNote")]}
 
 
-def thumbnail(outputs: dict[str, list[Any]]) -> Image.Image:
-    """The workflow's image outputs, each batch as one row, scaled (pixel-sharp) to the thumbnail width."""
-    rows = []
-    for images in outputs.values():
-        strip = torch.cat(list(images), dim=1)  # [H, B*W, 3]
-        rows.append(Image.fromarray((strip.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "RGB"))
-    width = max(r.width for r in rows)
-    rows = [r.resize((width, round(r.height * width / r.width)), Image.Resampling.NEAREST) for r in rows]
-    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
-    top = 0
-    for row in rows:
-        sheet.paste(row, (0, top))
-        top += row.height
-    scale = THUMBNAIL_WIDTH / width
-    return sheet.resize((THUMBNAIL_WIDTH, round(sheet.height * scale)), Image.Resampling.NEAREST)
+def thumbnail(png: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB").resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
 
 
-def side_by_side(outputs: dict[str, list[Any]]) -> Image.Image:
-    """Every output image in one row, each scaled to the tallest one's height, fitted to the thumbnail
-    width (for workflows whose outputs are photos of different sizes)."""
-    pictures = [Image.fromarray((image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "RGB")
-                for images in outputs.values() for image in images]
-    height = max(p.height for p in pictures)
-    pictures = [p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in pictures]
-    sheet = Image.new("RGB", (sum(p.width for p in pictures), height), "white")
-    left = 0
-    for picture in pictures:
-        sheet.paste(picture, (left, 0))
-        left += picture.width
-    return sheet.resize((THUMBNAIL_WIDTH, round(height * THUMBNAIL_WIDTH / sheet.width)), Image.Resampling.LANCZOS)
+def write_thumbnails(workflows: dict[str, dict[str, Any]]) -> None:
+    """Draw each graph in ComfyUI's real frontend (refusing overlapping nodes) and save ``<name>.jpg``."""
+    from real_comfyui import frontend, frontend_unavailable, overlapping, running_server
 
-
-def thumbnail_run(node_type: str, name: str, value: Any) -> Any:
-    if node_type == "EssenceTrain" and name == "steps":
-        return THUMBNAIL_TRAIN_STEPS
-    return quick_run(node_type, name, value)
+    comfyui = os.environ.get("COMFYUI_DIR")
+    reason = "COMFYUI_DIR is not set (a ComfyUI checkout)" if not comfyui else frontend_unavailable()
+    if reason:
+        sys.exit(f"cannot draw the thumbnails: {reason}. Use --no-thumbnails to write the JSON files only.")
+    with tempfile.TemporaryDirectory() as tmp, \
+            running_server(Path(tmp) / "base", FIXTURES, random_directions(), comfyui,
+                           os.environ.get("COMFYUI_PYTHON")) as server, \
+            frontend(server, RENDER_SIZE, RENDER_SIZE) as page:
+        for name, workflow in workflows.items():
+            page.load(workflow)
+            clashes = overlapping(page.boxes()) + overlapping(page.groups())
+            if clashes:
+                sys.exit(f"{name}: overlapping in the frontend: {clashes}")
+            page.load(without_notes(workflow))
+            thumbnail(page.render()).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
+            print(f"wrote workflows/{name}.jpg")
+        if page.errors:
+            sys.exit(f"the frontend reported errors: {page.errors}")
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-thumbnails", action="store_true", help="write the JSON files only")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        models = stage_tiny_files(base, FIXTURES, {})
-        with fake_comfyui(models) as env:
-            directions = trained_directions(env)
-        stage_tiny_files(base, FIXTURES, directions)
-        with fake_comfyui(models) as env:
+        with fake_comfyui(stage_tiny_files(Path(tmp), FIXTURES, random_directions())) as env:
             defs = definitions_of(env.pack)
-            images = input_images(base)
-            WORKFLOWS.mkdir(exist_ok=True)
-            for name, build in EXAMPLES.items():
-                ui = build(defs).to_ui()
-                (WORKFLOWS / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n", encoding="utf-8")
-                outputs = run_prompt(ui_to_api(ui, defs, thumbnail_run), env.run, images)
-                sinks = {k: v for k, v in outputs.items() if v is not None}
-                layout = side_by_side if name in SIDE_BY_SIDE else thumbnail
-                layout(sinks).save(WORKFLOWS / f"{name}.jpg", quality=85, optimize=True)
-                print(f"wrote workflows/{name}.json and .jpg")
+    workflows = {name: build(defs).to_ui() for name, build in EXAMPLES.items()}
+    WORKFLOWS.mkdir(exist_ok=True)
+    for name, workflow in workflows.items():
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote workflows/{name}.json")
+    if not args.no_thumbnails:
+        write_thumbnails(workflows)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """The pack on a real ComfyUI server: it imports, registers its folders and nodes, lists its
-templates, runs every example workflow with the tiny models, and stops cleanly on Cancel.
+templates, runs every example workflow with the tiny models, and stops cleanly on Cancel. With
+Chromium and playwright at hand, every example is also loaded in the server's real frontend: no
+overlapping nodes, the frontend's own ``app.graphToPrompt()`` gives the expected prompt, and it runs.
 
 Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout whose requirements (and Essence's
 ``requirements.txt``) are installed in the Python named by ``COMFYUI_PYTHON`` (default: the one
-running pytest). The server runs on the CPU from a temporary base directory: this repository is
-linked into its ``custom_nodes/``, the tiny fixtures stand in for the real model files under the
-examples' names, dlib's real landmark model is linked into ``essence_landmarks`` from the package
-that installed it here (face-recognition-models; the server's Python needs ``dlib-bin``), the
-example pictures are in its ``input/`` folder, and the directions folder comes from an
-``extra_model_paths.yaml`` (so the test also sees the pack keep such entries). A test-only probe
-node (``tests/comfyui_probe``) is linked in beside the pack to report ComfyUI's loaded models and
-Essence's model cache from inside the server.
+running pytest); the frontend checks also need ``playwright`` in the Python running pytest and
+Chromium (``apt-get install chromium``), else they are skipped with the reason. E.g.::
+
+    COMFYUI_DIR=~/ComfyUI COMFYUI_PYTHON=~/ComfyUI/venv/bin/python \
+        ~/ComfyUI/venv/bin/python -m pytest tests/test_comfyui_server.py
+
+How the server is set up (tiny stand-in models, the real dlib landmark model from
+face-recognition-models, an ``extra_model_paths.yaml`` for the directions): ``tests/real_comfyui.py``.
+A test-only probe node (``tests/comfyui_probe``) is linked in beside the pack to report ComfyUI's
+loaded models and Essence's model cache from inside the server.
 """
 
 from __future__ import annotations
@@ -18,14 +22,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,10 @@ from PIL import Image
 
 from comfy_stubs import LANDMARKS_NAME
 from essence import Direction
-from workflow_tools import (REPO, STAND_INS, expected_init, load_workflow, quick_run, random_directions,
-                            stage_tiny_files, ui_to_api, workflow_files)
+from real_comfyui import (PACK_DIR_NAME, Server, frontend, frontend_unavailable, overlapping,
+                          running_server)
+from workflow_tools import (STAND_INS, expected_init, load_workflow, quick_run, random_directions, ui_to_api,
+                            workflow_files)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -43,100 +43,29 @@ pytestmark = pytest.mark.skipif(
     reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout (requirements installed in COMFYUI_PYTHON, "
            "default this Python) to run the nodes on a real ComfyUI server")
 
-PACK_DIR_NAME = "comfyui-essence"
 PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack", "EssenceSampleLatents",
             "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
             "EssenceStrengthSweep"}
-START_TIMEOUT = 180
-RUN_TIMEOUT = 300
-
-
-class Server:
-    def __init__(self, url: str, log: Path, base: Path, directions: Path, process: subprocess.Popen):
-        self.url, self.log, self.base, self.directions, self.process = url, log, base, directions, process
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            body = response.read()
-            return json.loads(body) if response.headers.get_content_type() == "application/json" else body
-
-    def post(self, path: str, data: dict[str, Any]) -> Any:
-        request = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            raise AssertionError(f"POST {path}: {error.code} {error.read().decode()}") from None
-        return json.loads(body) if body else None
-
-    def queue(self, prompt: dict[str, Any]) -> str:
-        answer = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
-        assert not answer.get("node_errors"), answer
-        return answer["prompt_id"]
-
-    def wait(self, prompt_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-                entry = history[prompt_id]
-                if entry["status"]["status_str"] in ("success", "error"):
-                    return entry
-            assert self.process.poll() is None, f"ComfyUI exited; log:\n{self.log.read_text()[-4000:]}"
-            time.sleep(0.5)
-        raise AssertionError(f"prompt {prompt_id} did not finish in {RUN_TIMEOUT} s")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, fixtures):
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "essence_test_probe").symlink_to(PROBE_DIR, target_is_directory=True)
-    stage_tiny_files(base, fixtures, {})
-    extra = base / "shared-models"
-    stage_tiny_files(extra, fixtures, random_directions())  # directions live only here
-    (base / "extra_model_paths.yaml").write_text(
-        f"essence_test:\n    base_path: {extra / 'models'}\n    essence_directions: essence_directions\n")
-    port, log = free_port(), base / "comfyui.log"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ESSENCE_WEIGHTS_DIR": str(base / "no-weights")}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
-             "--extra-model-paths-config", str(base / "extra_model_paths.yaml"), "--disable-auto-launch",
-             "--database-url", "sqlite:///:memory:"],
-            cwd=COMFYUI_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)
-    started = Server(f"http://127.0.0.1:{port}", log, base, extra / "models" / "essence_directions", process)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, f"ComfyUI did not start; log:\n{started.log_text()[-4000:]}"
-            try:
-                started.get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, f"ComfyUI not up after {START_TIMEOUT} s"
-                time.sleep(1)
+    python = os.environ.get("COMFYUI_PYTHON")
+    with running_server(tmp_path_factory.mktemp("comfyui-base"), fixtures, random_directions(), COMFYUI_DIR,
+                        python,
+                        extra_node_packs=[PROBE_DIR]) as started:
         yield started
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    reason = frontend_unavailable()
+    if reason:
+        pytest.skip(f"the real frontend cannot be driven: {reason}")
+    with frontend(server) as opened:
+        yield opened
 
 
 def test_pack_imports_and_its_nodes_are_listed(server):
@@ -267,3 +196,26 @@ def test_unload_models_releases_essence_models(server):
         after = probe(server)
     assert not after["generator_loaded"] and not [m for m in after["loaded"] if ".essence." in m], after
     assert after["essence_cache"] == []
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_example_workflow_in_the_real_frontend(server, page, path):
+    """Loaded as the template browser loads it: no node or group overlaps another, the frontend's own
+    graphToPrompt gives the prompt the pack's tests assume, and that prompt runs."""
+    workflow = load_workflow(path)
+    page.load(workflow)
+    boxes = page.boxes()
+    assert {b["id"] for b in boxes} == {n["id"] for n in workflow["nodes"]}
+    assert not overlapping(boxes), overlapping(boxes)
+    assert not overlapping(page.groups()), overlapping(page.groups())
+    prompt = page.graph_to_prompt()
+    assert not page.errors, page.errors
+    definitions = server.get("/object_info")
+    assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()} == \
+        ui_to_api(workflow, definitions)
+    quick = {node_id: {**node, "inputs": {name: value if isinstance(value, list) else
+                                          quick_run(node["class_type"], name, value)
+                                          for name, value in node["inputs"].items()}}
+             for node_id, node in prompt.items()}
+    entry = server.wait(server.queue(quick))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]

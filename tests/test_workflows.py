@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from comfy_stubs import fake_comfyui, import_pack, drop_pack
+from real_comfyui import overlapping
 from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO, STAND_INS,
                             VIRTUAL_NODES, definitions_of, expected_init, input_images, load_workflow, quick_run,
                             random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api, widget_slots,
@@ -18,6 +19,7 @@ from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_I
 
 EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo"}
 FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO}
+TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT
 TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
 
 
@@ -123,14 +125,38 @@ def test_core_node_layouts_match_comfyui():
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
-def test_thumbnail_is_a_small_real_picture(path: Path):
+def test_thumbnail_is_a_small_square_picture(path: Path):
+    """The template browser shows ``<name>.jpg`` in a square card (tests/build_workflows.py draws it)."""
     thumb = path.with_suffix(".jpg")
     assert thumb.is_file(), f"{thumb.name} is missing (run tests/build_workflows.py)"
     assert thumb.stat().st_size < 100_000
     with Image.open(thumb) as image:
-        assert image.format == "JPEG" and 128 <= image.width <= 512 and 64 <= image.height <= 512
+        assert image.format == "JPEG" and image.width == image.height and 256 <= image.width <= 512
         extrema = image.convert("L").getextrema()
         assert extrema[1] - extrema[0] > 32  # not a blank placeholder
+
+
+def saved_boxes(workflow: dict) -> list[dict]:
+    """Each node's box as saved, title bar (30 px, drawn above ``pos``) included."""
+    return [{"id": n["id"], "title": n.get("title", n["type"]), "x": n["pos"][0], "y": n["pos"][1] - TITLE_HEIGHT,
+             "w": n["size"][0], "h": n["size"][1] + TITLE_HEIGHT} for n in workflow["nodes"]]
+
+
+@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+def test_layout_has_no_overlaps_and_every_node_sits_in_one_group(path: Path):
+    """As saved; tests/test_comfyui_server.py checks the same boxes as the real frontend sizes them."""
+    workflow = load_workflow(path)
+    boxes = saved_boxes(workflow)
+    assert not overlapping(boxes)
+    groups = [{"title": g["title"], "x": g["bounding"][0], "y": g["bounding"][1], "w": g["bounding"][2],
+               "h": g["bounding"][3]} for g in workflow["groups"]]
+    assert groups and not overlapping(groups)
+    for box in boxes:
+        if box["title"] == "Note":
+            continue
+        inside = [g["title"] for g in groups if g["x"] <= box["x"] and box["x"] + box["w"] <= g["x"] + g["w"]
+                  and g["y"] <= box["y"] and box["y"] + box["h"] <= g["y"] + g["h"]]
+        assert len(inside) == 1, (box, inside)
 
 
 @pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
