@@ -4,6 +4,10 @@ ComfyUI imports this file when the repository sits in ``custom_nodes/``. Importi
 ComfyUI, a GPU nor any weight file; the library itself lives in ``essence/``.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+# ComfyUI imports the folder as a package. pytest imports this file as a plain module named
+# ``__init__`` when the folder's name is not a Python identifier (``ComfyUI-Essence``); there is no
+# package to register nodes from then, and the relative import below would fail.
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
