@@ -1,4 +1,4 @@
-"""``python -m essence bench``: speed and memory of the full-size models on whatever device is here.
+"""``python -m bench``: speed and memory of the full-size models on whatever device is here.
 
 Models are built at full size with random weights (FFHQ config-f generator, IR-SE-50 e4e encoder,
 CLIP ViT-B/32 image tower): timing needs the shapes, not the trained values, so the benchmark runs
@@ -253,7 +253,7 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
     print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
     rows = []
     for job in jobs:
-        cmd = [sys.executable, "-m", "essence", "bench", "--device", str(device), "--repeats", str(repeats),
+        cmd = [sys.executable, "-m", "bench", "--device", str(device), "--repeats", str(repeats),
                "--threads", str(threads), "--one", json.dumps(job)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

@@ -2,7 +2,7 @@
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
 binds ``_cmd_<name>(args) -> int`` as its handler. Adding a command (align, invert, train, apply,
-info, bench) means writing that pair and listing the adder in ``SUBCOMMANDS``. Every error a user
+info) means writing that pair and listing the adder in ``SUBCOMMANDS``. Every error a user
 can cause is an ``EssenceError``; ``main`` prints it as ``error: <message>`` and returns 2, so no
 user ever sees a traceback for a missing file or a failed download.
 """
@@ -10,7 +10,6 @@ user ever sees a traceback for a missing file or a failed download.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -355,99 +354,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# bench
-
-
-def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .bench import TRAIN_MODES
-
-    bench = subparsers.add_parser(
-        "bench", help="speed and memory of the full-size models on this device (random weights)",
-        description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
-                    + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
-    bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    bench.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "quality"],
-                       default=["generator", "encoder", "train"],
-                       help="sections (default: generator encoder train; 'quality' compares the approximate "
-                            "training modes with the exact one and needs the weight files)")
-    bench.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
-                       help="training modes to time (default: all; the compile modes on GPUs only)")
-    bench.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
-                       help="batch sizes for the generator and encoder sections (default: 1 4 16 / 1 32 128 "
-                            "on CUDA, 1 4 / 1 8 on the CPU)")
-    bench.add_argument("--job-timeout", type=float, default=None, metavar="S",
-                       help="skip a measurement still running after S seconds (default: no limit)")
-    bench.add_argument("--profile", choices=list(TRAIN_MODES), default=None, metavar="MODE",
-                       help="instead of timing, print torch.profiler's table of the operators in 3 steps of MODE")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    bench.add_argument("--train-steps", type=int, default=None,
-                       help="steps per training mode, the first a warm-up (default 3 on CPU, 30 on CUDA)")
-    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
-    bench.add_argument("--json", type=Path, default=Path("output/bench.json"), help="where to write the results")
-    quality = bench.add_argument_group("quality section (real models: looked up or given)")
-    quality.add_argument("--generator", type=Path, default=None)
-    quality.add_argument("--guide", type=Path, default=None)
-    quality.add_argument("--target", type=Path, default=None, help="target picture (default: scikit-image's Chelsea)")
-    quality.add_argument("--sources", type=Path, default=None, help="latent file (default: 4 samples, seed 1)")
-    quality.add_argument("--quality-steps", type=int, default=100, help="training steps per mode (default 100)")
-    bench.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
-    bench.set_defaults(handler=_cmd_bench)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    import torch
-
-    from .bench import plan, profile_train, run_all, run_one
-    from .runtime import resolve_device
-
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if args.one:
-        print(json.dumps(run_one(device, json.loads(args.one), args.repeats)))
-        return EXIT_OK
-    if args.profile:
-        print(profile_train(device, args.profile))
-        return EXIT_OK
-    steps = args.train_steps or (30 if device.type == "cuda" else 3)
-    timed = [section for section in args.only if section != "quality"]
-    jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches)
-    report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
-    if "quality" in args.only:
-        report["rows"] += _bench_quality(args, device)
-    if args.json is not None:
-        from .files import atomic_write
-
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}")
-    return EXIT_OK
-
-
-def _bench_quality(args: argparse.Namespace, device) -> list[dict]:
-    from . import load_generator, load_guide
-    from .bench import bench_quality, format_quality_row
-    from .demo import scikit_image_picture
-    from .images import load_image
-    from .latents import load_latents
-    from .train import target_embedding
-
-    generator = load_generator(args.generator, device=device)
-    guide = load_guide(args.guide, device=device)
-    target = load_image(args.target or scikit_image_picture("chelsea.png"))
-    sources = (load_latents(args.sources, generator).latents if args.sources
-               else generator.sample_wplus(4, seed=1, truncation=0.7)).to(device)
-    print(f"Approximate training modes vs the exact one: {args.quality_steps} steps each, same random start "
-          f"(cosine and distance of the trained direction to the exact one; distance relative to the exact "
-          f"update; exact-objective = the loss of the direction under full-size float32 rendering)")
-    rows = bench_quality(generator, guide, target_embedding(guide, target), sources, args.quality_steps)
-    for row in rows:
-        print("  " + format_quality_row(row), flush=True)
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
 # formatting
 
 
@@ -479,4 +385,4 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS, _add_bench]
+                                      *DIRECTION_COMMANDS]

@@ -131,7 +131,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     init, init_note = initial_direction("auto", targets[0], generator, encoder, landmarker)
     _say(f"[3/5] Training the essence of {', '.join(p.name for p in target_paths)}: {steps} steps, "
          f"start: {init_note}" + ("" if render_size is None else f", approximate ({render_size} px CLIP path)"))
-    # on a CPU, full-size rendering one source at a time is both faster and 3.6x smaller (bench/train.py)
+    # on a CPU, full-size rendering one source at a time is both faster and 3.6x smaller (python -m bench)
     chunk = 1 if device.type != "cuda" and render_size is None else None
     settings = TrainSettings(steps=steps, seed=options.seed, render_size=render_size, chunk_size=chunk)
     result = train_direction_fitting_memory(

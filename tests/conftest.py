@@ -11,7 +11,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
-# Tiny models on 2 cores run several times faster on one thread (DESIGN.md, "CPU threads").
+# Tiny models on 2 cores run several times faster on one thread (the official training loop on the
+# tiny fixtures: 2.0 s/step with the default threads, 0.22 s/step with one).
 torch.set_num_threads(1)
 
 
