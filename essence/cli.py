@@ -1,4 +1,4 @@
-"""The command line: ``python -m essence <command> ...``.
+"""The command line: ``essence <command> ...`` (also ``python -m essence`` and, in a checkout, ``./run essence``).
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
 binds ``_cmd_<name>(args) -> int`` as its handler. Adding a command (align, invert, train, apply,
@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .download import fetch_weight
 from .errors import EssenceError
+from .installation import cli_command
 from .weights import (
-    FETCH_COMMAND,
     WeightSpec,
     default_weights_dir,
     demo_specs,
+    fetch_command,
     file_sha256,
     get_it_lines,
     get_spec,
@@ -30,7 +31,6 @@ from .weights import (
     weight_status,
 )
 
-PROG = "python -m essence"
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; one sub-parser per entry of ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=cli_command(),
         description="Essence: TargetCLIP essence transfer with StyleGAN2 (library, CLI, ComfyUI nodes).",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -101,7 +101,7 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     rows = [_list_row(spec, hash_files=not args.quick) for spec in load_manifest()]
     header = ("NAME", "ROLE", "STATUS", "SIZE", "LICENCE", "PATH")
     print(_table([header, *rows]))
-    print(f"\nDownload missing files with: {FETCH_COMMAND} [NAME ...]  (no NAME: the demo's files)")
+    print(f"\nDownload missing files with: {fetch_command()} [NAME ...]  (no NAME: the demo's files)")
     return EXIT_OK
 
 
@@ -220,7 +220,7 @@ def _print_missing(problems: Sequence[tuple[WeightSpec, str]]) -> None:
         for line in get_it_lines(spec):
             print(f"    {line}", file=sys.stderr)
         print(file=sys.stderr)
-    print(f"Fetch them all with: {FETCH_COMMAND}", file=sys.stderr)
+    print(f"Fetch them all with: {fetch_command()}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

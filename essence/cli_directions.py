@@ -88,7 +88,7 @@ def _add_train(subparsers: Subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import essence
+    from . import load_generator, load_guide
     from .train import TrainSettings, train_direction_fitting_memory
 
     out = Path(args.out)
@@ -100,8 +100,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              recompute_from=args.recompute_from,
                              channels_last=args.channels_last, compile=args.compile,
                              lambda_transfer=args.lambda_transfer, lambda_consistency=args.lambda_consistency)
-    generator = essence.load_generator(args.generator, device=args.device)
-    guide = essence.load_guide(args.guide, device=args.device)
+    generator = load_generator(args.generator, device=args.device)
+    guide = load_guide(args.guide, device=args.device)
     targets = _open_targets(args.targets)
     if args.sources:
         sources = load_source_latents(args.sources, generator)
@@ -127,14 +127,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
     """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
-    import essence
+    from . import load_encoder
     from .errors import MissingWeightsError
     from .train import initial_direction
 
     encoder = None
     if args.init != "random":
         try:
-            encoder = essence.load_encoder(args.encoder, device=args.device)
+            encoder = load_encoder(args.encoder, device=args.device)
         except MissingWeightsError:
             if args.init == "inversion":
                 raise
@@ -186,7 +186,7 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    import essence
+    from . import load_encoder, load_generator
     from .apply import image_grid, mix_directions, strength_sweep
 
     strengths = parse_floats(args.strength, "--strength")
@@ -195,14 +195,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         direction = loaded[0][0]
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
-    generator = essence.load_generator(args.generator, device=args.device)
+    generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
     if args.latents:
         latents = load_source_latents(args.latents, generator)
     elif args.photo:
         from .invert import invert
 
-        encoder = essence.load_encoder(args.encoder, device=args.device)
+        encoder = load_encoder(args.encoder, device=args.device)
         latents = invert(_open_targets(args.photo), encoder).latents
     else:
         latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
@@ -214,7 +214,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _weighted(spec: str):
     """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
-    import essence
+    from . import load_direction
 
     path, weight = spec, "1"
     if ":" in spec and not Path(spec).exists():
@@ -223,7 +223,7 @@ def _weighted(spec: str):
         value = float(weight)
     except ValueError:
         raise EssenceError(f"{spec!r}: the weight after ':' must be a number.") from None
-    return essence.load_direction(path), value
+    return load_direction(path), value
 
 
 def _save_image(grid: torch.Tensor, path: Path) -> None:
@@ -278,9 +278,9 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
-    import essence
+    from . import load_direction
 
-    essence.load_direction(args.direction).to_npy(args.out)
+    load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
     return 0
 

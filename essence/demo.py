@@ -96,7 +96,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     ``make_progress(total_steps)`` returns the training progress callback (the CLI's progress bar).
     """
-    import essence
+    from . import load_encoder, load_generator, load_guide, load_image, load_landmarker
     from .apply import apply_direction
     from .images import model_to_pil
     from .invert import invert
@@ -114,20 +114,20 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     render_size = options.render_size if options.render_size != 0 else (None if device.type == "cuda" else 256)
 
     _say(f"[1/5] Loading models on {device} ...")
-    generator = essence.load_generator(options.generator, device=device)
-    encoder = essence.load_encoder(options.encoder, device=device)
-    guide = essence.load_guide(options.guide, device=device)
-    landmarker = essence.load_landmarker(options.landmarks)
+    generator = load_generator(options.generator, device=device)
+    encoder = load_encoder(options.encoder, device=device)
+    guide = load_guide(options.guide, device=device)
+    landmarker = load_landmarker(options.landmarks)
     if render_size is not None and render_size >= generator.size:
         render_size = None
 
     _say(f"[2/5] Aligning and inverting {photo_path.name} ...")
-    photo = essence.load_image(photo_path)  # full resolution: the edits are pasted back into it
+    photo = load_image(photo_path)  # full resolution: the edits are pasted back into it
     inverted = invert([photo_path], encoder, landmarks=landmarker)
     face = inverted.faces[0]
     sources = torch.cat([inverted.latents, generator.sample_wplus(3, seed=options.seed + 1, truncation=0.7).cpu()])
 
-    targets = [essence.load_image(p) for p in target_paths]
+    targets = [load_image(p) for p in target_paths]
     init, init_note = initial_direction("auto", targets[0], generator, encoder, landmarker)
     _say(f"[3/5] Training the essence of {', '.join(p.name for p in target_paths)}: {steps} steps, "
          f"start: {init_note}" + ("" if render_size is None else f", approximate ({render_size} px CLIP path)"))

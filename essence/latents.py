@@ -29,6 +29,7 @@ import torch
 
 from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError
 from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
+from .installation import cli_command
 
 FORMAT_NAME = "essence.latents"
 FORMAT_VERSION = 1
@@ -101,7 +102,7 @@ class LatentSet:
 
 def _load_safetensors(path: Path) -> LatentSet:
     tensors, meta = read_typed_file(path, FORMAT_NAME, FORMAT_VERSION, TENSOR_NAME, LatentFileError, "latent file",
-                                    "Create one with `python -m essence invert` or `sample`.")
+                                    f"Create one with `{cli_command()} invert` or `sample`.")
     sources = meta.pop("sources", None)
     if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
         raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")

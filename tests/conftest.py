@@ -30,6 +30,7 @@ def _isolated_weights(monkeypatch, tmp_path_factory):
 
     monkeypatch.setenv("ESSENCE_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-weights")))
     monkeypatch.setenv("ESSENCE_REPO_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-repo-weights")))
+    monkeypatch.delenv("ESSENCE_CLI", raising=False)  # messages name `python -m essence`, not ./run's command
     essence.clear_model_cache()
     yield
     essence.clear_model_cache()

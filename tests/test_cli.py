@@ -39,7 +39,7 @@ def test_weights_list_shows_every_entry(capsys: pytest.CaptureFixture[str], empt
     for spec in weights.load_manifest():
         row = next(line for line in out.splitlines() if line.startswith(spec.name + " "))
         assert spec.role in row and "missing" in row and spec.licence_short in row
-        assert str(empty_weights / spec.filename) in row
+        assert str(empty_weights.parent / "env-weights" / spec.filename) in row  # where a fetch would put it
     assert "python -m essence weights fetch" in out
 
 
@@ -140,3 +140,4 @@ def test_weights_fetch_failure_exits_2(capsys: pytest.CaptureFixture[str], tmp_p
         assert cli.main(["weights", "fetch", "generator", "--dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "Traceback" not in err
+
