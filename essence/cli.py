@@ -197,12 +197,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _offer_download(specs: Sequence[WeightSpec], assume_yes: bool) -> bool:
     """Download the missing files when told to, or when a person at a terminal agrees."""
-    if not assume_yes and not sys.stdin.isatty():
+    if not assume_yes and not _interactive():
         return False
     _print_fetch_plan(specs, default_weights_dir())
     if not assume_yes and input("Download these files now? [y/N] ").strip().lower() not in ("y", "yes"):
         return False
     return all(_fetch_one(spec, default_weights_dir(), progress=True) for spec in specs)
+
+
+def _interactive() -> bool:
+    """A person can answer on stdin (it is a terminal; it may also be closed, then ``sys.stdin`` is None)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _demo_problem(spec: WeightSpec) -> str | None:
