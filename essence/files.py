@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import stat
 import struct
-import tempfile
 import tokenize
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -32,20 +33,38 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes.
+
+    The new file gets the permissions the umask gives new files (as every other tool's output), even
+    when the writer recreated the temporary file owner-only, as safetensors' ``save_file`` does.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(path.parent, path.name)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, applied by the kernel
     try:
         yield tmp
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(folder: Path, name: str) -> Path:
+    """A new empty ``.<name>.<random>.tmp`` in ``folder`` with the permissions the umask gives
+    (``tempfile.mkstemp``'s are owner-only, which would hide saved files from a ComfyUI server or a
+    teammate reading the folder)."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}.")
 
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],

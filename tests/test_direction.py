@@ -133,3 +133,21 @@ def test_metadata_is_stored_as_readable_json(tmp_path):
         meta = handle.metadata()
     assert meta["format"] == "essence.direction" and meta["format_version"] == "1"
     assert json.loads(meta["latent_space"]) == {"n_latent": 10, "style_dim": 64}
+
+
+def test_saved_files_get_the_permissions_the_umask_gives(tmp_path):
+    """Not owner-only temporary-file permissions: a ComfyUI server or a teammate must be able to read them."""
+    from essence.latents import LatentSet
+
+    previous = os.umask(0o022)
+    try:
+        _direction().save(tmp_path / "d.safetensors")
+        LatentSet(torch.zeros(2, 10, 64)).save(tmp_path / "l.safetensors")
+        _direction().to_npy(tmp_path / "d.npy")
+        os.umask(0o077)
+        _direction().save(tmp_path / "private.safetensors")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"d.safetensors": 0o644, "l.safetensors": 0o644, "d.npy": 0o644, "private.safetensors": 0o600}
+
