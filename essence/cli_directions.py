@@ -243,30 +243,32 @@ def _save_image(grid: torch.Tensor, path: Path) -> None:
 
 
 def _add_import_official(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions / .pt latents",
-                              description="Convert the directions (.npy) and source latents (.pt) published "
-                                          "with TargetCLIP into Essence files.")
-    p.add_argument("files", nargs="+", help=".npy direction files and/or .pt latent tensors")
+    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions and latents",
+                              description="Convert the directions (.npy, [1, 18, 512]) and source latents "
+                                          "(opt_latents.pt, w_plus.npy) published with TargetCLIP into "
+                                          "Essence files.")
+    p.add_argument("files", nargs="+", help=".npy directions, and/or latents: opt_latents.pt, w_plus.npy")
     p.add_argument("--out-dir", "-o", required=True, help="folder for the converted .safetensors files")
     p.set_defaults(handler=_cmd_import_official)
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
     from .direction import Direction
+    from .latents import import_targetclip_latents, is_latent_file
 
     out_dir = Path(args.out_dir)
     for name in args.files:
         path = Path(name)
         target = out_dir / f"{path.stem}.safetensors"
-        if path.suffix.lower() == ".npy":
-            Direction.from_official_npy(path).save(target)
-        elif path.suffix.lower() in (".pt", ".pth"):
-            from .latents import import_targetclip_latents
-
-            import_targetclip_latents(path).save(target)
+        if path.suffix.lower() not in (".npy", ".pt", ".pth"):
+            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction, or latents (.pt, w_plus.npy).")
+        if is_latent_file(path):
+            latent_set = import_targetclip_latents(path)
+            latent_set.save(target)
+            print(f"{path} -> {target}  ({len(latent_set)} latents)")
         else:
-            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction or a .pt latent tensor.")
-        print(f"{path} -> {target}")
+            Direction.from_official_npy(path).save(target)
+            print(f"{path} -> {target}  (direction)")
     return 0
 
 
@@ -306,16 +308,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _describe_file(path: Path) -> tuple[str, list[int], dict]:
+    """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
     from .direction import Direction
-    from .files import read_safetensors_header
+    from .latents import is_latent_file, load_latents
 
-    if path.suffix.lower() != ".npy":
-        header = read_safetensors_header(path)
-        if header.get("__metadata__", {}).get("format") == "essence.latents":
-            from .latents import load_latents
-
-            latents = load_latents(path)
-            return "latents", list(latents.latents.shape), latents.meta
+    if is_latent_file(path):
+        latents = load_latents(path)
+        return "latents", list(latents.latents.shape), latents.meta
     direction = Direction.load(path)
     return "direction", list(direction.tensor.shape), direction.meta
 

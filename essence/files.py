@@ -206,11 +206,37 @@ def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.nda
     import numpy as np
 
     path = Path(path)
+    try:
+        with _open_npy(path, error) as (handle, shape, fortran, dtype):
+            count = 1
+            for dim in shape:
+                count *= dim
+            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+
+
+def npy_shape(path: str | os.PathLike, error: type[Exception]) -> tuple[int, ...]:
+    """The shape a checked ``.npy`` file holds (its header only; the same checks as ``load_npy_checked``)."""
+    with _open_npy(Path(path), error) as (_handle, shape, _fortran, _dtype):
+        return tuple(shape)
+
+
+@contextlib.contextmanager
+def _open_npy(path: Path, error: type[Exception]) -> Iterator[tuple]:
+    """The open file positioned at its data, with the checked header: (handle, shape, fortran, dtype)."""
+    import numpy as np
+
     if not path.is_file():
         raise error(f"{path}: no such file.")
     size = path.stat().st_size
     try:
-        with open(path, "rb") as handle:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    with handle:
+        try:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
@@ -230,8 +256,7 @@ def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.nda
             if count * dtype.itemsize != data_bytes:
                 raise ValueError(f"its header declares {dtype} {list(shape)} ({count * dtype.itemsize} bytes) "
                                  f"but the file holds {data_bytes} bytes of data; it is truncated or damaged")
-            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
-            tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
-        raise error(f"{path}: not a readable .npy array ({exc}).") from None
-    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
+                tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
+            raise error(f"{path}: not a readable .npy array ({exc}).") from None
+        yield handle, shape, fortran, dtype

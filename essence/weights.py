@@ -44,6 +44,7 @@ ENV_WEIGHTS_DIR = "ESSENCE_WEIGHTS_DIR"
 ENV_REPO_WEIGHTS_DIR = "ESSENCE_REPO_WEIGHTS_DIR"
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{16}$")
 _HASH_CHUNK = 1 << 20
 
 FolderProvider = Callable[[str], Sequence["str | os.PathLike[str]"]]
@@ -80,6 +81,7 @@ class WeightSpec:
     url_checksums: Mapping[str, Checksum] = field(default_factory=dict, hash=False)
     known_copies: tuple[Checksum, ...] = ()
     provenance: str = ""
+    generator_fingerprint: str | None = None  # StyleGAN2Generator.fingerprint() of the generator it holds
 
     def url_checksum(self, url: str) -> Checksum:
         """What ``url`` is known to serve (for a compressed entry, the archive)."""
@@ -175,6 +177,7 @@ def _spec_from_entry(entry: Any, path: str) -> WeightSpec:
             },
             known_copies=tuple(_checksum(c, path, entry["name"]) for c in entry.get("known_copies") or ()),
             provenance=str(entry.get("provenance", "")),
+            generator_fingerprint=_check_fingerprint(entry.get("generator_fingerprint"), path, entry["name"]),
         )
     except KeyError as exc:
         raise CorruptFileError(f"{path}: manifest entry {entry.get('name', '?')!r} lacks field {exc}.") from None
@@ -200,6 +203,15 @@ def _check_sha(value: Any, path: str, name: str) -> str | None:
         return None
     if not isinstance(value, str) or not _SHA256_RE.match(value):
         raise CorruptFileError(f"{path}: entry {name!r}: sha256 must be 64 lowercase hex digits or null.")
+    return value
+
+
+def _check_fingerprint(value: Any, path: str, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _FINGERPRINT_RE.match(value):
+        raise CorruptFileError(f"{path}: entry {name!r}: generator_fingerprint must be 16 lowercase hex digits "
+                               f"or null.")
     return value
 
 
@@ -237,6 +249,17 @@ def _match_spec(key: str, specs: Sequence[WeightSpec]) -> WeightSpec | None:
     by_role = [s for s in specs if s.role == key]
     defaults = [s for s in by_role if s.default_for_role]
     return (defaults or by_role or [None])[0]
+
+
+def spec_for_generator(fingerprint: str | None) -> WeightSpec | None:
+    """The manifest entry whose generator has this ``StyleGAN2Generator.fingerprint()``, if any.
+
+    What a direction may say about its generator's licence depends on this: a direction trained
+    with NVIDIA's FFHQ generator carries its licence note, one trained with any other does not.
+    """
+    if not fingerprint:
+        return None
+    return next((s for s in load_manifest() if s.generator_fingerprint == fingerprint), None)
 
 
 def demo_specs() -> list[WeightSpec]:
