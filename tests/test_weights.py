@@ -96,6 +96,9 @@ def test_manifest_validation_rejects_bad_entries(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"weights": [dict(raw_entries()[0], role="painter")]}))
     with pytest.raises(EssenceError, match="role"):
         weights.load_manifest(bad)
+    bad.write_text(json.dumps({"weights": [dict(raw_entries()[0], generator_fingerprint="ABC")]}))
+    with pytest.raises(EssenceError, match="generator_fingerprint must be 16 lowercase hex digits"):
+        weights.load_manifest(bad)
 
 
 def test_get_spec_by_name_role_and_filename() -> None:
