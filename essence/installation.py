@@ -50,13 +50,19 @@ def cli_command() -> str:
 
     ``./run essence`` (or however the checkout's script was called) when started through it; the
     ``essence`` console script when that is what runs, or when the package is installed and the
-    script is on ``PATH``; otherwise ``python -m essence``, which works from the checkout's folder.
+    script is on ``PATH``; otherwise ``python -m essence``, which finds a checkout's package only
+    from the checkout's folder, so the command starts with ``cd <checkout> &&`` when the current
+    folder is another (inside ComfyUI, for example).
     """
     from_run = os.environ.get(ENV_CLI, "").strip()
     if from_run:
         return from_run
     if sys.argv and Path(sys.argv[0]).name in (CONSOLE_SCRIPT, CONSOLE_SCRIPT + ".exe"):
         return CONSOLE_SCRIPT
-    if checkout_root() is None and shutil.which(CONSOLE_SCRIPT):
+    root = checkout_root()
+    if root is None and shutil.which(CONSOLE_SCRIPT):
         return CONSOLE_SCRIPT
+    if root is not None and Path.cwd().resolve() != root:
+        folder = f'"{root}"' if " " in str(root) else str(root)
+        return f"cd {folder} && python -m essence"
     return "python -m essence"

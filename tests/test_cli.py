@@ -180,7 +180,10 @@ def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.Monk
     from essence import installation
 
     monkeypatch.setattr(installation.sys, "argv", ["/usr/lib/python3/site-packages/pytest/__main__.py"])
+    monkeypatch.chdir(REPO)
     assert weights.fetch_command() == "python -m essence weights fetch"  # a checkout, run with python
+    monkeypatch.chdir(REPO / "tests")  # e.g. ComfyUI's folder: python -m essence finds the package from here only
+    assert weights.fetch_command() == f"cd {REPO} && python -m essence weights fetch"
     monkeypatch.setenv(installation.ENV_CLI, "../essence/run essence")
     assert weights.fetch_command() == "../essence/run essence weights fetch"
     assert "Or run: ../essence/run essence weights fetch e4e-ffhq-encode" in weights.missing_message(
