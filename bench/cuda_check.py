@@ -8,7 +8,7 @@ and exits 1 if any fails.
     python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32]     (default ../shared/fixtures)
 
 Tolerances are looser than the CPU tests' because PyTorch runs float32 convolutions on TF32 tensor
-cores by default (about 1e-3 relative). The official loop is chaotic (fixtures README): after step 6
+cores by default (about 1e-3 relative). The official loop is chaotic: after step 6
 such rounding sends it down another path, so with TF32 the trajectory checks compare the loss it
 reaches; ``--no-tf32`` runs strict float32 and checks the reference's own trajectory.
 """

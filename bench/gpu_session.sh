@@ -4,9 +4,9 @@
 #   bash bench/gpu_session.sh OUTDIR [FIXTURES_DIR] [BASELINE_DIR]
 #
 # Order = what matters most if time runs out: the fixtures on CUDA, the generator and e4e throughput,
-# the training modes, the baseline side by side (BASELINE_DIR holds an older checkout's `essence/`
-# and `weights/manifest.json`), the profiler's table of a fast step, the CUDA-graph experiment
-# (bench/graph_step.py). Each section writes into OUTDIR.
+# the training modes, the baseline side by side (BASELINE_DIR holds an older checkout), the
+# profiler's table of a fast step, and the CUDA-graph experiment (bench/graph_step.py). Each section
+# writes into OUTDIR.
 set -u
 out=${1:-output/gpu}
 fixtures=${2:-../shared/fixtures}
@@ -14,7 +14,7 @@ baseline=${3:-}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-bench() { "$py" -m essence bench --device cuda "$@"; }
+bench() { "$py" -m bench --device cuda "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" bench/cuda_check.py "$fixtures" 2>&1 | grep -v Warning | tee "$out/cuda_check.txt"
@@ -31,9 +31,11 @@ for job in '{"kind": "train", "mode": "fast", "steps": 20, "upsample": "transpos
     bench --repeats 5 --one "$job" | tail -1 | tee -a "$out/extra.jsonl"
 done
 if [ -n "$baseline" ]; then
+    # checkouts before the benchmark moved out of the library ran it as `python -m essence bench`
+    if [ -f "$baseline/bench/__main__.py" ]; then baseline_bench=bench; else baseline_bench="essence bench"; fi
     for job in '{"kind": "train", "mode": "fast", "steps": 20}' \
                '{"kind": "generator", "batch": 4, "dtype": "float32", "backward": true}'; do
-        (cd "$baseline" && "$py" -m essence bench --device cuda --repeats 5 --one "$job") | tail -1 \
+        (cd "$baseline" && "$py" -m $baseline_bench --device cuda --repeats 5 --one "$job") | tail -1 \
             | sed 's/^{/{"baseline": true, /' | tee -a "$out/extra.jsonl"
     done
 fi

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from essence.bench import training_problem  # noqa: E402
+from bench.measure import training_problem  # noqa: E402
 from essence.clip_guide import to_unit  # noqa: E402
 from essence.train import essence_losses  # noqa: E402
 

@@ -93,6 +93,9 @@ def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | N
         values = {d.meta.get(key) for d in directions}
         if len(values) == 1 and None not in values:
             meta[key] = values.pop()
+    licences = sorted({d.meta["licence"] for d in directions if isinstance(d.meta.get("licence"), str)})
+    if licences:  # a mix is derived from every part, so it keeps each part's terms
+        meta["licence"] = " ".join(licences)
     return Direction(mixed, meta)
 
 

@@ -1,8 +1,8 @@
-"""The command line: ``python -m essence <command> ...``.
+"""The command line: ``essence <command> ...`` (also ``python -m essence`` and, in a checkout, ``./run essence``).
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
 binds ``_cmd_<name>(args) -> int`` as its handler. Adding a command (align, invert, train, apply,
-info, bench) means writing that pair and listing the adder in ``SUBCOMMANDS``. Every error a user
+info) means writing that pair and listing the adder in ``SUBCOMMANDS``. Every error a user
 can cause is an ``EssenceError``; ``main`` prints it as ``error: <message>`` and returns 2, so no
 user ever sees a traceback for a missing file or a failed download.
 """
@@ -10,7 +10,6 @@ user ever sees a traceback for a missing file or a failed download.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,11 +19,12 @@ from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .cli_directions import add_training_options
 from .download import fetch_weight
 from .errors import DeviceMemoryError, EssenceError, EssenceWarning
+from .installation import cli_command
 from .weights import (
-    FETCH_COMMAND,
     WeightSpec,
     default_weights_dir,
     demo_specs,
+    fetch_command,
     file_sha256,
     get_it_lines,
     get_spec,
@@ -33,7 +33,6 @@ from .weights import (
     weight_status,
 )
 
-PROG = "python -m essence"
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -86,7 +85,7 @@ def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; one sub-parser per entry of ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=cli_command(),
         description="Essence: TargetCLIP essence transfer with StyleGAN2 (library, CLI, ComfyUI nodes).",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -125,7 +124,7 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     rows = [_list_row(spec, hash_files=not args.quick) for spec in load_manifest()]
     header = ("NAME", "ROLE", "STATUS", "SIZE", "LICENCE", "PATH")
     print(_table([header, *rows]))
-    print(f"\nDownload missing files with: {FETCH_COMMAND} [NAME ...]  (no NAME: the demo's files)")
+    print(f"\nDownload missing files with: {fetch_command()} [NAME ...]  (no NAME: the demo's files)")
     return EXIT_OK
 
 
@@ -220,12 +219,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _offer_download(specs: Sequence[WeightSpec], assume_yes: bool) -> bool:
     """Download the missing files when told to, or when a person at a terminal agrees."""
-    if not assume_yes and not sys.stdin.isatty():
+    if not assume_yes and not _interactive():
         return False
     _print_fetch_plan(specs, default_weights_dir())
     if not assume_yes and input("Download these files now? [y/N] ").strip().lower() not in ("y", "yes"):
         return False
     return all(_fetch_one(spec, default_weights_dir(), progress=True) for spec in specs)
+
+
+def _interactive() -> bool:
+    """A person can answer on stdin (it is a terminal; it may also be closed, then ``sys.stdin`` is None)."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _demo_problem(spec: WeightSpec) -> str | None:
@@ -243,7 +247,7 @@ def _print_missing(problems: Sequence[tuple[WeightSpec, str]]) -> None:
         for line in get_it_lines(spec):
             print(f"    {line}", file=sys.stderr)
         print(file=sys.stderr)
-    print(f"Fetch them all with: {FETCH_COMMAND}", file=sys.stderr)
+    print(f"Fetch them all with: {fetch_command()}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,99 +381,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# bench
-
-
-def _add_bench(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .bench import TRAIN_MODES
-
-    bench = subparsers.add_parser(
-        "bench", help="speed and memory of the full-size models on this device (random weights)",
-        description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
-                    + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
-    bench.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    bench.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "quality"],
-                       default=["generator", "encoder", "train"],
-                       help="sections (default: generator encoder train; 'quality' compares the approximate "
-                            "training modes with the exact one and needs the weight files)")
-    bench.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
-                       help="training modes to time (default: all)")
-    bench.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
-                       help="batch sizes for the generator and encoder sections (default: 1 4 16 / 1 32 128 "
-                            "on CUDA, 1 4 / 1 8 on the CPU)")
-    bench.add_argument("--job-timeout", type=float, default=None, metavar="S",
-                       help="skip a measurement still running after S seconds (default: no limit)")
-    bench.add_argument("--profile", choices=list(TRAIN_MODES), default=None, metavar="MODE",
-                       help="instead of timing, print torch.profiler's table of the operators in 3 steps of MODE")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    bench.add_argument("--train-steps", type=int, default=None,
-                       help="steps per training mode, the first a warm-up (default 3 on CPU, 30 on CUDA)")
-    bench.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
-    bench.add_argument("--json", type=Path, default=Path("output/bench.json"), help="where to write the results")
-    quality = bench.add_argument_group("quality section (real models: looked up or given)")
-    quality.add_argument("--generator", type=Path, default=None)
-    quality.add_argument("--guide", type=Path, default=None)
-    quality.add_argument("--target", type=Path, default=None, help="target picture (default: scikit-image's Chelsea)")
-    quality.add_argument("--sources", type=Path, default=None, help="latent file (default: 4 samples, seed 1)")
-    quality.add_argument("--quality-steps", type=int, default=100, help="training steps per mode (default 100)")
-    bench.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
-    bench.set_defaults(handler=_cmd_bench)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    import torch
-
-    from .bench import plan, profile_train, run_all, run_one
-    from .runtime import resolve_device
-
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if args.one:
-        print(json.dumps(run_one(device, json.loads(args.one), args.repeats)))
-        return EXIT_OK
-    if args.profile:
-        print(profile_train(device, args.profile))
-        return EXIT_OK
-    steps = args.train_steps or (30 if device.type == "cuda" else 3)
-    timed = [section for section in args.only if section != "quality"]
-    jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches)
-    report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
-    if "quality" in args.only:
-        report["rows"] += _bench_quality(args, device)
-    if args.json is not None:
-        from .files import atomic_write
-
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}")
-    return EXIT_OK
-
-
-def _bench_quality(args: argparse.Namespace, device) -> list[dict]:
-    from . import load_generator, load_guide
-    from .bench import bench_quality, format_quality_row
-    from .demo import scikit_image_picture
-    from .images import load_image
-    from .latents import load_latents
-    from .train import target_embedding
-
-    generator = load_generator(args.generator, device=device)
-    guide = load_guide(args.guide, device=device)
-    target = load_image(args.target or scikit_image_picture("chelsea.png"))
-    sources = (load_latents(args.sources, generator).latents if args.sources
-               else generator.sample_wplus(4, seed=1, truncation=0.7)).to(device)
-    print(f"Approximate training modes vs the exact one: {args.quality_steps} steps each, same random start "
-          f"(cosine and distance of the trained direction to the exact one; distance relative to the exact "
-          f"update; exact-objective = the loss of the direction under full-size float32 rendering)")
-    rows = bench_quality(generator, guide, target_embedding(guide, target), sources, args.quality_steps)
-    for row in rows:
-        print("  " + format_quality_row(row), flush=True)
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
 # formatting
 
 
@@ -501,4 +412,4 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS, _add_bench]
+                                      *DIRECTION_COMMANDS]

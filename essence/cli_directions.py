@@ -105,7 +105,7 @@ def _add_train(subparsers: Subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import essence
+    from .models import load_generator, load_guide
     from .train import train_direction_fitting_memory
 
     out = Path(args.out)
@@ -116,8 +116,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
         chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
         lambda_consistency=args.lambda_consistency, **options)
-    generator = essence.load_generator(args.generator, device=args.device)
-    guide = essence.load_guide(args.guide, device=args.device)
+    generator = load_generator(args.generator, device=args.device)
+    guide = load_guide(args.guide, device=args.device)
     targets = _open_targets(args.targets)
     if args.sources:
         sources = load_source_latents(args.sources, generator)
@@ -143,14 +143,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
     """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
-    import essence
+    from . import load_encoder
     from .errors import MissingWeightsError
     from .train import initial_direction
 
     encoder = None
     if args.init != "random":
         try:
-            encoder = essence.load_encoder(args.encoder, device=args.device)
+            encoder = load_encoder(args.encoder, device=args.device)
         except MissingWeightsError:
             if args.init == "inversion":
                 raise
@@ -202,7 +202,7 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    import essence
+    from . import load_encoder, load_generator
     from .apply import image_grid, mix_directions, strength_sweep
 
     strengths = parse_floats(args.strength, "--strength")
@@ -211,14 +211,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         direction = loaded[0][0]
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
-    generator = essence.load_generator(args.generator, device=args.device)
+    generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
     if args.latents:
         latents = load_source_latents(args.latents, generator)
     elif args.photo:
         from .invert import invert
 
-        encoder = essence.load_encoder(args.encoder, device=args.device)
+        encoder = load_encoder(args.encoder, device=args.device)
         latents = invert(_open_targets(args.photo), encoder).latents
     else:
         latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
@@ -230,7 +230,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _weighted(spec: str):
     """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
-    import essence
+    from . import load_direction
 
     path, weight = spec, "1"
     if ":" in spec and not Path(spec).exists():
@@ -241,7 +241,7 @@ def _weighted(spec: str):
         raise EssenceError(f"{spec!r}: the weight after ':' must be a number.") from None
     if not math.isfinite(value):
         raise EssenceError(f"{spec!r}: the weight after ':' must be a finite number.")
-    return essence.load_direction(path), value
+    return load_direction(path), value
 
 
 def _save_image(grid: torch.Tensor, path: Path) -> None:
@@ -261,30 +261,32 @@ def _save_image(grid: torch.Tensor, path: Path) -> None:
 
 
 def _add_import_official(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions / .pt latents",
-                              description="Convert the directions (.npy) and source latents (.pt) published "
-                                          "with TargetCLIP into Essence files.")
-    p.add_argument("files", nargs="+", help=".npy direction files and/or .pt latent tensors")
+    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions and latents",
+                              description="Convert the directions (.npy, [1, 18, 512]) and source latents "
+                                          "(opt_latents.pt, w_plus.npy) published with TargetCLIP into "
+                                          "Essence files.")
+    p.add_argument("files", nargs="+", help=".npy directions, and/or latents: opt_latents.pt, w_plus.npy")
     p.add_argument("--out-dir", "-o", required=True, help="folder for the converted .safetensors files")
     p.set_defaults(handler=_cmd_import_official)
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
     from .direction import Direction
+    from .latents import import_targetclip_latents, is_latent_file
 
     out_dir = Path(args.out_dir)
     for name in args.files:
         path = Path(name)
         target = out_dir / f"{path.stem}.safetensors"
-        if path.suffix.lower() == ".npy":
-            Direction.from_official_npy(path).save(target)
-        elif path.suffix.lower() in (".pt", ".pth"):
-            from .latents import import_targetclip_latents
-
-            import_targetclip_latents(path).save(target)
+        if path.suffix.lower() not in (".npy", ".pt", ".pth"):
+            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction, or latents (.pt, w_plus.npy).")
+        if is_latent_file(path):
+            latent_set = import_targetclip_latents(path)
+            latent_set.save(target)
+            print(f"{path} -> {target}  ({len(latent_set)} latents)")
         else:
-            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction or a .pt latent tensor.")
-        print(f"{path} -> {target}")
+            Direction.from_official_npy(path).save(target)
+            print(f"{path} -> {target}  (direction)")
     return 0
 
 
@@ -296,9 +298,9 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
-    import essence
+    from . import load_direction
 
-    essence.load_direction(args.direction).to_npy(args.out)
+    load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
     return 0
 
@@ -324,16 +326,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _describe_file(path: Path) -> tuple[str, list[int], dict]:
+    """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
     from .direction import Direction
-    from .files import read_safetensors_header
+    from .latents import is_latent_file, load_latents
 
-    if path.suffix.lower() != ".npy":
-        header = read_safetensors_header(path)
-        if header.get("__metadata__", {}).get("format") == "essence.latents":
-            from .latents import load_latents
-
-            latents = load_latents(path)
-            return "latents", list(latents.latents.shape), latents.meta
+    if is_latent_file(path):
+        latents = load_latents(path)
+        return "latents", list(latents.latents.shape), latents.meta
     direction = Direction.load(path)
     return "direction", list(direction.tensor.shape), direction.meta
 

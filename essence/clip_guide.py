@@ -18,6 +18,7 @@ Two ways into the tower, as in the official TargetCLIP code:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterable, Literal, Mapping
 
 import torch
@@ -178,9 +179,13 @@ def _describe(obj: Any) -> str:
 
 def import_clip_model():
     # clip/__init__.py imports pkg_resources (setuptools < 81); clip.model itself does not need it,
-    # so fall back to loading that one module when the package import fails.
+    # so fall back to loading that one module when the package import fails. Where the import works,
+    # setuptools warns that pkg_resources is deprecated: a note for the clip package's authors, not
+    # for Essence's users, so that one warning is silenced for this import only.
     try:
-        from clip import model as clip_model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from clip import model as clip_model
         return clip_model
     except ImportError as exc:
         import importlib.util

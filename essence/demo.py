@@ -101,7 +101,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     ``make_progress(total_steps)`` returns the training progress callback (the CLI's progress bar).
     """
-    import essence
+    from . import load_encoder, load_generator, load_guide, load_image, load_landmarker
     from .apply import apply_direction
     from .images import model_to_pil
     from .invert import invert
@@ -119,18 +119,18 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     mode = train_mode(options.mode or ("fast" if device.type == "cuda" else "fast+256px"))
 
     _say(f"[1/5] Loading models on {device} ...")
-    generator = essence.load_generator(options.generator, device=device)
-    encoder = essence.load_encoder(options.encoder, device=device)
-    guide = essence.load_guide(options.guide, device=device)
-    landmarker = essence.load_landmarker(options.landmarks)
+    generator = load_generator(options.generator, device=device)
+    encoder = load_encoder(options.encoder, device=device)
+    guide = load_guide(options.guide, device=device)
+    landmarker = load_landmarker(options.landmarks)
 
     _say(f"[2/5] Aligning and inverting {photo_path.name} ...")
-    photo = essence.load_image(photo_path)  # full resolution: the edits are pasted back into it
+    photo = load_image(photo_path)  # full resolution: the edits are pasted back into it
     inverted = invert([photo_path], encoder, landmarks=landmarker)
     face = inverted.faces[0]
     sources = torch.cat([inverted.latents, generator.sample_wplus(3, seed=options.seed + 1, truncation=0.7).cpu()])
 
-    targets = [essence.load_image(p) for p in target_paths]
+    targets = [load_image(p) for p in target_paths]
     init, init_note = initial_direction("auto", targets[0], generator, encoder, landmarker)
     settings = _demo_settings(mode, generator.size, device, steps=steps, seed=options.seed, lr=options.lr,
                               weight_decay=options.weight_decay)

@@ -4,9 +4,9 @@ A direction file is a safetensors file holding ``direction`` [1, n_latent, style
 optionally ``thumbnail``, the target as uint8 [H, W, 3]) plus string metadata saying what it is and
 how it was made: format and version, the latent space and a fingerprint of the generator it was
 trained on, the CLIP model, the target, the initialisation, every hyper-parameter, the final loss
-terms, a recommended strength range, when and with which Essence version it was made, and a
-licence note. Files are written atomically and validated on load, so a shared file is either
-usable or refused with a reason.
+terms, a recommended strength range, when and with which Essence version it was made, and the
+licence note of the generator when it is one the manifest knows (NVIDIA's FFHQ generator). Files are
+written atomically and validated on load, so a shared file is either usable or refused with a reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 
 from .errors import DirectionFileError, EssenceWarning, IncompatibleLatentSpaceError
 from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
+from .latents import holds_latents
+from .weights import spec_for_generator
 
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
@@ -114,6 +116,11 @@ class Direction:
         """Import a direction published with TargetCLIP (float32 [1, 18, 512] ``.npy``)."""
         path = Path(path)
         array = load_npy_checked(path, DirectionFileError)
+        if holds_latents(array.shape):
+            raise DirectionFileError(
+                f"{path}: holds {array.shape[0]} W+ latents {list(array.shape)}, not a direction "
+                f"([1, 18, 512]); TargetCLIP's w_plus.npy is its source faces. Load it as latents "
+                f"(essence.load_latents, the --latents/--sources options, or import-official).")
         try:
             tensor = torch.from_numpy(array)
             if tensor.ndim == 2:
@@ -127,8 +134,7 @@ class Direction:
                 "generator": "stylegan2-ffhq-config-f (as published with TargetCLIP)",
                 "clip_model": "ViT-B/32",
                 "recommended_strength": list(DEFAULT_STRENGTH_RANGE),
-                "created": utc_now(),
-                "licence": LICENCE_NOTE,
+                "licence": LICENCE_NOTE,  # published for the FFHQ generator; its creation date is unknown
             }
             return cls(tensor, meta)
         except DirectionFileError as exc:
@@ -177,12 +183,23 @@ def target_thumbnail(image: Any, size: int = 128) -> torch.Tensor:
     return torch.from_numpy(np.asarray(thumb).copy())
 
 
+def licence_note(generator_fingerprint: str | None) -> str | None:
+    """The licence note a direction trained with this generator carries: NVIDIA's FFHQ note when the
+    fingerprint is the manifest's FFHQ generator, none otherwise (a generator of the user's own, or a
+    test model, is not under NVIDIA's licence)."""
+    return LICENCE_NOTE if spec_for_generator(generator_fingerprint) is not None else None
+
+
 def direction_metadata(**fields: Any) -> dict[str, Any]:
-    """Metadata common to every direction Essence creates (time, version, licence) plus ``fields``."""
+    """Metadata common to every direction Essence creates (time, version, the generator's licence
+    note when it has one) plus ``fields``."""
     from . import __version__
 
-    base = {"created": utc_now(), "essence_version": __version__, "licence": LICENCE_NOTE,
-            "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
+    base: dict[str, Any] = {"created": utc_now(), "essence_version": __version__,
+                            "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
+    note = licence_note(fields.get("generator_fingerprint"))
+    if note:
+        base["licence"] = note
     base.update(fields)
     return base
 

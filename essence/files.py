@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import stat
 import struct
-import tempfile
 import tokenize
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -32,20 +33,38 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes.
+
+    The new file gets the permissions the umask gives new files (as every other tool's output), even
+    when the writer recreated the temporary file owner-only, as safetensors' ``save_file`` does.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(path.parent, path.name)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, applied by the kernel
     try:
         yield tmp
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(folder: Path, name: str) -> Path:
+    """A new empty ``.<name>.<random>.tmp`` in ``folder`` with the permissions the umask gives
+    (``tempfile.mkstemp``'s are owner-only, which would hide saved files from a ComfyUI server or a
+    teammate reading the folder)."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}.")
 
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
@@ -187,11 +206,37 @@ def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.nda
     import numpy as np
 
     path = Path(path)
+    try:
+        with _open_npy(path, error) as (handle, shape, fortran, dtype):
+            count = 1
+            for dim in shape:
+                count *= dim
+            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+
+
+def npy_shape(path: str | os.PathLike, error: type[Exception]) -> tuple[int, ...]:
+    """The shape a checked ``.npy`` file holds (its header only; the same checks as ``load_npy_checked``)."""
+    with _open_npy(Path(path), error) as (_handle, shape, _fortran, _dtype):
+        return tuple(shape)
+
+
+@contextlib.contextmanager
+def _open_npy(path: Path, error: type[Exception]) -> Iterator[tuple]:
+    """The open file positioned at its data, with the checked header: (handle, shape, fortran, dtype)."""
+    import numpy as np
+
     if not path.is_file():
         raise error(f"{path}: no such file.")
     size = path.stat().st_size
     try:
-        with open(path, "rb") as handle:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    with handle:
+        try:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
@@ -211,8 +256,7 @@ def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.nda
             if count * dtype.itemsize != data_bytes:
                 raise ValueError(f"its header declares {dtype} {list(shape)} ({count * dtype.itemsize} bytes) "
                                  f"but the file holds {data_bytes} bytes of data; it is truncated or damaged")
-            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
-            tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
-        raise error(f"{path}: not a readable .npy array ({exc}).") from None
-    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
+                tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
+            raise error(f"{path}: not a readable .npy array ({exc}).") from None
+        yield handle, shape, fortran, dtype

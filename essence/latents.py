@@ -28,8 +28,11 @@ import numpy as np
 import torch
 
 from .checkpoints import load_torch_file
-from .errors import EssenceError, IncompatibleLatentSpaceError, LatentFileError, require_finite
-from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
+from .errors import (CorruptFileError, EssenceError, IncompatibleLatentSpaceError, LatentFileError, MissingWeightsError,
+                     require_finite)
+from .files import (encode_metadata, load_npy_checked, npy_shape, read_safetensors_header, read_typed_file,
+                    save_safetensors_atomic, utc_now)
+from .installation import cli_command
 
 FORMAT_NAME = "essence.latents"
 FORMAT_VERSION = 1
@@ -97,8 +100,10 @@ class LatentSet:
 
     def save(self, path: PathLike) -> Path:
         """Write the latent file atomically (a failed save leaves no partial file)."""
-        fields = {**_base_meta(), **self.meta, "latent_space": self.space, "count": len(self),
-                  "sources": self.sources}
+        base = _base_meta()
+        if "imported_from" in self.meta:  # when the original was made is unknown: no date is invented
+            del base["created"]
+        fields = {**base, **self.meta, "latent_space": self.space, "count": len(self), "sources": self.sources}
         return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
                                        encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
 
@@ -118,7 +123,7 @@ class LatentSet:
 
 def _load_safetensors(path: Path) -> LatentSet:
     tensors, meta = read_typed_file(path, FORMAT_NAME, FORMAT_VERSION, TENSOR_NAME, LatentFileError, "latent file",
-                                    "Create one with `python -m essence invert` or `sample`.")
+                                    f"Create one with `{cli_command()} invert` or `sample`.")
     sources = meta.pop("sources", None)
     if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
         raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")
@@ -177,6 +182,30 @@ def save_latents(path: PathLike, latents: torch.Tensor | LatentSet, sources: Seq
         latent_set.meta["generator"] = generator_info(generator, latent_set.meta.get("generator"))
         latent_set.meta["latent_space"] = {**latent_set.space, "resolution": generator.size}
     return latent_set.save(path)
+
+
+def holds_latents(shape: Sequence[int]) -> bool:
+    """An official ``.npy`` of this shape is a batch of W+ latents (``w_plus.npy``, [68, 18, 512]),
+    not a direction ([1, 18, 512] or [18, 512]): TargetCLIP publishes both as ``.npy``."""
+    return len(shape) == 3 and shape[0] > 1
+
+
+def is_latent_file(path: PathLike) -> bool:
+    """Whether ``path`` holds latents rather than a direction: an Essence latent file, TargetCLIP's
+    ``opt_latents.pt`` (any ``.pt``/``.pth``: TargetCLIP publishes directions only as ``.npy``), or
+    an ``.npy`` with several rows (``w_plus.npy``). Reads headers only; an unreadable file is not
+    latents (its loader then says what is wrong with it)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return True
+    try:
+        if suffix == ".npy":
+            return holds_latents(npy_shape(path, LatentFileError))
+        header = read_safetensors_header(path)
+    except (LatentFileError, CorruptFileError, MissingWeightsError):
+        return False
+    return header.get("__metadata__", {}).get("format") == FORMAT_NAME
 
 
 def load_latents(path: PathLike, generator: Any = None) -> LatentSet:

@@ -1,9 +1,10 @@
 """Which weight files Essence knows, where it looks for them, and whether a copy is intact.
 
-The manifest (``<repo>/weights/manifest.json``) is the single list of known checkpoints: name, role,
-file name, download URLs, checksums and licence. Code never hard-codes a URL or a path; it asks
-``find_weight("generator")`` and either gets a path or a ``MissingWeightsError`` whose message tells
-the user exactly what to download, from where, under which licence, and where to put it.
+The manifest (``essence/weights_manifest.json``, shipped inside the package) is the single list of
+known checkpoints: name, role, file name, download URLs, checksums and licence. Code never
+hard-codes a URL or a path; it asks ``find_weight("generator")`` and either gets a path or a
+``MissingWeightsError`` whose message tells the user exactly what to download, from where, under
+which licence, and where to put it.
 
 Lookup order (first hit wins):
 
@@ -11,10 +12,13 @@ Lookup order (first hit wins):
 2. folders supplied by a registered provider (the ComfyUI adapter registers one that returns the
    model folders ComfyUI knows, including ``extra_model_paths.yaml`` entries; this module never
    imports ComfyUI),
-3. the repository's ``weights/`` folder (overridable with ``$ESSENCE_REPO_WEIGHTS_DIR``),
-4. ``$ESSENCE_WEIGHTS_DIR`` (one folder, or several separated by ``os.pathsep``),
+3. ``$ESSENCE_WEIGHTS_DIR`` (one folder, or several separated by ``os.pathsep``),
+4. Essence's own weights folder: the checkout's ``weights/`` when Essence runs from a checkout
+   (also the ComfyUI pack's folder), else the per-user data folder's ``weights/`` (e.g.
+   ``~/.local/share/essence/weights``); ``$ESSENCE_REPO_WEIGHTS_DIR`` replaces it,
 5. for the landmarks file only, where other packages install it (``installed_package_dirs``).
 
+Downloads go to the first ``$ESSENCE_WEIGHTS_DIR`` folder when it is set, else to folder 4.
 This module is stdlib-only so that listing and locating weights stays cheap and never needs torch.
 """
 
@@ -31,15 +35,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CorruptFileError, EssenceError, MissingWeightsError
+from .installation import checkout_root, cli_command, package_dir, user_data_dir
 
 ROLES = ("generator", "encoder", "guide", "landmarks")
 STATUSES = ("present", "missing", "corrupt", "unverified")
-FETCH_COMMAND = "python -m essence weights fetch"
 
 ENV_WEIGHTS_DIR = "ESSENCE_WEIGHTS_DIR"
 ENV_REPO_WEIGHTS_DIR = "ESSENCE_REPO_WEIGHTS_DIR"
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{16}$")
 _HASH_CHUNK = 1 << 20
 
 FolderProvider = Callable[[str], Sequence["str | os.PathLike[str]"]]
@@ -76,6 +81,7 @@ class WeightSpec:
     url_checksums: Mapping[str, Checksum] = field(default_factory=dict, hash=False)
     known_copies: tuple[Checksum, ...] = ()
     provenance: str = ""
+    generator_fingerprint: str | None = None  # StyleGAN2Generator.fingerprint() of the generator it holds
 
     def url_checksum(self, url: str) -> Checksum:
         """What ``url`` is known to serve (for a compressed entry, the archive)."""
@@ -113,14 +119,14 @@ class WeightSpec:
 # Manifest
 
 
-def repo_root() -> Path:
-    """The checkout this package lives in (``essence/`` sits directly under it)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def manifest_path() -> Path:
-    """Where the manifest is read from: always the repository's own copy."""
-    return repo_root() / "weights" / "manifest.json"
+    """Where the manifest is read from: the package's own copy (package data when installed)."""
+    return package_dir() / "weights_manifest.json"
+
+
+def fetch_command() -> str:
+    """The command that downloads weight files, as the user can type it where they are."""
+    return f"{cli_command()} weights fetch"
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> tuple[WeightSpec, ...]:
@@ -133,7 +139,8 @@ def _load_manifest_cached(path: str) -> tuple[WeightSpec, ...]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EssenceError(f"{path}: the weights manifest is missing; the checkout is incomplete.") from None
+        raise EssenceError(f"{path}: the weights manifest is missing; this copy of Essence is incomplete "
+                           f"(reinstall it).") from None
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"{path}: the weights manifest is not valid JSON ({exc}).") from None
     entries = data.get("weights") if isinstance(data, dict) else None
@@ -170,6 +177,7 @@ def _spec_from_entry(entry: Any, path: str) -> WeightSpec:
             },
             known_copies=tuple(_checksum(c, path, entry["name"]) for c in entry.get("known_copies") or ()),
             provenance=str(entry.get("provenance", "")),
+            generator_fingerprint=_check_fingerprint(entry.get("generator_fingerprint"), path, entry["name"]),
         )
     except KeyError as exc:
         raise CorruptFileError(f"{path}: manifest entry {entry.get('name', '?')!r} lacks field {exc}.") from None
@@ -195,6 +203,15 @@ def _check_sha(value: Any, path: str, name: str) -> str | None:
         return None
     if not isinstance(value, str) or not _SHA256_RE.match(value):
         raise CorruptFileError(f"{path}: entry {name!r}: sha256 must be 64 lowercase hex digits or null.")
+    return value
+
+
+def _check_fingerprint(value: Any, path: str, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _FINGERPRINT_RE.match(value):
+        raise CorruptFileError(f"{path}: entry {name!r}: generator_fingerprint must be 16 lowercase hex digits "
+                               f"or null.")
     return value
 
 
@@ -234,6 +251,17 @@ def _match_spec(key: str, specs: Sequence[WeightSpec]) -> WeightSpec | None:
     return (defaults or by_role or [None])[0]
 
 
+def spec_for_generator(fingerprint: str | None) -> WeightSpec | None:
+    """The manifest entry whose generator has this ``StyleGAN2Generator.fingerprint()``, if any.
+
+    What a direction may say about its generator's licence depends on this: a direction trained
+    with NVIDIA's FFHQ generator carries its licence note, one trained with any other does not.
+    """
+    if not fingerprint:
+        return None
+    return next((s for s in load_manifest() if s.generator_fingerprint == fingerprint), None)
+
+
 def demo_specs() -> list[WeightSpec]:
     """The files the demo pipeline needs (generator, encoder, default guide)."""
     return [s for s in load_manifest() if "demo" in s.required_for]
@@ -255,13 +283,25 @@ def set_folder_provider(provider: FolderProvider | None) -> None:
     _folder_provider = provider
 
 
-def default_weights_dir() -> Path:
-    """Where files are looked for and fetched to outside ComfyUI: the repository's ``weights/``.
+def own_weights_dir() -> Path:
+    """Essence's own weights folder: the checkout's ``weights/``, or the per-user data folder's
+    ``weights/`` when Essence is an installed package (its ``site-packages`` folder is no place for
+    gigabytes of user data, and may be read-only).
 
-    ``$ESSENCE_REPO_WEIGHTS_DIR`` replaces it, so tests and read-only installs can point elsewhere.
+    ``$ESSENCE_REPO_WEIGHTS_DIR`` replaces it, so tests and read-only checkouts can point elsewhere.
     """
     override = os.environ.get(ENV_REPO_WEIGHTS_DIR)
-    return Path(override).expanduser() if override else repo_root() / "weights"
+    if override:
+        return Path(override).expanduser()
+    root = checkout_root()
+    return root / "weights" if root is not None else user_data_dir() / "weights"
+
+
+def default_weights_dir() -> Path:
+    """Where files are fetched to outside ComfyUI: the first ``$ESSENCE_WEIGHTS_DIR`` folder when
+    that is set, else Essence's own weights folder (``own_weights_dir``)."""
+    env = env_weights_dirs()
+    return env[0] if env else own_weights_dir()
 
 
 def env_weights_dirs() -> list[Path]:
@@ -285,8 +325,8 @@ def search_dirs(spec: WeightSpec | None = None) -> list[tuple[str, Path]]:
     """Every (label, folder) searched for ``spec``, in lookup order, duplicates removed."""
     folders = [spec.comfy_folder] if spec else sorted({s.comfy_folder for s in load_manifest()})
     places = [(f"host folder '{f}'", d) for f in folders for d in provider_dirs(f)]
-    places.append(("Essence weights folder", default_weights_dir()))
     places += [(f"${ENV_WEIGHTS_DIR}", d) for d in env_weights_dirs()]
+    places.append(("Essence weights folder", own_weights_dir()))
     if spec is not None:
         places += installed_package_dirs(spec.role)
     return _dedupe(places)
@@ -405,7 +445,7 @@ def get_it_lines(spec: WeightSpec) -> list[str]:
         f"Licence: {spec.licence}",
         f"Put it in: {default_weights_dir()} (or a folder named by ${ENV_WEIGHTS_DIR}; "
         f"in ComfyUI: models/{spec.comfy_folder}/)",
-        f"Or run: {FETCH_COMMAND} {spec.name}",
+        f"Or run: {fetch_command()} {spec.name}",
     ]
     return lines
 

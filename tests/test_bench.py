@@ -1,4 +1,4 @@
-"""``python -m essence bench``: what it measures and how it reports (numbers themselves are not asserted)."""
+"""``python -m bench`` (the maintainers' benchmark): what it measures and how it reports (numbers themselves are not asserted)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import essence
-from essence import cli
-from essence.bench import TRAIN_MODES, format_row, plan
+from bench import cli
+from bench.measure import TRAIN_MODES, format_row, plan
 
 
 def test_plan_covers_every_section_and_training_mode():
@@ -31,7 +31,7 @@ def test_plan_takes_the_modes_and_batch_sizes_asked_for():
 
 
 def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
-    from essence.bench import run_all
+    from bench.measure import run_all
 
     report = run_all(torch.device("cpu"), [{"kind": "train", "mode": "no-such-mode", "steps": 1},
                                            {"kind": "encoder", "batch": 1, "dtype": "float32"}],
@@ -42,7 +42,7 @@ def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
 
 
 def test_one_measurement_reports_time_throughput_and_memory(capsys):
-    assert cli.main(["bench", "--device", "cpu", "--repeats", "1", "--threads", "1",
+    assert cli.main(["--device", "cpu", "--repeats", "1", "--threads", "1",
                      "--one", '{"kind": "encoder", "batch": 1, "dtype": "float32"}']) == 0
     import json
 
@@ -61,7 +61,7 @@ def test_training_rows_project_a_1000_step_run():
 def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsys):
     """A short run with the tiny models: the exact modes agree, and the table has every mode asked for."""
     import essence
-    from essence.bench import bench_quality, format_quality_row
+    from bench.measure import bench_quality, format_quality_row
     from essence.train import target_embedding
     from PIL import Image
 

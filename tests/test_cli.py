@@ -39,7 +39,7 @@ def test_weights_list_shows_every_entry(capsys: pytest.CaptureFixture[str], empt
     for spec in weights.load_manifest():
         row = next(line for line in out.splitlines() if line.startswith(spec.name + " "))
         assert spec.role in row and "missing" in row and spec.licence_short in row
-        assert str(empty_weights / spec.filename) in row
+        assert str(empty_weights.parent / "env-weights" / spec.filename) in row  # where a fetch would put it
     assert "python -m essence weights fetch" in out
 
 
@@ -140,3 +140,60 @@ def test_weights_fetch_failure_exits_2(capsys: pytest.CaptureFixture[str], tmp_p
         assert cli.main(["weights", "fetch", "generator", "--dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# ./run, the checkout's entry point, and the commands messages suggest
+
+
+@pytest.fixture()
+def run_script(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment for ``./run`` with a ready environment standing in for its .venv (this one)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (venv / ".essence-installed").touch()
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    yield dict(os.environ, ESSENCE_VENV=str(venv), ESSENCE_WEIGHTS_DIR=str(empty),
+               ESSENCE_REPO_WEIGHTS_DIR=str(empty), PYTHONPATH=str(REPO))
+
+
+@pytest.mark.parametrize("stdin", ["closed", "/dev/null"])
+def test_run_demo_without_weights_or_stdin_exits_2_and_names_the_run_command(run_script: dict[str, str],
+                                                                              stdin: str) -> None:
+    """``./run demo <&-`` and ``./run demo </dev/null``: the missing-weights message, no traceback, and
+    the fetch command as the user can type it there (``python -m essence`` lacks torch outside .venv)."""
+    redirect = "<&-" if stdin == "closed" else "</dev/null"
+    result = subprocess.run(["bash", "-c", f'./run demo {redirect}'], cwd=REPO, env=run_script,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert all(name in result.stderr for name in DEMO_FILES)
+    assert "Fetch them all with: ./run essence weights fetch" in result.stderr
+    assert "python -m essence" not in result.stderr
+
+
+def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    from essence import installation
+
+    monkeypatch.setattr(installation.sys, "argv", ["/usr/lib/python3/site-packages/pytest/__main__.py"])
+    monkeypatch.chdir(REPO)
+    assert weights.fetch_command() == "python -m essence weights fetch"  # a checkout, run with python
+    monkeypatch.chdir(REPO / "tests")  # e.g. ComfyUI's folder: python -m essence finds the package from here only
+    assert weights.fetch_command() == f"cd {REPO} && python -m essence weights fetch"
+    monkeypatch.setenv(installation.ENV_CLI, "../essence/run essence")
+    assert weights.fetch_command() == "../essence/run essence weights fetch"
+    assert "Or run: ../essence/run essence weights fetch e4e-ffhq-encode" in weights.missing_message(
+        weights.get_spec("encoder"))
+    monkeypatch.delenv(installation.ENV_CLI)
+    monkeypatch.setattr(installation.sys, "argv", ["/home/me/.local/bin/essence", "demo"])
+    assert weights.fetch_command() == "essence weights fetch"
+    monkeypatch.setattr(installation.sys, "argv", ["-c"])
+    monkeypatch.setattr(installation, "checkout_root", lambda: None)  # installed with pip
+    monkeypatch.setattr(installation.shutil, "which", lambda name: f"/venv/bin/{name}")
+    assert weights.fetch_command() == "essence weights fetch"
+    monkeypatch.setattr(installation.shutil, "which", lambda name: None)  # installed, script not on PATH
+    assert weights.fetch_command() == "python -m essence weights fetch"

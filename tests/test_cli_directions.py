@@ -41,6 +41,7 @@ def test_train_inverts_a_target_with_a_face_and_writes_a_direction(fixtures, tmp
     assert direction.meta["name"] == "face_a" and direction.meta["target"] == ["face_a.jpg"]
     assert direction.meta["hyperparameters"]["steps"] == 4 and direction.thumbnail is not None
     assert "Saved" in stdout and "best loss" in stdout
+    assert "licence" not in direction.meta  # the tiny test generator is not NVIDIA's FFHQ model
 
 
 def test_train_takes_the_official_scripts_learning_rate_and_weight_decay(fixtures, tmp_path, tiny_models, capsys):
@@ -158,6 +159,25 @@ def test_import_official_export_npy_and_info(fixtures, tmp_path, capsys):
     assert "official TargetCLIP direction" in out
     assert cli.main(["info", "--json", str(tmp_path / "joker.safetensors")]) == 0
     assert json.loads(capsys.readouterr().out)["metadata"]["name"] == "joker"
+
+
+def test_import_official_converts_directions_and_both_kinds_of_latents(fixtures, tmp_path, capsys):
+    """TargetCLIP publishes directions as [1, 18, 512] .npy, its sources as opt_latents.pt and its
+    evaluation faces as w_plus.npy [68, 18, 512]; each is recognised for what it holds."""
+    official = fixtures / "official"
+    files = [official / "keanu.npy", official / "w_plus.npy", official / "opt_latents.pt"]
+    assert cli.main(["import-official", *map(str, files), "--out-dir", str(tmp_path / "D")]) == 0
+    assert essence.load_direction(tmp_path / "D" / "keanu.safetensors").tensor.shape == (1, 18, 512)
+    assert essence.load_latents(tmp_path / "D" / "w_plus.safetensors").latents.shape == (68, 18, 512)
+    assert essence.load_latents(tmp_path / "D" / "opt_latents.safetensors").latents.shape == (4, 18, 512)
+    capsys.readouterr()
+    assert cli.main(["info", *map(str, files), *map(str, sorted((tmp_path / "D").iterdir()))]) == 0
+    out = capsys.readouterr().out
+    for shown in ("keanu.npy: direction [1, 18, 512]", "w_plus.npy: latents [68, 18, 512]",
+                  "opt_latents.pt: latents [4, 18, 512]", "keanu.safetensors: direction [1, 18, 512]",
+                  "w_plus.safetensors: latents [68, 18, 512]", "opt_latents.safetensors: latents [4, 18, 512]"):
+        assert shown in out
+    assert "created" not in out  # when TargetCLIP made them is unknown; no date is invented
 
 
 def test_info_on_a_non_direction_file_is_a_clear_error(fixtures, capsys):

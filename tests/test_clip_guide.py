@@ -39,7 +39,9 @@ def test_guide_reads_the_tower_shape(guide):
 
 def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace, fixtures):
     image = Image.open(fixtures / "face_a.jpg")
-    assert torch.equal(guide.preprocess(image), trace["target_clip_input"])
+    # the trace was made by the reference code on another machine: equal up to rounding (a changed
+    # resize filter or normalisation moves pixels by 1e-2 or more)
+    assert (guide.preprocess(image) - trace["target_clip_input"]).abs().max().item() < 1e-6
     with torch.no_grad():
         emb = to_unit(guide.embed_target(image))
     assert (emb - trace["target_embedding"]).abs().max().item() < 1e-5
@@ -47,8 +49,8 @@ def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trac
 
 def test_embeddings_equal_openai_clip_for_the_same_weights(guide, reference_clip):
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(guide.encode(pixels), reference_clip.encode_image(pixels))
+    with torch.no_grad():  # two implementations of the same maths: equal up to rounding
+        torch.testing.assert_close(guide.encode(pixels), reference_clip.encode_image(pixels), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [64, 256, 1024])
@@ -99,7 +101,7 @@ def test_torchscript_archive_loads_like_openai_releases(tmp_path, reference_clip
     traced.save(str(tmp_path / "ViT-tiny.pt"))
     guide = load_guide_file(tmp_path / "ViT-tiny.pt")
     with torch.no_grad():
-        assert torch.equal(guide.encode(pixels), reference_clip.encode_image(pixels))
+        torch.testing.assert_close(guide.encode(pixels), reference_clip.encode_image(pixels), rtol=0, atol=1e-6)
     assert guide.name == "ViT-tiny"
 
 
@@ -117,3 +119,18 @@ def test_guide_loads_without_pkg_resources(monkeypatch, fixtures):
 def test_generator_file_given_as_guide_is_refused(fixtures):
     with pytest.raises(essence.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an OpenAI CLIP"):
         load_guide_file(fixtures / "stylegan2_tiny64.pt")
+
+
+def test_loading_clip_prints_no_pkg_resources_deprecation_warning(fixtures):
+    """The clip package imports pkg_resources, and setuptools warned about it on every run; other
+    warnings still show (the check runs in a fresh interpreter, where clip is not imported yet)."""
+    import subprocess
+    from pathlib import Path
+
+    code = ("import warnings, essence\n"
+            f"essence.load_guide({str(fixtures / 'clip_tiny.pt')!r})\n"
+            "warnings.warn('still shown')\n")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "pkg_resources" not in done.stderr and "still shown" in done.stderr

@@ -112,4 +112,5 @@ def test_two_cli_samples_to_one_file_leave_one_complete_file(fixtures: Path, tmp
     seeds = {source["seed"] for source in latents.sources}
     assert len(latents) == 64 and len(seeds) == 1  # one writer's complete file, not a mix
     expected = essence.sample_latents(essence.load_generator(generator), 64, seed=seeds.pop())
-    assert torch.equal(latents.latents, expected.latents)
+    # computed again in this process: equal up to rounding; another seed's latents differ by whole units
+    torch.testing.assert_close(latents.latents, expected.latents, rtol=0, atol=1e-6)

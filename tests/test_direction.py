@@ -133,3 +133,48 @@ def test_metadata_is_stored_as_readable_json(tmp_path):
         meta = handle.metadata()
     assert meta["format"] == "essence.direction" and meta["format_version"] == "1"
     assert json.loads(meta["latent_space"]) == {"n_latent": 10, "style_dim": 64}
+
+
+def test_saved_files_get_the_permissions_the_umask_gives(tmp_path):
+    """Not owner-only temporary-file permissions: a ComfyUI server or a teammate must be able to read them."""
+    from essence.latents import LatentSet
+
+    previous = os.umask(0o022)
+    try:
+        _direction().save(tmp_path / "d.safetensors")
+        LatentSet(torch.zeros(2, 10, 64)).save(tmp_path / "l.safetensors")
+        _direction().to_npy(tmp_path / "d.npy")
+        os.umask(0o077)
+        _direction().save(tmp_path / "private.safetensors")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"d.safetensors": 0o644, "l.safetensors": 0o644, "d.npy": 0o644, "private.safetensors": 0o600}
+
+
+def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monkeypatch):
+    """A direction trained with another generator (here the tiny test model) is not under NVIDIA's licence;
+    one trained with the generator whose fingerprint the manifest lists is, and so is a mix containing it."""
+    import dataclasses
+
+    from essence import weights
+    from essence.apply import mix_directions
+    from essence.direction import LICENCE_NOTE, direction_metadata
+
+    fingerprint = essence.load_generator(fixtures / "stylegan2_tiny64.pt").fingerprint()
+    assert "licence" not in direction_metadata(generator_fingerprint=fingerprint)
+    assert "licence" not in direction_metadata()  # unknown generator
+    unlicensed = Direction(_direction().tensor, direction_metadata(generator_fingerprint=fingerprint))
+
+    ffhq = [dataclasses.replace(s, generator_fingerprint=fingerprint) if s.role == "generator" else s
+            for s in weights.load_manifest()]
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: tuple(ffhq))
+    assert direction_metadata(generator_fingerprint=fingerprint)["licence"] == LICENCE_NOTE
+    licensed = Direction(_direction(seed=1).tensor, direction_metadata(generator_fingerprint=fingerprint))
+    assert mix_directions([unlicensed, licensed]).meta["licence"] == LICENCE_NOTE
+    assert "licence" not in mix_directions([unlicensed, unlicensed]).meta
+
+
+def test_an_npy_of_latents_is_not_taken_for_a_direction(fixtures):
+    with pytest.raises(essence.DirectionFileError, match=r"holds 68 W\+ latents \[68, 18, 512\], not a direction"):
+        essence.load_direction(fixtures / "official" / "w_plus.npy")

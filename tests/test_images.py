@@ -60,7 +60,8 @@ def test_tensor_conventions_round_trip(keanu: np.ndarray) -> None:
     model = images.pil_to_model(image)
     assert model.shape == (1, 3, 1112, 890) and -1.0 <= model.min() and model.max() <= 1.0
     # e4e's ToTensor + Normalize(0.5, 0.5): x / 255 * 2 - 1
-    assert torch.allclose(model[0, :, 10, 20], torch.tensor(keanu[10, 20] / 127.5 - 1.0, dtype=torch.float32))
+    assert torch.allclose(model[0, :, 10, 20], torch.tensor(keanu[10, 20] / 127.5 - 1.0, dtype=torch.float32),
+                          atol=1e-6)
     assert np.array_equal(np.asarray(images.model_to_pil(model)[0]), keanu)
     assert images.pil_to_model(image, size=256).shape == (1, 3, 256, 256)
 

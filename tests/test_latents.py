@@ -102,7 +102,7 @@ def test_targetclip_source_latents_are_imported(fixtures: Path, tmp_path: Path) 
     assert opt.latents.shape == (4, 18, 512) and opt.latents.device.type == "cpu"
     evaluation = import_targetclip_latents(fixtures / "official" / "w_plus.npy")
     assert evaluation.latents.shape == (68, 18, 512)
-    assert torch.equal(opt.latents, evaluation.latents[[67, 4, 9, 34]])  # as the fixtures README says
+    assert torch.equal(opt.latents, evaluation.latents[[67, 4, 9, 34]])  # the 4 default sources are rows of the 68
     assert opt.sources[0] == {"kind": "imported", "name": "opt_latents.pt", "row": 0}
     again = load_latents(opt.save(tmp_path / "opt.safetensors"))
     assert torch.equal(again.latents, opt.latents) and again.meta["imported_from"] == "TargetCLIP opt_latents.pt"

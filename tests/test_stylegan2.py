@@ -98,9 +98,12 @@ def test_wrong_latent_shape_names_the_expected_shapes(tiny):
 
 
 def test_w_is_broadcast_over_all_layers(tiny, tiny_io):
+    """A W code [B, style_dim] renders as that code repeated over every layer. The broadcast and the
+    repeated copy reach the kernels in different memory layouts, so rounding may differ (2.9e-6 seen
+    on an AVX-512 machine); another code in any one layer moves pixels by more than 1."""
     w = tiny_io["w"]
     with torch.no_grad():
-        assert max_abs(tiny.synthesize(w), tiny.synthesize(w[:, None].repeat(1, 10, 1))) == 0
+        assert max_abs(tiny.synthesize(w), tiny.synthesize(w[:, None].repeat(1, 10, 1))) < 1e-5
 
 
 def test_fixed_noise_is_deterministic_and_random_noise_is_not(tiny, tiny_io):

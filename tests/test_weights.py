@@ -15,7 +15,8 @@ import pytest
 from essence import weights
 from essence.errors import EssenceError, MissingWeightsError
 
-MANIFEST = Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = REPO / "essence" / "weights_manifest.json"
 REQUIRED_FIELDS = {
     "name", "role", "filename", "urls", "size_bytes", "sha256", "licence", "layout", "required_for",
     "comfy_folder",
@@ -95,6 +96,9 @@ def test_manifest_validation_rejects_bad_entries(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"weights": [dict(raw_entries()[0], role="painter")]}))
     with pytest.raises(EssenceError, match="role"):
         weights.load_manifest(bad)
+    bad.write_text(json.dumps({"weights": [dict(raw_entries()[0], generator_fingerprint="ABC")]}))
+    with pytest.raises(EssenceError, match="generator_fingerprint must be 16 lowercase hex digits"):
+        weights.load_manifest(bad)
 
 
 def test_get_spec_by_name_role_and_filename() -> None:
@@ -130,10 +134,10 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert weights.find_weight("generator") == provider_file
     assert asked[-1] == "essence_stylegan2"
     provider_file.unlink()
-    assert weights.find_weight("generator") == repo_file
-    repo_file.unlink()
-    assert weights.find_weight("stylegan2-ffhq-config-f") == env_file
+    assert weights.find_weight("generator") == env_file  # the user's own setting beats the default
     env_file.unlink()
+    assert weights.find_weight("stylegan2-ffhq-config-f") == repo_file
+    repo_file.unlink()
     with pytest.raises(MissingWeightsError):
         weights.find_weight("generator")
 
@@ -201,9 +205,28 @@ def test_a_failing_provider_is_reported() -> None:
         weights.find_weight("generator")
 
 
-def test_default_weights_dir_is_the_repo_folder_unless_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_weights_dir_is_the_checkouts_folder_unless_overridden(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(weights.ENV_REPO_WEIGHTS_DIR)
-    assert weights.default_weights_dir() == MANIFEST.parent
+    assert weights.default_weights_dir() == REPO / "weights"
+    monkeypatch.setenv(weights.ENV_WEIGHTS_DIR, os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert weights.default_weights_dir() == tmp_path / "a"  # downloads go to the first folder named
+
+
+def test_an_installed_package_keeps_weights_in_the_users_data_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """site-packages is no place for gigabytes of weights (and may be read-only)."""
+    from essence import installation
+
+    monkeypatch.delenv(weights.ENV_REPO_WEIGHTS_DIR)
+    monkeypatch.setattr(weights, "checkout_root", lambda: None)
+    monkeypatch.setattr(installation.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert weights.default_weights_dir() == tmp_path / "data" / "essence" / "weights"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert weights.default_weights_dir() == tmp_path / "home" / ".local" / "share" / "essence" / "weights"
+    assert weights.search_dirs(weights.get_spec("generator"))[-1][1] == weights.default_weights_dir()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``python -m essence bench``: speed and memory of the full-size models on whatever device is here.
+"""``python -m bench``: speed and memory of the full-size models on whatever device is here.
 
 Models are built at full size with random weights (FFHQ config-f generator, IR-SE-50 e4e encoder,
 CLIP ViT-B/32 image tower): timing needs the shapes, not the trained values, so the benchmark runs
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .modes import TRAIN_MODES as LIBRARY_MODES
+from essence.modes import TRAIN_MODES as LIBRARY_MODES
 
 TRAIN_MODES = {  # name: TrainSettings overrides; the library's training modes, then memory options of "fast"
     **{name: dict(mode.overrides) for name, mode in LIBRARY_MODES.items()},
@@ -66,14 +66,14 @@ def _timed(step: Callable[[], None], device: torch.device, repeats: int) -> list
 
 
 def _autocast(device: torch.device, dtype: str):
-    from .train import autocast_for
+    from essence.train import autocast_for
 
     return autocast_for(device, {"float32": None, "bfloat16": "bf16", "float16": "fp16"}[dtype])
 
 
 def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int,
                     upsample: str = "auto") -> dict:
-    from .stylegan2 import GeneratorConfig, build_generator
+    from essence.stylegan2 import GeneratorConfig, build_generator
 
     torch.manual_seed(0)
     model = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
@@ -95,7 +95,7 @@ def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool
 
 
 def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) -> dict:
-    from .e4e import EncoderConfig, build_encoder
+    from essence.e4e import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig.ir_se50(), device=device).requires_grad_(False)
@@ -114,8 +114,8 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
 def training_problem(device: torch.device, upsample: str = "auto") -> dict:
     """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
     ``train_direction`` needs."""
-    from .clip_guide import ClipGuide, import_clip_model
-    from .stylegan2 import GeneratorConfig, build_generator
+    from essence.clip_guide import ClipGuide, import_clip_model
+    from essence.stylegan2 import GeneratorConfig, build_generator
 
     torch.manual_seed(0)
     generator = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
@@ -130,7 +130,7 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
 
 
 def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
-    from .train import TrainSettings, train_direction
+    from essence.train import TrainSettings, train_direction
 
     problem = training_problem(device, upsample)
     stamps: list[float] = []
@@ -159,7 +159,7 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
     from torch.profiler import ProfilerActivity, profile
 
-    from .train import TrainSettings, train_direction
+    from essence.train import TrainSettings, train_direction
 
     problem = training_problem(device)
     settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
@@ -246,7 +246,7 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
     print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
     rows = []
     for job in jobs:
-        cmd = [sys.executable, "-m", "essence", "bench", "--device", str(device), "--repeats", str(repeats),
+        cmd = [sys.executable, "-m", "bench", "--device", str(device), "--repeats", str(repeats),
                "--threads", str(threads), "--one", json.dumps(job)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -286,8 +286,8 @@ def quality_modes(generator) -> dict[str, dict]:
 
 def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
     """The exact objective (full-size rendering, float32, every coefficient 1) of a trained direction."""
-    from .clip_guide import to_unit
-    from .train import TrainSettings, essence_losses
+    from essence.clip_guide import to_unit
+    from essence.train import TrainSettings, essence_losses
 
     settings = TrainSettings()
     with torch.no_grad():
@@ -300,7 +300,7 @@ def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Ten
 def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: torch.Tensor, steps: int,
                   seed: int = 0, modes: list[str] | None = None) -> list[dict]:
     """Train with every mode from the same random start; compare each direction with the exact one."""
-    from .train import TrainSettings, random_initial_direction, train_direction
+    from essence.train import TrainSettings, random_initial_direction, train_direction
 
     init = random_initial_direction(generator, seed)
     rows, reference = [], None
