@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -183,11 +183,11 @@ def target_thumbnail(image: Any, size: int = 128) -> torch.Tensor:
     return torch.from_numpy(np.asarray(thumb).copy())
 
 
-def licence_note(generator_fingerprint: str | None) -> str | None:
+def licence_note(generator_fingerprint: str | None, latent_space: Mapping[str, Any] | None = None) -> str | None:
     """The licence note a direction trained with this generator carries: NVIDIA's FFHQ note when the
-    fingerprint is the manifest's FFHQ generator, none otherwise (a generator of the user's own, or a
-    test model, is not under NVIDIA's licence)."""
-    return LICENCE_NOTE if spec_for_generator(generator_fingerprint) is not None else None
+    generator is the manifest's FFHQ generator (``weights.spec_for_generator``), none otherwise (a
+    generator of the user's own, or a test model, is not under NVIDIA's licence)."""
+    return LICENCE_NOTE if spec_for_generator(generator_fingerprint, latent_space) is not None else None
 
 
 def direction_metadata(**fields: Any) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def direction_metadata(**fields: Any) -> dict[str, Any]:
 
     base: dict[str, Any] = {"created": utc_now(), "essence_version": __version__,
                             "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
-    note = licence_note(fields.get("generator_fingerprint"))
+    note = licence_note(fields.get("generator_fingerprint"), fields.get("latent_space"))
     if note:
         base["licence"] = note
     base.update(fields)

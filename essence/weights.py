@@ -32,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CorruptFileError, EssenceError, MissingWeightsError
@@ -82,6 +83,7 @@ class WeightSpec:
     known_copies: tuple[Checksum, ...] = ()
     provenance: str = ""
     generator_fingerprint: str | None = None  # StyleGAN2Generator.fingerprint() of the generator it holds
+    generator_latent_space: Mapping[str, int] | None = field(default=None, hash=False)  # its W+ space
 
     def url_checksum(self, url: str) -> Checksum:
         """What ``url`` is known to serve (for a compressed entry, the archive)."""
@@ -178,6 +180,7 @@ def _spec_from_entry(entry: Any, path: str) -> WeightSpec:
             known_copies=tuple(_checksum(c, path, entry["name"]) for c in entry.get("known_copies") or ()),
             provenance=str(entry.get("provenance", "")),
             generator_fingerprint=_check_fingerprint(entry.get("generator_fingerprint"), path, entry["name"]),
+            generator_latent_space=_check_latent_space(entry.get("generator_latent_space"), path, entry["name"]),
         )
     except KeyError as exc:
         raise CorruptFileError(f"{path}: manifest entry {entry.get('name', '?')!r} lacks field {exc}.") from None
@@ -213,6 +216,17 @@ def _check_fingerprint(value: Any, path: str, name: str) -> str | None:
         raise CorruptFileError(f"{path}: entry {name!r}: generator_fingerprint must be 16 lowercase hex digits "
                                f"or null.")
     return value
+
+
+def _check_latent_space(value: Any, path: str, name: str) -> Mapping[str, int] | None:
+    if value is None:
+        return None
+    keys = {"resolution", "n_latent", "style_dim"}
+    if not isinstance(value, dict) or set(value) != keys or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
+        raise CorruptFileError(f"{path}: entry {name!r}: generator_latent_space must be null or an object with "
+                               f"positive whole numbers for {', '.join(sorted(keys))}.")
+    return MappingProxyType(dict(value))
 
 
 def _check_size(value: Any, path: str, name: str) -> int | None:
@@ -251,15 +265,26 @@ def _match_spec(key: str, specs: Sequence[WeightSpec]) -> WeightSpec | None:
     return (defaults or by_role or [None])[0]
 
 
-def spec_for_generator(fingerprint: str | None) -> WeightSpec | None:
-    """The manifest entry whose generator has this ``StyleGAN2Generator.fingerprint()``, if any.
+def spec_for_generator(fingerprint: str | None, latent_space: Mapping[str, Any] | None = None) -> WeightSpec | None:
+    """The manifest entry whose generator this is, if any: the one with this
+    ``StyleGAN2Generator.fingerprint()``, else one whose fingerprint is not measured yet and whose
+    generator has this W+ ``latent_space`` (``resolution``, ``n_latent``, ``style_dim``).
 
     What a direction may say about its generator's licence depends on this: a direction trained
-    with NVIDIA's FFHQ generator carries its licence note, one trained with any other does not.
+    with NVIDIA's FFHQ generator carries its licence note, one trained with another (a test model,
+    a generator of other faces) does not. Matching the architecture while the fingerprint is
+    unknown errs towards the note: fine-tuned copies of the FFHQ model carry NVIDIA's licence too.
     """
-    if not fingerprint:
+    specs = load_manifest()
+    if fingerprint:
+        exact = next((s for s in specs if s.generator_fingerprint == fingerprint), None)
+        if exact is not None:
+            return exact
+    if not latent_space:
         return None
-    return next((s for s in load_manifest() if s.generator_fingerprint == fingerprint), None)
+    wanted = {key: latent_space.get(key) for key in ("resolution", "n_latent", "style_dim")}
+    return next((s for s in specs if s.generator_fingerprint is None and s.generator_latent_space is not None
+                 and dict(s.generator_latent_space) == wanted), None)
 
 
 def demo_specs() -> list[WeightSpec]:

@@ -178,3 +178,25 @@ def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monke
 def test_an_npy_of_latents_is_not_taken_for_a_direction(fixtures):
     with pytest.raises(essence.DirectionFileError, match=r"holds 68 W\+ latents \[68, 18, 512\], not a direction"):
         essence.load_direction(fixtures / "official" / "w_plus.npy")
+
+
+def test_until_its_fingerprint_is_measured_the_ffhq_note_goes_with_the_ffhq_architecture(fixtures, monkeypatch):
+    """The manifest cannot yet name the real FFHQ generator's fingerprint (measuring it needs the weights), so a
+    direction for a 1024 px 18 x 512 W+ generator carries NVIDIA's note; the tiny test model's does not; and once
+    a fingerprint is recorded, only that generator gets the note."""
+    import dataclasses
+
+    from essence import weights
+    from essence.direction import LICENCE_NOTE, direction_metadata
+
+    ffhq_space = {"n_latent": 18, "style_dim": 512, "resolution": 1024}
+    tiny = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    tiny_space = {"n_latent": tiny.n_latent, "style_dim": tiny.style_dim, "resolution": tiny.size}
+    assert direction_metadata(generator_fingerprint="0123456789abcdef", latent_space=ffhq_space)["licence"] == LICENCE_NOTE
+    assert "licence" not in direction_metadata(generator_fingerprint=tiny.fingerprint(), latent_space=tiny_space)
+
+    measured = [dataclasses.replace(s, generator_fingerprint="fedcba9876543210") if s.generator_latent_space else s
+                for s in weights.load_manifest()]
+    monkeypatch.setattr(weights, "load_manifest", lambda path=None: tuple(measured))
+    assert "licence" not in direction_metadata(generator_fingerprint="0123456789abcdef", latent_space=ffhq_space)
+    assert direction_metadata(generator_fingerprint="fedcba9876543210", latent_space=ffhq_space)["licence"] == LICENCE_NOTE
