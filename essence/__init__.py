@@ -33,8 +33,8 @@ from .modes import TRAIN_MODES, TrainMode, train_mode
 from .runtime import cached_model, clear_model_cache, default_device, resolve_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
 from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",

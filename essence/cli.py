@@ -15,12 +15,19 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .align import align_faces, load_landmarker
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
-from .cli_directions import add_training_options
+from .cli_directions import add_training_options, parse_floats, training_progress_bar
+from .demo import DemoOptions, run_demo
 from .download import fetch_weight
 from .errors import DeviceMemoryError, EssenceError, EssenceWarning
+from .images import model_to_pil
 from .installation import cli_command
+from .invert import invert
+from .latents import sample_latents
+from .models import load_encoder, load_generator
 from .weights import (
+    find_weight,
     WeightSpec,
     default_weights_dir,
     demo_specs,
@@ -197,8 +204,6 @@ def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .cli_directions import parse_floats, training_progress_bar
-    from .demo import DemoOptions, run_demo
 
     given = {role for role in ("generator", "encoder", "guide", "landmarks") if getattr(args, role) is not None}
     problems = [(spec, _demo_problem(spec)) for spec in demo_specs() if spec.role not in given]
@@ -269,7 +274,6 @@ def _cmd_align(args: argparse.Namespace) -> int:
     crop with its crop-to-photo transform, landmarks and quad; print the transform."""
     import json
 
-    from .align import align_faces, load_landmarker
 
     landmarker = load_landmarker(args.landmarks)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -321,10 +325,6 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    from . import load_encoder, load_generator
-    from .images import model_to_pil
-    from .invert import invert
-    from .weights import find_weight
 
     encoder_file = find_weight("encoder", explicit_path=args.encoder)
     encoder = load_encoder(encoder_file, device=args.device)
@@ -363,9 +363,6 @@ def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from . import load_generator
-    from .latents import sample_latents
-    from .weights import find_weight
 
     if args.count < 1:
         raise EssenceError(f"--count must be at least 1, got {args.count}.")

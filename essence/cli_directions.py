@@ -13,10 +13,16 @@ from typing import Any
 
 import torch
 
-from .direction import target_thumbnail
-from .errors import EssenceError
+from .apply import image_grid, mix_directions, strength_sweep
+from .direction import Direction, load_direction, target_thumbnail
+from .errors import EssenceError, MissingWeightsError
+from .files import atomic_write
+from .images import load_image
+from .invert import invert
+from .latents import import_targetclip_latents, is_latent_file, load_latents
+from .models import load_encoder, load_generator, load_guide
 from .modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
-from .train import INIT_CHOICES, TrainSettings
+from .train import INIT_CHOICES, TrainSettings, initial_direction, train_direction_fitting_memory
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -59,13 +65,11 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 def load_source_latents(path: str | Path, generator=None) -> torch.Tensor:
     """W+ latents [N, n_latent, D] from a latent file, or TargetCLIP's ``opt_latents.pt`` / ``w_plus.npy``."""
-    from .latents import load_latents
 
     return load_latents(path, generator).latents
 
 
 def _open_targets(paths: list[str]):
-    from .images import load_image
 
     return [load_image(p) for p in paths]
 
@@ -105,8 +109,6 @@ def _add_train(subparsers: Subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .models import load_generator, load_guide
-    from .train import train_direction_fitting_memory
 
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
@@ -143,9 +145,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
     """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
-    from . import load_encoder
-    from .errors import MissingWeightsError
-    from .train import initial_direction
 
     encoder = None
     if args.init != "random":
@@ -202,8 +201,6 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from . import load_encoder, load_generator
-    from .apply import image_grid, mix_directions, strength_sweep
 
     strengths = parse_floats(args.strength, "--strength")
     loaded = [_weighted(spec) for spec in args.directions]
@@ -216,7 +213,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.latents:
         latents = load_source_latents(args.latents, generator)
     elif args.photo:
-        from .invert import invert
 
         encoder = load_encoder(args.encoder, device=args.device)
         latents = invert(_open_targets(args.photo), encoder).latents
@@ -230,7 +226,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _weighted(spec: str):
     """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
-    from . import load_direction
 
     path, weight = spec, "1"
     if ":" in spec and not Path(spec).exists():
@@ -247,7 +242,6 @@ def _weighted(spec: str):
 def _save_image(grid: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
-    from .files import atomic_write
 
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
@@ -271,8 +265,6 @@ def _add_import_official(subparsers: Subparsers) -> None:
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
-    from .direction import Direction
-    from .latents import import_targetclip_latents, is_latent_file
 
     out_dir = Path(args.out_dir)
     for name in args.files:
@@ -298,7 +290,6 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
-    from . import load_direction
 
     load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
@@ -327,8 +318,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _describe_file(path: Path) -> tuple[str, list[int], dict]:
     """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
-    from .direction import Direction
-    from .latents import is_latent_file, load_latents
 
     if is_latent_file(path):
         latents = load_latents(path)

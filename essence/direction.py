@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from .errors import DirectionFileError, EssenceWarning, IncompatibleLatentSpaceError
-from .files import encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic, utc_now
+from .files import (atomic_write, encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic,
+                    utc_now)
 from .latents import holds_latents
+from .version import __version__
 from .weights import spec_for_generator
 
 FORMAT_NAME = "essence.direction"
@@ -143,7 +145,6 @@ class Direction:
     def to_npy(self, path: str | os.PathLike) -> Path:
         """Export as TargetCLIP's ``.npy`` layout (float32 [1, n_latent, style_dim])."""
         path = Path(path)
-        from .files import atomic_write
 
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as handle:
@@ -193,7 +194,6 @@ def licence_note(generator_fingerprint: str | None, latent_space: Mapping[str, A
 def direction_metadata(**fields: Any) -> dict[str, Any]:
     """Metadata common to every direction Essence creates (time, version, the generator's licence
     note when it has one) plus ``fields``."""
-    from . import __version__
 
     base: dict[str, Any] = {"created": utc_now(), "essence_version": __version__,
                             "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}

@@ -13,6 +13,7 @@ declared size larger than the file) is refused with a clear message instead of a
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import tokenize
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import numpy as np
 import torch
 
 from .errors import CorruptFileError, MissingWeightsError
@@ -150,8 +152,6 @@ def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.T
 
 def utc_now() -> str:
     """Creation timestamps in Essence's files: UTC, seconds, ISO 8601."""
-    import datetime
-
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
@@ -203,8 +203,6 @@ def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.nda
     a header claiming a huge array is refused without allocating it. ``.npz`` archives and other
     files are refused too.
     """
-    import numpy as np
-
     path = Path(path)
     try:
         with _open_npy(path, error) as (handle, shape, fortran, dtype):
@@ -226,8 +224,6 @@ def npy_shape(path: str | os.PathLike, error: type[Exception]) -> tuple[int, ...
 @contextlib.contextmanager
 def _open_npy(path: Path, error: type[Exception]) -> Iterator[tuple]:
     """The open file positioned at its data, with the checked header: (handle, shape, fortran, dtype)."""
-    import numpy as np
-
     if not path.is_file():
         raise error(f"{path}: no such file.")
     size = path.stat().st_size

@@ -33,6 +33,7 @@ from .errors import (CorruptFileError, EssenceError, IncompatibleLatentSpaceErro
 from .files import (encode_metadata, load_npy_checked, npy_shape, read_safetensors_header, read_typed_file,
                     save_safetensors_atomic, utc_now)
 from .installation import cli_command
+from .version import __version__
 
 FORMAT_NAME = "essence.latents"
 FORMAT_VERSION = 1
@@ -263,6 +264,5 @@ def import_targetclip_latents(path: PathLike) -> LatentSet:
 
 
 def _base_meta() -> dict[str, Any]:
-    from . import __version__
 
     return {"created": utc_now(), "essence_version": __version__}
