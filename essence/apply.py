@@ -9,13 +9,13 @@ presets follow StyleGAN's usual split: for the 18-row FFHQ space, rows 0-3 coars
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .direction import Direction, direction_metadata
 from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError, require_finite
-from .runtime import run_in_chunks_on_oom
+from .render import DEFAULT_BATCH, render
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -101,16 +101,16 @@ def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | N
 
 @torch.no_grad()
 def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengths: Sequence[float],
-                   layers: str = "all", batch_size: int = 4) -> torch.Tensor:
-    """Render every source at every strength: images [len(sources) * len(strengths), 3, S, S], row-major
-    (one row per source), in the generator's [-1, 1] range. ``batch_size`` images are rendered at a
-    time; a batch that runs out of device memory is retried smaller (same images), down to one."""
+                   layers: str = "all", batch_size: int = DEFAULT_BATCH,
+                   between_batches: Callable[[], None] | None = None) -> torch.Tensor:
+    """Render every source at every strength: images [len(sources) * len(strengths), 3, S, S] float32 on
+    the CPU, row-major (one row per source), in the generator's [-1, 1] range, rendered as ``render``
+    does (``batch_size`` at a time, smaller on out-of-memory; ``between_batches`` before each)."""
     direction.check_fits(generator)
     require_finite(list(strengths), "the strengths")
     wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
     edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
-    return torch.cat(run_in_chunks_on_oom(generator.synthesize, edits, batch_size,
-                                          f"rendering {len(edits)} strength-sweep images"))
+    return render(generator, edits, batch_size, what="strength-sweep images", between_batches=between_batches)
 
 
 def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:

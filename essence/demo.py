@@ -23,10 +23,19 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .align import load_landmarker
+from .apply import apply_direction
 from .direction import target_thumbnail
 from .errors import EssenceError
+from .files import atomic_write
+from .images import load_image, model_to_pil
+from .invert import invert
+from .models import load_encoder, load_generator, load_guide
 from .modes import TrainMode, train_mode
-from .train import TrainSettings
+from .paste import paste_back
+from .render import render
+from .runtime import resolve_device
+from .train import TrainSettings, initial_direction, train_direction_fitting_memory
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
 PANEL = 256  # height of each picture in the grid
@@ -68,7 +77,7 @@ class DemoReport:
     outputs: dict[str, str]
 
     def text(self) -> str:
-        lines = [f"Essence demo report", "", f"photo:    {self.photo}", f"target:   {', '.join(self.targets)}",
+        lines = ["Essence demo report", "", f"photo:    {self.photo}", f"target:   {', '.join(self.targets)}",
                  f"device:   {self.device}", f"training: {self.steps} steps, {self.mode} mode, "
                  f"{'full-size rendering' if self.render_size is None else f'CLIP on the {self.render_size} px intermediate image (approximate)'}",
                  f"start:    {self.init}",
@@ -84,8 +93,8 @@ def scikit_image_picture(name: str) -> Path:
     """A picture bundled in scikit-image's wheel (read as a file; scikit-image is not imported)."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise EssenceError(f"the demo's default pictures come from scikit-image (pip install scikit-image); "
-                           f"or pass --photo and --target.")
+        raise EssenceError("the demo's default pictures come from scikit-image (pip install scikit-image); "
+                           "or pass --photo and --target.")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
     if not path.is_file():
         raise EssenceError(f"{path} is missing from the installed scikit-image; pass --photo and --target.")
@@ -101,13 +110,6 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     ``make_progress(total_steps)`` returns the training progress callback (the CLI's progress bar).
     """
-    from . import load_encoder, load_generator, load_guide, load_image, load_landmarker
-    from .apply import apply_direction
-    from .images import model_to_pil
-    from .invert import invert
-    from .paste import paste_back
-    from .runtime import resolve_device
-    from .train import initial_direction, train_direction_fitting_memory
 
     start = time.perf_counter()
     device = resolve_device(options.device)
@@ -150,8 +152,8 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     strengths = (0.0, *options.strengths)
     with torch.no_grad():
         edits = torch.cat([apply_direction(inverted.latents, result.direction, s) for s in strengths])
-        renders = model_to_pil(generator.synthesize(edits.to(device)).cpu())
-    pasted = [paste_back(photo, render, face.transform) for render in renders]
+    renders = model_to_pil(render(generator, edits, what="edited faces"))
+    pasted = [paste_back(photo, image, face.transform) for image in renders]
 
     _say("[5/5] Writing the results ...")
     out = options.out_dir
@@ -196,7 +198,6 @@ def _write_grid(path: Path, photo: Image.Image, target: Image.Image, pasted: lis
     """One row: target | photo | reconstruction (strength 0) | edits at each strength, with labels."""
     from PIL import ImageDraw
 
-    from .files import atomic_write
 
     panels = [("target", _fit(target)), ("photo", _fit(photo))]
     panels += [("e4e reconstruction" if s == 0 else f"strength {s:g}", _fit(img)) for s, img in zip(strengths, pasted)]

@@ -25,7 +25,7 @@ from .errors import FaceNotFoundError
 from .images import ImageSource, load_photos, pil_to_model
 from .latents import LatentSet, generator_info
 from .models import load_encoder, load_generator
-from .runtime import run_in_chunks_on_oom
+from .render import render
 
 PathLike = str | os.PathLike
 CACHE_SIZE = 256  # photos; a W+ latent is 36 kB, a 256 px crop 200 kB
@@ -119,20 +119,8 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     result = Inversion(latents, [face for face, _, _ in rows], [source for _, _, source in rows],
                        failures=failures, cache_hits=hits, encoder_fingerprint=fingerprint)
     if return_reconstruction and rows:
-        result.reconstructions = reconstruct(latents, _generator(generator, encoder), batch_size)
+        result.reconstructions = render(_generator(generator, encoder), latents, batch_size, what="reconstructions")
     return result
-
-
-def reconstruct(latents: torch.Tensor, generator: Any, batch_size: int = 4) -> torch.Tensor:
-    """G(latents) with the generator's fixed noise, in batches -> [N, 3, S, S] on the CPU."""
-    param = next(generator.parameters())
-
-    def render(chunk: torch.Tensor) -> torch.Tensor:
-        return generator.synthesize(chunk.to(param.device, param.dtype)).float().cpu()
-
-    with torch.no_grad():
-        images = run_in_chunks_on_oom(render, latents, batch_size, f"rendering {len(latents)} reconstructions")
-    return torch.cat(images)
 
 
 def encoder_fingerprint(encoder: E4EEncoder) -> str:

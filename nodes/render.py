@@ -8,7 +8,7 @@ import torch
 
 from .. import essence
 from ..essence.apply import image_grid, strength_sweep
-from ..essence.runtime import run_in_chunks_on_oom
+from ..essence.render import render
 from . import host
 from . import types as T
 from .convert import grid_to_comfy_image, to_comfy_image
@@ -17,7 +17,6 @@ from .latents import layers_input
 
 CATEGORY = "essence/render"
 RESOLUTIONS = ("full", "512", "256", "128", "64", "32")
-BATCH = 4  # images per generator pass; halved automatically on out-of-memory (by the library)
 
 
 def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | None:
@@ -25,19 +24,6 @@ def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | Non
     if resolution == "full" or int(resolution) >= generator.size:
         return None
     return int(resolution)
-
-
-def synthesize(generator: essence.StyleGAN2Generator, wplus: torch.Tensor, stop: int | None = None) -> torch.Tensor:
-    """Render W+ in batches on the generator's device (halved on out-of-memory), checking for Cancel
-    between batches."""
-    device = generator.latent_avg.device
-
-    def render(chunk: torch.Tensor) -> torch.Tensor:
-        host.check_interrupt()
-        return generator.synthesize(chunk.to(device), stop_at=stop).float().cpu()
-
-    with torch.no_grad():
-        return torch.cat(run_in_chunks_on_oom(render, wplus, BATCH, f"rendering {len(wplus)} faces"))
 
 
 class EssenceRender:
@@ -68,7 +54,7 @@ class EssenceRender:
                resolution: str = "full") -> tuple[torch.Tensor]:
         with host.models_on_compute_device(generator):
             wplus = generator.to_wplus(latents.latents)
-            images = synthesize(generator, wplus, stop_at(generator, resolution))
+            images = render(generator, wplus, stop_at=stop_at(generator, resolution), between_batches=host.check_interrupt)
         return (to_comfy_image(images, host.intermediate_device()),)
 
 
@@ -99,6 +85,7 @@ class EssenceStrengthSweep:
               strength_start: float, strength_end: float, steps: int, layers: str) -> tuple[torch.Tensor]:
         strengths = torch.linspace(strength_start, strength_end, steps).tolist()
         with host.models_on_compute_device(generator):
-            images = strength_sweep(generator, latents.latents, direction, strengths, layers, BATCH)
+            images = strength_sweep(generator, latents.latents, direction, strengths, layers,
+                                    between_batches=host.check_interrupt)
         grid = image_grid(images, columns=steps)
         return (grid_to_comfy_image(grid, host.intermediate_device()),)

@@ -21,13 +21,13 @@ import torch
 
 from .. import essence
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
+from ..essence.render import render
 from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
 from ..essence.train import initial_direction as library_initial_direction
 from . import host
 from . import types as T
 from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
 from .inputs import choice, integer, link, number, seed
-from .render import synthesize
 
 CATEGORY = "essence/train"
 PREVIEW_FACES = 4        # sources shown in the progress preview
@@ -110,7 +110,7 @@ class EssenceTrain:
         start, note = initial_direction(init, target, generator, encoder, landmarks)
         with host.models_on_compute_device(generator, guide):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
-            preview = synthesize(generator, sources.latents + result.direction.tensor)
+            preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
         return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
@@ -174,7 +174,8 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
         if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
             next_preview[0] = progress.step + preview_every
             with torch.no_grad():
-                image = to_pil(synthesize(generator, faces + progress.direction.to(faces.dtype).cpu(), stop))
+                image = to_pil(render(generator, faces + progress.direction.to(faces.dtype).cpu(), stop_at=stop,
+                                      between_batches=host.check_interrupt))
         bar.update(progress.step, image)
 
     return report

@@ -9,7 +9,7 @@ JPEG reduction at decode time on a small file):
 
 Out of memory (no GPU needed: the failure is simulated by raising what CUDA raises,
 ``torch.OutOfMemoryError``, or what other backends raise, ``RuntimeError("... out of memory")``):
-- the library's batched inference paths (e4e ``encode``, ``strength_sweep``, ``reconstruct``) retry
+- the library's batched inference paths (e4e ``encode``, ``strength_sweep``, ``render``) retry
   smaller and give identical results, and only at one image at a time raise a ``DeviceMemoryError``
   (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what ran out;
 - ``train_direction`` raises a ``DeviceMemoryError`` naming ``chunk_size``;
@@ -40,7 +40,7 @@ from essence import cli, cli_directions, images
 from essence.align import load_landmarker
 from essence.apply import strength_sweep
 from essence.errors import DeviceMemoryError, EssenceError, FaceNotFoundError
-from essence.invert import reconstruct
+from essence.render import render
 from essence.runtime import is_out_of_memory, retry_smaller_on_oom, run_in_chunks_on_oom
 from essence.train import TrainSettings, train_direction
 
@@ -200,12 +200,12 @@ def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(fixtu
     direction = essence.Direction(torch.randn(1, generator.n_latent, generator.style_dim) * 0.1)
     with torch.no_grad():
         expected_sweep = strength_sweep(generator, latents, direction, [0.0, 0.5, 1.0], batch_size=9)
-        expected_images = reconstruct(latents, generator, batch_size=3)
+        expected_images = render(generator, latents, batch_size=3)
     generator.synthesize = _failing_above(generator.synthesize, 2, RuntimeError, "MPS backend out of memory")
     with torch.no_grad():
         assert torch.allclose(strength_sweep(generator, latents, direction, [0.0, 0.5, 1.0], batch_size=9),
                               expected_sweep, atol=1e-5)
-        assert torch.allclose(reconstruct(latents, generator, batch_size=3), expected_images, atol=1e-5)
+        assert torch.allclose(render(generator, latents, batch_size=3), expected_images, atol=1e-5)
     generator.synthesize = _failing_above(generator.synthesize, 0)
     with pytest.raises(DeviceMemoryError, match="strength-sweep images, even one at a time.$"):
         strength_sweep(generator, latents, direction, [1.0])
