@@ -178,7 +178,7 @@ def _demo_settings(mode: TrainMode, generator_size: int, device: torch.device, *
 
     A generator no larger than a ``+256px`` mode's size has no larger layers to skip: CLIP then sees
     the full image, as in the exact mode. On a CPU, full-size rendering one source at a time is both
-    faster and 3.6x smaller (measured with ``python -m essence bench``), and the result is the same.
+    faster and 3.6x smaller (measured with ``./run bench``), and the result is the same.
     """
     settings = mode.settings(**fields)
     if settings.render_size is not None and settings.render_size >= generator_size:

@@ -5,7 +5,7 @@ A mode chooses the loop and the approximations (precision, CLIP's input size); e
 (steps, learning rate, memory options) stays the caller's. The table lives here once so every front
 end offers the same names with the same meaning. Exact modes give the official result (up to float
 rounding); approximate ones trade some of it for time or memory, and their cost is measured by
-``python -m essence bench --only quality``.
+``./run bench --only quality``.
 """
 
 from __future__ import annotations
