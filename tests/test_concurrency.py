@@ -69,7 +69,8 @@ SAVER = textwrap.dedent("""
         while not go.exists():          # start both writers at the same moment
             time.sleep(0.005)
         for i in range(count):
-            tensor = torch.full((1, 10, 64), float(who * 1000 + i))
+            tensor = torch.zeros(1, 10, 64)
+            tensor[0, 0, 0] = (who * 1000 + i) / 1000  # each save's tag, at a plausible direction size
             (name,) = env.run("EssenceSave", direction=lib.Direction(tensor), filename_prefix="race")
             print(name, flush=True)
 """)
@@ -93,7 +94,7 @@ def test_two_processes_saving_with_counter_names_never_overwrite(tmp_path: Path)
     files = sorted(p.name for p in folder.iterdir())
     assert len(names) == len(set(names)) == 2 * count, "two saves reported the same file name"
     assert files == sorted(names), f"stray or missing files: {sorted(set(files) ^ set(names))}"
-    values = sorted(int(essence.Direction.load(folder / name).tensor[0, 0, 0]) for name in files)
+    values = sorted(round(float(essence.Direction.load(folder / name).tensor[0, 0, 0]) * 1000) for name in files)
     assert values == sorted(who * 1000 + i for who in (1, 2) for i in range(count)), "a save was overwritten"
 
 
