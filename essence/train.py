@@ -84,6 +84,26 @@ class TrainSettings:
             raise EssenceError(f"chunk_size must be at least 1 (or None for all sources), got {self.chunk_size}.")
 
 
+# Device memory one 1024 px face needs during a training pass (render, CLIP, backward) besides the
+# models' weights: peaks measured on an H100 for passes of 4 faces, divided by 4 (docs/benchmarks.md:
+# exact 7.4 GB, bf16 3.7 GB, 256 px CLIP path 1.9 GB, bf16 with the 256 px path 1.0 GB).
+_PASS_BYTES_PER_1024PX_FACE = {(False, False): 1.85e9, (True, False): 0.93e9, (False, True): 0.48e9,
+                               (True, True): 0.25e9}  # (reduced precision, early exit) -> bytes
+
+
+def training_memory(generator: StyleGAN2Generator, sources: int, settings: TrainSettings) -> int:
+    """About how many bytes of device memory training needs besides the models' weights.
+
+    A host that shares the GPU with other models (ComfyUI) asks for this room before training
+    starts, rather than running out part way. An estimate: the measured per-face peaks above, scaled
+    by the generator's image area and by the faces rendered per pass (``chunk_size``).
+    """
+    reduced = settings.autocast is not None
+    early_exit = settings.render_size is not None and settings.render_size < generator.size
+    per_face = _PASS_BYTES_PER_1024PX_FACE[(reduced, early_exit)] * (generator.size / 1024) ** 2
+    return int(per_face * min(sources, settings.chunk_size or sources))
+
+
 @dataclass
 class TrainProgress:
     """What a progress callback sees (every ``progress_every`` steps and at the last step)."""

@@ -185,16 +185,17 @@ OUT_OF_MEMORY_ADVICE = ("Free GPU memory with ComfyUI's 'Unload Models' button, 
 
 
 @contextlib.contextmanager
-def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]:
+def models_on_compute_device(*models: torch.nn.Module, working_memory: int = 0) -> Iterator[torch.device]:
     """Run a block with ``models`` on ComfyUI's compute device, as one of ComfyUI's loaded models.
 
     ComfyUI keeps one ledger of what occupies the GPU (``comfy.model_management``). Each model
     joins it through a ``ModelPatcher`` (``model_patcher``), and ``load_models_gpu`` first
     unloads other models until these fit, then moves them. They stay loaded after the block, so
     the next Essence node finds them in place, until ComfyUI needs the room or the user presses
-    'Unload Models' (``POST /free``): then ComfyUI moves them back to the offload device. Outside
-    ComfyUI nothing moves (the CPU). An out-of-memory error from the block is re-raised with
-    advice a ComfyUI user can follow.
+    'Unload Models' (``POST /free``): then ComfyUI moves them back to the offload device.
+    ``working_memory`` (bytes) is what the block needs besides the weights; ComfyUI frees that much
+    too, unloading other models if it must. Outside ComfyUI nothing moves (the CPU). An
+    out-of-memory error from the block is re-raised with advice a ComfyUI user can follow.
     """
     mm = model_management()
     device = compute_device()
@@ -203,7 +204,8 @@ def models_on_compute_device(*models: torch.nn.Module) -> Iterator[torch.device]
             # outside inference mode: parameters copied under it become inference tensors, which
             # can never take part in autograd, and the training node back-propagates through these
             with torch.inference_mode(False), torch.no_grad():
-                mm.load_models_gpu([model_patcher(model) for model in models], force_full_load=True)
+                mm.load_models_gpu([model_patcher(model) for model in models], memory_required=working_memory,
+                                   force_full_load=True)
         yield device
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):

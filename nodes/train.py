@@ -22,7 +22,7 @@ import torch
 from .. import essence
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
-from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory
+from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory, training_memory
 from ..essence.train import initial_direction as library_initial_direction
 from . import host
 from . import types as T
@@ -108,7 +108,8 @@ class EssenceTrain:
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         start, note = initial_direction(init, target, generator, encoder, landmarks)
-        with host.models_on_compute_device(generator, guide):
+        room = training_memory(generator, len(sources), settings)
+        with host.models_on_compute_device(generator, guide, working_memory=room):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
             preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
         return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
