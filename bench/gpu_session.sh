@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement the README quotes, in one run (GPU time is scarce: one prepared script).
+# Every GPU measurement in docs/benchmarks.md, in one run (GPU time is scarce: one prepared script).
 #
 #   bash bench/gpu_session.sh OUTDIR [FIXTURES_DIR] [BASELINE_DIR]
 #

@@ -1,6 +1,6 @@
 """Experiment for the next GPU session: how fast is a training step without Python's dispatch cost?
 
-The H100 measurements (README, Benchmarks) point at the host: a full-size `fast` step keeps the GPU
+The H100 measurements (docs/benchmarks.md) point at the host: a full-size `fast` step keeps the GPU
 busy under 63 ms but takes 66-73 ms, and the 256 px path, which skips most of the generator's work,
 still takes 43-53 ms. This script captures one step's forward and backward (render the edited
 sources, embed them with CLIP, the TargetCLIP loss, gradients for the direction and the
