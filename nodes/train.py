@@ -15,11 +15,13 @@ into an exception. It is checked every step and on every progress update; the ex
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
 
 from .. import essence
+from ..essence.errors import DeviceMemoryError
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
 from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory, training_memory
@@ -29,6 +31,7 @@ from . import types as T
 from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
 from .inputs import choice, integer, link, number, seed
 
+log = logging.getLogger(__name__)
 CATEGORY = "essence/train"
 PREVIEW_FACES = 4        # sources shown in the progress preview
 PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (cheap)
@@ -174,9 +177,22 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
         image = None
         if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
             next_preview[0] = progress.step + preview_every
-            with torch.no_grad():
-                image = to_pil(render(generator, faces + progress.direction.to(faces.dtype).cpu(), stop_at=stop,
-                                      between_batches=host.check_interrupt))
+            image = _preview(generator, faces + progress.direction.to(faces.dtype).cpu(), stop)
         bar.update(progress.step, image)
 
     return report
+
+
+def _preview(generator: essence.StyleGAN2Generator, edited: torch.Tensor, stop: int | None) -> Any:
+    """The edited faces side by side, or None when the device has no room for even one of them.
+
+    A preview is only a picture: running out of memory for it must not count as training running
+    out (which would restart training with smaller chunks), so it is skipped, with a log line.
+    """
+    try:
+        return to_pil(render(generator, edited, stop_at=stop, between_batches=host.check_interrupt))
+    except DeviceMemoryError as exc:
+        host.release_memory()
+        log.warning("Train Essence: no preview this time (%s); training goes on.", exc.what)
+        return None
+

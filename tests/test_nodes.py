@@ -468,3 +468,26 @@ def test_training_memory_follows_the_measured_peaks():
     gb = lambda **s: training_memory(full, 4, TrainSettings(**s)) / 1e9  # noqa: E731
     assert gb() == pytest.approx(7.4) and gb(autocast="bf16") == pytest.approx(3.72)
     assert gb(render_size=256) == pytest.approx(1.92) and gb(chunk_size=2) == pytest.approx(3.7)
+
+
+def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comfy_env, models, fixtures, monkeypatch,
+                                                                          caplog):
+    """Out of memory while drawing a progress preview is not training running out of memory: training
+    goes on with the same chunks (same result), and the log says the preview was skipped."""
+    generator, guide = models
+    expected, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    real, failures = generator.synthesize, []
+
+    def previews_fail(wplus, *args, **kwargs):
+        # training renders pass recompute_from, essence.render does not; the first preview fails at every
+        # batch size (4, 2, 1 faces), the later ones and the node's output image fit
+        if "recompute_from" not in kwargs and len(failures) < 3:
+            failures.append(len(wplus))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(wplus, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "synthesize", previews_fail)
+    direction, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    assert torch.allclose(direction.tensor, expected.tensor, atol=1e-6)
+    assert direction.meta["hyperparameters"]["chunk_size"] is None  # never restarted with smaller chunks
+    assert failures == [4, 2, 1] and "no preview this time" in caplog.text
