@@ -92,7 +92,7 @@ def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; one sub-parser per entry of ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
-        prog=cli_command(),
+        prog=cli_command(from_anywhere=False),  # the usage line: already running, wherever it is
         description="Essence: TargetCLIP essence transfer with StyleGAN2 (library, CLI, ComfyUI nodes).",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -45,14 +45,16 @@ def user_data_dir() -> Path:
     return Path(base).expanduser() / "essence"
 
 
-def cli_command() -> str:
+def cli_command(from_anywhere: bool = True) -> str:
     """The command that runs Essence's command line for this user, as they would type it.
 
     ``./run essence`` (or however the checkout's script was called) when started through it; the
     ``essence`` console script when that is what runs, or when the package is installed and the
-    script is on ``PATH``; otherwise ``python -m essence``, which finds a checkout's package only
-    from the checkout's folder, so the command starts with ``cd <checkout> &&`` when the current
-    folder is another (inside ComfyUI, for example).
+    script is on ``PATH``; otherwise ``python -m essence`` with the Python that runs Essence now:
+    plain ``python`` when that is how the user started it, else this interpreter's path (inside
+    ComfyUI, "python" may well be another Python, without torch). ``python -m essence`` finds a
+    checkout's package only from the checkout's folder, so with ``from_anywhere`` the command
+    starts with ``cd <checkout> &&`` when the current folder is another.
     """
     from_run = os.environ.get(ENV_CLI, "").strip()
     if from_run:
@@ -62,7 +64,12 @@ def cli_command() -> str:
     root = checkout_root()
     if root is None and shutil.which(CONSOLE_SCRIPT):
         return CONSOLE_SCRIPT
-    if root is not None and Path.cwd().resolve() != root:
-        folder = f'"{root}"' if " " in str(root) else str(root)
-        return f"cd {folder} && python -m essence"
-    return "python -m essence"
+    started_as_module = bool(sys.argv) and Path(sys.argv[0]).resolve() == package_dir() / "__main__.py"
+    command = f"{'python' if started_as_module else _quoted(sys.executable)} -m essence"
+    if from_anywhere and root is not None and Path.cwd().resolve() != root:
+        return f"cd {_quoted(str(root))} && {command}"
+    return command
+
+
+def _quoted(path: str) -> str:
+    return f'"{path}"' if " " in path else path

@@ -179,11 +179,14 @@ def test_run_demo_without_weights_or_stdin_exits_2_and_names_the_run_command(run
 def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.MonkeyPatch) -> None:
     from essence import installation
 
-    monkeypatch.setattr(installation.sys, "argv", ["/usr/lib/python3/site-packages/pytest/__main__.py"])
+    monkeypatch.setattr(installation.sys, "argv", [str(REPO / "essence" / "__main__.py")])  # python -m essence
     monkeypatch.chdir(REPO)
     assert weights.fetch_command() == "python -m essence weights fetch"  # a checkout, run with python
-    monkeypatch.chdir(REPO / "tests")  # e.g. ComfyUI's folder: python -m essence finds the package from here only
+    monkeypatch.chdir(REPO / "tests")  # python -m essence finds a checkout's package from its folder only
     assert weights.fetch_command() == f"cd {REPO} && python -m essence weights fetch"
+    assert installation.cli_command(from_anywhere=False) == "python -m essence"  # the running CLI's usage line
+    monkeypatch.setattr(installation.sys, "argv", ["/opt/ComfyUI/main.py"])  # inside another program: its Python
+    assert weights.fetch_command() == f"cd {REPO} && {sys.executable} -m essence weights fetch"
     monkeypatch.setenv(installation.ENV_CLI, "../essence/run essence")
     assert weights.fetch_command() == "../essence/run essence weights fetch"
     assert "Or run: ../essence/run essence weights fetch e4e-ffhq-encode" in weights.missing_message(
@@ -196,4 +199,4 @@ def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.Monk
     monkeypatch.setattr(installation.shutil, "which", lambda name: f"/venv/bin/{name}")
     assert weights.fetch_command() == "essence weights fetch"
     monkeypatch.setattr(installation.shutil, "which", lambda name: None)  # installed, script not on PATH
-    assert weights.fetch_command() == "python -m essence weights fetch"
+    assert weights.fetch_command() == f"{sys.executable} -m essence weights fetch"
