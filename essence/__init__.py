@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from .align import AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, load_landmarker
 from .apply import apply_direction, mix_directions, strength_sweep
-from .clip_guide import ClipGuide, load_guide_file
+from .clip_guide import ClipGuide
 from .direction import Direction, load_direction
-from .e4e import E4EEncoder, EncoderConfig, load_encoder_file
-from .errors import (CorruptFileError, DirectionFileError, DownloadError, EssenceError,
-                     FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
+from .e4e import E4EEncoder, EncoderConfig
+from .errors import (CorruptFileError, DeviceMemoryError, DirectionFileError, DownloadError, EssenceError,
+                     EssenceWarning, FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
                      IncompatibleWeightsError, LatentFileError, MissingWeightsError, ShapeError,
                      TrainingCancelled, UnsafeFileError, WeightFileError, WrongFileKindError)
 from .images import load_image, load_photo, load_photos
@@ -30,11 +30,11 @@ from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
 from .models import load_encoder, load_generator, load_guide
 from .modes import TRAIN_MODES, TrainMode, train_mode
-from .runtime import cached_model, clear_model_cache, default_device, resolve_device
-from .stylegan2 import GeneratorConfig, StyleGAN2Generator, load_generator_file
+from .paste import paste_back, paste_mask
+from .runtime import clear_model_cache, default_device
+from .stylegan2 import GeneratorConfig, StyleGAN2Generator
 from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
 from .version import __version__
-
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",
@@ -48,9 +48,6 @@ __all__ = [
     "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
     "LatentSet", "load_latents", "save_latents", "sample_latents",
-    "FaceNotFoundError", "ImageInputError", "LatentFileError",
+    "FaceNotFoundError", "ImageInputError", "LatentFileError", "DeviceMemoryError", "EssenceWarning",
+    "paste_back", "paste_mask",
 ]
-
-from .paste import paste_back, paste_mask  # noqa: E402
-
-__all__ += ["paste_back", "paste_mask"]

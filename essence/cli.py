@@ -10,6 +10,7 @@ user ever sees a traceback for a missing file or a failed download.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -204,7 +205,6 @@ def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-
     given = {role for role in ("generator", "encoder", "guide", "landmarks") if getattr(args, role) is not None}
     problems = [(spec, _demo_problem(spec)) for spec in demo_specs() if spec.role not in given]
     problems = [(spec, why) for spec, why in problems if why]
@@ -272,8 +272,6 @@ def _add_align(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _cmd_align(args: argparse.Namespace) -> int:
     """Write ``<stem>.png`` (``<stem>_face<i>.png`` with --all-faces) and a ``.json`` beside each
     crop with its crop-to-photo transform, landmarks and quad; print the transform."""
-    import json
-
 
     landmarker = load_landmarker(args.landmarks)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +323,6 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-
     encoder_file = find_weight("encoder", explicit_path=args.encoder)
     encoder = load_encoder(encoder_file, device=args.device)
     generator = None
@@ -363,7 +360,6 @@ def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-
     if args.count < 1:
         raise EssenceError(f"--count must be at least 1, got {args.count}.")
     generator_file = find_weight("generator", explicit_path=args.generator)

@@ -65,12 +65,10 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 def load_source_latents(path: str | Path, generator=None) -> torch.Tensor:
     """W+ latents [N, n_latent, D] from a latent file, or TargetCLIP's ``opt_latents.pt`` / ``w_plus.npy``."""
-
     return load_latents(path, generator).latents
 
 
 def _open_targets(paths: list[str]):
-
     return [load_image(p) for p in paths]
 
 
@@ -89,7 +87,7 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
-                   help="start from the e4e inversion of the target (auto: when it has a face) or a random latent")
+                   help="where training starts: " + "; ".join(f"{name}: {text}" for name, text in INIT_CHOICES.items()))
     add_training_options(p)
     p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
                    help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
@@ -109,7 +107,6 @@ def _add_train(subparsers: Subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
@@ -145,7 +142,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:
     """TargetCLIP starts from the e4e inversion of the target; without a face, from a random latent."""
-
     encoder = None
     if args.init != "random":
         try:
@@ -201,7 +197,6 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-
     strengths = parse_floats(args.strength, "--strength")
     loaded = [_weighted(spec) for spec in args.directions]
     if len(loaded) == 1 and loaded[0][1] == 1.0:
@@ -226,7 +221,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _weighted(spec: str):
     """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
-
     path, weight = spec, "1"
     if ":" in spec and not Path(spec).exists():
         path, _, weight = spec.rpartition(":")
@@ -265,7 +259,6 @@ def _add_import_official(subparsers: Subparsers) -> None:
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
-
     out_dir = Path(args.out_dir)
     for name in args.files:
         path = Path(name)
@@ -290,7 +283,6 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
-
     load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
     return 0
@@ -318,7 +310,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _describe_file(path: Path) -> tuple[str, list[int], dict]:
     """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
-
     if is_latent_file(path):
         latents = load_latents(path)
         return "latents", list(latents.latents.shape), latents.meta

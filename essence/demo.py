@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .align import load_landmarker
 from .apply import apply_direction
@@ -110,7 +110,6 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     ``make_progress(total_steps)`` returns the training progress callback (the CLI's progress bar).
     """
-
     start = time.perf_counter()
     device = resolve_device(options.device)
     if device.type == "cuda":
@@ -196,9 +195,6 @@ def _fit(image: Image.Image, height: int = PANEL) -> Image.Image:
 def _write_grid(path: Path, photo: Image.Image, target: Image.Image, pasted: list[Image.Image],
                 strengths: tuple[float, ...]) -> Path:
     """One row: target | photo | reconstruction (strength 0) | edits at each strength, with labels."""
-    from PIL import ImageDraw
-
-
     panels = [("target", _fit(target)), ("photo", _fit(photo))]
     panels += [("e4e reconstruction" if s == 0 else f"strength {s:g}", _fit(img)) for s, img in zip(strengths, pasted)]
     label_h, gap = 20, 4

@@ -194,7 +194,6 @@ def licence_note(generator_fingerprint: str | None, latent_space: Mapping[str, A
 def direction_metadata(**fields: Any) -> dict[str, Any]:
     """Metadata common to every direction Essence creates (time, version, the generator's licence
     note when it has one) plus ``fields``."""
-
     base: dict[str, Any] = {"created": utc_now(), "essence_version": __version__,
                             "recommended_strength": list(DEFAULT_STRENGTH_RANGE)}
     note = licence_note(fields.get("generator_fingerprint"), fields.get("latent_space"))

@@ -264,5 +264,4 @@ def import_targetclip_latents(path: PathLike) -> LatentSet:
 
 
 def _base_meta() -> dict[str, Any]:
-
     return {"created": utc_now(), "essence_version": __version__}

@@ -1,8 +1,9 @@
 """Where models run, and the one place loaded models are kept.
 
-Loading a 1.2 GB e4e file takes seconds; CLI sessions, the demo and ComfyUI graphs ask for the same
-model many times, so loaded models are cached by file identity (path, size, modification time) and
-device. That cache is the only module-level state in Essence, and ``clear_model_cache`` empties it.
+Loading a 1.2 GB e4e file takes seconds; CLI sessions and the demo ask for the same model many
+times, so loaded models are cached by file identity (path, size, modification time) and device.
+This is Essence's one model cache, and ``clear_model_cache`` empties it. (ComfyUI's loader nodes
+bypass it: there, ComfyUI's own node cache and loaded-model list hold the models.)
 """
 
 from __future__ import annotations

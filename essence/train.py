@@ -181,7 +181,11 @@ def random_initial_direction(generator: StyleGAN2Generator, seed: int, truncatio
         return generator.sample_wplus(1, seed=seed, truncation=truncation).clone()
 
 
-INIT_CHOICES = ("auto", "inversion", "random")
+INIT_CHOICES: dict[str, str] = {  # how training may start, and what each choice means
+    "auto": "the e4e inversion of the target when it has a face (TargetCLIP's behaviour), else a random latent",
+    "inversion": "the e4e inversion of the (first) target picture; an error if it has no face",
+    "random": "a random face latent (TargetCLIP's fallback, e.g. for cartoons)",
+}
 INVERTED_NOTE = "e4e inversion of the target"
 
 

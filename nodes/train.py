@@ -24,7 +24,8 @@ from .. import essence
 from ..essence.errors import DeviceMemoryError
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
-from ..essence.train import TrainProgress, TrainSettings, train_direction_fitting_memory, training_memory
+from ..essence.train import (INIT_CHOICES, TrainProgress, TrainSettings, train_direction_fitting_memory,
+                             training_memory)
 from ..essence.train import initial_direction as library_initial_direction
 from . import host
 from . import types as T
@@ -37,17 +38,6 @@ PREVIEW_FACES = 4        # sources shown in the progress preview
 PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (cheap)
 PROGRESS_UPDATES = 200   # at most this many progress reports (each one synchronises the GPU)
 DEFAULTS = TrainSettings()  # the official hyperparameters, the inputs' defaults
-
-
-# How the direction starts. The official code starts from the e4e inversion of the target (its
-# absolute W+ code) and falls back to a random latent when the target has no face.
-INITS: dict[str, str] = {
-    "auto": "the e4e inversion of the target when it has a face and an encoder is connected, else random "
-            "(TargetCLIP's behaviour)",
-    "inversion": "the e4e inversion of the (first) target picture (needs the encoder input; stops if it has "
-                 "no face)",
-    "random": "a random face latent (the official fallback, e.g. for cartoons)",
-}
 
 
 class EssenceTrain:
@@ -78,8 +68,9 @@ class EssenceTrain:
                                              "(official: 0.5); 0 turns it off.", 0.05),
                 "seed": seed("Seed of the random starting direction and of the optimisation."),
                 "mode": choice(list(TRAIN_MODES), modes_help(), DEFAULT_MODE),
-                "init": choice(list(INITS), "Starting direction: " + "; ".join(
-                    f"{name} = {help}" for name, help in INITS.items()) + ".", "auto"),
+                "init": choice(list(INIT_CHOICES), "Starting direction: " + "; ".join(
+                    f"{name} = {text}" for name, text in INIT_CHOICES.items())
+                    + ". The inversion needs the encoder input connected.", "auto"),
                 "chunk_size": integer(0, 0, 64, "Faces rendered per pass: 0 = all at once; smaller uses less "
                                       "memory with the same result (halved automatically on out-of-memory)."),
             },
