@@ -17,7 +17,7 @@ from .apply import image_grid, mix_directions, strength_sweep
 from .direction import Direction, load_direction, target_thumbnail
 from .errors import EssenceError, MissingWeightsError
 from .files import atomic_write
-from .images import load_image
+from .images import grid_to_pil, load_image
 from .invert import invert
 from .latents import import_targetclip_latents, is_latent_file, load_latents
 from .models import load_encoder, load_generator, load_guide
@@ -234,15 +234,11 @@ def _weighted(spec: str):
 
 
 def _save_image(grid: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
         raise EssenceError(f"{path.name}: choose a .png, .jpg or .webp output.")
     with atomic_write(path) as tmp:
-        Image.fromarray(array).save(tmp, format=fmt)
+        grid_to_pil(grid).save(tmp, format=fmt)
 
 
 # ----------------------------------------------------------------------------- import / export / info

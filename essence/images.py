@@ -358,6 +358,12 @@ def model_to_comfy(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().contiguous()
 
 
+def grid_to_pil(grid: torch.Tensor) -> Image.Image:
+    """One image [3, H, W] in 0..1 (e.g. ``essence.apply.image_grid``) -> an RGB PIL image (clamped, rounded)."""
+    pixels = (grid.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(pixels, "RGB")
+
+
 def model_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """Generator output [B, 3, H, W] in about [-1, 1] -> RGB PIL images (clamped, rounded)."""
     pixels = (model_to_comfy(images) * 255.0).round().to(torch.uint8).numpy()

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from ..essence.direction import target_thumbnail
-from ..essence.images import comfy_to_pil, model_to_comfy, model_to_pil
+from ..essence.apply import image_grid
+from ..essence.images import comfy_to_pil, grid_to_pil, model_to_comfy
 
 
 def to_comfy_image(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -22,11 +23,7 @@ def grid_to_comfy_image(grid: torch.Tensor, device: torch.device) -> torch.Tenso
 
 def to_pil(images: torch.Tensor) -> Image.Image:
     """Generator output [B, 3, H, W] -> one PIL image, the batch side by side (progress previews)."""
-    faces = model_to_pil(images)  # all the same size
-    strip = Image.new("RGB", (faces[0].width * len(faces), faces[0].height))
-    for i, face in enumerate(faces):
-        strip.paste(face, (i * face.width, 0))
-    return strip
+    return grid_to_pil(image_grid(images, columns=len(images), padding=0))
 
 
 def comfy_image_thumbnail(image: torch.Tensor) -> torch.Tensor:
