@@ -1,7 +1,7 @@
 """Does Essence compute the same numbers on a GPU? The golden fixtures, run on CUDA.
 
 The test suite checks the fixtures on the CPU (CI has no GPU). This script repeats the checks that
-matter for a GPU session on one: the tiny generator's image and gradient, the e4e codes, and the
+matter on a GPU: the tiny generator's image and gradient, the e4e codes, and the
 official TargetCLIP trace, plus the fast and bf16 paths staying finite. It prints one line per check
 and exits 1 if any fails.
 

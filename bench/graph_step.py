@@ -1,4 +1,4 @@
-"""Experiment for the next GPU session: how fast is a training step without Python's dispatch cost?
+"""Experiment: how fast is a training step on a GPU without Python's dispatch cost?
 
 The H100 measurements (docs/benchmarks.md) point at the host: a full-size `fast` step keeps the GPU
 busy under 63 ms but takes 66-73 ms, and the 256 px path, which skips most of the generator's work,
