@@ -11,6 +11,7 @@ written atomically and validated on load, so a shared file is either usable or r
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .errors import DirectionFileError, EssenceWarning, IncompatibleLatentSpaceError
+from .errors import DirectionFileError, EssenceError, EssenceWarning, IncompatibleLatentSpaceError
 from .files import (atomic_write, encode_metadata, load_npy_checked, read_typed_file, save_safetensors_atomic,
                     utc_now)
 from .latents import holds_latents
@@ -30,6 +31,12 @@ from .weights import spec_for_generator
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
 DEFAULT_STRENGTH_RANGE = (0.5, 1.2)  # the paper's usual range; its evaluation used 1.2
+# ``auto_strength``: the single strength measured for this direction (``essence.metrics``), an object
+# {"value", "basis", "threshold", ...}; files without it (older ones, imports, mixes) read as before
+# and "auto" falls back to FALLBACK_STRENGTH, saying so.
+AUTO_STRENGTH_KEY = "auto_strength"
+AUTO = "auto"
+FALLBACK_STRENGTH = 1.0
 FFHQ_RESOLUTION = 1024
 # The 19 directions published with TargetCLIP have a root-mean-square of 0.067-0.139 per W+ value
 # (norms 6.4-13.4 over 18 x 512); W+ latents themselves are about 0.5. A direction above this RMS
@@ -78,6 +85,33 @@ class Direction:
     @property
     def name(self) -> str:
         return str(self.meta.get("name", "direction"))
+
+    @property
+    def auto_strength(self) -> float | None:
+        """The recommended strength measured for this direction, or None when the file has none."""
+        record = self.meta.get(AUTO_STRENGTH_KEY)
+        value = record.get("value") if isinstance(record, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
+
+    def with_auto_strength(self, record: Mapping[str, Any]) -> "Direction":
+        """A copy whose metadata records ``record`` (``StrengthRecommendation.metadata()``) as the
+        recommended strength; the tensor and the thumbnail are shared."""
+        return Direction(self.tensor, {**self.meta, AUTO_STRENGTH_KEY: dict(record)}, self.thumbnail)
+
+    def resolve_strength(self, strength: float | str) -> tuple[float, str | None]:
+        """A number as it is; ``"auto"``: the recommended strength, or 1.0 with a note saying the
+        file has none (measure it with ``essence evaluate --recommend`` or the Metrics node)."""
+        if isinstance(strength, str):
+            if strength.strip().lower() != AUTO:
+                raise EssenceError(f"strength must be a number or {AUTO!r}, got {strength!r}.")
+            value = self.auto_strength
+            if value is not None:
+                return value, None
+            return FALLBACK_STRENGTH, (f"{self.name!r} has no recommended strength; using {FALLBACK_STRENGTH:g}. "
+                                       f"Measure one with 'essence evaluate --recommend' or the Essence Metrics node.")
+        return float(strength), None
 
     def check_fits(self, generator: Any, what: str | None = None) -> None:
         """Refuse to apply a direction made for another latent space, naming both spaces."""
