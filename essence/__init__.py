@@ -1,14 +1,16 @@
 """Essence: TargetCLIP essence transfer in plain PyTorch.
 
-The public API loads the three networks from the files users already have::
+The public API loads the networks from the files users already have::
 
     import essence
     G = essence.load_generator("stylegan2-ffhq-config-f.pt")   # or the e4e file (its decoder)
     E = essence.load_encoder("e4e_ffhq_encode.pt")
     clip = essence.load_guide("ViT-B-32.pt")
+    arcface = essence.load_identity("model_ir_se50.pth")   # optional: identity metrics
     wplus = E.encode(faces)                  # [B, 3, 256, 256] in [-1, 1] -> [B, 18, 512]
     images = G.synthesize(wplus)             # -> [B, 3, 1024, 1024] in about [-1, 1]
     emb = clip.embed_generated(images)       # TargetCLIP's CLIP path
+    ids = arcface.embed(images)              # -> [B, 512] unit vectors (ArcFace, as the paper's metric)
 
 Paths may be omitted: the file is then looked up as described in ``essence.weights``.
 This package never imports ComfyUI.
@@ -25,10 +27,11 @@ from .errors import (CorruptFileError, DeviceMemoryError, DirectionFileError, Do
                      EssenceWarning, FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
                      IncompatibleWeightsError, LatentFileError, MissingWeightsError, ShapeError,
                      TrainingCancelled, UnsafeFileError, WeightFileError, WrongFileKindError)
+from .identity import IdentityConfig, IdentityEncoder
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
-from .models import load_encoder, load_generator, load_guide
+from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import TRAIN_MODES, TrainMode, train_mode
 from .paste import paste_back, paste_mask
 from .runtime import clear_model_cache, default_device
@@ -38,7 +41,8 @@ from .version import __version__
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",
-    "load_generator", "load_encoder", "load_guide", "default_device", "clear_model_cache",
+    "IdentityConfig", "IdentityEncoder",
+    "load_generator", "load_encoder", "load_guide", "load_identity", "default_device", "clear_model_cache",
     "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
     "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",

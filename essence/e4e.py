@@ -1,6 +1,6 @@
 """The e4e encoder (Encoder4Editing), key-for-key compatible with omertov/encoder4editing.
 
-e4e maps an FFHQ-aligned 256 px face to a W+ latent: an IR-SE-50 ResNet body, a small feature
+e4e maps an FFHQ-aligned 256 px face to a W+ latent: an IR-SE-50 ResNet body (``irse``), a small feature
 pyramid, and one "style block" per W+ row. Row 0 predicts a base w; every other row predicts an
 offset added to it, which is what keeps e4e's latents editable. The file users have,
 ``e4e_ffhq_encode.pt``, also embeds the StyleGAN2 generator it was trained with (``decoder.*``).
@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoints import build_loaded, describe_contents, load_torch_file
 from .errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
+from .irse import Unit, input_stem, ir_se_units, unit_body, units_from_state_dict
 from .runtime import run_in_chunks_on_oom
 from .stylegan2 import EqualLinear
 
@@ -28,44 +29,6 @@ INPUT_SIZE = 256
 
 
 # ----------------------------------------------------------------------------- building blocks
-
-
-class SEModule(nn.Module):
-    """Squeeze-and-excitation: rescale channels by a gate computed from their global average."""
-
-    def __init__(self, channels: int, reduced: int):
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, reduced, kernel_size=1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(reduced, channels, kernel_size=1, bias=False)
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
-
-
-class BottleneckIRSE(nn.Module):
-    """One IR-SE unit (the reference's ``bottleneck_IR_SE``)."""
-
-    def __init__(self, in_channel: int, depth: int, stride: int, se_reduced: int):
-        super().__init__()
-        if in_channel == depth:
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
-        else:
-            self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channel),
-            nn.Conv2d(in_channel, depth, 3, 1, 1, bias=False),
-            nn.PReLU(depth),
-            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(depth),
-            SEModule(depth, se_reduced),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.res_layer(x) + self.shortcut_layer(x)
 
 
 class GradualStyleBlock(nn.Module):
@@ -96,7 +59,7 @@ class EncoderConfig:
     """Shapes of an Encoder4Editing. ``units`` lists (in_channel, depth, stride, se_reduced)."""
 
     stem_width: int
-    units: tuple[tuple[int, int, int, int], ...]
+    units: tuple[Unit, ...]
     taps: tuple[int, int, int]  # body indices whose outputs feed the pyramid (fine, middle, coarse)
     style_dim: int
     style_convs: tuple[int, ...]  # stride-2 convs per style block; sets which pyramid level it reads
@@ -108,13 +71,9 @@ class EncoderConfig:
     @classmethod
     def ir_se50(cls, n_styles: int = 18, widths: tuple[int, int, int, int] = (64, 128, 256, 512)) -> "EncoderConfig":
         """The published e4e_ffhq_encode layout: IR-SE-50 with units (3, 4, 14, 3)."""
-        units, in_c = [], widths[0]
-        for depth, count in zip(widths, (3, 4, 14, 3)):
-            for j in range(count):
-                units.append((in_c, depth, 2 if j == 0 else 1, depth // 16))
-                in_c = depth
+        units = ir_se_units(widths)
         convs = tuple(4 if i < 3 else 5 if i < 7 else 6 for i in range(n_styles))
-        return cls(widths[0], tuple(units), (6, 20, 23), widths[-1], convs)
+        return cls(widths[0], units, (6, 20, 23), widths[-1], convs)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], source: str = "state dict") -> "EncoderConfig":
@@ -122,17 +81,7 @@ class EncoderConfig:
         first unit, and every unit whose width changes (the reference's ``get_blocks``)."""
         try:
             stem = state["input_layer.0.weight"].shape[0]
-            n_units = len({k.split(".")[1] for k in state if k.startswith("body.")})
-            units, block_ends = [], []
-            for i in range(n_units):
-                conv = state[f"body.{i}.res_layer.1.weight"]  # [depth, in, 3, 3]
-                depth, in_c = conv.shape[0], conv.shape[1]
-                starts_block = i == 0 or depth != in_c
-                if starts_block and i > 0:
-                    block_ends.append(i - 1)
-                units.append((in_c, depth, 2 if starts_block else 1,
-                              state[f"body.{i}.res_layer.5.fc1.weight"].shape[0]))
-            block_ends.append(n_units - 1)
+            units, block_ends = units_from_state_dict(state)
             n_styles = len({k.split(".")[1] for k in state if k.startswith("styles.")})
             style_convs = tuple(
                 len({k.split(".")[3] for k in state if k.startswith(f"styles.{i}.convs.")})
@@ -144,7 +93,7 @@ class EncoderConfig:
         if len(block_ends) != 4 or n_styles == 0:
             raise IncompatibleWeightsError(f"{source}: expected an IR-SE body of 4 blocks and at least one "
                                            f"style block, found {len(block_ends)} blocks, {n_styles} styles.")
-        return cls(stem, tuple(units), (block_ends[1], block_ends[2], block_ends[3]), style_dim, style_convs)
+        return cls(stem, units, (block_ends[1], block_ends[2], block_ends[3]), style_dim, style_convs)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -157,9 +106,8 @@ class E4EEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, c.stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(c.stem_width), nn.PReLU(c.stem_width))
-        self.body = nn.Sequential(*[BottleneckIRSE(*unit) for unit in c.units])
+        self.input_layer = input_stem(c.stem_width)
+        self.body = unit_body(c.units)
         fine_c, middle_c, coarse_c = (c.units[t][1] for t in c.taps)
         self.styles = nn.ModuleList(GradualStyleBlock(coarse_c, c.style_dim, n) for n in c.style_convs)
         self.latlayer1 = nn.Conv2d(middle_c, coarse_c, kernel_size=1)

@@ -1,4 +1,4 @@
-"""Loading the three networks from the files users have, found by role when no path is given.
+"""Loading the networks from the files users have, found by role when no path is given.
 
 Models are built outside ``torch.inference_mode``: ComfyUI runs every node under it, and tensors
 created there can never take part in autograd (training). By default a loaded model is kept in
@@ -14,6 +14,7 @@ import torch
 
 from .clip_guide import ClipGuide, load_guide_file
 from .e4e import E4EEncoder, load_encoder_file
+from .identity import IdentityEncoder, load_identity_file
 from .runtime import cached_model, resolve_device
 from .stylegan2 import StyleGAN2Generator, load_generator_file
 from .weights import find_weight
@@ -48,3 +49,13 @@ def load_guide(path: PathLike | None = None, device: str | torch.device | None =
                cache: bool = True) -> ClipGuide:
     """CLIP image tower from OpenAI's TorchScript files (``ViT-B-32.pt``) or a CLIP state dict."""
     return _load("guide", path, device, load_guide_file, cache)
+
+
+def load_identity(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                  cache: bool = True) -> IdentityEncoder:
+    """ArcFace IR-SE-50 identity network from ``model_ir_se50.pth`` (pSp / e4e / TargetCLIP's ID metric).
+
+    ``load_identity().embed(faces)`` turns aligned faces [B, 3, H, H] in [-1, 1] into unit vectors
+    [B, 512]; the dot product of two is their identity similarity.
+    """
+    return _load("identity", path, device, load_identity_file, cache)

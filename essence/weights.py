@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .errors import CorruptFileError, EssenceError, MissingWeightsError
 from .installation import checkout_root, cli_command, package_dir, user_data_dir
 
-ROLES = ("generator", "encoder", "guide", "landmarks")
+ROLES = ("generator", "encoder", "guide", "landmarks", "identity")
 STATUSES = ("present", "missing", "corrupt", "unverified")
 
 ENV_WEIGHTS_DIR = "ESSENCE_WEIGHTS_DIR"

@@ -11,7 +11,8 @@ from . import host
 from .directions import EssenceLoad, EssenceMix, EssenceSave
 from .faces import EssenceAlignFace, EssenceInvertFace, EssencePasteBack
 from .latents import EssenceApply, EssenceSampleLatents
-from .loaders import EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader, EssenceLandmarkLoader
+from .loaders import (EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader, EssenceIdentityLoader,
+                      EssenceLandmarkLoader)
 from .render import EssenceRender, EssenceStrengthSweep
 from .train import EssenceTrain
 
@@ -20,6 +21,7 @@ _NODES: list[tuple[type, str]] = [
     (EssenceEncoderLoader, "Load Essence Encoder (e4e)"),
     (EssenceGuideLoader, "Load Essence CLIP Guide"),
     (EssenceLandmarkLoader, "Load Landmark Model (dlib)"),
+    (EssenceIdentityLoader, "Load Essence Identity Model (ArcFace)"),
     (EssenceAlignFace, "Align Face (FFHQ)"),
     (EssenceInvertFace, "Invert Face (e4e)"),
     (EssencePasteBack, "Paste Back Face"),

@@ -1,4 +1,4 @@
-"""Loader nodes: the three networks and the face landmark model, from ComfyUI's Essence model folders.
+"""Loader nodes: the networks and the face landmark model, from ComfyUI's Essence model folders.
 
 Models are loaded through ``essence.load_*``, which builds them outside inference mode (so the
 training node can back-propagate through them), onto ComfyUI's offload device. ComfyUI owns their
@@ -123,6 +123,34 @@ class EssenceGuideLoader:
     def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
         path = host.require_file(_folder("guide"), clip_file, "CLIP file")
         return (essence.load_guide(path, device=host.offload_device(), cache=False),)
+
+
+class EssenceIdentityLoader:
+    """Load the ArcFace identity network."""
+
+    DESCRIPTION = ("Loads ArcFace IR-SE-50 (model_ir_se50.pth), the face recognition network pSp, e4e and TargetCLIP "
+                   "measure identity with, from models/essence_identity. Only identity metrics need it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (T.IDENTITY,)
+    RETURN_NAMES = ("identity",)
+    OUTPUT_TOOLTIPS = ("The ArcFace identity network: aligned faces -> 512-d unit vectors whose cosine says how "
+                       "alike two faces' identities are.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        options = _options("identity")
+        return {"required": {"identity_file": choice(
+            options, "ArcFace IR-SE-50 file in models/essence_identity (model_ir_se50.pth).",
+            _default(options, "identity"))}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, identity_file: str) -> bool | str:
+        return True if isinstance(identity_file, str) and identity_file else "pick an identity model file"
+
+    def load(self, identity_file: str) -> tuple[essence.IdentityEncoder]:
+        path = host.require_file(_folder("identity"), identity_file, "ArcFace identity file")
+        return (essence.load_identity(path, device=host.offload_device(), cache=False),)
 
 
 class EssenceLandmarkLoader:

@@ -17,9 +17,10 @@ GUIDE = "ESSENCE_GUIDE"           # essence.ClipGuide
 LATENT = "ESSENCE_LATENT"         # essence.LatentSet
 DIRECTION = "ESSENCE_DIRECTION"   # essence.Direction
 LANDMARKS = "ESSENCE_LANDMARKS"   # essence.FaceLandmarker (dlib detector + 68-point predictor)
+IDENTITY = "ESSENCE_IDENTITY"     # essence.IdentityEncoder (ArcFace IR-SE-50)
 ALIGNMENT = "ESSENCE_ALIGNMENT"   # EssenceAlignment (below)
 
-CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, ALIGNMENT)
+CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, IDENTITY, ALIGNMENT)
 
 
 @dataclass(frozen=True)

@@ -433,7 +433,8 @@ def check_outputs(pack: types.ModuleType, cls: type, outputs: Any) -> None:
     expected = {"ESSENCE_GENERATOR": lib.StyleGAN2Generator, "ESSENCE_ENCODER": lib.E4EEncoder,
                 "ESSENCE_GUIDE": lib.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
                 "ESSENCE_LATENT": lib.LatentSet, "STRING": str,
-                "ESSENCE_LANDMARKS": lib.FaceLandmarker, "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
+                "ESSENCE_LANDMARKS": lib.FaceLandmarker, "ESSENCE_IDENTITY": lib.IdentityEncoder,
+                "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
     for kind, value in zip(cls.RETURN_TYPES, outputs):
         if kind == "IMAGE":
             assert isinstance(value, torch.Tensor) and value.dtype == torch.float32, cls.__name__

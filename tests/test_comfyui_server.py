@@ -45,9 +45,9 @@ pytestmark = pytest.mark.skipif(
 
 PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
-            "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack", "EssenceSampleLatents",
-            "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
-            "EssenceStrengthSweep"}
+            "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
+            "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
+            "EssenceRender", "EssenceStrengthSweep"}
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from comfy_stubs import (ComfyEnv, InterruptProcessingException, comfy_env, drop
                          extra_model_paths, import_pack)
 
 NODE_IDS = ["EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
-            "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack", "EssenceSampleLatents",
-            "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix", "EssenceRender",
-            "EssenceStrengthSweep"]
+            "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
+            "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
+            "EssenceRender", "EssenceStrengthSweep"]
 CATEGORIES = {"essence/loaders", "essence/latents", "essence/train", "essence/directions", "essence/render",
               "essence/faces"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 LINK_TYPES = {"IMAGE", "ESSENCE_GENERATOR", "ESSENCE_ENCODER", "ESSENCE_GUIDE", "ESSENCE_LATENT", "ESSENCE_DIRECTION",
-              "ESSENCE_LANDMARKS", "ESSENCE_ALIGNMENT"}
+              "ESSENCE_LANDMARKS", "ESSENCE_ALIGNMENT", "ESSENCE_IDENTITY"}
 TRAIN_STEPS = 12
 
 
