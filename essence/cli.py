@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from .align import align_faces, load_landmarker
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .cli_directions import add_training_options, parse_floats, training_progress_bar
+from .cli_metrics import SUBCOMMANDS as METRICS_COMMANDS
 from .demo import DemoOptions, run_demo
 from .download import fetch_weight
 from .errors import DeviceMemoryError, EssenceError, EssenceWarning
@@ -405,4 +406,4 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS]
+                                      *DIRECTION_COMMANDS, *METRICS_COMMANDS]

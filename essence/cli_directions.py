@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from .apply import image_grid, mix_directions, strength_sweep
-from .direction import Direction, load_direction, target_thumbnail
+from .direction import AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, load_direction, target_thumbnail
 from .errors import EssenceError, MissingWeightsError
 from .files import atomic_write
 from .images import grid_to_pil, load_image
+from .installation import cli_command
 from .invert import invert
 from .latents import import_targetclip_latents, is_latent_file, load_latents
 from .models import load_encoder, load_generator, load_guide
@@ -60,6 +61,25 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise EssenceError(f"{what} must be comma-separated numbers, got {text!r}.") from None
     if not all(math.isfinite(v) for v in values):
         raise EssenceError(f"{what} must be finite numbers, got {text!r}.")
+    return values
+
+
+def parse_strengths(text: str, direction: Direction) -> list[float]:
+    """``--strength``: comma-separated numbers, where ``auto`` is the direction's recommended strength
+    (1.0, with a note on stderr, when its file has none)."""
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.lower() == "auto":
+            value, note = direction.resolve_strength("auto")
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+            else:
+                print(f"Strength auto = {value:g}, recommended for {direction.name!r}.")
+            values.append(value)
+        else:
+            values += parse_floats(part, "--strength")
+    if not values:
+        raise EssenceError("--strength needs a number or 'auto'.")
     return values
 
 
@@ -189,7 +209,8 @@ def _add_apply(subparsers: Subparsers) -> None:
     where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("--strength", default="1.0",
-                   help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2)")
+                   help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2); 'auto' is the "
+                        "direction's recommended strength (essence evaluate --recommend), 1.0 when it has none")
     p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
     p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face")
     _add_model_options(p, encoder=True)
@@ -197,12 +218,12 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    strengths = parse_floats(args.strength, "--strength")
     loaded = [_weighted(spec) for spec in args.directions]
     if len(loaded) == 1 and loaded[0][1] == 1.0:
         direction = loaded[0][0]
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
+    strengths = parse_strengths(args.strength, direction)
     generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
     if args.latents:
@@ -298,10 +319,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(json.dumps({"file": name, "kind": kind, "shape": shape, "metadata": meta}, indent=1))
             continue
         print(f"{name}: {kind} {shape}")
+        if kind == "direction":
+            print(f"  {_strength_line(meta)}")
         for key, value in meta.items():
             text = value if isinstance(value, str) else json.dumps(value)
             print(f"  {key}: {text}")
     return 0
+
+
+def _strength_line(meta: dict) -> str:
+    """What ``--strength auto`` will use for a direction with this metadata."""
+    record = meta.get(AUTO_STRENGTH_KEY)
+    value = record.get("value") if isinstance(record, dict) else None
+    if isinstance(value, (int, float)):
+        return (f"recommended strength (auto): {value:g}, {record.get('basis', '?')} basis, "
+                f"threshold {record.get('threshold', '?')}, {record.get('faces', '?')} faces")
+    return (f"recommended strength (auto): none measured, 'auto' uses {FALLBACK_STRENGTH:g} "
+            f"(measure it with: {cli_command()} evaluate ... --recommend)")
 
 
 def _describe_file(path: Path) -> tuple[str, list[int], dict]:

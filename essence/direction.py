@@ -110,7 +110,7 @@ class Direction:
             if value is not None:
                 return value, None
             return FALLBACK_STRENGTH, (f"{self.name!r} has no recommended strength; using {FALLBACK_STRENGTH:g}. "
-                                       f"Measure one with 'essence evaluate --recommend' or the Essence Metrics node.")
+                                       f"Measure one with the evaluate command (--recommend) or the Essence Metrics node.")
         return float(strength), None
 
     def check_fits(self, generator: Any, what: str | None = None) -> None:
