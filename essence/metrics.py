@@ -276,6 +276,18 @@ def recommend_strength(direction: Direction, generator: StyleGAN2Generator, guid
     return curve.recommend(min_identity)
 
 
+def parse_strengths(text: str) -> list[float]:
+    """"0, 0.5, 1.2" -> [0.0, 0.5, 1.2] (finite numbers, at least one), for text inputs."""
+    try:
+        values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise EssenceError(f"strengths must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}.") from None
+    if not values:
+        raise EssenceError("give at least one strength, e.g. 0,0.5,1.")
+    require_finite(values, "the strengths")
+    return values
+
+
 def _checked_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise EssenceError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")

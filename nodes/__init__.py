@@ -13,6 +13,7 @@ from .faces import EssenceAlignFace, EssenceInvertFace, EssencePasteBack
 from .latents import EssenceApply, EssenceSampleLatents
 from .loaders import (EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader, EssenceIdentityLoader,
                       EssenceLandmarkLoader)
+from .metrics import EssenceMetrics
 from .render import EssenceRender, EssenceStrengthSweep
 from .train import EssenceTrain
 
@@ -31,6 +32,7 @@ _NODES: list[tuple[type, str]] = [
     (EssenceSave, "Save Essence"),
     (EssenceLoad, "Load Essence"),
     (EssenceMix, "Mix Essences"),
+    (EssenceMetrics, "Essence Metrics"),
     (EssenceRender, "Render Latents"),
     (EssenceStrengthSweep, "Essence Strength Sweep"),
 ]

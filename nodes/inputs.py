@@ -37,6 +37,11 @@ def number(default: float, minimum: float, maximum: float, tooltip: str, step: f
                       "round": step, "tooltip": tooltip})
 
 
+def boolean(default: bool, tooltip: str, on: str = "true", off: str = "false") -> InputSpec:
+    """A toggle; ``on`` / ``off`` are the labels the frontend shows for its two states."""
+    return ("BOOLEAN", {"default": default, "label_on": on, "label_off": off, "tooltip": tooltip})
+
+
 def text(default: str, tooltip: str) -> InputSpec:
     return ("STRING", {"default": default, "multiline": False, "tooltip": tooltip})
 

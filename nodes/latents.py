@@ -6,6 +6,7 @@ batch always says where each face came from and which essences were added to it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .. import essence
@@ -13,9 +14,10 @@ from ..essence.apply import LAYER_PRESETS, apply_direction
 from ..essence.latents import sample_latents
 from . import host
 from . import types as T
-from .inputs import choice, integer, link, number, seed
+from .inputs import boolean, choice, integer, link, number, seed
 
 CATEGORY = "essence/latents"
+log = logging.getLogger(__name__)
 MAX_SAMPLES = 64
 
 
@@ -67,12 +69,23 @@ class EssenceApply:
         return {"required": {
             "latents": link(T.LATENT, "The faces to edit."),
             "direction": link(T.DIRECTION, "The essence to add (from Train, Load or Mix Essence)."),
-            "strength": number(1.0, -5.0, 5.0, "How much of the essence to add.", 0.05),
+            "strength": number(1.0, -5.0, 5.0, "How much of the essence to add (ignored with auto strength).", 0.05),
             "layers": layers_input(),
+        }, "optional": {
+            "auto_strength": boolean(False, "auto: use the strength recommended for this essence (measured by "
+                                     "Essence Metrics or 'essence evaluate --recommend'); an essence without one "
+                                     "uses 1.0 and says so in the log. manual: use 'strength'.",
+                                     on="auto (recommended)", off="manual"),
         }}
 
     def apply(self, latents: essence.LatentSet, direction: essence.Direction, strength: float,
-              layers: str) -> tuple[essence.LatentSet]:
-        edited = apply_direction(latents.latents, direction, strength, layers)
-        return (latents.edited(edited, {"direction": direction.name, "strength": strength, "layers": layers}),)
+              layers: str, auto_strength: bool = False) -> tuple[essence.LatentSet]:
+        chosen, note = direction.resolve_strength("auto" if auto_strength else strength)
+        if note:
+            log.warning("Apply Essence: %s", note)
+        edited = apply_direction(latents.latents, direction, chosen, layers)
+        edit = {"direction": direction.name, "strength": chosen, "layers": layers}
+        if auto_strength:
+            edit["strength_from"] = "fallback (no recommended strength)" if note else "recommended (auto)"
+        return (latents.edited(edited, edit),)
 

@@ -47,7 +47,7 @@ PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
-            "EssenceRender", "EssenceStrengthSweep"}
+            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from comfy_stubs import (ComfyEnv, InterruptProcessingException, comfy_env, drop
 NODE_IDS = ["EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
-            "EssenceRender", "EssenceStrengthSweep"]
+            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"]
 CATEGORIES = {"essence/loaders", "essence/latents", "essence/train", "essence/directions", "essence/render",
               "essence/faces"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
