@@ -250,7 +250,8 @@ def apply_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
     essence = g.add("EssenceLoad", direction_file="keanu.npy")
     faces = g.add("EssenceSampleLatents", "Random Faces", generator=(gen, 0), count=4, seed=7, truncation=0.7)
-    edited = g.add("EssenceApply", latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all")
+    edited = g.add("EssenceApply", latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all",
+                  auto_strength=False)
     before = g.add("EssenceRender", "Render Before", generator=(gen, 0), latents=(faces, 0), resolution="full")
     after = g.add("EssenceRender", "Render After", generator=(gen, 0), latents=(edited, 0), resolution="full")
     shown = g.add("PreviewImage", "Before", images=(before, 0))
@@ -277,7 +278,8 @@ def train_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     save = g.add("EssenceSave", direction=(trained, 0), filename_prefix="my_essence")
     preview = g.add("PreviewImage", "Training Preview", images=(trained, 1))
     faces = g.add("EssenceSampleLatents", "New Faces", generator=(gen, 0), count=4, seed=123, truncation=0.7)
-    edited = g.add("EssenceApply", latents=(faces, 0), direction=(trained, 0), strength=1.0, layers="all")
+    edited = g.add("EssenceApply", latents=(faces, 0), direction=(trained, 0), strength=1.0, layers="all",
+                  auto_strength=False)
     images = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
     result = g.add("SaveImage", images=(images, 0), filename_prefix="essence/trained")
     models = g.group("Models", [gen, guide])
@@ -328,7 +330,8 @@ def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
     face = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(photo, 0),
                  face_index=0, no_face="error")
     aligned = g.add("PreviewImage", "Aligned Face", images=(face, 1))
-    edited = g.add("EssenceApply", latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all")
+    edited = g.add("EssenceApply", latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all",
+                  auto_strength=False)
     rendered = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
     shown = g.add("PreviewImage", "Edited Face", images=(rendered, 0))
     pasted = g.add("EssencePasteBack", photos=(photo, 0), faces=(rendered, 0), alignment=(face, 2), feather=0.1)
