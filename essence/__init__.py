@@ -31,6 +31,8 @@ from .identity import IdentityConfig, IdentityEncoder
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
 from .latents import LatentSet, load_latents, sample_latents, save_latents
+from .metrics import (DirectionMetrics, StrengthCurve, StrengthRecommendation, evaluate_direction,
+                      recommend_strength, strength_curve)
 from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import TRAIN_MODES, TrainMode, train_mode
 from .paste import paste_back, paste_mask
@@ -54,4 +56,6 @@ __all__ = [
     "LatentSet", "load_latents", "save_latents", "sample_latents",
     "FaceNotFoundError", "ImageInputError", "LatentFileError", "DeviceMemoryError", "EssenceWarning",
     "paste_back", "paste_mask",
+    "evaluate_direction", "strength_curve", "recommend_strength", "DirectionMetrics", "StrengthCurve",
+    "StrengthRecommendation",
 ]

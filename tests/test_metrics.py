@@ -92,6 +92,24 @@ def test_official_protocol_differs_from_the_corrected_one_exactly_where_its_quir
     assert evaluate_direction(direction, generator, guide, target, faces[:2]).strength == 1.0
 
 
+def test_only_the_official_protocol_compares_identity_with_the_source_photos(tiny):
+    generator, guide, identity, direction, faces, target = tiny
+    photos = [image.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for image in model_to_pil(render(generator, faces))]
+    corrected = evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, "corrected")
+    with_photos = evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, "corrected",
+                                     source_images=photos)
+    assert np.allclose(corrected.identity, with_photos.identity, atol=1e-6)
+    official = evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, "official")
+    official_photos = evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, "official",
+                                         source_images=photos)
+    edited = pil_to_model(model_to_pil(render(generator, essence.apply_direction(faces, direction, 0.5))))
+    expected = (identity.embed((edited + 1) / 2) * identity.embed(pil_to_model(photos))).sum(-1) * 100
+    assert np.allclose(official_photos.identity, expected.tolist(), atol=ATOL)
+    assert not np.allclose(official_photos.identity, official.identity, atol=1e-2)
+    with pytest.raises(essence.ShapeError, match="one photo per face"):
+        evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, source_images=photos[:1])
+
+
 def test_target_identity_needs_a_face_in_the_target(tiny, fixtures):
     generator, guide, identity, direction, faces, target = tiny
     with_face = evaluate_direction(direction, generator, guide, target, faces[:2], 1.0, identity)
