@@ -67,17 +67,19 @@ def parse_floats(text: str, what: str) -> list[float]:
 def parse_strengths(text: str, direction: Direction) -> list[float]:
     """``--strength``: comma-separated numbers, where ``auto`` is the direction's recommended strength
     (1.0, with a note on stderr, when its file has none)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    numbers = iter(parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength"))
     values = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.lower() == "auto":
-            value, note = direction.resolve_strength("auto")
-            if note:
-                print(f"note: {note}", file=sys.stderr)
-            else:
-                print(f"Strength auto = {value:g}, recommended for {direction.name!r}.")
-            values.append(value)
+    for part in parts:
+        if part.lower() != "auto":
+            values.append(next(numbers))
+            continue
+        value, note = direction.resolve_strength("auto")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         else:
-            values += parse_floats(part, "--strength")
+            print(f"Strength auto = {value:g}, recommended for {direction.name!r}.")
+        values.append(value)
     if not values:
         raise EssenceError("--strength needs a number or 'auto'.")
     return values

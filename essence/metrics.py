@@ -482,7 +482,7 @@ def plot_curves(curves: Sequence[StrengthCurve], recommendations: Sequence[Stren
             std = np.array([p.std(metric) for p in curve.points], dtype=float)
             axis.plot(x, mean, style, color=colour, marker="o", markersize=3,
                       label=f"{curve.name}: {LABELS[metric]}")
-            axis.fill_between(x, mean - std, mean + std, color=colour, alpha=0.12)
+            axis.fill_between(x, mean - std, np.minimum(mean + std, 100.0), color=colour, alpha=0.12)  # cosines <= 1
         if rec is not None:
             right.axhline(rec.threshold, color=colour, linestyle=":", linewidth=1)
             left.axvline(rec.strength, color=colour, linestyle=":", linewidth=1.5,
