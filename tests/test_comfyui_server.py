@@ -34,7 +34,7 @@ from comfy_stubs import LANDMARKS_NAME
 from essence import Direction
 from real_comfyui import (PACK_DIR_NAME, Server, frontend, frontend_unavailable, overlapping,
                           running_server)
-from workflow_tools import (STAND_INS, expected_init, load_workflow, quick_run, random_directions, ui_to_api,
+from workflow_tools import (STAND_INS, TARGET_IMAGE, expected_init, load_workflow, quick_run, random_directions, ui_to_api,
                             workflow_files)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -145,6 +145,27 @@ def test_missing_model_error_names_the_folder(server):
     assert entry["status"]["status_str"] == "error"
     errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "essence_stylegan2" in errors[0]["exception_message"], errors
+
+
+def test_metrics_node_measures_and_apply_uses_the_recommended_strength(server):
+    prompt = {"1": {"class_type": "EssenceGeneratorLoader", "inputs": {"generator_file": "stylegan2-ffhq-config-f.pt"}},
+              "2": {"class_type": "EssenceGuideLoader", "inputs": {"clip_file": "ViT-B-32.pt"}},
+              "3": {"class_type": "EssenceLoad", "inputs": {"direction_file": "keanu.npy"}},
+              "4": {"class_type": "LoadImage", "inputs": {"image": TARGET_IMAGE}},
+              "5": {"class_type": "EssenceSampleLatents",
+                    "inputs": {"generator": ["1", 0], "count": 3, "seed": 100, "truncation": 0.7}},
+              "6": {"class_type": "EssenceMetrics",
+                    "inputs": {"generator": ["1", 0], "guide": ["2", 0], "direction": ["3", 0], "target": ["4", 0],
+                               "latents": ["5", 0], "strengths": "0,0.5,1", "protocol": "corrected",
+                               "min_identity": 50.0}},
+              "7": {"class_type": "EssenceApply", "inputs": {"latents": ["5", 0], "direction": ["6", 0],
+                                                             "strength": 0.0, "layers": "all", "auto_strength": True}},
+              "8": {"class_type": "EssenceRender", "inputs": {"generator": ["1", 0], "latents": ["7", 0]}},
+              "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+              "10": {"class_type": "PreviewImage", "inputs": {"images": ["6", 3]}}}
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+    assert len(entry["outputs"]["9"]["images"]) == 3 and len(entry["outputs"]["10"]["images"]) == 1
 
 
 def test_cancel_stops_training_and_saves_nothing(server):
