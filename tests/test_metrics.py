@@ -305,3 +305,19 @@ def test_metrics_node_without_identity_uses_the_clip_proxy(comfy_env, fixtures):
     assert measured.meta["auto_strength"]["basis"] == "clip-proxy"
     assert "proxy" in report and "identity preservation" not in report
     assert json.loads(data)["protocol"] == "official"
+
+
+def test_cli_official_protocol_adds_the_papers_row_over_directions(tmp_path, fixtures, capsys):
+    files = []
+    for seed in (4, 5):
+        noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(seed))
+        files.append(str(essence.Direction(noise * 0.3, {"name": f"d{seed}"}).save(tmp_path / f"d{seed}.safetensors")))
+    code = cli.main(["evaluate", *files, "--target", str(fixtures / "face_a.jpg"), "--sample", "2", "--strengths",
+                     "1.2", "--protocol", "official", "--generator", str(fixtures / "stylegan2_tiny64.pt"),
+                     "--guide", str(fixtures / "clip_tiny.pt"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "no identity model" in err and "CLIP proxy" in err
+    rows = [line for line in out.splitlines() if line.startswith(("d4 ", "d5 "))]
+    assert len(rows) == 2 and all(" 1.2 " in row for row in rows)
+    assert "paper-style, over the 2 directions at strength 1.2 (std over directions)" in out
