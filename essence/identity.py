@@ -89,14 +89,14 @@ class IdentityEncoder(nn.Module):
         self.config = config
         c = config
         self.input_layer = input_stem(c.stem_width)
-        self.body = unit_body(c.units)
-        self.output_layer = nn.Sequential(
+        self.output_layer = nn.Sequential(  # declared before the body, as the reference does (same key order)
             nn.BatchNorm2d(c.out_width),
             nn.Dropout(DROP_RATIO),
             nn.Flatten(),
             nn.Linear(c.out_width * c.out_size ** 2, c.embed_dim),
             nn.BatchNorm1d(c.embed_dim),
         )
+        self.body = unit_body(c.units)
 
     @property
     def embed_dim(self) -> int:
