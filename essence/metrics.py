@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .align import align_face
 from .apply import apply_direction
 from .clip_guide import ClipGuide, to_unit
 from .direction import Direction
@@ -59,6 +60,7 @@ from .images import load_image, model_to_pil, pil_to_model
 from .latents import LatentSet
 from .render import DEFAULT_BATCH, render
 from .stylegan2 import StyleGAN2Generator
+from .train import target_embedding  # the one place a target's CLIP embedding is made
 from .version import __version__
 
 Protocol = Literal["corrected", "official"]
@@ -304,8 +306,6 @@ def _face_latents(faces: LatentSet | torch.Tensor, generator: StyleGAN2Generator
 
 
 def _target_embedding(guide: ClipGuide, target: Any) -> torch.Tensor:
-    from .train import target_embedding  # the one place a target's CLIP embedding is made
-
     if isinstance(target, (str, bytes)) or hasattr(target, "__fspath__"):
         target = load_image(target)
     elif isinstance(target, (list, tuple)):
@@ -395,8 +395,6 @@ class _Measure:
     def target_face(self, target: Any, landmarks: Any, notes: list[str]) -> torch.Tensor | None:
         """ArcFace unit embedding [1, 512] of the target's largest face, FFHQ-aligned; None (and a
         note) when the target has no face a detector finds, or no landmark model is installed."""
-        from .align import align_face
-
         first = target[0] if isinstance(target, (list, tuple)) else target
         if isinstance(first, torch.Tensor) and first.ndim == 4:
             first = first[:1]
