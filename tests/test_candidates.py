@@ -177,3 +177,27 @@ def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, t
     with pytest.raises(essence.EssenceError, match="custom scorer needs a method"):
         train_best_candidate(target, trace["sources"], generator, guide, [(trace["init_direction"], "x")],
                              TrainSettings(steps=1), scorer=lambda d: 0.0)
+
+
+def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtures, tmp_path, capsys):
+    from essence import cli
+
+    out = tmp_path / "a.safetensors"
+    models = ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+              "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
+    code = cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+                     "--candidates", "3", "--keep-all", *models])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    best = essence.load_direction(out)
+    selection = best.meta["selection"]
+    assert selection["rank"] == 1 and len(selection["scores"]) == 3
+    assert selection["starts"][0] == "e4e inversion of the target" and best.meta["name"] == "face_a"
+    assert "chosen" in stdout and "no identity model" in stdout
+    kept = [essence.load_direction(tmp_path / f"a.cand{i}.safetensors") for i in range(3)]
+    assert [d.meta["selection"]["candidate"] for d in kept] == [0, 1, 2]
+    assert torch.equal(kept[selection["candidate"]].tensor, best.tensor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cand0.safetensors", "a.cand1.safetensors",
+                                                          "a.cand2.safetensors", "a.safetensors"]
+    assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--keep-all", *models]) == 2
+    assert "--keep-all writes every candidate" in capsys.readouterr().err
