@@ -20,6 +20,10 @@ named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced prec
 anyway), skipping the two most expensive resolutions. Two exact options
 trade time for memory: ``chunk_size`` renders a few sources per pass, ``recompute_from`` re-runs the
 largest layers during the backward pass instead of keeping their activations.
+
+``train_candidates`` runs this loop for K directions at once (K x N faces per generator pass, each
+candidate with its own parameters, optimiser state, losses and best step); ``train_direction`` is its
+one-candidate case.
 """
 
 from __future__ import annotations
