@@ -17,7 +17,7 @@ not measure whether a face keeps its identity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -116,7 +116,8 @@ class CandidateChoice:
 
     @property
     def best_result(self) -> TrainResult:
-        return self.results[self.ranking[0]]
+        """The chosen candidate's training result, carrying its direction with the selection metadata."""
+        return replace(self.results[self.ranking[0]], direction=self.best)
 
 
 def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str) -> CandidateChoice:

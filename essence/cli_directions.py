@@ -173,9 +173,7 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
             direction.thumbnail = target_thumbnail(targets[0])
             path = direction.save(out.with_name(f"{out.stem}.cand{index}{out.suffix}"))
             print(f"     saved {path}")
-    result = choice.best_result
-    result.direction = choice.best
-    return result
+    return choice.best_result
 
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:

@@ -477,7 +477,8 @@ def _passes(candidates: int, count: int, chunk: int) -> list[tuple[int, int]]:
     if chunk >= count:
         per_pass = chunk // count * count
         return [(i, min(i + per_pass, candidates * count)) for i in range(0, candidates * count, per_pass)]
-    return [(k * count + i, k * count + min(i + chunk, count)) for k in range(candidates) for i in range(0, count, chunk)]
+    return [(k * count + i, k * count + min(i + chunk, count))
+            for k in range(candidates) for i in range(0, count, chunk)]
 
 
 def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop,

@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 
 from .. import essence
+from ..essence.candidates import candidate_starts, train_best_candidate
 from ..essence.errors import DeviceMemoryError
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
-from ..essence.candidates import candidate_starts, train_best_candidate
 from ..essence.train import (INIT_CHOICES, TrainProgress, TrainSettings, train_direction_fitting_memory,
                              training_memory)
 from ..essence.train import initial_direction as library_initial_direction
@@ -128,9 +128,7 @@ class EssenceTrain:
         starts = candidate_starts(candidates, generator, None if isinstance(start, str) else start,
                                   seed=settings.seed, truncation=settings.random_init_truncation)
         choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings, **hooks)
-        result = choice.best_result
-        result.direction = choice.best
-        return result
+        return choice.best_result
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:

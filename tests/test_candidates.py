@@ -129,7 +129,8 @@ def test_starts_are_the_inversion_then_perturbations_and_random_latents(models, 
     assert notes == ["e4e inversion of the target", "e4e inversion + 0.5 x random offset (seed 8)",
                      "random (seed 9)", "e4e inversion + 0.5 x random offset (seed 10)"]
     assert torch.equal(starts[0][0], inversion)
-    assert torch.allclose(starts[1][0], inversion + 0.5 * (random_initial_direction(generator, 8) - generator.latent_avg))
+    offset = random_initial_direction(generator, 8) - generator.latent_avg
+    assert torch.allclose(starts[1][0], inversion + 0.5 * offset)
     assert torch.equal(starts[2][0], random_initial_direction(generator, 9))
     # without an inversion: the seeded random starts, the first being train_direction's "random"
     randoms = candidate_starts(2, generator, seed=3)
