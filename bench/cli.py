@@ -36,15 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
                     + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    parser.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "quality"],
+    parser.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "candidates", "quality"],
                         default=["generator", "encoder", "train"],
-                        help="sections (default: generator encoder train; 'quality' compares the approximate "
-                             "training modes with the exact one and needs the weight files)")
+                        help="sections (default: generator encoder train; 'candidates' times K directions "
+                             "trained together; 'quality' compares the approximate training modes with the exact "
+                             "one and needs the weight files)")
     parser.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
                         help="training modes to time (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
                         help="batch sizes for the generator and encoder sections (default: 1 4 16 / 1 32 128 "
                              "on CUDA, 1 4 / 1 8 on the CPU)")
+    parser.add_argument("--candidates", nargs="+", type=int, default=None, metavar="K",
+                        help="numbers of candidates for the candidates section (default 1 2 4 8; its mode: the "
+                             "first of --modes, default fast)")
+    parser.add_argument("--candidate-chunk", type=int, default=None, metavar="N",
+                        help="candidates section: faces rendered per pass (default: all K x 4 at once)")
     parser.add_argument("--job-timeout", type=float, default=None, metavar="S",
                         help="skip a measurement still running after S seconds (default: no limit)")
     parser.add_argument("--profile", choices=list(TRAIN_MODES), default=None, metavar="MODE",
@@ -88,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     steps = args.train_steps or (30 if device.type == "cuda" else 3)
     timed = [section for section in args.only if section != "quality"]
-    jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches)
+    jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches, candidates=args.candidates,
+                candidate_chunk=args.candidate_chunk)
     report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
     if "quality" in args.only:
         report["rows"] += _quality(args, device)

@@ -7,6 +7,7 @@ without any weight file. Three sections:
   generator   synthesis at 1024 px, forward and forward+backward, per batch size and dtype
   encoder     e4e encoding of aligned 256 px faces (the network only; alignment is dlib on the CPU)
   train       TargetCLIP seconds per step with 4 sources, per training mode
+  candidates  K directions trained together (4 sources each): seconds per step and per direction
 
 Each measurement runs in its own subprocess, so "peak MB" is that run's own high-water mark: on the
 CPU the resident memory added after the models were built, on CUDA ``torch.cuda.max_memory_allocated``.
@@ -150,6 +151,32 @@ def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "au
             "projected_1000_steps_s": seconds * 1000, "peak_mb": peak()}
 
 
+def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None) -> dict:
+    """K candidates from K random starts trained in one batched optimisation, timed per step like
+    ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
+    from essence.train import TrainSettings, train_candidates
+
+    problem = training_problem(device)
+    init = problem.pop("init")
+    inits = [init] + [problem["generator"].sample_wplus(1, seed=3 + k, truncation=0.7) for k in range(candidates - 1)]
+    stamps: list[float] = []
+
+    def progress(_) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    overrides = {**TRAIN_MODES[mode], **({"chunk_size": chunk} if chunk else {})}
+    peak = _peak_tracker(device)
+    start = time.perf_counter()
+    train_candidates(**problem, inits=inits, settings=TrainSettings(steps=steps, progress_every=1, **overrides),
+                     progress=progress)
+    per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
+    seconds = statistics.median(per_step)
+    return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
+            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak()}
+
+
 def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30) -> str:
     """The operators that take a training step's time, as torch.profiler's table: where to optimise.
 
@@ -177,11 +204,14 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
 
 def plan(device: torch.device, sections: list[str], train_steps: int, modes: list[str] | None = None,
-         batches: list[int] | None = None) -> list[dict]:
+         batches: list[int] | None = None, candidates: list[int] | None = None,
+         candidate_chunk: int | None = None) -> list[dict]:
     """Every measurement to run, as the arguments of one ``--one`` subprocess each.
 
-    ``modes`` picks training modes (default: all that suit the device); ``batches`` replaces the
-    default batch sizes of the generator and encoder sections.
+    ``modes`` picks training modes (default: all that suit the device; the candidates section: the
+    first of them, else ``fast``); ``batches`` replaces the default batch sizes of the generator and
+    encoder sections; ``candidates`` the K of the candidates section (default 1 2 4 8), whose passes
+    hold ``candidate_chunk`` faces (default: all K x 4).
     """
     cuda = device.type == "cuda"
     dtypes = ["float32", "bfloat16"] if cuda else ["float32"]
@@ -196,6 +226,10 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
     if "train" in sections:
         chosen = modes or list(TRAIN_MODES)
         jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
+    if "candidates" in sections:
+        mode = (modes or ["fast"])[0]
+        jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk}
+                 for k in (candidates or [1, 2, 4, 8])]
     return jobs
 
 
@@ -208,6 +242,8 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
                                  job.get("upsample", "auto"))
     elif kind == "encoder":
         result = bench_encoder(device, job["batch"], job["dtype"], repeats)
+    elif kind == "candidates":
+        result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"))
     else:
         result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"))
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
@@ -232,6 +268,11 @@ def format_row(row: dict) -> str:
     if row["kind"] == "encoder":
         what = f"e4e encode                  batch {row['batch']:<3} {row['dtype']:<8}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"
+    if row["kind"] == "candidates":
+        chunk = f" chunk {row['chunk']}" if row.get("chunk") else ""
+        what = f"train {row['candidates']} candidates x 4 sources {row['mode']}{chunk}"
+        return (f"{what:<54}{row['seconds_per_step']:>9.3f} s/step {row['seconds_per_direction_step']:>9.3f} "
+                f"s/step per direction {row['peak_mb']:>7.0f} MB")
     what = f"train 4 sources             {row['mode']}{_variant(row)}"
     total = row["projected_1000_steps_s"]
     per_1000 = f"{total:.0f} s" if total < 600 else f"{total / 60:.1f} min"

@@ -38,7 +38,9 @@ from .modes import TRAIN_MODES, TrainMode, train_mode
 from .paste import paste_back, paste_mask
 from .runtime import clear_model_cache, default_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator
-from .train import TrainResult, TrainSettings, train_direction, train_direction_fitting_memory
+from .train import (TrainResult, TrainSettings, train_candidates, train_candidates_fitting_memory, train_direction,
+                    train_direction_fitting_memory)
+from .candidates import CandidateChoice, candidate_starts, choose_candidate, objective_scorer, train_best_candidate
 from .version import __version__
 
 __all__ = [
@@ -50,6 +52,8 @@ __all__ = [
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
     "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
+    "train_candidates", "train_candidates_fitting_memory", "candidate_starts", "choose_candidate",
+    "objective_scorer", "train_best_candidate", "CandidateChoice",
     "TRAIN_MODES", "TrainMode", "train_mode",
     "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .apply import image_grid, mix_directions, strength_sweep
+from .candidates import candidate_starts, train_best_candidate
 from .direction import AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, load_direction, target_thumbnail
 from .errors import EssenceError, MissingWeightsError
 from .files import atomic_write
@@ -123,6 +124,11 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--lambda-transfer", type=float, default=1.0)
     p.add_argument("--lambda-consistency", type=float, default=0.5)
     p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
+    p.add_argument("--candidates", type=int, default=1, metavar="K",
+                   help="train K directions together (from the target's inversion, perturbations of it and "
+                        "random latents) and write the one that scores best on held-out faces (default 1)")
+    p.add_argument("--keep-all", action="store_true",
+                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
     _add_model_options(p, encoder=True, guide=True)
     p.set_defaults(handler=_cmd_train, out_of_memory_advice="Use fewer source faces (--sample or a smaller "
                    "--sources file), --render-size 256, a +bf16 --mode, or --device cpu.")
@@ -132,6 +138,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
+    if args.candidates < 1:
+        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
+    if args.keep_all and args.candidates < 2:
+        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
     options = {"render_size": args.render_size} if args.render_size is not None else {}
     settings = train_mode(args.mode).settings(
         steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
@@ -148,18 +158,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
         source_note = f"{args.sample} random samples (seed {args.seed + 1}, truncation 0.7)"
     init, init_note = _initial_direction(args, generator, targets)
     print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
-          f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode.")
-    result = train_direction_fitting_memory(
-        targets, sources, generator, guide, init=init, settings=settings,
-        make_progress=lambda: training_progress_bar(args.steps), on_retry=report_memory_retry,
-        metadata={"name": args.name or Path(args.targets[0]).stem, "target": [Path(t).name for t in args.targets],
-                  "init": init_note, "source_latents": source_note})
+          f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode"
+          + (f", {args.candidates} candidates." if args.candidates > 1 else "."))
+    metadata = {"name": args.name or Path(args.targets[0]).stem, "target": [Path(t).name for t in args.targets],
+                "init": init_note, "source_latents": source_note}
+    if args.candidates > 1:
+        result = _train_candidates(args, targets, sources, generator, guide, init, settings, metadata, out)
+    else:
+        result = train_direction_fitting_memory(
+            targets, sources, generator, guide, init=init, settings=settings,
+            make_progress=lambda: training_progress_bar(args.steps), on_retry=report_memory_retry,
+            metadata=metadata)
     result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
     terms = result.direction.meta["losses"]
     print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
           f"{terms['transfer']:.4f}, consistency {terms['consistency']:.4f}; {result.seconds:.1f} s).")
     return 0
+
+
+def _train_candidates(args: argparse.Namespace, targets, sources, generator, guide, init, settings: TrainSettings,
+                      metadata: dict[str, Any], out: Path):
+    """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
+    returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
+    starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
+                              seed=args.seed, truncation=settings.random_init_truncation)
+    choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,
+                                  make_progress=lambda: training_progress_bar(args.steps),
+                                  on_retry=report_memory_retry)
+    print(f"Candidates, scored by {choice.best.meta['selection']['method']}:")
+    for index, direction in enumerate(choice.directions):
+        mark = "  <- chosen" if index == choice.ranking[0] else ""
+        print(f"  {index}: score {choice.scores[index]:.4f}, rank {direction.meta['selection']['rank']}, "
+              f"training loss {direction.meta['losses']['total']:.4f} ({direction.meta['init']}){mark}")
+        if args.keep_all:
+            direction.thumbnail = target_thumbnail(targets[0])
+            path = direction.save(out.with_name(f"{out.stem}.cand{index}{out.suffix}"))
+            print(f"     saved {path}")
+    return choice.best_result
 
 
 def _initial_direction(args: argparse.Namespace, generator, targets) -> tuple[Any, str]:

@@ -20,15 +20,20 @@ named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced prec
 anyway), skipping the two most expensive resolutions. Two exact options
 trade time for memory: ``chunk_size`` renders a few sources per pass, ``recompute_from`` re-runs the
 largest layers during the backward pass instead of keeping their activations.
+
+``train_candidates`` runs this loop for K directions at once (K x N faces per generator pass, each
+candidate with its own parameters, optimiser state, losses and best step); ``train_direction`` is its
+one-candidate case.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -91,17 +96,19 @@ _PASS_BYTES_PER_1024PX_FACE = {(False, False): 1.85e9, (True, False): 0.93e9, (F
                                (True, True): 0.25e9}  # (reduced precision, early exit) -> bytes
 
 
-def training_memory(generator: StyleGAN2Generator, sources: int, settings: TrainSettings) -> int:
+def training_memory(generator: StyleGAN2Generator, sources: int, settings: TrainSettings, candidates: int = 1) -> int:
     """About how many bytes of device memory training needs besides the models' weights.
 
     A host that shares the GPU with other models (ComfyUI) asks for this room before training
     starts, rather than running out part way. An estimate: the measured per-face peaks above, scaled
-    by the generator's image area and by the faces rendered per pass (``chunk_size``).
+    by the generator's image area and by the faces rendered per pass (``chunk_size``); candidates
+    trained together render ``candidates x sources`` faces, in passes of ``chunk_size``.
     """
     reduced = settings.autocast is not None
     early_exit = settings.render_size is not None and settings.render_size < generator.size
     per_face = _PASS_BYTES_PER_1024PX_FACE[(reduced, early_exit)] * (generator.size / 1024) ** 2
-    return int(per_face * min(sources, settings.chunk_size or sources))
+    rows = sources * candidates
+    return int(per_face * min(rows, settings.chunk_size or rows))
 
 
 @dataclass
@@ -116,6 +123,7 @@ class TrainProgress:
     lr: float
     best_loss: float
     direction: torch.Tensor  # the current direction [1, n_latent, D], detached
+    candidate: int = 0  # with several candidates: the one reported (the lowest best loss so far)
 
 
 @dataclass
@@ -272,18 +280,58 @@ def train_direction(
 
     Runs with gradients enabled even when called under ``torch.no_grad`` / ``inference_mode``
     (ComfyUI); the models' own weights stay frozen. Nothing is written to disk.
+    This is ``train_candidates`` with one candidate: the same loop, the same numbers.
     """
+    return train_candidates(target, sources, generator, guide, [init], settings,
+                            target_embedding_override=target_embedding_override, progress=progress,
+                            should_stop=should_stop, metadata=metadata)[0]
+
+
+def train_candidates(
+    target: Any,
+    sources: torch.Tensor,
+    generator: StyleGAN2Generator,
+    guide: ClipGuide,
+    inits: Sequence[torch.Tensor | Literal["random"]],
+    settings: TrainSettings = TrainSettings(),
+    *,
+    target_embedding_override: torch.Tensor | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    metadata: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+) -> list[TrainResult]:
+    """Train one direction per start in ``inits`` together, one ``TrainResult`` per start, in order.
+
+    TargetCLIP's authors train several directions per target and keep the best, because some starts
+    fail. Here the K candidates share every generator pass (K x N edited faces per step, in passes
+    of ``chunk_size`` faces) but nothing else: each has its own direction and Adam state, its own
+    per-source coefficients (with the reference's fresh Adam every step), its own losses and its own
+    best step, so each ends where ``train_direction`` from the same start would (to float rounding:
+    a larger batch may round differently). ``metadata`` is one dict for all candidates or one per
+    candidate. ``progress`` reports the candidate with the lowest best loss so far (its index is
+    ``TrainProgress.candidate``). Arguments otherwise as ``train_direction``; starts:
+    ``essence.candidate_starts``.
+    """
+    if len(inits) < 1:
+        raise EssenceError("train_candidates needs at least one start in inits.")
+    metas = list(metadata) if isinstance(metadata, (list, tuple)) else [metadata or {}] * len(inits)
+    if len(metas) != len(inits):
+        raise EssenceError(f"metadata must be one dict or one per start: {len(metas)} for {len(inits)} starts.")
     device = generator.latent_avg.device
-    init_method = (metadata or {}).get("init") or ("random" if isinstance(init, str) else "given")
-    if isinstance(init, str):
-        if init != "random":
-            raise EssenceError(f"init must be a tensor or 'random', got {init!r}.")
-        init = random_initial_direction(generator, settings.seed, settings.random_init_truncation)
+    starts, notes = [], []
+    for init, meta in zip(inits, metas):
+        notes.append((meta or {}).get("init") or ("random" if isinstance(init, str) else "given"))
+        if isinstance(init, str):
+            if init != "random":
+                raise EssenceError(f"init must be a tensor or 'random', got {init!r}.")
+            init = random_initial_direction(generator, settings.seed, settings.random_init_truncation)
+        starts.append(init)
     with torch.inference_mode(False), torch.enable_grad():
         # tensors made under inference mode cannot join autograd: copy them out of it
         sources_ = sources.detach().clone().to(device, torch.float32)
-        init_ = init.detach().clone().to(device, torch.float32)
-        _check_inputs(sources_, init_, generator, settings)
+        inits_ = [init.detach().clone().to(device, torch.float32) for init in starts]
+        for init_ in inits_:
+            _check_inputs(sources_, init_, generator, settings)
         if target_embedding_override is not None:
             require_finite(target_embedding_override, "the target embedding")
             target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
@@ -291,10 +339,10 @@ def train_direction(
             target_ = target_embedding(guide, target).clone().to(device)
         torch.manual_seed(settings.seed)
         try:
-            return _optimise(sources_, init_, target_, generator, guide, settings, progress, should_stop,
-                             {**(metadata or {}), "init": init_method})
+            return _optimise(sources_, torch.cat(inits_), target_, generator, guide, settings, progress,
+                             should_stop, [{**(meta or {}), "init": note} for meta, note in zip(metas, notes)])
         except (torch.OutOfMemoryError, RuntimeError) as exc:
-            _raise_if_out_of_memory(exc, sources_.shape[0], settings.chunk_size)
+            _raise_if_out_of_memory(exc, sources_.shape[0], len(inits_), settings.chunk_size)
             raise
 
 
@@ -319,89 +367,158 @@ def train_direction_fitting_memory(
     per pass does not fit it is a ``DeviceMemoryError`` (the caller adds what its user can do).
     This is the only retry layer of training. Other keyword arguments go to ``train_direction``.
     """
-    count = sources.shape[0]
+    return train_candidates_fitting_memory(target, sources, generator, guide, [init], settings,
+                                           make_progress=make_progress, on_retry=on_retry, release=release,
+                                           **kwargs)[0]
 
-    def attempt(chunk: int) -> TrainResult:
-        chunked = replace(settings, chunk_size=chunk if chunk < count else None)
+
+def train_candidates_fitting_memory(
+    target: Any,
+    sources: torch.Tensor,
+    generator: StyleGAN2Generator,
+    guide: ClipGuide,
+    inits: Sequence[torch.Tensor | Literal["random"]],
+    settings: TrainSettings = TrainSettings(),
+    *,
+    make_progress: Callable[[], Callable[[TrainProgress], None]] | None = None,
+    on_retry: Callable[[int], None] | None = None,
+    release: Callable[[], None] = release_device_memory,
+    **kwargs: Any,
+) -> list[TrainResult]:
+    """``train_candidates`` with ``train_direction_fitting_memory``'s retries: a pass holds up to
+    ``chunk_size`` of the K x N edited faces, halved on out-of-memory down to one (same results)."""
+    rows = sources.shape[0] * len(inits)
+
+    def attempt(chunk: int) -> list[TrainResult]:
+        chunked = replace(settings, chunk_size=chunk if chunk < rows else None)
         progress = make_progress() if make_progress is not None else None
-        return train_direction(target, sources, generator, guide, init, chunked, progress=progress, **kwargs)
+        return train_candidates(target, sources, generator, guide, inits, chunked, progress=progress, **kwargs)
 
-    return retry_smaller_on_oom(attempt, min(settings.chunk_size or count, count),
-                                f"training ({count} source faces)", release=release, on_retry=on_retry)
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
+                                f"training ({_faces(sources.shape[0], len(inits))})", release=release,
+                                on_retry=on_retry)
 
 
-def _raise_if_out_of_memory(exc: BaseException, count: int, chunk: int | None) -> None:
+def _faces(count: int, candidates: int) -> str:
+    """What one training step renders, for messages."""
+    if candidates == 1:
+        return f"{count} source faces"
+    return f"{candidates} candidates x {count} source faces"
+
+
+def _raise_if_out_of_memory(exc: BaseException, count: int, candidates: int, chunk: int | None) -> None:
     """Turn a device out-of-memory error into a ``DeviceMemoryError`` saying what ran out, with the
     library's advice (its keyword arguments); ``train_direction_fitting_memory`` retries it smaller."""
     if not is_out_of_memory(exc):
         return
     release_device_memory()
-    per_pass = min(chunk or count, count)
+    rows = count * candidates
+    per_pass = min(chunk or rows, rows)
     advice = (f"Lower chunk_size (it is {per_pass}): the same result with less memory."
               if per_pass > 1 else "Use fewer source faces, render_size=256 or a reduced-precision autocast.")
-    raise DeviceMemoryError(f"training ({count} source faces, {per_pass} rendered per pass)", advice) from exc
+    raise DeviceMemoryError(f"training ({_faces(count, candidates)}, {per_pass} rendered per pass)", advice) from exc
 
 
-def _loss_and_backward(edited, count: int, chunk: int | None, e_src, target, s: TrainSettings):
-    """Loss terms for all sources, with their gradient accumulated into the parameters.
+def _loss_and_backward(edited, candidates: int, count: int, chunk: int | None, e_src, target, s: TrainSettings):
+    """Loss terms [K] of every candidate, with their gradients accumulated into the parameters.
 
-    In one pass when ``chunk`` covers every source. Otherwise exactly the same gradient with the
+    Each candidate's loss is computed on its own N edited embeddings exactly as a single run would;
+    their sum is back-propagated (candidates share no parameter, so each gets its own gradient).
+    In one pass when ``chunk`` covers all K x N faces. Otherwise exactly the same gradient with the
     memory of one chunk: first every edited embedding without autograd, then the loss and its
     gradient with respect to those embeddings (tiny), then each chunk is rendered again with
     autograd and that slice of the gradient is back-propagated through it.
     """
     def terms(e_amp):
-        transfer, consistency = essence_losses(e_src, e_amp, target)
-        return s.lambda_transfer * transfer + s.lambda_consistency * consistency, transfer, consistency
+        per_candidate = e_amp.reshape(candidates, count, -1)
+        loss, transfer, consistency = [], [], []
+        for k in range(candidates):
+            t, c = essence_losses(e_src, per_candidate[k], target)
+            loss.append(s.lambda_transfer * t + s.lambda_consistency * c)
+            transfer.append(t)
+            consistency.append(c)
+        return torch.stack(loss), torch.stack(transfer), torch.stack(consistency)
 
-    if chunk is None or chunk >= count:
-        loss, transfer, consistency = terms(edited(slice(None)))
-        loss.backward()
+    rows = candidates * count
+    if chunk is None or chunk >= rows:
+        loss, transfer, consistency = terms(edited(0, rows))
+        (loss[0] if candidates == 1 else loss.sum()).backward()
         return loss, transfer, consistency
-    slices = [slice(i, min(i + chunk, count)) for i in range(0, count, chunk)]
+    slices = _passes(candidates, count, chunk)
     with torch.no_grad():
-        e_amp = torch.cat([edited(rows) for rows in slices])
+        e_amp = torch.cat([edited(*rows_) for rows_ in slices])
     e_amp.requires_grad_(True)
     loss, transfer, consistency = terms(e_amp)
-    loss.backward()
-    for rows in slices:
-        edited(rows).backward(e_amp.grad[rows])
+    (loss[0] if candidates == 1 else loss.sum()).backward()
+    for start, stop in slices:
+        edited(start, stop).backward(e_amp.grad[start:stop])
     return loss, transfer, consistency
 
 
-def _optimise(sources, init, target, generator, guide, s: TrainSettings, progress, should_stop, meta) -> TrainResult:
+def embed_faces(latents: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
+                s: TrainSettings) -> torch.Tensor:
+    """CLIP embeddings [B, C] (float32, not normalised) of the faces of W+ ``latents``, seen the way
+    training sees them (``s``'s autocast, render size, recomputation and CLIP preprocessing)."""
+    # reduced precision for the generator only: the consistency loss compares nearly equal
+    # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
+    with autocast_for(latents.device, s.autocast):
+        images = generator.synthesize(latents, stop_at=s.render_size, recompute_from=s.recompute_from)
+    return guide.embed_generated(images.float(), mode=s.clip_mode).float()
+
+
+def _passes(candidates: int, count: int, chunk: int) -> list[tuple[int, int]]:
+    """Row ranges of the K x N (candidate-major) faces rendered per pass, at most ``chunk`` each.
+
+    Passes never split a candidate's faces differently from a single run with the same
+    ``chunk_size``: whole candidates per pass when ``chunk >= N``, else each candidate's faces in
+    slices of ``chunk``. A generator pass over a different mix of faces may round differently, so
+    this keeps every candidate's numbers equal to its single run's.
+    """
+    if chunk >= count:
+        per_pass = chunk // count * count
+        return [(i, min(i + per_pass, candidates * count)) for i in range(0, candidates * count, per_pass)]
+    return [(k * count + i, k * count + min(i + chunk, count))
+            for k in range(candidates) for i in range(0, count, chunk)]
+
+
+def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop,
+              metas: list[dict[str, Any]]) -> list[TrainResult]:
+    """The loop for K candidates at once: ``inits`` [K, n_latent, D], one metadata dict each."""
     device = sources.device
     count = sources.shape[0]
+    candidates = inits.shape[0]
     use_coefficients = s.lambda_consistency > 0
 
     def render_and_embed(latents: torch.Tensor) -> torch.Tensor:
-        # reduced precision for the generator only: the consistency loss compares nearly equal
-        # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
-        with autocast_for(device, s.autocast):
-            images = generator.synthesize(latents, stop_at=s.render_size, recompute_from=s.recompute_from)
-        return guide.embed_generated(images.float(), mode=s.clip_mode).float()
+        return embed_faces(latents, generator, guide, s)
 
     def embed_sources() -> torch.Tensor:
         step = s.chunk_size or count
         with torch.no_grad():
             return torch.cat([render_and_embed(part) for part in sources.split(step)])
 
-    direction = init.clone().requires_grad_(True)
-    coefficients = torch.ones(count, device=device, requires_grad=use_coefficients)
+    direction = inits.clone().requires_grad_(True)  # [K, n_latent, D]: one Adam, elementwise = K Adams
+    coefficients = torch.ones(candidates, count, device=device, requires_grad=use_coefficients)
 
-    def edited(rows: slice) -> torch.Tensor:
-        part = direction * coefficients[rows, None, None] if use_coefficients else direction
-        return render_and_embed(sources[rows] + part)
+    def edited(start: int, stop: int) -> torch.Tensor:
+        """Embeddings of edited faces ``start:stop`` of the K x N (candidate-major) batch; each
+        candidate's latents are formed exactly as a single run forms them."""
+        parts = []
+        for k in range(start // count, (stop - 1) // count + 1):
+            rows = slice(max(start - k * count, 0), min(stop - k * count, count))
+            own = direction[k:k + 1]
+            parts.append(sources[rows] + (own * coefficients[k, rows, None, None] if use_coefficients else own))
+        return render_and_embed(parts[0] if len(parts) == 1 else torch.cat(parts))
 
     optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
     coefficient_lr = s.lr if s.coefficient_lr is None else s.coefficient_lr
     cached_src = embed_sources() if s.loop == "fast" else None
 
-    best_loss = torch.full((), float("inf"), device=device)
+    best_loss = torch.full((candidates,), float("inf"), device=device)
     best_direction = direction.detach().clone()
-    best_step = torch.zeros((), dtype=torch.long, device=device)
+    best_step = torch.zeros(candidates, dtype=torch.long, device=device)
     step_counter = torch.zeros((), dtype=torch.long, device=device)  # on the device: no per-step copy
-    history: list[torch.Tensor] = []  # [loss, transfer, consistency] per step, kept on the device
+    history: list[torch.Tensor] = []  # [K, (loss, transfer, consistency)] per step, kept on the device
     start = time.perf_counter()
     for step in range(s.steps):
         if should_stop is not None and should_stop():
@@ -415,7 +532,7 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
         optimizer.zero_grad(set_to_none=True)
         if coef_optimizer is not None:
             coef_optimizer.zero_grad(set_to_none=True)
-        loss, transfer, consistency = _loss_and_backward(edited, count, s.chunk_size, e_src, target, s)
+        loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
         if coef_optimizer is not None:
             coef_optimizer.step()
         optimizer.step()
@@ -424,34 +541,44 @@ def _optimise(sources, init, target, generator, guide, s: TrainSettings, progres
             pre_step_loss = loss.detach()
             improved = pre_step_loss < best_loss
             best_loss = torch.where(improved, pre_step_loss, best_loss)
-            best_direction = torch.where(improved, direction.detach(), best_direction)
+            best_direction = torch.where(improved[:, None, None], direction.detach(), best_direction)
             best_step = torch.where(improved, step_counter, best_step)
             step_counter += 1
-            history.append(torch.stack([pre_step_loss, transfer.detach(), consistency.detach()]))
+            history.append(torch.stack([pre_step_loss, transfer.detach(), consistency.detach()], dim=1))
         done = step + 1
         if progress is not None and (done % s.progress_every == 0 or done == s.steps):
-            last = history[-1].tolist()
-            progress(TrainProgress(done, s.steps, last[0], last[1], last[2], lr, best_loss.item(),
-                                   direction.detach().clone()))
+            lead = int(best_loss.argmin().item())
+            last = history[-1][lead].tolist()
+            progress(TrainProgress(done, s.steps, last[0], last[1], last[2], lr, best_loss[lead].item(),
+                                   direction[lead:lead + 1].detach().clone(), lead))
 
     seconds = time.perf_counter() - start
-    table = torch.stack(history).cpu().tolist()
-    best = int(best_step.item())
-    losses, transfers, consistencies = (list(column) for column in zip(*table))
-    result_meta = direction_metadata(
+    table = torch.stack(history).cpu().tolist()  # [steps][K][3]
+    bests = best_step.tolist()
+    common = dict(
         latent_space=asdict(LatentSpace.of_generator(generator)),
         generator_fingerprint=generator.fingerprint(),
         clip_model=guide.name,
         hyperparameters={**{k: v for k, v in asdict(s).items() if k != "progress_every"},
                          "coefficient_lr": coefficient_lr},
         sources=count,
-        losses={"total": losses[best], "transfer": transfers[best], "consistency": consistencies[best],
-                "best_step": best, "steps": s.steps},
-        train_seconds=round(seconds, 3),
     )
-    result_meta.update(meta)
-    return TrainResult(
-        direction=Direction(best_direction.cpu(), result_meta),
-        losses=losses, transfer=transfers, consistency=consistencies, best_step=best, seconds=seconds,
-        coefficients=coefficients.detach().cpu().tolist(),
-    )
+    results = []
+    for k in range(candidates):
+        losses, transfers, consistencies = (list(column) for column in zip(*(row[k] for row in table)))
+        best = bests[k]
+        result_meta = direction_metadata(
+            **copy.deepcopy(common),
+            losses={"total": losses[best], "transfer": transfers[best], "consistency": consistencies[best],
+                    "best_step": best, "steps": s.steps},
+            train_seconds=round(seconds, 3),
+        )
+        if candidates > 1:
+            result_meta.update(candidate=k, candidates=candidates)
+        result_meta.update(metas[k])
+        results.append(TrainResult(
+            direction=Direction(best_direction[k:k + 1].cpu(), result_meta),
+            losses=losses, transfer=transfers, consistency=consistencies, best_step=best, seconds=seconds,
+            coefficients=coefficients[k].detach().cpu().tolist(),
+        ))
+    return results

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .. import essence
+from ..essence.candidates import candidate_starts, train_best_candidate
 from ..essence.errors import DeviceMemoryError
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
@@ -88,6 +89,9 @@ class EssenceTrain:
                              "coefficients (official: 0.2).", 0.001),
                 "weight_decay": number(DEFAULTS.weight_decay, 0.0, 1.0, "L2 weight decay of the direction "
                                        "(official: 0.003).", 0.0001),
+                "candidates": integer(1, 1, 16, "Train this many directions together (from the target's "
+                                      "inversion, perturbations of it and random latents) and output the one "
+                                      "that scores best on held-out faces; its metadata records every score."),
             },
         }
 
@@ -96,28 +100,35 @@ class EssenceTrain:
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
               landmarks: essence.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
-              weight_decay: float = DEFAULTS.weight_decay) -> tuple[essence.Direction, torch.Tensor]:
+              weight_decay: float = DEFAULTS.weight_decay,
+              candidates: int = 1) -> tuple[essence.Direction, torch.Tensor]:
         settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         start, note = initial_direction(init, target, generator, encoder, landmarks)
-        room = training_memory(generator, len(sources), settings)
+        room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
-            result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every)
+            result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every,
+                                    candidates)
             preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
         return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
-                  note: str, preview_every: int) -> essence.TrainResult:
+                  note: str, preview_every: int, candidates: int = 1) -> essence.TrainResult:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
-        chunks when the device runs out of memory (same result, less memory)."""
-        return train_direction_fitting_memory(
-            target, sources.latents, generator, guide, init=start, settings=settings,
-            make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
-                                                     preview_every),
-            release=host.release_memory, should_stop=_interrupted,
-            metadata={"init": note})
+        chunks when the device runs out of memory (same result, less memory). Several candidates:
+        trained together and the best kept (its result, carrying the direction with its selection)."""
+        hooks = dict(make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES],
+                                                              settings.steps, preview_every),
+                     release=host.release_memory, should_stop=_interrupted)
+        if candidates == 1:
+            return train_direction_fitting_memory(target, sources.latents, generator, guide, init=start,
+                                                  settings=settings, metadata={"init": note}, **hooks)
+        starts = candidate_starts(candidates, generator, None if isinstance(start, str) else start,
+                                  seed=settings.seed, truncation=settings.random_init_truncation)
+        choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings, **hooks)
+        return choice.best_result
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:

@@ -87,3 +87,12 @@ def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys):
     assert module.main(fixtures, "cpu", tf32=False) == 0
     out = capsys.readouterr().out
     assert "strict float32" in out and "FAIL" not in out and out.count("ok ") == 9
+
+
+def test_the_candidates_section_times_each_k_in_one_mode_and_reports_per_direction():
+    jobs = plan(torch.device("cpu"), ["candidates"], train_steps=3, modes=["fast+256px"], candidate_chunk=4)
+    assert [(j["candidates"], j["mode"], j["chunk"]) for j in jobs] == [(k, "fast+256px", 4) for k in (1, 2, 4, 8)]
+    assert [j["candidates"] for j in plan(torch.device("cpu"), ["candidates"], 3, candidates=[2])] == [2]
+    row = {"kind": "candidates", "candidates": 4, "mode": "fast", "chunk": None, "seconds_per_step": 2.0,
+           "seconds_per_direction_step": 0.5, "peak_mb": 10.0}
+    assert "train 4 candidates x 4 sources fast" in format_row(row) and "0.500 s/step per direction" in format_row(row)

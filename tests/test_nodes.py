@@ -261,6 +261,21 @@ def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixt
     assert loaded.meta["loss_curve"]["total"] == curve and torch.equal(loaded.thumbnail, direction.thumbnail)
 
 
+def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_env, models, fixtures):
+    generator, guide = models
+    spec = comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["candidates"]
+    assert spec[1]["default"] == 1
+    direction, preview = train(comfy_env, generator, guide, fixtures, steps=3, candidates=3)
+    selection = direction.meta["selection"]
+    assert selection["rank"] == 1 and len(selection["scores"]) == 3
+    assert selection["starts"] == ["random (seed 3)", "random (seed 4)", "random (seed 5)"]
+    assert len(direction.meta["loss_curve"]["total"]) == 3 and direction.meta["candidates"] == 3
+    from essence.render import render
+
+    expected = render(generator, sample(comfy_env, generator).latents + direction.tensor)
+    assert torch.allclose(preview, expected.permute(0, 2, 3, 1).add(1).div(2).clamp(0, 1), atol=1e-2)
+
+
 def test_official_mode_matches_fast_mode(comfy_env, models, fixtures):
     generator, guide = models
     fast, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="fast")

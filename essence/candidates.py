@@ -1,0 +1,161 @@
+"""Several candidate directions per target: where they start, and how the best one is chosen.
+
+TargetCLIP's authors note that some starts fail and train several directions per target, keeping
+the best by hand. Here the candidates train together (``essence.train_candidates``: one batched
+optimisation, each candidate exactly as it would train alone), start from the target's inversion,
+perturbations of it and seeded random latents (``candidate_starts``), and are ranked by a score on
+held-out faces that were not trained on (``choose_candidate``). The score is a parameter: any
+``Scorer`` (a direction -> a number, higher is better) can replace the default proxy.
+
+The default score, ``objective_scorer``, is a proxy that needs no identity model: the training
+objective itself, ``lambda_transfer * L_transfer + lambda_consistency * L_consistency``, on seeded
+held-out faces with every per-source coefficient 1 (the direction at strength 1), negated so that
+higher is better. It rewards looking like the target and changing every face the same way; it does
+not measure whether a face keeps its identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .clip_guide import ClipGuide, to_unit
+from .direction import Direction
+from .errors import EssenceError
+from .stylegan2 import StyleGAN2Generator
+from .train import (TrainResult, TrainSettings, embed_faces, essence_losses, random_initial_direction,
+                    target_embedding, train_candidates_fitting_memory)
+
+Scorer = Callable[[Direction], float]  # higher is better
+
+PERTURBATION = 0.5  # how far a perturbed start moves from the inversion, as a share of a random face's offset
+HELDOUT_SEED = 1_000_003  # held-out faces: a seed no CLI or node default trains on
+HELDOUT_FACES = 4
+OBJECTIVE_METHOD = ("proxy: minus the training objective (lambda_transfer * transfer + lambda_consistency * "
+                    "consistency) on {faces} held-out random faces (seed {seed}), coefficients 1; higher is "
+                    "better; no identity model")
+
+
+def candidate_starts(count: int, generator: StyleGAN2Generator, inversion: torch.Tensor | None = None, *,
+                     seed: int = 0, truncation: float = 0.7,
+                     perturbation: float = PERTURBATION) -> list[tuple[torch.Tensor, str]]:
+    """``count`` starting directions [1, n_latent, D], each with a note for its metadata.
+
+    With the target's ``inversion`` (TargetCLIP's start): start 0 is the inversion itself; after it,
+    in turn, a perturbation of the inversion, ``inversion + perturbation * (w_i - w_avg)`` with
+    ``w_i`` the seeded random start of seed ``seed + i`` (the inversion nudged toward another face),
+    and that random start itself. Without an inversion (cartoons, no encoder): random starts of seeds
+    ``seed, seed + 1, ...``; the first is the start ``train_direction`` uses for ``init="random"``
+    with ``TrainSettings(seed=seed)``. Random starts are truncated toward the mean face by
+    ``truncation``, as TargetCLIP's fallback.
+    """
+    if count < 1:
+        raise EssenceError(f"the number of candidates must be at least 1, got {count}.")
+    if not (math.isfinite(perturbation) and perturbation >= 0):
+        raise EssenceError(f"perturbation must be a finite number of at least 0, got {perturbation}.")
+    starts: list[tuple[torch.Tensor, str]] = []
+    if inversion is not None:
+        starts.append((inversion.detach().clone(), "e4e inversion of the target"))
+    for i in range(len(starts), count):
+        random = random_initial_direction(generator, seed + i, truncation)
+        if inversion is not None and i % 2 == 1:
+            offset = random - generator.latent_avg
+            starts.append((inversion.detach().to(random.device) + perturbation * offset,
+                           f"e4e inversion + {perturbation:g} x random offset (seed {seed + i})"))
+        else:
+            starts.append((random, f"random (seed {seed + i})"))
+    return starts
+
+
+def heldout_faces(generator: StyleGAN2Generator, count: int = HELDOUT_FACES, seed: int = HELDOUT_SEED,
+                  truncation: float = 0.7) -> torch.Tensor:
+    """Seeded random W+ faces [count, n_latent, D] to judge candidates on, apart from the training sources."""
+    with torch.no_grad():
+        return generator.sample_wplus(count, seed=seed, truncation=truncation).clone()
+
+
+def objective_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: Any, faces: torch.Tensor,
+                     settings: TrainSettings = TrainSettings(), *,
+                     target_embedding_override: torch.Tensor | None = None) -> Scorer:
+    """The proxy score (module docstring): minus the training objective on ``faces``, with every
+    coefficient 1, seen as ``settings`` trains (CLIP preprocessing, render size, autocast). The
+    faces are rendered once; each direction costs one pass over them (``chunk_size`` at a time)."""
+    device = generator.latent_avg.device
+    with torch.no_grad():
+        unit_target = (target_embedding(guide, target) if target_embedding_override is None
+                       else to_unit(target_embedding_override.detach().float().reshape(1, -1))).to(device)
+        faces = faces.detach().to(device, torch.float32)
+        step = settings.chunk_size or faces.shape[0]
+        e_src = torch.cat([embed_faces(part, generator, guide, settings) for part in faces.split(step)])
+
+    def score(direction: Direction) -> float:
+        with torch.no_grad():
+            edited = faces + direction.tensor.to(device, torch.float32)
+            e_amp = torch.cat([embed_faces(part, generator, guide, settings) for part in edited.split(step)])
+            transfer, consistency = essence_losses(e_src, e_amp, unit_target)
+            return -float(settings.lambda_transfer * transfer + settings.lambda_consistency * consistency)
+
+    return score
+
+
+@dataclass
+class CandidateChoice:
+    """Every candidate (in start order, each with its ``selection`` metadata) and the ranking."""
+
+    directions: list[Direction]
+    scores: list[float]
+    ranking: list[int]  # candidate indices, best first
+    results: list[TrainResult] = field(default_factory=list)
+
+    @property
+    def best(self) -> Direction:
+        return self.directions[self.ranking[0]]
+
+    @property
+    def best_result(self) -> TrainResult:
+        """The chosen candidate's training result, carrying its direction with the selection metadata."""
+        return replace(self.results[self.ranking[0]], direction=self.best)
+
+
+def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str) -> CandidateChoice:
+    """Score every candidate, rank them (higher first; a score that is not a number ranks last;
+    ties keep start order), and record in each direction's metadata, under ``selection``: how it
+    was chosen (``method``), its rank (1 = chosen), its index, every candidate's score and start."""
+    if not results:
+        raise EssenceError("there are no candidates to choose from.")
+    scores = [float(scorer(result.direction)) for result in results]
+    ranking = sorted(range(len(scores)), key=lambda i: (-scores[i] if math.isfinite(scores[i]) else math.inf, i))
+    starts = [result.direction.meta.get("init") for result in results]
+    directions = []
+    for index, result in enumerate(results):
+        selection = {"method": method, "rank": ranking.index(index) + 1, "candidate": index,
+                     "chosen": ranking[0], "scores": [round(s, 6) if math.isfinite(s) else None for s in scores],
+                     "starts": starts}
+        directions.append(Direction(result.direction.tensor, {**result.direction.meta, "selection": selection},
+                                    result.direction.thumbnail))
+    return CandidateChoice(directions, scores, ranking, list(results))
+
+
+def train_best_candidate(target: Any, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
+                         starts: Sequence[tuple[torch.Tensor, str]], settings: TrainSettings = TrainSettings(), *,
+                         scorer: Scorer | None = None, method: str | None = None,
+                         metadata: dict[str, Any] | None = None, **kwargs: Any) -> CandidateChoice:
+    """Train one candidate per start together (retrying with smaller passes on out-of-memory, as
+    ``train_candidates_fitting_memory``; its keyword arguments pass through) and rank them.
+
+    ``scorer`` defaults to ``objective_scorer`` on ``heldout_faces``; give ``method`` (a sentence
+    for the metadata) with your own scorer.
+    """
+    if scorer is not None and not method:
+        raise EssenceError("a custom scorer needs a method: a sentence saying how it scores, for the metadata.")
+    metas = [{**(metadata or {}), "init": note} for _, note in starts]
+    results = train_candidates_fitting_memory(target, sources, generator, guide, [start for start, _ in starts],
+                                              settings, metadata=metas, **kwargs)
+    if scorer is None:
+        scorer = objective_scorer(generator, guide, target, heldout_faces(generator), settings,
+                                  target_embedding_override=kwargs.get("target_embedding_override"))
+        method = OBJECTIVE_METHOD.format(faces=HELDOUT_FACES, seed=HELDOUT_SEED)
+    return choose_candidate(results, scorer, method)

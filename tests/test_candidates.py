@@ -1,0 +1,204 @@
+"""Several candidates per target: trained together exactly as alone, started and chosen as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import essence
+from essence.candidates import (HELDOUT_SEED, candidate_starts, choose_candidate, heldout_faces,
+                                objective_scorer, train_best_candidate)
+from essence.train import (TrainSettings, random_initial_direction, train_candidates, train_direction,
+                           training_memory)
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def models(fixtures):
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+    return generator, guide
+
+
+@pytest.fixture(scope="module")
+def trace(fixtures):
+    return load_file(fixtures / "targetclip_public_trace.safetensors")
+
+
+@pytest.fixture(scope="module")
+def target(fixtures):
+    return Image.open(fixtures / "face_a.jpg")
+
+
+@pytest.fixture(scope="module")
+def starts(models, trace):
+    generator, _ = models
+    return [start for start, _ in candidate_starts(3, generator, trace["init_direction"], seed=1)]
+
+
+def assert_same_trajectory(batched: essence.TrainResult, alone: essence.TrainResult) -> None:
+    """Per step, the loss terms agree to 1e-4 relative; so do the kept direction and the coefficients."""
+    for name in ("losses", "transfer", "consistency"):
+        b, a = torch.tensor(getattr(batched, name)), torch.tensor(getattr(alone, name))
+        assert b.shape == a.shape == (STEPS,)
+        assert ((b - a).abs() <= 1e-4 * a.abs() + 1e-7).all(), (name, b, a)
+    assert batched.best_step == alone.best_step
+    d_b, d_a = batched.direction.tensor, alone.direction.tensor
+    assert ((d_b - d_a).norm() / d_a.norm()).item() < 1e-4
+    assert torch.allclose(torch.tensor(batched.coefficients), torch.tensor(alone.coefficients), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"chunk_size": 3}, {"loop": "official", "chunk_size": 6}],
+                         ids=["one-pass", "chunk3", "official-chunk6"])
+def test_candidates_trained_together_follow_their_single_runs(models, trace, target, starts, options):
+    generator, guide = models
+    settings = TrainSettings(steps=STEPS, **options)
+    batched = train_candidates(target, trace["sources"], generator, guide, starts, settings)
+    assert len(batched) == len(starts)
+    for k, start in enumerate(starts):
+        alone = train_direction(target, trace["sources"], generator, guide, init=start, settings=settings)
+        assert_same_trajectory(batched[k], alone)
+        assert batched[k].direction.meta["candidate"] == k and batched[k].direction.meta["candidates"] == 3
+    # the candidates really differ: each followed its own start
+    assert len({round(r.losses[-1], 6) for r in batched}) == len(starts)
+
+
+def test_one_candidate_is_train_direction_with_unchanged_metadata(models, trace, target):
+    generator, guide = models
+    settings = TrainSettings(steps=3)
+    [batched] = train_candidates(target, trace["sources"], generator, guide, ["random"], settings)
+    alone = train_direction(target, trace["sources"], generator, guide, init="random", settings=settings)
+    assert batched.losses == alone.losses
+    assert torch.equal(batched.direction.tensor, alone.direction.tensor)
+    assert "candidate" not in batched.direction.meta and batched.direction.meta["init"] == "random"
+
+
+def test_progress_reports_the_leading_candidate(models, trace, target, starts):
+    generator, guide = models
+    seen = []
+    results = train_candidates(target, trace["sources"], generator, guide, starts,
+                               TrainSettings(steps=4, progress_every=2), progress=seen.append)
+    assert [p.step for p in seen] == [2, 4]
+    lead = min(range(len(results)), key=lambda k: results[k].best_loss)
+    assert seen[-1].candidate == lead
+    assert seen[-1].best_loss == pytest.approx(results[lead].best_loss)
+    assert seen[-1].direction.shape == starts[0].shape
+
+
+def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace, target, starts, monkeypatch):
+    from essence.stylegan2 import StyleGAN2Generator
+
+    generator, guide = models
+    expected = train_candidates(target, trace["sources"], generator, guide, starts,
+                                TrainSettings(steps=3, chunk_size=3))
+    synthesize = StyleGAN2Generator.synthesize
+
+    def limited(self, latent, *args, **kwargs):
+        if latent.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return synthesize(self, latent, *args, **kwargs)
+
+    monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
+    retries = []
+    results = essence.train_candidates_fitting_memory(
+        target, trace["sources"], generator, guide, starts, TrainSettings(steps=3), on_retry=retries.append,
+        release=lambda: None)
+    assert retries == [6, 3]  # 12 faces per pass, then 6 (whole candidates: 4), then 3
+    for got, want in zip(results, expected):
+        assert got.losses == want.losses
+        assert torch.equal(got.direction.tensor, want.direction.tensor)
+    with pytest.raises(essence.DeviceMemoryError, match=r"3 candidates x 4 source faces, 12 rendered per pass"):
+        train_candidates(target, trace["sources"], generator, guide, starts, TrainSettings(steps=1))
+
+
+def test_training_memory_counts_every_candidates_faces(models):
+    generator, _ = models
+    one = training_memory(generator, 4, TrainSettings())
+    assert training_memory(generator, 4, TrainSettings(), candidates=3) == pytest.approx(3 * one, rel=1e-6)
+    assert training_memory(generator, 4, TrainSettings(chunk_size=4), candidates=3) == one
+
+
+def test_starts_are_the_inversion_then_perturbations_and_random_latents(models, trace):
+    generator, _ = models
+    inversion = trace["init_direction"]
+    starts = candidate_starts(4, generator, inversion, seed=7, perturbation=0.5)
+    notes = [note for _, note in starts]
+    assert notes == ["e4e inversion of the target", "e4e inversion + 0.5 x random offset (seed 8)",
+                     "random (seed 9)", "e4e inversion + 0.5 x random offset (seed 10)"]
+    assert torch.equal(starts[0][0], inversion)
+    offset = random_initial_direction(generator, 8) - generator.latent_avg
+    assert torch.allclose(starts[1][0], inversion + 0.5 * offset)
+    assert torch.equal(starts[2][0], random_initial_direction(generator, 9))
+    # without an inversion: the seeded random starts, the first being train_direction's "random"
+    randoms = candidate_starts(2, generator, seed=3)
+    assert torch.equal(randoms[0][0], random_initial_direction(generator, 3))
+    assert [note for _, note in randoms] == ["random (seed 3)", "random (seed 4)"]
+    with pytest.raises(essence.EssenceError, match="at least 1"):
+        candidate_starts(0, generator)
+
+
+def test_the_proxy_score_is_minus_the_training_objective_on_held_out_faces(models, trace, target):
+    generator, guide = models
+    faces = heldout_faces(generator, 3)
+    assert torch.equal(faces, generator.sample_wplus(3, seed=HELDOUT_SEED, truncation=0.7))
+    direction = essence.Direction(trace["init_direction"])
+    score = objective_scorer(generator, guide, target, faces)(direction)
+    # the pre-step loss of a run on those faces is the objective with every coefficient 1
+    first = train_direction(target, faces, generator, guide, init=direction.tensor, settings=TrainSettings(steps=1))
+    assert score == pytest.approx(-first.losses[0], rel=1e-5)
+
+
+def test_the_best_scoring_candidate_is_chosen_and_every_candidate_records_the_choice(models, trace, target):
+    generator, guide = models
+    starts = candidate_starts(3, generator, trace["init_direction"], seed=1)
+    choice = train_best_candidate(target, trace["sources"], generator, guide, starts, TrainSettings(steps=2))
+    assert sorted(choice.ranking) == [0, 1, 2]
+    assert choice.scores[choice.ranking[0]] == max(choice.scores)
+    best = choice.best.meta["selection"]
+    assert best["rank"] == 1 and best["candidate"] == choice.ranking[0] == best["chosen"]
+    assert best["scores"] == [pytest.approx(s, abs=1e-6) for s in choice.scores]
+    assert best["method"].startswith("proxy: minus the training objective") and "no identity model" in best["method"]
+    assert best["starts"] == [note for _, note in starts]
+    assert sorted(d.meta["selection"]["rank"] for d in choice.directions) == [1, 2, 3]
+    assert torch.equal(choice.best.tensor, choice.best_result.direction.tensor)
+
+
+def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, trace, target):
+    generator, guide = models
+    results = train_candidates(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
+                               TrainSettings(steps=1))
+    by_norm = choose_candidate(results, lambda d: -d.tensor.norm().item(), "smallest direction")
+    assert by_norm.best.meta["selection"]["method"] == "smallest direction"
+    assert by_norm.best.tensor.norm() == min(r.direction.tensor.norm() for r in results)
+    nan_first = choose_candidate(results, lambda d: float("nan") if d is results[0].direction else 0.0, "x")
+    assert nan_first.ranking == [1, 0] and nan_first.directions[0].meta["selection"]["scores"][0] is None
+    with pytest.raises(essence.EssenceError, match="custom scorer needs a method"):
+        train_best_candidate(target, trace["sources"], generator, guide, [(trace["init_direction"], "x")],
+                             TrainSettings(steps=1), scorer=lambda d: 0.0)
+
+
+def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtures, tmp_path, capsys):
+    from essence import cli
+
+    out = tmp_path / "a.safetensors"
+    models = ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+              "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
+    code = cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+                     "--candidates", "3", "--keep-all", *models])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    best = essence.load_direction(out)
+    selection = best.meta["selection"]
+    assert selection["rank"] == 1 and len(selection["scores"]) == 3
+    assert selection["starts"][0] == "e4e inversion of the target" and best.meta["name"] == "face_a"
+    assert "chosen" in stdout and "no identity model" in stdout
+    kept = [essence.load_direction(tmp_path / f"a.cand{i}.safetensors") for i in range(3)]
+    assert [d.meta["selection"]["candidate"] for d in kept] == [0, 1, 2]
+    assert torch.equal(kept[selection["candidate"]].tensor, best.tensor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cand0.safetensors", "a.cand1.safetensors",
+                                                          "a.cand2.safetensors", "a.safetensors"]
+    assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--keep-all", *models]) == 2
+    assert "--keep-all writes every candidate" in capsys.readouterr().err
