@@ -344,8 +344,44 @@ def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
     return g
 
 
+def train_best_essence(defs: dict[str, dict[str, Any]]) -> Graph:
+    """(e) Train several candidate essences, keep the best, measure it and apply it at its recommended strength."""
+    g = Graph(defs)
+    note = g.note("Train 4 candidate essences together (different starts) and keep the one that scores best on "
+                  "held-out faces. Essence Metrics measures the kept essence on other held-out faces over a "
+                  "strength sweep and records the strength with the best target similarity that keeps identity; "
+                  "Apply Essence with auto strength uses it. Connect Load Identity Model "
+                  "(essence_identity/model_ir_se50.pth, ArcFace) to Essence Metrics to judge identity with "
+                  "ArcFace instead of the CLIP proxy.\n\n" + MODELS_NOTE, (460, 330))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    guide = g.add("EssenceGuideLoader", clip_file="ViT-B-32.pt")
+    target = g.add("LoadImage", "Target Picture", image=TARGET_IMAGE)
+    sources = g.add("EssenceSampleLatents", "Training Faces", generator=(gen, 0), count=4, seed=0, truncation=0.7)
+    trained = g.add("EssenceTrain", "Train 4 Candidates", target=(target, 0), sources=(sources, 0),
+                    generator=(gen, 0), guide=(guide, 0), steps=1000, lambda_transfer=1.0, lambda_consistency=0.5,
+                    seed=0, mode="fast", init="random", chunk_size=0, clip_preprocessing="official",
+                    preview_every=50, candidates=4)
+    preview = g.add("PreviewImage", "Best Candidate", images=(trained, 1))
+    held_out = g.add("EssenceSampleLatents", "Held-out Faces", generator=(gen, 0), count=4, seed=321,
+                     truncation=0.7)
+    measured = g.add("EssenceMetrics", "Measure and Pick Strength", generator=(gen, 0), guide=(guide, 0),
+                     direction=(trained, 0), target=(target, 0), latents=(held_out, 0))
+    curve = g.add("PreviewImage", "Strength Curve", images=(measured, 3))
+    faces = g.add("EssenceSampleLatents", "New Faces", generator=(gen, 0), count=4, seed=123, truncation=0.7)
+    edited = g.add("EssenceApply", "Apply at Recommended Strength", latents=(faces, 0), direction=(measured, 0),
+                   strength=1.0, layers="all", auto_strength=True)
+    images = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    result = g.add("PreviewImage", "Result", images=(images, 0))
+    models = g.group("Models", [gen, guide])
+    train = g.group("Train candidates, keep the best", [target, sources], [trained, preview])
+    measure = g.group("Measure it, pick its strength", [held_out], [measured, curve])
+    use = g.group("Apply it at that strength", [faces, edited], [images, result])
+    g.arrange([models, note], [train, use], [measure])
+    return g
+
+
 EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep,
-            "essence_train_photo": train_from_photo}
+            "essence_train_photo": train_from_photo, "essence_train_best": train_best_essence}
 
 
 # ----------------------------------------------------------------------------- thumbnails

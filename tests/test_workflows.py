@@ -17,7 +17,7 @@ from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_I
                             random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api, widget_slots,
                             workflow_files)
 
-EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo"}
+EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo", "essence_train_best"}
 FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO}
 TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT
 TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
