@@ -174,3 +174,27 @@ def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path, fixtures):
         for name in saved:
             assert env.pack.essence.Direction.load(models / "essence_directions" / name).meta["init"] == \
                 expected_init(prompt)
+
+
+def test_train_best_example_keeps_the_best_candidate_and_applies_its_recommended_strength(tmp_path, fixtures):
+    """essence_train_best: Train outputs the best of its 4 candidates, Metrics records a recommended
+    strength on it, and Apply (auto strength) edits the new faces at exactly that strength."""
+    path = next(p for p in workflow_files() if p.stem == "essence_train_best")
+    models = stage_tiny_files(tmp_path, fixtures, random_directions())
+    with fake_comfyui(models) as env:
+        results: dict[str, tuple] = {}
+
+        def run(kind: str, **inputs):
+            results[kind] = env.run(kind, **inputs)
+            return results[kind]
+
+        prompt = ui_to_api(load_workflow(path), definitions_of(env.pack), quick_run)
+        assert [n["inputs"]["candidates"] for n in prompt.values() if n["class_type"] == "EssenceTrain"] == [4]
+        run_prompt(prompt, run, input_images(tmp_path))
+    best = results["EssenceTrain"][0]
+    assert best.meta["candidates"] == 4 and best.meta["selection"]["rank"] == 1
+    recommended = results["EssenceMetrics"][0].auto_strength
+    assert recommended is not None
+    edits = [source["edits"][-1] for source in results["EssenceApply"][0].sources]
+    assert len(edits) == 4
+    assert all(e["strength"] == recommended and e["strength_from"] == "recommended (auto)" for e in edits)
