@@ -91,7 +91,9 @@ class EssenceTrain:
                                        "(official: 0.003).", 0.0001),
                 "candidates": integer(1, 1, 16, "Train this many directions together (from the target's "
                                       "inversion, perturbations of it and random latents) and output the one "
-                                      "that scores best on held-out faces; its metadata records every score."),
+                                      "with the best target similarity on held-out faces while keeping identity "
+                                      "(see the identity input); its metadata records every score and its "
+                                      "recommended strength."),
                 "identity": link(T.IDENTITY, "ArcFace identity model: with candidates > 1, they are ranked by "
                                  "target similarity while keeping identity (without it, a CLIP proxy)."),
             },
