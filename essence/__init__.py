@@ -40,7 +40,8 @@ from .runtime import clear_model_cache, default_device
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, train_candidates, train_candidates_fitting_memory, train_direction,
                     train_direction_fitting_memory)
-from .candidates import CandidateChoice, candidate_starts, choose_candidate, objective_scorer, train_best_candidate
+from .candidates import (CandidateChoice, CandidateScore, candidate_starts, choose_candidate, metric_scorer,
+                         objective_scorer, train_best_candidate)
 from .version import __version__
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
     "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
     "train_candidates", "train_candidates_fitting_memory", "candidate_starts", "choose_candidate",
-    "objective_scorer", "train_best_candidate", "CandidateChoice",
+    "objective_scorer", "metric_scorer", "train_best_candidate", "CandidateChoice", "CandidateScore",
     "TRAIN_MODES", "TrainMode", "train_mode",
     "align_face", "align_faces", "AlignedFace", "CropTransform", "FaceLandmarker", "load_landmarker",
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",

@@ -5,10 +5,24 @@ the best by hand. Here the candidates train together (``essence.train_candidates
 optimisation, each candidate exactly as it would train alone), start from the target's inversion,
 perturbations of it and seeded random latents (``candidate_starts``), and are ranked by a score on
 held-out faces that were not trained on (``choose_candidate``). The score is a parameter: any
-``Scorer`` (a direction -> a number, higher is better) can replace the default proxy.
+``Scorer`` (a direction -> a number or a ``CandidateScore``, higher is better) can replace the
+default.
 
-The default score, ``objective_scorer``, is a proxy that needs no identity model: the training
-objective itself, ``lambda_transfer * L_transfer + lambda_consistency * L_consistency``, on seeded
+The default score, ``metric_scorer``, is the paper's measure (``essence.metrics``) on
+``HELDOUT_FACES`` seeded held-out faces: each candidate's strength curve over
+``SELECTION_STRENGTHS`` gives its recommended strength (``StrengthCurve.recommend``: the highest
+target similarity whose identity preservation stays at or above the threshold). A candidate that
+meets the threshold there scores its target similarity (CLIP cosine x100, in [-100, 100]); one that
+meets it at no strength scores ``BELOW_THRESHOLD`` (-1000) plus its preservation at the smallest
+strength, so every candidate that keeps identity outranks every one that does not, and those that
+do not are ordered by how much identity they keep. Identity preservation is ArcFace's (threshold
+``DEFAULT_MIN_IDENTITY``, 50) when an identity model is given, else the metrics module's CLIP proxy
+(similarity to the unedited face, with its own threshold); the method in the metadata says which.
+The chosen direction keeps its recommended strength (``auto_strength``), so ``--strength auto``
+works right after training.
+
+The older proxy, ``objective_scorer``, needs neither an identity model nor a strength sweep: the
+training objective itself, ``lambda_transfer * L_transfer + lambda_consistency * L_consistency``, on seeded
 held-out faces with every per-source coefficient 1 (the direction at strength 1), negated so that
 higher is better. It rewards looking like the target and changing every face the same way; it does
 not measure whether a face keeps its identity.
@@ -25,15 +39,32 @@ import torch
 from .clip_guide import ClipGuide, to_unit
 from .direction import Direction
 from .errors import EssenceError
+from .metrics import strength_curve
 from .stylegan2 import StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, embed_faces, essence_losses, random_initial_direction,
                     target_embedding, train_candidates_fitting_memory)
 
-Scorer = Callable[[Direction], float]  # higher is better
+
+@dataclass
+class CandidateScore:
+    """A score with what it was measured from: ``metrics`` goes to the ``selection`` metadata,
+    ``auto_strength`` (a ``StrengthRecommendation.metadata()``) becomes the recommended strength."""
+
+    value: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    auto_strength: dict[str, Any] | None = None
+
+
+Scorer = Callable[[Direction], "float | CandidateScore"]  # higher is better
 
 PERTURBATION = 0.5  # how far a perturbed start moves from the inversion, as a share of a random face's offset
 HELDOUT_SEED = 1_000_003  # held-out faces: a seed no CLI or node default trains on
 HELDOUT_FACES = 4
+SELECTION_STRENGTHS = (0.5, 0.75, 1.0, 1.25)  # few: each costs one render of the held-out faces per candidate
+BELOW_THRESHOLD = -1000.0  # added to the preservation of a candidate that keeps identity at no strength
+METRIC_METHOD = ("target similarity (CLIP cosine x100) at the recommended strength among {strengths} on {faces} "
+                 "held-out random faces (seed {seed}), subject to {basis} at least the threshold; a candidate "
+                 "below it at every strength scores {penalty:g} + its preservation; higher is better")
 OBJECTIVE_METHOD = ("proxy: minus the training objective (lambda_transfer * transfer + lambda_consistency * "
                     "consistency) on {faces} held-out random faces (seed {seed}), coefficients 1; higher is "
                     "better; no identity model")
@@ -101,6 +132,36 @@ def objective_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: An
     return score
 
 
+def metric_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: Any, faces: torch.Tensor,
+                  identity: Any = None, strengths: Sequence[float] = SELECTION_STRENGTHS,
+                  min_identity: float | None = None, *, landmarks: Any = None) -> Scorer:
+    """The default score (module docstring): target similarity at the recommended strength,
+    subject to identity preservation (ArcFace with ``identity``, else the CLIP proxy)."""
+
+    def score(direction: Direction) -> CandidateScore:
+        curve = strength_curve(direction, generator, guide, target, faces, strengths, identity,
+                               landmarks=landmarks)
+        recommendation = curve.recommend(min_identity)
+        point = next(p for p in curve.points if p.strength == recommendation.strength)
+        value = (recommendation.target_similarity if recommendation.met_threshold
+                 else BELOW_THRESHOLD + recommendation.preservation)
+        metrics = {"strength": recommendation.strength, "basis": recommendation.basis,
+                   "threshold": round(recommendation.threshold, 3), "met_threshold": recommendation.met_threshold,
+                   "summary": point.summary()}
+        return CandidateScore(float(value), metrics, recommendation.metadata())
+
+    return score
+
+
+def metric_method(identity: Any, faces: int = HELDOUT_FACES, seed: int = HELDOUT_SEED,
+                  strengths: Sequence[float] = SELECTION_STRENGTHS) -> str:
+    """The sentence ``metric_scorer`` records as its method, naming the preservation measure used."""
+    basis = ("ArcFace identity preservation" if identity is not None else
+             "the CLIP proxy for identity preservation (similarity to the unedited face; no identity model)")
+    return METRIC_METHOD.format(strengths=", ".join(f"{s:g}" for s in strengths), faces=faces, seed=seed,
+                                basis=basis, penalty=BELOW_THRESHOLD)
+
+
 @dataclass
 class CandidateChoice:
     """Every candidate (in start order, each with its ``selection`` metadata) and the ranking."""
@@ -123,10 +184,14 @@ class CandidateChoice:
 def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str) -> CandidateChoice:
     """Score every candidate, rank them (higher first; a score that is not a number ranks last;
     ties keep start order), and record in each direction's metadata, under ``selection``: how it
-    was chosen (``method``), its rank (1 = chosen), its index, every candidate's score and start."""
+    was chosen (``method``), its rank (1 = chosen), its index, every candidate's score and start.
+    A scorer returning ``CandidateScore`` adds each candidate's ``metrics`` there and stores its
+    recommended strength (``auto_strength``) on it."""
     if not results:
         raise EssenceError("there are no candidates to choose from.")
-    scores = [float(scorer(result.direction)) for result in results]
+    scored = [scorer(result.direction) for result in results]
+    details = [s if isinstance(s, CandidateScore) else CandidateScore(float(s)) for s in scored]
+    scores = [float(d.value) for d in details]
     ranking = sorted(range(len(scores)), key=lambda i: (-scores[i] if math.isfinite(scores[i]) else math.inf, i))
     starts = [result.direction.meta.get("init") for result in results]
     directions = []
@@ -134,20 +199,26 @@ def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str
         selection = {"method": method, "rank": ranking.index(index) + 1, "candidate": index,
                      "chosen": ranking[0], "scores": [round(s, 6) if math.isfinite(s) else None for s in scores],
                      "starts": starts}
-        directions.append(Direction(result.direction.tensor, {**result.direction.meta, "selection": selection},
-                                    result.direction.thumbnail))
+        if details[index].metrics:
+            selection["metrics"] = details[index].metrics
+        direction = Direction(result.direction.tensor, {**result.direction.meta, "selection": selection},
+                              result.direction.thumbnail)
+        if details[index].auto_strength is not None:
+            direction = direction.with_auto_strength(details[index].auto_strength)
+        directions.append(direction)
     return CandidateChoice(directions, scores, ranking, list(results))
 
 
 def train_best_candidate(target: Any, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
                          starts: Sequence[tuple[torch.Tensor, str]], settings: TrainSettings = TrainSettings(), *,
-                         scorer: Scorer | None = None, method: str | None = None,
+                         scorer: Scorer | None = None, method: str | None = None, identity: Any = None,
                          metadata: dict[str, Any] | None = None, **kwargs: Any) -> CandidateChoice:
     """Train one candidate per start together (retrying with smaller passes on out-of-memory, as
     ``train_candidates_fitting_memory``; its keyword arguments pass through) and rank them.
 
-    ``scorer`` defaults to ``objective_scorer`` on ``heldout_faces``; give ``method`` (a sentence
-    for the metadata) with your own scorer.
+    ``scorer`` defaults to ``metric_scorer`` on ``heldout_faces`` (ArcFace preservation with an
+    ``identity`` model, else the CLIP proxy); give ``method`` (a sentence for the metadata) with
+    your own scorer (e.g. ``objective_scorer`` with ``OBJECTIVE_METHOD``).
     """
     if scorer is not None and not method:
         raise EssenceError("a custom scorer needs a method: a sentence saying how it scores, for the metadata.")
@@ -155,7 +226,11 @@ def train_best_candidate(target: Any, sources: torch.Tensor, generator: StyleGAN
     results = train_candidates_fitting_memory(target, sources, generator, guide, [start for start, _ in starts],
                                               settings, metadata=metas, **kwargs)
     if scorer is None:
-        scorer = objective_scorer(generator, guide, target, heldout_faces(generator), settings,
-                                  target_embedding_override=kwargs.get("target_embedding_override"))
-        method = OBJECTIVE_METHOD.format(faces=HELDOUT_FACES, seed=HELDOUT_SEED)
+        if kwargs.get("target_embedding_override") is not None:  # no target picture to measure against
+            scorer = objective_scorer(generator, guide, target, heldout_faces(generator), settings,
+                                      target_embedding_override=kwargs["target_embedding_override"])
+            method = OBJECTIVE_METHOD.format(faces=HELDOUT_FACES, seed=HELDOUT_SEED)
+        else:
+            scorer = metric_scorer(generator, guide, target, heldout_faces(generator), identity)
+            method = metric_method(identity)
     return choose_candidate(results, scorer, method)

@@ -127,6 +127,8 @@ def _add_train(subparsers: Subparsers) -> None:
     p.add_argument("--candidates", type=int, default=1, metavar="K",
                    help="train K directions together (from the target's inversion, perturbations of it and "
                         "random latents) and write the one that scores best on held-out faces (default 1)")
+    p.add_argument("--identity", help="with --candidates: ArcFace file model_ir_se50.pth for the identity "
+                   "preservation the candidates are ranked under (default: looked up; without it a CLIP proxy)")
     p.add_argument("--keep-all", action="store_true",
                    help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
     _add_model_options(p, encoder=True, guide=True)
@@ -142,6 +144,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
     if args.keep_all and args.candidates < 2:
         raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
+    if args.identity and args.candidates < 2:
+        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
+                           "direction, use `evaluate --identity`).")
     options = {"render_size": args.render_size} if args.render_size is not None else {}
     settings = train_mode(args.mode).settings(
         steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
@@ -181,9 +186,13 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
                       metadata: dict[str, Any], out: Path):
     """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
     returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
+    from .cli_metrics import _identity  # that module imports this one
+
+    identity = _identity(args)
     starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
                               seed=args.seed, truncation=settings.random_init_truncation)
     choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,
+                                  identity=identity,
                                   make_progress=lambda: training_progress_bar(args.steps),
                                   on_retry=report_memory_retry)
     print(f"Candidates, scored by {choice.best.meta['selection']['method']}:")
@@ -195,6 +204,9 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
             direction.thumbnail = target_thumbnail(targets[0])
             path = direction.save(out.with_name(f"{out.stem}.cand{index}{out.suffix}"))
             print(f"     saved {path}")
+    if choice.best.auto_strength is not None:
+        print(f"Recommended strength {choice.best.auto_strength:g} stored (--strength auto): "
+              f"{choice.best.meta['auto_strength']['note']}.")
     return choice.best_result
 
 

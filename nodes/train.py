@@ -91,7 +91,11 @@ class EssenceTrain:
                                        "(official: 0.003).", 0.0001),
                 "candidates": integer(1, 1, 16, "Train this many directions together (from the target's "
                                       "inversion, perturbations of it and random latents) and output the one "
-                                      "that scores best on held-out faces; its metadata records every score."),
+                                      "with the best target similarity on held-out faces while keeping identity "
+                                      "(see the identity input); its metadata records every score and its "
+                                      "recommended strength."),
+                "identity": link(T.IDENTITY, "ArcFace identity model: with candidates > 1, they are ranked by "
+                                 "target similarity while keeping identity (without it, a CLIP proxy)."),
             },
         }
 
@@ -100,8 +104,8 @@ class EssenceTrain:
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
               landmarks: essence.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
-              weight_decay: float = DEFAULTS.weight_decay,
-              candidates: int = 1) -> tuple[essence.Direction, torch.Tensor]:
+              weight_decay: float = DEFAULTS.weight_decay, candidates: int = 1,
+              identity: essence.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor]:
         settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
@@ -110,12 +114,13 @@ class EssenceTrain:
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
             result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every,
-                                    candidates)
+                                    candidates, identity)
             preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
         return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
-                  note: str, preview_every: int, candidates: int = 1) -> essence.TrainResult:
+                  note: str, preview_every: int, candidates: int = 1,
+                  identity: essence.IdentityEncoder | None = None) -> essence.TrainResult:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory). Several candidates:
         trained together and the best kept (its result, carrying the direction with its selection)."""
@@ -127,7 +132,8 @@ class EssenceTrain:
                                                   settings=settings, metadata={"init": note}, **hooks)
         starts = candidate_starts(candidates, generator, None if isinstance(start, str) else start,
                                   seed=settings.seed, truncation=settings.random_init_truncation)
-        choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings, **hooks)
+        choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings,
+                                      identity=identity, **hooks)
         return choice.best_result
 
     @staticmethod

@@ -8,8 +8,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import essence
-from essence.candidates import (HELDOUT_SEED, candidate_starts, choose_candidate, heldout_faces,
-                                objective_scorer, train_best_candidate)
+from essence.candidates import (BELOW_THRESHOLD, HELDOUT_SEED, SELECTION_STRENGTHS, candidate_starts,
+                                choose_candidate, heldout_faces, metric_method, metric_scorer, objective_scorer,
+                                train_best_candidate)
+from essence.identity import IdentityConfig, build_identity
+from essence.metrics import strength_curve
 from essence.train import (TrainSettings, random_initial_direction, train_candidates, train_direction,
                            training_memory)
 
@@ -160,10 +163,61 @@ def test_the_best_scoring_candidate_is_chosen_and_every_candidate_records_the_ch
     best = choice.best.meta["selection"]
     assert best["rank"] == 1 and best["candidate"] == choice.ranking[0] == best["chosen"]
     assert best["scores"] == [pytest.approx(s, abs=1e-6) for s in choice.scores]
-    assert best["method"].startswith("proxy: minus the training objective") and "no identity model" in best["method"]
+    assert best["method"] == metric_method(None) and "CLIP proxy" in best["method"]
     assert best["starts"] == [note for _, note in starts]
     assert sorted(d.meta["selection"]["rank"] for d in choice.directions) == [1, 2, 3]
     assert torch.equal(choice.best.tensor, choice.best_result.direction.tensor)
+    # the chosen one carries its metrics and its recommended strength, ready for --strength auto
+    assert best["metrics"]["basis"] == "clip-proxy" and best["metrics"]["summary"]["target_similarity"]
+    assert choice.best.auto_strength == best["metrics"]["strength"] in SELECTION_STRENGTHS
+    assert choice.best.meta["auto_strength"]["basis"] == "clip-proxy"
+    assert choice.best_result.direction.auto_strength == choice.best.auto_strength
+
+
+@pytest.fixture(scope="module")
+def identity():
+    torch.manual_seed(0)
+    return build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
+
+
+def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_is_chosen(models, trace, identity,
+                                                                                         fixtures):
+    generator, guide = models
+    target = Image.open(fixtures / "face_a.jpg").resize((256, 256))  # small: quicker to align
+    starts = candidate_starts(3, generator, trace["init_direction"], seed=1)
+    choice = train_best_candidate(target, trace["sources"], generator, guide, starts, TrainSettings(steps=2),
+                                  identity=identity)
+    faces = heldout_faces(generator)
+    expected = []  # the documented rule, computed here from the metrics module
+    for result in choice.results:
+        recommendation = strength_curve(result.direction, generator, guide, target, faces, SELECTION_STRENGTHS,
+                                        identity).recommend()
+        assert recommendation.basis == "identity" and recommendation.threshold == 50.0
+        expected.append(recommendation.target_similarity if recommendation.met_threshold
+                        else BELOW_THRESHOLD + recommendation.preservation)
+    assert choice.scores == [pytest.approx(e, abs=1e-3) for e in expected]
+    assert choice.ranking[0] == max(range(3), key=lambda i: (expected[i], -i))
+    selection = choice.best.meta["selection"]
+    assert selection["method"] == metric_method(identity) and "ArcFace identity preservation" in selection["method"]
+    metrics = selection["metrics"]
+    assert metrics["basis"] == "identity" and metrics["summary"]["identity"]["mean"] is not None
+    assert choice.best.meta["auto_strength"]["basis"] == "identity"
+    assert choice.best.auto_strength == metrics["strength"]
+
+
+def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation(models, trace, target, identity):
+    generator, guide = models
+    results = train_candidates(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
+                               TrainSettings(steps=1))
+    faces = heldout_faces(generator)
+    scorer = metric_scorer(generator, guide, target, faces, identity, strengths=(0.5, 1.0), min_identity=101.0)
+    choice = choose_candidate(results, scorer, "unreachable threshold")
+    preservation = [d.meta["auto_strength"]["preservation"] for d in choice.directions]
+    assert all(s < BELOW_THRESHOLD + 101 for s in choice.scores)
+    assert choice.scores == [pytest.approx(BELOW_THRESHOLD + p, abs=1e-2) for p in preservation]
+    assert choice.ranking[0] == max(range(2), key=lambda i: (preservation[i], -i))
+    assert all(not d.meta["selection"]["metrics"]["met_threshold"] for d in choice.directions)
+    assert all(d.auto_strength == 0.5 for d in choice.directions)  # the smallest strength tried
 
 
 def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, trace, target):
@@ -195,6 +249,7 @@ def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtu
     assert selection["rank"] == 1 and len(selection["scores"]) == 3
     assert selection["starts"][0] == "e4e inversion of the target" and best.meta["name"] == "face_a"
     assert "chosen" in stdout and "no identity model" in stdout
+    assert best.auto_strength == selection["metrics"]["strength"] and "Recommended strength" in stdout
     kept = [essence.load_direction(tmp_path / f"a.cand{i}.safetensors") for i in range(3)]
     assert [d.meta["selection"]["candidate"] for d in kept] == [0, 1, 2]
     assert torch.equal(kept[selection["candidate"]].tensor, best.tensor)
@@ -202,3 +257,21 @@ def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtu
                                                           "a.cand2.safetensors", "a.safetensors"]
     assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--keep-all", *models]) == 2
     assert "--keep-all writes every candidate" in capsys.readouterr().err
+    assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--identity", "x.pth", *models]) == 2
+    assert "--identity ranks candidates" in capsys.readouterr().err
+
+
+def test_cli_ranks_candidates_by_arcface_identity_with_identity(fixtures, tmp_path, identity):
+    from essence import cli
+
+    weights = tmp_path / "model_ir_se50.pth"
+    torch.save(identity.state_dict(), weights)
+    out = tmp_path / "a.safetensors"
+    code = cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "1", "--sample", "2",
+                     "--candidates", "2", "--identity", str(weights), "--generator",
+                     str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+                     "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"])
+    assert code == 0
+    best = essence.load_direction(out)
+    assert "ArcFace identity preservation" in best.meta["selection"]["method"]
+    assert best.meta["auto_strength"]["basis"] == "identity" and best.auto_strength in SELECTION_STRENGTHS

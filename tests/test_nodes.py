@@ -270,6 +270,17 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
     assert selection["rank"] == 1 and len(selection["scores"]) == 3
     assert selection["starts"] == ["random (seed 3)", "random (seed 4)", "random (seed 5)"]
     assert len(direction.meta["loss_curve"]["total"]) == 3 and direction.meta["candidates"] == 3
+    # chosen by the documented metric (CLIP proxy: no identity input), with its strength for Apply's auto
+    assert selection["metrics"]["basis"] == "clip-proxy" and "CLIP proxy" in selection["method"]
+    assert direction.auto_strength == selection["metrics"]["strength"]
+    assert comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["identity"][0] == "ESSENCE_IDENTITY"
+    from essence.identity import IdentityConfig, build_identity
+
+    torch.manual_seed(0)
+    identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
+    with_identity, _ = train(comfy_env, generator, guide, fixtures, steps=1, candidates=2, identity=identity)
+    assert with_identity.meta["selection"]["metrics"]["basis"] == "identity"
+    assert with_identity.meta["auto_strength"]["basis"] == "identity"
     from essence.render import render
 
     expected = render(generator, sample(comfy_env, generator).latents + direction.tensor)
