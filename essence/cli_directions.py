@@ -22,14 +22,29 @@ from .images import grid_to_pil, load_image
 from .installation import cli_command
 from .invert import invert
 from .latents import import_targetclip_latents, is_latent_file, load_latents
-from .models import load_encoder, load_generator, load_guide
+from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from .train import INIT_CHOICES, TrainSettings, initial_direction, train_direction_fitting_memory
+from .weights import fetch_command
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def identity_model(args: argparse.Namespace):
+    """The ArcFace model of ``--identity`` (or looked up); None, with a note saying what that costs,
+    when there is none: the metrics then use their CLIP proxy."""
+    if args.identity:
+        return load_identity(args.identity, device=args.device)
+    try:
+        return load_identity(device=args.device)
+    except MissingWeightsError:
+        print(f"note: no identity model (model_ir_se50.pth) found: identity metrics are absent and the "
+              f"recommended strength uses a CLIP proxy. Get it with: {fetch_command()} arcface-ir-se50",
+              file=sys.stderr)
+        return None
 
 
 def _add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
@@ -186,9 +201,7 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
                       metadata: dict[str, Any], out: Path):
     """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
     returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
-    from .cli_metrics import _identity  # that module imports this one
-
-    identity = _identity(args)
+    identity = identity_model(args)
     starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
                               seed=args.seed, truncation=settings.random_init_truncation)
     choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .cli_directions import _add_model_options, _open_targets, load_source_latents, parse_floats
+from .cli_directions import _add_model_options, _open_targets, identity_model, load_source_latents, parse_floats
 from .direction import load_direction
-from .errors import EssenceError, MissingWeightsError
+from .errors import EssenceError
 from .files import atomic_write
 from .invert import invert
 from .metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, metrics_table,
                       official_summary, plot_curves, strength_curve)
-from .models import load_encoder, load_generator, load_guide, load_identity
-from .weights import fetch_command
+from .models import load_encoder, load_generator, load_guide
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELD_OUT_SEED = 100  # --sample's default seed: other faces than training's samples (seed + 1)
@@ -71,7 +69,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     strengths = _strengths(args)
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
-    identity = _identity(args)
+    identity = identity_model(args)
     faces, photos, what = _faces(args, generator)
     targets = _open_targets(args.target)
     print(f"Measuring {len(directions)} direction(s) on {len(faces)} face(s) ({what}), {args.protocol} protocol, "
@@ -113,18 +111,6 @@ def _strengths(args: argparse.Namespace) -> list[float]:
     if args.recommend and not any(v > 0 for v in values):
         raise EssenceError("--recommend needs at least one strength above 0 in --strengths.")
     return sorted(set(values))
-
-
-def _identity(args: argparse.Namespace):
-    if args.identity:
-        return load_identity(args.identity, device=args.device)
-    try:
-        return load_identity(device=args.device)
-    except MissingWeightsError:
-        print(f"note: no identity model (model_ir_se50.pth) found: identity metrics are absent and the "
-              f"recommended strength uses a CLIP proxy. Get it with: {fetch_command()} arcface-ir-se50",
-              file=sys.stderr)
-        return None
 
 
 def _faces(args: argparse.Namespace, generator):
