@@ -34,3 +34,32 @@ def _isolated_weights(monkeypatch, tmp_path_factory):
     essence.clear_model_cache()
     yield
     essence.clear_model_cache()
+
+
+# The tiny TargetCLIP problem several test modules share (a module may define its own instead).
+
+
+@pytest.fixture(scope="module")
+def trace(fixtures: Path) -> dict[str, torch.Tensor]:
+    """The official optimisation's trace on the tiny models (see the fixtures' README)."""
+    from safetensors.torch import load_file
+
+    return load_file(fixtures / "targetclip_public_trace.safetensors")
+
+
+@pytest.fixture(scope="module")
+def models(fixtures: Path):
+    """(tiny generator, tiny CLIP guide), loaded outside the model cache."""
+    import essence
+
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+    return generator, guide
+
+
+@pytest.fixture(scope="module")
+def target(fixtures: Path):
+    """The trace's target picture."""
+    from PIL import Image
+
+    return Image.open(fixtures / "face_a.jpg")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 import essence
 from essence.candidates import (BELOW_THRESHOLD, HELDOUT_SEED, SELECTION_STRENGTHS, candidate_starts,
@@ -17,23 +16,6 @@ from essence.train import (TrainSettings, random_initial_direction, train_candid
                            training_memory)
 
 STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def models(fixtures):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
-    guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
-    return generator, guide
-
-
-@pytest.fixture(scope="module")
-def trace(fixtures):
-    return load_file(fixtures / "targetclip_public_trace.safetensors")
-
-
-@pytest.fixture(scope="module")
-def target(fixtures):
-    return Image.open(fixtures / "face_a.jpg")
 
 
 @pytest.fixture(scope="module")

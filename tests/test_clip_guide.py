@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 import essence
 from essence.clip_guide import load_guide_file, official_resize_matrix, to_unit
@@ -18,11 +17,6 @@ from essence.clip_guide import load_guide_file, official_resize_matrix, to_unit
 @pytest.fixture(scope="module")
 def guide(fixtures):
     return essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
-
-
-@pytest.fixture(scope="module")
-def trace(fixtures):
-    return load_file(fixtures / "targetclip_public_trace.safetensors")
 
 
 @pytest.fixture(scope="module")

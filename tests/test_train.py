@@ -17,23 +17,6 @@ from essence.train import (TrainSettings, essence_losses, learning_rate, target_
 
 
 @pytest.fixture(scope="module")
-def trace(fixtures):
-    return load_file(fixtures / "targetclip_public_trace.safetensors")
-
-
-@pytest.fixture(scope="module")
-def models(fixtures):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
-    guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
-    return generator, guide
-
-
-@pytest.fixture(scope="module")
-def target(fixtures):
-    return Image.open(fixtures / "face_a.jpg")
-
-
-@pytest.fixture(scope="module")
 def official_run(models, trace, target):
     generator, guide = models
     return train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
