@@ -39,7 +39,7 @@ import torch
 from .clip_guide import ClipGuide, to_unit
 from .direction import Direction
 from .errors import EssenceError
-from .metrics import strength_curve
+from .metrics import LABELS, strength_curve
 from .stylegan2 import StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, embed_faces, essence_losses, random_initial_direction,
                     target_embedding, train_candidates_fitting_memory)
@@ -179,6 +179,24 @@ class CandidateChoice:
     def best_result(self) -> TrainResult:
         """The chosen candidate's training result, carrying its direction with the selection metadata."""
         return replace(self.results[self.ranking[0]], direction=self.best)
+
+    def report(self) -> list[str]:
+        """How the candidates scored, one line each (the chosen one marked), and the chosen one's
+        metrics and recommended strength: what the CLI prints and the Train node outputs."""
+        lines = [f"Candidates, scored by {self.best.meta['selection']['method']}:"]
+        for index, direction in enumerate(self.directions):
+            mark = "  <- chosen" if index == self.ranking[0] else ""
+            lines.append(f"  {index}: score {self.scores[index]:.4f}, rank {direction.meta['selection']['rank']}, "
+                         f"training loss {direction.meta['losses']['total']:.4f} ({direction.meta['init']}){mark}")
+        metrics = self.best.meta["selection"].get("metrics", {})
+        if metrics.get("summary"):
+            lines.append(f"Chosen candidate at strength {metrics['strength']:g} (x100, mean ± std): " + ", ".join(
+                f"{LABELS[name]} {value['mean']:.2f} ± {value['std']:.2f}"
+                for name, value in metrics["summary"].items() if value))
+        if self.best.auto_strength is not None:
+            lines.append(f"Recommended strength {self.best.auto_strength:g} stored (apply with strength 'auto'): "
+                         f"{self.best.meta['auto_strength']['note']}.")
+        return lines
 
 
 def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str) -> CandidateChoice:

@@ -191,9 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             metadata=metadata)
     result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
-    terms = result.direction.meta["losses"]
-    print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
-          f"{terms['transfer']:.4f}, consistency {terms['consistency']:.4f}; {result.seconds:.1f} s).")
+    print(f"Saved {out} ({result.summary()}).")
     return 0
 
 
@@ -208,18 +206,11 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
                                   identity=identity,
                                   make_progress=lambda: training_progress_bar(args.steps),
                                   on_retry=report_memory_retry)
-    print(f"Candidates, scored by {choice.best.meta['selection']['method']}:")
-    for index, direction in enumerate(choice.directions):
-        mark = "  <- chosen" if index == choice.ranking[0] else ""
-        print(f"  {index}: score {choice.scores[index]:.4f}, rank {direction.meta['selection']['rank']}, "
-              f"training loss {direction.meta['losses']['total']:.4f} ({direction.meta['init']}){mark}")
-        if args.keep_all:
+    print("\n".join(choice.report()))
+    if args.keep_all:
+        for index, direction in enumerate(choice.directions):
             direction.thumbnail = target_thumbnail(targets[0])
-            path = direction.save(out.with_name(f"{out.stem}.cand{index}{out.suffix}"))
-            print(f"     saved {path}")
-    if choice.best.auto_strength is not None:
-        print(f"Recommended strength {choice.best.auto_strength:g} stored (--strength auto): "
-              f"{choice.best.meta['auto_strength']['note']}.")
+            print(f"Saved candidate {index}: {direction.save(out.with_name(f'{out.stem}.cand{index}{out.suffix}'))}")
     return choice.best_result
 
 

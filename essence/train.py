@@ -140,6 +140,12 @@ class TrainResult:
     def best_loss(self) -> float:
         return self.losses[self.best_step]
 
+    def summary(self) -> str:
+        """One line for people: the kept step's loss terms and the time taken (CLI, node report)."""
+        terms = self.direction.meta["losses"]
+        return (f"best loss {terms['total']:.4f} at step {terms['best_step']}: transfer {terms['transfer']:.4f}, "
+                f"consistency {terms['consistency']:.4f}; {self.seconds:.1f} s")
+
 
 def learning_rate(step: int, steps: int, base_lr: float, rampdown: float = 0.75, rampup: float = 0.005) -> float:
     """The official schedule: cosine ramp-down over the last 75 %, linear warm-up over the first 0.5 %."""

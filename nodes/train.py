@@ -49,10 +49,12 @@ class EssenceTrain:
                    "target as one batch. 1000 steps is the paper's setting. Cancel stops it; nothing is saved.")
     CATEGORY = CATEGORY
     FUNCTION = "train"
-    RETURN_TYPES = (T.DIRECTION, "IMAGE")
-    RETURN_NAMES = ("direction", "preview")
+    RETURN_TYPES = (T.DIRECTION, "IMAGE", "STRING")
+    RETURN_NAMES = ("direction", "preview", "report")
     OUTPUT_TOOLTIPS = ("The trained essence (save it with Save Essence).",
-                       "The source faces with the essence applied at strength 1.")
+                       "The source faces with the essence applied at strength 1.",
+                       "How training went (the kept step's losses, time) and, with candidates, every "
+                       "candidate's score, the chosen one's metrics and its recommended strength.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -105,7 +107,7 @@ class EssenceTrain:
               preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
               landmarks: essence.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
               weight_decay: float = DEFAULTS.weight_decay, candidates: int = 1,
-              identity: essence.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor]:
+              identity: essence.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor, str]:
         settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
@@ -113,28 +115,30 @@ class EssenceTrain:
         start, note = initial_direction(init, target, generator, encoder, landmarks)
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
-            result = self._optimise(target, sources, generator, guide, settings, start, note, preview_every,
-                                    candidates, identity)
+            result, report = self._optimise(target, sources, generator, guide, settings, start, note, preview_every,
+                                            candidates, identity)
             preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
-        return self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device())
+        return (self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device()),
+                "\n".join([f"Trained {settings.steps} steps ({mode} mode): {result.summary()}.", *report]))
 
     def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
                   note: str, preview_every: int, candidates: int = 1,
-                  identity: essence.IdentityEncoder | None = None) -> essence.TrainResult:
+                  identity: essence.IdentityEncoder | None = None) -> tuple[essence.TrainResult, list[str]]:
         """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
         chunks when the device runs out of memory (same result, less memory). Several candidates:
-        trained together and the best kept (its result, carrying the direction with its selection)."""
+        trained together and the best kept (its result, carrying the direction with its selection),
+        with the candidates' report."""
         hooks = dict(make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES],
                                                               settings.steps, preview_every),
                      release=host.release_memory, should_stop=_interrupted)
         if candidates == 1:
             return train_direction_fitting_memory(target, sources.latents, generator, guide, init=start,
-                                                  settings=settings, metadata={"init": note}, **hooks)
+                                                  settings=settings, metadata={"init": note}, **hooks), []
         starts = candidate_starts(candidates, generator, None if isinstance(start, str) else start,
                                   seed=settings.seed, truncation=settings.random_init_truncation)
         choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings,
                                       identity=identity, **hooks)
-        return choice.best_result
+        return choice.best_result, choice.report()
 
     @staticmethod
     def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:

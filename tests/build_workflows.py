@@ -362,19 +362,21 @@ def train_best_essence(defs: dict[str, dict[str, Any]]) -> Graph:
                     seed=0, mode="fast", init="random", chunk_size=0, clip_preprocessing="official",
                     preview_every=50, candidates=4)
     preview = g.add("PreviewImage", "Best Candidate", images=(trained, 1))
+    scores = g.add("PreviewAny", "Candidates' Scores", source=(trained, 2))
     held_out = g.add("EssenceSampleLatents", "Held-out Faces", generator=(gen, 0), count=4, seed=321,
                      truncation=0.7)
     measured = g.add("EssenceMetrics", "Measure and Pick Strength", generator=(gen, 0), guide=(guide, 0),
                      direction=(trained, 0), target=(target, 0), latents=(held_out, 0))
     curve = g.add("PreviewImage", "Strength Curve", images=(measured, 3))
+    table = g.add("PreviewAny", "Metrics", source=(measured, 1))
     faces = g.add("EssenceSampleLatents", "New Faces", generator=(gen, 0), count=4, seed=123, truncation=0.7)
     edited = g.add("EssenceApply", "Apply at Recommended Strength", latents=(faces, 0), direction=(measured, 0),
                    strength=1.0, layers="all", auto_strength=True)
     images = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
     result = g.add("PreviewImage", "Result", images=(images, 0))
     models = g.group("Models", [gen, guide])
-    train = g.group("Train candidates, keep the best", [target, sources], [trained, preview])
-    measure = g.group("Measure it, pick its strength", [held_out], [measured, curve])
+    train = g.group("Train candidates, keep the best", [target, sources], [trained, preview, scores])
+    measure = g.group("Measure it, pick its strength", [held_out], [measured, curve, table])
     use = g.group("Apply it at that strength", [faces, edited], [images, result])
     g.arrange([models, note], [train, use], [measure])
     return g

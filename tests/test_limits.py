@@ -276,10 +276,10 @@ def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixture
                                          dtype=np.float32) / 255.0)[None]
     inputs = dict(target=target, sources=latents, generator=generator, guide=guide, steps=2, lambda_transfer=1.0,
                   lambda_consistency=0.5, seed=3, mode="fast", init="random", chunk_size=0, preview_every=5)
-    direction, _preview = comfy_env.run("EssenceTrain", **inputs)
+    direction, _preview, _report = comfy_env.run("EssenceTrain", **inputs)
     assert direction.meta["hyperparameters"]["chunk_size"] == 1  # 4 -> 2 -> 1 source per pass
     generator.synthesize = real
-    reference, _ = comfy_env.run("EssenceTrain", **{**inputs, "chunk_size": 1})
+    reference, _, _ = comfy_env.run("EssenceTrain", **{**inputs, "chunk_size": 1})
     assert torch.allclose(direction.tensor, reference.tensor, atol=1e-5)
 
 

@@ -235,7 +235,7 @@ def test_mix_weights_directions(comfy_env):
 
 def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixtures):
     generator, guide = models
-    direction, preview = train(comfy_env, generator, guide, fixtures)
+    direction, preview, report = train(comfy_env, generator, guide, fixtures)
     curve = direction.meta["loss_curve"]["total"]
     assert len(curve) == TRAIN_STEPS
     assert min(curve) < curve[0] - 1e-3 and direction.meta["losses"]["total"] == pytest.approx(min(curve), abs=1e-6)
@@ -248,6 +248,10 @@ def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixt
     previews = [p for _v, _t, p in comfy_env.progress.updates if p is not None]
     assert previews and all(p[0] == "JPEG" and isinstance(p[1], Image.Image) and p[2] > 0 for p in previews)
     assert previews[0][1].size == (4 * 64, 64)
+    # the report output says what was kept
+    best = direction.meta["losses"]
+    assert report.startswith(f"Trained {TRAIN_STEPS} steps (fast mode): best loss {best['total']:.4f} at step "
+                             f"{best['best_step']}") and "Candidates" not in report
     # models are still usable for autograd after a run under inference mode
     assert not any(p.is_inference() for p in generator.parameters())
 
@@ -265,7 +269,7 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
     generator, guide = models
     spec = comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["candidates"]
     assert spec[1]["default"] == 1
-    direction, preview = train(comfy_env, generator, guide, fixtures, steps=3, candidates=3)
+    direction, preview, report = train(comfy_env, generator, guide, fixtures, steps=3, candidates=3)
     selection = direction.meta["selection"]
     assert selection["rank"] == 1 and len(selection["scores"]) == 3
     assert selection["starts"] == ["random (seed 3)", "random (seed 4)", "random (seed 5)"]
@@ -273,12 +277,20 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
     # chosen by the documented metric (CLIP proxy: no identity input), with its strength for Apply's auto
     assert selection["metrics"]["basis"] == "clip-proxy" and "CLIP proxy" in selection["method"]
     assert direction.auto_strength == selection["metrics"]["strength"]
+    # the report output lists every candidate's score, marks the chosen one and gives its metrics
+    lines = report.splitlines()
+    chosen = [line for line in lines if line.endswith("<- chosen")]
+    assert len(chosen) == 1 and chosen[0].startswith(f"  {selection['chosen']}: score ")
+    assert sum(line.startswith("  ") and " score " in line for line in lines) == 3
+    assert any(line.startswith(f"Chosen candidate at strength {selection['metrics']['strength']:g}") and
+               "target similarity" in line for line in lines)
+    assert f"Recommended strength {direction.auto_strength:g}" in report
     assert comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["identity"][0] == "ESSENCE_IDENTITY"
     from essence.identity import IdentityConfig, build_identity
 
     torch.manual_seed(0)
     identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
-    with_identity, _ = train(comfy_env, generator, guide, fixtures, steps=1, candidates=2, identity=identity)
+    with_identity, _, _ = train(comfy_env, generator, guide, fixtures, steps=1, candidates=2, identity=identity)
     assert with_identity.meta["selection"]["metrics"]["basis"] == "identity"
     assert with_identity.meta["auto_strength"]["basis"] == "identity"
     from essence.render import render
@@ -289,8 +301,8 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
 
 def test_official_mode_matches_fast_mode(comfy_env, models, fixtures):
     generator, guide = models
-    fast, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="fast")
-    official, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="official", chunk_size=3)
+    fast, _, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="fast")
+    official, _, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="official", chunk_size=3)
     assert official.meta["loss_curve"]["total"] == pytest.approx(fast.meta["loss_curve"]["total"], abs=1e-5)
     assert torch.allclose(official.tensor, fast.tensor, atol=1e-5)
 
@@ -442,7 +454,7 @@ def test_render_and_sweep_retry_smaller_in_one_layer_with_comfyui_advice(comfy_e
 
 def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):
     generator, guide = models
-    direction, preview = train(comfy_env, generator, guide, fixtures, steps=3, mode="fast+bf16")
+    direction, preview, _ = train(comfy_env, generator, guide, fixtures, steps=3, mode="fast+bf16")
     assert direction.meta["hyperparameters"]["autocast"] == "bf16"
     assert torch.isfinite(direction.tensor).all() and torch.isfinite(preview).all()
 
@@ -455,7 +467,7 @@ def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inpu
     assert spec["required"]["mode"][0] == list(TRAIN_MODES)
     assert all(f"{name} (" in spec["required"]["mode"][1]["tooltip"] for name in TRAIN_MODES)
     assert spec["optional"]["lr"][1]["default"] == 0.2 and spec["optional"]["weight_decay"][1]["default"] == 0.003
-    direction, _ = train(comfy_env, generator, guide, fixtures, steps=2, lr=0.1, weight_decay=0.01)
+    direction, _, _ = train(comfy_env, generator, guide, fixtures, steps=2, lr=0.1, weight_decay=0.01)
     settings = direction.meta["hyperparameters"]
     assert (settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (0.1, 0.1, 0.01)
 
@@ -501,7 +513,7 @@ def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comf
     """Out of memory while drawing a progress preview is not training running out of memory: training
     goes on with the same chunks (same result), and the log says the preview was skipped."""
     generator, guide = models
-    expected, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    expected, _, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
     real, failures = generator.synthesize, []
 
     def previews_fail(wplus, *args, **kwargs):
@@ -513,7 +525,7 @@ def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comf
         return real(wplus, *args, **kwargs)
 
     monkeypatch.setattr(generator, "synthesize", previews_fail)
-    direction, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    direction, _, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
     assert torch.allclose(direction.tensor, expected.tensor, atol=1e-6)
     assert direction.meta["hyperparameters"]["chunk_size"] is None  # never restarted with smaller chunks
     assert failures == [4, 2, 1] and "no preview this time" in caplog.text

@@ -188,7 +188,7 @@ def training(comfy_env):
 
 def train_one_step(env: ComfyEnv, training: dict, target: torch.Tensor, init: str, **links):
     """One step: its learning rate is 0, so the direction kept is exactly where training started."""
-    direction, _ = env.run("EssenceTrain", target=target, steps=1, lambda_transfer=1.0, lambda_consistency=0.5,
+    direction, _, _ = env.run("EssenceTrain", target=target, steps=1, lambda_transfer=1.0, lambda_consistency=0.5,
                            seed=5, mode="fast", init=init, chunk_size=0, preview_every=0, **training, **links)
     return direction
 

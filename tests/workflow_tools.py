@@ -35,11 +35,17 @@ SEED_NAMES = {"seed", "noise_seed"}
 # Frontend-only nodes: saved in UI workflows, never sent to the server.
 VIRTUAL_NODES = {"Note": ["text"], "MarkdownNote": ["text"]}
 
+# Widgets the frontend adds to core nodes by itself (not in /object_info, not saved in workflows) and
+# sends with the prompt: Preview Any's read-only text box, empty until the node has run.
+FRONTEND_WIDGETS: dict[str, dict[str, Any]] = {"PreviewAny": {"preview": ""}}
+
 # Core ComfyUI nodes the examples use, as ComfyUI's nodes.py defines them (object_info layout).
 CORE_NODES: dict[str, dict[str, Any]] = {
     "LoadImage": {"input": {"required": {"image": [[], {"image_upload": True}]}},
                   "output": ["IMAGE", "MASK"], "output_name": ["IMAGE", "MASK"]},
     "PreviewImage": {"input": {"required": {"images": ["IMAGE", {}]}}, "output": [], "output_name": []},
+    # comfy_extras/nodes_preview_any.py: shows any value (here the text reports) on the node
+    "PreviewAny": {"input": {"required": {"source": ["*", {}]}}, "output": [], "output_name": []},
     "SaveImage": {"input": {"required": {"images": ["IMAGE", {}],
                                          "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
                   "output": [], "output_name": []},
@@ -110,7 +116,7 @@ def ui_to_api(workflow: dict[str, Any], definitions: dict[str, dict[str, Any]],
         if node["type"] in VIRTUAL_NODES or node.get("mode", 0) != 0:
             continue
         definition = definitions[node["type"]]
-        inputs: dict[str, Any] = {}
+        inputs: dict[str, Any] = dict(FRONTEND_WIDGETS.get(node["type"], {}))
         for (name, _kind, _opts), value in zip(widget_slots(definition), node.get("widgets_values", [])):
             if name in ("control_after_generate", "upload"):
                 continue
@@ -144,8 +150,8 @@ def execution_order(prompt: dict[str, dict[str, Any]]) -> list[str]:
 def run_prompt(prompt: dict[str, dict[str, Any]], run_node: Callable[..., tuple],
                images: dict[str, Any]) -> dict[str, list[Any]]:
     """Execute an API prompt in-process: ``run_node(class_type, **inputs)`` runs pack nodes,
-    LoadImage reads ``images[filename]``, SaveImage/PreviewImage collect their images.
-    Returns {node id: images} for the image sinks."""
+    LoadImage reads ``images[filename]``, SaveImage/PreviewImage collect their images, PreviewAny
+    its value. Returns {node id: images or value} for the sinks."""
     outputs: dict[str, tuple] = {}
     collected: dict[str, list[Any]] = {}
     for node_id in execution_order(prompt):
@@ -156,6 +162,9 @@ def run_prompt(prompt: dict[str, dict[str, Any]], run_node: Callable[..., tuple]
             outputs[node_id] = (images[inputs["image"]], None)
         elif kind in ("SaveImage", "PreviewImage"):
             collected[node_id] = inputs["images"]
+            outputs[node_id] = ()
+        elif kind == "PreviewAny":
+            collected[node_id] = inputs["source"]
             outputs[node_id] = ()
         else:
             outputs[node_id] = run_node(kind, **inputs)
