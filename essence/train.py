@@ -532,18 +532,19 @@ class _CudaGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def __call__(self) -> None:
-        if self.graph is None and self.calls < GRAPH_WARMUP_STEPS:
-            main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                self.step()
-            main.wait_stream(side)
-        else:
-            if self.graph is None:
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):  # records the step's kernels; runs nothing
+        with torch.cuda.device(self.device):  # the models' GPU, whichever is current
+            if self.graph is None and self.calls < GRAPH_WARMUP_STEPS:
+                main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
                     self.step()
-            self.graph.replay()
+                main.wait_stream(side)
+            else:
+                if self.graph is None:
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph):  # records the step's kernels; runs nothing
+                        self.step()
+                self.graph.replay()
         self.calls += 1
 
 

@@ -173,10 +173,11 @@ def test_cuda_graph_replay_equals_the_same_step_run_eagerly(cuda_models, trace, 
     eager = _run(cuda_models, trace, target, inits, loop="graph", **settings)
     assert len(captured) == replays
     assert_same_runs(replayed, eager)
-    # and the fast loop (torch's optimisers, other rounding) agrees while the chaotic loop has not diverged
+    # and the fast loop (torch's optimisers, other rounding) agrees while the chaotic loop has not
+    # diverged; in bf16 a slightly different latent may round differently
     fast = _run(cuda_models, trace, target, inits, loop="fast", **settings)
     for graph_run, fast_run in zip(replayed, fast):
-        assert graph_run.losses[:7] == pytest.approx(fast_run.losses[:7], abs=1e-4)
+        assert graph_run.losses[:7] == pytest.approx(fast_run.losses[:7], abs=1e-3 if "autocast" in overrides else 1e-4)
 
 
 @cuda
