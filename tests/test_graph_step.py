@@ -107,6 +107,13 @@ def test_graph_loop_steps_like_the_fast_loop(models, trace, target, candidates, 
     assert min(graph[0].losses) < graph[0].losses[0]  # it trains
 
 
+def test_graph_loop_without_the_consistency_loss_has_no_coefficients_to_update(models, trace, target):
+    fast = _run(models, trace, target, [trace["init_direction"]], steps=4, loop="fast", lambda_consistency=0.0)
+    graph = _run(models, trace, target, [trace["init_direction"]], steps=4, loop="graph", lambda_consistency=0.0)
+    assert_same_runs(graph, fast)
+    assert graph[0].coefficients == [1.0] * 4
+
+
 def test_graph_loop_reproduces_the_reference_trace(models, trace, target):
     run = _run(models, trace, target, [trace["init_direction"]], steps=40, loop="graph")[0]
     assert_follows_reference(run, trace)
