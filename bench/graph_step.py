@@ -1,109 +1,177 @@
-"""Experiment: how fast is a training step on a GPU without Python's dispatch cost?
+"""Host cost of a training step: the eager ``fast`` loop against the ``graph`` loop, which captures the
+whole step (render, CLIP, losses, both optimisers' updates, best-so-far tracking) once as a CUDA graph
+and replays it, per training mode; and a check that the replay gives the eager numbers.
 
-The H100 measurements (docs/benchmarks.md) point at the host: a full-size `fast` step keeps the GPU
-busy under 63 ms but takes 66-73 ms, and the 256 px path, which skips most of the generator's work,
-still takes 43-53 ms. This script captures one step's forward and backward (render the edited
-sources, embed them with CLIP, the TargetCLIP loss, gradients for the direction and the
-coefficients) in a CUDA graph and times its replays against the same work run eagerly. If the
-replay is far faster, capturing `essence.train`'s whole step is worth building.
+    python bench/graph_step.py --json OUT.json [--modes fast fast+256px fast+bf16+256px] [--steps 50]
+                               [--window 10] [--candidates 1] [--fixtures DIR] [--device cuda]
 
-    python bench/graph_step.py [--render-size 256] [--bf16] [--repeats 20]
+Per mode, ``train_candidates`` runs three times from the same start on the full-size random-weight
+models of ``python -m bench`` (4 sources): loop ``fast`` (eager, torch's optimisers), loop ``graph``
+(captured after 3 warm-up steps, then replayed) and loop ``graph`` with every step run eagerly (the
+same arithmetic, nothing captured). Seconds per step: the median over windows of ``--window`` steps,
+the first window (warm-up, capture) left out. Peak memory as ``python -m bench`` measures it (on CUDA
+``torch.cuda.max_memory_allocated`` above the models, the graph's memory pool included).
 
-The replayed loss and gradient are compared with the eager ones: they must agree to rounding.
-Not part of the test suite and not run by CI: it needs CUDA.
+Checks (exit status 1 if one fails, after the records are written):
+  replay == eager   every step's loss of the replayed graph within 1e-5 relative of the same step
+                    run eagerly: capturing must not change a number;
+  graph == fast     the first ``--check-steps`` losses within 1e-4 of the ``fast`` loop's (1e-3 in
+                    approximate modes): on CUDA the loops round Adam's arithmetic differently, and
+                    the reference's chaotic coefficients amplify rounding after about 7 steps, as
+                    the fixtures' README says.
+
+``--json`` gets ``{"records": [...]}``, one record per (mode, loop) with the common benchmark fields
+(device, what, mode, exact, batch, steps, seconds_per_step, peak_gb, torch, date) and the checks'
+numbers. ``--fixtures DIR`` uses the tiny fixture models instead (a quick run of this script's logic
+anywhere, the CPU included; modes there must not set render_size).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.measure import training_problem  # noqa: E402
-from essence.clip_guide import to_unit  # noqa: E402
-from essence.train import essence_losses  # noqa: E402
+import essence.train as train  # noqa: E402
+from bench.measure import _peak_tracker, device_name, training_problem  # noqa: E402
+from essence.files import atomic_write  # noqa: E402
+from essence.modes import TRAIN_MODES  # noqa: E402
+
+DEFAULT_MODES = ["fast", "fast+256px", "fast+bf16+256px"]
+REPLAY_TOLERANCE = 1e-5  # relative, per step: replay against the same step run eagerly
+FAST_TOLERANCE = {True: 1e-4, False: 1e-3}  # absolute, first check steps, graph against fast: exact modes
+# to the fixtures' criterion; reduced precision may round a slightly different latent differently
+RUNS = {  # name: (loop, capture allowed), in the order they run
+    "fast": ("fast", True),
+    "graph": ("graph", True),
+    "graph-eager": ("graph", False),
+}
+WHAT = {"fast": "training step, fast loop (eager)",
+        "graph": "training step, graph loop (CUDA graph replay)",
+        "graph-eager": "training step, graph loop run eagerly (nothing captured)"}
+NOT_CAPTURED = "training step, graph loop (eager: CUDA graphs need CUDA)"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--render-size", type=int, default=None)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("needs a CUDA device", file=sys.stderr)
-        return 2
-    device = torch.device("cuda")
+def full_size_problem(device: torch.device, candidates: int) -> dict:
+    """The benchmark's full-size random-weight models, 4 sources, ``candidates`` starts, a target."""
     problem = training_problem(device)
-    generator, guide, sources = problem["generator"], problem["guide"], problem["sources"]
-    target = to_unit(problem["target_embedding_override"].to(device))
+    generator = problem["generator"]
+    inits = [problem.pop("init")] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7)
+                                     for k in range(candidates - 1)]
+    return {**problem, "inits": inits}
 
-    def embed(latents: torch.Tensor) -> torch.Tensor:
-        # autocast's weight-cast cache must be off inside a CUDA graph capture
-        with torch.autocast("cuda", torch.bfloat16, enabled=args.bf16, cache_enabled=False):
-            images = generator.synthesize(latents, stop_at=args.render_size)
-        return guide.embed_generated(images.float()).float()
 
-    with torch.no_grad():
-        e_src = embed(sources)
-    direction = problem["init"].clone().requires_grad_(True)
-    coefficients = torch.ones(sources.shape[0], device=device, requires_grad=True)
+def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
+    """The tiny fixture models and the official trace's sources, start and target embedding."""
+    from safetensors.torch import load_file
 
-    def step() -> torch.Tensor:
-        transfer, consistency = essence_losses(e_src, embed(sources + direction * coefficients[:, None, None]), target)
-        loss = transfer + 0.5 * consistency
-        loss.backward()
-        return loss.detach()
+    import essence
 
-    def timed(run) -> float:
-        times = []
-        for _ in range(args.repeats):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    trace = load_file(fixtures / "targetclip_public_trace.safetensors")
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device=device, cache=False)
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
+    inits = [trace["init_direction"]] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7).cpu()
+                                         for k in range(candidates - 1)]
+    return {"target": None, "sources": trace["sources"], "generator": generator, "guide": guide,
+            "inits": inits, "target_embedding_override": trace["target_embedding"]}
 
-    def eager() -> torch.Tensor:
-        direction.grad = coefficients.grad = None
-        return step()
 
-    eager()  # warm-up
-    eager_seconds = timed(eager)
-    eager_loss = eager()
-    eager_grad = direction.grad.clone()
+def timed_run(problem: dict, settings: train.TrainSettings, capture: bool, window: int,
+              device: torch.device) -> tuple[list[float], float | None, float]:
+    """Losses of every step, seconds per step (None if too few windows) and peak GB of one training."""
+    stamps: list[float] = []
 
-    # the documented recipe: warm up on a side stream, then capture with gradients allocated inside
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            direction.grad = coefficients.grad = None
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    direction.grad = coefficients.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_loss = step()
-    graph.replay()
-    torch.cuda.synchronize()
-    loss_error = abs(float(graph_loss) - float(eager_loss))
-    grad_error = float((direction.grad - eager_grad).norm() / eager_grad.norm())
-    graph_seconds = timed(graph.replay)
+    def progress(_) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
 
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, render size "
-          f"{args.render_size or generator.size}, {'bf16' if args.bf16 else 'float32'}: forward + backward of "
-          f"{sources.shape[0]} sources")
-    print(f"  eager        {eager_seconds * 1000:7.1f} ms")
-    print(f"  CUDA graph   {graph_seconds * 1000:7.1f} ms   (loss differs by {loss_error:.2e}, "
-          f"direction gradient by {grad_error:.2e} relative)")
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    peak = _peak_tracker(device)
+    warmup = train.GRAPH_WARMUP_STEPS
+    train.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
+    try:
+        results = train.train_candidates(**problem, settings=replace(settings, progress_every=window),
+                                         progress=progress)
+    finally:
+        train.GRAPH_WARMUP_STEPS = warmup
+    windows = [(b - a) / window for a, b in zip(stamps[:-1], stamps[1:])]  # the first window is left out
+    losses = [loss for result in results for loss in result.losses]
+    return losses, (statistics.median(windows) if windows else None), peak() / 1024
+
+
+def measure_mode(problem: dict, mode: str, steps: int, window: int, check_steps: int,
+                 device: torch.device, batch: int) -> tuple[list[dict], bool]:
+    """Records of one mode's three runs, and whether its checks passed."""
+    settings = TRAIN_MODES[mode].settings(steps=steps)
+    runs = {name: timed_run(problem, replace(settings, loop=loop), capture, window, device)
+            for name, (loop, capture) in RUNS.items()}
+    replay, eager, fast = runs["graph"][0], runs["graph-eager"][0], runs["fast"][0]
+    replay_error = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(replay, eager))
+    first = [i for i in range(len(fast)) if i % steps < check_steps]  # each candidate's first steps
+    fast_error = max(abs(replay[i] - fast[i]) for i in first)
+    passed = replay_error <= REPLAY_TOLERANCE and fast_error <= FAST_TOLERANCE[TRAIN_MODES[mode].exact]
+    cuda = device.type == "cuda"
+    records = []
+    for name, (_, seconds, peak) in runs.items():
+        records.append({
+            "device": device_name(device), "what": WHAT[name] if cuda or name == "fast" else NOT_CAPTURED,
+            "mode": mode, "exact": TRAIN_MODES[mode].exact,
+            "batch": batch, "steps": steps - window, "seconds_per_step": seconds,
+            "peak_gb": round(peak, 3), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "loop": RUNS[name][0], "captured": name == "graph" and cuda,
+            "tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+            "replay_vs_eager_max_rel_loss": replay_error,
+            "graph_vs_fast_max_abs_loss": fast_error, "check_steps": check_steps, "checks_passed": passed,
+        })
+    return records, passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the records")
+    parser.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=DEFAULT_MODES)
+    parser.add_argument("--steps", type=int, default=50, help="steps per run (default 50)")
+    parser.add_argument("--window", type=int, default=10, help="steps per timing window (default 10)")
+    parser.add_argument("--check-steps", type=int, default=7, help="steps compared with the fast loop (default 7)")
+    parser.add_argument("--candidates", type=int, default=1, help="directions trained together (default 1)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--fixtures", type=Path, default=None, help="use the tiny fixture models from this folder")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA device (or --device cpu with --fixtures for a quick run)", file=sys.stderr)
+        return 2
+    if args.steps < 2 * args.window or args.steps % args.window or args.check_steps > args.steps:
+        parser.error("--steps must be a multiple of --window, at least two windows, and at least --check-steps")
+    problem = (tiny_problem(device, args.candidates, args.fixtures) if args.fixtures
+               else full_size_problem(device, args.candidates))
+    batch = problem["sources"].shape[0] * args.candidates
+    records, failed = [], []
+    for mode in args.modes:
+        mode_records, passed = measure_mode(problem, mode, args.steps, args.window, args.check_steps, device, batch)
+        for rec in mode_records:
+            print(json.dumps(rec), flush=True)
+        records += mode_records
+        if not passed:
+            failed.append(mode)
+    with atomic_write(args.json) as tmp:
+        tmp.write_text(json.dumps({"records": records}, indent=1) + "\n", encoding="utf-8")
+    if failed:
+        print(f"replay != eager for {', '.join(failed)} (see replay_vs_eager_max_rel_loss, "
+              f"graph_vs_fast_max_abs_loss)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,9 +12,12 @@ users compare against the paper's directions:
   coefficients every step, so changing ``lr`` changes both optimisers, as in the reference;
 * the direction kept is the one after the step whose pre-step loss was the lowest.
 
-Two exact loops give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
+Three exact loops give the same numbers: ``"official"`` recomputes ``E(G(w_i))`` every step as the
 reference does; ``"fast"`` computes it once (the sources never change) and keeps the loop free of
-host-device synchronisation (best-so-far tracking stays on the device). Approximations are separate,
+host-device synchronisation (best-so-far tracking stays on the device); ``"graph"`` is ``"fast"``
+written as one step with static shapes and no host value at all (both optimisers' updates from device
+tensors, ``essence.adam``), which on CUDA is captured once as a CUDA graph and replayed: the same
+numbers without Python's per-operator cost, which dominates the cheap paths. Approximations are separate,
 named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
 anyway), skipping the two most expensive resolutions. Two exact options
@@ -37,6 +40,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
+from .adam import ScheduledAdam, fresh_adam_step_
 from .clip_guide import ClipGuide, GeneratedMode, to_unit
 from .direction import Direction, LatentSpace, direction_metadata
 from .errors import (DeviceMemoryError, EssenceError, FaceNotFoundError, IncompatibleLatentSpaceError,
@@ -45,7 +49,8 @@ from .invert import invert
 from .runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .stylegan2 import StyleGAN2Generator
 
-TrainLoop = Literal["official", "fast"]
+TrainLoop = Literal["official", "fast", "graph"]
+GRAPH_WARMUP_STEPS = 3  # steps the "graph" loop runs eagerly (on a side stream) before capturing one on CUDA
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class TrainSettings:
     lambda_transfer: float = 1.0
     lambda_consistency: float = 0.5
     clip_mode: GeneratedMode = "official"
-    loop: TrainLoop = "fast"  # "official": E(G(w_i)) recomputed every step, as the reference; same result
+    loop: TrainLoop = "fast"  # "official": E(G(w_i)) recomputed every step, as the reference; "graph": the
+    # fast step replayed as a CUDA graph on CUDA (run eagerly elsewhere); all three give the same result
     autocast: Literal["bf16", "fp16"] | None = None
     seed: int = 0
     random_init_truncation: float = 0.7
@@ -79,8 +85,11 @@ class TrainSettings:
         for name in ("lambda_transfer", "lambda_consistency"):
             if not math.isfinite(getattr(self, name)):
                 raise EssenceError(f"{name} must be a finite number, got {getattr(self, name)}.")
-        if self.loop not in ("official", "fast"):
-            raise EssenceError(f"loop must be 'official' or 'fast', got {self.loop!r}.")
+        if self.loop not in ("official", "fast", "graph"):
+            raise EssenceError(f"loop must be 'official', 'fast' or 'graph', got {self.loop!r}.")
+        if self.loop == "graph" and self.recompute_from is not None:
+            raise EssenceError("recompute_from does not work with loop 'graph' (its re-run layers are not "
+                               "captured safely in a CUDA graph); use loop 'fast' to save memory that way.")
         if self.autocast not in (None, "bf16", "fp16"):
             raise EssenceError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}.")
         if self.clip_mode not in ("official", "normalized"):
@@ -253,12 +262,15 @@ def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN
             raise EssenceError(f"{name} must be one of this generator's resolutions {sizes}, got {value}.")
 
 
-def autocast_for(device: torch.device, mode: str | None):
-    """The reduced-precision context for ``mode`` ("bf16", "fp16"), or none for float32 (None)."""
+def autocast_for(device: torch.device, mode: str | None, cache: bool = True):
+    """The reduced-precision context for ``mode`` ("bf16", "fp16"), or none for float32 (None).
+
+    ``cache=False`` turns off autocast's cache of cast weights, which a CUDA graph capture forbids.
+    """
     if mode is None:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def train_direction(
@@ -467,7 +479,7 @@ def embed_faces(latents: torch.Tensor, generator: StyleGAN2Generator, guide: Cli
     training sees them (``s``'s autocast, render size, recomputation and CLIP preprocessing)."""
     # reduced precision for the generator only: the consistency loss compares nearly equal
     # CLIP embeddings, which bf16/fp16 arithmetic inside CLIP would drown in rounding
-    with autocast_for(latents.device, s.autocast):
+    with autocast_for(latents.device, s.autocast, cache=s.loop != "graph"):
         images = generator.synthesize(latents, stop_at=s.render_size, recompute_from=s.recompute_from)
     return guide.embed_generated(images.float(), mode=s.clip_mode).float()
 
@@ -485,6 +497,61 @@ def _passes(candidates: int, count: int, chunk: int) -> list[tuple[int, int]]:
         return [(i, min(i + per_pass, candidates * count)) for i in range(0, candidates * count, per_pass)]
     return [(k * count + i, k * count + min(i + chunk, count))
             for k in range(candidates) for i in range(0, count, chunk)]
+
+
+class _BestSoFar:
+    """The best-so-far direction of every candidate and the loss history, kept on the device and
+    updated in place: no host value is read, so a CUDA graph can replay the update.
+
+    ``counter`` is the number of steps recorded (a device scalar); ``history`` [steps, K, 3] holds
+    each step's (loss, transfer, consistency) of every candidate.
+    """
+
+    def __init__(self, direction: torch.Tensor, steps: int) -> None:
+        candidates, device = direction.shape[0], direction.device
+        self.loss = torch.full((candidates,), float("inf"), device=device)
+        self.direction = direction.detach().clone()
+        self.step = torch.zeros(candidates, dtype=torch.long, device=device)
+        self.counter = torch.zeros((), dtype=torch.long, device=device)
+        self.history = torch.zeros(steps, candidates, 3, device=device)
+
+    @torch.no_grad()
+    def record(self, loss: torch.Tensor, transfer: torch.Tensor, consistency: torch.Tensor,
+               direction: torch.Tensor) -> None:
+        """Record one step: its pre-step losses [K] and the direction after its update."""
+        improved = loss < self.loss
+        self.loss.copy_(torch.where(improved, loss, self.loss))
+        self.direction.copy_(torch.where(improved[:, None, None], direction, self.direction))
+        self.step.copy_(torch.where(improved, self.counter, self.step))
+        self.history.index_copy_(0, self.counter.reshape(1), torch.stack([loss, transfer, consistency], dim=1)[None])
+        self.counter += 1
+
+
+class _CudaGraphStep:
+    """Calls ``step`` eagerly ``GRAPH_WARMUP_STEPS`` times on a side stream (CUDA's recipe: lazy
+    initialisation and autotuning happen outside the capture), then captures the next call as a CUDA
+    graph and from then on replays it. Every call is a real training step."""
+
+    def __init__(self, step: Callable[[], None], device: torch.device) -> None:
+        self.step, self.device = step, device
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self) -> None:
+        with torch.cuda.device(self.device):  # the models' GPU, whichever is current
+            if self.graph is None and self.calls < GRAPH_WARMUP_STEPS:
+                main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    self.step()
+                main.wait_stream(side)
+            else:
+                if self.graph is None:
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph):  # records the step's kernels; runs nothing
+                        self.step()
+                self.graph.replay()
+        self.calls += 1
 
 
 def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop,
@@ -516,51 +583,68 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
             parts.append(sources[rows] + (own * coefficients[k, rows, None, None] if use_coefficients else own))
         return render_and_embed(parts[0] if len(parts) == 1 else torch.cat(parts))
 
-    optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
     coefficient_lr = s.lr if s.coefficient_lr is None else s.coefficient_lr
-    cached_src = embed_sources() if s.loop == "fast" else None
+    cached_src = embed_sources() if s.loop != "official" else None
+    best = _BestSoFar(direction, s.steps)
 
-    best_loss = torch.full((candidates,), float("inf"), device=device)
-    best_direction = direction.detach().clone()
-    best_step = torch.zeros(candidates, dtype=torch.long, device=device)
-    step_counter = torch.zeros((), dtype=torch.long, device=device)  # on the device: no per-step copy
-    history: list[torch.Tensor] = []  # [K, (loss, transfer, consistency)] per step, kept on the device
+    if s.loop == "graph":
+        adam = ScheduledAdam(direction, [learning_rate(i, s.steps, s.lr) for i in range(s.steps)], s.weight_decay)
+
+        def static_step() -> None:
+            """The whole step with static shapes and no host value: what a CUDA graph replays."""
+            direction.grad = coefficients.grad = None
+            loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, cached_src,
+                                                             target, s)
+            with torch.no_grad():
+                if use_coefficients:  # the reference's fresh Adam, whose one step needs no state
+                    fresh_adam_step_(coefficients, coefficients.grad, coefficient_lr, s.coefficient_weight_decay)
+                adam.step_(best.counter)
+                best.record(loss, transfer, consistency, direction)
+
+        replayed = _CudaGraphStep(static_step, device) if device.type == "cuda" else static_step
+
+        def run_step(lr: float) -> None:  # the step's rate is already in the device table
+            replayed()
+    else:
+        optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
+
+        def run_step(lr: float) -> None:
+            optimizer.param_groups[0]["lr"] = lr
+            # the reference builds a fresh Adam for the coefficients every step (its state resets)
+            coef_optimizer = (torch.optim.Adam([coefficients], lr=coefficient_lr,
+                                               weight_decay=s.coefficient_weight_decay) if use_coefficients else None)
+            e_src = embed_sources() if cached_src is None else cached_src
+            optimizer.zero_grad(set_to_none=True)
+            if coef_optimizer is not None:
+                coef_optimizer.zero_grad(set_to_none=True)
+            loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
+            if coef_optimizer is not None:
+                coef_optimizer.step()
+            optimizer.step()
+            best.record(loss, transfer, consistency, direction)
+
     start = time.perf_counter()
     for step in range(s.steps):
         if should_stop is not None and should_stop():
             raise TrainingCancelled(f"training stopped at step {step} of {s.steps}; nothing was saved.")
         lr = learning_rate(step, s.steps, s.lr)
-        optimizer.param_groups[0]["lr"] = lr
-        # the reference builds a fresh Adam for the coefficients every step (its state resets)
-        coef_optimizer = (torch.optim.Adam([coefficients], lr=coefficient_lr,
-                                           weight_decay=s.coefficient_weight_decay) if use_coefficients else None)
-        e_src = embed_sources() if cached_src is None else cached_src
-        optimizer.zero_grad(set_to_none=True)
-        if coef_optimizer is not None:
-            coef_optimizer.zero_grad(set_to_none=True)
-        loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
-        if coef_optimizer is not None:
-            coef_optimizer.step()
-        optimizer.step()
-
-        with torch.no_grad():
-            pre_step_loss = loss.detach()
-            improved = pre_step_loss < best_loss
-            best_loss = torch.where(improved, pre_step_loss, best_loss)
-            best_direction = torch.where(improved[:, None, None], direction.detach(), best_direction)
-            best_step = torch.where(improved, step_counter, best_step)
-            step_counter += 1
-            history.append(torch.stack([pre_step_loss, transfer.detach(), consistency.detach()], dim=1))
+        run_step(lr)
         done = step + 1
         if progress is not None and (done % s.progress_every == 0 or done == s.steps):
-            lead = int(best_loss.argmin().item())
-            last = history[-1][lead].tolist()
-            progress(TrainProgress(done, s.steps, last[0], last[1], last[2], lr, best_loss[lead].item(),
+            lead = int(best.loss.argmin().item())
+            last = best.history[step, lead].tolist()
+            progress(TrainProgress(done, s.steps, last[0], last[1], last[2], lr, best.loss[lead].item(),
                                    direction[lead:lead + 1].detach().clone(), lead))
-
     seconds = time.perf_counter() - start
-    table = torch.stack(history).cpu().tolist()  # [steps][K][3]
-    bests = best_step.tolist()
+    return _results(best, coefficients, seconds, generator, guide, s, coefficient_lr, count, metas)
+
+
+def _results(best: _BestSoFar, coefficients: torch.Tensor, seconds: float, generator, guide, s: TrainSettings,
+             coefficient_lr: float, count: int, metas: list[dict[str, Any]]) -> list[TrainResult]:
+    """One ``TrainResult`` per candidate, with the metadata that says how its direction was made."""
+    candidates = best.loss.shape[0]
+    table = best.history.cpu().tolist()  # [steps][K][3]
+    bests = best.step.tolist()
     common = dict(
         latent_space=asdict(LatentSpace.of_generator(generator)),
         generator_fingerprint=generator.fingerprint(),
@@ -572,19 +656,19 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
     results = []
     for k in range(candidates):
         losses, transfers, consistencies = (list(column) for column in zip(*(row[k] for row in table)))
-        best = bests[k]
+        best_step = bests[k]
         result_meta = direction_metadata(
             **copy.deepcopy(common),
-            losses={"total": losses[best], "transfer": transfers[best], "consistency": consistencies[best],
-                    "best_step": best, "steps": s.steps},
+            losses={"total": losses[best_step], "transfer": transfers[best_step],
+                    "consistency": consistencies[best_step], "best_step": best_step, "steps": s.steps},
             train_seconds=round(seconds, 3),
         )
         if candidates > 1:
             result_meta.update(candidate=k, candidates=candidates)
         result_meta.update(metas[k])
         results.append(TrainResult(
-            direction=Direction(best_direction[k:k + 1].cpu(), result_meta),
-            losses=losses, transfer=transfers, consistency=consistencies, best_step=best, seconds=seconds,
+            direction=Direction(best.direction[k:k + 1].cpu(), result_meta),
+            losses=losses, transfer=transfers, consistency=consistencies, best_step=best_step, seconds=seconds,
             coefficients=coefficients[k].detach().cpu().tolist(),
         ))
     return results

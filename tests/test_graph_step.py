@@ -1,0 +1,196 @@
+"""The ``graph`` training loop: one static step with no host value, replayed as a CUDA graph on CUDA.
+
+On the CPU the same step runs eagerly, so its arithmetic is checked here: the optimisers' updates
+against ``torch.optim.Adam`` and the whole loop against the ``fast`` loop, step for step. The
+replay itself needs CUDA (the last tests; they are skipped elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+
+import essence
+import essence.train as train
+from essence.adam import ScheduledAdam, fresh_adam_step_
+from essence.train import TrainSettings, learning_rate, train_candidates
+
+from test_train import assert_follows_reference
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def awkward_gradients(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Random gradients over many magnitudes, with exact zeros (also -0.0) and values near Adam's eps."""
+    generator = torch.Generator().manual_seed(seed)
+    grad = torch.randn(shape, generator=generator) * 10.0 ** torch.randint(-12, 4, shape, generator=generator)
+    flat = grad.view(-1)
+    flat[:5] = 0.0
+    flat[5:8] = -0.0
+    flat[8:12] = torch.tensor([1e-8, -1e-8, 3e-9, -2e-7])
+    return grad
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("lr", [0.2, 0.05])
+def test_a_fresh_adams_first_step_in_closed_form_equals_torchs(lr, weight_decay):
+    """The reference creates a new Adam for the coefficients every step: each update is a first step."""
+    for seed in range(5):
+        start = torch.randn(6, 40, generator=torch.Generator().manual_seed(100 + seed)) * 3
+        grad = awkward_gradients((6, 40), seed)
+        reference = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([reference], lr=lr, weight_decay=weight_decay)
+        reference.grad = grad.clone()
+        optimizer.step()
+        mine = start.clone()
+        fresh_adam_step_(mine, grad, lr, weight_decay)
+        torch.testing.assert_close(mine, reference.detach(), rtol=1e-6, atol=1e-12)
+        # the derivation (in float64, where float32's rounding of the sum cannot hide it): the update
+        # is -lr * g / (|g| + eps), g with the coupled decay
+        start64, grad64 = start.double(), grad.double()
+        moved = start64.clone()
+        fresh_adam_step_(moved, grad64, lr, weight_decay)
+        g = grad64 + weight_decay * start64
+        torch.testing.assert_close(moved - start64, -lr * g / (g.abs() + 1e-8), rtol=1e-9, atol=1e-14)
+    unmoved = torch.ones(3)
+    fresh_adam_step_(unmoved, torch.zeros(3), lr)  # no gradient and no decay: no update at all
+    assert torch.equal(unmoved, torch.ones(3))
+
+
+def test_scheduled_adam_equals_torchs_adam_with_the_learning_rate_set_each_step():
+    """The direction's Adam, its rate from the official schedule (0 at the first step), read from the
+    device at a device step counter instead of from the host."""
+    steps = 40
+    start = torch.randn(2, 10, 64, generator=torch.Generator().manual_seed(1))
+    reference = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([reference], lr=0.2, weight_decay=3e-3)
+    mine = start.clone().requires_grad_(True)
+    adam = ScheduledAdam(mine, [learning_rate(i, steps, 0.2) for i in range(steps)], weight_decay=3e-3)
+    for step in range(steps):
+        grad = awkward_gradients(tuple(start.shape), 50 + step)
+        optimizer.param_groups[0]["lr"] = learning_rate(step, steps, 0.2)
+        reference.grad, mine.grad = grad.clone(), grad.clone()
+        optimizer.step()
+        adam.step_(torch.tensor(step))
+        torch.testing.assert_close(mine.detach(), reference.detach(), rtol=1e-6, atol=1e-9)
+    assert not torch.equal(mine, start)
+
+
+def _run(models, trace, target, inits, **settings):
+    generator, guide = models
+    return train_candidates(target, trace["sources"], generator, guide, inits, TrainSettings(**settings))
+
+
+def assert_same_runs(graph_runs, eager_runs, rel: float = 1e-5) -> None:
+    """Step for step: the same losses, coefficients, best step and kept direction."""
+    assert len(graph_runs) == len(eager_runs)
+    for graph, eager in zip(graph_runs, eager_runs):
+        assert graph.losses == pytest.approx(eager.losses, rel=rel, abs=1e-7)
+        assert graph.transfer == pytest.approx(eager.transfer, rel=rel, abs=1e-7)
+        assert graph.consistency == pytest.approx(eager.consistency, rel=rel, abs=1e-7)
+        assert graph.coefficients == pytest.approx(eager.coefficients, rel=rel, abs=1e-6)
+        assert graph.best_step == eager.best_step
+        torch.testing.assert_close(graph.direction.tensor, eager.direction.tensor, rtol=rel, atol=1e-6)
+
+
+@pytest.mark.parametrize("candidates, chunk_size", [(1, None), (2, 4)], ids=["one", "two-chunked"])
+def test_graph_loop_steps_like_the_fast_loop(models, trace, target, candidates, chunk_size):
+    """Same losses, coefficients, best step and direction for a dozen steps, for one candidate and for
+    two candidates rendered one per pass (the chunked path: render, loss, then back-propagate per pass)."""
+    generator, _ = models
+    inits = [trace["init_direction"], generator.sample_wplus(1, seed=3, truncation=0.7).cpu()][:candidates]
+    fast = _run(models, trace, target, inits, steps=12, loop="fast", chunk_size=chunk_size)
+    graph = _run(models, trace, target, inits, steps=12, loop="graph", chunk_size=chunk_size)
+    assert_same_runs(graph, fast)
+    assert graph[0].direction.meta["hyperparameters"]["loop"] == "graph"
+    assert min(graph[0].losses) < graph[0].losses[0]  # it trains
+
+
+def test_graph_loop_without_the_consistency_loss_has_no_coefficients_to_update(models, trace, target):
+    fast = _run(models, trace, target, [trace["init_direction"]], steps=4, loop="fast", lambda_consistency=0.0)
+    graph = _run(models, trace, target, [trace["init_direction"]], steps=4, loop="graph", lambda_consistency=0.0)
+    assert_same_runs(graph, fast)
+    assert graph[0].coefficients == [1.0] * 4
+
+
+def test_graph_loop_reproduces_the_reference_trace(models, trace, target):
+    run = _run(models, trace, target, [trace["init_direction"]], steps=40, loop="graph")[0]
+    assert_follows_reference(run, trace)
+
+
+def test_graph_loop_refuses_recomputation_and_unknown_loops_are_named():
+    with pytest.raises(essence.EssenceError, match="recompute_from does not work with loop 'graph'"):
+        TrainSettings(loop="graph", recompute_from=64)
+    with pytest.raises(essence.EssenceError, match="'official', 'fast' or 'graph'"):
+        TrainSettings(loop="compiled")
+
+
+def test_graph_step_benchmark_writes_records_and_checks_replay(fixtures, tmp_path, capsys):
+    """``bench/graph_step.py`` (run on a GPU later) works end to end; on the CPU nothing is captured."""
+    from bench import graph_step
+
+    out = tmp_path / "graph.json"
+    assert graph_step.main(["--device", "cpu", "--fixtures", str(fixtures), "--modes", "fast", "--steps", "4",
+                            "--window", "2", "--check-steps", "2", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["loop"] for r in records] == ["fast", "graph", "graph"]
+    for r in records:
+        assert {"device", "what", "mode", "exact", "batch", "steps", "seconds_per_step", "peak_gb", "torch",
+                "date"} <= set(r)
+        assert r["mode"] == "fast" and r["exact"] and r["batch"] == 4 and r["steps"] == 2
+        assert r["seconds_per_step"] > 0 and r["checks_passed"] and not r["captured"]
+    assert records[1]["replay_vs_eager_max_rel_loss"] <= 1e-5
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+# ----------------------------------------------------------------------------- on CUDA
+
+
+@pytest.fixture(scope="module")
+def cuda_models(fixtures):
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device="cuda", cache=False)
+    guide = essence.load_guide(fixtures / "clip_tiny.pt", device="cuda", cache=False)
+    return generator, guide
+
+
+@cuda
+@pytest.mark.parametrize("overrides", [{}, {"chunk_size": 3}, {"autocast": "bf16", "render_size": 32}],
+                         ids=["float32", "chunked", "bf16-32px"])
+@pytest.mark.parametrize("candidates", [1, 2])
+def test_cuda_graph_replay_equals_the_same_step_run_eagerly(cuda_models, trace, target, monkeypatch, overrides,
+                                                            candidates):
+    captured = []
+
+    class CountingGraph(torch.cuda.CUDAGraph):
+        def replay(self):
+            captured.append(1)
+            super().replay()
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", CountingGraph)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # strict float32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    generator, _ = cuda_models
+    inits = [trace["init_direction"], generator.sample_wplus(1, seed=3, truncation=0.7).cpu()][:candidates]
+    settings = dict(steps=12, **overrides)
+    replayed = _run(cuda_models, trace, target, inits, loop="graph", **settings)
+    replays = len(captured)
+    assert replays == 12 - train.GRAPH_WARMUP_STEPS  # every step after the warm-up was a replay
+    monkeypatch.setattr(train, "GRAPH_WARMUP_STEPS", 1000)  # the same step, never captured
+    eager = _run(cuda_models, trace, target, inits, loop="graph", **settings)
+    assert len(captured) == replays
+    assert_same_runs(replayed, eager)
+    # and the fast loop (torch's optimisers, other rounding) agrees while the chaotic loop has not
+    # diverged; in bf16 a slightly different latent may round differently
+    fast = _run(cuda_models, trace, target, inits, loop="fast", **settings)
+    for graph_run, fast_run in zip(replayed, fast):
+        assert graph_run.losses[:7] == pytest.approx(fast_run.losses[:7], abs=1e-3 if "autocast" in overrides else 1e-4)
+
+
+@cuda
+def test_cuda_graph_loop_reproduces_the_reference_trace_in_strict_float32(cuda_models, trace, target, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    run = _run(cuda_models, trace, target, [trace["init_direction"]], steps=40, loop="graph")[0]
+    assert_follows_reference(run, trace)
+
