@@ -125,9 +125,26 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
         visual = import_clip_model().VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12,
                                                        heads=12, output_dim=512)
     guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False)
+    return problem_for(generator, guide, torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
+
+
+def problem_for(generator, guide, target_embedding: torch.Tensor) -> dict:
+    """``train_direction``'s arguments for given models: 4 sources (seed 1), a start (seed 2), a target embedding."""
     return {"target": None, "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
             "guide": guide, "init": generator.sample_wplus(1, seed=2, truncation=0.7),
-            "target_embedding_override": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)}
+            "target_embedding_override": target_embedding}
+
+
+def files_problem(device: torch.device, generator_file: str, guide_file: str) -> dict:
+    """``problem_for`` with models loaded from files (the tiny fixtures, for quick checks) and a random
+    target embedding (seed 0)."""
+    from essence import load_generator, load_guide
+
+    generator = load_generator(generator_file, device=device, cache=False).requires_grad_(False)
+    guide = load_guide(guide_file, device=device, cache=False).requires_grad_(False)
+    generator_seed = torch.Generator().manual_seed(0)
+    target = torch.nn.functional.normalize(torch.randn(1, guide.embed_dim, generator=generator_seed), dim=-1)
+    return problem_for(generator, guide, target)
 
 
 def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
@@ -175,6 +192,19 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
     seconds = statistics.median(per_step)
     return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
             "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak()}
+
+
+def bench_compile(device: torch.device, job: dict) -> dict:
+    """``bench.compiled.compile_step`` on the full-size random models, or on the files the job names."""
+    from essence.train import TrainSettings
+
+    from .compiled import compile_step
+
+    problem = (files_problem(device, job["generator"], job["guide"]) if job.get("generator")
+               else training_problem(device))
+    settings = TrainSettings(steps=job["steps"], **TRAIN_MODES[job.get("mode", "fast")])
+    return {"mode": job.get("mode", "fast"), "size": problem["generator"].size,
+            **compile_step(problem, settings, device, _peak_tracker(device))}
 
 
 def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30) -> str:
@@ -244,6 +274,8 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
         result = bench_encoder(device, job["batch"], job["dtype"], repeats)
     elif kind == "candidates":
         result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"))
+    elif kind == "compile":
+        result = bench_compile(device, job)
     else:
         result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"))
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
@@ -366,3 +398,35 @@ def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: tor
 def format_quality_row(row: dict) -> str:
     return (f"{row['mode']:<22}{row['seconds']:>8.1f} s  loss {row['own_best_loss']:.4f}  exact-objective "
             f"{row['exact_loss']:.4f}  cosine {row['cosine_to_exact']:.5f}  distance {row['distance_over_exact_update']:.3f}")
+
+
+def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources: torch.Tensor, steps: int,
+                    seeds: list[int], mode: str = "fast+bf16") -> dict:
+    """Is ``mode`` a close enough approximation? ``bench_quality`` with the exact ``fast`` mode and
+    ``mode`` from each seed's random start, for every target: the exact objective (``exact_loss``)
+    each reaches, and their ratio (above 1: the approximation ends worse).
+
+    The issue's bar: recommend the approximation only if the objective stays within 5 % of exact.
+    """
+    runs = []
+    for name, target in targets.items():
+        for seed in seeds:
+            exact, approx = bench_quality(generator, guide, target, sources, steps, seed=seed, modes=["fast", mode])
+            runs.append({"target": name, "seed": seed, "exact_objective": exact["exact_loss"],
+                         "approx_objective": approx["exact_loss"], "ratio": approx["exact_loss"] / exact["exact_loss"],
+                         "cosine_to_exact": approx["cosine_to_exact"], "seconds_exact": exact["seconds"],
+                         "seconds_approx": approx["seconds"]})
+    ratios = [run["ratio"] for run in runs]
+    return {"mode": mode, "steps": steps, "seeds": list(seeds), "targets": list(targets), "runs": runs,
+            "ratio_mean": statistics.fmean(ratios), "ratio_worst": max(ratios),
+            "within_5_percent": max(ratios) <= 1.05}
+
+
+def format_precision(study: dict) -> str:
+    lines = [f"  target {r['target']:<12} seed {r['seed']:<3} exact-objective: exact {r['exact_objective']:.4f}, "
+             f"{study['mode']} {r['approx_objective']:.4f} (ratio {r['ratio']:.4f}, cosine {r['cosine_to_exact']:.4f})"
+             for r in study["runs"]]
+    verdict = "within" if study["within_5_percent"] else "NOT within"
+    lines.append(f"  {study['mode']} vs exact over {len(study['runs'])} runs of {study['steps']} steps: objective "
+                 f"ratio mean {study['ratio_mean']:.4f}, worst {study['ratio_worst']:.4f}: {verdict} 5 %")
+    return "\n".join(lines)
