@@ -219,7 +219,7 @@ def attribute(events, use_device: bool) -> dict[str, Any]:
         names = [e.name for e in chain]
         node = next((e for e in chain if e.name.startswith("autograd::engine::evaluate_function")), None)
         if node is not None:
-            fwd = forward_by_seq.get((node.fwd_thread, node.sequence_nr))
+            fwd = forward_by_seq.get((node.fwd_thread, node.sequence_nr)) or forward_by_seq.get((None, node.sequence_nr))
             op, shapes, part, res = fwd if fwd else (node.name, [], None, "-")
             direction = "backward"
             # the operators each backward node runs (its grandchildren) are the ones counted for the roofline
@@ -238,6 +238,7 @@ def attribute(events, use_device: bool) -> dict[str, Any]:
             counted = top is event
             if event.sequence_nr >= 0:  # the latest forward op with this number created the autograd node
                 forward_by_seq[(event.thread, event.sequence_nr)] = (op, shapes, part, res)
+                forward_by_seq[(None, event.sequence_nr)] = (op, shapes, part, res)  # if thread ids disagree
         category = categorise(op, shapes, part)
         row = rows[(category, str(res) if category not in ("other", "optimiser") else "-", direction)]
         row["us"] += event.self_device_time_total if use_device else event.self_cpu_time_total
@@ -250,8 +251,8 @@ def attribute(events, use_device: bool) -> dict[str, Any]:
     return rows
 
 
-def profile_breakdown(problem: dict, settings, steps: int, device: torch.device) -> dict[str, Any]:
-    """Profile ``steps`` training steps (after one warm-up run) and break their time down."""
+def profile_breakdown(problem: dict, settings, steps: int, device: torch.device, warmup: int = 2) -> dict[str, Any]:
+    """Profile ``steps`` training steps (after a ``warmup``-step run) and break their time down."""
     from dataclasses import replace
 
     from torch.autograd.profiler import record_function
@@ -260,7 +261,7 @@ def profile_breakdown(problem: dict, settings, steps: int, device: torch.device)
     from essence.train import train_direction
 
     generator, guide = problem["generator"], problem["guide"]
-    train_direction(**problem, settings=replace(settings, steps=2, progress_every=2))  # kernels chosen, caches warm
+    train_direction(**problem, settings=replace(settings, steps=warmup, progress_every=warmup))  # kernels, caches
     state: dict[str, Any] = {"scope": None, "count": 0}
 
     def next_step() -> bool:  # polled at the start of every step: close the last step's scope, open one
@@ -287,8 +288,8 @@ def profile_breakdown(problem: dict, settings, steps: int, device: torch.device)
               "gflop_per_step": v["flops"] / 1e9 / steps, "gb_per_step": v["bytes"] / 1e9 / steps,
               "calls_per_step": v["calls"] / steps} for (c, r, p), v in rows.items()]
     table.sort(key=lambda r: -r["seconds_per_step"])
-    return {"steps": steps, "wall_seconds_per_step": wall / steps, "timed": "GPU kernel time" if device.type == "cuda"
-            else "CPU time", "rows": table}
+    timed = "GPU kernel time" if device.type == "cuda" else "CPU time"
+    return {"steps": steps, "warmup": warmup, "wall_seconds_per_step": wall / steps, "timed": timed, "rows": table}
 
 
 # ----------------------------------------------------------------------------- report
@@ -320,7 +321,7 @@ def markdown(result: dict, title: str, top: int = 25) -> str:
     lines = [f"# {title}", "",
              f"{result['timed']} per training step, summed over operators' self times: {total * 1e3:.1f} ms "
              f"(wall clock under the profiler: {result['wall_seconds_per_step'] * 1e3:.1f} ms per step; "
-             f"{result['steps']} step(s) profiled after a 2-step warm-up). FLOPs and bytes come from the "
+             f"{result['steps']} step(s) profiled after a {result['warmup']}-step warm-up). FLOPs and bytes come from the "
              "recorded shapes (bytes: every input read and one output written once, a lower bound).", ""]
     for key in ("category", "resolution"):
         lines += [f"## By {key}", "", head.format(key)]

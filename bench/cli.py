@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="precision: random starts per target (default 0 1 2 3 4)")
     quality.add_argument("--precision-mode", choices=[m for m in LIBRARY_MODES if not LIBRARY_MODES[m].exact],
                          default="fast+bf16", help="precision: the approximate mode to judge (default fast+bf16)")
+    quality.add_argument("--models-for-timing", action="store_true",
+                         help="train and candidates: time the --generator and --guide files instead of the full-size "
+                              "random models (for quick checks with the tiny test fixtures)")
     study = parser.add_argument_group("breakdown and compile sections (full-size random models unless "
                                       "--generator and --guide are given)")
     study.add_argument("--profile-steps", type=int, default=2, help="breakdown: steps profiled (default 2)")
@@ -124,8 +127,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     steps = args.train_steps or (30 if device.type == "cuda" else 3)
     timed = [section for section in args.only if section in TIMED]
+    files = {"generator": str(args.generator), "guide": str(args.guide)} if args.generator and args.guide else None
     jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches, candidates=args.candidates,
-                candidate_chunk=args.candidate_chunk)
+                candidate_chunk=args.candidate_chunk, files=files if args.models_for_timing else None)
     report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
     label = rec.device_label(device)
     records = rec.records_from_rows(report["rows"], label, EXACT_MODES)
@@ -224,7 +228,8 @@ def _breakdown(args: argparse.Namespace, device: torch.device, steps: int, label
     problem = _problem(args, device)
     size = problem["generator"].size
     print(f"Breakdown of {args.profile_steps} '{mode}' training step(s), {size} px generator, 4 sources", flush=True)
-    result = profile_breakdown(problem, replace(TrainSettings(), **TRAIN_MODES[mode]), args.profile_steps, device)
+    result = profile_breakdown(problem, replace(TrainSettings(), **TRAIN_MODES[mode]), args.profile_steps, device,
+                               warmup=2 if device.type == "cuda" else 1)
     title = f"Training step breakdown: {mode}, {size} px, {label}, torch {torch.__version__}"
     with atomic_write(args.breakdown_md) as tmp:
         tmp.write_text(markdown(result, title), encoding="utf-8")

@@ -147,10 +147,19 @@ def files_problem(device: torch.device, generator_file: str, guide_file: str) ->
     return problem_for(generator, guide, target)
 
 
-def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
+def job_problem(device: torch.device, job: dict, upsample: str = "auto") -> dict:
+    """A job's training problem: the model files it names (quick checks), else full size, random weights."""
+    if job.get("generator"):
+        problem = files_problem(device, job["generator"], job["guide"])
+        problem["generator"].set_upsample_method(upsample)
+        return problem
+    return training_problem(device, upsample)
+
+
+def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto", files: dict | None = None) -> dict:
     from essence.train import TrainSettings, train_direction
 
-    problem = training_problem(device, upsample)
+    problem = job_problem(device, files or {}, upsample)
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -165,15 +174,16 @@ def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "au
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
     seconds = statistics.median(per_step)
     return {"mode": mode, "steps_timed": len(per_step), "seconds_per_step": seconds,
-            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak()}
+            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak(), "size": problem["generator"].size}
 
 
-def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None) -> dict:
+def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None,
+                     files: dict | None = None) -> dict:
     """K candidates from K random starts trained in one batched optimisation, timed per step like
     ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
     from essence.train import TrainSettings, train_candidates
 
-    problem = training_problem(device)
+    problem = job_problem(device, files or {})
     init = problem.pop("init")
     inits = [init] + [problem["generator"].sample_wplus(1, seed=3 + k, truncation=0.7) for k in range(candidates - 1)]
     stamps: list[float] = []
@@ -191,7 +201,8 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
     seconds = statistics.median(per_step)
     return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
-            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak()}
+            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak(),
+            "size": problem["generator"].size}
 
 
 def bench_compile(device: torch.device, job: dict) -> dict:
@@ -200,11 +211,10 @@ def bench_compile(device: torch.device, job: dict) -> dict:
 
     from .compiled import compile_step
 
-    problem = (files_problem(device, job["generator"], job["guide"]) if job.get("generator")
-               else training_problem(device))
+    problem = job_problem(device, job)
     settings = TrainSettings(steps=job["steps"], **TRAIN_MODES[job.get("mode", "fast")])
     return {"mode": job.get("mode", "fast"), "size": problem["generator"].size,
-            **compile_step(problem, settings, device, _peak_tracker(device))}
+            **compile_step(problem, settings, device, _peak_tracker(device), job.get("backend", "inductor"))}
 
 
 def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30) -> str:
@@ -235,14 +245,16 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
 def plan(device: torch.device, sections: list[str], train_steps: int, modes: list[str] | None = None,
          batches: list[int] | None = None, candidates: list[int] | None = None,
-         candidate_chunk: int | None = None) -> list[dict]:
+         candidate_chunk: int | None = None, files: dict | None = None) -> list[dict]:
     """Every measurement to run, as the arguments of one ``--one`` subprocess each.
 
     ``modes`` picks training modes (default: all that suit the device; the candidates section: the
     first of them, else ``fast``); ``batches`` replaces the default batch sizes of the generator and
     encoder sections; ``candidates`` the K of the candidates section (default 1 2 4 8), whose passes
-    hold ``candidate_chunk`` faces (default: all K x 4).
+    hold ``candidate_chunk`` faces (default: all K x 4). ``files`` ({"generator": path, "guide": path})
+    makes the training sections use those models instead of the full-size random ones.
     """
+    files = dict(files or {})
     cuda = device.type == "cuda"
     dtypes = ["float32", "bfloat16"] if cuda else ["float32"]
     kind = "cuda" if cuda else "cpu"
@@ -255,11 +267,11 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
                  for d in dtypes for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
     if "train" in sections:
         chosen = modes or list(TRAIN_MODES)
-        jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
+        jobs += [{"kind": "train", "mode": m, "steps": train_steps, **files} for m in chosen]
     if "candidates" in sections:
         mode = (modes or ["fast"])[0]
-        jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk}
-                 for k in (candidates or [1, 2, 4, 8])]
+        jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk,
+                  **files} for k in (candidates or [1, 2, 4, 8])]
     return jobs
 
 
@@ -273,11 +285,11 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     elif kind == "encoder":
         result = bench_encoder(device, job["batch"], job["dtype"], repeats)
     elif kind == "candidates":
-        result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"))
+        result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"), job)
     elif kind == "compile":
         result = bench_compile(device, job)
     else:
-        result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"))
+        result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"), job)
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
     return {"kind": kind, **result, **extras}
 

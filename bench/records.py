@@ -100,11 +100,13 @@ def records_from_rows(rows: list[dict], device: str, exact_modes: set[str]) -> l
                               row["seconds"], gb(row["peak_mb"]), images_per_second=round(row["images_per_second"], 3)))
         elif kind == "train":
             variant = {k: row[k] for k in ("upsample", "cudnn_benchmark") if k in row}
-            out.append(record(device, "train 4 sources 1024px", row["mode"], row["mode"] in exact_modes, 1,
+            exact = row["mode"] in exact_modes
+            out.append(record(device, f"train 4 sources {row.get('size', 1024)}px", row["mode"], exact, 1,
                               row["steps_timed"], row["seconds_per_step"], gb(row["peak_mb"]),
                               seconds_per_1000_steps=round(row["projected_1000_steps_s"], 1), **variant))
         elif kind == "candidates":
-            out.append(record(device, "train candidates x 4 sources 1024px", row["mode"], row["mode"] in exact_modes,
+            exact = row["mode"] in exact_modes
+            out.append(record(device, f"train candidates x 4 sources {row.get('size', 1024)}px", row["mode"], exact,
                               row["candidates"], row["steps_timed"], row["seconds_per_step"], gb(row["peak_mb"]),
                               seconds_per_direction_step=round(row["seconds_per_direction_step"], 5),
                               seconds_per_1000_step_essence=round(row["seconds_per_direction_step"] * 1000, 1),
