@@ -2,7 +2,8 @@
 
 The test suite checks the fixtures on the CPU (CI has no GPU). This script repeats the checks that
 matter on a GPU: the tiny generator's image and gradient, the e4e codes, and the
-official TargetCLIP trace, plus the fast and bf16 paths staying finite. It prints one line per check
+official TargetCLIP trace, candidates trained together equal to separate runs, plus the fast and
+bf16 paths staying finite. It prints one line per check
 and exits 1 if any fails.
 
     python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32] [--records DIR]     (default ../shared/fixtures)
@@ -82,6 +83,14 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
     fast = run()
     results.append(("fast vs official, steps 0-6 max loss difference",
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
+    # K candidates trained together == K separate runs (12 steps, before the loop's chaos sets in)
+    starts = [trace["init_direction"], trace["init_direction"] * 0.9 + 0.05]
+    batched = essence.train_candidates(target, trace["sources"], generator, guide, starts, TrainSettings(steps=12))
+    alone = [train_direction(target, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12))
+             for start in starts]
+    results.append(("2 candidates together vs separately, max relative loss difference over 12 steps",
+                     max(abs(a - b) / abs(b) for together, single in zip(batched, alone)
+                         for a, b in zip(together.losses, single.losses)), 1e-4))
     for mode in ("bf16", "fp16"):
         reduced = run(autocast=mode)
         results.append((f"{mode}: minimum loss relative to float32 (must be finite)",

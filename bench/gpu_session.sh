@@ -68,7 +68,8 @@ say "== fixtures: $fixtures; budget ${budget}s; load average: $(cut -d' ' -f1-3 
 if [ $dry = 1 ]; then
     device=cpu
     tiny=(--generator "$fixtures/stylegan2_tiny64.pt" --guide "$fixtures/clip_tiny.pt")
-    train=(--train-steps 3 --threads 1 --models-for-timing "${tiny[@]}")
+    threads=(--threads 1)
+    train=(--train-steps 3 --models-for-timing "${tiny[@]}")
     study=("${tiny[@]}")
     precision=("${tiny[@]}" --target "$fixtures/face_a.jpg" "$fixtures/face_b.jpg" --seeds 0 1 --quality-steps 3)
     compile_steps=8
@@ -76,13 +77,14 @@ if [ $dry = 1 ]; then
     export OMP_NUM_THREADS=1
 else
     device=cuda
+    threads=()
     train=(--train-steps 30)
     study=()
     precision=(--random-weights --seeds 0 1 2 3 4 --quality-steps 40)
     compile_steps=20
     compile_timeout=120  # per process; the warm one gets at most the cold one's time + 30 s
 fi
-bench=("$py" -m bench --device "$device" --records "$work/records")
+bench=("$py" -m bench --device "$device" --records "$work/records" "${threads[@]}")
 
 # section NAME SECONDS COMMAND...: run under the smaller of its own limit and what is left of the budget
 section() {

@@ -362,11 +362,15 @@ def _package_root() -> str:
 def quality_modes(generator) -> dict[str, dict]:
     """TrainSettings overrides per training mode, then chunk 1 (exact, in another order); the
     +256px modes use half the size of a generator no larger than 256 px."""
-    low = 256 if generator.size > 256 else generator.size // 2
+    low = _low_size(generator)
     modes = {name.replace("256px", f"{low}px"): {**mode.overrides, **({"render_size": low} if "render_size" in
                                                                       mode.overrides else {})}
              for name, mode in LIBRARY_MODES.items()}
     return {**modes, "fast+chunk1": {"chunk_size": 1}}
+
+
+def _low_size(generator) -> int:
+    return 256 if generator.size > 256 else generator.size // 2
 
 
 def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
@@ -420,6 +424,7 @@ def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources:
 
     The issue's bar: recommend the approximation only if the objective stays within 5 % of exact.
     """
+    mode = mode.replace("256px", f"{_low_size(generator)}px")  # quality_modes' name for a small generator
     runs = []
     for name, target in targets.items():
         for seed in seeds:

@@ -56,7 +56,8 @@ def render(records: list[dict]) -> str:
                      "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in rows:
             per_step = r["seconds_per_step"]
-            thousand = "" if per_step is None else f"{per_step * 1000:.0f} s"
+            # a 1000-step projection means something for training runs only (not for a breakdown's parts)
+            thousand = "" if per_step is None or not r["what"].startswith("train") else f"{per_step * 1000:.0f} s"
             parts.append(f"| {r['what']} | {r['mode']} | {_number(r['exact'])} | {r['batch']} | {r['steps']} | "
                          f"{_number(per_step)} | {thousand} | {_number(r['peak_gb'], 3)} | {_notes(r)} |")
         parts.append("")
