@@ -328,7 +328,9 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
 
     A measurement that fails or outlasts ``timeout`` seconds is reported and skipped.
     """
-    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
+    models = ("models " + ", ".join(sorted({Path(j[k]).name for j in jobs for k in ("generator", "guide") if j.get(k)}))
+              if any(j.get("generator") for j in jobs) else "full-size models, random weights")
+    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); {models}")
     rows = []
     for job in jobs:
         cmd = [sys.executable, "-m", "bench", "--device", str(device), "--repeats", str(repeats),
