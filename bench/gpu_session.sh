@@ -16,7 +16,7 @@
 #   candidates   K = 1 2 4 8 directions trained together (fast): seconds per direction
 #   graph_step   (slot below, filled from bench/graph_step.py's work)
 # Every section saves JSON records (bench/records.py) in $WORK/records. OUTDIR receives only four
-# files: summary.txt, session.log, breakdown_cuda.md and results.tar.gz (records + logs), so it
+# files: summary.txt, run.log, breakdown_cuda.md and results.tar.gz (records + logs), so it
 # can be the device tool's $OUT. To publish: unpack results.tar.gz, copy records/*.json into
 # bench/results/ and run `python -m bench.tables`.
 #
@@ -34,13 +34,13 @@ dry=0
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-work=${WORK:-output/gpu-session}
+work=${WORK:-output/gpu-run}
 rm -rf "$work"
 mkdir -p "$work/records" "$work/logs"
 export PYTHONUNBUFFERED=1
 budget=${BUDGET:-$([ $dry = 1 ] && echo 1500 || echo 480)}
 began=$(date +%s)
-log="$out/session.log"
+log="$out/run.log"
 : > "$log"
 : > "$out/summary.txt"
 say() { echo "$@" | tee -a "$log"; }

@@ -424,7 +424,7 @@ def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources:
     ``mode`` from each seed's random start, for every target: the exact objective (``exact_loss``)
     each reaches, and their ratio (above 1: the approximation ends worse).
 
-    The issue's bar: recommend the approximation only if the objective stays within 5 % of exact.
+    The bar: recommend the approximation only if the objective stays within 5 % of exact.
     """
     mode = mode.replace("256px", f"{_low_size(generator)}px")  # quality_modes' name for a small generator
     runs = []

@@ -206,7 +206,7 @@ def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(f
 
 
 def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eager(fixtures):
-    """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU session."""
+    """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU script."""
     from bench.compiled import compile_step, format_compile_row
     from bench.measure import files_problem
     from essence.train import TrainSettings
@@ -219,7 +219,7 @@ def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eage
     assert "compile" in format_compile_row({**row, "cache": "cold"})
 
 
-def test_the_gpu_session_script_is_valid_bash_with_a_slot_for_the_graph_step():
+def test_the_gpu_script_is_valid_bash_with_a_slot_for_the_graph_step():
     import subprocess
     from pathlib import Path
 
