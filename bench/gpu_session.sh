@@ -4,21 +4,22 @@
 #   bash bench/gpu_session.sh OUTDIR [--cpu-dry-run]
 #
 # Sections, in priority order, each under its own time limit and all under one overall budget
-# ($BUDGET seconds, default 480: sections that no longer fit are skipped and say so); a section that
+# ($BUDGET seconds, default 500: sections that no longer fit are skipped and say so); a section that
 # fails is reported and the next one runs:
 #   cuda_check   the golden fixtures on CUDA in strict float32 (the reference's own trajectory)
 #   train        full size, 4 sources: fast (exact), official and fast+bf16; 30 steps each, the first a
 #                warm-up; "1000 steps" = 1000 x the median step (extrapolated), with peak memory
 #   breakdown    profile of 3 fast steps by operator category and resolution, with roofline numbers
 #   compile      torch.compile of the generator: compile time cold and warm cache, step time vs eager
+#                (at most 110 s per process)
 #   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
 #                full-size models with random weights
-#   candidates   K = 1 2 4 8 directions trained together (fast): seconds per direction
+#   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
 #   graph_step   (slot below, filled from bench/graph_step.py's work)
 # Every section saves JSON records (bench/records.py) in $WORK/records. OUTDIR receives only four
-# files: summary.txt, run.log, breakdown_cuda.md and results.tar.gz (records + logs), so it
-# can be the device tool's $OUT. To publish: unpack results.tar.gz, copy records/*.json into
-# bench/results/ and run `python -m bench.tables`.
+# files: summary.txt, run.log, breakdown_cuda.md and results.tar.gz (records + logs), so it suits
+# a folder copied back from a remote machine with a limit on files. To publish: unpack
+# results.tar.gz, copy records/*.json into bench/results/ and run `python -m bench.tables`.
 #
 # Python: $PYTHON if set, else python3 when it imports torch, else ./run's .venv (created on first
 # use; it needs the package index). Packages the machine lacks (clip-anytorch on the GPU image) are
@@ -38,7 +39,7 @@ work=${WORK:-output/gpu-run}
 rm -rf "$work"
 mkdir -p "$work/records" "$work/logs"
 export PYTHONUNBUFFERED=1
-budget=${BUDGET:-$([ $dry = 1 ] && echo 1500 || echo 480)}
+budget=${BUDGET:-$([ $dry = 1 ] && echo 1500 || echo 500)}
 began=$(date +%s)
 log="$out/run.log"
 : > "$log"
@@ -82,7 +83,7 @@ else
     study=()
     precision=(--random-weights --seeds 0 1 2 3 4 --quality-steps 40)
     compile_steps=20
-    compile_timeout=120  # per process; the warm one gets at most the cold one's time + 30 s
+    compile_timeout=110  # per process; the warm one gets at most the cold one's time + 30 s
 fi
 bench=("$py" -m bench --device "$device" --records "$work/records" "${threads[@]}")
 
@@ -119,8 +120,11 @@ section compile $((2 * compile_timeout + 40)) "${bench[@]}" --only compile --com
 section precision 130 "${bench[@]}" --only precision "${precision[@]}" --json "$work/precision.json"
 if [ $dry = 1 ]; then
     section candidates 150 "${bench[@]}" --only candidates --candidates 1 2 "${train[@]}" --json "$work/candidates.json"
-else
-    section candidates 110 "${bench[@]}" --only candidates --candidates 1 2 4 8 --train-steps 10 --json "$work/candidates.json"
+else  # one process per K, so a K cut short by the budget keeps the others' records
+    for k in 1 2 4 8; do
+        section candidates_k$k 45 "${bench[@]}" --only candidates --candidates $k --train-steps 10 \
+            --json "$work/candidates_k$k.json"
+    done
 fi
 
 # GRAPH STEP: see bench/graph_step.py
