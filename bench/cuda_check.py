@@ -2,10 +2,13 @@
 
 The test suite checks the fixtures on the CPU (CI has no GPU). This script repeats the checks that
 matter on a GPU: the tiny generator's image and gradient, the e4e codes, and the
-official TargetCLIP trace, plus the fast and bf16 paths staying finite. It prints one line per check
+official TargetCLIP trace, candidates trained together equal to separate runs, plus the fast and
+bf16 paths staying finite. It prints one line per check
 and exits 1 if any fails.
 
-    python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32]     (default ../shared/fixtures)
+    python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32] [--records DIR]     (default ../shared/fixtures)
+
+``--records DIR`` also saves each check as a benchmark record (``bench.records``: value, limit, ok).
 
 Tolerances are looser than the CPU tests' because PyTorch runs float32 convolutions on TF32 tensor
 cores by default (about 1e-3 relative). The official loop is chaotic: after step 6
@@ -32,16 +35,16 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float().cpu() - b.float().cpu()).norm() / b.float().cpu().norm())
 
 
-def main(fixtures: Path, device: str = "cuda", tf32: bool = True) -> int:
+def main(fixtures: Path, device: str = "cuda", tf32: bool = True, records: Path | None = None) -> int:
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        return _check(fixtures, device, tf32)
+        return _check(fixtures, device, tf32, records)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _check(fixtures: Path, device: str, tf32: bool) -> int:
+def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None) -> int:
     results: list[tuple[str, float, float]] = []  # name, value, limit
 
     generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device=device, cache=False)
@@ -80,6 +83,14 @@ def _check(fixtures: Path, device: str, tf32: bool) -> int:
     fast = run()
     results.append(("fast vs official, steps 0-6 max loss difference",
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
+    # K candidates trained together == K separate runs (12 steps, before the loop's chaos sets in)
+    starts = [trace["init_direction"], trace["init_direction"] * 0.9 + 0.05]
+    batched = essence.train_candidates(target, trace["sources"], generator, guide, starts, TrainSettings(steps=12))
+    alone = [train_direction(target, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12))
+             for start in starts]
+    results.append(("2 candidates together vs separately, max relative loss difference over 12 steps",
+                     max(abs(a - b) / abs(b) for together, single in zip(batched, alone)
+                         for a, b in zip(together.losses, single.losses)), 1e-4))
     for mode in ("bf16", "fp16"):
         reduced = run(autocast=mode)
         results.append((f"{mode}: minimum loss relative to float32 (must be finite)",
@@ -92,10 +103,26 @@ def _check(fixtures: Path, device: str, tf32: bool) -> int:
         ok = value == value and value <= limit  # NaN fails
         failed += not ok
         print(f"  {'ok  ' if ok else 'FAIL'} {what}: {value:.3g} (limit {limit:g})")
+    if records is not None:
+        from bench.records import device_label, record, write_records
+
+        label = device_label(torch.device(device))
+        mode = "tf32" if tf32 else "strict float32"
+        written = write_records([record(label, f"fixture check: {what}", mode, not tf32, 1, 40, None, None,
+                                        value=value, limit=limit, ok=value == value and value <= limit)
+                                 for what, value, limit in results], records, run=f"cuda-check-{mode}")
+        print(f"wrote {written}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--no-tf32"]
-    sys.exit(main(Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared" / "fixtures",
-                  "cuda" if torch.cuda.is_available() else "cpu", tf32="--no-tf32" not in sys.argv))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("fixtures", nargs="?", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+    parser.add_argument("--no-tf32", action="store_true", help="strict float32 (the reference's own trajectory)")
+    parser.add_argument("--records", type=Path, default=None, help="also save the checks as records in this folder")
+    args = parser.parse_args()
+    sys.exit(main(args.fixtures, "cuda" if torch.cuda.is_available() else "cpu", tf32=not args.no_tf32,
+                  records=args.records))

@@ -1,51 +1,140 @@
 #!/usr/bin/env bash
-# Every GPU measurement in docs/benchmarks.md, in one run (GPU time is scarce: one prepared script).
+# Every GPU measurement of docs/benchmarks.md in one call (GPU time is scarce: one prepared script).
 #
-#   bash bench/gpu_session.sh OUTDIR [FIXTURES_DIR] [BASELINE_DIR]
+#   bash bench/gpu_session.sh OUTDIR [--cpu-dry-run]
 #
-# Order = what matters most if time runs out: the fixtures on CUDA, the generator and e4e throughput,
-# the training modes, the baseline side by side (BASELINE_DIR holds an older checkout), the
-# profiler's table of a fast step, and the CUDA-graph experiment (bench/graph_step.py). Each section
-# writes into OUTDIR.
+# Sections, in priority order, each under its own time limit and all under one overall budget
+# ($BUDGET seconds, default 500: sections that no longer fit are skipped and say so); a section that
+# fails is reported and the next one runs:
+#   cuda_check   the golden fixtures on CUDA in strict float32 (the reference's own trajectory)
+#   train        full size, 4 sources: fast (exact), official and fast+bf16; 30 steps each, the first a
+#                warm-up; "1000 steps" = 1000 x the median step (extrapolated), with peak memory
+#   breakdown    profile of 3 fast steps by operator category and resolution, with roofline numbers
+#   compile      torch.compile of the generator: compile time cold and warm cache, step time vs eager
+#                (at most 110 s per process)
+#   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
+#                full-size models with random weights
+#   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
+#   graph_step   (slot below, filled from bench/graph_step.py's work)
+# Every section saves JSON records (bench/records.py) in $WORK/records. OUTDIR receives only four
+# files: summary.txt, run.log, breakdown_cuda.md and results.tar.gz (records + logs), so it suits
+# a folder copied back from a remote machine with a limit on files. To publish: unpack
+# results.tar.gz, copy records/*.json into bench/results/ and run `python -m bench.tables`.
+#
+# Python: $PYTHON if set, else python3 when it imports torch, else ./run's .venv (created on first
+# use; it needs the package index). Packages the machine lacks (clip-anytorch on the GPU image) are
+# installed from .gpu/whl/*.whl when present (made by `bash bench/gpu_prepare.sh`), and the
+# fixtures are read from $FIXTURES, else .gpu/fixtures, else ../shared/fixtures.
+#
+# --cpu-dry-run runs every section on the CPU with the tiny fixture models and a few steps, to prove
+# the script works before GPU time is spent on it (its numbers mean nothing).
 set -u
-out=${1:-output/gpu}
-fixtures=${2:-../shared/fixtures}
-baseline=${3:-}
+out=${1:?usage: bash bench/gpu_session.sh OUTDIR [--cpu-dry-run]}
+dry=0
+[ "${2:-}" = "--cpu-dry-run" ] && dry=1
+cd "$(dirname "$0")/.."
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=${WORK:-output/gpu-run}
+rm -rf "$work"
+mkdir -p "$work/records" "$work/logs"
 export PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
-bench() { "$py" -m bench --device cuda "$@"; }
+budget=${BUDGET:-$([ $dry = 1 ] && echo 1500 || echo 500)}
+began=$(date +%s)
+log="$out/run.log"
+: > "$log"
+: > "$out/summary.txt"
+say() { echo "$@" | tee -a "$log"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$py" bench/cuda_check.py "$fixtures" 2>&1 | grep -v Warning | tee "$out/cuda_check.txt"
-"$py" bench/cuda_check.py "$fixtures" --no-tf32 2>&1 | grep -v Warning | tee -a "$out/cuda_check.txt"
+# ---------------------------------------------------------------- python and packages
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+    if python3 -c "import torch" 2>/dev/null; then py=python3; else ./run bench --help > /dev/null && py=.venv/bin/python; fi
+fi
+if ! "$py" -c "from essence.clip_guide import import_clip_model; import_clip_model()" 2>/dev/null; then
+    if ls .gpu/whl/*.whl > /dev/null 2>&1; then
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/essence-site \
+            .gpu/whl/*.whl 2>&1 | tail -2
+        export PYTHONPATH=/tmp/essence-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+fi
+fixtures=${FIXTURES:-}
+if [ -z "$fixtures" ]; then
+    if [ -d .gpu/fixtures ]; then fixtures=.gpu/fixtures; else fixtures=../shared/fixtures; fi
+fi
+say "== $(date -u +%FT%TZ) python $("$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -1)"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+say "== fixtures: $fixtures; budget ${budget}s; load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 
-bench --only generator --batches 1 4 --repeats 5 --json "$out/generator.json"
-bench --only encoder --batches 128 --repeats 5 --json "$out/encoder.json"
-bench --only train --train-steps 20 --modes official fast fast+chunk2 fast+recompute512 fast+bf16 fast+256px \
-    fast+bf16+256px --json "$out/train.json"
+if [ $dry = 1 ]; then
+    device=cpu
+    tiny=(--generator "$fixtures/stylegan2_tiny64.pt" --guide "$fixtures/clip_tiny.pt")
+    threads=(--threads 1)
+    train=(--train-steps 3 --models-for-timing "${tiny[@]}")
+    study=("${tiny[@]}")
+    precision=("${tiny[@]}" --target "$fixtures/face_a.jpg" "$fixtures/face_b.jpg" --seeds 0 1 --quality-steps 3)
+    compile_steps=8
+    compile_timeout=500  # Inductor's C++ code generation on two shared cores: about 250 s cold for the tiny models
+    export OMP_NUM_THREADS=1
+else
+    device=cuda
+    threads=()
+    train=(--train-steps 30)
+    study=()
+    precision=(--random-weights --seeds 0 1 2 3 4 --quality-steps 40)
+    compile_steps=20
+    compile_timeout=110  # per process; the warm one gets at most the cold one's time + 30 s
+fi
+bench=("$py" -m bench --device "$device" --records "$work/records" "${threads[@]}")
 
-echo "== the generator's two upsampling methods, and the baseline checkout, side by side"
-for job in '{"kind": "train", "mode": "fast", "steps": 20, "upsample": "transposed"}' \
-           '{"kind": "generator", "batch": 4, "dtype": "float32", "backward": true, "upsample": "transposed"}'; do
-    bench --repeats 5 --one "$job" | tail -1 | tee -a "$out/extra.jsonl"
-done
-if [ -n "$baseline" ]; then
-    # checkouts before the benchmark moved out of the library ran it as `python -m essence bench`
-    if [ -f "$baseline/bench/__main__.py" ]; then baseline_bench=bench; else baseline_bench="essence bench"; fi
-    for job in '{"kind": "train", "mode": "fast", "steps": 20}' \
-               '{"kind": "generator", "batch": 4, "dtype": "float32", "backward": true}'; do
-        (cd "$baseline" && "$py" -m $baseline_bench --device cuda --repeats 5 --one "$job") | tail -1 \
-            | sed 's/^{/{"baseline": true, /' | tee -a "$out/extra.jsonl"
+# section NAME SECONDS COMMAND...: run under the smaller of its own limit and what is left of the budget
+section() {
+    local name=$1 limit=$2 start left rc
+    shift 2
+    start=$(date +%s)
+    left=$((budget - (start - began)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then
+        say "== $name: skipped, ${left}s of the budget left"
+        echo "$name: skipped (budget)" >> "$out/summary.txt"
+        return
+    fi
+    say "== $name (limit ${limit}s)"
+    timeout --kill-after=15 "$limit" "$@" > "$work/logs/$name.log" 2>&1
+    rc=$?
+    grep -v "Warning\|warnings.warn\|USDT\|gpuGetDeviceCount" "$work/logs/$name.log" | tee -a "$log" | tail -40
+    local status=ok
+    { [ $rc = 124 ] || [ $rc = 137 ]; } && status="stopped at its ${limit}s limit"
+    [ $rc != 0 ] && [ $rc != 124 ] && [ $rc != 137 ] && status="FAILED (exit $rc)"
+    echo "$name: $status, $(($(date +%s) - start)) s" | tee -a "$out/summary.txt" >> "$log"
+}
+
+section cuda_check 90 "$py" bench/cuda_check.py "$fixtures" --no-tf32 --records "$work/records"
+section train 120 "${bench[@]}" --only train --modes fast official fast+bf16 --repeats 1 "${train[@]}" \
+    --json "$work/train.json"
+section breakdown 100 "${bench[@]}" --only breakdown --profile-steps 3 "${study[@]}" --breakdown-md "$work/breakdown.md" \
+    --json "$work/breakdown.json"
+section compile $((2 * compile_timeout + 40)) "${bench[@]}" --only compile --compile-steps $compile_steps \
+    --job-timeout $compile_timeout "${study[@]}" \
+    --compile-cache "$work/inductor-cache" --json "$work/compile.json"
+section precision 130 "${bench[@]}" --only precision "${precision[@]}" --json "$work/precision.json"
+if [ $dry = 1 ]; then
+    section candidates 150 "${bench[@]}" --only candidates --candidates 1 2 "${train[@]}" --json "$work/candidates.json"
+else  # one process per K, so a K cut short by the budget keeps the others' records
+    for k in 1 2 4 8; do
+        section candidates_k$k 45 "${bench[@]}" --only candidates --candidates $k --train-steps 10 \
+            --json "$work/candidates_k$k.json"
     done
 fi
 
-echo "== profile of 3 'fast' steps"
-bench --profile fast > "$out/profile_fast.txt" 2>&1
-grep -v "^ *void\|^ *sm[0-9]" "$out/profile_fast.txt" | head -30 | cut -c1-57,110-160
+# GRAPH STEP: see bench/graph_step.py
+# >>> slot for the CUDA-graph training step's measurement (to be filled in from that work), e.g.
+# section graph_step 90 "$py" bench/graph_step.py ...
+# <<< end of slot
 
-echo "== host overhead: one step's forward + backward, eager vs replayed as a CUDA graph"
-for options in "" "--render-size 256"; do
-    "$py" bench/graph_step.py $options 2>&1 | grep -v Warning | tee -a "$out/graph_step.txt"
-done
-
+rm -rf "$work/inductor-cache"
+cp "$work/breakdown.md" "$out/breakdown_cuda.md" 2>/dev/null
+[ $dry = 1 ] && [ -f "$out/breakdown_cuda.md" ] && mv "$out/breakdown_cuda.md" "$out/breakdown_cpu_dry_run.md"
+tar czf "$out/results.tar.gz" -C "$work" records logs $(cd "$work" && ls ./*.json ./*.md 2>/dev/null)
+say "== summary ($(($(date +%s) - began)) s in all; records: $(ls "$work/records" | wc -l) files)"
+cat "$out/summary.txt" | tee -a "$log"

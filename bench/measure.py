@@ -125,15 +125,41 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
         visual = import_clip_model().VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12,
                                                        heads=12, output_dim=512)
     guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False)
+    return problem_for(generator, guide, torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
+
+
+def problem_for(generator, guide, target_embedding: torch.Tensor) -> dict:
+    """``train_direction``'s arguments for given models: 4 sources (seed 1), a start (seed 2), a target embedding."""
     return {"target": None, "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
             "guide": guide, "init": generator.sample_wplus(1, seed=2, truncation=0.7),
-            "target_embedding_override": torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)}
+            "target_embedding_override": target_embedding}
 
 
-def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto") -> dict:
+def files_problem(device: torch.device, generator_file: str, guide_file: str) -> dict:
+    """``problem_for`` with models loaded from files (the tiny fixtures, for quick checks) and a random
+    target embedding (seed 0)."""
+    from essence import load_generator, load_guide
+
+    generator = load_generator(generator_file, device=device, cache=False).requires_grad_(False)
+    guide = load_guide(guide_file, device=device, cache=False).requires_grad_(False)
+    generator_seed = torch.Generator().manual_seed(0)
+    target = torch.nn.functional.normalize(torch.randn(1, guide.embed_dim, generator=generator_seed), dim=-1)
+    return problem_for(generator, guide, target)
+
+
+def job_problem(device: torch.device, job: dict, upsample: str = "auto") -> dict:
+    """A job's training problem: the model files it names (quick checks), else full size, random weights."""
+    if job.get("generator"):
+        problem = files_problem(device, job["generator"], job["guide"])
+        problem["generator"].set_upsample_method(upsample)
+        return problem
+    return training_problem(device, upsample)
+
+
+def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto", files: dict | None = None) -> dict:
     from essence.train import TrainSettings, train_direction
 
-    problem = training_problem(device, upsample)
+    problem = job_problem(device, files or {}, upsample)
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -148,15 +174,16 @@ def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "au
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
     seconds = statistics.median(per_step)
     return {"mode": mode, "steps_timed": len(per_step), "seconds_per_step": seconds,
-            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak()}
+            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak(), "size": problem["generator"].size}
 
 
-def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None) -> dict:
+def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None,
+                     files: dict | None = None) -> dict:
     """K candidates from K random starts trained in one batched optimisation, timed per step like
     ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
     from essence.train import TrainSettings, train_candidates
 
-    problem = training_problem(device)
+    problem = job_problem(device, files or {})
     init = problem.pop("init")
     inits = [init] + [problem["generator"].sample_wplus(1, seed=3 + k, truncation=0.7) for k in range(candidates - 1)]
     stamps: list[float] = []
@@ -174,7 +201,20 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
     per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
     seconds = statistics.median(per_step)
     return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
-            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak()}
+            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak(),
+            "size": problem["generator"].size}
+
+
+def bench_compile(device: torch.device, job: dict) -> dict:
+    """``bench.compiled.compile_step`` on the full-size random models, or on the files the job names."""
+    from essence.train import TrainSettings
+
+    from .compiled import compile_step
+
+    problem = job_problem(device, job)
+    settings = TrainSettings(steps=job["steps"], **TRAIN_MODES[job.get("mode", "fast")])
+    return {"mode": job.get("mode", "fast"), "size": problem["generator"].size,
+            **compile_step(problem, settings, device, _peak_tracker(device), job.get("backend", "inductor"))}
 
 
 def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30) -> str:
@@ -205,14 +245,16 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
 def plan(device: torch.device, sections: list[str], train_steps: int, modes: list[str] | None = None,
          batches: list[int] | None = None, candidates: list[int] | None = None,
-         candidate_chunk: int | None = None) -> list[dict]:
+         candidate_chunk: int | None = None, files: dict | None = None) -> list[dict]:
     """Every measurement to run, as the arguments of one ``--one`` subprocess each.
 
     ``modes`` picks training modes (default: all that suit the device; the candidates section: the
     first of them, else ``fast``); ``batches`` replaces the default batch sizes of the generator and
     encoder sections; ``candidates`` the K of the candidates section (default 1 2 4 8), whose passes
-    hold ``candidate_chunk`` faces (default: all K x 4).
+    hold ``candidate_chunk`` faces (default: all K x 4). ``files`` ({"generator": path, "guide": path})
+    makes the training sections use those models instead of the full-size random ones.
     """
+    files = dict(files or {})
     cuda = device.type == "cuda"
     dtypes = ["float32", "bfloat16"] if cuda else ["float32"]
     kind = "cuda" if cuda else "cpu"
@@ -225,11 +267,11 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
                  for d in dtypes for b in (batches or DEFAULT_BATCHES["encoder"][kind])]
     if "train" in sections:
         chosen = modes or list(TRAIN_MODES)
-        jobs += [{"kind": "train", "mode": m, "steps": train_steps} for m in chosen]
+        jobs += [{"kind": "train", "mode": m, "steps": train_steps, **files} for m in chosen]
     if "candidates" in sections:
         mode = (modes or ["fast"])[0]
-        jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk}
-                 for k in (candidates or [1, 2, 4, 8])]
+        jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk,
+                  **files} for k in (candidates or [1, 2, 4, 8])]
     return jobs
 
 
@@ -243,9 +285,11 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     elif kind == "encoder":
         result = bench_encoder(device, job["batch"], job["dtype"], repeats)
     elif kind == "candidates":
-        result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"))
+        result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"), job)
+    elif kind == "compile":
+        result = bench_compile(device, job)
     else:
-        result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"))
+        result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"), job)
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
     return {"kind": kind, **result, **extras}
 
@@ -284,7 +328,9 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
 
     A measurement that fails or outlasts ``timeout`` seconds is reported and skipped.
     """
-    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); full-size models, random weights")
+    models = ("models " + ", ".join(sorted({Path(j[k]).name for j in jobs for k in ("generator", "guide") if j.get(k)}))
+              if any(j.get("generator") for j in jobs) else "full-size models, random weights")
+    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); {models}")
     rows = []
     for job in jobs:
         cmd = [sys.executable, "-m", "bench", "--device", str(device), "--repeats", str(repeats),
@@ -318,11 +364,15 @@ def _package_root() -> str:
 def quality_modes(generator) -> dict[str, dict]:
     """TrainSettings overrides per training mode, then chunk 1 (exact, in another order); the
     +256px modes use half the size of a generator no larger than 256 px."""
-    low = 256 if generator.size > 256 else generator.size // 2
+    low = _low_size(generator)
     modes = {name.replace("256px", f"{low}px"): {**mode.overrides, **({"render_size": low} if "render_size" in
                                                                       mode.overrides else {})}
              for name, mode in LIBRARY_MODES.items()}
     return {**modes, "fast+chunk1": {"chunk_size": 1}}
+
+
+def _low_size(generator) -> int:
+    return 256 if generator.size > 256 else generator.size // 2
 
 
 def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
@@ -366,3 +416,36 @@ def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: tor
 def format_quality_row(row: dict) -> str:
     return (f"{row['mode']:<22}{row['seconds']:>8.1f} s  loss {row['own_best_loss']:.4f}  exact-objective "
             f"{row['exact_loss']:.4f}  cosine {row['cosine_to_exact']:.5f}  distance {row['distance_over_exact_update']:.3f}")
+
+
+def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources: torch.Tensor, steps: int,
+                    seeds: list[int], mode: str = "fast+bf16") -> dict:
+    """Is ``mode`` a close enough approximation? ``bench_quality`` with the exact ``fast`` mode and
+    ``mode`` from each seed's random start, for every target: the exact objective (``exact_loss``)
+    each reaches, and their ratio (above 1: the approximation ends worse).
+
+    The bar: recommend the approximation only if the objective stays within 5 % of exact.
+    """
+    mode = mode.replace("256px", f"{_low_size(generator)}px")  # quality_modes' name for a small generator
+    runs = []
+    for name, target in targets.items():
+        for seed in seeds:
+            exact, approx = bench_quality(generator, guide, target, sources, steps, seed=seed, modes=["fast", mode])
+            runs.append({"target": name, "seed": seed, "exact_objective": exact["exact_loss"],
+                         "approx_objective": approx["exact_loss"], "ratio": approx["exact_loss"] / exact["exact_loss"],
+                         "cosine_to_exact": approx["cosine_to_exact"], "seconds_exact": exact["seconds"],
+                         "seconds_approx": approx["seconds"]})
+    ratios = [run["ratio"] for run in runs]
+    return {"mode": mode, "steps": steps, "seeds": list(seeds), "targets": list(targets), "runs": runs,
+            "ratio_mean": statistics.fmean(ratios), "ratio_worst": max(ratios),
+            "within_5_percent": max(ratios) <= 1.05}
+
+
+def format_precision(study: dict) -> str:
+    lines = [f"  target {r['target']:<12} seed {r['seed']:<3} exact-objective: exact {r['exact_objective']:.4f}, "
+             f"{study['mode']} {r['approx_objective']:.4f} (ratio {r['ratio']:.4f}, cosine {r['cosine_to_exact']:.4f})"
+             for r in study["runs"]]
+    verdict = "within" if study["within_5_percent"] else "NOT within"
+    lines.append(f"  {study['mode']} vs exact over {len(study['runs'])} runs of {study['steps']} steps: objective "
+                 f"ratio mean {study['ratio_mean']:.4f}, worst {study['ratio_worst']:.4f}: {verdict} 5 %")
+    return "\n".join(lines)

@@ -76,7 +76,7 @@ def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsy
     assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])
 
 
-def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys):
+def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys, tmp_path):
     """bench/cuda_check.py only runs on GPU machines; running it here keeps it working."""
     import importlib.util
     from pathlib import Path
@@ -84,9 +84,13 @@ def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys):
     spec = importlib.util.spec_from_file_location("cuda_check", Path(__file__).resolve().parents[1] / "bench" / "cuda_check.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(fixtures, "cpu", tf32=False) == 0
+    assert module.main(fixtures, "cpu", tf32=False, records=tmp_path) == 0
     out = capsys.readouterr().out
-    assert "strict float32" in out and "FAIL" not in out and out.count("ok ") == 9
+    assert "strict float32" in out and "FAIL" not in out and out.count("ok ") == 10
+    from bench.records import load_records
+
+    checks = load_records(tmp_path)
+    assert len(checks) == 10 and all(r["ok"] and r["mode"] == "strict float32" for r in checks)
 
 
 def test_the_candidates_section_times_each_k_in_one_mode_and_reports_per_direction():
@@ -96,3 +100,130 @@ def test_the_candidates_section_times_each_k_in_one_mode_and_reports_per_directi
     row = {"kind": "candidates", "candidates": 4, "mode": "fast", "chunk": None, "seconds_per_step": 2.0,
            "seconds_per_direction_step": 0.5, "peak_mb": 10.0}
     assert "train 4 candidates x 4 sources fast" in format_row(row) and "0.500 s/step per direction" in format_row(row)
+
+
+def _record(**changes):
+    from bench.records import record
+
+    return {**record("NVIDIA H200", "train 4 sources 1024px", "fast", True, 1, 29, 0.0651, 7.4,
+                     seconds_per_1000_steps=65.1), **changes}
+
+
+def test_records_are_written_in_the_common_schema_and_read_back(tmp_path):
+    from bench.records import RECORD_FIELDS, load_records, records_from_rows, write_records
+
+    row = {"kind": "train", "mode": "fast+bf16", "steps_timed": 2, "seconds_per_step": 17.3,
+           "projected_1000_steps_s": 17300.0, "peak_mb": 5120.0, "size": 1024}
+    cpu = records_from_rows([row], "cpu (x86_64, 2 cores, 2 threads)", exact_modes={"fast"})
+    path = write_records([_record()] + cpu, tmp_path, run="train")
+    assert path.parent == tmp_path and path.name.startswith("nvidia-h200_train_") and path.suffix == ".json"
+    loaded = load_records(tmp_path)
+    assert [r["mode"] for r in loaded] == ["fast", "fast+bf16"]
+    assert all(set(RECORD_FIELDS) <= set(r) for r in loaded)
+    assert loaded[1]["exact"] is False and loaded[1]["peak_gb"] == 5.0 and loaded[1]["seconds_per_step"] == 17.3
+    assert "load_average" in loaded[1]  # a CPU measurement says how busy the machine was
+    with pytest.raises(ValueError, match="lacks seconds_per_step"):
+        write_records([{k: v for k, v in _record().items() if k != "seconds_per_step"}], tmp_path)
+
+
+def test_the_tables_are_generated_between_the_markers_and_regenerating_changes_nothing(tmp_path, capsys):
+    from bench import tables
+    from bench.records import write_records
+
+    results = tmp_path / "results"
+    write_records([_record(), _record(mode="official", seconds_per_step=0.09)], results, run="train")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Benchmarks\n\nintro\n\n{tables.BEGIN}\nold table\n{tables.END}\n\nafter\n", encoding="utf-8")
+    argv = ["--results", str(results), "--doc", str(doc)]
+    assert tables.main(argv + ["--check"]) == 1  # stale before generation
+    assert tables.main(argv) == 0
+    text = doc.read_text(encoding="utf-8")
+    assert "old table" not in text and text.startswith("# Benchmarks\n\nintro") and text.endswith("after\n")
+    assert "#### NVIDIA H200" in text and "| train 4 sources 1024px | fast | yes | 1 | 29 | 0.0651 | 65 s | 7.4 |" in text
+    assert "| official |" in text and "seconds_per_1000_steps=65.1" in text
+    assert tables.main(argv + ["--check"]) == 0 and tables.main(argv) == 0
+    assert doc.read_text(encoding="utf-8") == text
+    doc.write_text("no markers\n", encoding="utf-8")
+    assert tables.main(argv) == 2 and "markers" in capsys.readouterr().err
+
+
+def test_the_documents_tables_are_up_to_date_with_the_committed_results():
+    from bench import tables
+
+    assert tables.main(["--check"]) == 0
+
+
+def test_convolution_roofline_from_recorded_shapes():
+    from bench.breakdown import roofline
+
+    # 3x3, padding 1: 2 x (1 x 2 x 8 x 8 outputs) x (4 x 3 x 3) multiply-adds
+    flops, moved = roofline("aten::conv2d", [[1, 4, 8, 8], [2, 4, 3, 3], []], ["float", "float", ""],
+                            ["", "", "", [1, 1], [1, 1], [1, 1], 1])
+    assert flops == 2 * 2 * 64 * 36 and moved == (256 + 72 + 128) * 4
+    # stride-2 transposed 3x3: every input pixel meets every kernel tap
+    flops, _ = roofline("aten::conv_transpose2d", [[1, 4, 8, 8], [4, 2, 3, 3], []], ["float"] * 2 + [""],
+                        ["", "", "", [2, 2], [0, 0], [0, 0], 1, [1, 1]])
+    assert flops == 2 * 4 * 64 * 2 * 9
+    flops, moved = roofline("aten::mm", [[3, 5], [5, 7]], ["c10::BFloat16"] * 2, None)
+    assert flops == 2 * 3 * 5 * 7 and moved == (15 + 35 + 21) * 2
+
+
+def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(fixtures):
+    from bench.breakdown import CATEGORIES, markdown, profile_breakdown, totals
+    from bench.measure import files_problem
+    from essence.train import TrainSettings
+
+    problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
+    result = profile_breakdown(problem, TrainSettings(), steps=1, device=torch.device("cpu"))
+    by_category = {r["category"]: r for r in totals(result["rows"], "category")}
+    assert set(by_category) <= set(CATEGORIES)
+    for category in ("conv", "modulation/demodulation", "noise/bias/activation", "resampling", "CLIP resize",
+                     "CLIP transformer", "optimiser"):
+        assert by_category[category]["seconds_per_step"] > 0, category
+    assert by_category["conv"]["gflop_per_step"] > 0 and by_category["CLIP transformer"]["gflop_per_step"] > 0
+    resolutions = {r["resolution"] for r in result["rows"]}
+    assert {"4", "8", "16", "32", "64", "clip"} <= resolutions
+    assert {("conv", "64", "forward"), ("conv", "64", "backward")} <= {
+        (r["category"], r["resolution"], r["pass"]) for r in result["rows"]}
+    assert "## By category" in markdown(result, "tiny") and "FLOP / byte" in markdown(result, "tiny")
+
+
+def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(fixtures):
+    from bench.measure import bench_precision, format_precision
+    from essence.train import target_embedding
+    from PIL import Image
+
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    guide = essence.load_guide(fixtures / "clip_tiny.pt")
+    targets = {name: target_embedding(guide, Image.open(fixtures / f"{name}.jpg")) for name in ("face_a", "face_b")}
+    sources = generator.sample_wplus(3, seed=1, truncation=0.7)
+    study = bench_precision(generator, guide, targets, sources, steps=2, seeds=[0, 1])
+    assert [(r["target"], r["seed"]) for r in study["runs"]] == [("face_a", 0), ("face_a", 1), ("face_b", 0),
+                                                                 ("face_b", 1)]
+    ratios = [r["approx_objective"] / r["exact_objective"] for r in study["runs"]]
+    assert study["ratio_worst"] == pytest.approx(max(ratios)) and study["within_5_percent"] == (max(ratios) <= 1.05)
+    assert "worst" in format_precision(study)
+
+
+def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eager(fixtures):
+    """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU script."""
+    from bench.compiled import compile_step, format_compile_row
+    from bench.measure import files_problem
+    from essence.train import TrainSettings
+
+    problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
+    row = compile_step(problem, TrainSettings(steps=3), torch.device("cpu"), backend="eager")
+    assert row["loss_relative_difference"] < 1e-6 and row["gradient_relative_difference"] < 1e-5
+    assert row["trajectory_loss_max_relative_difference"] < 1e-5 and row["loss_steps_compared"] == 3
+    assert "synthesize" not in vars(problem["generator"])  # the experiment leaves the generator as it was
+    assert "compile" in format_compile_row({**row, "cache": "cold"})
+
+
+def test_the_gpu_script_is_valid_bash_with_a_slot_for_the_graph_step():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text(encoding="utf-8")
+    assert "# GRAPH STEP: see bench/graph_step.py" in text and "--cpu-dry-run" in text
