@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare .gpu/ for bench/gpu_session.sh on a GPU machine that cannot reach the package index:
-#   .gpu/whl       wheels of the packages that machine's Python lacks (clip-anytorch: pure Python)
+#   .gpu/whl       wheels of the packages that machine's Python may lack (clip-anytorch, pytest: pure Python)
 #   .gpu/fixtures  the golden fixtures the CUDA checks and the dry run read (about 30 MB)
 # Run here, from the repository root: bash bench/gpu_prepare.sh [FIXTURES_DIR]; then send .gpu along
 # with the working tree (.gpu/ is git-ignored; the device tool's `carry`).
@@ -10,6 +10,8 @@ fixtures=${1:-../shared/fixtures}
 py=${PYTHON:-python3}
 mkdir -p .gpu/whl .gpu/fixtures
 "$py" -m pip download --quiet --no-deps --only-binary=:all: -d .gpu/whl "clip-anytorch>=2.5"
+# pytest for the CUDA tests (tests/test_graph_step.py), with what it needs
+"$py" -m pip download --quiet --only-binary=:all: -d .gpu/whl "pytest>=8"
 for f in stylegan2_tiny64.pt stylegan2_tiny64_io.safetensors e4e_tiny64.pt e4e_tiny64_io.safetensors clip_tiny.pt \
          targetclip_public_trace.safetensors face_a.jpg face_b.jpg; do
     cp "$fixtures/$f" .gpu/fixtures/

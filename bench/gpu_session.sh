@@ -9,13 +9,15 @@
 #   cuda_check   the golden fixtures on CUDA in strict float32 (the reference's own trajectory)
 #   train        full size, 4 sources: fast (exact), official and fast+bf16; 30 steps each, the first a
 #                warm-up; "1000 steps" = 1000 x the median step (extrapolated), with peak memory
+#   graph        the CUDA-graph training loop: its CUDA tests (replay == eager step for step, strict
+#                float32) and bench/graph_step.py (fast vs graph replay per step for fast, fast+256px and
+#                fast+bf16+256px at full size, checked against each other)
+#   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
 #   breakdown    profile of 3 fast steps by operator category and resolution, with roofline numbers
-#   compile      torch.compile of the generator: compile time cold and warm cache, step time vs eager
-#                (at most 110 s per process)
 #   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
 #                full-size models with random weights
-#   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
-#   graph_step   (slot below, filled from bench/graph_step.py's work)
+#   compile      torch.compile of the generator: compile time cold and warm cache, step time vs eager
+#                (at most 110 s per process)
 # Every section saves JSON records (bench/records.py) in $WORK/records. OUTDIR receives only four
 # files: summary.txt, run.log, breakdown_cuda.md and results.tar.gz (records + logs), so it suits
 # a folder copied back from a remote machine with a limit on files. To publish: unpack
@@ -51,7 +53,7 @@ py=${PYTHON:-}
 if [ -z "$py" ]; then
     if python3 -c "import torch" 2>/dev/null; then py=python3; else ./run bench --help > /dev/null && py=.venv/bin/python; fi
 fi
-if ! "$py" -c "from essence.clip_guide import import_clip_model; import_clip_model()" 2>/dev/null; then
+if ! "$py" -c "import pytest; from essence.clip_guide import import_clip_model; import_clip_model()" 2>/dev/null; then
     if ls .gpu/whl/*.whl > /dev/null 2>&1; then
         "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/essence-site \
             .gpu/whl/*.whl 2>&1 | tail -2
@@ -112,12 +114,13 @@ section() {
 section cuda_check 90 "$py" bench/cuda_check.py "$fixtures" --no-tf32 --records "$work/records"
 section train 120 "${bench[@]}" --only train --modes fast official fast+bf16 --repeats 1 "${train[@]}" \
     --json "$work/train.json"
-section breakdown 100 "${bench[@]}" --only breakdown --profile-steps 3 "${study[@]}" --breakdown-md "$work/breakdown.md" \
-    --json "$work/breakdown.json"
-section compile $((2 * compile_timeout + 40)) "${bench[@]}" --only compile --compile-steps $compile_steps \
-    --job-timeout $compile_timeout "${study[@]}" \
-    --compile-cache "$work/inductor-cache" --json "$work/compile.json"
-section precision 130 "${bench[@]}" --only precision "${precision[@]}" --json "$work/precision.json"
+section graph_tests 90 env ESSENCE_FIXTURES="$fixtures" "$py" -m pytest tests/test_graph_step.py -q -p no:cacheprovider
+if [ $dry = 1 ]; then
+    section graph_step 150 "$py" bench/graph_step.py --device cpu --fixtures "$fixtures" --modes fast --steps 6 \
+        --window 2 --check-steps 3 --json "$work/records/cpu_graph-step.json"
+else
+    section graph_step 120 "$py" bench/graph_step.py --device cuda --json "$work/records/cuda_graph-step.json"
+fi
 if [ $dry = 1 ]; then
     section candidates 150 "${bench[@]}" --only candidates --candidates 1 2 "${train[@]}" --json "$work/candidates.json"
 else  # one process per K, so a K cut short by the budget keeps the others' records
@@ -126,11 +129,12 @@ else  # one process per K, so a K cut short by the budget keeps the others' reco
             --json "$work/candidates_k$k.json"
     done
 fi
-
-# GRAPH STEP: see bench/graph_step.py
-# >>> slot for the CUDA-graph training step's measurement (to be filled in from that work), e.g.
-# section graph_step 90 "$py" bench/graph_step.py ...
-# <<< end of slot
+section breakdown 100 "${bench[@]}" --only breakdown --profile-steps 3 "${study[@]}" --breakdown-md "$work/breakdown.md" \
+    --json "$work/breakdown.json"
+section precision 130 "${bench[@]}" --only precision "${precision[@]}" --json "$work/precision.json"
+section compile $((2 * compile_timeout + 40)) "${bench[@]}" --only compile --compile-steps $compile_steps \
+    --job-timeout $compile_timeout "${study[@]}" \
+    --compile-cache "$work/inductor-cache" --json "$work/compile.json"
 
 rm -rf "$work/inductor-cache"
 cp "$work/breakdown.md" "$out/breakdown_cuda.md" 2>/dev/null
