@@ -219,11 +219,12 @@ def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eage
     assert "compile" in format_compile_row({**row, "cache": "cold"})
 
 
-def test_the_gpu_script_is_valid_bash_with_a_slot_for_the_graph_step():
+def test_the_gpu_script_is_valid_bash_and_measures_the_graph_loop():
     import subprocess
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text(encoding="utf-8")
-    assert "# GRAPH STEP: see bench/graph_step.py" in text and "--cpu-dry-run" in text
+    assert "bench/graph_step.py --device cuda" in text and "tests/test_graph_step.py" in text
+    assert "--cpu-dry-run" in text
