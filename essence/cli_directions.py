@@ -24,6 +24,7 @@ from .invert import invert
 from .latents import import_targetclip_latents, is_latent_file, load_latents
 from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
+from .smoothing import SMOOTHING_PRESETS
 from .train import INIT_CHOICES, TrainSettings, initial_direction, train_direction_fitting_memory
 from .weights import fetch_command
 
@@ -270,12 +271,18 @@ def _add_apply(subparsers: Subparsers) -> None:
     where.add_argument("--latents", help="latent file (.safetensors), or TargetCLIP's opt_latents.pt / w_plus.npy")
     where.add_argument("--photo", nargs="+", help="photo(s) to align and invert with e4e")
     where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
+    where.add_argument("--video", help="a video clip: edit the main face of every frame, keep the sound (--out: "
+                       ".mp4, .mov, .mkv or .webm)")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("--strength", default="1.0",
                    help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2); 'auto' is the "
                         "direction's recommended strength (essence evaluate --recommend), 1.0 when it has none")
     p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
-    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face")
+    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face; with --video "
+                   "the output video")
+    p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                   help="with --video: how much the face's crop is smoothed over time against landmark jitter "
+                        "(default normal; scene cuts restart it)")
     _add_model_options(p, encoder=True)
     p.set_defaults(handler=_cmd_apply)
 
@@ -287,6 +294,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
+    if args.video:
+        return _apply_video(args, direction, strengths)
     generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
     if args.latents:
@@ -300,6 +309,40 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     images = strength_sweep(generator, latents, direction, strengths, layers=args.layers)
     _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
     print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
+    return 0
+
+
+def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list[float]) -> int:
+    """``apply --video``: one strength, every frame; the work is ``essence.video.apply_to_video``'s."""
+    from tqdm import tqdm
+
+    from .video import apply_to_video
+
+    if len(strengths) != 1:
+        raise EssenceError(f"--video takes one strength, got {len(strengths)} ({args.strength}).")
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            label = {"detect": "finding the face", "edit": "editing"}.get(stage, stage)
+            bars[stage] = tqdm(total=total, unit="frame", desc=label, dynamic_ncols=True)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        result = apply_to_video(args.video, args.out, direction, encoder=load_encoder(args.encoder, device=args.device),
+                                generator=load_generator(args.generator, device=args.device),
+                                strength=strengths[0], layers=args.layers, smoothing=args.smoothing,
+                                progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    track = result.track
+    missing = len(track) - track.found
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps, strength {strengths[0]:g}, "
+          f"smoothing {args.smoothing}" + (f"; {missing} frame(s) without a face left unedited" if missing else "")
+          + f" ({result.seconds:.1f} s).")
     return 0
 
 
