@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .align import AlignedFace, FaceLandmarker, align_detected, detect_faces, ffhq_quad
-from .images import MAX_PIXELS, ImageSource, Photo, load_photo
+from .images import MAX_PIXELS, ImageSource, Photo, load_photo, load_photos
 from .smoothing import Smoothing, corner_movement, picture_change, smooth_quads, thumbnail
 
 
@@ -159,3 +159,13 @@ def align_tracked(photo: Photo, track: FaceTrack, index: int, size: int) -> Alig
     if found is None:
         return None
     return align_detected(photo, found.box, found.points, size, quad=track.quads[index])
+
+
+def align_clip(frames: ImageSource | Sequence[ImageSource], landmarker: FaceLandmarker, size: int, rate: float,
+               smoothing: Smoothing | None, face_index: int = 0,
+               progress: Callable[[int], None] | None = None) -> tuple[list[AlignedFace | None], FaceTrack]:
+    """Every frame of a clip held in memory (e.g. a ComfyUI IMAGE batch [F, H, W, 3]) aligned at its
+    smoothed quad: one ``AlignedFace`` or None (no face) per frame, and the track."""
+    photos = [as_frame(photo, i) for i, photo in enumerate(load_photos(frames, work_pixels=MAX_PIXELS))]
+    track = track_faces(photos, landmarker, rate, smoothing, face_index, progress)
+    return [align_tracked(photo, track, i, size) for i, photo in enumerate(photos)], track

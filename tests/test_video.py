@@ -20,6 +20,8 @@ from essence.smoothing import SMOOTHING_PRESETS, Smoothing, params_quad, smooth_
 from essence.track import build_track, detect_frames
 from essence.video import apply_to_video, probe_video, read_frames
 
+from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (the in-process ComfyUI fixtures)
+
 av = pytest.importorskip("av")
 
 RATE = Fraction(30000, 1001)  # NTSC: a rate that only an exact rational keeps
@@ -164,3 +166,39 @@ def test_a_cut_between_two_shots_is_found_from_the_pictures(fixtures, face_photo
     assert detections.changes[3] > Smoothing().cut_pixels > max(detections.changes[1:3] + detections.changes[4:])
     track = build_track(detections, 25.0, Smoothing())
     assert 3 in track.cuts and np.allclose(track.quads[3], detections.faces[3].quad)
+
+
+# ----------------------------------------------------------------------------- ComfyUI: frames as an IMAGE batch
+
+
+def test_face_nodes_take_video_frames_and_smooth_their_crops(comfy_env, face_photo):
+    """Frames as Get Video Components / VideoHelperSuite give them ([F, H, W, 3] in 0..1), through
+    Invert Face (smoothing on), Apply Essence, Render and Paste Back, inside inference mode."""
+    frames = torch.from_numpy(np.stack(list(noisy_still(face_photo.resize((240, 240)), 6, "jpeg"))) / 255.0).float()
+    (landmarks,) = comfy_env.run("EssenceLandmarkLoader", landmarks_file="auto")
+    (encoder,) = comfy_env.run("EssenceEncoderLoader", encoder_file="e4e_tiny64.pt")
+    invert = dict(encoder=encoder, landmarks=landmarks, images=frames, face_index=0)
+    raw = comfy_env.run("EssenceInvertFace", **invert)[2]
+    latents, aligned, alignment = comfy_env.run("EssenceInvertFace", **invert, smoothing="normal", frame_rate=25.0)
+    assert len(latents) == 6 and aligned.shape == (6, 256, 256, 3) and alignment.photo_count == 6
+    assert [f.photo_index for f in alignment.faces] == list(range(6))
+
+    def movement(placements) -> float:
+        corners = [p.transform.corners() for p in placements.faces]
+        return float(np.mean([np.linalg.norm(b - a, axis=1).mean() for a, b in zip(corners, corners[1:])]))
+
+    assert movement(alignment) < 0.5 * movement(raw)
+    (crops, same) = comfy_env.run("EssenceAlignFace", images=frames, landmarks=landmarks, size="256", face_index=0,
+                                  smoothing="normal", frame_rate=25.0)
+    assert torch.equal(crops, aligned)  # Align Face crops the frames exactly where Invert Face did
+    (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="[e4e] e4e_tiny64.pt")
+    direction = comfy_env.pack.essence.Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)))
+    (edited,) = comfy_env.run("EssenceApply", latents=latents, direction=direction, strength=1.0, layers="all")
+    (faces,) = comfy_env.run("EssenceRender", generator=generator, latents=edited)
+    (pasted,) = comfy_env.run("EssencePasteBack", photos=frames, faces=faces, alignment=alignment, feather=0.1)
+    assert pasted.shape == frames.shape and (pasted - frames).abs().mean() > 0.01
+    blank = torch.cat([frames[:2], torch.full_like(frames[:1], 0.5)])
+    with pytest.raises(comfy_env.pack.essence.FaceNotFoundError, match=r"frame 3 of 3.*'skip'"):
+        comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal")
+    _, _, skipped = comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal", no_face="skip")
+    assert [f.photo_index for f in skipped.faces] == [0, 1] and skipped.photo_count == 3
