@@ -21,6 +21,7 @@ from essence.track import build_track, detect_frames
 from essence.video import apply_to_video, probe_video, read_frames
 
 from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (the in-process ComfyUI fixtures)
+from workflow_tools import write_clip
 
 av = pytest.importorskip("av")
 
@@ -36,31 +37,6 @@ def landmarker():
 def face_photo(fixtures: Path) -> Image.Image:
     """A face small enough that detecting it in a frame costs milliseconds."""
     return Image.open(fixtures / "photos" / "morgan_freeman.jpg").convert("RGB").resize((180, 180))
-
-
-def write_clip(path: Path, frames: list[np.ndarray], rate: Fraction = RATE, audio: str | None = "aac") -> Path:
-    """An H.264 clip (lossless, 4:4:4 so odd sizes work) of ``frames``, with a 440 Hz tone in ``audio``."""
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
-        video.options = {"qp": "0"}
-        sound = out.add_stream(audio, rate=16000) if audio else None
-        for i, pixels in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-        if sound is not None:
-            t = np.arange(int(16000 * len(frames) / rate)) / 16000
-            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-            for start in range(0, tone.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = 16000, start
-                out.mux(sound.encode(frame))
-            out.mux(sound.encode(None))
-    return path
 
 
 def audio_packets(path: Path) -> list[bytes]:
@@ -79,7 +55,7 @@ def tiny(fixtures: Path):
 def test_apply_video_keeps_frame_count_size_rate_and_copies_the_audio(fixtures, tmp_path, face_photo, tiny):
     scene = Image.new("RGB", (320, 240), (70, 90, 110))
     scene.paste(face_photo.resize((120, 120)), (100, 60))  # the face in the middle, plain background around
-    clip = write_clip(tmp_path / "in.mp4", list(noisy_still(scene, 8, "gaussian")))
+    clip = write_clip(tmp_path / "in.mp4", list(noisy_still(scene, 8, "gaussian")), rate=RATE)
     tiny[2].save(tmp_path / "d.safetensors")
     out = tmp_path / "out.mp4"
     code = cli.main(["apply", str(tmp_path / "d.safetensors"), "--video", str(clip), "--out", str(out),
@@ -119,7 +95,7 @@ def test_unreadable_video_and_no_face_are_clear_errors_and_write_nothing(tmp_pat
     fake.write_bytes(b"not a video at all" * 10)
     with pytest.raises(VideoInputError, match="fake.mp4: not a readable video"):
         apply_to_video(fake, tmp_path / "out.mp4", direction, encoder=encoder, generator=generator, landmarks=landmarker)
-    blank = write_clip(tmp_path / "blank.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 3)
+    blank = write_clip(tmp_path / "blank.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 3, rate=RATE)
     with pytest.raises(FaceNotFoundError, match="no face found in any of the 3 frames of blank.mp4"):
         apply_to_video(blank, tmp_path / "out.mp4", direction, encoder=encoder, generator=generator, landmarks=landmarker)
     with pytest.raises(VideoInputError, match="choose a video output"):
