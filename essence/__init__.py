@@ -19,7 +19,7 @@ This package never imports ComfyUI.
 from __future__ import annotations
 
 from .align import AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, load_landmarker
-from .apply import apply_direction, mix_directions, strength_sweep
+from .apply import apply_direction, apply_to_photo, mix_directions, strength_sweep
 from .clip_guide import ClipGuide
 from .direction import Direction, load_direction
 from .e4e import E4EEncoder, EncoderConfig
@@ -51,7 +51,7 @@ __all__ = [
     "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
     "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
-    "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
+    "Direction", "load_direction", "apply_direction", "apply_to_photo", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
     "train_candidates", "train_candidates_fitting_memory", "candidate_starts", "choose_candidate",
     "objective_scorer", "metric_scorer", "train_best_candidate", "CandidateChoice", "CandidateScore",

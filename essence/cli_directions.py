@@ -120,6 +120,21 @@ def _add_train(subparsers: Subparsers) -> None:
                                           "applicable to any face.")
     p.add_argument("targets", nargs="+", help="target image(s); several pictures of the same target are averaged")
     p.add_argument("--out", "-o", required=True, help="direction file to write (.safetensors)")
+    add_train_options(p)
+    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
+    p.add_argument("--keep-all", action="store_true",
+                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
+    _add_model_options(p, encoder=True, guide=True)
+    p.set_defaults(handler=_cmd_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
+
+
+TRAIN_MEMORY_ADVICE = ("Use fewer source faces (--sample or a smaller --sources file), --render-size 256, a +bf16 "
+                       "--mode, or --device cpu.")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Everything about how one direction trains (sources, steps, seed, start, mode, losses,
+    candidates): the options ``train`` and ``batch train`` share."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
     src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
@@ -139,38 +154,54 @@ def _add_train(subparsers: Subparsers) -> None:
                         "a mode's own size (+256px) cannot be changed")
     p.add_argument("--lambda-transfer", type=float, default=1.0)
     p.add_argument("--lambda-consistency", type=float, default=0.5)
-    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
     p.add_argument("--candidates", type=int, default=1, metavar="K",
                    help="train K directions together (from the target's inversion, perturbations of it and "
                         "random latents) and write the one that scores best on held-out faces (default 1)")
     p.add_argument("--identity", help="with --candidates: ArcFace file model_ir_se50.pth for the identity "
                    "preservation the candidates are ranked under (default: looked up; without it a CLIP proxy)")
-    p.add_argument("--keep-all", action="store_true",
-                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
-    _add_model_options(p, encoder=True, guide=True)
-    p.set_defaults(handler=_cmd_train, out_of_memory_advice="Use fewer source faces (--sample or a smaller "
-                   "--sources file), --render-size 256, a +bf16 --mode, or --device cpu.")
+
+
+def check_train_options(args: argparse.Namespace) -> None:
+    """Refuse bad training options (values, combinations) before any model loads."""
+    _train_settings(args)
+    if args.candidates < 1:
+        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
+    if getattr(args, "keep_all", False) and args.candidates < 2:
+        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
+    if args.identity and args.candidates < 2:
+        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
+                           "direction, use `evaluate --identity`).")
+
+
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    options = {"render_size": args.render_size} if args.render_size is not None else {}
+    return train_mode(args.mode).settings(
+        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
+        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
+        lambda_consistency=args.lambda_consistency, **options)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
-    if args.candidates < 1:
-        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
-    if args.keep_all and args.candidates < 2:
-        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
-    if args.identity and args.candidates < 2:
-        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
-                           "direction, use `evaluate --identity`).")
-    options = {"render_size": args.render_size} if args.render_size is not None else {}
-    settings = train_mode(args.mode).settings(
-        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
-        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
-        lambda_consistency=args.lambda_consistency, **options)
+    check_train_options(args)
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
-    targets = _open_targets(args.targets)
+    result = train_to_file(args, args.targets, out, generator, guide, name=args.name)
+    terms = result.direction.meta["losses"]
+    print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
+          f"{terms['transfer']:.4f}, consistency {terms['consistency']:.4f}; {result.seconds:.1f} s).")
+    return 0
+
+
+def train_to_file(args: argparse.Namespace, target_paths: list[str], out: Path, generator, guide,
+                  name: str | None = None, progress: bool = True):
+    """Train one direction for ``target_paths`` (pictures of one target) with the ``add_train_options``
+    in ``args`` and save it to ``out``; the ``TrainResult``. ``train`` runs it once, ``batch train``
+    once per target on its workers, so both give the same direction for the same options."""
+    settings = _train_settings(args)
+    targets = _open_targets(target_paths)
     if args.sources:
         sources = load_source_latents(args.sources, generator)
         source_note = Path(args.sources).name
@@ -178,43 +209,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sources = generator.sample_wplus(args.sample, seed=args.seed + 1, truncation=0.7)
         source_note = f"{args.sample} random samples (seed {args.seed + 1}, truncation 0.7)"
     init, init_note = _initial_direction(args, generator, targets)
-    print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
+    name = name or Path(target_paths[0]).stem
+    print(f"Training '{name}': {len(targets)} target picture(s), "
           f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode"
           + (f", {args.candidates} candidates." if args.candidates > 1 else "."))
-    metadata = {"name": args.name or Path(args.targets[0]).stem, "target": [Path(t).name for t in args.targets],
+    metadata = {"name": name, "target": [Path(t).name for t in target_paths],
                 "init": init_note, "source_latents": source_note}
+    make_progress = (lambda: training_progress_bar(args.steps)) if progress else None
     if args.candidates > 1:
-        result = _train_candidates(args, targets, sources, generator, guide, init, settings, metadata, out)
+        result = _train_candidates(args, targets, sources, generator, guide, init, settings, metadata, out,
+                                   make_progress)
     else:
         result = train_direction_fitting_memory(
             targets, sources, generator, guide, init=init, settings=settings,
-            make_progress=lambda: training_progress_bar(args.steps), on_retry=report_memory_retry,
-            metadata=metadata)
+            make_progress=make_progress, on_retry=report_memory_retry, metadata=metadata)
     result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
-    terms = result.direction.meta["losses"]
-    print(f"Saved {out} (best loss {terms['total']:.4f} at step {terms['best_step']}: transfer "
-          f"{terms['transfer']:.4f}, consistency {terms['consistency']:.4f}; {result.seconds:.1f} s).")
-    return 0
+    return result
 
 
 def _train_candidates(args: argparse.Namespace, targets, sources, generator, guide, init, settings: TrainSettings,
-                      metadata: dict[str, Any], out: Path):
+                      metadata: dict[str, Any], out: Path, make_progress):
     """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
     returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
     identity = identity_model(args)
     starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
                               seed=args.seed, truncation=settings.random_init_truncation)
     choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,
-                                  identity=identity,
-                                  make_progress=lambda: training_progress_bar(args.steps),
+                                  identity=identity, make_progress=make_progress,
                                   on_retry=report_memory_retry)
     print(f"Candidates, scored by {choice.best.meta['selection']['method']}:")
     for index, direction in enumerate(choice.directions):
         mark = "  <- chosen" if index == choice.ranking[0] else ""
         print(f"  {index}: score {choice.scores[index]:.4f}, rank {direction.meta['selection']['rank']}, "
               f"training loss {direction.meta['losses']['total']:.4f} ({direction.meta['init']}){mark}")
-        if args.keep_all:
+        if getattr(args, "keep_all", False):
             direction.thumbnail = target_thumbnail(targets[0])
             path = direction.save(out.with_name(f"{out.stem}.cand{index}{out.suffix}"))
             print(f"     saved {path}")
