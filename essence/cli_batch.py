@@ -1,4 +1,4 @@
-"""``essence batch train`` and ``essence batch apply``: many directions, many photos, on Ray.
+"""``essence batch train``, ``apply`` and ``video``: many directions, many photos, long clips, on Ray.
 
 Each command turns its inputs into ``essence.batch`` tasks (one per target; one per photo x
 direction x strength) and runs them on workers that load the models once. The work of one task is
@@ -21,6 +21,8 @@ from .cli_directions import (TRAIN_MEMORY_ADVICE, _add_model_options, add_train_
 from .direction import Direction, load_direction
 from .errors import EssenceError
 from .files import atomic_write
+from .smoothing import SMOOTHING_PRESETS
+from .video_batch import DEFAULT_CHUNK, STAGES, VideoJob, VideoModels, run_video_job
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -64,6 +66,7 @@ def _add_batch(subparsers: Subparsers) -> None:
     _add_model_options(apply, encoder=True)
     _add_ray_options(apply)
     apply.set_defaults(handler=_cmd_batch_apply)
+    _add_batch_video(actions)
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
@@ -191,6 +194,46 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
                                        (str(photo), str(direction), token)))
     report = _run(args, tasks, ApplyWorker, _valid_image, "applying")
     return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def _add_batch_video(actions: Subparsers) -> None:
+    video = actions.add_parser("video", help="one clip, its frames split into chunks across the workers",
+                               description="Edit the main face of every frame of a clip (as `essence apply --video` "
+                                           "does) with chunks of frames on the workers; a rerun keeps finished "
+                                           "chunks. The video is assembled when every chunk is done.")
+    video.add_argument("direction", metavar="DIRECTION", help="direction file (.safetensors or official .npy)")
+    video.add_argument("--video", required=True, help="the clip to edit")
+    video.add_argument("--out", "-o", type=Path, required=True, help="the edited clip (.mp4, .mov, .mkv or .webm)")
+    video.add_argument("--strength", type=float, default=1.0, help="strength (default 1.0)")
+    video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
+    video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                       help="how much the face's crop is smoothed over time (default normal)")
+    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
+                       help=f"frames per task (default {DEFAULT_CHUNK})")
+    video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
+    video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    _add_model_options(video, encoder=True)
+    _add_ray_options(video)
+    video.set_defaults(handler=_cmd_batch_video)
+
+
+def _cmd_batch_video(args: argparse.Namespace) -> int:
+    job = VideoJob(Path(args.video), args.out, Path(args.direction), args.strength, args.layers, args.smoothing,
+                   chunk_frames=args.chunk_frames)
+    models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
+    gpus = 0 if args.device in ("cpu", "mps") else None
+    result = run_video_job(job, models, workers=args.workers, address=args.address, gpus_per_worker=gpus,
+                           progress=not args.no_progress, keep_parts=args.keep_parts)
+    if not result.reports:
+        print(f"{result.path} is already complete ({result.info.describe()}); nothing to do.")
+        return 0
+    for stage, report in result.reports.items():
+        print(f"{STAGES[stage]}: {report.summary()}")
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps.")
+    return 0
 
 
 # ----------------------------------------------------------------------------- shared
