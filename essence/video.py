@@ -23,6 +23,7 @@ PyAV is imported only when a video is read or written, so the rest of Essence wo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ def _av() -> Any:
 @dataclass(frozen=True)
 class VideoInfo:
     """What a clip is: ``frames`` decodable video frames of ``width`` x ``height`` at ``rate``
-    frames per second (exact), its video ``codec``, and its ``audio`` codec (None: silent)."""
+    frames per second (exact), its video ``codec``, and its ``audio`` codec (None: silent).
+    ``first_pts`` is set when every frame's timestamp is ``first_pts + i * frame_ticks`` (a
+    constant-rate stream, in the stream's ``time_base``): frame ``i`` can then be found by seeking."""
 
     path: Path
     width: int
@@ -81,6 +84,13 @@ class VideoInfo:
     rate: Fraction
     codec: str
     audio: str | None
+    time_base: Fraction | None = None
+    first_pts: int | None = None
+
+    @property
+    def frame_ticks(self) -> Fraction | None:
+        """One frame's duration in ``time_base`` units."""
+        return None if self.time_base is None else 1 / (self.rate * self.time_base)
 
     @property
     def seconds(self) -> float:
@@ -117,27 +127,54 @@ def probe_video(path: PathLike) -> VideoInfo:
         if not rate:
             raise VideoInputError(f"{path}: the video stream has no frame rate; re-mux it with a constant rate.")
         try:
-            frames = sum(1 for packet in container.demux(stream) if packet.size)
+            stamps = [packet.pts for packet in container.demux(stream) if packet.size]
         except av.error.FFmpegError as exc:
             raise VideoInputError(f"{path}: damaged video ({exc}).") from None
-        if frames == 0:
+        if not stamps:
             raise VideoInputError(f"{path}: the video stream holds no frames.")
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
-        return VideoInfo(path, stream.codec_context.width, stream.codec_context.height, frames, Fraction(rate),
-                         stream.codec_context.name, audio)
+        info = VideoInfo(path, stream.codec_context.width, stream.codec_context.height, len(stamps), Fraction(rate),
+                         stream.codec_context.name, audio, Fraction(stream.time_base))
+        first = _constant_rate_start(stamps, info.frame_ticks)
+        return info if first is None else dataclasses.replace(info, first_pts=first)
 
 
-def read_frames(path: PathLike, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+def _constant_rate_start(stamps: list[int | None], ticks: Fraction) -> int | None:
+    """The first frame's timestamp when the sorted timestamps step by one frame each (to within a
+    quarter frame: containers round them, e.g. Matroska to milliseconds), else None."""
+    if any(t is None for t in stamps):
+        return None
+    ordered = sorted(stamps)
+    first = ordered[0]
+    return first if all(abs((t - first) / ticks - i) < 0.25 for i, t in enumerate(ordered)) else None
+
+
+def read_frames(path: PathLike, start: int = 0, stop: int | None = None,
+                info: VideoInfo | None = None) -> Iterator[np.ndarray]:
     """The RGB frames [H, W, 3] uint8 of a clip, from frame ``start`` up to (not including) ``stop``.
-    Decodes from the beginning (exact frame numbers whatever the file's timestamps)."""
+
+    With the clip's ``info`` (``probe_video``) and a constant-rate stream, it seeks to the keyframe
+    before ``start`` and numbers frames by their timestamps; otherwise it decodes from the
+    beginning and counts (exact whatever the timestamps, slower for late chunks of long clips).
+    """
     path = Path(path)
     av = _av()
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        seek = start > 0 and info is not None and info.first_pts is not None
+        if seek:
+            container.seek(int(info.first_pts + start * info.frame_ticks), stream=stream, backward=True)
         index = 0
+        first = True
         try:
             for frame in container.decode(stream):
+                if seek:
+                    index = _frame_index(frame.pts, info, path)
+                    if first and index > start:  # the seek landed past it: count from the beginning instead
+                        yield from read_frames(path, start, stop)
+                        return
+                first = False
                 if stop is not None and index >= stop:
                     return
                 if index >= start:
@@ -145,6 +182,13 @@ def read_frames(path: PathLike, start: int = 0, stop: int | None = None) -> Iter
                 index += 1
         except av.error.FFmpegError as exc:
             raise VideoInputError(f"{path}: damaged video at frame {index + 1} ({exc}).") from None
+
+
+def _frame_index(pts: int | None, info: VideoInfo, path: Path) -> int:
+    if pts is None:
+        raise VideoInputError(f"{path}: a frame without a timestamp in a stream probed as constant-rate; "
+                              f"re-encode the clip.")
+    return round((pts - info.first_pts) / info.frame_ticks)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -325,10 +369,10 @@ class VideoResult:
         return self.track.found
 
 
-def detect_video(path: PathLike, landmarks: FaceLandmarker, face_index: int = 0, start: int = 0,
+def detect_video(info: VideoInfo, landmarks: FaceLandmarker, face_index: int = 0, start: int = 0,
                  stop: int | None = None, progress: Callable[[int], None] | None = None) -> Detections:
     """The face in frames ``start`` .. ``stop`` of a clip (see ``essence.track.detect_frames``)."""
-    return detect_frames(read_frames(path, start, stop), landmarks, face_index, progress)
+    return detect_frames(read_frames(info.path, start, stop, info), landmarks, face_index, progress)
 
 
 def video_track(info: VideoInfo, detections: Detections, smoothing: Smoothing | str | None) -> FaceTrack:
@@ -343,10 +387,10 @@ def video_track(info: VideoInfo, detections: Detections, smoothing: Smoothing | 
     return track
 
 
-def edit_video_range(path: PathLike, track: FaceTrack, editor: FaceEditor, start: int = 0,
+def edit_video_range(info: VideoInfo, track: FaceTrack, editor: FaceEditor, start: int = 0,
                      stop: int | None = None) -> Iterator[np.ndarray]:
     """Frames ``start`` .. ``stop`` of the clip, edited."""
-    return editor.frames(read_frames(path, start, stop), track, start)
+    return editor.frames(read_frames(info.path, start, stop, info), track, start)
 
 
 def assemble_video(info: VideoInfo, segments: Sequence[PathLike], out: PathLike,
@@ -399,9 +443,9 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                         feather, batch_size)
     direction.check_fits(editor.generator)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
-    detections = detect_video(info.path, landmarker, face_index, progress=_stage(progress, "detect", info.frames))
+    detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames))
     track = video_track(info, detections, settings)
-    frames = edit_video_range(info.path, track, editor)
+    frames = edit_video_range(info, track, editor)
     path = write_video(_counted(frames, info.frames), out, info.rate, (info.width, info.height),
                        audio_from=info.path if info.audio else None,
                        progress=_stage(progress, "edit", info.frames))

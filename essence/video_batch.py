@@ -98,7 +98,7 @@ class VideoWorker:
         job: VideoJob = task.inputs["job"]
         start, stop = task.inputs["frames"]
         if task.inputs["stage"] == "detect":
-            found = detect_video(job.video, self.landmarks, job.face_index, start, stop)
+            found = detect_video(task.inputs["info"], self.landmarks, job.face_index, start, stop)
             with atomic_write(task.output) as tmp:
                 tmp.write_text(json.dumps(found.to_dict()), encoding="utf-8")
             return {"frames": len(found.faces), "faces": sum(f is not None for f in found.faces)}
@@ -106,7 +106,7 @@ class VideoWorker:
         editor = FaceEditor(self.encoder, self.generator, load_direction(job.direction), job.strength, job.layers,
                             job.feather, job.batch_size)
         info: VideoInfo = task.inputs["info"]
-        frames = edit_video_range(job.video, track, editor, start, stop)
+        frames = edit_video_range(info, track, editor, start, stop)
         write_video(frames, task.output, info.rate, (info.width, info.height), segment=True)
         return {"frames": stop - start, "faces": sum(d is not None for d in track.detections[start:stop])}
 
@@ -222,7 +222,7 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
     reports: dict[str, BatchReport] = {}
     with BatchRunner(VideoWorker, models, workers=workers, address=address, gpus_per_worker=gpus_per_worker) as runner:
         detect = [BatchTask(f"faces {a}-{b}", parts / f"faces_{a:08d}_{b:08d}.json",
-                            {"stage": "detect", "job": job, "frames": (a, b)}) for a, b in ranges]
+                            {"stage": "detect", "job": job, "frames": (a, b), "info": info}) for a, b in ranges]
         reports["detect"] = _run(runner, detect, _detections_done(detect), progress, STAGES["detect"])
         detections = join_detections([Detections.from_dict(json.loads(t.output.read_text(encoding="utf-8")))
                                       for t in detect])

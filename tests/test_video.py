@@ -178,3 +178,15 @@ def test_face_nodes_take_video_frames_and_smooth_their_crops(comfy_env, face_pho
         comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal")
     _, _, skipped = comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal", no_face="skip")
     assert [f.photo_index for f in skipped.faces] == [0, 1] and skipped.photo_count == 3
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_range_of_frames_is_found_by_seeking_in_a_constant_rate_clip(tmp_path, suffix):
+    frames = [np.full((32, 48, 3), 10 * i, np.uint8) for i in range(12)]
+    clip = write_clip(tmp_path / f"ramp{suffix}", frames, rate=RATE, audio=None)
+    info = probe_video(clip)
+    assert info.first_pts is not None  # constant rate: seekable
+    every = list(read_frames(clip))
+    for start, stop in ((0, 4), (5, 9), (9, 12), (11, 40)):
+        seeked = list(read_frames(clip, start, stop, info))
+        assert [f[0, 0, 0] for f in seeked] == [f[0, 0, 0] for f in every[start:stop]]
