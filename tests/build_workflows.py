@@ -399,9 +399,10 @@ def video_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     note = g.note("Give the face in a video clip an essence. Load Video + Get Video Components give the frames "
                   "as one IMAGE batch; Invert Face with smoothing 'normal' treats the batch as one clip and "
                   "smooths the face's crop over time at the clip's frame rate, so the edited face does not "
-                  "shimmer; frames without a face are left as they are. Create Video puts the pasted frames back together with the clip's sound at its "
-                  "frame rate. Every frame is held in memory: keep clips short here, or use "
-                  "`python -m essence apply ESSENCE --video IN --out OUT` for long ones.\n\n"
+                  "shimmer; frames without a face are left as they are. Create Video puts the pasted frames "
+                  "back together with the clip's sound at its frame rate. Every frame is held in memory: keep "
+                  "clips short here, or use `python -m essence apply ESSENCE --video IN --out OUT` (or "
+                  "`essence batch video` on Ray) for long ones.\n\n"
                   + MODELS_NOTE + "\n" + FACES_NOTE + "\n\n" + DIRECTIONS_NOTE, (520, 400))
     gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
     encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
