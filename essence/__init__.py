@@ -26,7 +26,7 @@ from .e4e import E4EEncoder, EncoderConfig
 from .errors import (CorruptFileError, DeviceMemoryError, DirectionFileError, DownloadError, EssenceError,
                      EssenceWarning, FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
                      IncompatibleWeightsError, LatentFileError, MissingWeightsError, ShapeError,
-                     TrainingCancelled, UnsafeFileError, WeightFileError, WrongFileKindError)
+                     TrainingCancelled, UnsafeFileError, VideoInputError, WeightFileError, WrongFileKindError)
 from .identity import IdentityConfig, IdentityEncoder
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
@@ -37,12 +37,14 @@ from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import TRAIN_MODES, TrainMode, train_mode
 from .paste import paste_back, paste_mask
 from .runtime import clear_model_cache, default_device
+from .smoothing import Smoothing
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, train_candidates, train_candidates_fitting_memory, train_direction,
                     train_direction_fitting_memory)
 from .candidates import (CandidateChoice, CandidateScore, candidate_starts, choose_candidate, metric_scorer,
                          objective_scorer, train_best_candidate)
 from .version import __version__
+from .video import VideoInfo, apply_to_video, probe_video
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",
@@ -60,7 +62,7 @@ __all__ = [
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
     "LatentSet", "load_latents", "save_latents", "sample_latents",
     "FaceNotFoundError", "ImageInputError", "LatentFileError", "DeviceMemoryError", "EssenceWarning",
-    "paste_back", "paste_mask",
+    "paste_back", "paste_mask", "apply_to_video", "probe_video", "VideoInfo", "Smoothing", "VideoInputError",
     "evaluate_direction", "strength_curve", "recommend_strength", "DirectionMetrics", "StrengthCurve",
     "StrengthRecommendation",
 ]

@@ -26,7 +26,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def _frames(task: BatchTask) -> int:
     return stop - start
 
 
-def _detections_done(tasks: list[BatchTask]):
+def _detections_done(tasks: list[BatchTask]) -> Callable[[Path], dict[str, Any]]:
     """``validate`` for detection chunks: the JSON reads back with the chunk's frame count."""
     expected = {task.output: _frames(task) for task in tasks}
 
@@ -172,7 +172,7 @@ def _detections_done(tasks: list[BatchTask]):
     return validate
 
 
-def _segment_done(tasks: list[BatchTask]):
+def _segment_done(tasks: list[BatchTask]) -> Callable[[Path], dict[str, Any]]:
     """``validate`` for edited segments: the file reads as a video with the chunk's frame count."""
     expected = {task.output: _frames(task) for task in tasks}
 
@@ -183,7 +183,8 @@ def _segment_done(tasks: list[BatchTask]):
     return validate
 
 
-def _run(runner: BatchRunner, tasks: list[BatchTask], validate, progress: bool, stage: str) -> BatchReport:
+def _run(runner: BatchRunner, tasks: list[BatchTask], validate: Callable[[Path], dict[str, Any]], progress: bool,
+         stage: str) -> BatchReport:
     """One round of tasks; an ``EssenceError`` naming the failed chunks when any failed."""
     report = runner.run(tasks, validate=validate, progress=progress, description=stage)
     if report.failed:
