@@ -229,7 +229,7 @@ class _AudioCopier:
     def mux_until(self, seconds: float | None) -> None:
         """Write every audio packet that starts before ``seconds`` (all of them for None)."""
         while True:
-            packet = self._pending or next(self._packets, None)
+            packet = self._pending if self._pending is not None else next(self._packets, None)
             self._pending = None
             if packet is None:
                 return
