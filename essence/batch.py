@@ -87,10 +87,10 @@ class TaskRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        """Flat: the details first, then the fixed columns (which a detail cannot override)."""
+        """Flat: the fixed columns, then the details (which cannot override them)."""
         base = asdict(self)
         base.pop("details")
-        return {**self.details, **base}
+        return {**base, **{k: v for k, v in self.details.items() if k not in base}}
 
 
 @dataclass
@@ -230,6 +230,11 @@ class _Actor:
             self.current = None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _message(exc: BaseException) -> str:
     """Essence's own errors are written for users; others get their type name too."""
     return str(exc) if isinstance(exc, EssenceError) else f"{type(exc).__name__}: {exc}"
@@ -352,6 +357,9 @@ class BatchRunner:
         try:
             if todo:
                 self._run(todo, records, bar)
+        except BaseException:  # Ctrl-C, lost cluster: stop the writers before their temporary files go
+            self.close()
+            raise
         finally:
             bar.close()
             remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
@@ -367,6 +375,7 @@ class BatchRunner:
                 task = todo.popleft()
                 in_flight[self._actors[index].run.remote(task)] = (index, task)
 
+        total = len(todo)
         for index in range(len(self._actors)):
             submit(index)
         replacements = 0
@@ -375,13 +384,15 @@ class BatchRunner:
             index, task = in_flight.pop(ready[0])
             try:
                 record = self._ray.get(ready[0])
-            except self._ray.exceptions.RayError as exc:  # the worker died more often than it may restart
+            except self._ray.exceptions.RayActorError as exc:  # died more often than it may restart
                 record = TaskRecord(task.key, "failed", str(task.output),
-                                    error=f"the worker running it died {self.retries + 1} time(s): "
-                                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-                if replacements < len(records) + len(todo) + len(in_flight) + 1:
+                                    error=f"the worker running it died {self.retries + 1} time(s) ({_first_line(exc)}); "
+                                          f"run the batch again to retry it")
+                if replacements < total:  # a new worker takes its place (at most one per task)
                     replacements += 1
                     self._actors[index] = self._new_actor()
+            except self._ray.exceptions.RayError as exc:  # e.g. a result that could not be sent back
+                record = TaskRecord(task.key, "failed", str(task.output), error=_first_line(exc))
             records[task.key] = record
             bar.update(1)
             if record.status == "failed":
