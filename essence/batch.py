@@ -448,7 +448,7 @@ def _check_unique(tasks: Sequence[BatchTask]) -> None:
 
 def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None) -> TaskRecord | None:
     """A ``skipped`` record when the task's output exists and validates, else None (run it)."""
-    if validate is None or not Path(task.output).is_file():
+    if validate is None or not Path(task.output).exists():
         return None
     try:
         details = validate(Path(task.output)) or {}
