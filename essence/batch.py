@@ -181,10 +181,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     if address:
         ray.init(address=address, log_to_driver=False)
         return ray
-    package_root = str(Path(__file__).resolve().parents[1])  # local workers import essence from here too
-    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}})
+    # Local workers inherit this process's environment: they import essence from where it runs
+    # (a checkout too). Cheaper than a Ray runtime_env, which costs seconds per worker start.
+    package_root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return ray
 
 
