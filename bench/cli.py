@@ -25,6 +25,7 @@ from essence.latents import load_latents
 from essence.runtime import resolve_device
 from essence.train import target_embedding
 
+from .batch_rate import SIZES, batch_rows
 from .measure import TRAIN_MODES, bench_quality, format_quality_row, plan, profile_train, run_all, run_one
 
 PROG = "python -m bench"
@@ -36,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time the full-size generator (1024 px), the e4e encoder and TargetCLIP training ("
                     + ", ".join(TRAIN_MODES) + ") with random weights, print a table and write JSON.")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    parser.add_argument("--only", nargs="+", choices=["generator", "encoder", "train", "candidates", "quality"],
+    parser.add_argument("--only", nargs="+",
+                        choices=["generator", "encoder", "train", "candidates", "quality", "batch"],
                         default=["generator", "encoder", "train"],
                         help="sections (default: generator encoder train; 'candidates' times K directions "
                              "trained together; 'quality' compares the approximate training modes with the exact "
-                             "one and needs the weight files)")
+                             "one and needs the weight files; 'batch' measures tasks per hour of `essence batch "
+                             "train` on a local Ray and needs Ray)")
     parser.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
                         help="training modes to time (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
@@ -66,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--target", type=Path, default=None, help="target picture (default: scikit-image's Chelsea)")
     quality.add_argument("--sources", type=Path, default=None, help="latent file (default: 4 samples, seed 1)")
     quality.add_argument("--quality-steps", type=int, default=100, help="training steps per mode (default 100)")
+    batch = parser.add_argument_group("batch section (tasks per hour of `essence batch train`)")
+    batch.add_argument("--batch-sizes", nargs="+", choices=SIZES, default=list(SIZES),
+                       help="tiny: the fixture models; full: full-size models with random weights (default both)")
+    batch.add_argument("--batch-workers", nargs="+", type=int, default=[1, 2], metavar="N",
+                       help="numbers of workers to compare (default 1 2)")
+    batch.add_argument("--batch-tasks", type=int, default=None, metavar="N",
+                       help="tasks per worker (default 8 tiny, 1 full)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
     return parser
 
@@ -93,12 +103,14 @@ def _run(args: argparse.Namespace) -> int:
         print(profile_train(device, args.profile))
         return 0
     steps = args.train_steps or (30 if device.type == "cuda" else 3)
-    timed = [section for section in args.only if section != "quality"]
+    timed = [section for section in args.only if section not in ("quality", "batch")]
     jobs = plan(device, timed, steps, modes=args.modes, batches=args.batches, candidates=args.candidates,
                 candidate_chunk=args.candidate_chunk)
     report = run_all(device, jobs, args.repeats, args.threads, args.job_timeout) if jobs else {"rows": []}
     if "quality" in args.only:
         report["rows"] += _quality(args, device)
+    if "batch" in args.only:
+        report["rows"] += batch_rows(args.batch_sizes, args.batch_workers, args.batch_tasks, steps, device.type)
     if args.json is not None:
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -87,10 +87,10 @@ class TaskRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        """Flat: the details first, then the fixed columns (which a detail cannot override)."""
+        """Flat: the fixed columns, then the details (which cannot override them)."""
         base = asdict(self)
         base.pop("details")
-        return {**self.details, **base}
+        return {**base, **{k: v for k, v in self.details.items() if k not in base}}
 
 
 @dataclass
@@ -181,10 +181,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     if address:
         ray.init(address=address, log_to_driver=False)
         return ray
-    package_root = str(Path(__file__).resolve().parents[1])  # local workers import essence from here too
-    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}})
+    # Local workers inherit this process's environment: they import essence from where it runs
+    # (a checkout too). Cheaper than a Ray runtime_env, which costs seconds per worker start.
+    package_root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return ray
 
 
@@ -228,6 +231,11 @@ class _Actor:
                               error=_message(exc), worker=self.where)
         finally:
             self.current = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _message(exc: BaseException) -> str:
@@ -352,6 +360,9 @@ class BatchRunner:
         try:
             if todo:
                 self._run(todo, records, bar)
+        except BaseException:  # Ctrl-C, lost cluster: stop the writers before their temporary files go
+            self.close()
+            raise
         finally:
             bar.close()
             remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
@@ -367,6 +378,7 @@ class BatchRunner:
                 task = todo.popleft()
                 in_flight[self._actors[index].run.remote(task)] = (index, task)
 
+        total = len(todo)
         for index in range(len(self._actors)):
             submit(index)
         replacements = 0
@@ -375,13 +387,15 @@ class BatchRunner:
             index, task = in_flight.pop(ready[0])
             try:
                 record = self._ray.get(ready[0])
-            except self._ray.exceptions.RayError as exc:  # the worker died more often than it may restart
+            except self._ray.exceptions.RayActorError as exc:  # died more often than it may restart
                 record = TaskRecord(task.key, "failed", str(task.output),
-                                    error=f"the worker running it died {self.retries + 1} time(s): "
-                                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-                if replacements < len(records) + len(todo) + len(in_flight) + 1:
+                                    error=f"the worker running it died {self.retries + 1} time(s) ({_first_line(exc)}); "
+                                          f"run the batch again to retry it")
+                if replacements < total:  # a new worker takes its place (at most one per task)
                     replacements += 1
                     self._actors[index] = self._new_actor()
+            except self._ray.exceptions.RayError as exc:  # e.g. a result that could not be sent back
+                record = TaskRecord(task.key, "failed", str(task.output), error=_first_line(exc))
             records[task.key] = record
             bar.update(1)
             if record.status == "failed":
@@ -437,7 +451,7 @@ def _check_unique(tasks: Sequence[BatchTask]) -> None:
 
 def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None) -> TaskRecord | None:
     """A ``skipped`` record when the task's output exists and validates, else None (run it)."""
-    if validate is None or not Path(task.output).is_file():
+    if validate is None or not Path(task.output).exists():
         return None
     try:
         details = validate(Path(task.output)) or {}
