@@ -28,12 +28,13 @@ from essence.runtime import resolve_device
 from essence.train import target_embedding
 
 from . import records as rec
+from .batch_rate import SIZES, batch_rows
 from .measure import (LIBRARY_MODES, TRAIN_MODES, bench_precision, bench_quality, files_problem, format_precision,
                       format_quality_row, plan, profile_train, run_all, run_one, training_problem)
 
 PROG = "python -m bench"
 TIMED = ("generator", "encoder", "train", "candidates")
-SECTIONS = TIMED + ("quality", "precision", "breakdown", "compile")
+SECTIONS = TIMED + ("quality", "precision", "breakdown", "compile", "batch")
 EXACT_MODES = {name for name, mode in LIBRARY_MODES.items() if mode.exact} | {"fast+chunk1", "fast+chunk2",
                                                                                "fast+recompute512"}
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "trained together; 'quality' compares the approximate training modes with the exact "
                              "one and 'precision' the exact objective bf16 reaches over seeds and targets, both with "
                              "the weight files unless --random-weights; 'breakdown' profiles training steps by "
-                             "operator category and resolution; 'compile' times torch.compile of the generator)")
+                             "operator category and resolution; 'compile' times torch.compile of the generator; 'batch' measures tasks per hour of "
+                             "`essence batch train` on a local Ray and needs Ray)")
     parser.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
                         help="training modes to time (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compile: training steps per run, eager and compiled (default: --train-steps)")
     study.add_argument("--compile-cache", type=Path, default=Path("output/inductor-cache"),
                        help="compile: the persistent compile cache (TORCHINDUCTOR_CACHE_DIR), emptied first")
+    batch = parser.add_argument_group("batch section (tasks per hour of `essence batch train`)")
+    batch.add_argument("--batch-sizes", nargs="+", choices=SIZES, default=list(SIZES),
+                       help="tiny: the fixture models; full: full-size models with random weights (default both)")
+    batch.add_argument("--batch-workers", nargs="+", type=int, default=[1, 2], metavar="N",
+                       help="numbers of workers to compare (default 1 2)")
+    batch.add_argument("--batch-tasks", type=int, default=None, metavar="N",
+                       help="tasks per worker (default 8 tiny, 1 full)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
     return parser
 
@@ -144,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
             rows, new_records = run(args, device, steps, label)
             report["rows"] += rows
             records += new_records
+    if "batch" in args.only:
+        report["rows"] += batch_rows(args.batch_sizes, args.batch_workers, args.batch_tasks, steps, device.type)
     if args.json is not None:
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")

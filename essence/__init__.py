@@ -19,14 +19,14 @@ This package never imports ComfyUI.
 from __future__ import annotations
 
 from .align import AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, load_landmarker
-from .apply import apply_direction, mix_directions, strength_sweep
+from .apply import apply_direction, apply_to_photo, mix_directions, strength_sweep
 from .clip_guide import ClipGuide
 from .direction import Direction, load_direction
 from .e4e import E4EEncoder, EncoderConfig
 from .errors import (CorruptFileError, DeviceMemoryError, DirectionFileError, DownloadError, EssenceError,
                      EssenceWarning, FaceNotFoundError, ImageInputError, IncompatibleLatentSpaceError,
                      IncompatibleWeightsError, LatentFileError, MissingWeightsError, ShapeError,
-                     TrainingCancelled, UnsafeFileError, WeightFileError, WrongFileKindError)
+                     TrainingCancelled, UnsafeFileError, VideoInputError, WeightFileError, WrongFileKindError)
 from .identity import IdentityConfig, IdentityEncoder
 from .images import load_image, load_photo, load_photos
 from .invert import Inversion, clear_inversion_cache, invert
@@ -37,12 +37,14 @@ from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import TRAIN_MODES, TrainMode, train_mode
 from .paste import paste_back, paste_mask
 from .runtime import clear_model_cache, default_device
+from .smoothing import Smoothing
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, train_candidates, train_candidates_fitting_memory, train_direction,
                     train_direction_fitting_memory)
 from .candidates import (CandidateChoice, CandidateScore, candidate_starts, choose_candidate, metric_scorer,
                          objective_scorer, train_best_candidate)
 from .version import __version__
+from .video import VideoInfo, apply_to_video, probe_video
 
 __all__ = [
     "ClipGuide", "E4EEncoder", "EncoderConfig", "GeneratorConfig", "StyleGAN2Generator",
@@ -51,7 +53,7 @@ __all__ = [
     "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
     "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "__version__",
     "DirectionFileError", "IncompatibleLatentSpaceError", "TrainingCancelled",
-    "Direction", "load_direction", "apply_direction", "mix_directions", "strength_sweep",
+    "Direction", "load_direction", "apply_direction", "apply_to_photo", "mix_directions", "strength_sweep",
     "TrainSettings", "TrainResult", "train_direction", "train_direction_fitting_memory",
     "train_candidates", "train_candidates_fitting_memory", "candidate_starts", "choose_candidate",
     "objective_scorer", "metric_scorer", "train_best_candidate", "CandidateChoice", "CandidateScore",
@@ -60,7 +62,7 @@ __all__ = [
     "load_image", "load_photo", "load_photos", "invert", "Inversion", "clear_inversion_cache",
     "LatentSet", "load_latents", "save_latents", "sample_latents",
     "FaceNotFoundError", "ImageInputError", "LatentFileError", "DeviceMemoryError", "EssenceWarning",
-    "paste_back", "paste_mask",
+    "paste_back", "paste_mask", "apply_to_video", "probe_video", "VideoInfo", "Smoothing", "VideoInputError",
     "evaluate_direction", "strength_curve", "recommend_strength", "DirectionMetrics", "StrengthCurve",
     "StrengthRecommendation",
 ]

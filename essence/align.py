@@ -219,7 +219,8 @@ def align_faces(photo: ImageSource, size: int = 1024, *, landmarks: FaceLandmark
             f"unobstructed face at least about 40 pixels wide; cartoons and paintings are often missed. "
             f"Use another photo, or (for a training target) a random initialisation.")
     chosen = faces if all_faces else faces[:1]
-    return [_align_one(photo, box, points, size, transform_size, i) for i, (box, points) in enumerate(chosen)]
+    return [align_detected(photo, box, points, size, transform_size=transform_size, index=i)
+            for i, (box, points) in enumerate(chosen)]
 
 
 def detect_faces(photo: Photo, landmarker: FaceLandmarker, detect_pixels: int = DETECT_PIXELS,
@@ -259,9 +260,19 @@ def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
 # ----------------------------------------------------------------------------- the crop
 
 
-def _align_one(photo: Photo, box: Sequence[int], points: np.ndarray, size: int, transform_size: int,
-               index: int) -> AlignedFace:
-    quad, qsize = ffhq_quad(points)
+def align_detected(photo: Photo, box: Sequence[int], points: np.ndarray, size: int, *,
+                   quad: np.ndarray | None = None, transform_size: int | None = None,
+                   index: int = 0) -> AlignedFace:
+    """The face ``detect_faces`` found (``box``, 68 ``points``, in ``photo.image`` coordinates),
+    cropped at its FFHQ quad, or at ``quad`` when given: a video smooths the quads of successive
+    frames (``essence.smoothing``) before cropping, so the crop does not jitter with the landmarks."""
+    if transform_size is None:
+        transform_size = size * 4 if size >= 1024 else size
+    if quad is None:
+        quad, qsize = ffhq_quad(points)
+    else:
+        quad = np.asarray(quad, dtype=np.float64)
+        qsize = float(np.hypot(*(quad[3] - quad[0])))
     if qsize < 4:
         raise FaceNotFoundError(f"the face found in {photo.describe()} is too small to align ({qsize:.1f} px).")
     crop, crop_to_work = ffhq_crop(photo.image, quad, qsize, size, transform_size)

@@ -9,12 +9,16 @@ presets follow StyleGAN's usual split: for the 18-row FFHQ space, rows 0-3 coars
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from PIL import Image
 
 from .direction import Direction, direction_metadata
 from .errors import EssenceError, IncompatibleLatentSpaceError, ShapeError, require_finite
+from .images import load_image, model_to_pil
+from .invert import invert
+from .paste import paste_back
 from .render import DEFAULT_BATCH, render
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
@@ -111,6 +115,27 @@ def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengt
     wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
     edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
     return render(generator, edits, batch_size, what="strength-sweep images", between_batches=between_batches)
+
+
+@torch.no_grad()
+def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strength: float = 1.0, *,
+                   landmarks: Any = None, layers: str = "all", all_faces: bool = True,
+                   feather: float = 0.1) -> Image.Image:
+    """The photo with its faces edited: each face aligned, inverted with e4e, moved by
+    ``strength`` x ``direction``, rendered and pasted back (``paste_back``, soft edge ``feather``).
+
+    ``photo``: a path or any single image ``essence.load_image`` takes; ``encoder`` an e4e encoder,
+    ``landmarks`` the dlib model (or its file; default: looked up). Every face, or only the largest
+    with ``all_faces=False``. A photo without a face raises ``FaceNotFoundError`` naming it.
+    Returns the full-size RGB photo.
+    """
+    direction.check_fits(generator)
+    inversion = invert([photo], encoder, landmarks=landmarks, all_faces=all_faces)
+    edits = apply_direction(inversion.latents.to(generator.latent_avg.device), direction, strength, layers)
+    result = load_image(photo)  # full size: the faces go back where they were found
+    for face, image in zip(inversion.faces, model_to_pil(render(generator, edits, what="edited faces"))):
+        result = paste_back(result, image, face.transform, feather)
+    return result
 
 
 def image_grid(images: torch.Tensor, columns: int, padding: int = 2) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .align import align_faces, load_landmarker
+from .cli_batch import SUBCOMMANDS as BATCH_COMMANDS
 from .cli_directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .cli_directions import add_training_options, parse_floats, training_progress_bar
 from .cli_metrics import SUBCOMMANDS as METRICS_COMMANDS
@@ -406,4 +407,4 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS, *METRICS_COMMANDS]
+                                      *DIRECTION_COMMANDS, *METRICS_COMMANDS, *BATCH_COMMANDS]

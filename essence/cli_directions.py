@@ -24,6 +24,7 @@ from .invert import invert
 from .latents import import_targetclip_latents, is_latent_file, load_latents
 from .models import load_encoder, load_generator, load_guide, load_identity
 from .modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
+from .smoothing import SMOOTHING_PRESETS
 from .train import INIT_CHOICES, TrainSettings, initial_direction, train_direction_fitting_memory
 from .weights import fetch_command
 
@@ -119,6 +120,21 @@ def _add_train(subparsers: Subparsers) -> None:
                                           "applicable to any face.")
     p.add_argument("targets", nargs="+", help="target image(s); several pictures of the same target are averaged")
     p.add_argument("--out", "-o", required=True, help="direction file to write (.safetensors)")
+    add_train_options(p)
+    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
+    p.add_argument("--keep-all", action="store_true",
+                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
+    _add_model_options(p, encoder=True, guide=True)
+    p.set_defaults(handler=_cmd_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
+
+
+TRAIN_MEMORY_ADVICE = ("Use fewer source faces (--sample or a smaller --sources file), --render-size 256, a +bf16 "
+                       "--mode, or --device cpu.")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Everything about how one direction trains (sources, steps, seed, start, mode, losses,
+    candidates): the options ``train`` and ``batch train`` share."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
     src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
@@ -138,38 +154,52 @@ def _add_train(subparsers: Subparsers) -> None:
                         "a mode's own size (+256px) cannot be changed")
     p.add_argument("--lambda-transfer", type=float, default=1.0)
     p.add_argument("--lambda-consistency", type=float, default=0.5)
-    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
     p.add_argument("--candidates", type=int, default=1, metavar="K",
                    help="train K directions together (from the target's inversion, perturbations of it and "
                         "random latents) and write the one that scores best on held-out faces (default 1)")
     p.add_argument("--identity", help="with --candidates: ArcFace file model_ir_se50.pth for the identity "
                    "preservation the candidates are ranked under (default: looked up; without it a CLIP proxy)")
-    p.add_argument("--keep-all", action="store_true",
-                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
-    _add_model_options(p, encoder=True, guide=True)
-    p.set_defaults(handler=_cmd_train, out_of_memory_advice="Use fewer source faces (--sample or a smaller "
-                   "--sources file), --render-size 256, a +bf16 --mode, or --device cpu.")
+
+
+def check_train_options(args: argparse.Namespace) -> None:
+    """Refuse bad training options (values, combinations) before any model loads."""
+    _train_settings(args)
+    if args.candidates < 1:
+        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
+    if getattr(args, "keep_all", False) and args.candidates < 2:
+        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
+    if args.identity and args.candidates < 2:
+        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
+                           "direction, use `evaluate --identity`).")
+
+
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    options = {"render_size": args.render_size} if args.render_size is not None else {}
+    return train_mode(args.mode).settings(
+        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
+        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
+        lambda_consistency=args.lambda_consistency, **options)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
-    if args.candidates < 1:
-        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
-    if args.keep_all and args.candidates < 2:
-        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
-    if args.identity and args.candidates < 2:
-        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
-                           "direction, use `evaluate --identity`).")
-    options = {"render_size": args.render_size} if args.render_size is not None else {}
-    settings = train_mode(args.mode).settings(
-        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
-        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
-        lambda_consistency=args.lambda_consistency, **options)
+    check_train_options(args)
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
-    targets = _open_targets(args.targets)
+    result = train_to_file(args, args.targets, out, generator, guide, name=args.name)
+    print(f"Saved {out} ({result.summary()}).")
+    return 0
+
+
+def train_to_file(args: argparse.Namespace, target_paths: list[str], out: Path, generator, guide,
+                  name: str | None = None, progress: bool = True):
+    """Train one direction for ``target_paths`` (pictures of one target) with the ``add_train_options``
+    in ``args`` and save it to ``out``; the ``TrainResult``. ``train`` runs it once, ``batch train``
+    once per target on its workers, so both give the same direction for the same options."""
+    settings = _train_settings(args)
+    targets = _open_targets(target_paths)
     if args.sources:
         sources = load_source_latents(args.sources, generator)
         source_note = Path(args.sources).name
@@ -177,37 +207,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sources = generator.sample_wplus(args.sample, seed=args.seed + 1, truncation=0.7)
         source_note = f"{args.sample} random samples (seed {args.seed + 1}, truncation 0.7)"
     init, init_note = _initial_direction(args, generator, targets)
-    print(f"Training '{args.name or Path(args.targets[0]).stem}': {len(targets)} target picture(s), "
+    name = name or Path(target_paths[0]).stem
+    print(f"Training '{name}': {len(targets)} target picture(s), "
           f"{sources.shape[0]} sources ({source_note}), init: {init_note}, {args.steps} steps, {args.mode} mode"
           + (f", {args.candidates} candidates." if args.candidates > 1 else "."))
-    metadata = {"name": args.name or Path(args.targets[0]).stem, "target": [Path(t).name for t in args.targets],
+    metadata = {"name": name, "target": [Path(t).name for t in target_paths],
                 "init": init_note, "source_latents": source_note}
+    make_progress = (lambda: training_progress_bar(args.steps)) if progress else None
     if args.candidates > 1:
-        result = _train_candidates(args, targets, sources, generator, guide, init, settings, metadata, out)
+        result = _train_candidates(args, targets, sources, generator, guide, init, settings, metadata, out,
+                                   make_progress)
     else:
         result = train_direction_fitting_memory(
             targets, sources, generator, guide, init=init, settings=settings,
-            make_progress=lambda: training_progress_bar(args.steps), on_retry=report_memory_retry,
-            metadata=metadata)
+            make_progress=make_progress, on_retry=report_memory_retry, metadata=metadata)
     result.direction.thumbnail = target_thumbnail(targets[0])
     result.direction.save(out)
-    print(f"Saved {out} ({result.summary()}).")
-    return 0
+    return result
 
 
 def _train_candidates(args: argparse.Namespace, targets, sources, generator, guide, init, settings: TrainSettings,
-                      metadata: dict[str, Any], out: Path):
+                      metadata: dict[str, Any], out: Path, make_progress):
     """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
     returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
     identity = identity_model(args)
     starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
                               seed=args.seed, truncation=settings.random_init_truncation)
     choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,
-                                  identity=identity,
-                                  make_progress=lambda: training_progress_bar(args.steps),
+                                  identity=identity, make_progress=make_progress,
                                   on_retry=report_memory_retry)
     print("\n".join(choice.report()))
-    if args.keep_all:
+    if getattr(args, "keep_all", False):
         for index, direction in enumerate(choice.directions):
             direction.thumbnail = target_thumbnail(targets[0])
             print(f"Saved candidate {index}: {direction.save(out.with_name(f'{out.stem}.cand{index}{out.suffix}'))}")
@@ -261,12 +291,18 @@ def _add_apply(subparsers: Subparsers) -> None:
     where.add_argument("--latents", help="latent file (.safetensors), or TargetCLIP's opt_latents.pt / w_plus.npy")
     where.add_argument("--photo", nargs="+", help="photo(s) to align and invert with e4e")
     where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
+    where.add_argument("--video", help="a video clip: edit the main face of every frame, keep the sound (--out: "
+                       ".mp4, .mov, .mkv or .webm)")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("--strength", default="1.0",
                    help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2); 'auto' is the "
                         "direction's recommended strength (essence evaluate --recommend), 1.0 when it has none")
     p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
-    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face")
+    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face; with --video "
+                   "the output video")
+    p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                   help="with --video: how much the face's crop is smoothed over time against landmark jitter "
+                        "(default normal; scene cuts restart it)")
     _add_model_options(p, encoder=True)
     p.set_defaults(handler=_cmd_apply)
 
@@ -278,6 +314,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
+    if args.video:
+        return _apply_video(args, direction, strengths)
     generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
     if args.latents:
@@ -291,6 +329,40 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     images = strength_sweep(generator, latents, direction, strengths, layers=args.layers)
     _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
     print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
+    return 0
+
+
+def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list[float]) -> int:
+    """``apply --video``: one strength, every frame; the work is ``essence.video.apply_to_video``'s."""
+    from tqdm import tqdm
+
+    from .video import apply_to_video
+
+    if len(strengths) != 1:
+        raise EssenceError(f"--video takes one strength, got {len(strengths)} ({args.strength}).")
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            label = {"detect": "finding the face", "edit": "editing"}.get(stage, stage)
+            bars[stage] = tqdm(total=total, unit="frame", desc=label, dynamic_ncols=True)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        result = apply_to_video(args.video, args.out, direction, encoder=load_encoder(args.encoder, device=args.device),
+                                generator=load_generator(args.generator, device=args.device),
+                                strength=strengths[0], layers=args.layers, smoothing=args.smoothing,
+                                progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    track = result.track
+    missing = len(track) - track.found
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps, strength {strengths[0]:g}, "
+          f"smoothing {args.smoothing}" + (f"; {missing} frame(s) without a face left unedited" if missing else "")
+          + f" ({result.seconds:.1f} s).")
     return 0
 
 

@@ -64,6 +64,10 @@ class ImageInputError(EssenceError, ValueError):
     """An input image is missing, not an image, damaged or truncated, too large, or of an unusable shape."""
 
 
+class VideoInputError(EssenceError, ValueError):
+    """An input video is missing, not a video, damaged, or cannot be written as asked."""
+
+
 class FaceNotFoundError(EssenceError):
     """No face was found in a photo (callers may fall back, e.g. to a random initialisation)."""
 

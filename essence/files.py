@@ -21,7 +21,7 @@ import stat
 import struct
 import tokenize
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -67,6 +67,26 @@ def _new_temp_file(folder: Path, name: str) -> Path:
             continue
         return tmp
     raise FileExistsError(f"{folder}: could not create a temporary file for {name}.")
+
+
+def remove_temp_files(paths: Iterable[str | os.PathLike]) -> int:
+    """Delete the temporary files ``atomic_write`` left beside ``paths`` when their writer was killed
+    (a killed process runs no cleanup); returns how many. Only for a caller that knows no writer of
+    those paths is running now (a batch, before and after its run). One listing per folder."""
+    names: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        names.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, wanted in names.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            name = entry.name
+            if name.startswith(".") and name.endswith(".tmp") and len(name) > 18 and name[1:-17] in wanted \
+                    and name[-17] == "." and entry.is_file():  # .<name>.<12 hex digits>.tmp
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],

@@ -123,6 +123,24 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     return result
 
 
+def invert_aligned(faces: Sequence[AlignedFace], encoder: E4EEncoder | PathLike | None = None, *,
+                   batch_size: int = 4, photo_indices: Sequence[int] | None = None) -> Inversion:
+    """e4e-encode faces that are already aligned at 256 px (e.g. video frames cropped at their
+    smoothed quads, which ``invert`` cannot know), ``batch_size`` per forward pass; not cached.
+    ``photo_indices`` gives each face's place in the caller's batch (default: 0, 1, 2, ...)."""
+    model = _encoder(encoder)
+    indices = list(range(len(faces))) if photo_indices is None else list(photo_indices)
+    if len(indices) != len(faces):
+        raise ValueError(f"got {len(faces)} faces but {len(indices)} photo indices.")
+    if faces:
+        with torch.no_grad():
+            latents = model.encode(pil_to_model([face.crop for face in faces]), batch_size=batch_size).float().cpu()
+    else:
+        latents = torch.empty(0, model.n_latent, model.config.style_dim)
+    return Inversion(latents, list(faces), [_source(face, i) for face, i in zip(faces, indices)],
+                     encoder_fingerprint=encoder_fingerprint(model))
+
+
 def encoder_fingerprint(encoder: E4EEncoder) -> str:
     """A short hash of the encoder's ``latent_avg``, first and last layers, dtype and device: equal
     weights give equal fingerprints whichever object or file they were loaded from."""

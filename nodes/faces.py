@@ -9,6 +9,11 @@ Photos without a face: by default the node stops with an error naming the batch 
 gap would shift every later face against its photo). With ``no_face = skip`` such photos are left
 out of the aligned batch instead; Paste Back then returns them unchanged, because the alignment
 records which photo each face belongs to.
+
+Video frames (an IMAGE batch [F, H, W, 3], e.g. from Get Video Components or VideoHelperSuite's Load
+Video): with ``smoothing`` other than 'off' the batch is one clip, and each frame's face crop is
+smoothed over time (``essence.track``) so the edited face does not shimmer. It is 'off' by default
+because a batch of unrelated photos must not be smoothed together.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from .. import essence
 from ..essence.align import AlignedFace, align_faces
 from ..essence.errors import FaceNotFoundError
 from ..essence.images import load_photos, pil_to_comfy
-from ..essence.invert import invert
+from ..essence.e4e import INPUT_SIZE
+from ..essence.invert import invert, invert_aligned
 from ..essence.paste import MAX_FEATHER, paste_back
+from ..essence.smoothing import SMOOTHING_PRESETS, smoothing_preset
+from ..essence.track import align_clip
 from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
@@ -48,6 +56,16 @@ def face_index_input() -> tuple:
 def no_face_input() -> tuple:
     return choice(NO_FACE, "A photo without a (findable) face: 'error' stops with a message naming it; 'skip' "
                   "leaves it out (Paste Back returns it unchanged).", "error")
+
+
+def smoothing_inputs() -> dict[str, tuple]:
+    return {
+        "smoothing": choice(tuple(SMOOTHING_PRESETS), "For video frames: the batch is one clip, and each frame's face "
+                            "crop is smoothed over time so the edited face does not shimmer (scene cuts restart "
+                            "it). Keep 'off' for a batch of separate photos.", "off"),
+        "frame_rate": number(30.0, 1.0, 240.0, "Frames per second of the clip (with smoothing; Get Video "
+                             "Components shows it as fps).", 0.001),
+    }
 
 
 def choose_faces(faces_per_photo: Sequence[Sequence[Face]], face_index: int,
@@ -81,9 +99,12 @@ def photo_progress(count: int) -> Callable[[int, int], None]:
 
 
 def align_batch(images: torch.Tensor, size: int, landmarks: essence.FaceLandmarker, face_index: int,
-                no_face: str) -> list[tuple[int, AlignedFace]]:
+                no_face: str, smoothing: str = "off", frame_rate: float = 30.0) -> list[tuple[int, AlignedFace]]:
     """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch (see ``choose_faces``).
-    A photo without a face raises a ``FaceNotFoundError`` naming it, unless ``no_face='skip'``."""
+    A photo without a face raises a ``FaceNotFoundError`` naming it, unless ``no_face='skip'``.
+    With ``smoothing`` the batch is the frames of one clip (see the module's docstring)."""
+    if smoothing != "off":
+        return align_frames(images, size, landmarks, face_index, no_face, smoothing, frame_rate)
     report = photo_progress(int(images.shape[0]))
     faces_per_photo: list[list[AlignedFace]] = []
     for i, photo in enumerate(load_photos(images)):  # named "image i of n in the batch" in messages
@@ -95,6 +116,22 @@ def align_batch(images: torch.Tensor, size: int, landmarks: essence.FaceLandmark
             faces_per_photo.append([])
         report(i + 1, len(images))
     return choose_faces(faces_per_photo, face_index, images)
+
+
+def align_frames(images: torch.Tensor, size: int, landmarks: essence.FaceLandmarker, face_index: int, no_face: str,
+                 smoothing: str, frame_rate: float) -> list[tuple[int, AlignedFace]]:
+    """``align_batch`` for the frames of one clip: the face's crop smoothed over time."""
+    count = int(images.shape[0])
+    report = photo_progress(count)
+    faces, _ = align_clip(images, landmarks, size, frame_rate, smoothing_preset(smoothing), face_index,
+                          progress=lambda done: report(done, count))
+    missing = [i for i, face in enumerate(faces) if face is None]
+    if len(missing) == count:
+        raise FaceNotFoundError(f"no face found in any of the {count} frame(s); nothing to align.")
+    if missing and no_face != "skip":
+        raise FaceNotFoundError(f"no face {face_index + 1} found in frame {missing[0] + 1} of {count} "
+                                f"({len(missing)} frame(s) without it). {SKIP_HINT}")
+    return [(i, face) for i, face in enumerate(faces) if face is not None]
 
 
 def placement(index: int, face: AlignedFace) -> T.FacePlacement:
@@ -125,12 +162,13 @@ class EssenceAlignFace:
                                "256 = what the e4e encoder reads.", "1024"),
                 "face_index": face_index_input(),
             },
-            "optional": {"no_face": no_face_input()},
+            "optional": {"no_face": no_face_input(), **smoothing_inputs()},
         }
 
     def align(self, images: torch.Tensor, landmarks: essence.FaceLandmarker, size: str, face_index: int,
-              no_face: str = "error") -> tuple[torch.Tensor, T.EssenceAlignment]:
-        chosen = align_batch(images, int(size), landmarks, face_index, no_face)
+              no_face: str = "error", smoothing: str = "off",
+              frame_rate: float = 30.0) -> tuple[torch.Tensor, T.EssenceAlignment]:
+        chosen = align_batch(images, int(size), landmarks, face_index, no_face, smoothing, frame_rate)
         aligned = pil_to_comfy([face.crop for _, face in chosen]).to(host.intermediate_device())
         alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
         return aligned, alignment
@@ -160,11 +198,14 @@ class EssenceInvertFace:
                 "images": images_input("Photo(s) with a face; each image of a batch is one photo."),
                 "face_index": face_index_input(),
             },
-            "optional": {"no_face": no_face_input()},
+            "optional": {"no_face": no_face_input(), **smoothing_inputs()},
         }
 
     def invert(self, encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
-               face_index: int, no_face: str = "error") -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+               face_index: int, no_face: str = "error", smoothing: str = "off",
+               frame_rate: float = 30.0) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+        if smoothing != "off":
+            return self._invert_frames(encoder, landmarks, images, face_index, no_face, smoothing, frame_rate)
         try:
             with host.models_on_compute_device(encoder):
                 inversion = invert(images, encoder, landmarks=landmarks, all_faces=face_index > 0,
@@ -179,6 +220,18 @@ class EssenceInvertFace:
         aligned = pil_to_comfy([face.crop for _, face in faces]).to(host.intermediate_device())
         alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in faces), int(images.shape[0]))
         return inversion.latent_set().select([row for _, row in chosen]), aligned, alignment
+
+    @staticmethod
+    def _invert_frames(encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
+                       face_index: int, no_face: str, smoothing: str,
+                       frame_rate: float) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+        """The frames of one clip: aligned with the smoothed track, then inverted in batches."""
+        chosen = align_frames(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
+        with host.models_on_compute_device(encoder):
+            inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
+        aligned = pil_to_comfy(inversion.crops).to(host.intermediate_device())
+        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
+        return inversion.latent_set(), aligned, alignment
 
 
 class EssencePasteBack:

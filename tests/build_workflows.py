@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for essence.weights
 
 from comfy_stubs import fake_comfyui  # noqa: E402
-from workflow_tools import (LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, WORKFLOWS, definitions_of,  # noqa: E402
-                            random_directions, socket_inputs, stage_tiny_files, widget_slots)
+from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, VIDEO_PREVIEW, WORKFLOWS,  # noqa: E402
+                            definitions_of, random_directions, socket_inputs, stage_tiny_files, widget_slots)
 
 FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 THUMBNAIL_SIZE = 400   # square, like ComfyUI's own template thumbnails (the browser shows them square)
@@ -70,6 +70,7 @@ TITLE_HEIGHT = 30
 SLOT_HEIGHT = 20
 WIDGET_HEIGHT = 24
 IMAGE_NODE_HEIGHT = 340   # LoadImage shows the picture under its widgets
+VIDEO_NODE_HEIGHT = 520   # LoadVideo shows the clip under its widgets (the example's portrait clip: 475 px)
 GAP = 40                  # between nodes, columns and groups
 GROUP_TITLE = 44          # a group's title bar (font 24) plus a margin
 GROUP_PAD = 16
@@ -173,6 +174,8 @@ class Graph:
     def _body_height(self, node_type: str) -> int:
         if node_type == "LoadImage":
             return IMAGE_NODE_HEIGHT
+        if node_type == "LoadVideo":
+            return VIDEO_NODE_HEIGHT
         definition = self.defs[node_type]
         rows = max(len(socket_inputs(definition)), len(definition["output"]))
         widgets = len(widget_slots(definition))
@@ -190,10 +193,17 @@ class Graph:
                 "nodes": all_nodes, "links": ui_links, "groups": [g.to_ui() for g in self.groups], "config": {},
                 "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}}, "version": 0.4}
 
+    def _inputs(self, node: Node) -> list[tuple[str, str, bool, bool]]:
+        """The node's input slots as the frontend saves them, (name, type, optional, is a widget): its
+        sockets, then each widget that a link feeds, in widget order."""
+        definition = self.defs[node.type]
+        fed = [(name, kind, False, True) for name, kind, _options in widget_slots(definition) if name in node.links_in]
+        return [(name, kind, optional, False) for name, kind, optional in socket_inputs(definition)] + fed
+
     def _links(self) -> dict[int, tuple[Node, int, Node, int, str]]:
         links = {}
         for dst in self.nodes:
-            sockets = [name for name, _kind, _optional in socket_inputs(self.defs[dst.type])]
+            sockets = [name for name, _kind, _optional, _widget in self._inputs(dst)]
             for name, (src, slot) in dst.links_in.items():
                 kind = self.defs[src.type]["output"][slot]
                 links[len(links) + 1] = (src, slot, dst, sockets.index(name), kind)
@@ -219,8 +229,9 @@ class Graph:
         for i, (src, slot, _d, _ds, _k) in links.items():
             if src is node:
                 outgoing.setdefault(slot, []).append(i)
-        inputs = [{"name": name, "type": kind, "link": incoming.get((node.id, index)), **({"shape": 7} if optional else {})}
-                  for index, (name, kind, optional) in enumerate(socket_inputs(definition))]
+        inputs = [{"name": name, "type": kind, **({"widget": {"name": name}} if widget else {}),
+                   "link": incoming.get((node.id, index)), **({"shape": 7} if optional else {})}
+                  for index, (name, kind, optional, widget) in enumerate(self._inputs(node))]
         outputs = [{"name": name, "type": kind, "links": outgoing.get(slot, []), "slot_index": slot}
                    for slot, (name, kind) in enumerate(zip(definition["output_name"], definition["output"]))]
         widgets = [self._widget_value(node, name, kind, options) for name, kind, options in widget_slots(definition)]
@@ -235,6 +246,8 @@ class Graph:
             return node.values.get("control_after_generate", "fixed")
         if name == "upload":
             return "image"
+        if name == VIDEO_PREVIEW:
+            return ""
         if name in node.values:
             return node.values[name]
         return options.get("default", kind[0] if isinstance(kind, list) and kind else None)
@@ -382,8 +395,41 @@ def train_best_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     return g
 
 
+def video_essence(defs: dict[str, dict[str, Any]]) -> Graph:
+    """(f) Give the face in a video clip an essence, frame by frame, keeping its sound and frame rate."""
+    g = Graph(defs)
+    note = g.note("Give the face in a video clip an essence. Load Video + Get Video Components give the frames "
+                  "as one IMAGE batch; Invert Face with smoothing 'normal' treats the batch as one clip and "
+                  "smooths the face's crop over time at the clip's frame rate, so the edited face does not "
+                  "shimmer; frames without a face are left as they are. Create Video puts the pasted frames "
+                  "back together with the clip's sound at its frame rate. Every frame is held in memory: keep "
+                  "clips short here, or use `python -m essence apply ESSENCE --video IN --out OUT` (or "
+                  "`essence batch video` on Ray) for long ones.\n\n"
+                  + MODELS_NOTE + "\n" + FACES_NOTE + "\n\n" + DIRECTIONS_NOTE, (520, 400))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
+    landmarks = g.add("EssenceLandmarkLoader", landmarks_file=LANDMARKS_AUTO)
+    essence = g.add("EssenceLoad", direction_file="keanu.npy")
+    clip = g.add("LoadVideo", "Your Clip", file=CLIP_VIDEO)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    faces = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(parts, 0),
+                  face_index=0, no_face="skip", smoothing="normal", frame_rate=(parts, 2))
+    edited = g.add("EssenceApply", latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all",
+                   auto_strength=False)
+    rendered = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    pasted = g.add("EssencePasteBack", photos=(parts, 0), faces=(rendered, 0), alignment=(faces, 2), feather=0.1)
+    video = g.add("CreateVideo", images=(pasted, 0), fps=(parts, 2), audio=(parts, 1))
+    saved = g.add("SaveVideo", video=(video, 0), filename_prefix="video/essence", format="auto", codec="auto")
+    models = g.group("Models and essence", [gen, encoder, landmarks, essence])
+    load = g.group("Load the clip", [clip, parts])
+    edit = g.group("Give every frame's face the essence", [faces, edited], [rendered, pasted], [video, saved])
+    g.arrange([models, note], [load, edit])
+    return g
+
+
 EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep,
-            "essence_train_photo": train_from_photo, "essence_train_best": train_best_essence}
+            "essence_train_photo": train_from_photo, "essence_train_best": train_best_essence,
+            "essence_video": video_essence}
 
 
 # ----------------------------------------------------------------------------- thumbnails

@@ -88,3 +88,28 @@ def test_strength_sweep_renders_each_source_at_each_strength(fixtures):
         assert torch.allclose(images[3], generator.synthesize(sources[1:] + d.tensor)[0], atol=1e-5)
     grid = image_grid(images, columns=2)
     assert grid.shape == (3, 2 * 64 + 3 * 2, 2 * 64 + 3 * 2) and 0 <= grid.min() and grid.max() <= 1
+
+
+def test_a_photo_comes_back_whole_with_only_its_face_edited(fixtures, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from essence.images import model_to_pil
+    from essence.render import render
+
+    photo = tmp_path / "keanu.png"
+    Image.open(fixtures / "photos" / "keanu.jpg").reduce(2).save(photo)  # smaller: quicker to find the face
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt")
+    d = Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.5, {"name": "x"})
+    edited = np.asarray(essence.apply_to_photo(photo, d, generator, encoder, 1.0), dtype=np.int16)
+    # the same steps by hand: align + invert, add the direction, render, paste back
+    inversion = essence.invert([photo], encoder)
+    face = model_to_pil(render(generator, inversion.latents + d.tensor))[0]
+    by_hand = np.asarray(essence.paste_back(essence.load_image(photo), face, inversion.faces[0].transform),
+                         dtype=np.int16)
+    original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
+    assert edited.shape == original.shape
+    assert np.abs(edited - by_hand).max() <= 1
+    outside = essence.paste_mask(inversion.faces[0].transform).numpy() == 0
+    assert (edited[outside] == original[outside]).all() and np.abs(edited - original).max() > 50

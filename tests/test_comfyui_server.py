@@ -120,8 +120,12 @@ def test_example_workflow_runs(server, path):
 
 
 def check_pasted_photos(server: Server, prompt: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """Images saved from Paste Back have the size of the photo that was loaded."""
+    """Images saved from Paste Back have the size of the photo that was loaded; a saved video has the
+    loaded clip's size, frame count and frame rate."""
     for node_id, output in outputs.items():
+        if prompt[node_id]["class_type"] == "SaveVideo":
+            check_saved_video(server, prompt, output)
+            continue
         link = prompt[node_id]["inputs"].get("images")
         if not output.get("images") or prompt[link[0]]["class_type"] != "EssencePasteBack":
             continue
@@ -133,6 +137,18 @@ def check_pasted_photos(server: Server, prompt: dict[str, Any], outputs: dict[st
             query = urllib.parse.urlencode({k: saved[k] for k in ("filename", "subfolder", "type")})
             with Image.open(io.BytesIO(server.get(f"/view?{query}"))) as image:
                 assert image.size == expected, (saved, image.size, expected)
+
+
+def check_saved_video(server: Server, prompt: dict[str, Any], output: dict[str, Any]) -> None:
+    from essence.video import probe_video
+
+    (clip,) = [n["inputs"]["file"] for n in prompt.values() if n["class_type"] == "LoadVideo"]
+    loaded = probe_video(server.base / "input" / clip)
+    for saved in output["images"]:
+        saved_path = server.base / "output" / saved["subfolder"] / saved["filename"]
+        info = probe_video(saved_path)
+        assert (info.width, info.height, info.frames, info.rate) == \
+            (loaded.width, loaded.height, loaded.frames, loaded.rate), (saved, info, loaded)
 
 
 def test_missing_model_error_names_the_folder(server):

@@ -12,13 +12,15 @@ from PIL import Image
 
 from comfy_stubs import fake_comfyui, import_pack, drop_pack
 from real_comfyui import overlapping
-from workflow_tools import (CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO, STAND_INS,
-                            VIRTUAL_NODES, definitions_of, expected_init, input_images, load_workflow, quick_run,
-                            random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api, widget_slots,
-                            workflow_files)
+from workflow_tools import (CLIP_VIDEO, CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO, STAND_INS,
+                            VIDEO_PREVIEW, VIRTUAL_NODES, definitions_of, expected_init, input_images, load_workflow,
+                            quick_run, random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api,
+                            widget_slots, workflow_files)
 
-EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo", "essence_train_best"}
-FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO}
+EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo", "essence_train_best",
+            "essence_video"}
+FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO,
+                                                                                                  CLIP_VIDEO}
 TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT
 TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
 
@@ -39,8 +41,8 @@ def test_the_examples_are_there():
 def is_file_dropdown(pack, node_type: str, name: str) -> bool:
     """Dropdowns listing files (model folders, ComfyUI's input folder): their options depend on the
     user's folders, so the examples must name files the pack documents."""
-    if node_type == "LoadImage":
-        return name == "image"
+    if node_type in ("LoadImage", "LoadVideo"):
+        return name in ("image", "file")
     validate = getattr(pack.NODE_CLASS_MAPPINGS.get(node_type), "VALIDATE_INPUTS", None)
     return validate is not None and name in validate.__code__.co_varnames
 
@@ -55,10 +57,14 @@ def check_widget_values(node: dict, definition: dict, pack) -> None:
             assert value in CONTROL_VALUES, f"{where}: {value!r}"
         elif name == "upload":
             assert value == "image", where
+        elif name == VIDEO_PREVIEW:
+            assert value == "", where
         elif is_file_dropdown(pack, node["type"], name):
             assert value in FILE_VALUES, f"{where}.{name}: {value!r} is not a documented file"
         elif isinstance(kind, list):
             assert value in kind, f"{where}.{name}: {value!r} not in {kind}"
+        elif kind == "COMBO":
+            assert value in options["options"], f"{where}.{name}: {value!r} not in {options['options']}"
         elif kind == "INT":
             assert isinstance(value, int) and options["min"] <= value <= options["max"], f"{where}.{name}={value!r}"
         elif kind == "FLOAT":
@@ -70,9 +76,15 @@ def check_widget_values(node: dict, definition: dict, pack) -> None:
 
 
 def check_sockets(node: dict, definition: dict) -> None:
+    """The sockets, in order, then any widgets fed by a link (each linked, in widget order)."""
     where = f"node {node['id']} ({node['type']})"
     expected_in = [(name, kind) for name, kind, _optional in socket_inputs(definition)]
-    assert [(i["name"], i["type"]) for i in node["inputs"]] == expected_in, where
+    fed = [i for i in node["inputs"] if "widget" in i]
+    assert [(i["name"], i["type"]) for i in node["inputs"] if "widget" not in i] == expected_in, where
+    widgets = [(name, kind) for name, kind, _options in widget_slots(definition)]
+    assert [(i["name"], i["type"]) for i in fed] == [w for w in widgets if w[0] in {i["name"] for i in fed}], where
+    assert node["inputs"][len(expected_in):] == fed and all(i["widget"] == {"name": i["name"]} for i in fed), where
+    assert all(i["link"] is not None for i in fed), f"{where}: a widget input without a link"
     for (name, _kind, optional), socket in zip(socket_inputs(definition), node["inputs"]):
         assert optional or socket["link"] is not None, f"{where}: required input {name} is not connected"
     expected_out = list(zip(definition["output_name"], definition["output"]))
@@ -106,7 +118,7 @@ def test_workflow_matches_the_node_definitions(path: Path, definitions):
 def check_pasted_photos(prompt: dict, outputs: dict, images: dict) -> None:
     """An image output fed by Paste Back is the loaded photo at its size, changed around the face only."""
     for sink_id, result in outputs.items():
-        if "images" not in prompt[sink_id]["inputs"]:
+        if "images" not in prompt[sink_id]["inputs"]:  # a video (tests/test_video.py checks its frames) or text sink
             continue
         node = prompt[prompt[sink_id]["inputs"]["images"][0]]
         if node["class_type"] != "EssencePasteBack":

@@ -7,8 +7,12 @@ The frontend builds widgets from the node definition (``/object_info``, i.e. ``I
   required inputs first, then optional ones; every other type (IMAGE, ESSENCE_*) is a socket only;
 * an INT named ``seed`` or ``noise_seed`` (or with ``control_after_generate``) is followed by a
   "control after generate" widget ("fixed", "increment", "decrement", "randomize");
-* an input with ``image_upload`` (core LoadImage) is followed by its upload widget, whose saved
-  value is "image".
+* an input with ``image_upload`` or ``video_upload`` (core LoadImage, LoadVideo) is followed by its
+  upload widget, whose saved value is "image" (the frontend uses one upload widget for both);
+* a ``video_upload`` input (core LoadVideo) also gets a "video-preview" widget after the upload
+  widget; its value is "" and the frontend sends it to the server, which ignores it;
+* a widget input fed by a link (e.g. Create Video's fps from Get Video Components) keeps its widget
+  value and also appears in the node's ``inputs`` with ``"widget": {"name": ...}``.
 
 ``widget_slots`` encodes exactly that; the static test, the API conversion for the real server and
 the in-process runner all use it.
@@ -32,6 +36,7 @@ WORKFLOWS = REPO / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"]
 SEED_NAMES = {"seed", "noise_seed"}
+VIDEO_PREVIEW = "video-preview"
 # Frontend-only nodes: saved in UI workflows, never sent to the server.
 VIRTUAL_NODES = {"Note": ["text"], "MarkdownNote": ["text"]}
 
@@ -48,6 +53,20 @@ CORE_NODES: dict[str, dict[str, Any]] = {
     "PreviewAny": {"input": {"required": {"source": ["*", {}]}}, "output": [], "output_name": []},
     "SaveImage": {"input": {"required": {"images": ["IMAGE", {}],
                                          "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
+                  "output": [], "output_name": []},
+    # comfy_extras/nodes_video.py
+    "LoadVideo": {"input": {"required": {"file": ["COMBO", {"options": [], "video_upload": True}]}},
+                  "output": ["VIDEO"], "output_name": ["VIDEO"]},
+    "GetVideoComponents": {"input": {"required": {"video": ["VIDEO", {}]}},
+                           "output": ["IMAGE", "AUDIO", "FLOAT"], "output_name": ["images", "audio", "fps"]},
+    "CreateVideo": {"input": {"required": {"images": ["IMAGE", {}],
+                                           "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0}]},
+                              "optional": {"audio": ["AUDIO", {}]}},
+                    "output": ["VIDEO"], "output_name": ["VIDEO"]},
+    "SaveVideo": {"input": {"required": {"video": ["VIDEO", {}],
+                                         "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                                         "format": ["COMBO", {"default": "auto", "options": ["auto", "mp4"]}],
+                                         "codec": ["COMBO", {"default": "auto", "options": ["auto", "h264"]}]}},
                   "output": [], "output_name": []},
 }
 
@@ -93,8 +112,10 @@ def widget_slots(definition: dict[str, Any]) -> list[tuple[str, Any, dict[str, A
         slots.append((name, kind, options))
         if (kind == "INT" and name in SEED_NAMES) or options.get("control_after_generate"):
             slots.append(("control_after_generate", CONTROL_VALUES, {}))
-        if options.get("image_upload"):
+        if options.get("image_upload") or options.get("video_upload"):
             slots.append(("upload", ["image"], {}))
+        if options.get("video_upload"):
+            slots.append((VIDEO_PREVIEW, [""], {}))
     return slots
 
 
@@ -166,9 +187,68 @@ def run_prompt(prompt: dict[str, dict[str, Any]], run_node: Callable[..., tuple]
         elif kind == "PreviewAny":
             collected[node_id] = inputs["source"]
             outputs[node_id] = ()
+        elif kind in VIDEO_NODES:
+            outputs[node_id] = VIDEO_NODES[kind](images, **inputs)
+            if kind == "SaveVideo":
+                collected[node_id] = inputs["video"]["images"]
         else:
             outputs[node_id] = run_node(kind, **inputs)
     return collected
+
+
+def _video_components(_inputs: dict[str, Any], video: Path) -> tuple:
+    from essence.video import probe_video, read_frames
+
+    frames = np.stack(list(read_frames(video))).astype(np.float32) / 255.0
+    return torch.from_numpy(frames), None, float(probe_video(video).rate)
+
+
+# Core video nodes run in-process: Load Video gives the staged file, Get Video Components decodes it
+# as ComfyUI does (frames [F, H, W, 3] in 0..1, no audio here, fps), Create/Save Video pass the frames on.
+VIDEO_NODES: dict[str, Callable[..., tuple]] = {
+    "LoadVideo": lambda staged, file, **_preview: (staged[file],),
+    "GetVideoComponents": _video_components,
+    "CreateVideo": lambda _staged, **video: (video,),
+    "SaveVideo": lambda _staged, **inputs: (),
+}
+
+
+def write_clip(path: Path, frames: list[np.ndarray], rate: Any = 25, audio: str | None = "aac") -> Path:
+    """An H.264 clip (lossless, 4:4:4 so odd sizes work) of RGB ``frames``, with a 440 Hz tone
+    encoded as ``audio`` (None: silent)."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        video.options = {"qp": "0"}
+        sound = out.add_stream(audio, rate=16000) if audio else None
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if sound is not None:
+            t = np.arange(int(16000 * len(frames) / rate)) / 16000
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            for start in range(0, tone.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="fltp",
+                                                   layout="mono")
+                frame.sample_rate, frame.pts = 16000, start
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+    return path
+
+
+def example_clip(path: Path, fixtures: Path, frames: int = 4) -> Path:
+    """The clip the video example edits: the photo example's face, half size, still, with a little
+    noise per frame (so the crop's smoothing has jitter to remove), 25 fps, with sound."""
+    with Image.open(fixtures / PHOTO_FIXTURE) as image:
+        base = np.asarray(image.convert("RGB").resize((444, 556)), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(np.rint(base + rng.normal(0, 2.0, base.shape)), 0, 255).astype(np.uint8) for _ in range(frames)]
+    return write_clip(path, noisy, rate=25)
 
 
 # ----------------------------------------------------------------------------- tiny stand-ins
@@ -185,6 +265,7 @@ TARGET_FIXTURE = "face_a.jpg"
 PHOTO_IMAGE = "photo.jpg"                     # the photo the train-from-photo example edits
 PHOTO_FIXTURE = "photos/keanu.jpg"
 INPUT_IMAGES = {TARGET_IMAGE: TARGET_FIXTURE, PHOTO_IMAGE: PHOTO_FIXTURE}  # ComfyUI input folder: name -> fixture
+CLIP_VIDEO = "clip.mp4"                       # the clip the video example edits (made by ``example_clip``)
 LANDMARKS_AUTO = "auto"                       # the landmark loader's automatic lookup (no file name)
 
 
@@ -209,6 +290,8 @@ def stage_tiny_files(base: Path, fixtures: Path, directions: dict[str, Any]) -> 
     (base / "input").mkdir(parents=True, exist_ok=True)
     for name, fixture in INPUT_IMAGES.items():
         shutil.copyfile(fixtures / fixture, base / "input" / name)
+    if not (base / "input" / CLIP_VIDEO).exists():
+        example_clip(base / "input" / CLIP_VIDEO, fixtures)
     return models
 
 
@@ -220,8 +303,9 @@ def expected_init(prompt: dict[str, dict[str, Any]]) -> str:
 
 
 def input_images(base: Path) -> dict[str, Any]:
-    """The staged input pictures as LoadImage outputs them, by file name (for ``run_prompt``)."""
-    return {name: load_image(base / "input" / name) for name in INPUT_IMAGES}
+    """The staged input pictures as LoadImage outputs them, and the staged clip's path, by file name
+    (for ``run_prompt``)."""
+    return {**{name: load_image(base / "input" / name) for name in INPUT_IMAGES}, CLIP_VIDEO: base / "input" / CLIP_VIDEO}
 
 
 def random_directions(n_latent: int = 10, style_dim: int = 64, scale: float = 0.5) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""The ``batch`` section of ``python -m bench``: tasks per hour of ``essence batch train`` on Ray.
+
+Runs the real batch path (``essence.batch.run_batch`` with ``essence.cli_batch.TrainWorker``, whose
+task is ``essence train``'s own code) on a fresh local Ray per measurement, with 1, 2, ... workers
+sharing this machine's CPUs (or one GPU each):
+
+  tiny   the tiny fixture models (``../shared/fixtures``): each task aligns and inverts its target
+         (e4e) and trains from that start: per-task overhead, Ray and scheduling costs
+  full   the full-size generator (1024 px) and CLIP ViT-B/32 with random weights, as the other
+         sections build them, 4 sources; random start (the e4e inversion of a target costs about a
+         second, see the encoder section, against minutes of training)
+
+Each row gives the batch's wall time from the start of Ray to the last file (start-up and model
+loading included), the median seconds of one task inside a worker, and two rates: tasks per hour
+over the whole batch, and in steady state (workers x 3600 / median task seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from essence.batch import BatchTask, connect, run_batch
+from essence.cli import build_parser
+from essence.cli_batch import TrainWorker
+
+FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+TARGETS = ("face_a.jpg", "face_b.jpg", "photos/aligned_0.jpg", "photos/aligned_3.jpg")
+SIZES = ("tiny", "full")
+TASKS_PER_WORKER = {"tiny": 8, "full": 1}
+
+
+class FullSizeRandomTrainWorker(TrainWorker):
+    """``TrainWorker`` with the full-size models built with random weights instead of loaded from
+    files: the same task code, the same shapes, no weight file needed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .measure import training_problem
+
+        problem = training_problem(torch.device("cpu") if args.device == "cpu" else torch.device(args.device))
+        self.args = args
+        self.generator = problem["generator"]
+        self.guide = problem["guide"]
+
+
+def batch_config(size: str, steps: int, device: str, out: Path) -> argparse.Namespace:
+    """The options ``essence batch train`` would parse for this measurement."""
+    argv = ["batch", "train", "unused", "--out", str(out), "--steps", str(steps), "--device", device]
+    if size == "tiny":
+        argv += ["--sample", "2", "--generator", str(FIXTURES / "stylegan2_tiny64.pt"),
+                 "--guide", str(FIXTURES / "clip_tiny.pt"), "--encoder", str(FIXTURES / "e4e_tiny64.pt")]
+    else:  # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
+        argv += ["--sample", "4", "--init", "random"] + (["--chunk", "1"] if device == "cpu" else [])
+    config = build_parser().parse_args(argv)
+    del config.handler
+    return config
+
+
+def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "cpu") -> dict:
+    """One measurement on a fresh local Ray; the row for the table."""
+    import ray
+
+    if size == "tiny" and not (FIXTURES / "stylegan2_tiny64.pt").is_file():
+        raise FileNotFoundError(f"the tiny models are not at {FIXTURES}; set ESSENCE_FIXTURES")
+    folder = Path(tempfile.mkdtemp(prefix="essence-bench-batch-"))
+    try:
+        targets = []
+        for i in range(tasks):  # distinct names, the same few pictures
+            source = FIXTURES / TARGETS[i % len(TARGETS)]
+            targets.append(folder / f"target{i:03d}{source.suffix}")
+            shutil.copy(source, targets[-1])
+        out = folder / "out"
+        config = batch_config(size, steps, device, out)
+        worker = TrainWorker if size == "tiny" else FullSizeRandomTrainWorker
+        batch_tasks = [BatchTask(t.stem, out / f"{t.stem}.safetensors", str(t)) for t in targets]
+        start = time.perf_counter()
+        connect()
+        report = run_batch(batch_tasks, worker, config, workers=workers, progress=False,
+                           gpus_per_worker=0 if device == "cpu" else None)
+        wall = time.perf_counter() - start
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} task(s) failed: {report.failed[0].error}")
+    task_seconds = statistics.median(r.seconds for r in report.records)
+    return {"kind": "batch", "size": size, "workers": workers, "tasks": tasks, "steps": steps,
+            "resources": report.resources, "wall_s": wall, "task_s": task_seconds,
+            "tasks_per_hour": tasks * 3600 / wall, "steady_tasks_per_hour": workers * 3600 / task_seconds,
+            "load_average": os.getloadavg()[0]}
+
+
+def format_batch_row(row: dict) -> str:
+    what = f"batch train {row['size']:<4} {row['steps']} steps, {row['workers']} worker(s), {row['tasks']} tasks"
+    return (f"{what:<48}{row['wall_s']:>8.1f} s wall {row['task_s']:>7.1f} s/task {row['tasks_per_hour']:>8.1f} "
+            f"tasks/h ({row['steady_tasks_per_hour']:.1f} steady)  load {row['load_average']:.1f}")
+
+
+def batch_rows(sizes: list[str], workers: list[int], tasks_per_worker: int | None, steps: int,
+               device: str) -> list[dict]:
+    """Every measurement of the section, printed as it comes (default tasks per worker: ``TASKS_PER_WORKER``)."""
+    print(f"Batch train on a local Ray ({os.cpu_count()} CPUs): {steps} steps per task; wall time includes Ray's "
+          f"start and model loading")
+    rows = []
+    for size in sizes:
+        for count in workers:
+            row = bench_batch(size, count, count * (tasks_per_worker or TASKS_PER_WORKER[size]), steps, device)
+            rows.append(row)
+            print("  " + format_batch_row(row), flush=True)
+    return rows

@@ -1,0 +1,290 @@
+"""``essence batch train``, ``apply`` and ``video``: many directions, many photos, long clips, on Ray.
+
+Each command turns its inputs into ``essence.batch`` tasks (one per target; one per photo x
+direction x strength) and runs them on workers that load the models once. The work of one task is
+exactly what the single commands do (``train_to_file`` is ``essence train``'s own code, and
+``apply_to_photo`` the photo pipeline), so a batch gives the same files as a loop over them would.
+Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips finished outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .apply import LAYER_PRESETS, apply_to_photo
+from .batch import BatchReport, BatchTask, captured_output, run_batch
+from .cli_directions import (TRAIN_MEMORY_ADVICE, _add_model_options, add_train_options, check_train_options,
+                             parse_floats, train_to_file)
+from .direction import Direction, load_direction
+from .errors import EssenceError
+from .files import atomic_write
+from .smoothing import SMOOTHING_PRESETS
+from .video_batch import DEFAULT_CHUNK, STAGES, VideoJob, VideoModels, run_video_job
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DIRECTION_SUFFIXES = (".safetensors", ".npy")
+REPORT_NAME = "report"
+MAX_ERRORS_SHOWN = 10
+
+
+def _add_batch(subparsers: Subparsers) -> None:
+    batch = subparsers.add_parser(
+        "batch", help="train or apply many directions at once on Ray (resumable; a cluster with --address)",
+        description="Batch jobs on Ray: one task per target (train) or per photo x direction (apply), on workers "
+                    "that load the models once. Without --address a local Ray uses this machine. Finished outputs "
+                    "are skipped when run again; report.json / report.csv list every task.")
+    actions = batch.add_subparsers(title="batch commands", metavar="ACTION")
+    batch.set_defaults(handler=lambda _args: _usage(batch))
+
+    train = actions.add_parser("train", help="one direction per target: OUT/<target stem>.safetensors",
+                               description="Train one direction per target picture (as `essence train` would, "
+                                           "with the same options) into OUT/<target stem>.safetensors.")
+    train.add_argument("targets", nargs="+", metavar="TARGET", help="target pictures, or folders of them")
+    train.add_argument("--out", "-o", type=Path, required=True, help="folder for the directions and the report")
+    add_train_options(train)
+    _add_model_options(train, encoder=True, guide=True)
+    _add_ray_options(train)
+    train.set_defaults(handler=_cmd_batch_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
+
+    apply = actions.add_parser("apply", help="every photo x every direction: OUT/<direction>/<photo>.png",
+                               description="Edit every face of every photo with every direction (align, invert, "
+                                           "apply, render, paste back) into OUT/<direction stem>/<photo stem>.png.")
+    apply.add_argument("directions", nargs="+", metavar="DIRECTION",
+                       help="direction files (.safetensors or official .npy), or folders of them")
+    apply.add_argument("--photos", nargs="+", required=True, metavar="PHOTO", help="photos, or folders of photos")
+    apply.add_argument("--out", "-o", type=Path, required=True, help="folder for the edited photos and the report")
+    apply.add_argument("--strength", default="1.0",
+                       help="strength, or comma-separated strengths (one picture each: <photo>_s<strength>.png); "
+                            "'auto' is each direction's recommended strength (1.0 when it has none)")
+    apply.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
+    apply.add_argument("--largest-face", action="store_true", help="edit only the largest face of each photo")
+    apply.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    _add_model_options(apply, encoder=True)
+    _add_ray_options(apply)
+    apply.set_defaults(handler=_cmd_batch_apply)
+    _add_batch_video(actions)
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine); the "
+                        "output folder and the input files must be reachable by every node")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers (each loads the models once; default: one per GPU, else one per CPU core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------- train
+
+
+class TrainWorker:
+    """A batch worker that trains directions: the generator and CLIP load once (the encoder and
+    identity model on first use, from the model cache); each task is ``essence train`` on one target."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .models import load_generator, load_guide
+
+        self.args = args
+        self.generator = load_generator(args.generator, device=args.device)
+        self.guide = load_guide(args.guide, device=args.device)
+
+    def run(self, task: BatchTask) -> dict[str, Any]:
+        with captured_output() as log:
+            result = train_to_file(self.args, [str(task.inputs)], task.output, self.generator, self.guide,
+                                   progress=False)
+        return {**direction_details(result.direction), "train_seconds": round(result.seconds, 3),
+                "log": log.getvalue().strip()}
+
+
+def direction_details(direction: Direction) -> dict[str, Any]:
+    """A direction file's report columns: its final loss terms, start and, when candidates were
+    ranked, its score and recommended strength."""
+    losses = direction.meta.get("losses") if isinstance(direction.meta.get("losses"), dict) else {}
+    details: dict[str, Any] = {key if key != "total" else "loss": losses[key]
+                               for key in ("total", "transfer", "consistency", "best_step", "steps") if key in losses}
+    details["init"] = direction.meta.get("init")
+    selection = direction.meta.get("selection")
+    if isinstance(selection, dict):
+        details["score"] = selection.get("scores", [None])[selection.get("candidate", 0)] \
+            if isinstance(selection.get("scores"), list) else None
+        details["candidates"] = len(selection.get("scores") or [])
+    if direction.auto_strength is not None:
+        details["auto_strength"] = direction.auto_strength
+    return details
+
+
+def _valid_direction(path: Path) -> dict[str, Any]:
+    """A finished ``batch train`` output: a direction file Essence reads (its details), else raises."""
+    return direction_details(load_direction(path))
+
+
+def _cmd_batch_train(args: argparse.Namespace) -> int:
+    check_train_options(args)
+    targets = expand_inputs(args.targets, IMAGE_SUFFIXES, "target pictures")
+    _check_stems(targets, "targets")
+    tasks = [BatchTask(path.stem, args.out / f"{path.stem}.safetensors", str(path)) for path in targets]
+    report = _run(args, tasks, TrainWorker, _valid_direction, "training")
+    return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+class ApplyWorker:
+    """A batch worker that edits photos: the generator, e4e and the landmark model load once, each
+    direction on first use; a photo is inverted once per worker whatever the number of directions
+    (``invert``'s cache)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .align import load_landmarker
+        from .models import load_encoder, load_generator
+
+        self.args = args
+        self.generator = load_generator(args.generator, device=args.device)
+        self.encoder = load_encoder(args.encoder, device=args.device)
+        self.landmarks = load_landmarker(args.landmarks)
+        self.directions: dict[str, Direction] = {}
+
+    def run(self, task: BatchTask) -> dict[str, Any]:
+        photo, direction_file, token = task.inputs
+        if direction_file not in self.directions:
+            self.directions[direction_file] = load_direction(direction_file)
+        direction = self.directions[direction_file]
+        strength, note = direction.resolve_strength(token if token.lower() == "auto" else float(token))
+        image = apply_to_photo(photo, direction, self.generator, self.encoder, strength, landmarks=self.landmarks,
+                               layers=self.args.layers, all_faces=not self.args.largest_face)
+        with atomic_write(task.output) as tmp:
+            image.save(tmp, format="PNG")
+        return {"photo": photo, "direction": direction_file, "strength": strength, "log": note or ""}
+
+
+def _valid_image(path: Path) -> dict[str, Any]:
+    """A finished ``batch apply`` output: a picture that decodes completely, else raises."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return {"size": f"{image.width}x{image.height}"}
+
+
+def _cmd_batch_apply(args: argparse.Namespace) -> int:
+    tokens = [t.strip() for t in args.strength.split(",") if t.strip()]
+    parse_floats(",".join(t for t in tokens if t.lower() != "auto"), "--strength")  # refuse bad numbers now
+    if not tokens:
+        raise EssenceError("--strength needs a number or 'auto'.")
+    directions = expand_inputs(args.directions, DIRECTION_SUFFIXES, "direction files")
+    photos = expand_inputs(args.photos, IMAGE_SUFFIXES, "photos")
+    _check_stems(directions, "directions")
+    _check_stems(photos, "photos")
+    tasks = []
+    for direction in directions:
+        for photo in photos:
+            for token in tokens:
+                stem = photo.stem if len(tokens) == 1 else f"{photo.stem}_s{token}"
+                tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
+                                       (str(photo), str(direction), token)))
+    report = _run(args, tasks, ApplyWorker, _valid_image, "applying")
+    return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def _add_batch_video(actions: Subparsers) -> None:
+    video = actions.add_parser("video", help="one clip, its frames split into chunks across the workers",
+                               description="Edit the main face of every frame of a clip (as `essence apply --video` "
+                                           "does) with chunks of frames on the workers; a rerun keeps finished "
+                                           "chunks. The video is assembled when every chunk is done.")
+    video.add_argument("direction", metavar="DIRECTION", help="direction file (.safetensors or official .npy)")
+    video.add_argument("--video", required=True, help="the clip to edit")
+    video.add_argument("--out", "-o", type=Path, required=True, help="the edited clip (.mp4, .mov, .mkv or .webm)")
+    video.add_argument("--strength", type=float, default=1.0, help="strength (default 1.0)")
+    video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
+    video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                       help="how much the face's crop is smoothed over time (default normal)")
+    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
+                       help=f"frames per task (default {DEFAULT_CHUNK})")
+    video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
+    video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    _add_model_options(video, encoder=True)
+    _add_ray_options(video)
+    video.set_defaults(handler=_cmd_batch_video)
+
+
+def _cmd_batch_video(args: argparse.Namespace) -> int:
+    job = VideoJob(Path(args.video), args.out, Path(args.direction), args.strength, args.layers, args.smoothing,
+                   chunk_frames=args.chunk_frames)
+    models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
+    gpus = 0 if args.device in ("cpu", "mps") else None
+    result = run_video_job(job, models, workers=args.workers, address=args.address, gpus_per_worker=gpus,
+                           progress=not args.no_progress, keep_parts=args.keep_parts)
+    if not result.reports:
+        print(f"{result.path} is already complete ({result.info.describe()}); nothing to do.")
+        return 0
+    for stage, report in result.reports.items():
+        print(f"{STAGES[stage]}: {report.summary()}")
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps.")
+    return 0
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def expand_inputs(items: list[str], suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """Files as given, and the files with one of ``suffixes`` inside each folder given (sorted)."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not inside:
+                raise EssenceError(f"{path}: the folder holds no {what} ({', '.join(suffixes)}).")
+            found += inside
+        elif path.exists():
+            found.append(path)
+        else:
+            raise EssenceError(f"{path}: no such file or folder.")
+    return found
+
+
+def _check_stems(paths: list[Path], what: str) -> None:
+    """Outputs are named after their inputs, so two inputs may not share a name."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise EssenceError(f"{what} {seen[path.stem]} and {path} share the name {path.stem!r}, and outputs are "
+                               f"named after their inputs: rename one, or run them in separate batches.")
+        seen[path.stem] = path
+
+
+def _run(args: argparse.Namespace, tasks: list[BatchTask], worker: type, validate, description: str) -> BatchReport:
+    config = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "handler"})
+    gpus = 0 if args.device in ("cpu", "mps") else None  # "auto" and "cuda": a GPU each when the cluster has GPUs
+    return run_batch(tasks, worker, config, validate=validate, workers=args.workers, address=args.address,
+                     gpus_per_worker=gpus, progress=not args.no_progress, description=description)
+
+
+def _finish(out: Path, report: BatchReport) -> int:
+    json_path, csv_path = report.write(out, REPORT_NAME)
+    for record in report.failed[:MAX_ERRORS_SHOWN]:
+        print(f"failed {record.key}: {record.error}", file=sys.stderr)
+    if len(report.failed) > MAX_ERRORS_SHOWN:
+        print(f"... and {len(report.failed) - MAX_ERRORS_SHOWN} more failures (see the report).", file=sys.stderr)
+    print(f"{report.summary()} Report: {json_path} ({csv_path.name}).")
+    if report.failed:
+        print(f"error: {len(report.failed)} task(s) failed; run the same command again to retry only those.",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+SUBCOMMANDS = [_add_batch]

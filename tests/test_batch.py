@@ -1,0 +1,244 @@
+"""Batch jobs on a local Ray with 2 CPUs and the tiny models: complete reports, the same directions as
+single runs, resume, independent failures, and a worker killed mid-task losing nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import essence
+from essence import batch, cli
+from essence.batch import BatchRunner, BatchTask, plan_workers
+from essence.cli_batch import TrainWorker
+from essence.errors import EssenceError
+
+ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
+REPO = Path(__file__).resolve().parents[1]
+STEPS = "4"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: 2 CPUs, no dashboard (started the way ``essence batch`` starts one)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)  # these tests never join someone's cluster
+    if ray.is_initialized():
+        ray.shutdown()
+    batch.connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def _models(fixtures: Path) -> list[str]:
+    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+            "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
+
+
+def _train_options() -> list[str]:
+    return ["--steps", STEPS, "--sample", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def targets(fixtures: Path, tmp_path_factory) -> Path:
+    """A folder of targets: three faces (at 512 px: quicker to find than at 1024) and one damaged picture."""
+    folder = tmp_path_factory.mktemp("targets")
+    for source in (fixtures / "face_a.jpg", fixtures / "face_b.jpg", fixtures / "photos" / "aligned_0.jpg"):
+        Image.open(source).reduce(2).save(folder / source.name, quality=95)
+    (folder / "broken.jpg").write_bytes((fixtures / "face_a.jpg").read_bytes()[:600])  # a truncated download
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(local_ray, fixtures: Path, targets: Path, tmp_path_factory) -> tuple[int, Path]:
+    """``essence batch train`` over the targets folder: (exit code, output folder)."""
+    out = tmp_path_factory.mktemp("batch-train")
+    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *_models(fixtures),
+                     "--no-progress"])
+    return code, out
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    return {row["key"]: row for row in json.loads((out / "report.json").read_text())["tasks"]}
+
+
+def test_batch_train_writes_a_direction_per_target_and_a_complete_report(trained):
+    code, out = trained
+    assert code == 2  # one target failed: the command says so, the others are done
+    rows = _rows(out)
+    assert set(rows) == {"face_a", "face_b", "aligned_0", "broken"}
+    for key in ("face_a", "face_b", "aligned_0"):
+        row = rows[key]
+        assert row["status"] == "done" and row["error"] is None and row["seconds"] > 0
+        assert row["loss"] == pytest.approx(row["transfer"] + 0.5 * row["consistency"], abs=1e-5)
+        assert row["init"] == "e4e inversion of the target"
+        direction = essence.load_direction(out / f"{key}.safetensors")
+        assert direction.meta["losses"]["total"] == pytest.approx(row["loss"])
+    broken = rows["broken"]
+    assert broken["status"] == "failed" and "broken.jpg" in broken["error"]
+    assert not (out / "broken.safetensors").exists()
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert (summary["done"], summary["failed"], summary["skipped"]) == (3, 1, 0)
+    csv_lines = (out / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("key,status,seconds,output,error,worker") and len(csv_lines) == 5
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_batch_train_gives_the_directions_of_single_train_runs(trained, targets, fixtures, tmp_path):
+    _, out = trained
+    for name in ("face_a", "face_b", "aligned_0"):
+        single = tmp_path / f"{name}.safetensors"
+        assert cli.main(["train", str(targets / f"{name}.jpg"), "--out", str(single), *_train_options(),
+                         *_models(fixtures)]) == 0
+        expected = essence.load_direction(single)
+        got = essence.load_direction(out / f"{name}.safetensors")
+        torch.testing.assert_close(got.tensor, expected.tensor, rtol=1e-4, atol=1e-5)
+        assert got.meta["losses"]["best_step"] == expected.meta["losses"]["best_step"]
+
+
+def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets, fixtures, tmp_path, capsys):
+    _, first = trained
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    kept = out / "face_a.safetensors"
+    before = kept.stat().st_mtime_ns
+    damaged = out / "face_b.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # a partial copy
+    leftover = out / ".aligned_0.safetensors.0123456789ab.tmp"  # what a killed writer leaves
+    leftover.write_bytes(b"partial")
+    capsys.readouterr()
+    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *_models(fixtures),
+                     "--no-progress"])
+    assert code == 2  # the damaged picture still fails
+    rows = _rows(out)
+    assert rows["face_a"]["status"] == "skipped" and kept.stat().st_mtime_ns == before
+    assert rows["face_a"]["loss"] == pytest.approx(_rows(first)["face_a"]["loss"])  # read from the file
+    assert rows["aligned_0"]["status"] == "skipped"
+    assert rows["face_b"]["status"] == "done"
+    torch.testing.assert_close(essence.load_direction(damaged).tensor,
+                               essence.load_direction(first / "face_b.safetensors").tensor, rtol=1e-4, atol=1e-5)
+    assert rows["broken"]["status"] == "failed"
+    assert not leftover.exists()
+    assert "2 skipped" in capsys.readouterr().out
+
+
+def test_batch_apply_edits_every_photo_with_every_direction(trained, fixtures, tmp_path):
+    _, directions = trained
+    photos = []
+    for name in ("keanu", "elsa"):  # elsa: no face to find; both made smaller (quicker to search for faces)
+        picture = Image.open(fixtures / "photos" / f"{name}.jpg")
+        picture.reduce(2).save(tmp_path / f"{name}.png")
+        photos.append(tmp_path / f"{name}.png")
+    out = tmp_path / "edited"
+    chosen = [str(directions / "face_a.safetensors"), str(directions / "face_b.safetensors")]
+    code = cli.main(["batch", "apply", *chosen, "--photos", *map(str, photos), "--out", str(out),
+                     "--strength", "0.8", "--generator", str(fixtures / "stylegan2_tiny64.pt"),
+                     "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu", "--no-progress"])
+    assert code == 2
+    rows = _rows(out)
+    assert {k: r["status"] for k, r in rows.items()} == {"face_a/keanu": "done", "face_b/keanu": "done",
+                                                          "face_a/elsa": "failed", "face_b/elsa": "failed"}
+    assert "no face found in elsa.png" in rows["face_a/elsa"]["error"]
+    assert rows["face_a/keanu"]["strength"] == 0.8
+    # the same picture the single-process photo pipeline makes
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt")
+    expected = essence.apply_to_photo(photos[0], essence.load_direction(chosen[1]), generator, encoder, 0.8)
+    got = Image.open(out / "face_b" / "keanu.png")
+    assert got.size == Image.open(photos[0]).size
+    difference = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+    assert difference.max() <= 2
+    original = np.asarray(Image.open(photos[0]).convert("RGB"), dtype=np.int16)
+    assert np.abs(np.asarray(got, dtype=np.int16) - original).max() > 50  # the face was edited
+    # a rerun does nothing new
+    before = (out / "face_b" / "keanu.png").stat().st_mtime_ns
+    assert cli.main(["batch", "apply", *chosen, "--photos", str(photos[0]), "--out", str(out), "--strength", "0.8",
+                     "--generator", str(fixtures / "stylegan2_tiny64.pt"), "--encoder", str(fixtures / "e4e_tiny64.pt"),
+                     "--device", "cpu", "--no-progress"]) == 0
+    assert {r["status"] for r in _rows(out).values()} == {"skipped"}
+    assert (out / "face_b" / "keanu.png").stat().st_mtime_ns == before
+
+
+def test_a_worker_killed_mid_task_loses_nothing(local_ray, fixtures, tmp_path):
+    config = argparse.Namespace(
+        **vars(cli.build_parser().parse_args(["batch", "train", str(fixtures / "face_a.jpg"), "--out", str(tmp_path),
+                                              "--steps", "20", "--sample", "2", "--init", "random",
+                                              *_models(fixtures)])))
+    del config.handler
+    task = BatchTask("face_a", tmp_path / "face_a.safetensors", str(fixtures / "face_a.jpg"))
+    outcome: dict = {}
+    with BatchRunner(TrainWorker, config, workers=1, gpus_per_worker=0, retries=1) as runner:
+        thread = threading.Thread(target=lambda: outcome.update(
+            report=runner.run([task], validate=lambda p: {"ok": essence.load_direction(p).name}, progress=False)))
+        thread.start()
+        busy = _wait_for_busy_worker(runner)
+        os.kill(busy["pid"], signal.SIGKILL)
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    record = outcome["report"].records[0]
+    assert record.status == "done", record.error
+    assert not record.worker.endswith(f":{busy['pid']}")  # done again by the restarted worker
+    assert essence.load_direction(task.output).meta["hyperparameters"]["steps"] == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face_a.safetensors"]  # no partial or temporary file
+
+
+def _wait_for_busy_worker(runner: BatchRunner, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [s for s in runner.worker_status() if s["task"] is not None]
+        if busy:
+            return busy[0]
+        time.sleep(0.05)
+    raise AssertionError("no worker started the task")
+
+
+def test_workers_fit_the_cluster():
+    assert plan_workers({"CPU": 8.0}, tasks=100) == batch.WorkerPlan(8, 1.0, 0.0)
+    assert plan_workers({"CPU": 8.0}, tasks=3) == batch.WorkerPlan(3, 1.0, 0.0)  # never more than the tasks
+    assert plan_workers({"CPU": 8.0}, tasks=100, workers=2) == batch.WorkerPlan(2, 4.0, 0.0)
+    assert plan_workers({"CPU": 16.0, "GPU": 4.0}, tasks=100) == batch.WorkerPlan(4, 1.0, 1.0)
+    assert plan_workers({"CPU": 16.0, "GPU": 4.0}, tasks=100, gpus_per_worker=0).gpus == 0
+    with pytest.raises(EssenceError, match="GPU"):
+        plan_workers({"CPU": 8.0}, tasks=1, gpus_per_worker=1)
+
+
+def test_tasks_must_not_share_a_name_or_an_output(tmp_path):
+    runner = BatchRunner(TrainWorker)
+    with pytest.raises(EssenceError, match="both named 'a'"):
+        runner.run([BatchTask("a", tmp_path / "1"), BatchTask("a", tmp_path / "2")], progress=False)
+    with pytest.raises(EssenceError, match="both write"):
+        runner.run([BatchTask("a", tmp_path / "1"), BatchTask("b", tmp_path / "1")], progress=False)
+
+
+def test_without_ray_batch_says_how_to_install_it_and_the_rest_imports(monkeypatch, tmp_path, fixtures, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    code = cli.main(["batch", "train", str(fixtures / "face_a.jpg"), "--out", str(tmp_path), *_models(fixtures)])
+    assert code == 2
+    assert 'pip install "ray>=' in capsys.readouterr().err
+    probe = "import sys, essence, essence.cli, essence.batch, essence.cli_batch; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_benchmark_times_the_commands_own_options(tmp_path):
+    from bench.batch_rate import batch_config
+    from bench.cli import build_parser as bench_parser
+
+    full = batch_config("full", 3, "cpu", tmp_path)
+    assert (full.steps, full.sample, full.init, full.chunk, full.mode) == (3, 4, "random", 1, "fast")
+    tiny = batch_config("tiny", 3, "cpu", tmp_path)
+    assert tiny.generator.endswith("stylegan2_tiny64.pt") and tiny.init == "auto"
+    args = bench_parser().parse_args(["--only", "batch", "--batch-workers", "1", "2", "--batch-sizes", "tiny"])
+    assert (args.only, args.batch_workers, args.batch_sizes) == (["batch"], [1, 2], ["tiny"])

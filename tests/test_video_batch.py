@@ -1,0 +1,94 @@
+"""A clip edited on a local Ray (2 CPUs, tiny models) in chunks of frames: the same video as the
+single-process edit, and a rerun that keeps finished chunks."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import essence
+from bench.jitter import noisy_still
+from essence import batch, cli
+from essence.video import apply_to_video, probe_video, read_frames
+from essence.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job
+from essence.weights import find_weight
+from workflow_tools import write_clip
+
+ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
+av = pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def two_cpu_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        ray.shutdown()
+    yield batch.connect(num_cpus=2)
+    ray.shutdown()
+
+
+@pytest.fixture()
+def job_files(fixtures, tmp_path):
+    """A 10-frame clip with sound, a direction file for the tiny generator, the model files."""
+    face = Image.open(fixtures / "photos" / "morgan_freeman.jpg").convert("RGB").resize((100, 100))
+    scene = Image.new("RGB", (200, 150), (60, 80, 100))
+    scene.paste(face, (50, 25))
+    clip = write_clip(tmp_path / "clip.mp4", list(noisy_still(scene, 10, "jpeg")), rate=Fraction(24000, 1001))
+    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+    tensor = torch.randn(1, generator.n_latent, generator.style_dim, generator=torch.Generator().manual_seed(1))
+    direction = essence.Direction(tensor * 0.5, {"name": "test"}).save(tmp_path / "d.safetensors")
+    models = VideoModels(str(fixtures / "stylegan2_tiny64.pt"), str(fixtures / "e4e_tiny64.pt"),
+                         str(find_weight("landmarks")), "cpu")
+    return clip, direction, models
+
+
+def _frames(path) -> np.ndarray:
+    return np.stack(list(read_frames(path))).astype(np.int16)
+
+
+def _audio(path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+
+def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(two_cpu_ray, job_files, tmp_path):
+    clip, direction, models = job_files
+    single = apply_to_video(clip, tmp_path / "single.mp4", direction, encoder=models.encoder,
+                            generator=models.generator, landmarks=models.landmarks, batch_size=2)
+    job = VideoJob(clip, tmp_path / "ray.mp4", direction, batch_size=2, chunk_frames=4)
+    assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    result = run_video_job(job, models, workers=2, progress=False, keep_parts=True)
+    info = probe_video(result.path)
+    assert (info.width, info.height, info.frames, info.rate) == (200, 150, 10, Fraction(24000, 1001))
+    assert np.abs(_frames(result.path) - _frames(single.path)).max() <= 2  # the same edit, whoever did it
+    assert _audio(result.path) == _audio(clip)
+    assert [r.count("done") for r in result.reports.values()] == [3, 3]
+    assert {r.worker for r in result.reports["edit"].records} and result.track.found == 10
+
+    # a crash after two chunks: one segment and the video are missing; the rerun does only that chunk
+    parts = parts_folder(job, models)
+    (parts / "frames_00000004_00000008.mkv").unlink()
+    result.path.unlink()
+    again = run_video_job(job, models, workers=2, progress=False)
+    assert [r.count("skipped") for r in again.reports.values()] == [3, 2]
+    assert again.reports["edit"].count("done") == 1
+    assert np.abs(_frames(again.path) - _frames(single.path)).max() <= 2
+    assert not parts.exists()  # the chunks go once the video is written
+    finished = run_video_job(job, models, progress=False)  # nothing left to do, no worker started
+    assert finished.reports == {} and finished.path == job.out
+
+
+def test_batch_video_command(two_cpu_ray, job_files, tmp_path, capsys):
+    clip, direction, models = job_files
+    out = tmp_path / "edited.mkv"
+    code = cli.main(["batch", "video", str(direction), "--video", str(clip), "--out", str(out), "--chunk-frames", "5",
+                     "--generator", models.generator, "--encoder", models.encoder, "--landmarks", models.landmarks,
+                     "--device", "cpu", "--workers", "2", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert probe_video(out).frames == 10 and "editing: 2 task(s): 2 done" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "d.safetensors", "edited.mkv"]
