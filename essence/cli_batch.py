@@ -141,8 +141,8 @@ def _cmd_batch_train(args: argparse.Namespace) -> int:
 
 class ApplyWorker:
     """A batch worker that edits photos: the generator, e4e and the landmark model load once, each
-    direction on first use; a photo is inverted once per worker whatever the number of directions
-    (``invert``'s cache)."""
+    direction on first use; ``invert``'s cache spares a worker inverting a photo again for the next
+    direction."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from .align import load_landmarker
