@@ -207,7 +207,8 @@ def _add_batch_video(actions: Subparsers) -> None:
     video.add_argument("direction", metavar="DIRECTION", help="direction file (.safetensors or official .npy)")
     video.add_argument("--video", required=True, help="the clip to edit")
     video.add_argument("--out", "-o", type=Path, required=True, help="the edited clip (.mp4, .mov, .mkv or .webm)")
-    video.add_argument("--strength", type=float, default=1.0, help="strength (default 1.0)")
+    video.add_argument("--strength", default="1.0",
+                       help="strength (default 1.0); 'auto' is the direction's recommended strength")
     video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
     video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
                        help="how much the face's crop is smoothed over time (default normal)")
@@ -221,7 +222,14 @@ def _add_batch_video(actions: Subparsers) -> None:
 
 
 def _cmd_batch_video(args: argparse.Namespace) -> int:
-    job = VideoJob(Path(args.video), args.out, Path(args.direction), args.strength, args.layers, args.smoothing,
+    token = args.strength.strip()
+    values = [] if token.lower() == "auto" else parse_floats(token, "--strength")
+    if token.lower() != "auto" and len(values) != 1:
+        raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
+    strength, note = load_direction(args.direction).resolve_strength(values[0] if values else "auto")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
                    chunk_frames=args.chunk_frames)
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
     gpus = 0 if args.device in ("cpu", "mps") else None

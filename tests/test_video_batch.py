@@ -92,3 +92,12 @@ def test_batch_video_command(two_cpu_ray, job_files, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert probe_video(out).frames == 10 and "editing: 2 task(s): 2 done" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "d.safetensors", "edited.mkv"]
+
+
+def test_batch_video_refuses_several_strengths_before_starting(job_files, tmp_path, capsys):
+    clip, direction, models = job_files
+    out = tmp_path / "edited.mkv"
+    code = cli.main(["batch", "video", str(direction), "--video", str(clip), "--out", str(out),
+                     "--strength", "0.5,1", "--device", "cpu", "--no-progress"])
+    assert code == 2 and "one number or 'auto'" in capsys.readouterr().err
+    assert not out.exists()
