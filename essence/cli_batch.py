@@ -212,8 +212,12 @@ def _add_batch_video(actions: Subparsers) -> None:
     video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
     video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
                        help="how much the face's crop is smoothed over time (default normal)")
+    video.add_argument("--face-tracking", choices=("on", "off"), default="on",
+                       help="'on' (default): detect the face at chunk starts, scene cuts, a lost face and once a "
+                            "second, and follow its landmarks in between; 'off': detect it in every frame")
     video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
-                       help=f"frames per task (default {DEFAULT_CHUNK})")
+                       help=f"frames per task (default {DEFAULT_CHUNK}; with --face-tracking on, rounded to whole "
+                            f"refresh intervals, 1 s of frames, so every chunk starts on a detection)")
     video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
     video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
     _add_model_options(video, encoder=True)
@@ -230,7 +234,7 @@ def _cmd_batch_video(args: argparse.Namespace) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
-                   chunk_frames=args.chunk_frames)
+                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
     gpus = 0 if args.device in ("cpu", "mps") else None
     result = run_video_job(job, models, workers=args.workers, address=args.address, gpus_per_worker=gpus,

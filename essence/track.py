@@ -6,11 +6,20 @@ per frame constant and the track unambiguous), notes scene cuts, and smooths the
 (``essence.smoothing``); ``align_tracked`` then crops each frame at its smoothed quad. Frames where
 the face is not found are left out of the track (``None``): a video keeps them unedited rather than
 stopping, since a face turned away for a moment is normal in a clip.
+
+Finding the face costs most of a frame's time outside the networks (dlib's HOG detector, upsampled
+once, about 1.5 s of CPU at 1080p), while the 68-point shape predictor alone costs milliseconds. With
+``Tracking`` settings the detector therefore runs only on the first frame of a run, at scene cuts
+(the picture test of ``essence.smoothing``), when the face was lost or its follow-up looks doubtful,
+and every ``Tracking.refresh`` seconds; in between the predictor runs on the previous frame's
+detector-style box, moved and scaled as the landmarks moved (the predictor was trained on detector
+boxes, so it is given one, not the landmarks' own bounding box).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,6 +28,42 @@ import numpy as np
 from .align import AlignedFace, FaceLandmarker, align_detected, detect_faces, ffhq_quad
 from .images import MAX_PIXELS, ImageSource, Photo, load_photo, load_photos
 from .smoothing import Smoothing, corner_movement, picture_change, smooth_quads, thumbnail
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """When the detector runs while the face is followed from frame to frame (see the module docstring).
+
+    ``refresh`` (seconds): the longest run of frames followed without detecting (at least one frame).
+    ``max_shift`` (box sides): a followed box that moves or resizes more than this in one frame is
+    doubtful, and the frame is detected instead. ``cut_pixels``: the picture change (0..1, as
+    ``Smoothing.cut_pixels``) above which a frame is a scene cut and is detected.
+    """
+
+    refresh: float = 1.0
+    max_shift: float = 0.15
+    cut_pixels: float = Smoothing.cut_pixels
+
+    def __post_init__(self) -> None:
+        for name in ("refresh", "max_shift", "cut_pixels"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"tracking {name} must be a positive number, got {value}.")
+
+    def interval(self, rate: float) -> int:
+        """Frames between forced detections at ``rate`` frames per second."""
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"the frame rate must be a positive number, got {rate}.")
+        return max(1, round(self.refresh * rate))
+
+
+def tracking_settings(on: bool | Tracking | None) -> Tracking | None:
+    """``True`` -> the default ``Tracking``; ``False`` / None -> detect every frame; settings as given."""
+    if isinstance(on, Tracking) or on is None:
+        return on
+    return Tracking() if on else None
 
 
 @dataclass
@@ -51,17 +96,23 @@ class Detections:
     changes: list[float] = field(default_factory=list)
     first_thumbnail: np.ndarray | None = None
     last_thumbnail: np.ndarray | None = None
+    detected: list[bool] = field(default_factory=list)
+
+    @property
+    def detector_runs(self) -> int:
+        """How many frames ran the face detector (the rest were followed from the previous frame)."""
+        return sum(self.detected)
 
     def to_dict(self) -> dict[str, Any]:
         return {"faces": [None if f is None else f.to_dict() for f in self.faces],
-                "changes": [float(c) for c in self.changes],
+                "changes": [float(c) for c in self.changes], "detected": [bool(d) for d in self.detected],
                 "thumbnails": [None if t is None else t.tolist() for t in (self.first_thumbnail, self.last_thumbnail)]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Detections":
         first, last = (None if t is None else np.array(t, dtype=np.float32) for t in data["thumbnails"])
         return cls([None if f is None else Detection.from_dict(f) for f in data["faces"]],
-                   [float(c) for c in data["changes"]], first, last)
+                   [float(c) for c in data["changes"]], first, last, [bool(d) for d in data.get("detected", [])])
 
 
 @dataclass
@@ -100,23 +151,77 @@ def as_frame(frame: ImageSource, index: int) -> Photo:
 
 
 def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, face_index: int = 0,
-                  progress: Callable[[int], None] | None = None) -> Detections:
-    """Detect face number ``face_index`` (0 = the largest) in every frame, and how much each frame's
-    picture changed. ``progress(frames done)`` is called after each frame; it may raise to stop."""
+                  progress: Callable[[int], None] | None = None, tracking: Tracking | None = None,
+                  rate: float = 30.0, start: int = 0) -> Detections:
+    """Find face number ``face_index`` (0 = the largest) in every frame, and how much each frame's
+    picture changed. Without ``tracking`` the detector runs on every frame; with it, the face is
+    followed between detections (see the module docstring): ``rate`` (frames per second) sets the
+    refresh interval, counted from frame number ``start`` of the clip (these frames' first), so runs
+    of a clip cut at multiples of the interval find what one run finds. ``progress(frames done)`` is
+    called after each frame; it may raise to stop."""
+    every = None if tracking is None else tracking.interval(rate)
     faces: list[Detection | None] = []
     changes: list[float] = []
-    first = previous = None
+    detected: list[bool] = []
+    first = previous = anchor = None
     for i, frame in enumerate(frames):
         photo = as_frame(frame, i)
-        found = detect_faces(photo, landmarker)
-        faces.append(Detection(*found[face_index]) if len(found) > face_index else None)
         small = thumbnail(photo.image)
-        changes.append(0.0 if previous is None else picture_change(previous, small))
+        change = 0.0 if previous is None else picture_change(previous, small)
+        last = faces[-1] if faces else None
+        face = None
+        if every is not None and last is not None and (start + i) % every and change <= tracking.cut_pixels:
+            face = follow_face(photo, landmarker, last, anchor, tracking)
+        if face is None:
+            found = detect_faces(photo, landmarker)
+            face = anchor = Detection(*found[face_index]) if len(found) > face_index else None
+            detected.append(True)
+        else:
+            detected.append(False)
+        faces.append(face)
+        changes.append(change)
         first = small if first is None else first
         previous = small
         if progress is not None:
             progress(i + 1)
-    return Detections(faces, changes, first, previous)
+    return Detections(faces, changes, first, previous, detected)
+
+
+def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, anchor: Detection,
+                tracking: Tracking) -> Detection | None:
+    """The face of the previous frame found again in ``photo`` without the detector, or None when
+    the result is doubtful (then the caller detects).
+
+    ``anchor``: the face where the detector last found it. The predictor runs on the previous
+    frame's box; the anchor's detector box is then moved and scaled as the landmarks moved since the
+    anchor (not since the previous frame, so small biases of the predictor do not add up from frame
+    to frame), and the predictor runs again on that box. Doubtful: the box shifted or resized by more
+    than ``tracking.max_shift`` box sides since the previous frame, or its centre left the picture.
+    """
+    rgb = np.asarray(photo.image)
+    box = np.asarray(previous.box, dtype=np.float64)
+    moved = moved_box(np.asarray(anchor.box, dtype=np.float64), anchor.points, landmarker.landmarks(rgb, previous.box))
+    side = float(box[2] - box[0] + 1)
+    centre = (moved[:2] + moved[2:]) / 2
+    if (np.abs(moved - box).max() > tracking.max_shift * side
+            or not (0 <= centre[0] < photo.image.width and 0 <= centre[1] < photo.image.height)):
+        return None
+    carried: Box = tuple(int(v) for v in np.rint(moved))  # type: ignore[assignment]
+    return Detection(carried, landmarker.landmarks(rgb, carried))
+
+
+def moved_box(box: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``box`` (left, top, right, bottom) moved and scaled as the landmarks moved from ``before`` to
+    ``after`` (a least-squares similarity; its rotation is left out, as detector boxes are upright)."""
+    a, b = before - before.mean(axis=0), after - after.mean(axis=0)
+    scale = math.sqrt(float((b ** 2).sum()) / max(float((a ** 2).sum()), 1e-12))
+    cross = float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum())
+    angle = math.atan2(cross, float((a * b).sum()))
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    centre = (box[:2] + box[2:]) / 2
+    new_centre = after.mean(axis=0) + scale * rotation @ (centre - before.mean(axis=0))
+    half = (box[2:] - box[:2]) / 2 * scale
+    return np.concatenate([new_centre - half, new_centre + half])
 
 
 def join_detections(parts: Sequence[Detections]) -> Detections:
@@ -124,6 +229,7 @@ def join_detections(parts: Sequence[Detections]) -> Detections:
     picture change across each boundary is measured from the runs' boundary thumbnails."""
     faces: list[Detection | None] = []
     changes: list[float] = []
+    detected: list[bool] = []
     previous = None
     for part in parts:
         part_changes = list(part.changes)
@@ -131,9 +237,10 @@ def join_detections(parts: Sequence[Detections]) -> Detections:
             part_changes[0] = picture_change(previous, part.first_thumbnail)
         faces += part.faces
         changes += part_changes
+        detected += part.detected if part.detected else [True] * len(part.faces)
         previous = part.last_thumbnail if part.last_thumbnail is not None else previous
     first = next((p.first_thumbnail for p in parts if p.first_thumbnail is not None), None)
-    return Detections(faces, changes, first, previous)
+    return Detections(faces, changes, first, previous, detected)
 
 
 def build_track(detections: Detections, rate: float, smoothing: Smoothing | None) -> FaceTrack:
@@ -147,9 +254,10 @@ def build_track(detections: Detections, rate: float, smoothing: Smoothing | None
 
 def track_faces(frames: Iterable[ImageSource], landmarker: FaceLandmarker, rate: float,
                 smoothing: Smoothing | None, face_index: int = 0,
-                progress: Callable[[int], None] | None = None) -> FaceTrack:
-    """Detect the face in every frame and smooth its crop over time (see the module's docstring)."""
-    return build_track(detect_frames(frames, landmarker, face_index, progress), rate, smoothing)
+                progress: Callable[[int], None] | None = None, tracking: Tracking | None = None) -> FaceTrack:
+    """Find the face in every frame (detected, or followed with ``tracking``) and smooth its crop
+    over time (see the module's docstring)."""
+    return build_track(detect_frames(frames, landmarker, face_index, progress, tracking, rate), rate, smoothing)
 
 
 def align_tracked(photo: Photo, track: FaceTrack, index: int, size: int) -> AlignedFace | None:
@@ -163,9 +271,10 @@ def align_tracked(photo: Photo, track: FaceTrack, index: int, size: int) -> Alig
 
 def align_clip(frames: ImageSource | Sequence[ImageSource], landmarker: FaceLandmarker, size: int, rate: float,
                smoothing: Smoothing | None, face_index: int = 0,
-               progress: Callable[[int], None] | None = None) -> tuple[list[AlignedFace | None], FaceTrack]:
+               progress: Callable[[int], None] | None = None,
+               tracking: Tracking | None = None) -> tuple[list[AlignedFace | None], FaceTrack]:
     """Every frame of a clip held in memory (e.g. a ComfyUI IMAGE batch [F, H, W, 3]) aligned at its
     smoothed quad: one ``AlignedFace`` or None (no face) per frame, and the track."""
     photos = [as_frame(photo, i) for i, photo in enumerate(load_photos(frames, work_pixels=MAX_PIXELS))]
-    track = track_faces(photos, landmarker, rate, smoothing, face_index, progress)
+    track = track_faces(photos, landmarker, rate, smoothing, face_index, progress, tracking)
     return [align_tracked(photo, track, i, size) for i, photo in enumerate(photos)], track

@@ -47,7 +47,8 @@ from .paste import paste_back
 from .render import render
 from .stylegan2 import StyleGAN2Generator
 from .smoothing import Smoothing, smoothing_preset
-from .track import Detections, FaceTrack, align_tracked, as_frame, build_track, detect_frames
+from .track import (Detections, FaceTrack, Tracking, align_tracked, as_frame, build_track, detect_frames,
+                    tracking_settings)
 
 PathLike = str | os.PathLike
 Progress = Callable[[str, int, int], None]  # (stage, frames done, frames in all)
@@ -370,9 +371,12 @@ class VideoResult:
 
 
 def detect_video(info: VideoInfo, landmarks: FaceLandmarker, face_index: int = 0, start: int = 0,
-                 stop: int | None = None, progress: Callable[[int], None] | None = None) -> Detections:
-    """The face in frames ``start`` .. ``stop`` of a clip (see ``essence.track.detect_frames``)."""
-    return detect_frames(read_frames(info.path, start, stop, info), landmarks, face_index, progress)
+                 stop: int | None = None, progress: Callable[[int], None] | None = None,
+                 tracking: Tracking | None = None) -> Detections:
+    """The face in frames ``start`` .. ``stop`` of a clip, detected in each or followed between
+    detections with ``tracking`` (see ``essence.track.detect_frames``)."""
+    return detect_frames(read_frames(info.path, start, stop, info), landmarks, face_index, progress, tracking,
+                         float(info.rate), start)
 
 
 def video_track(info: VideoInfo, detections: Detections, smoothing: Smoothing | str | None) -> FaceTrack:
@@ -424,11 +428,13 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                    landmarks: FaceLandmarker | PathLike | None = None, strength: Strength = 1.0,
                    layers: str = "all", smoothing: Smoothing | str | None = "normal", face_index: int = 0,
                    feather: float = 0.1, batch_size: int = DEFAULT_BATCH,
-                   progress: Progress | None = None) -> VideoResult:
+                   progress: Progress | None = None, face_tracking: bool | Tracking | None = True) -> VideoResult:
     """Apply ``direction`` at ``strength`` to the main face of every frame of ``video``; write ``out``.
 
     ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up).
     ``smoothing``: a preset name (off, light, normal, strong) or ``Smoothing`` settings.
+    ``face_tracking``: follow the face between detections (True, the default, or ``Tracking``
+    settings; about 10x less CPU per frame) or detect it in every frame (False).
     ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes.
     Raises ``VideoInputError`` for an unreadable video or an unusable output name and
     ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
@@ -443,7 +449,8 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                         feather, batch_size)
     direction.check_fits(editor.generator)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
-    detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames))
+    detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames),
+                              tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, settings)
     frames = edit_video_range(info, track, editor)
     path = write_video(_counted(frames, info.frames), out, info.rate, (info.width, info.height),

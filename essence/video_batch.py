@@ -37,7 +37,7 @@ from .errors import EssenceError
 from .files import atomic_write
 from .models import load_encoder, load_generator
 from .smoothing import Smoothing, smoothing_preset
-from .track import Detections, FaceTrack, join_detections
+from .track import Detections, FaceTrack, Tracking, join_detections, tracking_settings
 from .video import (DEFAULT_BATCH, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
                     edit_video_range, output_container, probe_video, video_track, write_video)
 from .weights import file_sha256
@@ -62,6 +62,7 @@ class VideoJob:
     feather: float = 0.1
     batch_size: int = DEFAULT_BATCH
     chunk_frames: int = DEFAULT_CHUNK
+    face_tracking: bool | Tracking = True
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class VideoWorker:
         job: VideoJob = task.inputs["job"]
         start, stop = task.inputs["frames"]
         if task.inputs["stage"] == "detect":
-            found = detect_video(task.inputs["info"], self.landmarks, job.face_index, start, stop)
+            found = detect_video(task.inputs["info"], self.landmarks, job.face_index, start, stop,
+                                 tracking=tracking_settings(job.face_tracking))
             with atomic_write(task.output) as tmp:
                 tmp.write_text(json.dumps(found.to_dict()), encoding="utf-8")
             return {"frames": len(found.faces), "faces": sum(f is not None for f in found.faces)}
@@ -116,6 +118,15 @@ def chunk_ranges(frames: int, chunk: int) -> list[tuple[int, int]]:
     if chunk < 1:
         raise EssenceError(f"chunks must hold at least one frame, got {chunk}.")
     return [(start, min(start + chunk, frames)) for start in range(0, frames, chunk)]
+
+
+def tracked_chunk(chunk: int, tracking: Tracking | None, rate: float) -> int:
+    """``chunk`` rounded to a whole number of tracking refresh intervals (at least one): every chunk
+    then starts on a frame where one process would detect too, so the chunks find what it finds."""
+    if tracking is None or chunk < 1:
+        return chunk
+    every = tracking.interval(rate)
+    return max(every, round(chunk / every) * every)
 
 
 def job_key(job: VideoJob, models: VideoModels) -> str:
@@ -219,7 +230,8 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
     if _finished_video(job.out, info):
         return VideoJobResult(job.out, info, None, {})
     parts = parts_folder(job, models)
-    ranges = chunk_ranges(info.frames, job.chunk_frames)
+    ranges = chunk_ranges(info.frames, tracked_chunk(job.chunk_frames, tracking_settings(job.face_tracking),
+                                                     float(info.rate)))
     reports: dict[str, BatchReport] = {}
     with BatchRunner(VideoWorker, models, workers=workers, address=address, gpus_per_worker=gpus_per_worker) as runner:
         detect = [BatchTask(f"faces {a}-{b}", parts / f"faces_{a:08d}_{b:08d}.json",

@@ -13,7 +13,9 @@ records which photo each face belongs to.
 Video frames (an IMAGE batch [F, H, W, 3], e.g. from Get Video Components or VideoHelperSuite's Load
 Video): with ``smoothing`` other than 'off' the batch is one clip, and each frame's face crop is
 smoothed over time (``essence.track``) so the edited face does not shimmer. It is 'off' by default
-because a batch of unrelated photos must not be smoothed together.
+because a batch of unrelated photos must not be smoothed together. Such a clip is face-tracked as
+``essence apply --video`` tracks it: detected at the first frame, scene cuts and once a second, followed
+in between.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..essence.e4e import INPUT_SIZE
 from ..essence.invert import invert, invert_aligned
 from ..essence.paste import MAX_FEATHER, paste_back
 from ..essence.smoothing import SMOOTHING_PRESETS, smoothing_preset
-from ..essence.track import align_clip
+from ..essence.track import Tracking, align_clip
 from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
@@ -124,7 +126,7 @@ def align_frames(images: torch.Tensor, size: int, landmarks: essence.FaceLandmar
     count = int(images.shape[0])
     report = photo_progress(count)
     faces, _ = align_clip(images, landmarks, size, frame_rate, smoothing_preset(smoothing), face_index,
-                          progress=lambda done: report(done, count))
+                          progress=lambda done: report(done, count), tracking=Tracking())
     missing = [i for i, face in enumerate(faces) if face is None]
     if len(missing) == count:
         raise FaceNotFoundError(f"no face found in any of the {count} frame(s); nothing to align.")

@@ -15,7 +15,8 @@ import essence
 from bench.jitter import noisy_still
 from essence import batch, cli
 from essence.video import apply_to_video, probe_video, read_frames
-from essence.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job
+from essence.track import Tracking
+from essence.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job, tracked_chunk
 from essence.weights import find_weight
 from workflow_tools import write_clip
 
@@ -58,9 +59,11 @@ def _audio(path) -> list[bytes]:
 
 def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(two_cpu_ray, job_files, tmp_path):
     clip, direction, models = job_files
+    tracking = Tracking(refresh=4 / (24000 / 1001))  # detect every 4 frames: each chunk starts on a detection
     single = apply_to_video(clip, tmp_path / "single.mp4", direction, encoder=models.encoder,
-                            generator=models.generator, landmarks=models.landmarks, batch_size=2)
-    job = VideoJob(clip, tmp_path / "ray.mp4", direction, batch_size=2, chunk_frames=4)
+                            generator=models.generator, landmarks=models.landmarks, batch_size=2,
+                            face_tracking=tracking)
+    job = VideoJob(clip, tmp_path / "ray.mp4", direction, batch_size=2, chunk_frames=4, face_tracking=tracking)
     assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     result = run_video_job(job, models, workers=2, progress=False, keep_parts=True)
     info = probe_video(result.path)
@@ -83,12 +86,20 @@ def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(
     assert finished.reports == {} and finished.path == job.out
 
 
+def test_chunks_are_whole_tracking_refresh_intervals():
+    """A chunk starts where one process would detect the face anyway (1 s at 25 fps: 25 frames)."""
+    assert tracked_chunk(240, Tracking(), 25.0) == 250
+    assert tracked_chunk(240, Tracking(), 24.0) == 240
+    assert tracked_chunk(10, Tracking(), 25.0) == 25
+    assert tracked_chunk(240, None, 25.0) == 240
+
+
 def test_batch_video_command(two_cpu_ray, job_files, tmp_path, capsys):
     clip, direction, models = job_files
     out = tmp_path / "edited.mkv"
     code = cli.main(["batch", "video", str(direction), "--video", str(clip), "--out", str(out), "--chunk-frames", "5",
                      "--generator", models.generator, "--encoder", models.encoder, "--landmarks", models.landmarks,
-                     "--device", "cpu", "--workers", "2", "--no-progress"])
+                     "--device", "cpu", "--workers", "2", "--no-progress", "--face-tracking", "off"])
     assert code == 0, capsys.readouterr().err
     assert probe_video(out).frames == 10 and "editing: 2 task(s): 2 done" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "d.safetensors", "edited.mkv"]
