@@ -39,7 +39,9 @@ class Tracking:
     ``refresh`` (seconds): the longest run of frames followed without detecting (at least one frame).
     ``max_shift`` (box sides): a followed box that moves or resizes more than this in one frame is
     doubtful, and the frame is detected instead. ``cut_pixels``: the picture change (0..1, as
-    ``Smoothing.cut_pixels``) above which a frame is a scene cut and is detected.
+    ``Smoothing.cut_pixels``) above which a frame is a scene cut and is detected; the same test on
+    the face's box alone (its thumbnail against the previous frame's) catches a face that left its
+    box without cutting the picture (the predictor would place landmarks on the background).
     """
 
     refresh: float = 1.0
@@ -163,7 +165,7 @@ def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, fac
     faces: list[Detection | None] = []
     changes: list[float] = []
     detected: list[bool] = []
-    first = previous = anchor = None
+    first = previous = anchor = patch = None
     for i, frame in enumerate(frames):
         photo = as_frame(frame, i)
         small = thumbnail(photo.image)
@@ -171,13 +173,14 @@ def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, fac
         last = faces[-1] if faces else None
         face = None
         if every is not None and last is not None and (start + i) % every and change <= tracking.cut_pixels:
-            face = follow_face(photo, landmarker, last, anchor, tracking)
+            face = follow_face(photo, landmarker, last, anchor, tracking, patch)
         if face is None:
             found = detect_faces(photo, landmarker)
             face = anchor = Detection(*found[face_index]) if len(found) > face_index else None
             detected.append(True)
         else:
             detected.append(False)
+        patch = None if face is None else box_thumbnail(photo, face.box)
         faces.append(face)
         changes.append(change)
         first = small if first is None else first
@@ -188,7 +191,7 @@ def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, fac
 
 
 def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, anchor: Detection,
-                tracking: Tracking) -> Detection | None:
+                tracking: Tracking, patch: np.ndarray) -> Detection | None:
     """The face of the previous frame found again in ``photo`` without the detector, or None when
     the result is doubtful (then the caller detects).
 
@@ -196,7 +199,9 @@ def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, a
     frame's box; the anchor's detector box is then moved and scaled as the landmarks moved since the
     anchor (not since the previous frame, so small biases of the predictor do not add up from frame
     to frame), and the predictor runs again on that box. Doubtful: the box shifted or resized by more
-    than ``tracking.max_shift`` box sides since the previous frame, or its centre left the picture.
+    than ``tracking.max_shift`` box sides since the previous frame, its centre left the picture, or
+    its picture differs from the previous frame's box (``patch``, see ``box_thumbnail``) by more
+    than ``tracking.cut_pixels``.
     """
     rgb = np.asarray(photo.image)
     box = np.asarray(previous.box, dtype=np.float64)
@@ -207,7 +212,15 @@ def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, a
             or not (0 <= centre[0] < photo.image.width and 0 <= centre[1] < photo.image.height)):
         return None
     carried: Box = tuple(int(v) for v in np.rint(moved))  # type: ignore[assignment]
+    if picture_change(patch, box_thumbnail(photo, carried)) > tracking.cut_pixels:
+        return None
     return Detection(carried, landmarker.landmarks(rgb, carried))
+
+
+def box_thumbnail(photo: Photo, box: Sequence[int]) -> np.ndarray:
+    """The scene-cut thumbnail (``essence.smoothing.thumbnail``) of the picture inside a face box."""
+    left, top, right, bottom = box
+    return thumbnail(photo.image.crop((left, top, right + 1, bottom + 1)))
 
 
 def moved_box(box: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
