@@ -205,7 +205,8 @@ def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, a
     """
     rgb = np.asarray(photo.image)
     box = np.asarray(previous.box, dtype=np.float64)
-    moved = moved_box(np.asarray(anchor.box, dtype=np.float64), anchor.points, landmarker.landmarks(rgb, previous.box))
+    first_guess = landmarker.landmarks(rgb, previous.box)
+    moved = moved_box(np.asarray(anchor.box, dtype=np.float64), anchor.points, first_guess)
     side = float(box[2] - box[0] + 1)
     centre = (moved[:2] + moved[2:]) / 2
     if (np.abs(moved - box).max() > tracking.max_shift * side
@@ -225,7 +226,8 @@ def box_thumbnail(photo: Photo, box: Sequence[int]) -> np.ndarray:
 
 def moved_box(box: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """``box`` (left, top, right, bottom) moved and scaled as the landmarks moved from ``before`` to
-    ``after`` (a least-squares similarity; its rotation is left out, as detector boxes are upright)."""
+    ``after``: a similarity fitted to the points (their RMS spread's ratio as scale, the least-squares
+    rotation) carries the box's centre; the box stays upright, as the detector's boxes are."""
     a, b = before - before.mean(axis=0), after - after.mean(axis=0)
     scale = math.sqrt(float((b ** 2).sum()) / max(float((a ** 2).sum()), 1e-12))
     cross = float((a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum())
