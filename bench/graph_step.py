@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import essence.train as train  # noqa: E402
-from bench.measure import _peak_tracker, device_name, training_problem  # noqa: E402
+from bench.measure import _peak_tracker, training_problem  # noqa: E402
+from bench.records import device_label, record  # noqa: E402
 from essence.files import atomic_write  # noqa: E402
 from essence.modes import TRAIN_MODES  # noqa: E402
 
@@ -125,16 +126,12 @@ def measure_mode(problem: dict, mode: str, steps: int, window: int, check_steps:
     cuda = device.type == "cuda"
     records = []
     for name, (_, seconds, peak) in runs.items():
-        records.append({
-            "device": device_name(device), "what": WHAT[name] if cuda or name == "fast" else NOT_CAPTURED,
-            "mode": mode, "exact": TRAIN_MODES[mode].exact,
-            "batch": batch, "steps": steps - window, "seconds_per_step": seconds,
-            "peak_gb": round(peak, 3), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "loop": RUNS[name][0], "captured": name == "graph" and cuda,
-            "tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
-            "replay_vs_eager_max_rel_loss": replay_error,
-            "graph_vs_fast_max_abs_loss": fast_error, "check_steps": check_steps, "checks_passed": passed,
-        })
+        records.append(record(
+            device_label(device), WHAT[name] if cuda or name == "fast" else NOT_CAPTURED, mode,
+            TRAIN_MODES[mode].exact, batch, steps - window, seconds, peak, loop=RUNS[name][0],
+            captured=name == "graph" and cuda, tf32=bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+            replay_vs_eager_max_rel_loss=replay_error, graph_vs_fast_max_abs_loss=fast_error,
+            check_steps=check_steps, checks_passed=passed))
     return records, passed
 
 

@@ -31,6 +31,8 @@ import torch
 
 from essence.modes import TRAIN_MODES as LIBRARY_MODES
 
+from .records import device_label
+
 TRAIN_MODES = {  # name: TrainSettings overrides; the library's training modes, then memory options of "fast"
     **{name: dict(mode.overrides) for name, mode in LIBRARY_MODES.items()},
     "fast+chunk1": {"chunk_size": 1},
@@ -294,12 +296,6 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     return {"kind": kind, **result, **extras}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
 def _variant(row: dict) -> str:
     return "".join([" cudnn.benchmark" if row.get("cudnn_benchmark") else "",
                     f" up={row['upsample']}" if row.get("upsample") else ""])
@@ -330,7 +326,7 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
     """
     models = ("models " + ", ".join(sorted({Path(j[k]).name for j in jobs for k in ("generator", "guide") if j.get(k)}))
               if any(j.get("generator") for j in jobs) else "full-size models, random weights")
-    print(f"Essence benchmark on {device_name(device)} (torch {torch.__version__}); {models}")
+    print(f"Essence benchmark on {device_label(device)} (torch {torch.__version__}); {models}")
     rows = []
     for job in jobs:
         cmd = [sys.executable, "-m", "bench", "--device", str(device), "--repeats", str(repeats),
@@ -348,7 +344,7 @@ def run_all(device: torch.device, jobs: list[dict], repeats: int, threads: int, 
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print("  " + format_row(row), flush=True)
-    return {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+    return {"device": device_label(device), "torch": torch.__version__, "python": platform.python_version(),
             "threads": threads, "date": time.strftime("%Y-%m-%d"), "rows": rows}
 
 
@@ -375,25 +371,16 @@ def _low_size(generator) -> int:
     return 256 if generator.size > 256 else generator.size // 2
 
 
-def exact_loss(direction: torch.Tensor, sources: torch.Tensor, target: torch.Tensor, generator, guide) -> float:
-    """The exact objective (full-size rendering, float32, every coefficient 1) of a trained direction."""
-    from essence.clip_guide import to_unit
-    from essence.train import TrainSettings, essence_losses
-
-    settings = TrainSettings()
-    with torch.no_grad():
-        embed = lambda w: guide.embed_generated(generator.synthesize(w), mode=settings.clip_mode).float()  # noqa: E731
-        transfer, consistency = essence_losses(embed(sources), embed(sources + direction.to(sources.device)),
-                                               to_unit(target))
-    return float(settings.lambda_transfer * transfer + settings.lambda_consistency * consistency)
-
-
 def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: torch.Tensor, steps: int,
                   seed: int = 0, modes: list[str] | None = None) -> list[dict]:
     """Train with every mode from the same random start; compare each direction with the exact one."""
+    from essence.candidates import objective_scorer
     from essence.train import TrainSettings, random_initial_direction, train_direction
 
     init = random_initial_direction(generator, seed)
+    # the exact objective of a trained direction (full-size float32 rendering, every coefficient 1):
+    # minus the library's objective score, the sources rendered once for every mode
+    exact_score = objective_scorer(generator, guide, None, sources, target_embedding_override=target_embedding)
     rows, reference = [], None
     for name, overrides in quality_modes(generator).items():
         if modes and name not in modes:
@@ -407,7 +394,7 @@ def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: tor
         update = (reference - init.cpu()).norm()
         rows.append({"kind": "quality", "mode": name, "steps": steps, "seconds": seconds,
                      "own_best_loss": result.best_loss,
-                     "exact_loss": exact_loss(d, sources, target_embedding, generator, guide),
+                     "exact_loss": -exact_score(result.direction),
                      "cosine_to_exact": float(torch.nn.functional.cosine_similarity(d.flatten(), reference.flatten(), dim=0)),
                      "distance_over_exact_update": float((d - reference).norm() / update) if update > 0 else 0.0})
     return rows
@@ -421,7 +408,7 @@ def format_quality_row(row: dict) -> str:
 def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources: torch.Tensor, steps: int,
                     seeds: list[int], mode: str = "fast+bf16") -> dict:
     """Is ``mode`` a close enough approximation? ``bench_quality`` with the exact ``fast`` mode and
-    ``mode`` from each seed's random start, for every target: the exact objective (``exact_loss``)
+    ``mode`` from each seed's random start, for every target: the exact objective (the quality rows' ``exact_loss``)
     each reaches, and their ratio (above 1: the approximation ends worse).
 
     The bar: recommend the approximation only if the objective stays within 5 % of exact.
