@@ -356,9 +356,12 @@ class _Measure:
             clip.append(_unit_rows(self.guide.embed_target(images)))
             if self.identity is not None:
                 photos = reference_photos[start:start + FACES_PER_CHUNK] if reference_photos is not None else None
-                ref.append(self._identity_embed(pil_to_model([load_image(p) for p in photos]) if photos is not None
-                                                else pil_to_model(images)))
                 as_edit.append(self._edited_identity(images))
+                if photos is None and self.protocol != "official":  # the same pixels: ArcFace once
+                    ref.append(as_edit[-1])
+                else:
+                    ref.append(self._identity_embed(pil_to_model([load_image(p) for p in photos]) if photos is not None
+                                                    else pil_to_model(images)))
         out: dict[str, Any] = {"clip": torch.cat(clip)}
         if self.identity is not None:
             out["identity"], out["identity_as_edit"] = torch.cat(ref), torch.cat(as_edit)
