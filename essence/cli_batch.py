@@ -22,7 +22,8 @@ from .direction import Direction, load_direction
 from .errors import EssenceError
 from .files import atomic_write
 from .smoothing import SMOOTHING_PRESETS
-from .video_batch import DEFAULT_CHUNK, STAGES, VideoJob, VideoModels, run_video_job
+from .video import STAGES
+from .video_batch import DEFAULT_CHUNK, VideoJob, VideoModels, run_video_job
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")

@@ -340,7 +340,7 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
     """``apply --video``: one strength, every frame; the work is ``essence.video.apply_to_video``'s."""
     from tqdm import tqdm
 
-    from .video import apply_to_video
+    from .video import STAGES, apply_to_video
 
     if len(strengths) != 1:
         raise EssenceError(f"--video takes one strength, got {len(strengths)} ({args.strength}).")
@@ -350,7 +350,7 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            label = {"detect": "finding the face", "edit": "editing"}.get(stage, stage)
+            label = STAGES.get(stage, stage)
             bars[stage] = tqdm(total=total, unit="frame", desc=label, dynamic_ncols=True)
         bars[stage].update(done - bars[stage].n)
 

@@ -167,7 +167,7 @@ def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, fac
     detected: list[bool] = []
     first = previous = anchor = patch = None
     for i, frame in enumerate(frames):
-        photo = as_frame(frame, i)
+        photo = as_frame(frame, start + i)
         small = thumbnail(photo.image)
         change = 0.0 if previous is None else picture_change(previous, small)
         last = faces[-1] if faces else None

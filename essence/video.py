@@ -52,6 +52,7 @@ from .track import (Detections, FaceTrack, Tracking, align_tracked, as_frame, bu
 
 PathLike = str | os.PathLike
 Progress = Callable[[str, int, int], None]  # (stage, frames done, frames in all)
+STAGES = {"detect": "finding the face", "edit": "editing"}  # the two passes over a clip, as progress bars name them
 
 # output container and video encoder by file extension
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -365,9 +366,6 @@ class VideoResult:
     track: FaceTrack
     seconds: float
 
-    @property
-    def edited_frames(self) -> int:
-        return self.track.found
 
 
 def detect_video(info: VideoInfo, landmarks: FaceLandmarker, face_index: int = 0, start: int = 0,

@@ -32,18 +32,17 @@ import numpy as np
 
 from .align import load_landmarker
 from .batch import BatchReport, BatchRunner, BatchTask
-from .direction import load_direction
+from .direction import Direction, load_direction
 from .errors import EssenceError
 from .files import atomic_write
 from .models import load_encoder, load_generator
 from .smoothing import Smoothing, smoothing_preset
 from .track import Detections, FaceTrack, Tracking, join_detections, tracking_settings
-from .video import (DEFAULT_BATCH, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
+from .video import (DEFAULT_BATCH, STAGES, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
                     edit_video_range, output_container, probe_video, video_track, write_video)
 from .weights import file_sha256
 
 DEFAULT_CHUNK = 240  # frames per task: 10 s of 24 fps video, a few minutes of work on a GPU
-STAGES = {"detect": "finding the face", "edit": "editing"}  # the two rounds, as progress bars name them
 
 PathLike = str | os.PathLike
 
@@ -94,6 +93,10 @@ class VideoWorker:
         self.landmarks = load_landmarker(models.landmarks)
         self.encoder = load_encoder(models.encoder, device=models.device)
         self.generator = load_generator(models.generator, device=models.device)
+        # a job's track and direction are written before its edit round and never change: each worker
+        # reads them once, not once per chunk
+        self._tracks: dict[Path, FaceTrack] = {}
+        self._directions: dict[Path, Direction] = {}
 
     def run(self, task: BatchTask) -> dict[str, Any]:
         job: VideoJob = task.inputs["job"]
@@ -104,8 +107,13 @@ class VideoWorker:
             with atomic_write(task.output) as tmp:
                 tmp.write_text(json.dumps(found.to_dict()), encoding="utf-8")
             return {"frames": len(found.faces), "faces": sum(f is not None for f in found.faces)}
-        track = load_track(Path(task.inputs["track"]))
-        editor = FaceEditor(self.encoder, self.generator, load_direction(job.direction), job.strength, job.layers,
+        track_path = Path(task.inputs["track"])
+        if track_path not in self._tracks:
+            self._tracks[track_path] = load_track(track_path)
+        track = self._tracks[track_path]
+        if job.direction not in self._directions:
+            self._directions[job.direction] = load_direction(job.direction)
+        editor = FaceEditor(self.encoder, self.generator, self._directions[job.direction], job.strength, job.layers,
                             job.feather, job.batch_size)
         info: VideoInfo = task.inputs["info"]
         frames = edit_video_range(info, track, editor, start, stop)
