@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -587,20 +588,25 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
     cached_src = embed_sources() if s.loop != "official" else None
     best = _BestSoFar(direction, s.steps)
 
+    def one_step(e_src: torch.Tensor, update: Callable[[], None]) -> None:
+        """Losses and gradients of every candidate, then ``update`` (both optimisers) and the
+        best-so-far record: the step every loop takes, whatever its optimisers."""
+        direction.grad = coefficients.grad = None
+        loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
+        with torch.no_grad():
+            update()
+            best.record(loss, transfer, consistency, direction)
+
     if s.loop == "graph":
         adam = ScheduledAdam(direction, [learning_rate(i, s.steps, s.lr) for i in range(s.steps)], s.weight_decay)
 
-        def static_step() -> None:
-            """The whole step with static shapes and no host value: what a CUDA graph replays."""
-            direction.grad = coefficients.grad = None
-            loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, cached_src,
-                                                             target, s)
-            with torch.no_grad():
-                if use_coefficients:  # the reference's fresh Adam, whose one step needs no state
-                    fresh_adam_step_(coefficients, coefficients.grad, coefficient_lr, s.coefficient_weight_decay)
-                adam.step_(best.counter)
-                best.record(loss, transfer, consistency, direction)
+        def static_update() -> None:
+            if use_coefficients:  # the reference's fresh Adam, whose one step needs no state
+                fresh_adam_step_(coefficients, coefficients.grad, coefficient_lr, s.coefficient_weight_decay)
+            adam.step_(best.counter)
 
+        # the whole step with static shapes and no host value: what a CUDA graph replays
+        static_step = functools.partial(one_step, cached_src, static_update)
         replayed = _CudaGraphStep(static_step, device) if device.type == "cuda" else static_step
 
         def run_step(lr: float) -> None:  # the step's rate is already in the device table
@@ -608,20 +614,14 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
     else:
         optimizer = torch.optim.Adam([direction], lr=s.lr, weight_decay=s.weight_decay)
 
+        def torch_update() -> None:
+            if use_coefficients:  # the reference builds a fresh Adam for the coefficients every step
+                torch.optim.Adam([coefficients], lr=coefficient_lr, weight_decay=s.coefficient_weight_decay).step()
+            optimizer.step()
+
         def run_step(lr: float) -> None:
             optimizer.param_groups[0]["lr"] = lr
-            # the reference builds a fresh Adam for the coefficients every step (its state resets)
-            coef_optimizer = (torch.optim.Adam([coefficients], lr=coefficient_lr,
-                                               weight_decay=s.coefficient_weight_decay) if use_coefficients else None)
-            e_src = embed_sources() if cached_src is None else cached_src
-            optimizer.zero_grad(set_to_none=True)
-            if coef_optimizer is not None:
-                coef_optimizer.zero_grad(set_to_none=True)
-            loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
-            if coef_optimizer is not None:
-                coef_optimizer.step()
-            optimizer.step()
-            best.record(loss, transfer, consistency, direction)
+            one_step(embed_sources() if cached_src is None else cached_src, torch_update)
 
     start = time.perf_counter()
     for step in range(s.steps):
