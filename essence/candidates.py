@@ -101,6 +101,14 @@ def candidate_starts(count: int, generator: StyleGAN2Generator, inversion: torch
     return starts
 
 
+def training_starts(count: int, generator: StyleGAN2Generator, init: torch.Tensor | str,
+                    settings: TrainSettings) -> list[tuple[torch.Tensor, str]]:
+    """``candidate_starts`` for a training that would start from ``init`` (the target's inversion,
+    or ``"random"`` as ``initial_direction`` gives it), seeded and truncated as ``settings`` trains."""
+    return candidate_starts(count, generator, None if isinstance(init, str) else init, seed=settings.seed,
+                            truncation=settings.random_init_truncation)
+
+
 def heldout_faces(generator: StyleGAN2Generator, count: int = HELDOUT_FACES, seed: int = HELDOUT_SEED,
                   truncation: float = 0.7) -> torch.Tensor:
     """Seeded random W+ faces [count, n_latent, D] to judge candidates on, apart from the training sources."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .apply import image_grid, mix_directions, strength_sweep
-from .candidates import candidate_starts, train_best_candidate
+from .candidates import train_best_candidate, training_starts
 from .direction import AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, load_direction, target_thumbnail
 from .errors import EssenceError, MissingWeightsError
 from .files import atomic_write
@@ -231,8 +231,7 @@ def _train_candidates(args: argparse.Namespace, targets, sources, generator, gui
     """``--candidates K``: train K together, print their scores, write the others with ``--keep-all``;
     returns the chosen one's ``TrainResult`` carrying the chosen direction (with its selection)."""
     identity = identity_model(args)
-    starts = candidate_starts(args.candidates, generator, None if isinstance(init, str) else init,
-                              seed=args.seed, truncation=settings.random_init_truncation)
+    starts = training_starts(args.candidates, generator, init, settings)
     choice = train_best_candidate(targets, sources, generator, guide, starts, settings, metadata=metadata,
                                   identity=identity, make_progress=make_progress,
                                   on_retry=report_memory_retry)

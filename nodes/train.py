@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .. import essence
-from ..essence.candidates import candidate_starts, train_best_candidate
+from ..essence.candidates import train_best_candidate, training_starts
 from ..essence.errors import DeviceMemoryError
 from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
 from ..essence.render import render
@@ -134,8 +134,7 @@ class EssenceTrain:
         if candidates == 1:
             return train_direction_fitting_memory(target, sources.latents, generator, guide, init=start,
                                                   settings=settings, metadata={"init": note}, **hooks), []
-        starts = candidate_starts(candidates, generator, None if isinstance(start, str) else start,
-                                  seed=settings.seed, truncation=settings.random_init_truncation)
+        starts = training_starts(candidates, generator, start, settings)
         choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings,
                                       identity=identity, **hooks)
         return choice.best_result, choice.report()
