@@ -17,7 +17,7 @@ from typing import Any
 from .apply import LAYER_PRESETS, apply_to_photo
 from .batch import BatchReport, BatchTask, captured_output, run_batch
 from .cli_directions import (TRAIN_MEMORY_ADVICE, _add_model_options, add_train_options, check_train_options,
-                             parse_floats, train_to_file)
+                             parse_strengths, strength_tokens, train_to_file)
 from .direction import Direction, load_direction
 from .errors import EssenceError
 from .files import atomic_write
@@ -178,10 +178,7 @@ def _valid_image(path: Path) -> dict[str, Any]:
 
 
 def _cmd_batch_apply(args: argparse.Namespace) -> int:
-    tokens = [t.strip() for t in args.strength.split(",") if t.strip()]
-    parse_floats(",".join(t for t in tokens if t.lower() != "auto"), "--strength")  # refuse bad numbers now
-    if not tokens:
-        raise EssenceError("--strength needs a number or 'auto'.")
+    tokens = strength_tokens(args.strength)
     directions = expand_inputs(args.directions, DIRECTION_SUFFIXES, "direction files")
     photos = expand_inputs(args.photos, IMAGE_SUFFIXES, "photos")
     _check_stems(directions, "directions")
@@ -227,13 +224,9 @@ def _add_batch_video(actions: Subparsers) -> None:
 
 
 def _cmd_batch_video(args: argparse.Namespace) -> int:
-    token = args.strength.strip()
-    values = [] if token.lower() == "auto" else parse_floats(token, "--strength")
-    if token.lower() != "auto" and len(values) != 1:
+    if len(strength_tokens(args.strength)) != 1:
         raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
-    strength, note = load_direction(args.direction).resolve_strength(values[0] if values else "auto")
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    [strength] = parse_strengths(args.strength, load_direction(args.direction))
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
                    chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)

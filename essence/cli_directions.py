@@ -81,10 +81,20 @@ def parse_floats(text: str, what: str) -> list[float]:
     return values
 
 
+def strength_tokens(text: str) -> list[str]:
+    """``--strength``'s comma-separated values as given (numbers or ``auto``), refused now when a
+    number is not one or there is none, before any direction is read."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength")
+    if not parts:
+        raise EssenceError("--strength needs a number or 'auto'.")
+    return parts
+
+
 def parse_strengths(text: str, direction: Direction) -> list[float]:
     """``--strength``: comma-separated numbers, where ``auto`` is the direction's recommended strength
     (1.0, with a note on stderr, when its file has none)."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
+    parts = strength_tokens(text)
     numbers = iter(parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength"))
     values = []
     for part in parts:
@@ -97,8 +107,6 @@ def parse_strengths(text: str, direction: Direction) -> list[float]:
         else:
             print(f"Strength auto = {value:g}, recommended for {direction.name!r}.")
         values.append(value)
-    if not values:
-        raise EssenceError("--strength needs a number or 'auto'.")
     return values
 
 
