@@ -230,8 +230,8 @@ def _cmd_batch_video(args: argparse.Namespace) -> int:
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
                    chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
-    gpus = 0 if args.device in ("cpu", "mps") else None
-    result = run_video_job(job, models, workers=args.workers, address=args.address, gpus_per_worker=gpus,
+    result = run_video_job(job, models, workers=args.workers, address=args.address,
+                           gpus_per_worker=_gpus_per_worker(args),
                            progress=not args.no_progress, keep_parts=args.keep_parts)
     if not result.reports:
         print(f"{result.path} is already complete ({result.info.describe()}); nothing to do.")
@@ -274,9 +274,14 @@ def _check_stems(paths: list[Path], what: str) -> None:
 
 def _run(args: argparse.Namespace, tasks: list[BatchTask], worker: type, validate, description: str) -> BatchReport:
     config = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "handler"})
-    gpus = 0 if args.device in ("cpu", "mps") else None  # "auto" and "cuda": a GPU each when the cluster has GPUs
     return run_batch(tasks, worker, config, validate=validate, workers=args.workers, address=args.address,
-                     gpus_per_worker=gpus, progress=not args.no_progress, description=description)
+                     gpus_per_worker=_gpus_per_worker(args), progress=not args.no_progress, description=description)
+
+
+def _gpus_per_worker(args: argparse.Namespace) -> int | None:
+    """0 keeps the workers off GPUs (--device cpu or mps); None: "auto" and "cuda" give each worker a
+    GPU when the cluster has GPUs."""
+    return 0 if args.device in ("cpu", "mps") else None
 
 
 def _finish(out: Path, report: BatchReport) -> int:

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import secrets
 import stat
 import struct
@@ -55,12 +56,16 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+TEMP_TOKEN_BYTES = 6  # a temporary file is .<name>.<12 hex digits>.tmp beside its target
+TEMP_NAME = re.compile(rf"\.(?P<name>.+)\.[0-9a-f]{{{2 * TEMP_TOKEN_BYTES}}}\.tmp")
+
+
 def _new_temp_file(folder: Path, name: str) -> Path:
     """A new empty ``.<name>.<random>.tmp`` in ``folder`` with the permissions the umask gives
     (``tempfile.mkstemp``'s are owner-only, which would hide saved files from a ComfyUI server or a
     teammate reading the folder)."""
     for _ in range(100):
-        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = folder / f".{name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
@@ -81,9 +86,8 @@ def remove_temp_files(paths: Iterable[str | os.PathLike]) -> int:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            name = entry.name
-            if name.startswith(".") and name.endswith(".tmp") and len(name) > 18 and name[1:-17] in wanted \
-                    and name[-17] == "." and entry.is_file():  # .<name>.<12 hex digits>.tmp
+            match = TEMP_NAME.fullmatch(entry.name)
+            if match and match["name"] in wanted and entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed += 1
     return removed
