@@ -251,10 +251,22 @@ def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
     eye_to_mouth = mouth_avg - eye_avg
     x = eye_to_eye - np.array([-eye_to_mouth[1], eye_to_mouth[0]])  # minus eye_to_mouth turned 90 degrees
     x = x / np.hypot(*x) * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.array([-x[1], x[0]])
     c = eye_avg + eye_to_mouth * 0.1
-    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-    return quad, float(np.hypot(*x) * 2)
+    return square_quad(c, x), float(np.hypot(*x) * 2)
+
+
+def square_quad(centre: np.ndarray, half_side: np.ndarray) -> np.ndarray:
+    """The square quad [4, 2] (top-left, bottom-left, bottom-right, top-right) with this centre and
+    half-side vector (pointing from the left edge's middle to the centre)."""
+    c, x = centre, half_side
+    y = np.array([-x[1], x[0]])
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+
+
+def quad_side(quad: np.ndarray) -> float:
+    """The side length of a square quad."""
+    quad = np.asarray(quad)
+    return float(np.hypot(*(quad[3] - quad[0])))
 
 
 # ----------------------------------------------------------------------------- the crop
@@ -272,7 +284,7 @@ def align_detected(photo: Photo, box: Sequence[int], points: np.ndarray, size: i
         quad, qsize = ffhq_quad(points)
     else:
         quad = np.asarray(quad, dtype=np.float64)
-        qsize = float(np.hypot(*(quad[3] - quad[0])))
+        qsize = quad_side(quad)
     if qsize < 4:
         raise FaceNotFoundError(f"the face found in {photo.describe()} is too small to align ({qsize:.1f} px).")
     crop, crop_to_work = ffhq_crop(photo.image, quad, qsize, size, transform_size)

@@ -33,6 +33,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .align import quad_side, square_quad
+
 THUMBNAIL = 32  # side of the greyscale thumbnail compared for cuts
 
 
@@ -90,13 +92,7 @@ def quad_params(quad: np.ndarray) -> np.ndarray:
 
 def params_quad(params: np.ndarray) -> np.ndarray:
     """The inverse of ``quad_params``: a square quad from centre and half-side vector."""
-    c, x = params[:2], params[2:]
-    y = np.array([-x[1], x[0]])
-    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-
-
-def quad_side(quad: np.ndarray) -> float:
-    return float(np.hypot(*(np.asarray(quad)[3] - np.asarray(quad)[0])))
+    return square_quad(params[:2], params[2:])
 
 
 def corner_movement(a: np.ndarray, b: np.ndarray) -> float:
