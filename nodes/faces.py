@@ -171,9 +171,15 @@ class EssenceAlignFace:
               no_face: str = "error", smoothing: str = "off",
               frame_rate: float = 30.0) -> tuple[torch.Tensor, T.EssenceAlignment]:
         chosen = align_batch(images, int(size), landmarks, face_index, no_face, smoothing, frame_rate)
-        aligned = pil_to_comfy([face.crop for _, face in chosen]).to(host.intermediate_device())
-        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
-        return aligned, alignment
+        return crops_and_alignment(chosen, images)
+
+
+def crops_and_alignment(chosen: list[tuple[int, AlignedFace]],
+                        images: torch.Tensor) -> tuple[torch.Tensor, T.EssenceAlignment]:
+    """The outputs every face node gives for its chosen faces (photo index, aligned face): their
+    crops as an IMAGE batch, and where each came from (for Paste Back)."""
+    aligned = pil_to_comfy([face.crop for _, face in chosen]).to(host.intermediate_device())
+    return aligned, T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
 
 
 class EssenceInvertFace:
@@ -219,9 +225,7 @@ class EssenceInvertFace:
             rows_per_photo[source["photo_index"]].append(row)
         chosen = choose_faces([rows_per_photo[i] for i in range(len(images))], face_index, images)
         faces = [(i, inversion.faces[row]) for i, row in chosen]
-        aligned = pil_to_comfy([face.crop for _, face in faces]).to(host.intermediate_device())
-        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in faces), int(images.shape[0]))
-        return inversion.latent_set().select([row for _, row in chosen]), aligned, alignment
+        return (inversion.latent_set().select([row for _, row in chosen]), *crops_and_alignment(faces, images))
 
     @staticmethod
     def _invert_frames(encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
@@ -231,9 +235,7 @@ class EssenceInvertFace:
         chosen = align_frames(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
         with host.models_on_compute_device(encoder):
             inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
-        aligned = pil_to_comfy(inversion.crops).to(host.intermediate_device())
-        alignment = T.EssenceAlignment(tuple(placement(i, face) for i, face in chosen), int(images.shape[0]))
-        return inversion.latent_set(), aligned, alignment
+        return (inversion.latent_set(), *crops_and_alignment(chosen, images))
 
 
 class EssencePasteBack:
