@@ -39,7 +39,7 @@ import torch
 from .clip_guide import ClipGuide, to_unit
 from .direction import Direction
 from .errors import EssenceError
-from .metrics import LABELS, strength_curve
+from .metrics import LABELS, mean_std, strength_curve
 from .stylegan2 import StyleGAN2Generator
 from .train import (TrainResult, TrainSettings, embed_faces, essence_losses, random_initial_direction,
                     target_embedding, train_candidates_fitting_memory)
@@ -199,7 +199,7 @@ class CandidateChoice:
         metrics = self.best.meta["selection"].get("metrics", {})
         if metrics.get("summary"):
             lines.append(f"Chosen candidate at strength {metrics['strength']:g} (x100, mean ± std): " + ", ".join(
-                f"{LABELS[name]} {value['mean']:.2f} ± {value['std']:.2f}"
+                f"{LABELS[name]} {mean_std(value['mean'], value['std'])}"
                 for name, value in metrics["summary"].items() if value))
         if self.best.auto_strength is not None:
             lines.append(f"Recommended strength {self.best.auto_strength:g} stored (apply with strength 'auto'): "

@@ -14,7 +14,7 @@ from .direction import load_direction
 from .errors import EssenceError
 from .files import atomic_write
 from .invert import invert
-from .metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, metrics_table,
+from .metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
                       official_summary, plot_curves, strength_curve)
 from .models import load_encoder, load_generator, load_guide
 
@@ -81,7 +81,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(metrics_table(curves, recommendations))
     paper = official_summary(curves, DEFAULT_STRENGTH["official"]) if args.protocol == "official" else None
     if paper:
-        cells = ", ".join(f"{name} {v['mean']:.2f} ± {v['std']:.2f}" for name, v in paper.items())
+        cells = ", ".join(f"{name} {mean_std(v['mean'], v['std'])}" for name, v in paper.items())
         print(f"paper-style, over the {len(curves)} directions at strength {DEFAULT_STRENGTH['official']:g} "
               f"(std over directions): {cells}")
     if args.json:

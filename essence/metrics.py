@@ -442,6 +442,11 @@ def _note(notes: list[str], text: str) -> None:
 # ----------------------------------------------------------------------------- presenting
 
 
+def mean_std(mean: float, std: float) -> str:
+    """How every report writes a metric over faces (x100): ``mean ± std``."""
+    return f"{mean:.2f} ± {std:.2f}"
+
+
 def metrics_table(curves: Sequence[StrengthCurve], recommendations: Sequence[StrengthRecommendation | None] = ()
                   ) -> str:
     """A plain-text table: one row per direction and strength, ``mean ± std`` per metric (x100)."""
@@ -450,7 +455,7 @@ def metrics_table(curves: Sequence[StrengthCurve], recommendations: Sequence[Str
     rows = [header]
     for curve in curves:
         for point in curve.points:
-            cells = [f"{point.mean(m):.2f} ± {point.std(m):.2f}" if point.values(m) else "-" for m in shown]
+            cells = [mean_std(point.mean(m), point.std(m)) if point.values(m) else "-" for m in shown]
             rows.append([curve.name, f"{point.strength:g}", *cells])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
