@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -159,35 +160,40 @@ def job_problem(device: torch.device, job: dict, upsample: str = "auto") -> dict
 
 
 def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto", files: dict | None = None) -> dict:
-    from essence.train import TrainSettings, train_direction
+    from essence.train import TrainSettings
 
     problem = job_problem(device, files or {}, upsample)
-    stamps: list[float] = []
-
-    def progress(_) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
-    peak = _peak_tracker(device)
-    start = time.perf_counter()
-    train_direction(**problem, settings=TrainSettings(steps=steps, progress_every=1, **TRAIN_MODES[mode]),
-                    progress=progress)
-    per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
+    init = problem.pop("init")
+    per_step, peak_mb = _timed_training(device, problem, [init], TrainSettings(steps=steps, **TRAIN_MODES[mode]))
     seconds = statistics.median(per_step)
     return {"mode": mode, "steps_timed": len(per_step), "seconds_per_step": seconds,
-            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak(), "size": problem["generator"].size}
+            "projected_1000_steps_s": seconds * 1000, "peak_mb": peak_mb, "size": problem["generator"].size}
 
 
 def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None,
                      files: dict | None = None) -> dict:
     """K candidates from K random starts trained in one batched optimisation, timed per step like
     ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
-    from essence.train import TrainSettings, train_candidates
+    from essence.candidates import candidate_starts
+    from essence.train import TrainSettings
 
     problem = job_problem(device, files or {})
-    init = problem.pop("init")
-    inits = [init] + [problem["generator"].sample_wplus(1, seed=3 + k, truncation=0.7) for k in range(candidates - 1)]
+    problem.pop("init")  # the problem's start (seed 2) is the first of the candidates' seeded starts
+    inits = [start for start, _ in candidate_starts(candidates, problem["generator"], seed=2)]
+    overrides = {**TRAIN_MODES[mode], **({"chunk_size": chunk} if chunk else {})}
+    per_step, peak_mb = _timed_training(device, problem, inits, TrainSettings(steps=steps, **overrides))
+    seconds = statistics.median(per_step)
+    return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
+            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak_mb,
+            "size": problem["generator"].size}
+
+
+def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tensor],
+                    settings) -> tuple[list[float], float]:
+    """Train ``inits`` together on ``problem`` (``train_candidates``' arguments but the starts);
+    the seconds of every step after the first (a warm-up) and the peak MB."""
+    from essence.train import train_candidates
+
     stamps: list[float] = []
 
     def progress(_) -> None:
@@ -195,16 +201,10 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
             torch.cuda.synchronize(device)
         stamps.append(time.perf_counter())
 
-    overrides = {**TRAIN_MODES[mode], **({"chunk_size": chunk} if chunk else {})}
     peak = _peak_tracker(device)
     start = time.perf_counter()
-    train_candidates(**problem, inits=inits, settings=TrainSettings(steps=steps, progress_every=1, **overrides),
-                     progress=progress)
-    per_step = [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:]  # the first step is a warm-up
-    seconds = statistics.median(per_step)
-    return {"mode": mode, "candidates": candidates, "chunk": chunk, "steps_timed": len(per_step),
-            "seconds_per_step": seconds, "seconds_per_direction_step": seconds / candidates, "peak_mb": peak(),
-            "size": problem["generator"].size}
+    train_candidates(**problem, inits=inits, settings=replace(settings, progress_every=1), progress=progress)
+    return [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:], peak()
 
 
 def bench_compile(device: torch.device, job: dict) -> dict:
