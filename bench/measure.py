@@ -224,8 +224,6 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
 
     A 2-step run first warms up (kernel selection, compilation), then ``steps`` steps are profiled.
     """
-    from dataclasses import replace
-
     from torch.profiler import ProfilerActivity, profile
 
     from essence.train import TrainSettings, train_direction
