@@ -33,6 +33,8 @@ from essence.smoothing import SMOOTHING_PRESETS
 from essence.track import Detections, Tracking, align_tracked, as_frame, build_track, detect_frames
 from essence.video import probe_video, read_frames, write_video
 
+from .jitter import noisy_still
+
 
 def scene(photo: Path, size: tuple[int, int], face_height: float = 0.45) -> np.ndarray:
     """The photo scaled to ``face_height`` of the frame's height, centred on a grey frame."""
@@ -56,9 +58,7 @@ def timed(run, count: int) -> float:
 
 def measure(photo: Path, size: tuple[int, int], frames: int) -> dict[str, float]:
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    base = scene(photo, size).astype(np.float32)
-    clip_frames = [np.clip(np.rint(base + rng.normal(0, 2, base.shape)), 0, 255).astype(np.uint8) for _ in range(frames)]
+    clip_frames = list(noisy_still(Image.fromarray(scene(photo, size)), frames, "gaussian"))
     landmarker = load_landmarker()
     face = torch.rand(1024, 1024, 3)
     with tempfile.TemporaryDirectory() as tmp:
