@@ -1,7 +1,7 @@
 """The ``batch`` section of ``python -m bench``: tasks per hour of ``essence batch train`` on Ray.
 
-Runs the real batch path (``essence.batch.run_batch`` with ``essence.cli_batch.TrainWorker``, whose
-task is ``essence train``'s own code) on a fresh local Ray per measurement, with 1, 2, ... workers
+Runs the real batch path (``essence.scale.run_batch`` with ``essence.scale.TrainWorker``, whose
+task is ``essence train``'s own call, ``train_essence``) on a fresh local Ray per measurement, with 1, 2, ... workers
 sharing this machine's CPUs (or one GPU each):
 
   tiny   the tiny fixture models (``../shared/fixtures``): each task aligns and inverts its target
@@ -17,7 +17,6 @@ over the whole batch, and in steady state (workers x 3600 / median task seconds)
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from essence.batch import BatchTask, connect, run_batch
-from essence.cli import build_parser
-from essence.cli_batch import TrainWorker
+from essence.scale import TrainModels, TrainWorker, connect, run_batch, train_tasks
+from essence.cli import build_parser, train_job
+from essence.training import EssenceJob
 
 FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 TARGETS = ("face_a.jpg", "face_b.jpg", "photos/aligned_0.jpg", "photos/aligned_3.jpg")
@@ -41,26 +40,25 @@ class FullSizeRandomTrainWorker(TrainWorker):
     """``TrainWorker`` with the full-size models built with random weights instead of loaded from
     files: the same task code, the same shapes, no weight file needed."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, config: tuple[EssenceJob, TrainModels]) -> None:
         from .measure import training_problem
 
-        problem = training_problem(torch.device("cpu") if args.device == "cpu" else torch.device(args.device))
-        self.args = args
+        self.job, self.models = config
+        problem = training_problem(torch.device(self.models.device))
         self.generator = problem["generator"]
         self.guide = problem["guide"]
 
 
-def batch_config(size: str, steps: int, device: str, out: Path) -> argparse.Namespace:
-    """The options ``essence batch train`` would parse for this measurement."""
-    argv = ["batch", "train", "unused", "--out", str(out), "--steps", str(steps), "--device", device]
+def batch_config(size: str, steps: int, device: str) -> tuple[EssenceJob, TrainModels]:
+    """The job and models ``essence batch train`` makes of its options for this measurement."""
+    argv = ["batch", "train", "unused", "--out", "unused", "--steps", str(steps), "--device", device]
     if size == "tiny":
         argv += ["--sample", "2", "--generator", str(FIXTURES / "stylegan2_tiny64.pt"),
                  "--guide", str(FIXTURES / "clip_tiny.pt"), "--encoder", str(FIXTURES / "e4e_tiny64.pt")]
     else:  # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
         argv += ["--sample", "4", "--init", "random"] + (["--chunk", "1"] if device == "cpu" else [])
-    config = build_parser().parse_args(argv)
-    del config.handler
-    return config
+    args = build_parser().parse_args(argv)
+    return train_job(args), TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
 
 
 def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "cpu") -> dict:
@@ -77,9 +75,9 @@ def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "
             targets.append(folder / f"target{i:03d}{source.suffix}")
             shutil.copy(source, targets[-1])
         out = folder / "out"
-        config = batch_config(size, steps, device, out)
+        config = batch_config(size, steps, device)
         worker = TrainWorker if size == "tiny" else FullSizeRandomTrainWorker
-        batch_tasks = [BatchTask(t.stem, out / f"{t.stem}.safetensors", str(t)) for t in targets]
+        batch_tasks = train_tasks(targets, out)
         start = time.perf_counter()
         connect()
         report = run_batch(batch_tasks, worker, config, workers=workers, progress=False,

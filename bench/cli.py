@@ -19,13 +19,13 @@ from typing import Sequence
 import torch
 
 from essence import load_generator, load_guide
-from essence.demo import scikit_image_picture
+from essence.cli import scikit_image_picture
 from essence.errors import EssenceError
-from essence.files import atomic_write
-from essence.images import load_image
+from essence.faces import load_image
 from essence.latents import load_latents
 from essence.runtime import resolve_device
-from essence.train import target_embedding
+from essence.storage import atomic_write
+from essence.training import target_embedding
 
 from . import records as rec
 from .batch_rate import SIZES, batch_rows
@@ -231,7 +231,7 @@ def _precision(args: argparse.Namespace, device: torch.device, steps: int, label
 def _breakdown(args: argparse.Namespace, device: torch.device, steps: int, label: str) -> tuple[list, list]:
     from dataclasses import replace
 
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings
 
     from .breakdown import markdown, profile_breakdown, totals
 

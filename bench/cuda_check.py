@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import essence  # noqa: E402
-from essence.train import TrainSettings, train_direction  # noqa: E402
+from essence.training.loop import TrainSettings, train  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,7 +66,7 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
     guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
     trace = load_file(fixtures / "targetclip_public_trace.safetensors")
     target = Image.open(fixtures / "face_a.jpg")
-    run = lambda **kw: train_direction(target, trace["sources"], generator, guide,  # noqa: E731
+    run = lambda **kw: train(target, trace["sources"], generator, guide,  # noqa: E731
                                        init=trace["init_direction"], settings=TrainSettings(steps=40, **kw))
     official = run(loop="official")
     reference = trace["loss_per_step"]
@@ -85,8 +85,8 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
     # K candidates trained together == K separate runs (12 steps, before the loop's chaos sets in)
     starts = [trace["init_direction"], trace["init_direction"] * 0.9 + 0.05]
-    batched = essence.train_candidates(target, trace["sources"], generator, guide, starts, TrainSettings(steps=12))
-    alone = [train_direction(target, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12))
+    batched = essence.train(target, trace["sources"], generator, guide, starts, TrainSettings(steps=12))
+    alone = [train(target, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12))
              for start in starts]
     results.append(("2 candidates together vs separately, max relative loss difference over 12 steps",
                      max(abs(a - b) / abs(b) for together, single in zip(batched, alone)

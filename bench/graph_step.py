@@ -41,11 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import essence.train as train  # noqa: E402
+import essence.training.loop as loop  # noqa: E402
 from bench.measure import _peak_tracker, training_problem  # noqa: E402
 from bench.records import device_label, record  # noqa: E402
-from essence.files import atomic_write  # noqa: E402
-from essence.modes import TRAIN_MODES  # noqa: E402
+from essence.storage import atomic_write  # noqa: E402
+from essence.training import TRAIN_MODES  # noqa: E402
 
 DEFAULT_MODES = ["fast", "fast+256px", "fast+bf16+256px"]
 REPLAY_TOLERANCE = 1e-5  # relative, per step: replay against the same step run eagerly
@@ -86,7 +86,7 @@ def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
             "inits": inits, "target_embedding_override": trace["target_embedding"]}
 
 
-def timed_run(problem: dict, settings: train.TrainSettings, capture: bool, window: int,
+def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window: int,
               device: torch.device) -> tuple[list[float], float | None, float]:
     """Losses of every step, seconds per step (None if too few windows) and peak GB of one training."""
     stamps: list[float] = []
@@ -100,13 +100,13 @@ def timed_run(problem: dict, settings: train.TrainSettings, capture: bool, windo
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peak = _peak_tracker(device)
-    warmup = train.GRAPH_WARMUP_STEPS
-    train.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
+    warmup = loop.GRAPH_WARMUP_STEPS
+    loop.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
     try:
-        results = train.train_candidates(**problem, settings=replace(settings, progress_every=window),
+        results = loop.train(**problem, fit_memory=False, settings=replace(settings, progress_every=window),
                                          progress=progress)
     finally:
-        train.GRAPH_WARMUP_STEPS = warmup
+        loop.GRAPH_WARMUP_STEPS = warmup
     windows = [(b - a) / window for a, b in zip(stamps[:-1], stamps[1:])]  # the first window is left out
     losses = [loss for result in results for loss in result.losses]
     return losses, (statistics.median(windows) if windows else None), peak() / 1024

@@ -27,10 +27,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from essence.align import load_landmarker
-from essence.smoothing import SMOOTHING_PRESETS, smoothing_preset
-from essence.smoothing import corner_movement
-from essence.track import Tracking, build_track, detect_frames
+from essence.faces import (SMOOTHING_PRESETS, Tracking, build_track, corner_movement, detect_frames, load_landmarker,
+                           smoothing_preset)
 
 NOISES = ("gaussian", "jpeg")
 

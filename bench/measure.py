@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from essence.modes import TRAIN_MODES as LIBRARY_MODES
+from essence.training import TRAIN_MODES as LIBRARY_MODES
 
 from .records import device_label
 
@@ -70,14 +70,14 @@ def _timed(step: Callable[[], None], device: torch.device, repeats: int) -> list
 
 
 def _autocast(device: torch.device, dtype: str):
-    from essence.train import autocast_for
+    from essence.training import autocast_for
 
     return autocast_for(device, {"float32": None, "bfloat16": "bf16", "float16": "fp16"}[dtype])
 
 
 def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool, repeats: int,
                     upsample: str = "auto") -> dict:
-    from essence.stylegan2 import GeneratorConfig, build_generator
+    from essence.networks import GeneratorConfig, build_generator
 
     torch.manual_seed(0)
     model = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
@@ -99,7 +99,7 @@ def bench_generator(device: torch.device, batch: int, dtype: str, backward: bool
 
 
 def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) -> dict:
-    from essence.e4e import EncoderConfig, build_encoder
+    from essence.networks import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig.ir_se50(), device=device).requires_grad_(False)
@@ -118,8 +118,7 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
 def training_problem(device: torch.device, upsample: str = "auto") -> dict:
     """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
     ``train_direction`` needs."""
-    from essence.clip_guide import ClipGuide, import_clip_model
-    from essence.stylegan2 import GeneratorConfig, build_generator
+    from essence.networks import ClipGuide, GeneratorConfig, build_generator, import_clip_model
 
     torch.manual_seed(0)
     generator = build_generator(GeneratorConfig.ffhq_config_f(), device=device).requires_grad_(False)
@@ -160,7 +159,7 @@ def job_problem(device: torch.device, job: dict, upsample: str = "auto") -> dict
 
 
 def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "auto", files: dict | None = None) -> dict:
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings
 
     problem = job_problem(device, files or {}, upsample)
     init = problem.pop("init")
@@ -174,8 +173,7 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
                      files: dict | None = None) -> dict:
     """K candidates from K random starts trained in one batched optimisation, timed per step like
     ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
-    from essence.candidates import candidate_starts
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings, candidate_starts
 
     problem = job_problem(device, files or {})
     problem.pop("init")  # the problem's start (seed 2) is the first of the candidates' seeded starts
@@ -192,7 +190,7 @@ def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tenso
                     settings) -> tuple[list[float], float]:
     """Train ``inits`` together on ``problem`` (``train_candidates``' arguments but the starts);
     the seconds of every step after the first (a warm-up) and the peak MB."""
-    from essence.train import train_candidates
+    from essence.training.loop import train
 
     stamps: list[float] = []
 
@@ -203,13 +201,13 @@ def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tenso
 
     peak = _peak_tracker(device)
     start = time.perf_counter()
-    train_candidates(**problem, inits=inits, settings=replace(settings, progress_every=1), progress=progress)
+    train(**problem, init=inits, fit_memory=False, settings=replace(settings, progress_every=1), progress=progress)
     return [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:], peak()
 
 
 def bench_compile(device: torch.device, job: dict) -> dict:
     """``bench.compiled.compile_step`` on the full-size random models, or on the files the job names."""
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings
 
     from .compiled import compile_step
 
@@ -226,14 +224,14 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from essence.train import TrainSettings, train_direction
+    from essence.training.loop import TrainSettings, train
 
     problem = training_problem(device)
     settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
-    train_direction(**problem, settings=replace(settings, steps=2))
+    train(**problem, settings=replace(settings, steps=2))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_direction(**problem, settings=settings)
+        train(**problem, settings=settings)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -372,8 +370,8 @@ def _low_size(generator) -> int:
 def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: torch.Tensor, steps: int,
                   seed: int = 0, modes: list[str] | None = None) -> list[dict]:
     """Train with every mode from the same random start; compare each direction with the exact one."""
-    from essence.candidates import objective_scorer
-    from essence.train import TrainSettings, random_initial_direction, train_direction
+    from essence.training import objective_scorer
+    from essence.training.loop import TrainSettings, random_initial_direction, train
 
     init = random_initial_direction(generator, seed)
     # the exact objective of a trained direction (full-size float32 rendering, every coefficient 1):
@@ -384,7 +382,7 @@ def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: tor
         if modes and name not in modes:
             continue
         start = time.perf_counter()
-        result = train_direction(None, sources, generator, guide, init=init, target_embedding_override=target_embedding,
+        result = train(None, sources, generator, guide, init=init, target_embedding_override=target_embedding,
                                  settings=TrainSettings(steps=steps, seed=seed, **overrides))
         seconds = time.perf_counter() - start
         d = result.direction.tensor

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
-from essence.files import atomic_write
+from essence.storage import atomic_write
 
 RECORD_FIELDS = ("device", "what", "mode", "exact", "batch", "steps", "seconds_per_step", "peak_gb", "torch", "date")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -26,11 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from essence.align import load_landmarker
-from essence.e4e import INPUT_SIZE
-from essence.paste import paste_back
-from essence.smoothing import SMOOTHING_PRESETS
-from essence.track import Detections, Tracking, align_tracked, as_frame, build_track, detect_frames
+from essence.faces import (SMOOTHING_PRESETS, Detections, Tracking, align_tracked, as_frame, build_track, detect_frames,
+                           load_landmarker, paste_back)
+from essence.networks import INPUT_SIZE
 from essence.video import probe_video, read_frames, write_video
 
 from .jitter import noisy_still

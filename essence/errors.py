@@ -12,6 +12,13 @@ from typing import Any
 import torch
 
 
+__all__ = [
+    "EssenceError", "WeightFileError", "MissingWeightsError", "UnsafeFileError", "CorruptFileError",
+    "WrongFileKindError", "IncompatibleWeightsError", "DownloadError", "ShapeError", "DirectionFileError",
+    "IncompatibleLatentSpaceError", "TrainingCancelled", "ImageInputError", "VideoInputError", "FaceNotFoundError",
+    "FaceIndexError", "LatentFileError", "DeviceMemoryError", "EssenceWarning", "require_finite",
+]
+
 class EssenceError(Exception):
     """Base class: an error whose message is meant for the user."""
 
@@ -70,6 +77,11 @@ class VideoInputError(EssenceError, ValueError):
 
 class FaceNotFoundError(EssenceError):
     """No face was found in a photo (callers may fall back, e.g. to a random initialisation)."""
+
+
+class FaceIndexError(FaceNotFoundError):
+    """A photo has faces, but fewer than the face index asks for: an error even where photos without
+    a face are skipped, since the photo is not empty and a different face would be a silent swap."""
 
 
 class LatentFileError(DirectionFileError):

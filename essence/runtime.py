@@ -19,6 +19,9 @@ from .errors import DeviceMemoryError, EssenceError
 
 T = TypeVar("T")
 
+__all__ = ["default_device", "resolve_device", "cached_model", "clear_model_cache", "cached_models", "is_out_of_memory",
+           "release_device_memory", "run_in_chunks_on_oom", "retry_smaller_on_oom"]
+
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..essence.direction import target_thumbnail
-from ..essence.apply import image_grid
-from ..essence.images import comfy_to_pil, grid_to_pil, model_to_comfy
+from ..essence.faces import comfy_to_pil, grid_to_pil, model_to_comfy
+from ..essence.latents import image_grid, target_thumbnail
 
 
 def to_comfy_image(images: torch.Tensor, device: torch.device) -> torch.Tensor:

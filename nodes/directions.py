@@ -7,91 +7,18 @@ Directions are files in ComfyUI's ``models/essence_directions`` folder: Essence'
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .. import essence
-from ..essence.apply import mix_directions
 from ..essence.errors import EssenceError
+from ..essence.latents import mix_directions
+from ..essence.storage import checked_stem
 from . import host
 from . import types as T
 from .inputs import choice, link, number, text
 
 CATEGORY = "essence/directions"
-COUNTER_DIGITS = 5
-MAX_NAME_BYTES = 200  # room for _00001.safetensors and the temporary-file affixes
-_FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f<>:"|?*]')
-
-
-def check_save_name(name: str) -> str:
-    """A file name for a new direction that cannot leave the directions folder.
-
-    Refused: empty names, ``..``, absolute paths, path separators (of any platform), drive letters,
-    control characters and hidden names. A trailing ``.safetensors`` is dropped (it is added back).
-    """
-    stem = name.strip()
-    if stem.lower().endswith(".safetensors"):
-        stem = stem[: -len(".safetensors")]
-    problem = None
-    if not stem:
-        problem = "it is empty"
-    elif ".." in stem:
-        problem = "it contains '..'"
-    elif os.path.isabs(stem) or stem.startswith(("/", "\\")):
-        problem = "it is an absolute path"
-    elif any(sep in stem for sep in ("/", "\\", os.sep, os.altsep or "/")):
-        problem = "it contains a path separator"
-    elif _FORBIDDEN_NAME_CHARS.search(stem):
-        problem = "it contains a character file systems refuse (< > : \" | ? * or a control character)"
-    elif stem.startswith("."):
-        problem = "it starts with '.' (a hidden file)"
-    elif len(stem.encode("utf-8")) > MAX_NAME_BYTES:
-        problem = f"it is longer than {MAX_NAME_BYTES} bytes (file systems allow 255 for a whole file name)"
-    if problem:
-        raise EssenceError(f"cannot save the essence as {name!r}: {problem}. Use a plain name such as "
-                           f"'keanu'; files always go into the '{host.DIRECTIONS_FOLDER}' model folder.")
-    return stem
-
-
-def next_free_path(folder: Path, stem: str) -> Path:
-    """``<stem>_00001.safetensors``, counting up past existing files (never overwrite a trained essence)."""
-    pattern = re.compile(rf"^{re.escape(stem)}_(\d{{{COUNTER_DIGITS},}})\.safetensors$")
-    taken = [int(m.group(1)) for f in (os.listdir(folder) if folder.is_dir() else []) if (m := pattern.match(f))]
-    return folder / f"{stem}_{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}.safetensors"
-
-
-def save_with_next_free_name(direction: essence.Direction, folder: Path, stem: str) -> Path:
-    """Save ``direction`` as the next free ``<stem>_NNNNN.safetensors`` without ever replacing a file,
-    even one that another prompt or another ComfyUI process saves at the same moment.
-
-    The file is written completely under a hidden temporary name (``.<stem>.*.tmp``, which no
-    dropdown lists), then given its final name with ``os.link``, which fails instead of replacing
-    when the name was taken in the meantime (then the next number is tried). Where hard links are
-    unsupported, the name is reserved with an exclusive create and the file renamed over it.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        direction.save(tmp)
-        while True:
-            path = next_free_path(folder, stem)
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                continue  # another save took this number first
-            except OSError:  # no hard links on this file system: reserve the name, then move in
-                try:
-                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    continue
-                os.replace(tmp, path)
-                return path
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def directions_dir() -> Path:
@@ -124,11 +51,10 @@ class EssenceSave:
         }}
 
     def save(self, direction: essence.Direction, filename_prefix: str) -> dict[str, Any]:
-        stem = check_save_name(filename_prefix)
-        folder = directions_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        stem = checked_stem(filename_prefix, ".safetensors", f"the '{host.DIRECTIONS_FOLDER}' model folder",
+                            "the essence")
         meta = {**direction.meta, "name": direction.meta.get("name") or stem}
-        path = save_with_next_free_name(essence.Direction(direction.tensor, meta, direction.thumbnail), folder, stem)
+        path = essence.Direction(direction.tensor, meta, direction.thumbnail).save_numbered(directions_dir(), stem)
         return {"ui": {"text": [path.name]}, "result": (path.name,)}
 
 

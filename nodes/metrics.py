@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from .. import essence
-from ..essence.images import pil_to_comfy
-from ..essence.metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTHS, PROTOCOLS, metrics_table, parse_strengths,
-                               strength_curve)
+from ..essence.faces import pil_to_comfy
+from ..essence.training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTHS, PROTOCOLS, metrics_table, parse_strengths,
+                                strength_curve)
 from . import host
 from . import types as T
 from .inputs import choice, link, number, text
@@ -64,7 +64,7 @@ class EssenceMetrics:
             },
         }
 
-    def measure(self, generator: essence.StyleGAN2Generator, guide: essence.ClipGuide, direction: essence.Direction,
+    def measure(self, generator: essence.networks.StyleGAN2Generator, guide: essence.networks.ClipGuide, direction: essence.Direction,
                 target: torch.Tensor, latents: essence.LatentSet, strengths: str, protocol: str, min_identity: float,
                 identity: Any = None, landmarks: Any = None) -> tuple[Any, str, str, torch.Tensor]:
         values = parse_strengths(strengths)

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .. import essence
-from ..essence.apply import image_grid, strength_sweep
-from ..essence.render import render
+from ..essence.latents import image_grid, strength_sweep
+from ..essence.networks import render
 from . import host
 from . import types as T
 from .convert import grid_to_comfy_image, to_comfy_image
@@ -19,7 +19,7 @@ CATEGORY = "essence/render"
 RESOLUTIONS = ("full", "512", "256", "128", "64", "32")
 
 
-def stop_at(generator: essence.StyleGAN2Generator, resolution: str) -> int | None:
+def stop_at(generator: essence.networks.StyleGAN2Generator, resolution: str) -> int | None:
     """The generator's ``stop_at`` for a dropdown value; None (all layers) for 'full' or at/above its size."""
     if resolution == "full" or int(resolution) >= generator.size:
         return None
@@ -50,7 +50,7 @@ class EssenceRender:
             },
         }
 
-    def render(self, generator: essence.StyleGAN2Generator, latents: essence.LatentSet,
+    def render(self, generator: essence.networks.StyleGAN2Generator, latents: essence.LatentSet,
                resolution: str = "full") -> tuple[torch.Tensor]:
         with host.models_on_compute_device(generator):
             wplus = generator.to_wplus(latents.latents)
@@ -81,7 +81,7 @@ class EssenceStrengthSweep:
             "layers": layers_input(),
         }}
 
-    def sweep(self, generator: essence.StyleGAN2Generator, latents: essence.LatentSet, direction: essence.Direction,
+    def sweep(self, generator: essence.networks.StyleGAN2Generator, latents: essence.LatentSet, direction: essence.Direction,
               strength_start: float, strength_end: float, steps: int, layers: str) -> tuple[torch.Tensor]:
         strengths = torch.linspace(strength_start, strength_end, steps).tolist()
         with host.models_on_compute_device(generator):

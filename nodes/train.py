@@ -1,6 +1,6 @@
 """The training node: TargetCLIP optimisation of one essence direction, with progress and cancel.
 
-ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train_direction`` switches
+ComfyUI runs every node inside ``torch.inference_mode()``; ``essence.train`` switches
 autograd back on for its loop, and the models it back-propagates through were built outside
 inference mode by ``essence.load_*`` (and are moved between devices outside it, see ``host.py``).
 
@@ -10,7 +10,7 @@ a random latent when the target has no face; 'auto' does the same when an encode
 
 Cancelling: ComfyUI's Cancel sets a flag that ``throw_exception_if_processing_interrupted`` turns
 into an exception. It is checked every step and on every progress update; the exception leaves
-``train_direction`` before any result exists, so nothing reaches Save Essence and no file is written.
+``train_essence`` before any result exists, so nothing reaches Save Essence and no file is written.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from typing import Any, Callable
 import torch
 
 from .. import essence
-from ..essence.candidates import train_best_candidate, training_starts
 from ..essence.errors import DeviceMemoryError
-from ..essence.modes import DEFAULT_MODE, TRAIN_MODES, modes_help, train_mode
-from ..essence.render import render
-from ..essence.train import (INIT_CHOICES, TrainProgress, TrainSettings, train_direction_fitting_memory,
-                             training_memory)
-from ..essence.train import initial_direction as library_initial_direction
+from ..essence.networks import render
+from ..essence.training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainedEssence, TrainProgress,
+                                TrainSettings, initial_direction, modes_help, train_essence, train_mode,
+                                training_memory)
 from . import host
 from . import types as T
-from .convert import comfy_image_thumbnail, to_comfy_image, to_pil
+from .convert import to_comfy_image, to_pil
 from .inputs import choice, integer, link, number, seed
 
 log = logging.getLogger(__name__)
@@ -101,84 +99,57 @@ class EssenceTrain:
             },
         }
 
-    def train(self, target: torch.Tensor, sources: essence.LatentSet, generator: essence.StyleGAN2Generator,
-              guide: essence.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
+    def train(self, target: torch.Tensor, sources: essence.LatentSet, generator: essence.networks.StyleGAN2Generator,
+              guide: essence.networks.ClipGuide, steps: int, lambda_transfer: float, lambda_consistency: float,
               seed: int, mode: str, init: str, chunk_size: int, clip_preprocessing: str = "official",
-              preview_every: int = 50, encoder: essence.E4EEncoder | None = None,
-              landmarks: essence.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
+              preview_every: int = 50, encoder: essence.networks.E4EEncoder | None = None,
+              landmarks: essence.faces.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
               weight_decay: float = DEFAULTS.weight_decay, candidates: int = 1,
-              identity: essence.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor, str]:
+              identity: essence.networks.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor, str]:
         settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
-        start, note = initial_direction(init, target, generator, encoder, landmarks)
+        job = EssenceJob(settings, mode=mode, init=init, candidates=candidates)
+        start = _start(job, target, generator, encoder, landmarks)
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
-            result, report = self._optimise(target, sources, generator, guide, settings, start, note, preview_every,
-                                            candidates, identity)
-            preview = render(generator, sources.latents + result.direction.tensor, between_batches=host.check_interrupt)
-        return (self._direction(result, target, mode, init), to_comfy_image(preview, host.intermediate_device()),
-                "\n".join([f"Trained {settings.steps} steps ({mode} mode): {result.summary()}.", *report]))
-
-    def _optimise(self, target, sources, generator, guide, settings: TrainSettings, start: torch.Tensor | str,
-                  note: str, preview_every: int, candidates: int = 1,
-                  identity: essence.IdentityEncoder | None = None) -> tuple[essence.TrainResult, list[str]]:
-        """``train_direction`` with ComfyUI's progress bar, previews and cancel; retried with smaller
-        chunks when the device runs out of memory (same result, less memory). Several candidates:
-        trained together and the best kept (its result, carrying the direction with its selection),
-        with the candidates' report."""
-        hooks = dict(make_progress=lambda: _progress_reporter(generator, sources.latents[:PREVIEW_FACES],
-                                                              settings.steps, preview_every),
-                     release=host.release_memory, should_stop=_interrupted)
-        if candidates == 1:
-            return train_direction_fitting_memory(target, sources.latents, generator, guide, init=start,
-                                                  settings=settings, metadata={"init": note}, **hooks), []
-        starts = training_starts(candidates, generator, start, settings)
-        choice = train_best_candidate(target, sources.latents, generator, guide, starts, settings,
-                                      identity=identity, **hooks)
-        return choice.best_result, choice.report()
-
-    @staticmethod
-    def _direction(result: essence.TrainResult, target: torch.Tensor, mode: str, init: str) -> essence.Direction:
-        """The trained direction with its loss curve and the target's thumbnail in the metadata
-        (``init`` says how it actually started, ``init_option`` what was asked for)."""
-        meta = {**result.direction.meta, "mode": mode, "init_option": init, "targets": int(target.shape[0]),
-                "loss_curve": {"total": _rounded(result.losses), "transfer": _rounded(result.transfer),
-                               "consistency": _rounded(result.consistency)}}
-        return essence.Direction(result.direction.tensor, meta, comfy_image_thumbnail(target))
+            trained = train_essence(target, generator, guide, job, sources=sources, start=start, identity=identity,
+                                    progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES],
+                                                                settings.steps, preview_every),
+                                    should_stop=_interrupted, release=host.release_memory)
+            preview = render(generator, sources.latents + trained.direction.tensor,
+                             between_batches=host.check_interrupt)
+        return (trained.direction, to_comfy_image(preview, host.intermediate_device()), "\n".join(trained.report()))
 
 
-def initial_direction(init: str, target: torch.Tensor, generator: essence.StyleGAN2Generator,
-                      encoder: essence.E4EEncoder | None,
-                      landmarks: essence.FaceLandmarker | None) -> tuple[torch.Tensor | str, str]:
-    """``essence.train.initial_direction`` for the first target picture, with the encoder on the
-    compute device and a message that names the node input to connect."""
-    if init == "inversion" and encoder is None:
+def _start(job: EssenceJob, target: torch.Tensor, generator: essence.networks.StyleGAN2Generator,
+           encoder: essence.networks.E4EEncoder | None,
+           landmarks: essence.faces.FaceLandmarker | None) -> tuple[torch.Tensor | str, str]:
+    """``initial_direction`` with the encoder on the compute device only for the inversion (it need not
+    stay there while training), and a message that names the node input to connect."""
+    if job.init == "inversion" and encoder is None:
         raise essence.EssenceError(
             "init 'inversion' starts from the e4e inversion of the target, but Train Essence's encoder "
             "input is not connected. Connect Load Essence Encoder (e4e_ffhq_encode.pt) to it, or choose "
             "init 'auto' or 'random'.")
     if encoder is None:
-        return library_initial_direction(init, target[0], generator)
+        return initial_direction(job.init, target, generator)
     with host.models_on_compute_device(encoder):
-        return library_initial_direction(init, target[0], generator, encoder, landmarks)
-
-
-def _rounded(values: list[float]) -> list[float]:
-    return [round(float(v), 6) for v in values]
+        return initial_direction(job.init, target, generator, encoder, landmarks)
 
 
 def _interrupted() -> bool:
-    """Polled by ``train_direction`` every step: raises ComfyUI's interrupt exception on Cancel."""
+    """Polled by ``train`` every step: raises ComfyUI's interrupt exception on Cancel."""
     host.check_interrupt()
     return False
 
 
-def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tensor, steps: int,
+def _progress_reporter(generator: essence.networks.StyleGAN2Generator, faces: torch.Tensor, steps: int,
                        preview_every: int) -> Callable[[TrainProgress], None]:
-    """A ``train_direction`` progress callback driving ComfyUI's bar, with a preview of the edited
-    faces (rendered from the current direction) every ``preview_every`` steps."""
+    """A ``train`` progress callback driving ComfyUI's bar, with a preview of the edited faces
+    (rendered from the current direction) every ``preview_every`` steps. Training that starts again
+    with smaller passes (out of device memory) counts its steps from 1 again, and so do the previews."""
     bar = host.Progress(steps)
     next_preview = [preview_every]
     stop = PREVIEW_RESOLUTION if generator.size > PREVIEW_RESOLUTION else None
@@ -186,6 +157,8 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
     def report(progress: TrainProgress) -> None:
         host.check_interrupt()
         image = None
+        if progress.step < next_preview[0] - preview_every:  # started again after running out of memory
+            next_preview[0] = preview_every
         if preview_every and (progress.step >= next_preview[0] or progress.step == progress.total):
             next_preview[0] = progress.step + preview_every
             image = _preview(generator, faces + progress.direction.to(faces.dtype).cpu(), stop)
@@ -194,7 +167,7 @@ def _progress_reporter(generator: essence.StyleGAN2Generator, faces: torch.Tenso
     return report
 
 
-def _preview(generator: essence.StyleGAN2Generator, edited: torch.Tensor, stop: int | None) -> Any:
+def _preview(generator: essence.networks.StyleGAN2Generator, edited: torch.Tensor, stop: int | None) -> Any:
     """The edited faces side by side, or None when the device has no room for even one of them.
 
     A preview is only a picture: running out of memory for it must not count as training running

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..essence.align import CropTransform
+from ..essence.faces import CropTransform
 
-GENERATOR = "ESSENCE_GENERATOR"   # essence.StyleGAN2Generator
-ENCODER = "ESSENCE_ENCODER"       # essence.E4EEncoder
-GUIDE = "ESSENCE_GUIDE"           # essence.ClipGuide
+GENERATOR = "ESSENCE_GENERATOR"   # essence.networks.StyleGAN2Generator
+ENCODER = "ESSENCE_ENCODER"       # essence.networks.E4EEncoder
+GUIDE = "ESSENCE_GUIDE"           # essence.networks.ClipGuide
 LATENT = "ESSENCE_LATENT"         # essence.LatentSet
 DIRECTION = "ESSENCE_DIRECTION"   # essence.Direction
-LANDMARKS = "ESSENCE_LANDMARKS"   # essence.FaceLandmarker (dlib detector + 68-point predictor)
-IDENTITY = "ESSENCE_IDENTITY"     # essence.IdentityEncoder (ArcFace IR-SE-50)
+LANDMARKS = "ESSENCE_LANDMARKS"   # essence.faces.FaceLandmarker (dlib detector + 68-point predictor)
+IDENTITY = "ESSENCE_IDENTITY"     # essence.networks.IdentityEncoder (ArcFace IR-SE-50)
 ALIGNMENT = "ESSENCE_ALIGNMENT"   # EssenceAlignment (below)
 
 CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, IDENTITY, ALIGNMENT)

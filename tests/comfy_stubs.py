@@ -43,7 +43,7 @@ LANDMARKS_NAME = "shape_predictor_68_face_landmarks.dat"
 def installed_landmarks() -> Path | None:
     """dlib's real 68-point model (there is no tiny one), where an installed package put it
     (PyPI's face-recognition-models, Debian's libdlib-data), or None."""
-    from essence.weights import installed_package_dirs
+    from essence.storage.weights import installed_package_dirs
 
     for _label, folder in installed_package_dirs("landmarks"):
         if (folder / LANDMARKS_NAME).is_file():
@@ -430,10 +430,10 @@ def check_outputs(pack: types.ModuleType, cls: type, outputs: Any) -> None:
     """Each output has the Python type its declared socket type promises; IMAGEs are ComfyUI images."""
     lib = pack.essence  # the pack's own copy of the library (ComfyUI imports it under the pack)
     assert isinstance(outputs, (tuple, list)) and len(outputs) == len(cls.RETURN_TYPES), cls.__name__
-    expected = {"ESSENCE_GENERATOR": lib.StyleGAN2Generator, "ESSENCE_ENCODER": lib.E4EEncoder,
-                "ESSENCE_GUIDE": lib.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
+    expected = {"ESSENCE_GENERATOR": lib.networks.StyleGAN2Generator, "ESSENCE_ENCODER": lib.networks.E4EEncoder,
+                "ESSENCE_GUIDE": lib.networks.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
                 "ESSENCE_LATENT": lib.LatentSet, "STRING": str,
-                "ESSENCE_LANDMARKS": lib.FaceLandmarker, "ESSENCE_IDENTITY": lib.IdentityEncoder,
+                "ESSENCE_LANDMARKS": lib.faces.FaceLandmarker, "ESSENCE_IDENTITY": lib.networks.IdentityEncoder,
                 "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
     for kind, value in zip(cls.RETURN_TYPES, outputs):
         if kind == "IMAGE":
@@ -475,7 +475,7 @@ def fake_comfyui(models_dir: Path, extra_paths: dict[str, str] | None = None) ->
         try:
             yield ComfyEnv(pack, models_dir, fp, mm, log)
         finally:
-            pack.essence.weights.set_folder_provider(None)
+            pack.essence.storage.weights.set_folder_provider(None)
             pack.essence.clear_model_cache()
             drop_pack()
     finally:

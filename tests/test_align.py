@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from essence import align, images, weights
+from essence.faces import align
+from essence.faces import images
+from essence.storage import weights
 from essence.errors import FaceNotFoundError, MissingWeightsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ def test_a_20000_pixel_photo_aligns_in_bounded_memory(fixtures: Path, landmarker
     measure = f"""
         import json, resource, torch
         torch.set_num_threads(1)
-        from essence import align
+        from essence.faces import align
         landmarker = align.load_landmarker()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         face = align.align_face({str(huge)!r}, 256, landmarks=landmarker)

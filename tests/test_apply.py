@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import essence
-from essence.apply import apply_direction, image_grid, layer_strengths, mix_directions, strength_sweep
-from essence.direction import Direction
+from essence.latents import Direction
+from essence.latents.apply import apply_direction, image_grid, layer_strengths, mix_directions, strength_sweep
 
 
 def _dir(seed: int, rows: int = 18, width: int = 8, **meta) -> Direction:
@@ -48,7 +48,7 @@ def test_a_full_vector_of_strengths_scales_each_row():
     strengths = torch.linspace(0, 1.7, 18)
     edited = apply_direction(w, d, strengths)
     assert torch.allclose(edited, strengths[None, :, None] * d.tensor, atol=ATOL)
-    with pytest.raises(essence.ShapeError, match="one value per W\\+ row \\(18\\), got 5"):
+    with pytest.raises(essence.errors.ShapeError, match="one value per W\\+ row \\(18\\), got 5"):
         layer_strengths(18, [1.0] * 5)
 
 
@@ -66,7 +66,7 @@ def test_mix_is_the_weighted_sum_and_records_its_parts():
 
 
 def test_mixing_different_latent_spaces_is_refused():
-    with pytest.raises(essence.IncompatibleLatentSpaceError, match="d5.*d6.*different latent spaces"):
+    with pytest.raises(essence.errors.IncompatibleLatentSpaceError, match="d5.*d6.*different latent spaces"):
         mix_directions([_dir(5), _dir(6, rows=10)])
 
 
@@ -94,8 +94,8 @@ def test_a_photo_comes_back_whole_with_only_its_face_edited(fixtures, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from essence.images import model_to_pil
-    from essence.render import render
+    from essence.faces import model_to_pil
+    from essence.networks import render
 
     photo = tmp_path / "keanu.png"
     Image.open(fixtures / "photos" / "keanu.jpg").reduce(2).save(photo)  # smaller: quicker to find the face
@@ -106,10 +106,10 @@ def test_a_photo_comes_back_whole_with_only_its_face_edited(fixtures, tmp_path):
     # the same steps by hand: align + invert, add the direction, render, paste back
     inversion = essence.invert([photo], encoder)
     face = model_to_pil(render(generator, inversion.latents + d.tensor))[0]
-    by_hand = np.asarray(essence.paste_back(essence.load_image(photo), face, inversion.faces[0].transform),
+    by_hand = np.asarray(essence.faces.paste_back(essence.faces.load_image(photo), face, inversion.faces[0].transform),
                          dtype=np.int16)
     original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
     assert edited.shape == original.shape
     assert np.abs(edited - by_hand).max() <= 1
-    outside = essence.paste_mask(inversion.faces[0].transform).numpy() == 0
+    outside = essence.faces.paste_mask(inversion.faces[0].transform).numpy() == 0
     assert (edited[outside] == original[outside]).all() and np.abs(edited - original).max() > 50

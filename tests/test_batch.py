@@ -20,10 +20,12 @@ import torch
 from PIL import Image
 
 import essence
-from essence import batch, cli
-from essence.batch import BatchRunner, BatchTask, plan_workers
-from essence.cli_batch import TrainWorker
+from essence import cli
+from essence.scale import batch
+from essence.scale import TrainModels, TrainWorker
+from essence.training import EssenceJob, TrainSettings
 from essence.errors import EssenceError
+from essence.scale import BatchRunner, BatchTask, plan_workers
 
 ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
 REPO = Path(__file__).resolve().parents[1]
@@ -172,11 +174,8 @@ def test_batch_apply_edits_every_photo_with_every_direction(trained, fixtures, t
 
 
 def test_a_worker_killed_mid_task_loses_nothing(local_ray, fixtures, tmp_path):
-    config = argparse.Namespace(
-        **vars(cli.build_parser().parse_args(["batch", "train", str(fixtures / "face_a.jpg"), "--out", str(tmp_path),
-                                              "--steps", "20", "--sample", "2", "--init", "random",
-                                              *_models(fixtures)])))
-    del config.handler
+    config = (EssenceJob(TrainSettings(steps=20), init="random", sample=2),
+              TrainModels(str(fixtures / "stylegan2_tiny64.pt"), str(fixtures / "clip_tiny.pt"), device="cpu"))
     task = BatchTask("face_a", tmp_path / "face_a.safetensors", str(fixtures / "face_a.jpg"))
     outcome: dict = {}
     with BatchRunner(TrainWorker, config, workers=1, gpus_per_worker=0, retries=1) as runner:
@@ -227,7 +226,7 @@ def test_without_ray_batch_says_how_to_install_it_and_the_rest_imports(monkeypat
     code = cli.main(["batch", "train", str(fixtures / "face_a.jpg"), "--out", str(tmp_path), *_models(fixtures)])
     assert code == 2
     assert 'pip install "ray>=' in capsys.readouterr().err
-    probe = "import sys, essence, essence.cli, essence.batch, essence.cli_batch; print('ray' in sys.modules)"
+    probe = "import sys, essence, essence.cli, essence.scale, essence.cli.batch; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -236,9 +235,11 @@ def test_the_benchmark_times_the_commands_own_options(tmp_path):
     from bench.batch_rate import batch_config
     from bench.cli import build_parser as bench_parser
 
-    full = batch_config("full", 3, "cpu", tmp_path)
-    assert (full.steps, full.sample, full.init, full.chunk, full.mode) == (3, 4, "random", 1, "fast")
-    tiny = batch_config("tiny", 3, "cpu", tmp_path)
-    assert tiny.generator.endswith("stylegan2_tiny64.pt") and tiny.init == "auto"
+    full, models = batch_config("full", 3, "cpu")
+    assert (full.settings.steps, full.sample, full.init, full.settings.chunk_size, full.mode) == (3, 4, "random", 1,
+                                                                                                 "fast")
+    assert models.device == "cpu" and models.generator is None  # the full-size models are built, not loaded
+    tiny, models = batch_config("tiny", 3, "cpu")
+    assert models.generator.endswith("stylegan2_tiny64.pt") and tiny.init == "auto"
     args = bench_parser().parse_args(["--only", "batch", "--batch-workers", "1", "2", "--batch-sizes", "tiny"])
     assert (args.only, args.batch_workers, args.batch_sizes) == (["batch"], [1, 2], ["tiny"])

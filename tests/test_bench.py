@@ -15,7 +15,7 @@ def test_plan_covers_every_section_and_training_mode():
     kinds = {job["kind"] for job in jobs}
     assert kinds == {"generator", "encoder", "train"}
     assert [j["mode"] for j in jobs if j["kind"] == "train"] == list(TRAIN_MODES)
-    assert set(essence.TRAIN_MODES) <= set(TRAIN_MODES)  # every training mode users can choose is timed
+    assert set(essence.training.TRAIN_MODES) <= set(TRAIN_MODES)  # every training mode users can choose is timed
     assert [j["mode"] for j in plan(torch.device("cuda"), ["train"], train_steps=30)] == list(TRAIN_MODES)
     assert {(j["batch"], j["backward"]) for j in jobs if j["kind"] == "generator"} == {
         (1, False), (1, True), (4, False), (4, True)}
@@ -60,10 +60,11 @@ def test_training_rows_project_a_1000_step_run():
 
 def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsys):
     """A short run with the tiny models: the exact modes agree, and the table has every mode asked for."""
+    from PIL import Image
+
     import essence
     from bench.measure import bench_quality, format_quality_row
-    from essence.train import target_embedding
-    from PIL import Image
+    from essence.training import target_embedding
 
     generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
     guide = essence.load_guide(fixtures / "clip_tiny.pt")
@@ -171,7 +172,7 @@ def test_convolution_roofline_from_recorded_shapes():
 def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(fixtures):
     from bench.breakdown import CATEGORIES, markdown, profile_breakdown, totals
     from bench.measure import files_problem
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings
 
     problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
     result = profile_breakdown(problem, TrainSettings(), steps=1, device=torch.device("cpu"))
@@ -189,9 +190,10 @@ def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(fixt
 
 
 def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(fixtures):
-    from bench.measure import bench_precision, format_precision
-    from essence.train import target_embedding
     from PIL import Image
+
+    from bench.measure import bench_precision, format_precision
+    from essence.training import target_embedding
 
     generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
     guide = essence.load_guide(fixtures / "clip_tiny.pt")
@@ -209,7 +211,7 @@ def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eage
     """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU script."""
     from bench.compiled import compile_step, format_compile_row
     from bench.measure import files_problem
-    from essence.train import TrainSettings
+    from essence.training import TrainSettings
 
     problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
     row = compile_step(problem, TrainSettings(steps=3), torch.device("cpu"), backend="eager")

@@ -7,13 +7,12 @@ import torch
 from PIL import Image
 
 import essence
-from essence.candidates import (BELOW_THRESHOLD, HELDOUT_SEED, SELECTION_STRENGTHS, candidate_starts,
-                                choose_candidate, heldout_faces, metric_method, metric_scorer, objective_scorer,
-                                train_best_candidate)
-from essence.identity import IdentityConfig, build_identity
-from essence.metrics import strength_curve
-from essence.train import (TrainSettings, random_initial_direction, train_candidates, train_direction,
-                           training_memory)
+from essence.networks import IdentityConfig, build_identity
+from essence.training import strength_curve
+from essence.training.candidates import (BELOW_THRESHOLD, HELDOUT_SEED, SELECTION_STRENGTHS, candidate_starts,
+                                         choose_candidate, heldout_faces, metric_method, metric_scorer,
+                                         objective_scorer, train_best_candidate)
+from essence.training.loop import TrainSettings, random_initial_direction, train, training_memory
 
 STEPS = 12
 
@@ -24,7 +23,7 @@ def starts(models, trace):
     return [start for start, _ in candidate_starts(3, generator, trace["init_direction"], seed=1)]
 
 
-def assert_same_trajectory(batched: essence.TrainResult, alone: essence.TrainResult) -> None:
+def assert_same_trajectory(batched: essence.training.TrainResult, alone: essence.training.TrainResult) -> None:
     """Per step, the loss terms agree to 1e-4 relative; so do the kept direction and the coefficients."""
     for name in ("losses", "transfer", "consistency"):
         b, a = torch.tensor(getattr(batched, name)), torch.tensor(getattr(alone, name))
@@ -41,10 +40,10 @@ def assert_same_trajectory(batched: essence.TrainResult, alone: essence.TrainRes
 def test_candidates_trained_together_follow_their_single_runs(models, trace, target, starts, options):
     generator, guide = models
     settings = TrainSettings(steps=STEPS, **options)
-    batched = train_candidates(target, trace["sources"], generator, guide, starts, settings)
+    batched = train(target, trace["sources"], generator, guide, starts, settings)
     assert len(batched) == len(starts)
     for k, start in enumerate(starts):
-        alone = train_direction(target, trace["sources"], generator, guide, init=start, settings=settings)
+        alone = train(target, trace["sources"], generator, guide, init=start, settings=settings)
         assert_same_trajectory(batched[k], alone)
         assert batched[k].direction.meta["candidate"] == k and batched[k].direction.meta["candidates"] == 3
     # the candidates really differ: each followed its own start
@@ -54,8 +53,8 @@ def test_candidates_trained_together_follow_their_single_runs(models, trace, tar
 def test_one_candidate_is_train_direction_with_unchanged_metadata(models, trace, target):
     generator, guide = models
     settings = TrainSettings(steps=3)
-    [batched] = train_candidates(target, trace["sources"], generator, guide, ["random"], settings)
-    alone = train_direction(target, trace["sources"], generator, guide, init="random", settings=settings)
+    [batched] = train(target, trace["sources"], generator, guide, ["random"], settings)
+    alone = train(target, trace["sources"], generator, guide, init="random", settings=settings)
     assert batched.losses == alone.losses
     assert torch.equal(batched.direction.tensor, alone.direction.tensor)
     assert "candidate" not in batched.direction.meta and batched.direction.meta["init"] == "random"
@@ -64,7 +63,7 @@ def test_one_candidate_is_train_direction_with_unchanged_metadata(models, trace,
 def test_progress_reports_the_leading_candidate(models, trace, target, starts):
     generator, guide = models
     seen = []
-    results = train_candidates(target, trace["sources"], generator, guide, starts,
+    results = train(target, trace["sources"], generator, guide, starts,
                                TrainSettings(steps=4, progress_every=2), progress=seen.append)
     assert [p.step for p in seen] == [2, 4]
     lead = min(range(len(results)), key=lambda k: results[k].best_loss)
@@ -74,10 +73,10 @@ def test_progress_reports_the_leading_candidate(models, trace, target, starts):
 
 
 def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace, target, starts, monkeypatch):
-    from essence.stylegan2 import StyleGAN2Generator
+    from essence.networks import StyleGAN2Generator
 
     generator, guide = models
-    expected = train_candidates(target, trace["sources"], generator, guide, starts,
+    expected = train(target, trace["sources"], generator, guide, starts,
                                 TrainSettings(steps=3, chunk_size=3))
     synthesize = StyleGAN2Generator.synthesize
 
@@ -88,15 +87,15 @@ def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace
 
     monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
     retries = []
-    results = essence.train_candidates_fitting_memory(
+    results = essence.train(
         target, trace["sources"], generator, guide, starts, TrainSettings(steps=3), on_retry=retries.append,
         release=lambda: None)
     assert retries == [6, 3]  # 12 faces per pass, then 6 (whole candidates: 4), then 3
     for got, want in zip(results, expected):
         assert got.losses == want.losses
         assert torch.equal(got.direction.tensor, want.direction.tensor)
-    with pytest.raises(essence.DeviceMemoryError, match=r"3 candidates x 4 source faces, 12 rendered per pass"):
-        train_candidates(target, trace["sources"], generator, guide, starts, TrainSettings(steps=1))
+    with pytest.raises(essence.errors.DeviceMemoryError, match=r"3 candidates x 4 source faces, 12 rendered per pass"):
+        train(target, trace["sources"], generator, guide, starts, TrainSettings(steps=1), fit_memory=False)
 
 
 def test_training_memory_counts_every_candidates_faces(models):
@@ -132,7 +131,7 @@ def test_the_proxy_score_is_minus_the_training_objective_on_held_out_faces(model
     direction = essence.Direction(trace["init_direction"])
     score = objective_scorer(generator, guide, target, faces)(direction)
     # the pre-step loss of a run on those faces is the objective with every coefficient 1
-    first = train_direction(target, faces, generator, guide, init=direction.tensor, settings=TrainSettings(steps=1))
+    first = train(target, faces, generator, guide, init=direction.tensor, settings=TrainSettings(steps=1))
     assert score == pytest.approx(-first.losses[0], rel=1e-5)
 
 
@@ -189,7 +188,7 @@ def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_i
 
 def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation(models, trace, target, identity):
     generator, guide = models
-    results = train_candidates(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
+    results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
                                TrainSettings(steps=1))
     faces = heldout_faces(generator)
     scorer = metric_scorer(generator, guide, target, faces, identity, strengths=(0.5, 1.0), min_identity=101.0)
@@ -204,7 +203,7 @@ def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation
 
 def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, trace, target):
     generator, guide = models
-    results = train_candidates(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
+    results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
                                TrainSettings(steps=1))
     by_norm = choose_candidate(results, lambda d: -d.tensor.norm().item(), "smallest direction")
     assert by_norm.best.meta["selection"]["method"] == "smallest direction"

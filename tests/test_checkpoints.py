@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import essence
-from essence.checkpoints import load_torch_file
+from essence.storage import load_torch_file
 
 
 class _Payload:
@@ -25,7 +25,7 @@ def test_pickled_callable_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"g_ema": {"style.1.weight": torch.zeros(1)}, "x": _Payload(str(marker))}, path)
-    with pytest.raises(essence.UnsafeFileError, match=r"evil\.pt.*refused.*full unpickling"):
+    with pytest.raises(essence.errors.UnsafeFileError, match=r"evil\.pt.*refused.*full unpickling"):
         essence.load_generator(path, cache=False)
     assert not marker.exists()
 
@@ -35,7 +35,7 @@ def test_plain_pickle_file_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "legacy.pt"
     path.write_bytes(pickle.dumps(_Payload(str(marker))))
-    with pytest.raises(essence.UnsafeFileError, match=r"legacy\.pt.*refused"):
+    with pytest.raises(essence.errors.UnsafeFileError, match=r"legacy\.pt.*refused"):
         load_torch_file(path)
     assert not marker.exists()
 
@@ -44,30 +44,30 @@ def test_truncated_file_is_reported_as_damaged(tmp_path, fixtures):
     data = (fixtures / "stylegan2_tiny64.pt").read_bytes()
     path = tmp_path / "stylegan2-ffhq-config-f.pt"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(essence.CorruptFileError, match=r"stylegan2-ffhq-config-f\.pt.*download it again"):
+    with pytest.raises(essence.errors.CorruptFileError, match=r"stylegan2-ffhq-config-f\.pt.*download it again"):
         essence.load_generator(path, cache=False)
 
 
 def test_empty_and_missing_files_say_so(tmp_path):
     (tmp_path / "empty.pt").touch()
-    with pytest.raises(essence.CorruptFileError, match=r"empty\.pt.*empty"):
+    with pytest.raises(essence.errors.CorruptFileError, match=r"empty\.pt.*empty"):
         load_torch_file(tmp_path / "empty.pt")
-    with pytest.raises(essence.MissingWeightsError, match=r"nowhere\.pt"):
+    with pytest.raises(essence.errors.MissingWeightsError, match=r"nowhere\.pt"):
         essence.load_generator(tmp_path / "nowhere.pt")
 
 
 def test_generator_file_given_as_encoder_is_refused(fixtures):
-    with pytest.raises(essence.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an e4e.*StyleGAN2 generator"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an e4e.*StyleGAN2 generator"):
         essence.load_encoder(fixtures / "stylegan2_tiny64.pt")
 
 
 def test_clip_file_given_as_generator_is_refused(fixtures):
-    with pytest.raises(essence.WrongFileKindError, match=r"clip_tiny\.pt.*not a StyleGAN2.*CLIP"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"clip_tiny\.pt.*not a StyleGAN2.*CLIP"):
         essence.load_generator(fixtures / "clip_tiny.pt")
 
 
 def test_tensor_file_given_as_generator_is_refused(fixtures):
-    with pytest.raises(essence.WrongFileKindError, match=r"opt_latents\.pt.*found a Tensor"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"opt_latents\.pt.*found a Tensor"):
         essence.load_generator(fixtures / "official" / "opt_latents.pt")
 
 
@@ -75,7 +75,7 @@ def test_state_dict_with_a_missing_key_names_the_file_and_the_key(tmp_path, fixt
     ckpt = torch.load(fixtures / "stylegan2_tiny64.pt", weights_only=True)
     del ckpt["g_ema"]["convs.3.noise.weight"]
     torch.save(ckpt, tmp_path / "broken.pt")
-    with pytest.raises(essence.IncompatibleWeightsError, match=r"broken\.pt.*missing: convs\.3\.noise\.weight"):
+    with pytest.raises(essence.errors.IncompatibleWeightsError, match=r"broken\.pt.*missing: convs\.3\.noise\.weight"):
         essence.load_generator(tmp_path / "broken.pt")
 
 
@@ -83,7 +83,7 @@ def test_state_dict_with_a_mis_shaped_tensor_names_both_shapes(tmp_path, fixture
     ckpt = torch.load(fixtures / "e4e_tiny64.pt", weights_only=True)
     ckpt["state_dict"]["encoder.latlayer1.bias"] = torch.zeros(7)
     torch.save(ckpt, tmp_path / "e4e.pt")
-    with pytest.raises(essence.IncompatibleWeightsError, match=r"latlayer1\.bias \(file \[7\], model \[64\]\)"):
+    with pytest.raises(essence.errors.IncompatibleWeightsError, match=r"latlayer1\.bias \(file \[7\], model \[64\]\)"):
         essence.load_encoder(tmp_path / "e4e.pt")
 
 

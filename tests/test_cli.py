@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from essence import cli, weights
 from test_download import PAYLOAD, FileServer
+
+from essence import cli
+from essence.storage import weights
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FILES = ("stylegan2-ffhq-config-f.pt", "e4e_ffhq_encode.pt", "ViT-B-32.pt")
@@ -75,7 +76,7 @@ def test_demo_with_unloadable_weights_fails_with_a_clear_error(capsys: pytest.Ca
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Files that pass the quick size check but are not loadable stop the demo with a message."""
     small = [dataclasses.replace(s, size_bytes=10 if s.size_bytes else None) for s in weights.demo_specs()]
-    monkeypatch.setattr(cli, "demo_specs", lambda: small)
+    monkeypatch.setattr(cli.app, "demo_specs", lambda: small)
     for spec in small:
         (empty_weights / spec.filename).write_bytes(b"0123456789")
     assert cli.main(["demo", "--out", str(empty_weights / "out")]) == 2
@@ -123,7 +124,7 @@ def test_weights_fetch_prints_licence_then_downloads(capsys: pytest.CaptureFixtu
         spec = dataclasses.replace(
             weights.get_spec("generator"), urls=(server.url("/g.pt"),), url_checksums={}, known_copies=(),
             sha256=hashlib.sha256(PAYLOAD).hexdigest(), size_bytes=len(PAYLOAD))
-        monkeypatch.setattr(cli, "demo_specs", lambda: [spec])
+        monkeypatch.setattr(cli.app, "demo_specs", lambda: [spec])
         dest = tmp_path / "chosen"
         assert cli.main(["weights", "fetch", "--dir", str(dest), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -136,7 +137,7 @@ def test_weights_fetch_failure_exits_2(capsys: pytest.CaptureFixture[str], tmp_p
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     with FileServer() as server:
         spec = dataclasses.replace(weights.get_spec("generator"), urls=(server.url("/gone.pt"),), url_checksums={})
-        monkeypatch.setattr(cli, "get_spec", lambda _name: spec)
+        monkeypatch.setattr(cli.app, "get_spec", lambda _name: spec)
         assert cli.main(["weights", "fetch", "generator", "--dir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "Traceback" not in err
@@ -177,7 +178,7 @@ def test_run_demo_without_weights_or_stdin_exits_2_and_names_the_run_command(run
 
 
 def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    from essence import installation
+    from essence.storage import installation
 
     monkeypatch.setattr(installation.sys, "argv", [str(REPO / "essence" / "__main__.py")])  # python -m essence
     monkeypatch.chdir(REPO)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import essence
 from essence import cli
-from essence.invert import clear_inversion_cache
+from essence.latents import clear_inversion_cache
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ def _train_parser():
 def test_train_modes_are_the_librarys_and_a_mode_keeps_its_own_render_size(fixtures, tmp_path, tiny_models,
                                                                           capsys):
     mode = next(action for action in _train_parser()._actions if action.dest == "mode")
-    assert mode.choices == list(essence.TRAIN_MODES) and mode.default == "fast"
+    assert mode.choices == list(essence.training.TRAIN_MODES) and mode.default == "fast"
     out = tmp_path / "a.safetensors"
     code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
                            "--init", "random", "--mode", "fast+256px", "--render-size", "32", *tiny_models], capsys)
@@ -79,7 +79,7 @@ def test_train_falls_back_to_random_init_when_the_target_has_no_face(fixtures, t
     code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
                            "--sample", "2", *tiny_models], capsys)
     assert code == 0
-    assert "starting from a random (no face found in the target)" in err
+    assert "started from a random (no face found in the target)" in err
     assert essence.load_direction(out).meta["init"] == "random (no face found in the target)"
 
 
@@ -98,7 +98,7 @@ def test_train_refuses_sources_from_another_latent_space(fixtures, tmp_path, tin
 
 
 def test_interrupted_training_exits_130_and_writes_nothing(fixtures, tmp_path, tiny_models, capsys, monkeypatch):
-    from essence import cli_directions
+    from essence.cli import directions as cli_directions
 
     def interrupting_progress(total):
         def report(p):
@@ -187,7 +187,7 @@ def test_info_on_a_non_direction_file_is_a_clear_error(fixtures, capsys):
 
 def _limit_faces_per_render(monkeypatch, most: int) -> None:
     """Make rendering more than ``most`` faces at once fail as a full GPU would."""
-    from essence.stylegan2 import StyleGAN2Generator
+    from essence.networks import StyleGAN2Generator
 
     synthesize = StyleGAN2Generator.synthesize
 

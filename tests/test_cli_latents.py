@@ -12,7 +12,7 @@ from PIL import Image
 
 import essence
 from essence import cli
-from essence.invert import clear_inversion_cache
+from essence.latents import clear_inversion_cache
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def test_align_writes_crops_and_transforms(fixtures: Path, tmp_path: Path, capsy
     assert "morgan_freeman.jpg face 0 ->" in captured.out and "crop->photo [[" in captured.out
     assert Image.open(tmp_path / "morgan_freeman.png").size == (256, 256)
     record = json.loads((tmp_path / "morgan_freeman.json").read_text())
-    transform = essence.CropTransform.from_dict(record["transform"])
+    transform = essence.faces.CropTransform.from_dict(record["transform"])
     assert transform.photo_size == (400, 400) and len(record["landmarks"]) == 68
     assert np.allclose(transform.corners(), record["quad"], atol=0.03 * 400)
 
@@ -74,7 +74,8 @@ def test_invert_without_any_face_fails_clearly(fixtures: Path, tmp_path: Path,
     assert cli.main(args) == 2
     assert "error: no face found in elsa.jpg" in capsys.readouterr().err
     assert cli.main(args + ["--skip-missing"]) == 2
-    assert "nothing to write" in capsys.readouterr().err and not out.exists()
+    assert "no face found in any of the 1 photo(s); nothing to invert" in capsys.readouterr().err
+    assert not out.exists()
     (tmp_path / "notes.jpg").write_text("not a photo")
     assert cli.main(["invert", str(tmp_path / "notes.jpg"), "--out", str(out), "--encoder",
                      str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]) == 2

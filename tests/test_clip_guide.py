@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import essence
-from essence.clip_guide import load_guide_file, official_resize_matrix, to_unit
+from essence.networks.clip_guide import load_guide_file, official_resize_matrix, to_unit
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_comfy_style_tensor_target_is_close_to_the_pil_path(guide, fixtures):
 
 
 def test_resize_rejects_sizes_that_do_not_pool_to_224():
-    with pytest.raises(essence.ShapeError, match="multiple of 32"):
+    with pytest.raises(essence.errors.ShapeError, match="multiple of 32"):
         official_resize_matrix(100, 224)
 
 
@@ -111,7 +111,7 @@ def test_guide_loads_without_pkg_resources(monkeypatch, fixtures):
 
 
 def test_generator_file_given_as_guide_is_refused(fixtures):
-    with pytest.raises(essence.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an OpenAI CLIP"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an OpenAI CLIP"):
         load_guide_file(fixtures / "stylegan2_tiny64.pt")
 
 

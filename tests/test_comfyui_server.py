@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
-
 from comfy_stubs import LANDMARKS_NAME
+from PIL import Image
+from real_comfyui import PACK_DIR_NAME, Server, frontend, frontend_unavailable, overlapping, running_server
+from workflow_tools import (STAND_INS, TARGET_IMAGE, expected_init, load_workflow, quick_run, random_directions,
+                            ui_to_api, workflow_files)
+
 from essence import Direction
-from real_comfyui import (PACK_DIR_NAME, Server, frontend, frontend_unavailable, overlapping,
-                          running_server)
-from workflow_tools import (STAND_INS, TARGET_IMAGE, expected_init, load_workflow, quick_run, random_directions, ui_to_api,
-                            workflow_files)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(

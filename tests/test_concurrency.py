@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import essence
-import essence.models
+import essence.networks.loaders
 from essence.latents import load_latents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,14 +33,14 @@ def _env() -> dict[str, str]:
 
 def test_two_threads_loading_one_model_share_one_load(fixtures: Path, monkeypatch) -> None:
     calls = []
-    real = essence.models.load_generator_file
+    real = essence.networks.loaders.load_generator_file
 
     def slow_loader(path, device):
         calls.append(threading.get_ident())
         time.sleep(0.3)  # a big file: the second thread arrives while the first is still loading
         return real(path, device)
 
-    monkeypatch.setattr(essence.models, "load_generator_file", slow_loader)
+    monkeypatch.setattr(essence.networks.loaders, "load_generator_file", slow_loader)
     barrier = threading.Barrier(2)
     results: list[object] = [None, None]
 

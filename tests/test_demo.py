@@ -14,7 +14,7 @@ from PIL import Image
 
 import essence
 from essence import cli
-from essence.invert import clear_inversion_cache
+from essence.latents import clear_inversion_cache
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 import essence
-from essence.direction import Direction
-from essence.stylegan2 import GeneratorConfig, build_generator
+from essence.latents import Direction
+from essence.networks import GeneratorConfig, build_generator
 
 OFFICIAL_NAMES = ["ariel", "avatar", "beyonce", "doc", "dumbledore", "ed", "elsa", "gargamel", "grindelwald",
                   "joker", "keanu", "megan", "moana", "morgan", "pocahontas", "thanos", "trump", "wolverine",
@@ -64,7 +64,7 @@ def test_nan_or_inf_in_a_file_is_refused(tmp_path):
         tensor = torch.zeros(1, 18, 512)
         tensor[0, 3, 7] = value
         path = _write_raw(tmp_path / f"bad-{value}.safetensors", tensor)
-        with pytest.raises(essence.DirectionFileError, match="NaN or infinite"):
+        with pytest.raises(essence.errors.DirectionFileError, match="NaN or infinite"):
             Direction.load(path)
 
 
@@ -73,35 +73,35 @@ def test_truncated_file_is_refused_with_its_name(tmp_path):
     _direction().save(path)
     data = path.read_bytes()
     path.write_bytes(data[:-100])
-    with pytest.raises(essence.DirectionFileError, match=r"cut\.safetensors.*truncated"):
+    with pytest.raises(essence.errors.DirectionFileError, match=r"cut\.safetensors.*truncated"):
         Direction.load(path)
 
 
 def test_a_safetensors_file_that_is_not_a_direction_is_refused(fixtures):
-    with pytest.raises(essence.DirectionFileError, match="not an Essence direction file"):
+    with pytest.raises(essence.errors.DirectionFileError, match="not an Essence direction file"):
         Direction.load(fixtures / "stylegan2_tiny64_io.safetensors")
 
 
 def test_wrong_shape_and_dtype_are_refused(tmp_path):
-    with pytest.raises(essence.DirectionFileError, match=r"\[1, n_latent, style_dim\].*\[18, 512\]"):
+    with pytest.raises(essence.errors.DirectionFileError, match=r"\[1, n_latent, style_dim\].*\[18, 512\]"):
         Direction.load(_write_raw(tmp_path / "a.safetensors", torch.zeros(18, 512)))
-    with pytest.raises(essence.DirectionFileError, match="floating-point"):
+    with pytest.raises(essence.errors.DirectionFileError, match="floating-point"):
         Direction.load(_write_raw(tmp_path / "b.safetensors", torch.zeros(1, 18, 512, dtype=torch.int32)))
 
 
 def test_newer_format_version_asks_to_update(tmp_path):
     path = _write_raw(tmp_path / "v9.safetensors", torch.zeros(1, 18, 512),
                       {"format": "essence.direction", "format_version": "9"})
-    with pytest.raises(essence.DirectionFileError, match="newer.*update Essence"):
+    with pytest.raises(essence.errors.DirectionFileError, match="newer.*update Essence"):
         Direction.load(path)
 
 
 def test_direction_for_another_latent_space_is_refused_naming_both():
     generator = build_generator(GeneratorConfig.ffhq_config_f(), device="meta")
     small = _direction(rows=10, width=64)
-    with pytest.raises(essence.IncompatibleLatentSpaceError, match=r"10 x 64 W\+.*1024 px, 18 x 512 W\+"):
+    with pytest.raises(essence.errors.IncompatibleLatentSpaceError, match=r"10 x 64 W\+.*1024 px, 18 x 512 W\+"):
         small.check_fits(generator)
-    with pytest.raises(essence.IncompatibleLatentSpaceError, match=r"\[1, 10, 64\].*\[2, 18, 512\]"):
+    with pytest.raises(essence.errors.IncompatibleLatentSpaceError, match=r"\[1, 10, 64\].*\[2, 18, 512\]"):
         essence.apply_direction(torch.zeros(2, 18, 512), small)
 
 
@@ -121,7 +121,7 @@ def test_official_directions_import_and_export_bit_identically(tmp_path, fixture
 def test_npy_holding_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(essence.DirectionFileError, match=r"evil\.npy"):
+    with pytest.raises(essence.errors.DirectionFileError, match=r"evil\.npy"):
         Direction.load(path)
 
 
@@ -157,9 +157,9 @@ def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monke
     one trained with the generator whose fingerprint the manifest lists is, and so is a mix containing it."""
     import dataclasses
 
-    from essence import weights
-    from essence.apply import mix_directions
-    from essence.direction import LICENCE_NOTE, direction_metadata
+    from essence.storage import weights
+    from essence.latents import mix_directions
+    from essence.latents.direction import LICENCE_NOTE, direction_metadata
 
     fingerprint = essence.load_generator(fixtures / "stylegan2_tiny64.pt").fingerprint()
     assert "licence" not in direction_metadata(generator_fingerprint=fingerprint)
@@ -176,7 +176,7 @@ def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monke
 
 
 def test_an_npy_of_latents_is_not_taken_for_a_direction(fixtures):
-    with pytest.raises(essence.DirectionFileError, match=r"holds 68 W\+ latents \[68, 18, 512\], not a direction"):
+    with pytest.raises(essence.errors.DirectionFileError, match=r"holds 68 W\+ latents \[68, 18, 512\], not a direction"):
         essence.load_direction(fixtures / "official" / "w_plus.npy")
 
 
@@ -186,8 +186,8 @@ def test_until_its_fingerprint_is_measured_the_ffhq_note_goes_with_the_ffhq_arch
     a fingerprint is recorded, only that generator gets the note."""
     import dataclasses
 
-    from essence import weights
-    from essence.direction import LICENCE_NOTE, direction_metadata
+    from essence.storage import weights
+    from essence.latents.direction import LICENCE_NOTE, direction_metadata
 
     ffhq_space = {"n_latent": 18, "style_dim": 512, "resolution": 1024}
     tiny = essence.load_generator(fixtures / "stylegan2_tiny64.pt")

@@ -18,9 +18,9 @@ from typing import Iterator
 
 import pytest
 
-from essence import weights
-from essence.download import decompress_bz2, download, fetch_weight, part_path
+from essence.storage import weights
 from essence.errors import DownloadError
+from essence.storage.downloads import decompress_bz2, download, fetch_weight, part_path
 
 PAYLOAD = bytes(range(256)) * 1200 + b"tail"  # 307,204 bytes: several read chunks, not a round number
 

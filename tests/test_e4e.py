@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import essence
-from essence.e4e import EncoderConfig, build_encoder
+from essence.networks import EncoderConfig, build_encoder
 
 
 @pytest.fixture(scope="module")
@@ -62,5 +62,5 @@ def test_full_size_encoder_has_exactly_the_e4e_keys_and_shapes(fixtures):
 
 @pytest.mark.parametrize("shape", [(1, 3, 128, 128), (1, 4, 256, 256), (3, 256, 256)])
 def test_wrong_image_shape_names_the_expected_shape(encoder, shape):
-    with pytest.raises(essence.ShapeError, match=r"\[batch, 3, 256, 256\]"):
+    with pytest.raises(essence.errors.ShapeError, match=r"\[batch, 3, 256, 256\]"):
         encoder.encode(torch.zeros(shape))

@@ -16,10 +16,10 @@ from PIL import Image
 
 import essence
 from essence import cli
-from essence.apply import apply_direction, mix_directions, strength_sweep
-from essence.direction import IMPLAUSIBLE_RMS, Direction
 from essence.errors import EssenceWarning
-from essence.train import TrainSettings, train_direction
+from essence.latents import apply_direction, mix_directions, strength_sweep
+from essence.latents.direction import IMPLAUSIBLE_RMS, Direction
+from essence.training.loop import TrainSettings, train
 
 NAN, INF = float("nan"), float("inf")
 
@@ -50,7 +50,7 @@ def test_training_refuses_source_latents_with_nan_or_inf_naming_the_row(generato
     sources = _latents(4)
     sources[2, 3, 5] = bad
     with pytest.raises(essence.EssenceError, match=r"NaN or infinite values in the source latents \(row 2\)"):
-        train_direction(Image.open(fixtures / "face_a.jpg"), sources, generator, guide,
+        train(Image.open(fixtures / "face_a.jpg"), sources, generator, guide,
                         settings=TrainSettings(steps=1))
 
 
@@ -89,10 +89,10 @@ def test_mixing_refuses_a_nan_weight_naming_its_direction():
 def test_a_latent_file_or_set_with_nan_is_refused_naming_the_row(tmp_path):
     latents = _latents()
     latents[0, 1, 2] = INF
-    with pytest.raises(essence.LatentFileError, match=r"NaN or infinite values in the latents \(row 0\)"):
+    with pytest.raises(essence.errors.LatentFileError, match=r"NaN or infinite values in the latents \(row 0\)"):
         essence.LatentSet(latents)
     torch.save(latents, tmp_path / "opt_latents.pt")  # TargetCLIP's layout, imported on load
-    with pytest.raises(essence.LatentFileError, match=r"opt_latents.pt: NaN or infinite values in the latents"):
+    with pytest.raises(essence.errors.LatentFileError, match=r"opt_latents.pt: NaN or infinite values in the latents"):
         essence.load_latents(tmp_path / "opt_latents.pt")
 
 

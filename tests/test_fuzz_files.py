@@ -34,12 +34,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from essence import weights as W
-from essence.checkpoints import load_torch_file
-from essence.direction import Direction
-from essence.errors import (CorruptFileError, DirectionFileError, LatentFileError, WeightFileError)
-from essence.files import read_safetensors_header
-from essence.latents import LatentSet, load_latents
+from essence.storage import weights as W
+from essence.errors import CorruptFileError, DirectionFileError, LatentFileError, WeightFileError
+from essence.latents import Direction, LatentSet, load_latents
+from essence.storage import load_torch_file, read_safetensors_header
 
 # Hypothesis keeps caches in ./.hypothesis; the fuzz run must write nothing into the repository.
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "essence-hypothesis"))

@@ -8,15 +8,15 @@ replay itself needs CUDA (the last tests; they are skipped elsewhere).
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
+from test_train import assert_follows_reference
 
 import essence
-import essence.train as train
-from essence.adam import ScheduledAdam, fresh_adam_step_
-from essence.train import TrainSettings, learning_rate, train_candidates
-
-from test_train import assert_follows_reference
+import essence.training.loop as loop
+from essence.training.adam import ScheduledAdam, fresh_adam_step_
+from essence.training.loop import TrainSettings, learning_rate, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -79,7 +79,7 @@ def test_scheduled_adam_equals_torchs_adam_with_the_learning_rate_set_each_step(
 
 def _run(models, trace, target, inits, **settings):
     generator, guide = models
-    return train_candidates(target, trace["sources"], generator, guide, inits, TrainSettings(**settings))
+    return train(target, trace["sources"], generator, guide, inits, TrainSettings(**settings))
 
 
 def assert_same_runs(graph_runs, eager_runs, rel: float = 1e-5) -> None:
@@ -175,7 +175,7 @@ def test_cuda_graph_replay_equals_the_same_step_run_eagerly(cuda_models, trace, 
     settings = dict(steps=12, **overrides)
     replayed = _run(cuda_models, trace, target, inits, loop="graph", **settings)
     replays = len(captured)
-    assert replays == 12 - train.GRAPH_WARMUP_STEPS  # every step after the warm-up was a replay
+    assert replays == 12 - loop.GRAPH_WARMUP_STEPS  # every step after the warm-up was a replay
     monkeypatch.setattr(train, "GRAPH_WARMUP_STEPS", 1000)  # the same step, never captured
     eager = _run(cuda_models, trace, target, inits, loop="graph", **settings)
     assert len(captured) == replays

@@ -20,17 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import essence
-from essence.checkpoints import load_torch_file
-from essence.clip_guide import clip_state_from_file, load_guide_file
-from essence.direction import Direction
-from essence.errors import (DirectionFileError, LatentFileError, UnsafeFileError, WeightFileError,
-                            WrongFileKindError)
-from essence.latents import load_latents
-
 from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401
 from test_fuzz_files import attempt, bounded_memory, safetensors_bytes
+
+import essence
+from essence.errors import DirectionFileError, LatentFileError, UnsafeFileError, WeightFileError, WrongFileKindError
+from essence.latents import Direction, load_latents
+from essence.networks.clip_guide import clip_state_from_file, load_guide_file
+from essence.storage import load_torch_file
 
 
 class _Payload:

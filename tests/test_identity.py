@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401
+from identity_weights import describe_state, face_like_inputs, fill_state, save_identity_file
 from safetensors.torch import load_file
 
 import essence
-from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401
-from essence import weights
-from essence.identity import IdentityConfig, IdentityEncoder, build_identity
-from identity_weights import describe_state, face_like_inputs, fill_state, save_identity_file
+from essence.storage import weights
+from essence.networks import IdentityConfig, IdentityEncoder, build_identity
 
 REFERENCE = Path(__file__).parent / "fixtures" / "identity_reference"
 FILENAME = "model_ir_se50.pth"
@@ -93,7 +93,7 @@ def test_embed_of_a_resized_face_matches_its_pooled_256_px_version(tmp_path):
 ])
 def test_bad_face_tensors_are_refused(tmp_path, faces, why):
     model = essence.load_identity(tiny_identity_file(tmp_path / FILENAME), cache=False)
-    with pytest.raises(essence.ShapeError, match=why):
+    with pytest.raises(essence.errors.ShapeError, match=why):
         model.embed(faces)
 
 
@@ -130,7 +130,7 @@ def test_load_identity_finds_the_file_in_the_weights_folder_env(tmp_path, monkey
 
 
 def test_missing_file_says_where_to_get_it_and_under_which_terms():
-    with pytest.raises(essence.MissingWeightsError) as info:
+    with pytest.raises(essence.errors.MissingWeightsError) as info:
         essence.load_identity()
     message = str(info.value)
     spec = weights.get_spec("identity")
@@ -142,9 +142,9 @@ def test_missing_file_says_where_to_get_it_and_under_which_terms():
 
 
 def test_other_model_files_given_as_the_identity_network_are_refused(fixtures):
-    with pytest.raises(essence.WrongFileKindError, match=r"e4e_tiny64\.pt.*not the ArcFace.*e4e/pSp checkpoint"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"e4e_tiny64\.pt.*not the ArcFace.*e4e/pSp checkpoint"):
         essence.load_identity(fixtures / "e4e_tiny64.pt", cache=False)
-    with pytest.raises(essence.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not the ArcFace.*StyleGAN2"):
+    with pytest.raises(essence.errors.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not the ArcFace.*StyleGAN2"):
         essence.load_identity(fixtures / "stylegan2_tiny64.pt", cache=False)
 
 
@@ -153,12 +153,12 @@ def test_a_state_dict_that_does_not_fit_names_the_tensors(tmp_path):
     missing = dict(state)
     del missing["body.3.res_layer.4.running_var"]
     save_identity_file(tmp_path / "missing.pth", missing)
-    with pytest.raises(essence.IncompatibleWeightsError,
+    with pytest.raises(essence.errors.IncompatibleWeightsError,
                        match=r"missing\.pth.*1 missing: body\.3\.res_layer\.4\.running_var"):
         essence.load_identity(tmp_path / "missing.pth", cache=False)
     wrong = dict(state, **{"output_layer.3.weight": torch.zeros(24, 99)})
     save_identity_file(tmp_path / "wrong.pth", wrong)
-    with pytest.raises(essence.IncompatibleWeightsError, match=r"wrong\.pth.*output_layer\.3\.weight.*\[24, 99\]"):
+    with pytest.raises(essence.errors.IncompatibleWeightsError, match=r"wrong\.pth.*output_layer\.3\.weight.*\[24, 99\]"):
         essence.load_identity(tmp_path / "wrong.pth", cache=False)
 
 
@@ -178,10 +178,10 @@ def test_a_file_carrying_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / FILENAME
     state = fill_state(describe_state(build_identity(TINY, "meta").state_dict()), 1)
     torch.save({**state, "extra": _Payload(str(marker))}, path)
-    with pytest.raises(essence.UnsafeFileError, match=r"model_ir_se50\.pth.*refused"):
+    with pytest.raises(essence.errors.UnsafeFileError, match=r"model_ir_se50\.pth.*refused"):
         essence.load_identity(path, cache=False)
     path.write_bytes(pickle.dumps(_Payload(str(marker))))
-    with pytest.raises(essence.UnsafeFileError, match=r"model_ir_se50\.pth.*refused"):
+    with pytest.raises(essence.errors.UnsafeFileError, match=r"model_ir_se50\.pth.*refused"):
         essence.load_identity(path, cache=False)
     assert not marker.exists()
 
@@ -206,6 +206,6 @@ def test_identity_loader_node_under_inference_mode(comfy_env):
 def test_identity_loader_node_names_the_folder_when_the_file_is_missing(comfy_env):
     node = comfy_env.node("EssenceIdentityLoader")
     assert node.INPUT_TYPES()["required"]["identity_file"][0] == [FILENAME]  # shows what it wants
-    with pytest.raises(comfy_env.pack.essence.MissingWeightsError,
+    with pytest.raises(comfy_env.pack.essence.errors.MissingWeightsError,
                        match=r"(?s)'model_ir_se50\.pth' is not in ComfyUI's 'essence_identity'.*Licence"):
         comfy_env.run("EssenceIdentityLoader", identity_file=FILENAME)

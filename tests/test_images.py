@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from essence import images
+from essence.faces import images
 from essence.errors import EssenceError, ImageInputError
 
 

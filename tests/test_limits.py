@@ -12,7 +12,7 @@ Out of memory (no GPU needed: the failure is simulated by raising what CUDA rais
 - the library's batched inference paths (e4e ``encode``, ``strength_sweep``, ``render``) retry
   smaller and give identical results, and only at one image at a time raise a ``DeviceMemoryError``
   (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what ran out;
-- ``train_direction`` raises a ``DeviceMemoryError`` naming ``chunk_size``;
+- ``train(fit_memory=False)`` raises a ``DeviceMemoryError`` naming ``chunk_size``;
 - the caller adds its own advice: the CLI names its flags, the ComfyUI nodes name ComfyUI's remedies
   and never a CLI flag (``tests/test_nodes.py`` checks the exact batch sizes a node tries).
 """
@@ -36,13 +36,15 @@ from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401 (fixtures)
 from PIL import Image
 
 import essence
-from essence import cli, cli_directions, images
-from essence.align import load_landmarker
-from essence.apply import strength_sweep
+from essence import cli
+from essence.cli import directions as cli_directions
+from essence.faces import images
 from essence.errors import DeviceMemoryError, EssenceError, FaceNotFoundError
-from essence.render import render
+from essence.faces import load_landmarker
+from essence.latents import strength_sweep
+from essence.networks import render
 from essence.runtime import is_out_of_memory, retry_smaller_on_oom, run_in_chunks_on_oom
-from essence.train import TrainSettings, train_direction
+from essence.training.loop import TrainSettings, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,7 @@ def test_a_1x1_photo_is_a_clear_face_not_found_error(tmp_path: Path) -> None:
     Image.new("RGB", (1, 1), (200, 150, 120)).save(tmp_path / "dot.png")
     assert images.load_photo(tmp_path / "dot.png").image.size == (1, 1)  # a valid, if useless, photo
     with pytest.raises(FaceNotFoundError, match=r"no face found in dot.png \(1x1\)"):
-        essence.align_faces(tmp_path / "dot.png", 256, landmarks=load_landmarker())
+        essence.faces.align_faces(tmp_path / "dot.png", 256, landmarks=load_landmarker())
 
 
 def grey_jpeg(width: int, height: int) -> bytes:
@@ -79,8 +81,10 @@ def grey_jpeg(width: int, height: int) -> bytes:
 HUGE_PHOTO = """
     import json, resource, sys
     import essence
-    from essence import cli, cli_directions, images
-    from essence.align import load_landmarker
+    from essence import cli
+    from essence.cli import directions as cli_directions
+    from essence.faces import images
+    from essence.faces import load_landmarker
     from essence.errors import FaceNotFoundError
 
     landmarks = load_landmarker()
@@ -90,7 +94,7 @@ HUGE_PHOTO = """
     report = {"size": photo.size, "work": photo.image.size, "scale": photo.scale, "pixel": photo.image.getpixel((0, 0))}
     del photo
     try:
-        essence.align_faces(sys.argv[1], 256, landmarks=landmarks)
+        essence.faces.align_faces(sys.argv[1], 256, landmarks=landmarks)
         error = None
     except FaceNotFoundError as exc:
         error = str(exc)
@@ -225,8 +229,8 @@ def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_models) -> Non
     settings = TrainSettings(steps=2, progress_every=1)
     with pytest.raises(DeviceMemoryError, match=r"training \(4 source faces, 4 rendered per pass\)\. Lower "
                                                 r"chunk_size \(it is 4\)"):
-        train_direction(None, sources, generator, guide, settings=settings, target_embedding_override=target)
-    result = train_direction(None, sources, generator, guide, settings=TrainSettings(steps=2, chunk_size=1),
+        train(None, sources, generator, guide, settings=settings, target_embedding_override=target, fit_memory=False)
+    result = train(None, sources, generator, guide, settings=TrainSettings(steps=2, chunk_size=1),
                              target_embedding_override=target)
     assert torch.isfinite(result.direction.tensor).all()
 
@@ -248,7 +252,7 @@ def test_whole_runs_retry_smaller_on_any_backend_out_of_memory() -> None:
 
 
 @pytest.mark.parametrize(("command", "module", "handler", "advice"), [
-    (["sample", "--out", "x.safetensors"], cli, "_cmd_sample", "Run on the CPU (--device cpu)"),
+    (["sample", "--out", "x.safetensors"], cli.app, "_cmd_sample", "Run on the CPU (--device cpu)"),
     (["train", "t.jpg", "--out", "x.safetensors"], cli_directions, "_cmd_train", "--render-size 256, a +bf16 --mode"),
 ])
 def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, advice, monkeypatch, capsys) -> None:
@@ -256,7 +260,7 @@ def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, ad
         raise DeviceMemoryError("testing, even one at a time", "Lower chunk_size.")
 
     monkeypatch.setattr(module, handler, out_of_memory)
-    assert cli.main(command) == cli.EXIT_USER_ERROR
+    assert cli.main(command) == cli.app.EXIT_USER_ERROR
     message = capsys.readouterr().err
     assert message.startswith("error: out of device memory while testing, even one at a time. ") and advice in message
     assert "chunk_size" not in message  # the library's words for Python callers are replaced

@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (fixtures)
+from conftest import FIXTURES
 from PIL import Image
 
 import essence
-from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (fixtures)
-from conftest import FIXTURES
 from essence import cli
-from essence.identity import IdentityConfig, build_identity
-from essence.images import load_image, model_to_pil, pil_to_model
-from essence.metrics import (DEFAULT_MIN_IDENTITY, DirectionMetrics, StrengthCurve, evaluate_direction,
-                             metrics_table, parse_strengths, strength_curve)
-from essence.render import render
-from essence.train import essence_losses
+from essence.faces import load_image, model_to_pil, pil_to_model
+from essence.networks import IdentityConfig, build_identity, render
+from essence.training import (DEFAULT_MIN_IDENTITY, DirectionMetrics, StrengthCurve, essence_losses, evaluate_direction,
+                              metrics_table, parse_strengths, strength_curve)
 
 ATOL = 1e-3  # scores are x100: 1e-5 in cosine
 
@@ -106,7 +104,7 @@ def test_only_the_official_protocol_compares_identity_with_the_source_photos(tin
     expected = (identity.embed((edited + 1) / 2) * identity.embed(pil_to_model(photos))).sum(-1) * 100
     assert np.allclose(official_photos.identity, expected.tolist(), atol=ATOL)
     assert not np.allclose(official_photos.identity, official.identity, atol=1e-2)
-    with pytest.raises(essence.ShapeError, match="one photo per face"):
+    with pytest.raises(essence.errors.ShapeError, match="one photo per face"):
         evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, source_images=photos[:1])
 
 

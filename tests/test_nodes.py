@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from comfy_stubs import (ComfyEnv, InterruptProcessingException, comfy_env, drop_pack, extra_model_paths,  # noqa: F401
+                         import_pack)
 from PIL import Image
-
-from comfy_stubs import (ComfyEnv, InterruptProcessingException, comfy_env, drop_pack,  # noqa: F401
-                         extra_model_paths, import_pack)
 
 NODE_IDS = ["EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
@@ -63,7 +62,7 @@ def test_pack_imports_without_comfyui(monkeypatch):
         assert sorted(pack.NODE_CLASS_MAPPINGS) == sorted(NODE_IDS)
         assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
         assert pack.nodes.host.register_model_folders() is False
-        assert pack.essence.weights._folder_provider is None
+        assert pack.essence.storage.weights._folder_provider is None
         for cls in pack.NODE_CLASS_MAPPINGS.values():
             cls.INPUT_TYPES()  # dropdowns work (empty folders) without ComfyUI
     finally:
@@ -114,7 +113,7 @@ def test_model_folders_are_added_to_comfyui_keeping_existing_entries(comfy_env, 
     assert registry["essence_landmarks"][1] == {".dat"}
     assert not any("custom_nodes" in p for paths, _ in registry.values() for p in paths)
     # the library searches the same folders
-    found = comfy_env.pack.essence.weights.provider_dirs("essence_stylegan2")
+    found = comfy_env.pack.essence.storage.weights.provider_dirs("essence_stylegan2")
     assert [str(p) for p in found] == paths
 
 
@@ -143,7 +142,7 @@ def test_loaders_build_models_usable_for_training(comfy_env):
 def test_missing_model_names_the_folder_and_the_download(comfy_env):
     cls = comfy_env.node("EssenceGeneratorLoader")
     assert cls.VALIDATE_INPUTS(generator_file="stylegan2-ffhq-config-f.pt") is True
-    with pytest.raises(comfy_env.pack.essence.MissingWeightsError) as info:
+    with pytest.raises(comfy_env.pack.essence.errors.MissingWeightsError) as info:
         comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
     message = str(info.value)
     assert "'essence_stylegan2'" in message and str(comfy_env.dir("essence_stylegan2")) in message
@@ -151,7 +150,7 @@ def test_missing_model_names_the_folder_and_the_download(comfy_env):
 
 
 def test_missing_direction_names_its_folder(comfy_env):
-    with pytest.raises(comfy_env.pack.essence.MissingWeightsError, match="essence_directions"):
+    with pytest.raises(comfy_env.pack.essence.errors.MissingWeightsError, match="essence_directions"):
         comfy_env.run("EssenceLoad", direction_file="keanu.npy")
 
 
@@ -213,7 +212,7 @@ def test_official_npy_direction_loads_and_refuses_another_latent_space(comfy_env
     assert "keanu.npy" in comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0]
     (direction,) = comfy_env.run("EssenceLoad", direction_file="keanu.npy")
     assert direction.tensor.shape == (1, 18, 512) and direction.name == "keanu"
-    with pytest.raises(comfy_env.pack.essence.IncompatibleLatentSpaceError, match="18"):
+    with pytest.raises(comfy_env.pack.essence.errors.IncompatibleLatentSpaceError, match="18"):
         comfy_env.run("EssenceApply", latents=sample(comfy_env, generator), direction=direction,
                       strength=1.0, layers="all")
 
@@ -286,14 +285,14 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
                "target similarity" in line for line in lines)
     assert f"Recommended strength {direction.auto_strength:g}" in report
     assert comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["identity"][0] == "ESSENCE_IDENTITY"
-    from essence.identity import IdentityConfig, build_identity
+    from essence.networks import IdentityConfig, build_identity
 
     torch.manual_seed(0)
     identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
     with_identity, _, _ = train(comfy_env, generator, guide, fixtures, steps=1, candidates=2, identity=identity)
     assert with_identity.meta["selection"]["metrics"]["basis"] == "identity"
     assert with_identity.meta["auto_strength"]["basis"] == "identity"
-    from essence.render import render
+    from essence.networks import render
 
     expected = render(generator, sample(comfy_env, generator).latents + direction.tensor)
     assert torch.allclose(preview, expected.permute(0, 2, 3, 1).add(1).div(2).clamp(0, 1), atol=1e-2)
@@ -460,7 +459,7 @@ def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):
 
 
 def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inputs(comfy_env, models, fixtures):
-    from essence.modes import TRAIN_MODES
+    from essence.training import TRAIN_MODES
 
     generator, guide = models
     spec = comfy_env.node("EssenceTrain").INPUT_TYPES()
@@ -483,7 +482,7 @@ def test_train_asks_comfyui_for_room_to_train_before_it_starts(comfy_env, models
     gpu = torch.device("cpu", 0)  # a device with a memory ledger, as ComfyUI sees a GPU
     mm.get_torch_device = lambda: gpu
     weights = mm.module_size(generator) + mm.module_size(guide)
-    room = lib.train.training_memory(generator, len(sources), lib.train_mode("fast").settings())
+    room = lib.training.training_memory(generator, len(sources), lib.training.train_mode("fast").settings())
     assert room > weights  # activations dwarf the weights
     mm.device_memory[gpu] = weights + room  # room for Essence's weights and training, nothing else
     other = mp.ModelPatcher(torch.nn.Linear(1024, 1, bias=False), gpu, torch.device("cpu"))
@@ -499,8 +498,8 @@ def test_train_asks_comfyui_for_room_to_train_before_it_starts(comfy_env, models
 def test_training_memory_follows_the_measured_peaks():
     """The estimate the Train node asks ComfyUI for: the measured H100 peaks for 4 faces at 1024 px
     (7.4 GB exact, 3.7 GB bf16, 1.9 GB with the 256 px CLIP path), fewer faces per pass with chunks."""
-    from essence.stylegan2 import GeneratorConfig, build_generator
-    from essence.train import TrainSettings, training_memory
+    from essence.networks import GeneratorConfig, build_generator
+    from essence.training import TrainSettings, training_memory
 
     full = build_generator(GeneratorConfig.ffhq_config_f(), device="meta")  # shapes only, no memory
     gb = lambda **s: training_memory(full, 4, TrainSettings(**s)) / 1e9  # noqa: E731

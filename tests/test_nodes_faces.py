@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from comfy_stubs import (LANDMARKS_FOLDER, LANDMARKS_NAME, ComfyEnv, comfy_env, extra_model_paths,  # noqa: F401
                          installed_landmarks)
 from workflow_tools import load_image
@@ -63,16 +62,16 @@ def test_landmark_loader_offers_auto_and_the_folder_files(comfy_env, landmarks):
 
 def test_missing_landmark_model_names_the_folder_the_file_and_the_package(comfy_env, monkeypatch):
     (comfy_env.dir(LANDMARKS_FOLDER) / LANDMARKS_NAME).unlink()
-    monkeypatch.setattr(comfy_env.pack.essence.weights, "installed_package_dirs", lambda role: [])
+    monkeypatch.setattr(comfy_env.pack.essence.storage.weights, "installed_package_dirs", lambda role: [])
     lib = comfy_env.pack.essence
-    with pytest.raises(lib.MissingWeightsError) as info:
+    with pytest.raises(lib.errors.MissingWeightsError) as info:
         comfy_env.run("EssenceLandmarkLoader", landmarks_file="auto")
     message = str(info.value)
     assert f"'{LANDMARKS_FOLDER}'" in message and str(comfy_env.dir(LANDMARKS_FOLDER)) in message
     assert LANDMARKS_NAME in message and "Download: http" in message and "Licence:" in message
     assert "pip install face-recognition-models" in message
     assert comfy_env.node("EssenceLandmarkLoader").VALIDATE_INPUTS(landmarks_file="mine.dat") is True
-    with pytest.raises(lib.MissingWeightsError, match=LANDMARKS_FOLDER):
+    with pytest.raises(lib.errors.MissingWeightsError, match=LANDMARKS_FOLDER):
         comfy_env.run("EssenceLandmarkLoader", landmarks_file="mine.dat")
 
 
@@ -82,28 +81,28 @@ def test_missing_landmark_model_names_the_folder_the_file_and_the_package(comfy_
 def test_align_face_gives_the_library_crop_and_its_transform(comfy_env, landmarks, photo, fixtures):
     aligned, alignment = align(comfy_env, photo, landmarks)
     lib = comfy_env.pack.essence
-    expected = lib.align_face(photo[0], 256, landmarks=landmarks)
+    expected = lib.faces.align_face(photo[0], 256, landmarks=landmarks)
     assert aligned.shape == (1, 256, 256, 3)
-    assert torch.equal(aligned, lib.images.pil_to_comfy(expected.crop))
+    assert torch.equal(aligned, lib.faces.images.pil_to_comfy(expected.crop))
     (face,) = alignment.faces
     assert np.allclose(face.transform.matrix, expected.transform.matrix, atol=1e-9)
     assert face.photo_size == (890, 1112) and face.photo_index == 0 and face.face_index == 0
     assert alignment.photo_count == 1 and face.photo_sha256 == expected.photo_sha256
     assert comfy_env.progress.updates[-1][:2] == (1, 1)
     small = load_image(fixtures / "photos" / "morgan_freeman.jpg")  # one face, 400 x 400: quick to align
-    with pytest.raises(lib.FaceNotFoundError, match=r"face_index 1 asks for face 2 of image 1 of 1 .*only 1 face"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match=r"face_index 1 asks for face 2 of image 1 of 1 .*only 1 face"):
         align(comfy_env, small, landmarks, face_index=1)
 
 
 def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo, faceless):
     batch = torch.cat([faceless, photo])
     lib = comfy_env.pack.essence
-    with pytest.raises(lib.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
         align(comfy_env, batch, landmarks)
     aligned, alignment = align(comfy_env, batch, landmarks, no_face="skip")
     assert aligned.shape == (1, 256, 256, 3)
     assert alignment.photo_count == 2 and [f.photo_index for f in alignment.faces] == [1]
-    with pytest.raises(lib.FaceNotFoundError, match="no face found in any of the 1"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match="no face found in any of the 1"):
         align(comfy_env, faceless, landmarks, no_face="skip")
 
 
@@ -112,13 +111,13 @@ def test_invert_face_inverts_the_batch_once_and_skips_photos_without_a_face(comf
     lib = comfy_env.pack.essence
     batch = torch.cat([faceless, photo])
     invert = dict(encoder=encoder, landmarks=landmarks, images=batch, face_index=0)
-    with pytest.raises(lib.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
         comfy_env.run("EssenceInvertFace", **invert)
     latents, aligned, alignment = comfy_env.run("EssenceInvertFace", **invert, no_face="skip")
     assert len(latents) == 1 and aligned.shape == (1, 256, 256, 3)
     assert latents.sources[0]["photo_index"] == 1 and [f.photo_index for f in alignment.faces] == [1]
     assert comfy_env.progress.updates[-1][:2] == (2, 2)  # one step per photo
-    lib.clear_inversion_cache()
+    lib.latents.clear_inversion_cache()
     expected = lib.invert(batch, encoder, landmarks=landmarks, skip_missing=True)
     assert torch.allclose(latents.latents, expected.latents, atol=1e-6)
     assert latents.sources == expected.latent_set().sources and latents.meta == expected.latent_set().meta
@@ -136,7 +135,7 @@ def test_invert_edit_render_and_paste_back_into_the_photo(comfy_env, landmarks, 
     assert torch.allclose(latents.latents, expected.latents, atol=1e-6)
     source = latents.sources[0]
     assert source["kind"] == "photo" and source["photo_index"] == 0
-    assert source["sha256"] == lib.load_photo(photo[0]).sha256  # the photo's pixel sha256
+    assert source["sha256"] == lib.faces.load_photo(photo[0]).sha256  # the photo's pixel sha256
     assert latents.space["n_latent"] == 10 and latents.meta["encoder"]["fingerprint"]
     assert aligned.shape == (1, 256, 256, 3) and alignment.faces[0].photo_size == (890, 1112)
 
@@ -158,19 +157,19 @@ def test_invert_edit_render_and_paste_back_into_the_photo(comfy_env, landmarks, 
 def test_paste_back_checks_that_photos_faces_and_alignment_belong_together(comfy_env):
     types, lib = comfy_env.pack.nodes.types, comfy_env.pack.essence
     matrix = np.array([[2.0, 0, 20.5], [0, 2.0, 10.5], [0, 0, 1]])  # a 32 px crop drawn at 2x
-    transform = lib.CropTransform(matrix, 32, (120, 100))
+    transform = lib.faces.CropTransform(matrix, 32, (120, 100))
     alignment = types.EssenceAlignment((types.FacePlacement(transform, 1, 0, "sha"),), 2)
     photos = torch.rand(2, 100, 120, 3, generator=torch.Generator().manual_seed(0))
     faces = torch.ones(1, 64, 64, 3)
     (out,) = comfy_env.run("EssencePasteBack", photos=photos, faces=faces, alignment=alignment, feather=0.0)
     assert torch.equal(out[0], photos[0])  # the photo without an aligned face
     assert torch.equal(out[1, 30:70, 30:70], torch.ones(40, 40, 3)) and torch.equal(out[1, :, 100:], photos[1, :, 100:])
-    with pytest.raises(lib.ShapeError, match="got 1 photo.*made from 2"):
+    with pytest.raises(lib.errors.ShapeError, match="got 1 photo.*made from 2"):
         comfy_env.run("EssencePasteBack", photos=photos[:1], faces=faces, alignment=alignment, feather=0.1)
-    with pytest.raises(lib.ShapeError, match="got 2 edited face.*for 1 aligned"):
+    with pytest.raises(lib.errors.ShapeError, match="got 2 edited face.*for 1 aligned"):
         comfy_env.run("EssencePasteBack", photos=photos, faces=faces.expand(2, -1, -1, -1), alignment=alignment,
                       feather=0.1)
-    with pytest.raises(lib.ShapeError, match="got 60x50 photos.*120x100"):
+    with pytest.raises(lib.errors.ShapeError, match="got 60x50 photos.*120x100"):
         comfy_env.run("EssencePasteBack", photos=photos[:, :50, :60], faces=faces, alignment=alignment, feather=0.1)
 
 
@@ -213,5 +212,5 @@ def test_auto_falls_back_to_random_and_inversion_explains_what_is_missing(comfy_
     assert train_one_step(comfy_env, training, faceless, "auto").meta["init"] == "random (no encoder)"
     with pytest.raises(lib.EssenceError, match="encoder input is not connected.*Load Essence Encoder"):
         train_one_step(comfy_env, training, faceless, "inversion")
-    with pytest.raises(lib.FaceNotFoundError, match="(?s)init 'inversion' could not invert the target.*'auto'"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match="(?s)init 'inversion' could not invert the target.*'auto'"):
         train_one_step(comfy_env, training, faceless, "inversion", encoder=encoder)

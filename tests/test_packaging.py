@@ -38,7 +38,9 @@ def test_the_wheel_holds_the_library_its_manifest_and_the_command(wheel: Path) -
         metadata = archive.read(info.replace("entry_points.txt", "METADATA")).decode()
     packages = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert packages == {"essence"}  # not the nodes, tests or benchmark
-    assert "essence/weights_manifest.json" in names and "essence/cli.py" in names
+    assert "essence/storage/weights_manifest.json" in names and "essence/cli/app.py" in names
+    sub_packages = {p.parent.name for p in (Path(__file__).resolve().parents[1] / "essence").glob("*/__init__.py")}
+    assert {f"essence/{name}/__init__.py" for name in sub_packages} <= set(names)  # every sub-package ships
     assert "essence = essence.cli:main" in entry_points
     assert "Requires-Dist: torch" in metadata and "License-Expression: MIT" in metadata
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from essence import CropTransform, align, images
+from essence.faces import align
+from essence.faces import images
 from essence.errors import MissingWeightsError, ShapeError
-from essence.paste import paste_back, paste_mask
+from essence.faces import CropTransform, paste_back, paste_mask
 
 PHOTO_SIZE = (200, 150)
 ANGLE = np.deg2rad(20)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import essence
-from essence.stylegan2 import GeneratorConfig, build_generator
+from essence.networks import GeneratorConfig, build_generator
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path, fixtures):
 
 
 def test_wrong_latent_shape_names_the_expected_shapes(tiny):
-    with pytest.raises(essence.ShapeError, match=r"\[batch, 10, 64\].*\[2, 18, 512\]"):
+    with pytest.raises(essence.errors.ShapeError, match=r"\[batch, 10, 64\].*\[2, 18, 512\]"):
         tiny.synthesize(torch.zeros(2, 18, 512))
-    with pytest.raises(essence.ShapeError, match=r"\[batch, 64\]"):
+    with pytest.raises(essence.errors.ShapeError, match=r"\[batch, 64\]"):
         tiny.mapping(torch.zeros(2, 512))
 
 
@@ -172,7 +172,7 @@ def test_both_ways_of_upsampling_match_the_reference(fixtures, tiny_io, method):
 @pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 1), (1, 4, 6, 4, 1), (1,)])
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
 def test_phase_upsampling_equals_transposed_conv_then_blur_for_any_kernel(taps, kernel_size):
-    from essence.stylegan2 import ModulatedConv2d
+    from essence.networks.stylegan2 import ModulatedConv2d
 
     torch.manual_seed(0)
     conv = ModulatedConv2d(8, 6, kernel_size, 16, upsample=True, blur_kernel=taps)

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 from bench.jitter import noisy_still, panning
-from essence.align import FaceLandmarker, load_landmarker
-from essence.smoothing import corner_movement, quad_side
-from essence.track import Tracking, detect_frames
+from essence.faces import FaceLandmarker, Tracking, detect_frames, load_landmarker
+from essence.faces.smoothing import corner_movement, quad_side
 
 RATE = 25.0
 

@@ -12,14 +12,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import essence
-from essence.train import (TrainSettings, essence_losses, learning_rate, target_embedding,
-                           train_direction)
+from essence.training.loop import TrainSettings, essence_losses, learning_rate, target_embedding, train
 
 
 @pytest.fixture(scope="module")
 def official_run(models, trace, target):
     generator, guide = models
-    return train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    return train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                            settings=TrainSettings(steps=40, loop="official"))
 
 
@@ -48,7 +47,7 @@ def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(mod
     generator, guide = models
     reference = load_file(f"{LR01_TRACE}.safetensors")
     assert json.loads(Path(f"{LR01_TRACE}.json").read_text())["official_args"]["lr"] == 0.1
-    run = train_direction(target, reference["sources"], generator, guide, init=reference["init_direction"],
+    run = train(target, reference["sources"], generator, guide, init=reference["init_direction"],
                           settings=TrainSettings(steps=40, lr=0.1))
     assert_follows_reference(run, reference)
     assert run.direction.meta["hyperparameters"]["coefficient_lr"] == 0.1
@@ -62,7 +61,7 @@ def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
 
 def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, target):
     generator, guide = models
-    fast = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    fast = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                            settings=TrainSettings(steps=40, loop="fast"))
     assert fast.losses == pytest.approx(official_run.losses, abs=1e-6)
     assert torch.allclose(fast.direction.tensor, official_run.direction.tensor, atol=1e-5)
@@ -106,15 +105,15 @@ def test_several_target_pictures_average_their_unit_embeddings(models, fixtures)
 def test_training_on_two_copies_of_a_target_equals_training_on_one(models, trace, target):
     generator, guide = models
     settings = TrainSettings(steps=3)
-    one = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"], settings=settings)
-    two = train_direction([target, target], trace["sources"], generator, guide, init=trace["init_direction"],
+    one = train(target, trace["sources"], generator, guide, init=trace["init_direction"], settings=settings)
+    two = train([target, target], trace["sources"], generator, guide, init=trace["init_direction"],
                           settings=settings)
     assert two.losses == pytest.approx(one.losses, abs=1e-6)
 
 
 def test_random_initialisation_is_seeded_and_recorded(models, trace, target):
     generator, guide = models
-    runs = [train_direction(target, trace["sources"], generator, guide, init="random",
+    runs = [train(target, trace["sources"], generator, guide, init="random",
                             settings=TrainSettings(steps=2, seed=seed)) for seed in (5, 5, 6)]
     assert torch.equal(runs[0].direction.tensor, runs[1].direction.tensor)
     assert not torch.equal(runs[0].direction.tensor, runs[2].direction.tensor)
@@ -129,8 +128,8 @@ def test_cancel_stops_training_with_nothing_returned(models, trace, target):
         calls.append(1)
         return len(calls) > 3
 
-    with pytest.raises(essence.TrainingCancelled, match="step 3 of 50"):
-        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    with pytest.raises(essence.errors.TrainingCancelled, match="step 3 of 50"):
+        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=50), should_stop=stop)
 
 
@@ -147,7 +146,7 @@ def test_progress_reports_loss_terms_and_an_exception_from_it_aborts(models, tra
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=20, progress_every=2), progress=progress)
     assert [p.step for p in seen] == [2, 4]
     assert seen[0].total == 20 and seen[0].direction.shape == (1, 10, 64)
@@ -159,7 +158,7 @@ def test_training_works_inside_inference_mode_as_comfyui_runs_it(fixtures, trace
         generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
         guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
         sources = trace["sources"].clone()  # an inference tensor, as a ComfyUI input would be
-        result = train_direction(target, sources, generator, guide, init=trace["init_direction"].clone(),
+        result = train(target, sources, generator, guide, init=trace["init_direction"].clone(),
                                  settings=TrainSettings(steps=8))
     assert min(result.losses) < result.losses[0]
 
@@ -175,16 +174,16 @@ def test_metadata_records_how_the_direction_was_made(official_run):
 
 def test_wrong_source_shape_is_refused(models, trace, target):
     generator, guide = models
-    with pytest.raises(essence.ShapeError, match=r"\[count, 10, 64\]"):
-        train_direction(target, torch.zeros(4, 18, 512), generator, guide, init=trace["init_direction"],
+    with pytest.raises(essence.errors.ShapeError, match=r"\[count, 10, 64\]"):
+        train(target, torch.zeros(4, 18, 512), generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=1))
 
 
 def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     generator, guide = models
-    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                             settings=TrainSettings(steps=3))
-    approx = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    approx = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                              settings=TrainSettings(steps=3, autocast="bf16"))
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
@@ -193,13 +192,13 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
 def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
     """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0
     in the consistency loss and a NaN direction from step 6 on (this exact case)."""
-    from essence.demo import scikit_image_picture
-    from essence.images import load_image
+    from essence.cli import scikit_image_picture
+    from essence.faces import load_image
 
     generator, guide = models
     target = target_embedding(guide, load_image(scikit_image_picture("chelsea.png")))
     sources = generator.sample_wplus(4, seed=1, truncation=0.7)
-    run = lambda **kw: train_direction(None, sources, generator, guide, target_embedding_override=target,  # noqa: E731
+    run = lambda **kw: train(None, sources, generator, guide, target_embedding_override=target,  # noqa: E731
                                        settings=TrainSettings(steps=40, **kw))
     exact, approx = run(), run(autocast=mode)
     assert all(math.isfinite(loss) for loss in approx.losses)
@@ -223,9 +222,9 @@ def test_an_edit_that_changes_nothing_adds_no_nan_to_the_losses():
 def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
     """Processing sources a few at a time bounds memory; the gradient must stay exact."""
     generator, guide = models
-    whole = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    whole = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                             settings=TrainSettings(steps=6))
-    chunked = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    chunked = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                               settings=TrainSettings(steps=6, chunk_size=chunk))
     assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
     assert torch.allclose(chunked.direction.tensor, whole.direction.tensor, atol=1e-4)
@@ -233,24 +232,24 @@ def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
 
 def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, target):
     generator, guide = models
-    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                             settings=TrainSettings(steps=3))
-    low = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    low = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                           settings=TrainSettings(steps=3, render_size=32))
     assert low.losses != exact.losses  # a different (approximate) objective ...
     assert low.losses[0] == pytest.approx(exact.losses[0], abs=0.2)  # ... of the same kind
     assert low.direction.meta["hyperparameters"]["render_size"] == 32
     with pytest.raises(essence.EssenceError, match=r"render_size must be one of .*\[32, 64\]"):
-        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=1, render_size=16))
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, target, resolution):
     generator, guide = models
-    exact = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                             settings=TrainSettings(steps=4))
-    recomputed = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    recomputed = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                                  settings=TrainSettings(steps=4, recompute_from=resolution))
     assert recomputed.losses == exact.losses
     assert torch.equal(recomputed.direction.tensor, exact.direction.tensor)
@@ -260,17 +259,17 @@ def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, t
 def test_a_recompute_resolution_the_generator_lacks_is_refused(models, trace, target):
     generator, guide = models
     with pytest.raises(essence.EssenceError, match="recompute_from must be one of .*got 48"):
-        train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                         settings=TrainSettings(steps=1, recompute_from=48))
 
 
 def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace, target, monkeypatch):
     """Chunking is exact, so the retried run equals a run asked to chunk from the start."""
-    from essence.stylegan2 import StyleGAN2Generator
-    from essence.train import train_direction_fitting_memory
+    from essence.networks import StyleGAN2Generator
+    from essence.training.loop import train
 
     generator, guide = models
-    expected = train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+    expected = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                                settings=TrainSettings(steps=4, chunk_size=2))
     synthesize = StyleGAN2Generator.synthesize
 
@@ -280,18 +279,19 @@ def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace
         return synthesize(self, latent, *args, **kwargs)
 
     monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
-    retries, bars, released = [], [], []
-    result = train_direction_fitting_memory(
-        target, trace["sources"], generator, guide, init=trace["init_direction"], settings=TrainSettings(steps=4),
-        make_progress=lambda: bars.append(1) or (lambda p: None), on_retry=retries.append,
-        release=lambda: released.append(1))
-    assert retries == [2] and len(bars) == 2 and released == [1]
+    retries, steps, released = [], [], []
+    result = train(
+        target, trace["sources"], generator, guide, init=trace["init_direction"],
+        settings=TrainSettings(steps=4, progress_every=1), progress=lambda p: steps.append(p.step),
+        on_retry=retries.append, release=lambda: released.append(1))
+    assert retries == [2] and released == [1]
+    assert steps[-4:] == [1, 2, 3, 4]  # the attempt that finished reported from its first step
     assert result.losses == expected.losses
     assert torch.equal(result.direction.tensor, expected.direction.tensor)
 
 
 def test_every_training_mode_is_valid_and_labelled_exact_only_when_it_is():
-    from essence.modes import TRAIN_MODES, train_mode
+    from essence.training import TRAIN_MODES, train_mode
 
     assert list(TRAIN_MODES)[:2] == ["fast", "official"]
     for mode in TRAIN_MODES.values():
@@ -305,7 +305,7 @@ def test_every_training_mode_is_valid_and_labelled_exact_only_when_it_is():
 
 
 def test_reduced_precision_modes_keep_clip_in_float32_as_their_help_says(models, trace, target):
-    from essence.modes import TRAIN_MODES
+    from essence.training import TRAIN_MODES
 
     generator, guide = models
     seen: set[torch.dtype] = set()
@@ -314,7 +314,7 @@ def test_reduced_precision_modes_keep_clip_in_float32_as_their_help_says(models,
     try:
         for name in ("fast+bf16", "fast+fp16"):
             assert "CLIP stays float32" in TRAIN_MODES[name].help
-            train_direction(target, trace["sources"], generator, guide, init=trace["init_direction"],
+            train(target, trace["sources"], generator, guide, init=trace["init_direction"],
                             settings=TRAIN_MODES[name].settings(steps=1))
     finally:
         for handle in handles:

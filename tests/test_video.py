@@ -9,19 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (the in-process ComfyUI fixtures)
 from PIL import Image
+from workflow_tools import write_clip
 
 import essence
 from bench.jitter import noisy_still
 from essence import cli
-from essence.align import load_landmarker
 from essence.errors import FaceNotFoundError, VideoInputError
-from essence.smoothing import SMOOTHING_PRESETS, Smoothing, params_quad, smooth_quads
-from essence.track import build_track, detect_frames
+from essence.faces import build_track, detect_frames, load_landmarker
+from essence.faces.smoothing import SMOOTHING_PRESETS, Smoothing, params_quad, smooth_quads
 from essence.video import apply_to_video, probe_video, read_frames
-
-from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (the in-process ComfyUI fixtures)
-from workflow_tools import write_clip
 
 av = pytest.importorskip("av")
 
@@ -174,7 +172,7 @@ def test_face_nodes_take_video_frames_and_smooth_their_crops(comfy_env, face_pho
     (pasted,) = comfy_env.run("EssencePasteBack", photos=frames, faces=faces, alignment=alignment, feather=0.1)
     assert pasted.shape == frames.shape and (pasted - frames).abs().mean() > 0.01
     blank = torch.cat([frames[:2], torch.full_like(frames[:1], 0.5)])
-    with pytest.raises(comfy_env.pack.essence.FaceNotFoundError, match=r"frame 3 of 3.*'skip'"):
+    with pytest.raises(comfy_env.pack.essence.errors.FaceNotFoundError, match=r"frame 3 of 3.*'skip'"):
         comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal")
     _, _, skipped = comfy_env.run("EssenceInvertFace", **{**invert, "images": blank}, smoothing="normal", no_face="skip")
     assert [f.photo_index for f in skipped.faces] == [0, 1] and skipped.photo_count == 3

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from workflow_tools import write_clip
 
 import essence
 from bench.jitter import noisy_still
-from essence import batch, cli
+from essence import cli
+from essence.scale import batch
+from essence.faces import Tracking
+from essence.scale.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job, tracked_chunk
+from essence.storage import find_weight
 from essence.video import apply_to_video, probe_video, read_frames
-from essence.track import Tracking
-from essence.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job, tracked_chunk
-from essence.weights import find_weight
-from workflow_tools import write_clip
 
 ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
 av = pytest.importorskip("av")

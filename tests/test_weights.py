@@ -12,11 +12,11 @@ from typing import Iterator
 
 import pytest
 
-from essence import weights
+from essence.storage import weights
 from essence.errors import EssenceError, MissingWeightsError
 
 REPO = Path(__file__).resolve().parent.parent
-MANIFEST = REPO / "essence" / "weights_manifest.json"
+MANIFEST = REPO / "essence" / "storage" / "weights_manifest.json"
 REQUIRED_FIELDS = {
     "name", "role", "filename", "urls", "size_bytes", "sha256", "licence", "layout", "required_for",
     "comfy_folder",
@@ -216,7 +216,7 @@ def test_default_weights_dir_is_the_checkouts_folder_unless_overridden(tmp_path:
 def test_an_installed_package_keeps_weights_in_the_users_data_folder(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """site-packages is no place for gigabytes of weights (and may be read-only)."""
-    from essence import installation
+    from essence.storage import installation
 
     monkeypatch.delenv(weights.ENV_REPO_WEIGHTS_DIR)
     monkeypatch.setattr(weights, "checkout_root", lambda: None)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_stubs import drop_pack, fake_comfyui, import_pack
 from PIL import Image
-
-from comfy_stubs import fake_comfyui, import_pack, drop_pack
 from real_comfyui import overlapping
-from workflow_tools import (CLIP_VIDEO, CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO, STAND_INS,
-                            VIDEO_PREVIEW, VIRTUAL_NODES, definitions_of, expected_init, input_images, load_workflow,
-                            quick_run, random_directions, run_prompt, socket_inputs, stage_tiny_files, ui_to_api,
-                            widget_slots, workflow_files)
+from workflow_tools import (CLIP_VIDEO, CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO,
+                            STAND_INS, VIDEO_PREVIEW, VIRTUAL_NODES, definitions_of, expected_init, input_images,
+                            load_workflow, quick_run, random_directions, run_prompt, socket_inputs, stage_tiny_files,
+                            ui_to_api, widget_slots, workflow_files)
 
 EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo", "essence_train_best",
             "essence_video"}

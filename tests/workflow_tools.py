@@ -27,9 +27,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
-
 from comfy_stubs import LANDMARKS_FOLDER, LANDMARKS_NAME, installed_landmarks
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"

@@ -1,0 +1,264 @@
+"""``essence batch train``, ``apply`` and ``video``: many directions, many photos, long clips, on Ray.
+
+Each command turns its inputs into ``essence.batch`` tasks (one per target; one per photo x
+direction x strength) and runs them on workers that load the models once. The work of one task is
+exactly what the single commands do (``train_essence`` is ``essence train``'s own call, and
+``apply_to_photo`` the photo pipeline), so a batch gives the same files as a loop over them would.
+Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips finished outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import EssenceError
+from ..faces import SMOOTHING_PRESETS
+from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
+from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
+                     run_train_batch, run_video_job)
+from ..storage import atomic_write
+from ..video import STAGES
+from .directions import (TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, parse_strengths, strength_tokens,
+                         train_job)
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DIRECTION_SUFFIXES = (".safetensors", ".npy")
+REPORT_NAME = "report"
+MAX_ERRORS_SHOWN = 10
+
+
+def _add_batch(subparsers: Subparsers) -> None:
+    batch = subparsers.add_parser(
+        "batch", help="train or apply many directions at once on Ray (resumable; a cluster with --address)",
+        description="Batch jobs on Ray: one task per target (train) or per photo x direction (apply), on workers "
+                    "that load the models once. Without --address a local Ray uses this machine. Finished outputs "
+                    "are skipped when run again; report.json / report.csv list every task.")
+    actions = batch.add_subparsers(title="batch commands", metavar="ACTION")
+    batch.set_defaults(handler=lambda _args: _usage(batch))
+
+    train = actions.add_parser("train", help="one direction per target: OUT/<target stem>.safetensors",
+                               description="Train one direction per target picture (as `essence train` would, "
+                                           "with the same options) into OUT/<target stem>.safetensors.")
+    train.add_argument("targets", nargs="+", metavar="TARGET", help="target pictures, or folders of them")
+    train.add_argument("--out", "-o", type=Path, required=True, help="folder for the directions and the report")
+    add_train_options(train)
+    add_model_options(train, encoder=True, guide=True)
+    _add_ray_options(train)
+    train.set_defaults(handler=_cmd_batch_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
+
+    apply = actions.add_parser("apply", help="every photo x every direction: OUT/<direction>/<photo>.png",
+                               description="Edit every face of every photo with every direction (align, invert, "
+                                           "apply, render, paste back) into OUT/<direction stem>/<photo stem>.png.")
+    apply.add_argument("directions", nargs="+", metavar="DIRECTION",
+                       help="direction files (.safetensors or official .npy), or folders of them")
+    apply.add_argument("--photos", nargs="+", required=True, metavar="PHOTO", help="photos, or folders of photos")
+    apply.add_argument("--out", "-o", type=Path, required=True, help="folder for the edited photos and the report")
+    apply.add_argument("--strength", default="1.0",
+                       help="strength, or comma-separated strengths (one picture each: <photo>_s<strength>.png); "
+                            "'auto' is each direction's recommended strength (1.0 when it has none)")
+    apply.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
+    apply.add_argument("--largest-face", action="store_true", help="edit only the largest face of each photo")
+    apply.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    add_model_options(apply, encoder=True)
+    _add_ray_options(apply)
+    apply.set_defaults(handler=_cmd_batch_apply)
+    _add_batch_video(actions)
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine); the "
+                        "output folder and the input files must be reachable by every node")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers (each loads the models once; default: one per GPU, else one per CPU core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _cmd_batch_train(args: argparse.Namespace) -> int:
+    job = train_job(args)
+    targets = expand_inputs(args.targets, IMAGE_SUFFIXES, "target pictures")
+    _check_stems(targets, "targets")
+    models = TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
+    report = run_train_batch(targets, args.out, job, models, **_runner_options(args))
+    return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+class ApplyWorker:
+    """A batch worker that edits photos: the generator, e4e and the landmark model load once, each
+    direction on first use; ``invert``'s cache spares a worker inverting a photo again for the next
+    direction."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ..faces import load_landmarker
+        from ..networks import load_encoder, load_generator
+
+        self.args = args
+        self.generator = load_generator(args.generator, device=args.device)
+        self.encoder = load_encoder(args.encoder, device=args.device)
+        self.landmarks = load_landmarker(args.landmarks)
+        self.directions: dict[str, Direction] = {}
+
+    def run(self, task: BatchTask) -> dict[str, Any]:
+        photo, direction_file, token = task.inputs
+        if direction_file not in self.directions:
+            self.directions[direction_file] = load_direction(direction_file)
+        direction = self.directions[direction_file]
+        strength, note = direction.resolve_strength(token if token.lower() == "auto" else float(token))
+        image = apply_to_photo(photo, direction, self.generator, self.encoder, strength, landmarks=self.landmarks,
+                               layers=self.args.layers, all_faces=not self.args.largest_face)
+        with atomic_write(task.output) as tmp:
+            image.save(tmp, format="PNG")
+        return {"photo": photo, "direction": direction_file, "strength": strength, "log": note or ""}
+
+
+def _valid_image(path: Path) -> dict[str, Any]:
+    """A finished ``batch apply`` output: a picture that decodes completely, else raises."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return {"size": f"{image.width}x{image.height}"}
+
+
+def _cmd_batch_apply(args: argparse.Namespace) -> int:
+    tokens = strength_tokens(args.strength)
+    directions = expand_inputs(args.directions, DIRECTION_SUFFIXES, "direction files")
+    photos = expand_inputs(args.photos, IMAGE_SUFFIXES, "photos")
+    _check_stems(directions, "directions")
+    _check_stems(photos, "photos")
+    tasks = []
+    for direction in directions:
+        for photo in photos:
+            for token in tokens:
+                stem = photo.stem if len(tokens) == 1 else f"{photo.stem}_s{token}"
+                tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
+                                       (str(photo), str(direction), token)))
+    report = _run(args, tasks, ApplyWorker, _valid_image, "applying")
+    return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def _add_batch_video(actions: Subparsers) -> None:
+    video = actions.add_parser("video", help="one clip, its frames split into chunks across the workers",
+                               description="Edit the main face of every frame of a clip (as `essence apply --video` "
+                                           "does) with chunks of frames on the workers; a rerun keeps finished "
+                                           "chunks. The video is assembled when every chunk is done.")
+    video.add_argument("direction", metavar="DIRECTION", help="direction file (.safetensors or official .npy)")
+    video.add_argument("--video", required=True, help="the clip to edit")
+    video.add_argument("--out", "-o", type=Path, required=True, help="the edited clip (.mp4, .mov, .mkv or .webm)")
+    video.add_argument("--strength", default="1.0",
+                       help="strength (default 1.0); 'auto' is the direction's recommended strength")
+    video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
+    video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                       help="how much the face's crop is smoothed over time (default normal)")
+    video.add_argument("--face-tracking", choices=("on", "off"), default="on",
+                       help="'on' (default): detect the face at chunk starts, scene cuts, a lost face and once a "
+                            "second, and follow its landmarks in between; 'off': detect it in every frame")
+    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
+                       help=f"frames per task (default {DEFAULT_CHUNK}; with --face-tracking on, rounded to whole "
+                            f"refresh intervals, 1 s of frames, so every chunk starts on a detection)")
+    video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
+    video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    add_model_options(video, encoder=True)
+    _add_ray_options(video)
+    video.set_defaults(handler=_cmd_batch_video)
+
+
+def _cmd_batch_video(args: argparse.Namespace) -> int:
+    if len(strength_tokens(args.strength)) != 1:
+        raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
+    [strength] = parse_strengths(args.strength, load_direction(args.direction))
+    job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
+                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")
+    models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
+    result = run_video_job(job, models, workers=args.workers, address=args.address,
+                           gpus_per_worker=_gpus_per_worker(args),
+                           progress=not args.no_progress, keep_parts=args.keep_parts)
+    if not result.reports:
+        print(f"{result.path} is already complete ({result.info.describe()}); nothing to do.")
+        return 0
+    for stage, report in result.reports.items():
+        print(f"{STAGES[stage]}: {report.summary()}")
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps.")
+    return 0
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def expand_inputs(items: list[str], suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """Files as given, and the files with one of ``suffixes`` inside each folder given (sorted)."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not inside:
+                raise EssenceError(f"{path}: the folder holds no {what} ({', '.join(suffixes)}).")
+            found += inside
+        elif path.exists():
+            found.append(path)
+        else:
+            raise EssenceError(f"{path}: no such file or folder.")
+    return found
+
+
+def _check_stems(paths: list[Path], what: str) -> None:
+    """Outputs are named after their inputs, so two inputs may not share a name."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise EssenceError(f"{what} {seen[path.stem]} and {path} share the name {path.stem!r}, and outputs are "
+                               f"named after their inputs: rename one, or run them in separate batches.")
+        seen[path.stem] = path
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the batch runs (``run_batch``'s options), from the Ray options every batch command has."""
+    return dict(workers=args.workers, address=args.address, gpus_per_worker=_gpus_per_worker(args),
+                progress=not args.no_progress)
+
+
+def _run(args: argparse.Namespace, tasks: list[BatchTask], worker: type, validate, description: str) -> BatchReport:
+    config = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "handler"})
+    return run_batch(tasks, worker, config, validate=validate, description=description, **_runner_options(args))
+
+
+def _gpus_per_worker(args: argparse.Namespace) -> int | None:
+    """0 keeps the workers off GPUs (--device cpu or mps); None: "auto" and "cuda" give each worker a
+    GPU when the cluster has GPUs."""
+    return 0 if args.device in ("cpu", "mps") else None
+
+
+def _finish(out: Path, report: BatchReport) -> int:
+    json_path, csv_path = report.write(out, REPORT_NAME)
+    for record in report.failed[:MAX_ERRORS_SHOWN]:
+        print(f"failed {record.key}: {record.error}", file=sys.stderr)
+    if len(report.failed) > MAX_ERRORS_SHOWN:
+        print(f"... and {len(report.failed) - MAX_ERRORS_SHOWN} more failures (see the report).", file=sys.stderr)
+    print(f"{report.summary()} Report: {json_path} ({csv_path.name}).")
+    if report.failed:
+        print(f"error: {len(report.failed)} task(s) failed; run the same command again to retry only those.",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+SUBCOMMANDS = [_add_batch]

@@ -1,0 +1,425 @@
+"""Command-line commands for essence directions: ``train``, ``apply``, ``import-official``, ``info``,
+``export-npy``. Registered by ``essence.cli``; each ``_add_*`` declares arguments, each ``_cmd_*`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EssenceError, MissingWeightsError
+from ..faces import SMOOTHING_PRESETS, grid_to_pil, load_image
+from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, image_grid, import_targetclip_latents, invert,
+                       is_latent_file, load_direction, load_latents, mix_directions, strength_sweep, target_thumbnail)
+from ..networks import load_encoder, load_generator, load_guide, load_identity
+from ..storage import atomic_write, cli_command, fetch_command
+from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
+                        modes_help, train_essence, train_mode)
+
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def identity_model(args: argparse.Namespace):
+    """The ArcFace model of ``--identity`` (or looked up); None, with a note saying what that costs,
+    when there is none: the metrics then use their CLIP proxy."""
+    if args.identity:
+        return load_identity(args.identity, device=args.device)
+    try:
+        return load_identity(device=args.device)
+    except MissingWeightsError:
+        print(f"note: no identity model (model_ir_se50.pth) found: identity metrics are absent and the "
+              f"recommended strength uses a CLIP proxy. Get it with: {fetch_command()} arcface-ir-se50",
+              file=sys.stderr)
+        return None
+
+
+def add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
+    parser.add_argument("--generator", help="StyleGAN2 file (default: looked up as stylegan2-ffhq-config-f.pt)")
+    if guide:
+        parser.add_argument("--guide", help="CLIP file (default: ViT-B-32.pt)")
+    if encoder:
+        parser.add_argument("--encoder", help="e4e file (default: e4e_ffhq_encode.pt)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+
+
+def add_training_options(parser: argparse.ArgumentParser, default_mode: str | None = DEFAULT_MODE,
+                         default_text: str = DEFAULT_MODE) -> None:
+    """``--mode``, ``--lr`` and ``--weight-decay``: the options ``train`` and ``demo`` share."""
+    defaults = TrainSettings()
+    parser.add_argument("--mode", choices=list(TRAIN_MODES), default=default_mode,
+                        help=f"training mode (default: {default_text}). {modes_help()}")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help=f"learning rate of the direction and of the per-source coefficients (default "
+                             f"{defaults.lr:g}, as the official script)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help=f"the direction's L2 weight decay inside Adam (default {defaults.weight_decay:g}, "
+                             f"as the official script)")
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EssenceError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+    if not all(math.isfinite(v) for v in values):
+        raise EssenceError(f"{what} must be finite numbers, got {text!r}.")
+    return values
+
+
+def strength_tokens(text: str) -> list[str]:
+    """``--strength``'s comma-separated values as given (numbers or ``auto``), refused now when a
+    number is not one or there is none, before any direction is read."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength")
+    if not parts:
+        raise EssenceError("--strength needs a number or 'auto'.")
+    return parts
+
+
+def parse_strengths(text: str, direction: Direction) -> list[float]:
+    """``--strength``: comma-separated numbers, where ``auto`` is the direction's recommended strength
+    (1.0, with a note on stderr, when its file has none)."""
+    parts = strength_tokens(text)
+    numbers = iter(parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength"))
+    values = []
+    for part in parts:
+        if part.lower() != "auto":
+            values.append(next(numbers))
+            continue
+        value, note = direction.resolve_strength("auto")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        else:
+            print(f"Strength auto = {value:g}, recommended for {direction.name!r}.")
+        values.append(value)
+    return values
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("train", help="train an essence direction from target image(s)",
+                              description="Train a TargetCLIP direction: the essence of the target picture(s), "
+                                          "applicable to any face.")
+    p.add_argument("targets", nargs="+", help="target image(s); several pictures of the same target are averaged")
+    p.add_argument("--out", "-o", required=True, help="direction file to write (.safetensors)")
+    add_train_options(p)
+    p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
+    p.add_argument("--keep-all", action="store_true",
+                   help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
+    add_model_options(p, encoder=True, guide=True)
+    p.set_defaults(handler=_cmd_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
+
+
+TRAIN_MEMORY_ADVICE = ("Use fewer source faces (--sample or a smaller --sources file), --render-size 256, a +bf16 "
+                       "--mode, or --device cpu.")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Everything about how one direction trains (sources, steps, seed, start, mode, losses,
+    candidates): the options ``train`` and ``batch train`` share."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
+    src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
+                   help="where training starts: " + "; ".join(f"{name}: {text}" for name, text in INIT_CHOICES.items()))
+    add_training_options(p)
+    p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
+                   help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
+    p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
+    p.add_argument("--recompute-from", type=int, default=None, metavar="RES",
+                   help="re-run the generator's layers from this resolution up in the backward pass instead of "
+                        "keeping them (e.g. 512: less memory, same result)")
+    p.add_argument("--render-size", type=int, default=None,
+                   help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256); "
+                        "a mode's own size (+256px) cannot be changed")
+    p.add_argument("--lambda-transfer", type=float, default=1.0)
+    p.add_argument("--lambda-consistency", type=float, default=0.5)
+    p.add_argument("--candidates", type=int, default=1, metavar="K",
+                   help="train K directions together (from the target's inversion, perturbations of it and "
+                        "random latents) and write the one that scores best on held-out faces (default 1)")
+    p.add_argument("--identity", help="with --candidates: ArcFace file model_ir_se50.pth for the identity "
+                   "preservation the candidates are ranked under (default: looked up; without it a CLIP proxy)")
+
+
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    options = {"render_size": args.render_size} if args.render_size is not None else {}
+    return train_mode(args.mode).settings(
+        steps=args.steps, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay, clip_mode=args.clip_mode,
+        chunk_size=args.chunk, recompute_from=args.recompute_from, lambda_transfer=args.lambda_transfer,
+        lambda_consistency=args.lambda_consistency, **options)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
+    job = train_job(args)
+    generator = load_generator(args.generator, device=args.device)
+    guide = load_guide(args.guide, device=args.device)
+    encoder = encoder_for_start(job.init, args.encoder, device=args.device)
+    identity = identity_model(args) if job.candidates > 1 else None
+    sources = job.source_faces(generator)
+    print(f"Training '{job.name or Path(args.targets[0]).stem}': {len(args.targets)} target picture(s), "
+          f"{len(sources)} sources ({sources.describe()}), {args.steps} steps, {args.mode} mode"
+          + (f", {job.candidates} candidates." if job.candidates > 1 else "."))
+    trained = train_essence(args.targets, generator, guide, job, sources=sources, encoder=encoder, identity=identity,
+                            progress=training_progress_bar(args.steps), on_retry=report_memory_retry)
+    if trained.note:
+        print(f"note: {trained.note}", file=sys.stderr)
+    if trained.choice is not None:
+        print("\n".join(trained.choice.report()))
+    if getattr(args, "keep_all", False):
+        for index, direction in enumerate(trained.candidates):
+            print(f"Saved candidate {index}: {direction.save(out.with_name(f'{out.stem}.cand{index}{out.suffix}'))}")
+    trained.direction.save(out)
+    print(f"Saved {out} (start: {trained.start}; {trained.result.summary()}).")
+    return 0
+
+
+def train_job(args: argparse.Namespace) -> EssenceJob:
+    """The ``add_train_options`` in ``args`` as the library's ``EssenceJob``, refused before any
+    model loads when a value or a combination is wrong."""
+    if args.candidates < 1:
+        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
+    if getattr(args, "keep_all", False) and args.candidates < 2:
+        raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
+    if args.identity and args.candidates < 2:
+        raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
+                           "direction, use `evaluate --identity`).")
+    return EssenceJob(settings=_train_settings(args), mode=args.mode, init=args.init, candidates=args.candidates,
+                      name=getattr(args, "name", None), sources=args.sources, sample=args.sample)
+
+
+def report_memory_retry(chunk: int) -> None:
+    print(f"Out of device memory: starting again with {chunk} source face(s) per pass "
+          f"(the same result, less memory; --chunk {chunk} skips this next time).", flush=True)
+
+
+def training_progress_bar(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+    def report(p) -> None:
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", transfer=f"{p.transfer:.4f}", consistency=f"{p.consistency:.4f}",
+                        best=f"{p.best_loss:.4f}")
+        if p.step == p.total:
+            bar.close()
+
+    return report
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def _add_apply(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("apply", help="apply direction(s) to latents, sampled faces or photos -> image",
+                              description="Render faces with an essence applied: w + strength * direction.")
+    p.add_argument("directions", nargs="+",
+                   help="direction file(s) (.safetensors or official .npy); NAME:WEIGHT mixes several")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--latents", help="latent file (.safetensors), or TargetCLIP's opt_latents.pt / w_plus.npy")
+    where.add_argument("--photo", nargs="+", help="photo(s) to align and invert with e4e")
+    where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
+    where.add_argument("--video", help="a video clip: edit the main face of every frame, keep the sound (--out: "
+                       ".mp4, .mov, .mkv or .webm)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument("--strength", default="1.0",
+                   help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2); 'auto' is the "
+                        "direction's recommended strength (essence evaluate --recommend), 1.0 when it has none")
+    p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
+    p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face; with --video "
+                   "the output video")
+    p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+                   help="with --video: how much the face's crop is smoothed over time against landmark jitter "
+                        "(default normal; scene cuts restart it)")
+    p.add_argument("--face-tracking", choices=("on", "off"), default="on",
+                   help="with --video: 'on' (default) runs the face detector only at the first frame, scene cuts, "
+                        "a lost or doubtful face and once a second, and follows the face's landmarks in between "
+                        "(about 10x less CPU per frame); 'off' detects the face in every frame")
+    add_model_options(p, encoder=True)
+    p.set_defaults(handler=_cmd_apply)
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    loaded = [_weighted(spec) for spec in args.directions]
+    if len(loaded) == 1 and loaded[0][1] == 1.0:
+        direction = loaded[0][0]
+    else:
+        direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
+    strengths = parse_strengths(args.strength, direction)
+    if args.video:
+        return _apply_video(args, direction, strengths)
+    generator = load_generator(args.generator, device=args.device)
+    direction.check_fits(generator, what=", ".join(args.directions))
+    if args.latents:
+        latents = load_latents(args.latents, generator).latents
+    elif args.photo:
+
+        encoder = load_encoder(args.encoder, device=args.device)
+        latents = invert(args.photo, encoder).latents
+    else:
+        latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
+    images = strength_sweep(generator, latents, direction, strengths, layers=args.layers)
+    _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
+    print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
+    return 0
+
+
+def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list[float]) -> int:
+    """``apply --video``: one strength, every frame; the work is ``essence.video.apply_to_video``'s."""
+    from tqdm import tqdm
+
+    from ..video import STAGES, apply_to_video
+
+    if len(strengths) != 1:
+        raise EssenceError(f"--video takes one strength, got {len(strengths)} ({args.strength}).")
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            label = STAGES.get(stage, stage)
+            bars[stage] = tqdm(total=total, unit="frame", desc=label, dynamic_ncols=True)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        result = apply_to_video(args.video, args.out, direction, encoder=load_encoder(args.encoder, device=args.device),
+                                generator=load_generator(args.generator, device=args.device),
+                                strength=strengths[0], layers=args.layers, smoothing=args.smoothing,
+                                face_tracking=args.face_tracking == "on",
+                                progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    track = result.track
+    missing = len(track) - track.found
+    print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps, strength {strengths[0]:g}, "
+          f"smoothing {args.smoothing}" + (f"; {missing} frame(s) without a face left unedited" if missing else "")
+          + f" ({result.seconds:.1f} s).")
+    return 0
+
+
+def _weighted(spec: str):
+    """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
+    path, weight = spec, "1"
+    if ":" in spec and not Path(spec).exists():
+        path, _, weight = spec.rpartition(":")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise EssenceError(f"{spec!r}: the weight after ':' must be a number.") from None
+    if not math.isfinite(value):
+        raise EssenceError(f"{spec!r}: the weight after ':' must be a finite number.")
+    return load_direction(path), value
+
+
+def _save_image(grid: torch.Tensor, path: Path) -> None:
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    if fmt is None:
+        raise EssenceError(f"{path.name}: choose a .png, .jpg or .webp output.")
+    with atomic_write(path) as tmp:
+        grid_to_pil(grid).save(tmp, format=fmt)
+
+
+# ----------------------------------------------------------------------------- import / export / info
+
+
+def _add_import_official(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("import-official", help="convert TargetCLIP's .npy directions and latents",
+                              description="Convert the directions (.npy, [1, 18, 512]) and source latents "
+                                          "(opt_latents.pt, w_plus.npy) published with TargetCLIP into "
+                                          "Essence files.")
+    p.add_argument("files", nargs="+", help=".npy directions, and/or latents: opt_latents.pt, w_plus.npy")
+    p.add_argument("--out-dir", "-o", required=True, help="folder for the converted .safetensors files")
+    p.set_defaults(handler=_cmd_import_official)
+
+
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out_dir)
+    for name in args.files:
+        path = Path(name)
+        target = out_dir / f"{path.stem}.safetensors"
+        if path.suffix.lower() not in (".npy", ".pt", ".pth"):
+            raise EssenceError(f"{path}: expected a TargetCLIP .npy direction, or latents (.pt, w_plus.npy).")
+        if is_latent_file(path):
+            latent_set = import_targetclip_latents(path)
+            latent_set.save(target)
+            print(f"{path} -> {target}  ({len(latent_set)} latents)")
+        else:
+            Direction.from_official_npy(path).save(target)
+            print(f"{path} -> {target}  (direction)")
+    return 0
+
+
+def _add_export_npy(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("export-npy", help="export a direction as TargetCLIP's .npy layout")
+    p.add_argument("direction", help="direction file")
+    p.add_argument("out", help="output .npy")
+    p.set_defaults(handler=_cmd_export_npy)
+
+
+def _cmd_export_npy(args: argparse.Namespace) -> int:
+    load_direction(args.direction).to_npy(args.out)
+    print(f"Wrote {args.out}")
+    return 0
+
+
+def _add_info(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("info", help="show what a direction or latent file holds")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(handler=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    for name in args.files:
+        kind, shape, meta = _describe_file(Path(name))
+        if args.json:
+            print(json.dumps({"file": name, "kind": kind, "shape": shape, "metadata": meta}, indent=1))
+            continue
+        print(f"{name}: {kind} {shape}")
+        if kind == "direction":
+            print(f"  {_strength_line(meta)}")
+        for key, value in meta.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            print(f"  {key}: {text}")
+    return 0
+
+
+def _strength_line(meta: dict) -> str:
+    """What ``--strength auto`` will use for a direction with this metadata."""
+    record = meta.get(AUTO_STRENGTH_KEY)
+    value = record.get("value") if isinstance(record, dict) else None
+    if isinstance(value, (int, float)):
+        return (f"recommended strength (auto): {value:g}, {record.get('basis', '?')} basis, "
+                f"threshold {record.get('threshold', '?')}, {record.get('faces', '?')} faces")
+    return (f"recommended strength (auto): none measured, 'auto' uses {FALLBACK_STRENGTH:g} "
+            f"(measure it with: {cli_command()} evaluate ... --recommend)")
+
+
+def _describe_file(path: Path) -> tuple[str, list[int], dict]:
+    """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
+    if is_latent_file(path):
+        latents = load_latents(path)
+        return "latents", list(latents.latents.shape), latents.meta
+    direction = Direction.load(path)
+    return "direction", list(direction.tensor.shape), direction.meta
+
+
+SUBCOMMANDS = [_add_train, _add_apply, _add_import_official, _add_export_npy, _add_info]

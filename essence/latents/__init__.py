@@ -1,0 +1,26 @@
+"""Latents and directions: faces as W+ latents, essences as directions, and applying one to the other.
+
+- ``latent_set``: ``LatentSet`` (W+ latents with where they came from), latent files, seeded samples,
+  TargetCLIP's ``opt_latents.pt`` / ``w_plus.npy``;
+- ``direction``: ``Direction``, the direction file format, the latent space it belongs to and its
+  recommended strength;
+- ``invert``: photos to W+ latents (alignment, then e4e in batches, cached by content);
+- ``apply``: ``w + strength * d`` with per-layer presets, mixes, strength sweeps, a photo edited end to end.
+"""
+
+from .apply import LAYER_PRESETS, Strength, apply_direction, apply_to_photo, image_grid, mix_directions, strength_sweep
+from .direction import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, LatentSpace, direction_metadata,
+                        load_direction, target_thumbnail)
+from .inversion import Inversion, clear_inversion_cache, invert, invert_aligned
+from .latent_set import (LatentSet, generator_info, import_targetclip_latents, is_latent_file, load_latents,
+                         sample_latents, save_latents)
+
+__all__ = [
+    "LatentSet", "load_latents", "save_latents", "sample_latents", "is_latent_file", "import_targetclip_latents",
+    "generator_info",
+    "Direction", "LatentSpace", "load_direction", "direction_metadata", "target_thumbnail", "AUTO_STRENGTH_KEY",
+    "FALLBACK_STRENGTH",
+    "invert", "invert_aligned", "Inversion", "clear_inversion_cache",
+    "apply_direction", "apply_to_photo", "mix_directions", "strength_sweep", "image_grid", "LAYER_PRESETS",
+    "Strength",
+]

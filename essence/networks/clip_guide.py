@@ -1,0 +1,220 @@
+"""CLIP image embeddings: the signal that steers TargetCLIP.
+
+Only CLIP's image tower is kept (the text tower of ViT-B/32 alone is ~63 M parameters we never use).
+The architecture comes from the ``clip`` package (PyPI ``clip-anytorch``), so embeddings equal
+OpenAI's for the same weights; Essence only reads the file itself, because ``clip.load`` falls back
+to full unpickling when a file is not TorchScript, which a shared file must never get.
+
+Two ways into the tower, as in the official TargetCLIP code:
+
+* ``embed_generated``: generator output (about [-1, 1], any power-of-two size >= 32) is resized to
+  224 px with TargetCLIP's "nearest upsample x7, then average-pool by size/32" and, in the default
+  ``"official"`` mode, fed to CLIP *without* CLIP's mean/std normalisation (what the paper's code
+  does). ``"normalized"`` maps it to [0, 1] and applies CLIP's mean/std, as CLIP was trained.
+* ``embed_target``: a target picture goes through CLIP's own preprocessing (bicubic resize of the
+  short side, centre crop, mean/std normalisation).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Iterable, Literal, Mapping
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import CorruptFileError, IncompatibleWeightsError, ShapeError, WrongFileKindError
+from ..storage import is_torchscript_archive, load_torch_file, refuse_torchscript_load_code
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+UPSAMPLE_FACTOR = 7  # TargetCLIP's nn.Upsample(scale_factor=7)
+
+GeneratedMode = Literal["official", "normalized"]
+
+
+def official_resize_matrix(size: int, out_size: int, factor: int = UPSAMPLE_FACTOR) -> torch.Tensor:
+    """The linear map of "nearest upsample x factor, then average-pool to out_size" along one axis.
+
+    Computing it as ``A @ image @ A.T`` gives the official result without materialising the
+    7x-upsampled image (7168 x 7168 x 3 floats per 1024 px image, 616 MB). A: [out_size, size].
+    """
+    kernel = size * factor // out_size
+    if kernel * out_size != size * factor:
+        raise ShapeError(f"generated images must be a multiple of 32 px on each side for TargetCLIP's "
+                         f"resize to {out_size} px, got {size} px.")
+    upsampled_source = torch.arange(size * factor) // factor  # which input pixel each upsampled one copies
+    bins = torch.arange(size * factor) // kernel  # which output pixel each upsampled one averages into
+    matrix = torch.zeros(out_size, size)
+    matrix.index_put_((bins, upsampled_source), torch.full((size * factor,), 1.0 / kernel), accumulate=True)
+    return matrix
+
+
+class ClipGuide(nn.Module):
+    """CLIP's image tower with TargetCLIP's two preprocessing paths."""
+
+    def __init__(self, visual: nn.Module, name: str = "CLIP"):
+        super().__init__()
+        self.visual = visual
+        self.name = name
+        self.input_resolution: int = int(visual.input_resolution)
+        self.embed_dim: int = int(visual.output_dim)
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._resize_cache: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+    def _resize_matrix(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        key = (size, str(like.device), like.dtype)
+        if key not in self._resize_cache:
+            self._resize_cache[key] = official_resize_matrix(size, self.input_resolution).to(like.device, like.dtype)
+        return self._resize_cache[key]
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Already-preprocessed pixels [B, 3, R, R] -> embeddings [B, embed_dim] (not normalised)."""
+        dtype = self.visual.conv1.weight.dtype
+        return self.visual(pixels.to(dtype))
+
+    def resize_generated(self, images: torch.Tensor, mode: GeneratedMode = "official") -> torch.Tensor:
+        """Generator output [B, 3, S, S] -> CLIP input [B, 3, R, R] (differentiable)."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+            raise ShapeError(f"generated images must be [batch, 3, size, size], got {list(images.shape)}.")
+        matrix = self._resize_matrix(images.shape[-1], images)
+        pixels = matrix @ images @ matrix.t()
+        if mode == "official":
+            return pixels
+        if mode == "normalized":
+            return ((pixels + 1) / 2 - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
+        raise ValueError(f"mode must be 'official' or 'normalized', got {mode!r}.")
+
+    def embed_generated(self, images: torch.Tensor, mode: GeneratedMode = "official") -> torch.Tensor:
+        """Generator output [B, 3, S, S] -> CLIP embeddings [B, embed_dim] (not normalised)."""
+        return self.encode(self.resize_generated(images, mode))
+
+    def preprocess(self, images: Image.Image | torch.Tensor | Iterable[Image.Image]) -> torch.Tensor:
+        """CLIP's own preprocessing -> [B, 3, R, R].
+
+        PIL images go through exactly the torchvision pipeline ``clip`` uses (bicubic resize of the
+        short side, centre crop, to [0, 1], mean/std). Tensors are ComfyUI-style [B, H, W, C] in
+        [0, 1] and take the same steps on the tensor (antialiased bicubic), which stays
+        differentiable and is within a few 1e-3 of PIL's resampling.
+        """
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, torch.Tensor):
+            return self._preprocess_tensor(images)
+        transform = _clip_transform(self.input_resolution)
+        return torch.stack([transform(image) for image in images]).to(self.mean.device)
+
+    def _preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise ShapeError(f"target images must be [batch, height, width, channels] in [0, 1] "
+                             f"(channels 1, 3 or 4), got {list(images.shape)}.")
+        x = images[..., :3] if images.shape[-1] != 1 else images.expand(-1, -1, -1, 3)
+        x = x.permute(0, 3, 1, 2).to(self.mean.device, torch.float32)
+        x = TF.resize(x, self.input_resolution, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        x = TF.center_crop(x, [self.input_resolution, self.input_resolution]).clamp(0, 1)
+        return (x - self.mean) / self.std
+
+    def embed_target(self, images: Image.Image | torch.Tensor | Iterable[Image.Image]) -> torch.Tensor:
+        """Target picture(s) -> CLIP embeddings [B, embed_dim] (not normalised)."""
+        return self.encode(self.preprocess(images))
+
+
+def _clip_transform(resolution: int):
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([
+        Resize(resolution, interpolation=InterpolationMode.BICUBIC),
+        CenterCrop(resolution),
+        lambda image: image.convert("RGB"),
+        ToTensor(),
+        Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def clip_state_from_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of an OpenAI CLIP file: a TorchScript archive or a plain state dict.
+
+    TorchScript archives are opened with ``torch.jit.load``, which reads TorchScript code and
+    tensors but never Python pickles of arbitrary objects; only the weights are kept. Archives whose
+    code would run while loading (a ``__setstate__``) or that unpack to far more than their size are
+    refused first (``refuse_torchscript_load_code``).
+    """
+    source = str(path)
+    if is_torchscript_archive(path):
+        refuse_torchscript_load_code(path)
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, OSError) as exc:
+            raise CorruptFileError(f"{source}: damaged TorchScript archive ({str(exc).splitlines()[0]}). "
+                                   f"Download it again.") from None
+        state = {k: v for k, v in scripted.state_dict().items()}
+    else:
+        obj = load_torch_file(path)
+        state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+    if not isinstance(state, Mapping) or "visual.proj" not in state and "visual.attnpool.c_proj.weight" not in state:
+        what = _describe(state)
+        raise WrongFileKindError(f"{source}: this is not an OpenAI CLIP model ({what}). Expected a file such "
+                                 f"as ViT-B-32.pt (TorchScript) or a CLIP state dict with 'visual.*' tensors.")
+    return dict(state)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        if "g_ema" in obj:
+            return "it looks like a StyleGAN2 generator"
+        if "state_dict" in obj:
+            return "it looks like an encoder checkpoint"
+        return f"top-level keys {list(obj)[:5]}"
+    return f"a {type(obj).__name__}"
+
+
+def import_clip_model():
+    # clip/__init__.py imports pkg_resources (setuptools < 81); clip.model itself does not need it,
+    # so fall back to loading that one module when the package import fails. Where the import works,
+    # setuptools warns that pkg_resources is deprecated: a note for the clip package's authors, not
+    # for Essence's users, so that one warning is silenced for this import only.
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from clip import model as clip_model
+        return clip_model
+    except ImportError as exc:
+        import importlib.util
+        spec = importlib.util.find_spec("clip")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the 'clip' package is missing: pip install clip-anytorch") from exc
+        location = os.path.join(list(spec.submodule_search_locations)[0], "model.py")
+        module_spec = importlib.util.spec_from_file_location("essence_clip_model", location)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module
+
+
+def load_guide_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClipGuide:
+    """Build the CLIP image tower from a file, in float32, without gradients on its weights."""
+    state = clip_state_from_file(path)
+    clip_model = import_clip_model()
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    try:
+        model = clip_model.build_model(state)
+    except (KeyError, RuntimeError, IndexError) as exc:
+        raise IncompatibleWeightsError(f"{path}: the CLIP weights do not fit the architecture "
+                                       f"({str(exc).splitlines()[0]}).") from None
+    visual = model.visual.float()
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+    return ClipGuide(visual, name=name).eval().requires_grad_(False).to(device)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Normalise embeddings to unit length along the last axis (``x / |x|``)."""
+    return x / x.norm(dim=-1, keepdim=True)

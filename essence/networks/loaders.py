@@ -1,0 +1,61 @@
+"""Loading the networks from the files users have, found by role when no path is given.
+
+Models are built outside ``torch.inference_mode``: ComfyUI runs every node under it, and tensors
+created there can never take part in autograd (training). By default a loaded model is kept in
+``runtime``'s cache, so asking for the same file again costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+
+from ..runtime import cached_model, resolve_device
+from ..storage import find_weight
+from .clip_guide import ClipGuide, load_guide_file
+from .e4e import E4EEncoder, load_encoder_file
+from .identity import IdentityEncoder, load_identity_file
+from .stylegan2 import StyleGAN2Generator, load_generator_file
+
+PathLike = str | os.PathLike
+Model = TypeVar("Model")
+
+
+def _load(role: str, path: PathLike | None, device: str | torch.device | None,
+          loader: Callable[..., Model], cache: bool) -> Model:
+    file = find_weight(role, explicit_path=path)
+    target = resolve_device(device)
+    with torch.inference_mode(False):
+        if not cache:
+            return loader(file, target)
+        return cached_model(role, file, target, loader)
+
+
+def load_generator(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                   cache: bool = True) -> StyleGAN2Generator:
+    """StyleGAN2 generator from ``stylegan2-ffhq-config-f.pt``-style files or an e4e file's decoder."""
+    return _load("generator", path, device, load_generator_file, cache)
+
+
+def load_encoder(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                 cache: bool = True) -> E4EEncoder:
+    """e4e encoder from ``e4e_ffhq_encode.pt``-style files."""
+    return _load("encoder", path, device, load_encoder_file, cache)
+
+
+def load_guide(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+               cache: bool = True) -> ClipGuide:
+    """CLIP image tower from OpenAI's TorchScript files (``ViT-B-32.pt``) or a CLIP state dict."""
+    return _load("guide", path, device, load_guide_file, cache)
+
+
+def load_identity(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                  cache: bool = True) -> IdentityEncoder:
+    """ArcFace IR-SE-50 identity network from ``model_ir_se50.pth`` (pSp / e4e / TargetCLIP's ID metric).
+
+    ``load_identity().embed(faces)`` turns aligned faces [B, 3, H, H] in [-1, 1] into unit vectors
+    [B, 512]; the dot product of two is their identity similarity.
+    """
+    return _load("identity", path, device, load_identity_file, cache)

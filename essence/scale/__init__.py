@@ -1,0 +1,18 @@
+"""Scale: batch jobs on Ray, locally or on a cluster (``pip install "essence-targetclip[scale]"``).
+
+- ``batch``: tasks with one output each, workers that keep their models loaded, reports and resume;
+- ``train_batch``: one training per target picture (``train_essence`` on each);
+- ``video_batch``: one long clip as chunks of frames on the workers, resumable, assembled when complete.
+
+Ray is imported only when a job starts.
+"""
+
+from .batch import BatchReport, BatchRunner, BatchTask, captured_output, connect, plan_workers, run_batch
+from .train_batch import TrainModels, TrainWorker, direction_details, run_train_batch, train_tasks
+from .video_batch import DEFAULT_CHUNK, VideoJob, VideoModels, run_video_job
+
+__all__ = [
+    "BatchTask", "BatchReport", "BatchRunner", "run_batch", "captured_output", "connect", "plan_workers",
+    "TrainModels", "TrainWorker", "run_train_batch", "train_tasks", "direction_details",
+    "VideoJob", "VideoModels", "run_video_job", "DEFAULT_CHUNK",
+]

@@ -1,0 +1,485 @@
+"""Batch jobs on Ray: many independent tasks, each writing one file, on workers that keep their models.
+
+A studio trains hundreds of essences and applies them to thousands of photos; a video is thousands
+of frames. Both are lists of independent tasks. ``run_batch`` (or a ``BatchRunner``) runs such a
+list on Ray (https://docs.ray.io), which schedules the work, restarts dead workers and runs on one
+machine or a cluster without changes:
+
+- **Tasks** (``BatchTask``): a unique ``key`` (its row in the report), the ``output`` file it writes
+  and its ``inputs`` (anything picklable). A task writes only its output, atomically
+  (``essence.files.atomic_write``): the file appears complete or not at all.
+- **Workers**: a class, given to the runner, that loads its models once in ``__init__(config)`` and
+  does one task per ``run(task) -> dict`` (the dict goes into the report). The runner wraps it in a
+  Ray actor: one per GPU when the cluster has GPUs (``num_gpus``), else CPU actors, each using
+  ``torch`` threads for the CPUs it was given.
+- **Independent failures**: an exception in a task becomes that task's ``failed`` row, with the
+  message; the other tasks go on.
+- **Resume**: a task whose output exists and passes ``validate`` (e.g. the direction file loads with
+  Essence's own reader) is ``skipped`` without running. A damaged or partial output is done again.
+- **Killed workers**: Ray restarts a dead actor (``max_restarts``) and runs its task again
+  (``max_task_retries``). The killed attempt never renamed its temporary file into place, so there is
+  no partial output; its leftover temporary file is removed when the batch ends. When the retries
+  are spent the task is reported failed and a new worker takes its place; a rerun does it.
+- **Where**: with ``address`` (or the ``RAY_ADDRESS`` variable) the runner joins that cluster;
+  otherwise it starts a local Ray sized to the machine (no dashboard). If Ray is already running in
+  this process (``ray.init`` was called), that one is used.
+
+Ray is an optional dependency (``pip install "ray>=2.9"``); the rest of Essence never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+
+from ..errors import EssenceError
+from ..storage import atomic_write, remove_temp_files
+
+RAY_REQUIREMENT = "ray>=2.9"
+INSTALL_HINT = f'pip install "{RAY_REQUIREMENT}"'
+DEFAULT_RETRIES = 2  # restarts of a dead worker, and retries of the task it was running
+Status = Literal["done", "skipped", "failed"]
+BASE_COLUMNS = ("key", "status", "seconds", "output", "error", "worker")
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One unit of work: ``key`` names it in the report (unique in a batch), ``output`` is the one
+    file it writes, ``inputs`` is what the worker needs (picklable: paths, numbers, small dicts)."""
+
+    key: str
+    output: Path
+    inputs: Any = None
+
+
+class BatchWorker(Protocol):
+    """What a worker class provides. ``__init__(config)`` loads the models (once per worker);
+    ``run(task)`` does one task, writes ``task.output`` atomically and returns the details for the
+    report (plain JSON values: numbers, strings). It raises to fail the task; the message is reported."""
+
+    def __init__(self, config: Any) -> None: ...
+
+    def run(self, task: BatchTask) -> dict[str, Any]: ...
+
+
+@dataclass
+class TaskRecord:
+    """One row of the report."""
+
+    key: str
+    status: Status
+    output: str
+    seconds: float = 0.0
+    error: str | None = None
+    worker: str | None = None  # host:pid of the worker process that did it
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """Flat: the fixed columns, then the details (which cannot override them)."""
+        base = asdict(self)
+        base.pop("details")
+        return {**base, **{k: v for k, v in self.details.items() if k not in base}}
+
+
+@dataclass
+class BatchReport:
+    """Every task's record (in task order), and how the batch ran."""
+
+    records: list[TaskRecord]
+    seconds: float
+    workers: int
+    resources: str  # e.g. "2 CPU workers (1 CPU each)" or "4 GPU workers"
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.records if r.status == status)
+
+    @property
+    def failed(self) -> list[TaskRecord]:
+        return [r for r in self.records if r.status == "failed"]
+
+    def tasks_per_hour(self) -> float | None:
+        """Tasks done (not skipped) per hour of wall time, or None when none was done."""
+        done = self.count("done")
+        return done * 3600.0 / self.seconds if done and self.seconds > 0 else None
+
+    def summary(self) -> str:
+        """The one line printed at the end."""
+        rate = self.tasks_per_hour()
+        speed = f", {rate:.1f} tasks/hour" if rate is not None else ""
+        return (f"{len(self.records)} task(s): {self.count('done')} done, {self.count('skipped')} skipped, "
+                f"{self.count('failed')} failed in {_duration(self.seconds)} on {self.resources}{speed}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": {"tasks": len(self.records), "done": self.count("done"),
+                            "skipped": self.count("skipped"), "failed": self.count("failed"),
+                            "seconds": round(self.seconds, 3), "workers": self.workers,
+                            "resources": self.resources, "tasks_per_hour": self.tasks_per_hour()},
+                "tasks": [r.row() for r in self.records]}
+
+    def write(self, folder: str | os.PathLike, name: str = "report") -> tuple[Path, Path]:
+        """``<folder>/<name>.json`` and ``<name>.csv`` (one row per task), each written atomically."""
+        folder = Path(folder)
+        rows = [r.row() for r in self.records]
+        columns = list(BASE_COLUMNS) + sorted({k for row in rows for k in row} - set(BASE_COLUMNS))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+        json_path, csv_path = folder / f"{name}.json", folder / f"{name}.csv"
+        with atomic_write(json_path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, default=str), encoding="utf-8")
+        with atomic_write(csv_path) as tmp:
+            tmp.write_text(text.getvalue(), encoding="utf-8", newline="")
+        return json_path, csv_path
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or an ``EssenceError`` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise EssenceError(f"batch jobs run on Ray, which is not installed. Install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Ray, ready: the running one in this process, else the cluster at ``address`` (or
+    ``RAY_ADDRESS``), else a new local one with ``num_cpus`` CPUs (default: all), without dashboard."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine unasked
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return ray
+    # Local workers inherit this process's environment: they import essence from where it runs
+    # (a checkout too). Cheaper than a Ray runtime_env, which costs seconds per worker start.
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    return ray
+
+
+class _Actor:
+    """The Ray actor around a worker: builds it once, runs tasks, turns exceptions into records.
+
+    It answers ``status`` while a task runs (two threads), so a caller can see which task each
+    worker process is on, e.g. to watch a batch or to test that killing one loses nothing.
+    """
+
+    def __init__(self, worker_class: type, config: Any, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
+        self.current: str | None = None
+        self.startup_error: str | None = None
+        try:
+            self.worker = worker_class(config)
+        except Exception as exc:  # reported by ready(): a worker that cannot start fails the batch
+            self.startup_error = _message(exc)
+
+    def ready(self) -> str | None:
+        """None when the worker started, else why it could not."""
+        return self.startup_error
+
+    def status(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "where": self.where, "task": self.current}
+
+    def run(self, task: BatchTask) -> TaskRecord:
+        start = time.perf_counter()
+        self.current = task.key
+        try:
+            if self.startup_error is not None:
+                raise EssenceError(f"the worker could not start: {self.startup_error}")
+            details = self.worker.run(task) or {}
+            return TaskRecord(task.key, "done", str(task.output), time.perf_counter() - start,
+                              worker=self.where, details=details)
+        except Exception as exc:  # an independent failure: reported, the batch goes on
+            return TaskRecord(task.key, "failed", str(task.output), time.perf_counter() - start,
+                              error=_message(exc), worker=self.where)
+        finally:
+            self.current = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _message(exc: BaseException) -> str:
+    """Essence's own errors are written for users; others get their type name too."""
+    return str(exc) if isinstance(exc, EssenceError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many actors, and what each asks Ray for."""
+
+    workers: int
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"{self.workers} GPU worker(s) ({self.gpus:g} GPU each)"
+        return f"{self.workers} CPU worker(s) ({self.cpus:g} CPU each)"
+
+
+def plan_workers(resources: dict[str, float], tasks: int, workers: int | None = None,
+                 gpus_per_worker: float | None = None, max_node_cpus: float | None = None) -> WorkerPlan:
+    """Fit the workers to the cluster's ``resources`` (``ray.cluster_resources()``).
+
+    GPUs (``gpus_per_worker`` None = 1 when the cluster has any, 0 = CPU only): one worker per GPU.
+    CPU only: by default one worker per CPU; with ``workers`` given, the CPUs are shared among them
+    (each worker's torch uses that many threads), at most one node's CPUs each. Never more workers
+    than tasks.
+    """
+    total_gpus = float(resources.get("GPU", 0))
+    total_cpus = max(1.0, float(resources.get("CPU", 1)))
+    gpus = (1.0 if total_gpus >= 1 else 0.0) if gpus_per_worker is None else float(gpus_per_worker)
+    if gpus > total_gpus:
+        raise EssenceError(f"each worker asks for {gpus:g} GPU(s) but the Ray cluster has {total_gpus:g}. "
+                           f"Run on the CPU (--device cpu) or join a cluster with GPUs (--address).")
+    if workers is not None and workers < 1:
+        raise EssenceError(f"--workers must be at least 1, got {workers}.")
+    if gpus:
+        count = workers or max(1, int(total_gpus // gpus))
+        cpus = 1.0
+    else:
+        count = workers or int(total_cpus)
+        cpus = max(1.0, math.floor(total_cpus / count))
+        if max_node_cpus:
+            cpus = min(cpus, max(1.0, math.floor(max_node_cpus)))
+    return WorkerPlan(max(1, min(count, tasks)), cpus, gpus)
+
+
+class BatchRunner:
+    """Runs batches of tasks on Ray actors built from one worker class and config (see module doc).
+
+    ``workers``: how many actors (default: see ``plan_workers``); ``gpus_per_worker``: None = one GPU
+    each when the cluster has GPUs, 0 = CPU workers; ``retries``: restarts of a dead worker and
+    retries of its task. Actors start on the first ``run`` and stay (models loaded) until ``close``.
+    """
+
+    def __init__(self, worker_class: type, config: Any = None, *, workers: int | None = None,
+                 address: str | None = None, gpus_per_worker: float | None = None,
+                 retries: int = DEFAULT_RETRIES) -> None:
+        self.worker_class = worker_class
+        self.config = config
+        self.workers = workers
+        self.address = address
+        self.gpus_per_worker = gpus_per_worker
+        self.retries = retries
+        self.plan: WorkerPlan | None = None
+        self._actors: list[Any] = []
+        self._ray: Any = None
+
+    def __enter__(self) -> "BatchRunner":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        """For each worker: its ``pid``, ``where`` (host:pid) and the ``task`` key it is on (or None).
+        Answers while the workers work; a worker that is restarting is left out."""
+        if self._ray is None:
+            return []
+        found = []
+        for actor in list(self._actors):
+            try:
+                found.append(self._ray.get(actor.status.remote(), timeout=10))
+            except Exception:  # dead or restarting: nothing to say about it now
+                continue
+        return found
+
+    def close(self) -> None:
+        """Stop the workers (their models go with them)."""
+        if self._ray is not None:
+            for actor in self._actors:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    # -- running
+
+    def run(self, tasks: Sequence[BatchTask], validate: Callable[[Path], dict[str, Any] | None] | None = None,
+            progress: bool = True, description: str = "batch") -> BatchReport:
+        """Run ``tasks`` and return the report (records in task order).
+
+        ``validate(output)`` decides whether an existing output counts as finished: it returns the
+        details for the report (e.g. the loss stored in a direction file), or raises when the file
+        is unusable (then the task runs again). Without ``validate`` every task runs.
+        """
+        _check_unique(tasks)
+        start = time.perf_counter()
+        records: dict[str, TaskRecord] = {}
+        todo: deque[BatchTask] = deque()
+        remove_temp_files(task.output for task in tasks)  # left by a worker killed in an earlier run
+        for task in tasks:
+            skipped = _finished(task, validate)
+            if skipped is not None:
+                records[task.key] = skipped
+            else:
+                todo.append(task)
+        if todo:
+            self._start(len(todo))  # before the bar, so its ETA does not count Ray's start-up
+        bar = _progress_bar(len(tasks), len(tasks) - len(todo), description, progress)
+        try:
+            if todo:
+                self._run(todo, records, bar)
+        except BaseException:  # Ctrl-C, lost cluster: stop the writers before their temporary files go
+            self.close()
+            raise
+        finally:
+            bar.close()
+            remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
+        plan = self.plan or WorkerPlan(0, 0, 0)
+        return BatchReport([records[t.key] for t in tasks], time.perf_counter() - start, plan.workers,
+                           plan.describe() if self.plan else "no workers (nothing to do)")
+
+    def _run(self, todo: deque[BatchTask], records: dict[str, TaskRecord], bar: Any) -> None:
+        in_flight: dict[Any, tuple[int, BatchTask]] = {}
+
+        def submit(index: int) -> None:
+            if todo:
+                task = todo.popleft()
+                in_flight[self._actors[index].run.remote(task)] = (index, task)
+
+        total = len(todo)
+        for index in range(len(self._actors)):
+            submit(index)
+        replacements = 0
+        while in_flight:
+            ready, _ = self._ray.wait(list(in_flight), num_returns=1)
+            index, task = in_flight.pop(ready[0])
+            try:
+                record = self._ray.get(ready[0])
+            except self._ray.exceptions.RayActorError as exc:  # died more often than it may restart
+                record = TaskRecord(task.key, "failed", str(task.output),
+                                    error=f"the worker running it died {self.retries + 1} time(s) ({_first_line(exc)}); "
+                                          f"run the batch again to retry it")
+                if replacements < total:  # a new worker takes its place (at most one per task)
+                    replacements += 1
+                    self._actors[index] = self._new_actor()
+            except self._ray.exceptions.RayError as exc:  # e.g. a result that could not be sent back
+                record = TaskRecord(task.key, "failed", str(task.output), error=_first_line(exc))
+            records[task.key] = record
+            bar.update(1)
+            if record.status == "failed":
+                bar.set_postfix(failed=sum(1 for r in records.values() if r.status == "failed"))
+            submit(index)
+
+    def _start(self, tasks: int) -> None:
+        """Connect to Ray and start the actors (once; later runs reuse them)."""
+        if self._actors:
+            return
+        self._ray = connect(self.address)
+        nodes = [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
+        max_node_cpus = max((n.get("CPU", 0) for n in nodes), default=None)
+        self.plan = plan_workers(self._ray.cluster_resources(), tasks, self.workers, self.gpus_per_worker,
+                                 max_node_cpus)
+        self._actors = [self._new_actor() for _ in range(self.plan.workers)]
+        problems = {p for p in self._ray.get([a.ready.remote() for a in self._actors]) if p}
+        if problems:
+            self.close()
+            raise EssenceError(f"the batch workers could not start: {'; '.join(sorted(problems))}")
+
+    def _new_actor(self) -> Any:
+        plan = self.plan
+        assert plan is not None
+        actor_class = self._ray.remote(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=self.retries,
+                                       max_task_retries=self.retries, max_concurrency=2)(_Actor)
+        return actor_class.remote(self.worker_class, self.config, int(plan.cpus))
+
+
+def run_batch(tasks: Sequence[BatchTask], worker_class: type, config: Any = None, *,
+              validate: Callable[[Path], dict[str, Any] | None] | None = None, workers: int | None = None,
+              address: str | None = None, gpus_per_worker: float | None = None, retries: int = DEFAULT_RETRIES,
+              progress: bool = True, description: str = "batch") -> BatchReport:
+    """Run ``tasks`` on fresh workers of ``worker_class(config)`` and stop them; see ``BatchRunner``."""
+    with BatchRunner(worker_class, config, workers=workers, address=address, gpus_per_worker=gpus_per_worker,
+                     retries=retries) as runner:
+        return runner.run(tasks, validate=validate, progress=progress, description=description)
+
+
+def _check_unique(tasks: Sequence[BatchTask]) -> None:
+    keys: dict[str, BatchTask] = {}
+    outputs: dict[Path, BatchTask] = {}
+    for task in tasks:
+        if task.key in keys:
+            raise EssenceError(f"two tasks are both named {task.key!r}; rename one of their inputs.")
+        resolved = Path(task.output).resolve()
+        if resolved in outputs:
+            raise EssenceError(f"tasks {outputs[resolved].key!r} and {task.key!r} would both write {task.output}; "
+                               f"rename one of their inputs.")
+        keys[task.key] = task
+        outputs[resolved] = task
+
+
+def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None) -> TaskRecord | None:
+    """A ``skipped`` record when the task's output exists and validates, else None (run it)."""
+    if validate is None or not Path(task.output).exists():
+        return None
+    try:
+        details = validate(Path(task.output)) or {}
+    except Exception:  # damaged or partial: do it again
+        return None
+    return TaskRecord(task.key, "skipped", str(task.output), details=details)
+
+
+class _NoBar:
+    def update(self, _n: int) -> None: ...
+
+    def set_postfix(self, **_kwargs: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, done: int, description: str, enabled: bool) -> Any:
+    """tqdm over finished tasks (skipped ones count at once), with its ETA."""
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=description, unit="task", dynamic_ncols=True, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[io.StringIO]:
+    """Collect what a task prints (notes, warnings) for its report row instead of the console."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer

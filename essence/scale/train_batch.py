@@ -1,0 +1,92 @@
+"""Many targets trained as a batch job: one task per target, each ``train_essence`` on a worker that
+loads the generator and CLIP once, so a batch writes the same files as ``essence train`` run once
+per target with the same options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingWeightsError
+from ..latents import Direction, load_direction
+from ..networks import load_generator, load_guide, load_identity
+from ..storage import fetch_command
+from ..training import EssenceJob, encoder_for_start, train_essence
+from .batch import BatchReport, BatchTask, captured_output, run_batch
+
+
+@dataclass(frozen=True)
+class TrainModels:
+    """The model files every worker loads (None: looked up as usual) and the device."""
+
+    generator: str | None = None
+    guide: str | None = None
+    encoder: str | None = None
+    identity: str | None = None
+    device: str = "auto"
+
+
+class TrainWorker:
+    """A batch worker that trains directions: the generator and CLIP load once, the e4e encoder and
+    the identity model when the job needs them; each task is ``train_essence`` on one target."""
+
+    def __init__(self, config: tuple[EssenceJob, TrainModels]) -> None:
+        self.job, self.models = config
+        self.generator = load_generator(self.models.generator, device=self.models.device)
+        self.guide = load_guide(self.models.guide, device=self.models.device)
+
+    def run(self, task: BatchTask) -> dict[str, Any]:
+        with captured_output() as log:
+            encoder = encoder_for_start(self.job.init, self.models.encoder, device=self.models.device)
+            trained = train_essence(str(task.inputs), self.generator, self.guide, self.job, encoder=encoder,
+                                    identity=self._identity())
+            if trained.note:
+                print(f"note: {trained.note}")
+            trained.direction.save(task.output)
+        return {**direction_details(trained.direction), "train_seconds": round(trained.result.seconds, 3),
+                "log": log.getvalue().strip()}
+
+    def _identity(self) -> Any:
+        """The ArcFace model candidates are ranked with (none for one candidate, or when not
+        installed: the ranking then uses the CLIP proxy, with a note in the task's log)."""
+        if self.job.candidates < 2:
+            return None
+        try:
+            return load_identity(self.models.identity, device=self.models.device)
+        except MissingWeightsError:
+            if self.models.identity:
+                raise
+            print(f"note: no identity model (model_ir_se50.pth) found: candidates are ranked with a CLIP proxy. "
+                  f"Get it with: {fetch_command()} arcface-ir-se50")
+            return None
+
+
+def direction_details(direction: Direction) -> dict[str, Any]:
+    """A direction file's report columns: its final loss terms, start and, when candidates were
+    ranked, its score and recommended strength."""
+    losses = direction.meta.get("losses") if isinstance(direction.meta.get("losses"), dict) else {}
+    details: dict[str, Any] = {key if key != "total" else "loss": losses[key]
+                               for key in ("total", "transfer", "consistency", "best_step", "steps") if key in losses}
+    details["init"] = direction.meta.get("init")
+    selection = direction.meta.get("selection")
+    if isinstance(selection, dict):
+        details["score"] = selection.get("scores", [None])[selection.get("candidate", 0)] \
+            if isinstance(selection.get("scores"), list) else None
+        details["candidates"] = len(selection.get("scores") or [])
+    if direction.auto_strength is not None:
+        details["auto_strength"] = direction.auto_strength
+    return details
+
+
+def train_tasks(targets: list[Path], out: Path) -> list[BatchTask]:
+    """One task per target picture, writing ``out/<target stem>.safetensors``."""
+    return [BatchTask(path.stem, out / f"{path.stem}.safetensors", str(path)) for path in targets]
+
+
+def run_train_batch(targets: list[Path], out: Path, job: EssenceJob, models: TrainModels = TrainModels(),
+                    **runner: Any) -> BatchReport:
+    """Train ``job`` for every target into ``out`` (finished directions are kept and skipped);
+    ``runner`` options go to ``run_batch`` (workers, address, gpus_per_worker, progress)."""
+    return run_batch(train_tasks(targets, out), TrainWorker, (job, models),
+                     validate=lambda path: direction_details(load_direction(path)), description="training", **runner)

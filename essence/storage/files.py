@@ -1,0 +1,371 @@
+"""Writing files so that no reader ever sees half of one, and reading Essence's safetensors files.
+
+Direction and latent files are written by long jobs that users cancel and by processes that get
+killed. Every write goes to a temporary file in the destination folder, is flushed to disk, and is
+then renamed over the destination with ``os.replace`` (atomic on one filesystem): the destination
+is either the old complete file or the new complete file, never a torn one. Numbered files
+(``<name>_00001.safetensors``, as ComfyUI names outputs) never replace one at all.
+
+Reading: Essence's own files are safetensors (no code can hide in them). Before loading any tensor
+the header is parsed and checked, so a damaged or hostile header (truncated, absurd shapes, a
+declared size larger than the file) is refused with a clear message instead of a huge allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+import secrets
+import stat
+import struct
+import tokenize
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import CorruptFileError, EssenceError, MissingWeightsError
+
+MAX_HEADER_BYTES = 16 * 2**20  # safetensors' own limit is 100 MB; Essence's headers are tiny
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1}
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes.
+
+    The new file gets the permissions the umask gives new files (as every other tool's output), even
+    when the writer recreated the temporary file owner-only, as safetensors' ``save_file`` does.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_file(path.parent, path.name)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, applied by the kernel
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+TEMP_TOKEN_BYTES = 6  # a temporary file is .<name>.<12 hex digits>.tmp beside its target
+TEMP_NAME = re.compile(rf"\.(?P<name>.+)\.[0-9a-f]{{{2 * TEMP_TOKEN_BYTES}}}\.tmp")
+
+
+def _new_temp_file(folder: Path, name: str) -> Path:
+    """A new empty ``.<name>.<random>.tmp`` in ``folder`` with the permissions the umask gives
+    (``tempfile.mkstemp``'s are owner-only, which would hide saved files from a ComfyUI server or a
+    teammate reading the folder)."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(TEMP_TOKEN_BYTES)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}.")
+
+
+def remove_temp_files(paths: Iterable[str | os.PathLike]) -> int:
+    """Delete the temporary files ``atomic_write`` left beside ``paths`` when their writer was killed
+    (a killed process runs no cleanup); returns how many. Only for a caller that knows no writer of
+    those paths is running now (a batch, before and after its run). One listing per folder."""
+    names: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        names.setdefault(path.parent, set()).add(path.name)
+    removed = 0
+    for folder, wanted in names.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = TEMP_NAME.fullmatch(entry.name)
+            if match and match["name"] in wanted and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                            path: str | os.PathLike) -> Path:
+    """safetensors ``save_file`` through ``atomic_write``; metadata values must be strings."""
+    with atomic_write(path) as tmp:
+        _write_safetensors(tensors, metadata, tmp)
+    return Path(path)
+
+
+def save_safetensors_numbered(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                              folder: str | os.PathLike, stem: str) -> Path:
+    """safetensors ``save_file`` through ``write_numbered``: a new ``<stem>_00001.safetensors``."""
+    return write_numbered(folder, stem, ".safetensors", lambda tmp: _write_safetensors(tensors, metadata, tmp))
+
+
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in metadata.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be strings: {bad}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+
+
+COUNTER_DIGITS = 5  # <stem>_00001.safetensors, as ComfyUI numbers its own outputs
+MAX_NAME_BYTES = 200  # a stem short enough for the counter and suffix within file systems' 255 bytes
+_FORBIDDEN_NAME_CHARS = re.compile(r'[\x00-\x1f<>:"|?*]')
+
+
+def checked_stem(name: str, suffix: str, folder_label: str, what: str = "the file") -> str:
+    """A file name for a new file that cannot leave its folder (``folder_label`` names it in the
+    message). Refused: empty names, ``..``, absolute paths, path separators (of any platform),
+    drive letters, control characters and hidden names. A trailing ``suffix`` is dropped (the
+    writer adds it back)."""
+    stem = name.strip()
+    if stem.lower().endswith(suffix):
+        stem = stem[: -len(suffix)]
+    problem = None
+    if not stem:
+        problem = "it is empty"
+    elif ".." in stem:
+        problem = "it contains '..'"
+    elif os.path.isabs(stem) or stem.startswith(("/", "\\")):
+        problem = "it is an absolute path"
+    elif any(sep in stem for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        problem = "it contains a path separator"
+    elif _FORBIDDEN_NAME_CHARS.search(stem):
+        problem = "it contains a character file systems refuse (< > : \" | ? * or a control character)"
+    elif stem.startswith("."):
+        problem = "it starts with '.' (a hidden file)"
+    elif len(stem.encode("utf-8")) > MAX_NAME_BYTES:
+        problem = f"it is longer than {MAX_NAME_BYTES} bytes (file systems allow 255 for a whole file name)"
+    if problem:
+        raise EssenceError(f"cannot save {what} as {name!r}: {problem}. Use a plain name such as 'keanu'; files "
+                           f"always go into {folder_label}.")
+    return stem
+
+
+def next_numbered_path(folder: str | os.PathLike, stem: str, suffix: str) -> Path:
+    """``<stem>_00001<suffix>``, counting up past existing files."""
+    folder = Path(folder)
+    pattern = re.compile(rf"^{re.escape(stem)}_(\d{{{COUNTER_DIGITS},}}){re.escape(suffix)}$")
+    taken = [int(m.group(1)) for f in (os.listdir(folder) if folder.is_dir() else []) if (m := pattern.match(f))]
+    return folder / f"{stem}_{max(taken, default=0) + 1:0{COUNTER_DIGITS}d}{suffix}"
+
+
+def write_numbered(folder: str | os.PathLike, stem: str, suffix: str, write: Callable[[Path], None]) -> Path:
+    """Write a new file as the next free ``<stem>_NNNNN<suffix>`` in ``folder`` without ever replacing a
+    file, even one another process saves at the same moment; its path.
+
+    ``write(path)`` fills a temporary file of ``atomic_write``'s kind (hidden, cleaned up by
+    ``remove_temp_files``), which then takes its final name with ``os.link``: that fails instead of
+    replacing when the name was taken meanwhile, and the next number is tried. Where hard links
+    are unsupported, the name is reserved with an exclusive create and the file renamed over it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_file(folder, f"{stem}{suffix}")
+    mode = stat.S_IMODE(tmp.stat().st_mode)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        while True:
+            path = next_numbered_path(folder, stem, suffix)
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue  # another save took this number first
+            except OSError:  # no hard links on this file system: reserve the name, then move in
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, path)
+                return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict:
+    """Parse and validate a safetensors header without loading any tensor data.
+
+    Checks: the 8-byte length prefix, a JSON header within bounds, and every tensor's dtype, shape
+    and byte range agreeing with each other and lying inside the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"{path}: no such file.")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CorruptFileError(f"{path}: not a safetensors file (only {len(prefix)} bytes).")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+            raise CorruptFileError(f"{path}: not a safetensors file, or truncated (header claims "
+                                   f"{header_len} bytes, file has {size}).")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested, or a 5000-digit number
+        raise CorruptFileError(f"{path}: not a safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"{path}: not a safetensors file (its header is not a JSON object).")
+    data_len = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CorruptFileError(f"{path}: malformed metadata block.")
+            continue
+        _check_tensor_entry(path, name, info, data_len)
+    return header
+
+
+def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> None:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CorruptFileError(f"{path}: malformed entry for tensor {name!r}.")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        raise CorruptFileError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**62 for d in shape)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}.")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise CorruptFileError(f"{path}: tensor {name!r} has invalid data offsets.")
+    numel = 1
+    for d in shape:
+        numel *= d
+    start, end = offsets
+    if not (0 <= start <= end <= data_len) or end - start != numel * _DTYPE_BYTES[dtype]:
+        raise CorruptFileError(f"{path}: tensor {name!r} ({dtype} {shape}) does not fit the file's data "
+                               f"(bytes {start}-{end} of {data_len}); the file is truncated or damaged.")
+
+
+def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validated header, then the tensors (on the CPU) and the metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_safetensors_header(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptFileError(f"{path}: unreadable safetensors file ({exc}).") from None
+    return tensors, dict(header.get("__metadata__", {}))
+
+
+
+def utc_now() -> str:
+    """Creation timestamps in Essence's files: UTC, seconds, ISO 8601."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def encode_metadata(format_name: str, format_version: int, fields: Mapping[str, object]) -> dict[str, str]:
+    """safetensors metadata (strings only): the format tag, then every field, JSON-encoded unless a string."""
+    meta = {"format": format_name, "format_version": str(format_version)}
+    for key, value in fields.items():
+        if key not in meta:
+            meta[key] = value if isinstance(value, str) else json.dumps(value)
+    return meta
+
+
+def read_typed_file(path: str | os.PathLike, format_name: str, format_version: int, tensor_name: str,
+                    error: type[Exception], what: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load one of Essence's own safetensors files (directions, latents) and check it is one.
+
+    Returns the tensors and the decoded metadata (JSON fields parsed, format tags removed). Any
+    problem (damaged file, another kind of file, a newer format) raises ``error`` naming the file.
+    """
+    try:
+        tensors, raw = load_safetensors_checked(path)
+    except (CorruptFileError, MissingWeightsError) as exc:
+        raise error(f"not a usable {what}: {exc}") from None
+    if raw.get("format") != format_name or tensor_name not in tensors:
+        raise error(f"{path}: not an Essence {what} (format {raw.get('format')!r}, tensors "
+                    f"{sorted(tensors)}).{' ' + hint if hint else ''}")
+    version = raw.get("format_version", "?")
+    if not (version.isascii() and version.isdigit()) or int(version) > format_version:
+        raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
+                    f"({format_version}); update Essence.")
+    return tensors, {k: _json_or_text(v) for k, v in raw.items() if k not in ("format", "format_version")}
+
+
+def _json_or_text(value: str) -> object:
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):  # not JSON (plain text), absurdly nested, or a huge number
+        return value
+
+
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default limit for a .npy header
+
+
+def load_npy_checked(path: str | os.PathLike, error: type[Exception]) -> "np.ndarray":
+    """A numeric ``.npy`` array (native byte order), or ``error`` naming the file.
+
+    The header is read and checked before any data: no pickles (``allow_pickle`` is never on), only
+    numeric dtypes torch can hold, and a shape whose size equals the bytes actually in the file, so
+    a header claiming a huge array is refused without allocating it. ``.npz`` archives and other
+    files are refused too.
+    """
+    path = Path(path)
+    try:
+        with _open_npy(path, error) as (handle, shape, fortran, dtype):
+            count = 1
+            for dim in shape:
+                count *= dim
+            array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+
+
+def npy_shape(path: str | os.PathLike, error: type[Exception]) -> tuple[int, ...]:
+    """The shape a checked ``.npy`` file holds (its header only; the same checks as ``load_npy_checked``)."""
+    with _open_npy(Path(path), error) as (_handle, shape, _fortran, _dtype):
+        return tuple(shape)
+
+
+@contextlib.contextmanager
+def _open_npy(path: Path, error: type[Exception]) -> Iterator[tuple]:
+    """The open file positioned at its data, with the checked header: (handle, shape, fortran, dtype)."""
+    if not path.is_file():
+        raise error(f"{path}: no such file.")
+    size = path.stat().st_size
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise error(f"{path}: not a readable .npy array ({exc}).") from None
+    with handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=MAX_NPY_HEADER_BYTES)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or \
+                    dtype.kind not in "fiubc" or dtype.itemsize > (16 if dtype.kind == "c" else 8):
+                raise ValueError(f"it holds {dtype}, not plain numbers")
+            if not all(type(dim) is int and dim >= 0 for dim in shape):
+                raise ValueError(f"its header declares an invalid shape {shape!r}")
+            count = 1
+            for dim in shape:
+                count *= dim
+            data_bytes = size - handle.tell()
+            if count * dtype.itemsize != data_bytes:
+                raise ValueError(f"its header declares {dtype} {list(shape)} ({count * dtype.itemsize} bytes) "
+                                 f"but the file holds {data_bytes} bytes of data; it is truncated or damaged")
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError, MemoryError,
+                tokenize.TokenError) as exc:  # numpy parses the header with tokenize and ast
+            raise error(f"{path}: not a readable .npy array ({exc}).") from None
+        yield handle, shape, fortran, dtype

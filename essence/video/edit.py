@@ -1,0 +1,202 @@
+"""Video: an essence on every frame of a clip, with its sound kept.
+
+``apply_to_video`` reads a clip (``essence.video.files``), follows the main face through it
+(``essence.faces.track``: detected at the first frame, at scene cuts and once a second, its
+landmarks followed in between, its crop smoothed over time so the edit does not shimmer), inverts
+the aligned crops in batches with e4e, applies the direction, renders, pastes each edited face back
+into its frame (``essence.faces.paste``) and encodes a new clip with the input's size, rate and sound.
+
+It reads the file twice: once to find the face in every frame (the smoothing and the scene cuts
+need the whole track; a frame with no face is left unedited), once to edit and encode. Frames are
+never all held in memory. Long clips can be split into frame ranges on several workers
+(``detect_video`` / ``edit_video_range`` / ``assemble_video``; ``essence batch`` runs them on Ray).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FaceNotFoundError, VideoInputError
+from ..faces import (AlignedFace, Detections, FaceLandmarker, FaceTrack, Smoothing, Tracking, align_tracked, as_frame,
+                     build_track, detect_frames, load_landmarker, model_to_comfy, paste_back, smoothing_preset,
+                     tracking_settings)
+from ..latents import Direction, Strength, apply_direction, invert_aligned, load_direction
+from ..networks import INPUT_SIZE, E4EEncoder, StyleGAN2Generator, load_encoder, load_generator, render
+from .files import VideoInfo, check_audio_fits, output_container, probe_video, read_frames, write_video
+
+PathLike = str | os.PathLike
+Progress = Callable[[str, int, int], None]  # (stage, frames done, frames in all)
+STAGES = {"detect": "finding the face", "edit": "editing"}  # the two passes over a clip, as progress bars name them
+DEFAULT_BATCH = 8  # frames inverted and rendered per pass
+
+
+# ----------------------------------------------------------------------------- editing
+
+
+@dataclass
+class FaceEditor:
+    """What happens to each tracked face: e4e inversion, ``w + strength * d``, rendering, paste-back."""
+
+    encoder: E4EEncoder
+    generator: StyleGAN2Generator
+    direction: Direction
+    strength: Strength = 1.0
+    layers: str = "all"
+    feather: float = 0.1
+    batch_size: int = DEFAULT_BATCH
+
+    def faces(self, aligned: Sequence[AlignedFace]) -> torch.Tensor:
+        """Aligned faces -> the edited faces [N, S, S, 3] in 0..1, inverted and rendered in batches."""
+        latents = invert_aligned(aligned, self.encoder, batch_size=self.batch_size).latents
+        edited = apply_direction(latents, self.direction, self.strength, self.layers)
+        return model_to_comfy(render(self.generator, edited, self.batch_size, what="video frames"))
+
+    def frames(self, frames: Iterable[np.ndarray], track: FaceTrack, start: int = 0) -> Iterator[np.ndarray]:
+        """Frames ``start``, ``start + 1``, ... of the tracked clip, edited, ``batch_size`` at a time."""
+        batch: list[np.ndarray] = []
+        index = start
+        for pixels in frames:
+            batch.append(pixels)
+            if len(batch) == self.batch_size:
+                yield from self._edit_batch(batch, track, index)
+                index += len(batch)
+                batch = []
+        if batch:
+            yield from self._edit_batch(batch, track, index)
+
+    def _edit_batch(self, batch: list[np.ndarray], track: FaceTrack, first: int) -> list[np.ndarray]:
+        if first + len(batch) > len(track):
+            raise VideoInputError(f"the clip has more frames than its face track ({len(track)}); was the file "
+                                  f"changed while it was being edited?")
+        aligned = [align_tracked(as_frame(pixels, first + i), track, first + i, INPUT_SIZE)
+                   for i, pixels in enumerate(batch)]
+        present = [i for i, face in enumerate(aligned) if face is not None]
+        out = list(batch)
+        if present:
+            faces = self.faces([aligned[i] for i in present])
+            for i, face in zip(present, faces):
+                out[i] = paste_back(batch[i], face, aligned[i].transform, self.feather)
+        return out
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+
+@dataclass
+class VideoResult:
+    """What ``apply_to_video`` did: the output, the input's description, the face track (its
+    ``jitter()`` measures how much the crop moved), and the seconds it took."""
+
+    path: Path
+    info: VideoInfo
+    track: FaceTrack
+    seconds: float
+
+
+
+def detect_video(info: VideoInfo, landmarks: FaceLandmarker, face_index: int = 0, start: int = 0,
+                 stop: int | None = None, progress: Callable[[int], None] | None = None,
+                 tracking: Tracking | None = None) -> Detections:
+    """The face in frames ``start`` .. ``stop`` of a clip, detected in each or followed between
+    detections with ``tracking`` (see ``essence.track.detect_frames``)."""
+    return detect_frames(read_frames(info.path, start, stop, info), landmarks, face_index, progress, tracking,
+                         float(info.rate), start)
+
+
+def video_track(info: VideoInfo, detections: Detections, smoothing: Smoothing | str | None) -> FaceTrack:
+    """The smoothed face track of a whole clip; ``FaceNotFoundError`` when no frame has the face."""
+    track = build_track(detections, float(info.rate), smoothing_preset(smoothing))
+    if len(track) != info.frames:
+        raise VideoInputError(f"{info.path}: decoded {len(track)} frames but the file lists {info.frames}; "
+                              f"the file may be damaged (re-encode it).")
+    if track.found == 0:
+        raise FaceNotFoundError(f"no face found in any of the {info.frames} frames of {info.describe()}. dlib's "
+                                f"frontal face detector needs a roughly frontal face at least about 40 pixels wide.")
+    return track
+
+
+def edit_video_range(info: VideoInfo, track: FaceTrack, editor: FaceEditor, start: int = 0,
+                     stop: int | None = None) -> Iterator[np.ndarray]:
+    """Frames ``start`` .. ``stop`` of the clip, edited."""
+    return editor.frames(read_frames(info.path, start, stop, info), track, start)
+
+
+def assemble_video(info: VideoInfo, segments: Sequence[PathLike], out: PathLike,
+                   progress: Callable[[int], None] | None = None) -> Path:
+    """Concatenate the lossless segments of frame ranges (in order) into the final clip with the
+    input's audio. Refuses when the segments do not hold exactly the clip's frame count."""
+    def frames() -> Iterator[np.ndarray]:
+        for segment in segments:
+            yield from read_frames(segment)
+
+    path = write_video(_counted(frames(), info.frames), out, info.rate, (info.width, info.height),
+                       audio_from=info.path if info.audio else None, progress=progress)
+    return path
+
+
+def _counted(frames: Iterator[np.ndarray], expected: int) -> Iterator[np.ndarray]:
+    count = 0
+    for frame in frames:
+        count += 1
+        if count > expected:
+            break
+        yield frame
+    if count != expected:
+        raise VideoInputError(f"the edited segments hold {count} frame(s) for a clip of {expected}; "
+                              f"run the job again (finished segments are kept).")
+
+
+def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLike, *,
+                   encoder: E4EEncoder | PathLike | None = None,
+                   generator: StyleGAN2Generator | PathLike | None = None,
+                   landmarks: FaceLandmarker | PathLike | None = None, strength: Strength = 1.0,
+                   layers: str = "all", smoothing: Smoothing | str | None = "normal", face_index: int = 0,
+                   feather: float = 0.1, batch_size: int = DEFAULT_BATCH,
+                   progress: Progress | None = None, face_tracking: bool | Tracking | None = True) -> VideoResult:
+    """Apply ``direction`` at ``strength`` to the main face of every frame of ``video``; write ``out``.
+
+    ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up).
+    ``smoothing``: a preset name (off, light, normal, strong) or ``Smoothing`` settings.
+    ``face_tracking``: follow the face between detections (True, the default, or ``Tracking``
+    settings; about 10x less CPU per frame) or detect it in every frame (False).
+    ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes.
+    Raises ``VideoInputError`` for an unreadable video or an unusable output name and
+    ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
+    """
+    began = time.perf_counter()
+    info = probe_video(video)
+    output_container(out)
+    check_audio_fits(out, info)
+    settings = smoothing_preset(smoothing)
+    direction = direction if isinstance(direction, Direction) else load_direction(direction)
+    editor = FaceEditor(_encoder(encoder), _generator(generator), direction, strength, layers,
+                        feather, batch_size)
+    direction.check_fits(editor.generator)
+    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames),
+                              tracking=tracking_settings(face_tracking))
+    track = video_track(info, detections, settings)
+    frames = edit_video_range(info, track, editor)
+    path = write_video(_counted(frames, info.frames), out, info.rate, (info.width, info.height),
+                       audio_from=info.path if info.audio else None,
+                       progress=_stage(progress, "edit", info.frames))
+    return VideoResult(path, info, track, time.perf_counter() - began)
+
+
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int], None] | None:
+    return None if progress is None else (lambda done: progress(stage, done, total))
+
+
+def _encoder(encoder: E4EEncoder | PathLike | None) -> E4EEncoder:
+    return encoder if isinstance(encoder, E4EEncoder) else load_encoder(encoder)
+
+
+def _generator(generator: StyleGAN2Generator | PathLike | None) -> StyleGAN2Generator:
+    return generator if isinstance(generator, StyleGAN2Generator) else load_generator(generator)
