@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from .. import essence
-from ..essence.latents import LAYER_PRESETS, apply_direction, sample_latents
+from ..essence.latents import LAYER_PRESETS, edit_latents, sample_latents
 from . import host
 from . import types as T
 from .inputs import boolean, choice, integer, link, number, seed
@@ -79,12 +79,8 @@ class EssenceApply:
 
     def apply(self, latents: essence.LatentSet, direction: essence.Direction, strength: float,
               layers: str, auto_strength: bool = False) -> tuple[essence.LatentSet]:
-        chosen, note = direction.resolve_strength("auto" if auto_strength else strength)
+        edited, note = edit_latents(latents, direction, "auto" if auto_strength else strength, layers)
         if note:
             log.warning("Apply Essence: %s", note)
-        edited = apply_direction(latents.latents, direction, chosen, layers)
-        edit = {"direction": direction.name, "strength": chosen, "layers": layers}
-        if auto_strength:
-            edit["strength_from"] = "fallback (no recommended strength)" if note else "recommended (auto)"
-        return (latents.edited(edited, edit),)
+        return (edited,)
 

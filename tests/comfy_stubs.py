@@ -412,17 +412,19 @@ def validate_inputs(cls: type, inputs: dict[str, Any]) -> None:
     assert not missing, f"{cls.__name__}: required inputs missing: {missing}"
     assert set(inputs) <= set(declared), f"{cls.__name__}: unknown inputs {set(inputs) - set(declared)}"
     custom = getattr(cls, "VALIDATE_INPUTS", None)
-    custom_args = inspect.getfullargspec(custom).args if custom else []
+    argspec = inspect.getfullargspec(custom) if custom else None
+    custom_args = argspec.args if argspec else []
+    takes_all = argspec is not None and argspec.varkw is not None  # ComfyUI then passes every input to it
     for name, value in inputs.items():
         kind, options = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
-        if name in custom_args:
+        if name in custom_args or takes_all:
             continue
         if isinstance(kind, list):
             assert value in kind, f"{cls.__name__}.{name}: {value!r} not in {kind}"
         elif kind in ("INT", "FLOAT"):
             assert options.get("min", value) <= value <= options.get("max", value), f"{cls.__name__}.{name}={value}"
     if custom:
-        verdict = custom(**{k: v for k, v in inputs.items() if k in custom_args})
+        verdict = custom(**{k: v for k, v in inputs.items() if k in custom_args or takes_all})
         assert verdict is True, f"{cls.__name__}.VALIDATE_INPUTS: {verdict}"
 
 

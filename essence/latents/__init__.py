@@ -8,7 +8,8 @@
 - ``apply``: ``w + strength * d`` with per-layer presets, mixes, strength sweeps, a photo edited end to end.
 """
 
-from .apply import LAYER_PRESETS, Strength, apply_direction, apply_to_photo, image_grid, mix_directions, strength_sweep
+from .apply import (LAYER_PRESETS, Strength, apply_direction, apply_to_photo, edit_latents, image_grid,
+                    mix_directions, strength_sweep)
 from .direction import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, LatentSpace, direction_metadata,
                         load_direction, target_thumbnail)
 from .inversion import Inversion, clear_inversion_cache, invert, invert_aligned
@@ -21,6 +22,6 @@ __all__ = [
     "Direction", "LatentSpace", "load_direction", "direction_metadata", "target_thumbnail", "AUTO_STRENGTH_KEY",
     "FALLBACK_STRENGTH",
     "invert", "invert_aligned", "Inversion", "clear_inversion_cache",
-    "apply_direction", "apply_to_photo", "mix_directions", "strength_sweep", "image_grid", "LAYER_PRESETS",
+    "apply_direction", "edit_latents", "apply_to_photo", "mix_directions", "strength_sweep", "image_grid", "LAYER_PRESETS",
     "Strength",
 ]

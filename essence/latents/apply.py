@@ -19,6 +19,7 @@ from ..faces import load_image, model_to_pil, paste_back
 from ..networks import DEFAULT_BATCH, render
 from .direction import Direction, direction_metadata
 from .inversion import invert
+from .latent_set import LatentSet
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -66,6 +67,18 @@ def apply_direction(wplus: torch.Tensor, direction: Direction | torch.Tensor, st
     alpha = layer_strengths(tensor.shape[1], strength, layers).to(batch.device, batch.dtype)
     edited = batch + alpha[None, :, None] * tensor.to(batch.device, batch.dtype)
     return edited[0] if squeeze else edited
+
+
+def edit_latents(latents: LatentSet, direction: Direction, strength: float | str = 1.0,
+                 layers: str = "all") -> tuple[LatentSet, str | None]:
+    """``apply_direction`` on a ``LatentSet``: the edited set, every row recording the edit (the
+    direction's name, the strength used and whether it was the recommended one, the layers), and
+    the note ``Direction.resolve_strength`` gives when ``"auto"`` found no recommended strength."""
+    chosen, note = direction.resolve_strength(strength)
+    edit: dict[str, Any] = {"direction": direction.name, "strength": chosen, "layers": layers}
+    if isinstance(strength, str):
+        edit["strength_from"] = "fallback (no recommended strength)" if note else "recommended (auto)"
+    return latents.edited(apply_direction(latents.latents, direction, chosen, layers), edit), note
 
 
 def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | None = None,
