@@ -209,11 +209,17 @@ def report_memory_retry(chunk: int) -> None:
 
 
 def training_progress_bar(total: int):
+    """A tqdm bar for ``train``'s progress, opened at the first report with the steps done so far
+    as its start, so that its rate and ETA count training steps only (not the target's inversion
+    before them)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    bars: list = []
 
     def report(p) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, initial=p.step, unit="step", dynamic_ncols=True))
+        bar = bars[0]
         bar.update(p.step - bar.n)
         bar.set_postfix(loss=f"{p.loss:.4f}", transfer=f"{p.transfer:.4f}", consistency=f"{p.consistency:.4f}",
                         best=f"{p.best_loss:.4f}")
