@@ -1,6 +1,6 @@
 """Where a training step's time goes: by operator category, by generator resolution, forward and backward.
 
-``python -m bench --only breakdown`` profiles whole training steps (``essence.train.train_direction``,
+``python -m bench --only breakdown`` profiles whole training steps (``essence.train``,
 4 sources) with torch.profiler and adds up each operator's *self* time (GPU kernel time on CUDA, CPU
 time elsewhere) into:
 
@@ -258,7 +258,7 @@ def profile_breakdown(problem: dict, settings, steps: int, device: torch.device,
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    from essence.training.loop import train
+    from essence.training import train
 
     generator, guide = problem["generator"], problem["guide"]
     train(**problem, settings=replace(settings, steps=warmup, progress_every=warmup))  # kernels, caches

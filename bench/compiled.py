@@ -5,7 +5,7 @@ resampling) are memory-bound; a compiler that fuses them reads the activations f
 measures that with static shapes and a persistent compile cache, in two fresh processes sharing one
 ``TORCHINDUCTOR_CACHE_DIR``: the first compiles from an empty cache ("cold"), the second finds the
 compiled graphs there ("warm", what every later run on the machine would pay). Each process times
-``train_direction`` eagerly and with ``generator.synthesize`` replaced by its compiled version
+``train`` eagerly and with ``generator.synthesize`` replaced by its compiled version
 (an instance attribute: the library is not modified), and compares the losses of the first steps.
 """
 
@@ -31,9 +31,9 @@ LOSS_STEPS = 3
 
 
 def _train_timed(problem: dict, settings, device: torch.device) -> dict:
-    """One ``train_direction`` run: its losses, the time to the end of its first step (set-up, the
+    """One ``train`` run: its losses, the time to the end of its first step (set-up, the
     sources' embedding, step 0: where compilation happens) and the median of the later steps."""
-    from essence.training.loop import train
+    from essence.training import train
 
     stamps: list[float] = []
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import essence  # noqa: E402
-from essence.training.loop import TrainSettings, train  # noqa: E402
+from essence.training import TrainSettings, train  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

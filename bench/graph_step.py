@@ -5,7 +5,7 @@ and replays it, per training mode; and a check that the replay gives the eager n
     python bench/graph_step.py --json OUT.json [--modes fast fast+256px fast+bf16+256px] [--steps 50]
                                [--window 10] [--candidates 1] [--fixtures DIR] [--device cuda]
 
-Per mode, ``train_candidates`` runs three times from the same start on the full-size random-weight
+Per mode, ``train`` with several starts runs three times from the same start on the full-size random-weight
 models of ``python -m bench`` (4 sources): loop ``fast`` (eager, torch's optimisers), loop ``graph``
 (captured after 3 warm-up steps, then replayed) and loop ``graph`` with every step run eagerly (the
 same arithmetic, nothing captured). Seconds per step: the median over windows of ``--window`` steps,
@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# the loop's module itself: the eager comparison runs the graph loop with its capture switched off
 import essence.training.loop as loop  # noqa: E402
 from bench.measure import _peak_tracker, training_problem  # noqa: E402
 from bench.records import device_label, record  # noqa: E402

@@ -117,7 +117,7 @@ def bench_encoder(device: torch.device, batch: int, dtype: str, repeats: int) ->
 
 def training_problem(device: torch.device, upsample: str = "auto") -> dict:
     """Full-size random generator and CLIP ViT-B/32, 4 sources, a start and a target: the arguments
-    ``train_direction`` needs."""
+    ``train`` needs."""
     from essence.networks import ClipGuide, GeneratorConfig, build_generator, import_clip_model
 
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
 
 
 def problem_for(generator, guide, target_embedding: torch.Tensor) -> dict:
-    """``train_direction``'s arguments for given models: 4 sources (seed 1), a start (seed 2), a target embedding."""
+    """``train``'s arguments for given models: 4 sources (seed 1), a start (seed 2), a target embedding."""
     return {"target": None, "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
             "guide": guide, "init": generator.sample_wplus(1, seed=2, truncation=0.7),
             "target_embedding_override": target_embedding}
@@ -172,7 +172,7 @@ def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "au
 def bench_candidates(device: torch.device, candidates: int, mode: str, steps: int, chunk: int | None = None,
                      files: dict | None = None) -> dict:
     """K candidates from K random starts trained in one batched optimisation, timed per step like
-    ``bench_train``; per direction = per step / K, to set against one ``train_direction`` run (K = 1)."""
+    ``bench_train``; per direction = per step / K, to set against one ``train`` run (K = 1)."""
     from essence.training import TrainSettings, candidate_starts
 
     problem = job_problem(device, files or {})
@@ -188,9 +188,9 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
 
 def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tensor],
                     settings) -> tuple[list[float], float]:
-    """Train ``inits`` together on ``problem`` (``train_candidates``' arguments but the starts);
+    """Train ``inits`` together on ``problem`` (``train`` with several starts' arguments but the starts);
     the seconds of every step after the first (a warm-up) and the peak MB."""
-    from essence.training.loop import train
+    from essence.training import train
 
     stamps: list[float] = []
 
@@ -224,7 +224,7 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from essence.training.loop import TrainSettings, train
+    from essence.training import TrainSettings, train
 
     problem = training_problem(device)
     settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
@@ -371,7 +371,7 @@ def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: tor
                   seed: int = 0, modes: list[str] | None = None) -> list[dict]:
     """Train with every mode from the same random start; compare each direction with the exact one."""
     from essence.training import objective_scorer
-    from essence.training.loop import TrainSettings, random_initial_direction, train
+    from essence.training import TrainSettings, random_initial_direction, train
 
     init = random_initial_direction(generator, seed)
     # the exact objective of a trained direction (full-size float32 rendering, every coefficient 1):

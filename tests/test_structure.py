@@ -169,3 +169,20 @@ def test_nodes_use_only_public_names():
                 if node.attr not in essence.__all__ and node.attr not in sub_packages | {"errors", "runtime"}:
                     private.append(f"{path.relative_to(REPO)}:{node.lineno} uses essence.{node.attr}")
     assert not private, "\n".join(private)
+
+
+def test_the_benchmark_uses_only_public_names():
+    import essence
+
+    sub_packages = {p.stem for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    private = []
+    for path in sorted((REPO / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "essence":
+                parts = node.module.split(".")
+                public = set(importlib.import_module(".".join(parts[:2])).__all__)
+                if node.module == "essence":
+                    public |= sub_packages | {"__version__"}
+                private += [f"{path.relative_to(REPO)}:{node.lineno} imports {alias.name} from {node.module}"
+                            for alias in node.names if alias.name not in public]
+    assert not private, "\n".join(private)
