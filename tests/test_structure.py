@@ -152,37 +152,34 @@ def test_the_module_import_graph_has_no_cycles():
     assert not cycle, " -> ".join(cycle)
 
 
-def test_nodes_use_only_public_names():
+def _private_names_used(folder: str, level: int) -> list[str]:
+    """Imports of ``essence`` names that are not public, in the modules of ``folder`` (relative
+    imports at ``level`` for the node pack, absolute ones for the benchmark), and for the nodes their
+    ``essence.<name>`` attribute uses."""
     import essence
 
     sub_packages = {p.stem for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     private = []
-    for path in sorted((REPO / "nodes").glob("*.py")):
+    for path in sorted((REPO / folder).glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("essence"):
-                public = set(importlib.import_module(node.module).__all__)
+            if isinstance(node, ast.ImportFrom) and node.level == level and (node.module or "").startswith("essence"):
+                parts = node.module.split(".")
+                public = set(importlib.import_module(".".join(parts[:2])).__all__)
                 if node.module == "essence":  # the package's public names and its sub-packages
-                    public |= sub_packages
+                    public |= sub_packages | {"__version__"}
                 private += [f"{path.relative_to(REPO)}:{node.lineno} imports {alias.name} from {node.module}"
                             for alias in node.names if alias.name not in public]
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "essence":
                 if node.attr not in essence.__all__ and node.attr not in sub_packages | {"errors", "runtime"}:
                     private.append(f"{path.relative_to(REPO)}:{node.lineno} uses essence.{node.attr}")
+    return private
+
+
+def test_nodes_use_only_public_names():
+    private = _private_names_used("nodes", level=2)
     assert not private, "\n".join(private)
 
 
 def test_the_benchmark_uses_only_public_names():
-    import essence
-
-    sub_packages = {p.stem for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    private = []
-    for path in sorted((REPO / "bench").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "essence":
-                parts = node.module.split(".")
-                public = set(importlib.import_module(".".join(parts[:2])).__all__)
-                if node.module == "essence":
-                    public |= sub_packages | {"__version__"}
-                private += [f"{path.relative_to(REPO)}:{node.lineno} imports {alias.name} from {node.module}"
-                            for alias in node.names if alias.name not in public]
+    private = _private_names_used("bench", level=0)
     assert not private, "\n".join(private)
