@@ -69,7 +69,7 @@ def full_size_problem(device: torch.device, candidates: int) -> dict:
     generator = problem["generator"]
     inits = [problem.pop("init")] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7)
                                      for k in range(candidates - 1)]
-    return {**problem, "inits": inits}
+    return {**problem, "init": inits}
 
 
 def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
@@ -84,7 +84,7 @@ def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
     inits = [trace["init_direction"]] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7).cpu()
                                          for k in range(candidates - 1)]
     return {"target": None, "sources": trace["sources"], "generator": generator, "guide": guide,
-            "inits": inits, "target_embedding_override": trace["target_embedding"]}
+            "init": inits, "target_embedding_override": trace["target_embedding"]}
 
 
 def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window: int,
@@ -105,7 +105,7 @@ def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window
     loop.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
     try:
         results = loop.train(**problem, fit_memory=False, settings=replace(settings, progress_every=window),
-                                         progress=progress)
+                             progress=progress)
     finally:
         loop.GRAPH_WARMUP_STEPS = warmup
     windows = [(b - a) / window for a, b in zip(stamps[:-1], stamps[1:])]  # the first window is left out

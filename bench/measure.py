@@ -188,7 +188,7 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
 
 def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tensor],
                     settings) -> tuple[list[float], float]:
-    """Train ``inits`` together on ``problem`` (``train`` with several starts' arguments but the starts);
+    """Train ``inits`` together on ``problem`` (``train``'s arguments but the starts);
     the seconds of every step after the first (a warm-up) and the peak MB."""
     from essence.training import train
 
