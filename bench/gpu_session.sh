@@ -53,7 +53,7 @@ py=${PYTHON:-}
 if [ -z "$py" ]; then
     if python3 -c "import torch" 2>/dev/null; then py=python3; else ./run bench --help > /dev/null && py=.venv/bin/python; fi
 fi
-if ! "$py" -c "import pytest; from essence.clip_guide import import_clip_model; import_clip_model()" 2>/dev/null; then
+if ! "$py" -c "import pytest; from essence.networks import import_clip_model; import_clip_model()" 2>/dev/null; then
     if ls .gpu/whl/*.whl > /dev/null 2>&1; then
         "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/essence-site \
             .gpu/whl/*.whl 2>&1 | tail -2

@@ -1,5 +1,5 @@
 """Between the library's image conventions and ComfyUI's IMAGE ([B, H, W, 3] float32 in 0..1): the
-conversions live in ``essence.images``; these only add where ComfyUI wants the result."""
+conversions live in ``essence.faces.images``; these only add where ComfyUI wants the result."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def to_comfy_image(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def grid_to_comfy_image(grid: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """One grid [3, H, W] in 0..1 (``essence.apply.image_grid``) -> IMAGE [1, H, W, 3]."""
+    """One grid [3, H, W] in 0..1 (``essence.latents.apply.image_grid``) -> IMAGE [1, H, W, 3]."""
     return grid.detach().float().clamp(0, 1).permute(1, 2, 0)[None].contiguous().to(device)
 
 
@@ -26,5 +26,5 @@ def to_pil(images: torch.Tensor) -> Image.Image:
 
 
 def comfy_image_thumbnail(image: torch.Tensor) -> torch.Tensor:
-    """The first picture of an IMAGE batch as a direction's thumbnail (``essence.direction.target_thumbnail``)."""
+    """The first picture of an IMAGE batch as a direction's thumbnail (``essence.latents.target_thumbnail``)."""
     return target_thumbnail(comfy_to_pil(image[:1])[0])

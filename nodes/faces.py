@@ -12,7 +12,7 @@ records which photo each face belongs to.
 
 Video frames (an IMAGE batch [F, H, W, 3], e.g. from Get Video Components or VideoHelperSuite's Load
 Video): with ``smoothing`` other than 'off' the batch is one clip, and each frame's face crop is
-smoothed over time (``essence.track``) so the edited face does not shimmer. It is 'off' by default
+smoothed over time (``essence.faces.track``) so the edited face does not shimmer. It is 'off' by default
 because a batch of unrelated photos must not be smoothed together. Such a clip is face-tracked as
 ``essence apply --video`` tracks it: detected at the first frame, scene cuts and once a second, followed
 in between.

@@ -93,7 +93,7 @@ def register_model_folders() -> bool:
 
 
 def _comfy_folder_paths(folder: str) -> list[str]:
-    """Folder provider for ``essence.weights``: the paths ComfyUI knows for ``folder``."""
+    """Folder provider for ``essence.storage.weights``: the paths ComfyUI knows for ``folder``."""
     fp = folder_paths()
     if fp is None or folder not in fp.folder_names_and_paths:
         return []

@@ -1,4 +1,4 @@
-"""Essence Metrics: measure an essence on faces over a strength sweep (``essence.metrics``)."""
+"""Essence Metrics: measure an essence on faces over a strength sweep (``essence.training.metrics``)."""
 
 from __future__ import annotations
 

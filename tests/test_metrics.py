@@ -1,4 +1,4 @@
-"""Measuring directions (``essence.metrics``), the recommended strength, ``apply``'s ``auto`` strength,
+"""Measuring directions (``essence.training.metrics``), the recommended strength, ``apply``'s ``auto`` strength,
 ``essence evaluate`` and the Essence Metrics node, with the tiny fixture models and a randomly
 initialised (small) ArcFace network."""
 

@@ -1,6 +1,6 @@
 """``essence batch train``, ``apply`` and ``video``: many directions, many photos, long clips, on Ray.
 
-Each command turns its inputs into ``essence.batch`` tasks (one per target; one per photo x
+Each command turns its inputs into ``essence.scale.batch`` tasks (one per target; one per photo x
 direction x strength) and runs them on workers that load the models once. The work of one task is
 exactly what the single commands do (``train_essence`` is ``essence train``'s own call, and
 ``apply_to_photo`` the photo pipeline), so a batch gives the same files as a loop over them would.

@@ -1,6 +1,6 @@
 """``essence evaluate``: measure directions on held-out faces, print a table, optionally write JSON,
 a strength-curve plot, and (``--recommend``) the recommended strength into each direction file.
-Registered by ``essence.cli``; the measuring itself is ``essence.metrics``.
+Registered by ``essence.cli``; the measuring itself is ``essence.training.metrics``.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def _import_dlib() -> Any:
 
 
 def load_landmarker(path: PathLike | None = None, cache: bool = True) -> FaceLandmarker:
-    """The detector + predictor for ``path`` (or the landmarks file found by ``essence.weights``),
+    """The detector + predictor for ``path`` (or the landmarks file found by ``essence.storage.weights``),
     by default loaded once per file and kept in the model cache (``essence.clear_model_cache``
     frees it); ``cache=False`` for a host that manages the models' lifetime itself (ComfyUI)."""
     file = find_weight("landmarks", explicit_path=path)
@@ -191,7 +191,7 @@ def align_face(photo: ImageSource, size: int = 1024, *, landmarks: FaceLandmarke
                transform_size: int | None = None) -> AlignedFace:
     """The largest face in ``photo``, aligned the FFHQ way into a ``size`` x ``size`` crop.
 
-    ``photo``: a path, PIL image, array or single-image tensor (see ``essence.images``).
+    ``photo``: a path, PIL image, array or single-image tensor (see ``essence.faces.images``).
     ``landmarks``: a loaded ``FaceLandmarker`` or the predictor file (default: looked up).
     Raises ``FaceNotFoundError`` when the detector finds no face.
     """
@@ -318,7 +318,7 @@ def align_detected(photo: Photo, box: Sequence[int], points: np.ndarray, size: i
                    index: int = 0) -> AlignedFace:
     """The face ``detect_faces`` found (``box``, 68 ``points``, in ``photo.image`` coordinates),
     cropped at its FFHQ quad, or at ``quad`` when given: a video smooths the quads of successive
-    frames (``essence.smoothing``) before cropping, so the crop does not jitter with the landmarks."""
+    frames (``essence.faces.smoothing``) before cropping, so the crop does not jitter with the landmarks."""
     if transform_size is None:
         transform_size = size * 4 if size >= 1024 else size
     if quad is None:

@@ -359,7 +359,7 @@ def model_to_comfy(images: torch.Tensor) -> torch.Tensor:
 
 
 def grid_to_pil(grid: torch.Tensor) -> Image.Image:
-    """One image [3, H, W] in 0..1 (e.g. ``essence.apply.image_grid``) -> an RGB PIL image (clamped, rounded)."""
+    """One image [3, H, W] in 0..1 (e.g. ``essence.latents.apply.image_grid``) -> an RGB PIL image (clamped, rounded)."""
     pixels = (grid.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(pixels, "RGB")
 

@@ -42,7 +42,7 @@ def paste_back(photo: Any, edited_face: Any, transform: CropTransform, feather: 
     """``photo`` with ``edited_face`` blended into the place the aligned crop came from.
 
     photo: the original photo, at the size it was aligned from (``transform.photo_size``): a PIL
-        image or path (turned upright and RGB as ``essence.images`` does), or an RGB array / tensor
+        image or path (turned upright and RGB as ``essence.faces.images`` does), or an RGB array / tensor
         [H, W, 3] (or [1, H, W, 3]), uint8 or float in 0..1.
     edited_face: the face to paste, square, any size (e.g. ``G(w + d)`` rendered at 1024 px for a
         256 px alignment); same kinds as ``photo``.

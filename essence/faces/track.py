@@ -3,14 +3,14 @@
 A photo is aligned on its own; a frame is aligned knowing its neighbours. ``track_faces`` detects the
 chosen face in every frame (the largest by default, as for photos: one face per frame keeps the work
 per frame constant and the track unambiguous), notes scene cuts, and smooths the FFHQ quads over time
-(``essence.smoothing``); ``align_tracked`` then crops each frame at its smoothed quad. Frames where
+(``essence.faces.smoothing``); ``align_tracked`` then crops each frame at its smoothed quad. Frames where
 the face is not found are left out of the track (``None``): a video keeps them unedited rather than
 stopping, since a face turned away for a moment is normal in a clip.
 
 Finding the face costs most of a frame's time outside the networks (dlib's HOG detector, upsampled
 once, about 1.5 s of CPU at 1080p), while the 68-point shape predictor alone costs milliseconds. With
 ``Tracking`` settings the detector therefore runs only on the first frame of a run, at scene cuts
-(the picture test of ``essence.smoothing``), when the face was lost or its follow-up looks doubtful,
+(the picture test of ``essence.faces.smoothing``), when the face was lost or its follow-up looks doubtful,
 and every ``Tracking.refresh`` seconds; in between the predictor runs on the previous frame's
 detector-style box, moved and scaled as the landmarks moved (the predictor was trained on detector
 boxes, so it is given one, not the landmarks' own bounding box).
@@ -220,7 +220,7 @@ def follow_face(photo: Photo, landmarker: FaceLandmarker, previous: Detection, a
 
 
 def box_thumbnail(photo: Photo, box: Sequence[int]) -> np.ndarray:
-    """The scene-cut thumbnail (``essence.smoothing.thumbnail``) of the picture inside a face box."""
+    """The scene-cut thumbnail (``essence.faces.smoothing.thumbnail``) of the picture inside a face box."""
     left, top, right, bottom = box
     return thumbnail(photo.image.crop((left, top, right + 1, bottom + 1)))
 

@@ -136,7 +136,7 @@ def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strengt
     """The photo with its faces edited: each face aligned, inverted with e4e, moved by
     ``strength`` x ``direction``, rendered and pasted back (``paste_back``, soft edge ``feather``).
 
-    ``photo``: a path or any single image ``essence.load_image`` takes; ``encoder`` an e4e encoder,
+    ``photo``: a path or any single image ``essence.faces.load_image`` takes; ``encoder`` an e4e encoder,
     ``landmarks`` the dlib model (or its file; default: looked up). Every face, or only the largest
     with ``all_faces=False``. A photo without a face raises ``FaceNotFoundError`` naming it.
     Returns the full-size RGB photo.

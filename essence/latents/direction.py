@@ -31,7 +31,7 @@ from .latent_set import holds_latents
 FORMAT_NAME = "essence.direction"
 FORMAT_VERSION = 1
 DEFAULT_STRENGTH_RANGE = (0.5, 1.2)  # the paper's usual range; its evaluation used 1.2
-# ``auto_strength``: the single strength measured for this direction (``essence.metrics``), an object
+# ``auto_strength``: the single strength measured for this direction (``essence.training.metrics``), an object
 # {"value", "basis", "threshold", ...}; files without it (older ones, imports, mixes) read as before
 # and "auto" falls back to FALLBACK_STRENGTH, saying so.
 AUTO_STRENGTH_KEY = "auto_strength"

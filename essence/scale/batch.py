@@ -7,7 +7,7 @@ machine or a cluster without changes:
 
 - **Tasks** (``BatchTask``): a unique ``key`` (its row in the report), the ``output`` file it writes
   and its ``inputs`` (anything picklable). A task writes only its output, atomically
-  (``essence.files.atomic_write``): the file appears complete or not at all.
+  (``essence.storage.files.atomic_write``): the file appears complete or not at all.
 - **Workers**: a class, given to the runner, that loads its models once in ``__init__(config)`` and
   does one task per ``run(task) -> dict`` (the dict goes into the report). The runner wraps it in a
   Ray actor: one per GPU when the cluster has GPUs (``num_gpus``), else CPU actors, each using

@@ -1,7 +1,7 @@
 """A long clip on Ray: its frames split into chunks across workers, resumable like every batch job.
 
 ``run_video_job`` does what ``essence.video.apply_to_video`` does, in two rounds of
-``essence.batch`` tasks on the same workers (each loads the models once):
+``essence.scale.batch`` tasks on the same workers (each loads the models once):
 
 1. **Find the face**: one task per chunk of frames writes that chunk's detections (JSON). The
    driver joins them and smooths the crop over the whole clip (cheap: a few numbers per frame), so
@@ -226,7 +226,7 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
                   address: str | None = None, gpus_per_worker: float | None = None, progress: bool = True,
                   keep_parts: bool = False) -> VideoJobResult:
     """Run ``job`` on Ray (see the module docstring; ``workers``, ``address`` and ``gpus_per_worker``
-    as for ``essence.batch.BatchRunner``); raises ``EssenceError`` naming the chunks that failed (a
+    as for ``essence.scale.batch.BatchRunner``); raises ``EssenceError`` naming the chunks that failed (a
     rerun does only those) and ``FaceNotFoundError`` when no frame has the face."""
     info = probe_video(job.video)
     output_container(job.out)

@@ -8,7 +8,7 @@ held-out faces that were not trained on (``choose_candidate``). The score is a p
 ``Scorer`` (a direction -> a number or a ``CandidateScore``, higher is better) can replace the
 default.
 
-The default score, ``metric_scorer``, is the paper's measure (``essence.metrics``) on
+The default score, ``metric_scorer``, is the paper's measure (``essence.training.metrics``) on
 ``HELDOUT_FACES`` seeded held-out faces: each candidate's strength curve over
 ``SELECTION_STRENGTHS`` gives its recommended strength (``StrengthCurve.recommend``: the highest
 target similarity whose identity preservation stays at or above the threshold). A candidate that

@@ -16,7 +16,7 @@ Three exact loops give the same numbers: ``"official"`` recomputes ``E(G(w_i))``
 reference does; ``"fast"`` computes it once (the sources never change) and keeps the loop free of
 host-device synchronisation (best-so-far tracking stays on the device); ``"graph"`` is ``"fast"``
 written as one step with static shapes and no host value at all (both optimisers' updates from device
-tensors, ``essence.adam``), which on CUDA is captured once as a CUDA graph and replayed: the same
+tensors, ``essence.training.adam``), which on CUDA is captured once as a CUDA graph and replayed: the same
 numbers without Python's per-operator cost, which dominates the cheap paths. Approximations are separate,
 named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px

@@ -12,10 +12,10 @@ numpy's) standard deviation over the faces:
 * **identity preservation**: ArcFace (IR-SE-50) cosine between each edited face and its unedited
   source. Needs an identity model (``essence.load_identity``); without one it is absent.
 * **target identity**: ArcFace cosine between the edited faces and the target's face, when the
-  target has one (found and FFHQ-aligned with ``essence.align``; a cartoon or a failed detection
+  target has one (found and FFHQ-aligned with ``essence.faces.align``; a cartoon or a failed detection
   leaves it absent, with a note saying why).
 * **consistency**: how similarly the direction moves different faces in CLIP space, the training's
-  consistency term (``essence.train.essence_losses``) read as a score: for face i, the mean cosine
+  consistency term (``essence.training.essence_losses``) read as a score: for face i, the mean cosine
   between its CLIP move ``n(n(e_src_i) - n(e_edit_i))`` and every other face's, so the mean over
   faces is ``100 * (1 - L_consistency)``. Undefined (absent) for fewer than two faces or when the
   direction does not move the faces (strength 0).
@@ -35,7 +35,7 @@ Two protocols:
   authors used for new faces. (The paper's standard deviations are over targets, not faces: the CLI
   prints that row when it evaluates several directions.)
 
-Everything renders through ``essence.render.render`` (batched, out-of-memory safe) a chunk of faces
+Everything renders through ``essence.render`` (batched, out-of-memory safe) a chunk of faces
 at a time, so memory stays bounded however many faces are measured.
 """
 

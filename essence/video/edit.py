@@ -105,7 +105,7 @@ def detect_video(info: VideoInfo, landmarks: FaceLandmarker, face_index: int = 0
                  stop: int | None = None, progress: Callable[[int], None] | None = None,
                  tracking: Tracking | None = None) -> Detections:
     """The face in frames ``start`` .. ``stop`` of a clip, detected in each or followed between
-    detections with ``tracking`` (see ``essence.track.detect_frames``)."""
+    detections with ``tracking`` (see ``essence.faces.track.detect_frames``)."""
     return detect_frames(read_frames(info.path, start, stop, info), landmarks, face_index, progress, tracking,
                          float(info.rate), start)
 
