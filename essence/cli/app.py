@@ -10,18 +10,22 @@ user ever sees a traceback for a missing file or a failed download.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import DeviceMemoryError, EssenceError, EssenceWarning
 from ..faces import align_faces, load_landmarker, model_to_pil
 from ..latents import invert, sample_latents
 from ..networks import load_encoder, load_generator
-from ..storage import (WeightSpec, cli_command, default_weights_dir, demo_specs, fetch_command, fetch_weight,
-                       file_sha256, find_weight, get_it_lines, get_spec, load_manifest, locate, weight_status)
+from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cli_command, default_weights_dir,
+                       demo_specs, fetch_command, fetch_weight, file_sha256, find_weight, get_it_lines, get_spec,
+                       load_manifest, locate, weight_status)
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
@@ -31,6 +35,7 @@ from .metrics import SUBCOMMANDS as METRICS_COMMANDS
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 # what a CLI user can do when even the smallest batch does not fit (commands may set their own)
 OUT_OF_MEMORY_ADVICE = "Run on the CPU (--device cpu), or close other programs that use the GPU."
 
@@ -38,7 +43,7 @@ SubcommandAdder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command and return its exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Run one command and return its exit status (0 ok, 2 user error, 130 interrupted, 143 terminated)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -49,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_cleanly():
             warnings.simplefilter("always", EssenceWarning)
             warnings.showwarning = _warning_printer(warnings.showwarning)
             return handler(args)
@@ -60,9 +65,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EssenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # what no check could foresee: a full disk, a folder removed while working
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{(exc.strerror or str(exc)).lower()}; nothing was left half-written.",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM (what ``kill`` and schedulers send) ends the command the way Ctrl-C does: by an
+    exception, so every writer removes its temporary file on the way out, then exit status 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        print("terminated", file=sys.stderr)
+        raise SystemExit(EXIT_TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
@@ -136,6 +165,7 @@ def _list_row(spec: WeightSpec, hash_files: bool) -> tuple[str, ...]:
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     specs = [get_spec(name) for name in args.names] if args.names else demo_specs()
     folder = args.dir.expanduser() if args.dir else default_weights_dir()
+    check_output(folder, what="--dir" if args.dir else "the weights folder", folder=True)
     _print_fetch_plan(specs, folder)
     failures = [spec.name for spec in specs if not _fetch_one(spec, folder, progress=not args.no_progress)]
     if failures:
@@ -260,8 +290,9 @@ def _cmd_align(args: argparse.Namespace) -> int:
     """Write ``<stem>.png`` (``<stem>_face<i>.png`` with --all-faces) and a ``.json`` beside each
     crop with its crop-to-photo transform, landmarks and quad; print the transform."""
 
+    inputs = [*args.photos, args.landmarks]
+    check_output(args.out, inputs, folder=True)
     landmarker = load_landmarker(args.landmarks)
-    args.out.mkdir(parents=True, exist_ok=True)
     failed, used = 0, set()
     for photo in args.photos:
         try:
@@ -272,10 +303,14 @@ def _cmd_align(args: argparse.Namespace) -> int:
             continue
         for face in faces:
             stem = _unique_stem(f"{photo.stem}_face{face.index}" if args.all_faces else photo.stem, used)
-            face.crop.save(args.out / f"{stem}.png")
+            crop, record_file = args.out / f"{stem}.png", args.out / f"{stem}.json"
+            check_outputs([crop, record_file], inputs)
+            with atomic_write(crop) as tmp:
+                face.crop.save(tmp, format="PNG")
             record = {"photo": str(photo), "face": face.index, "transform": face.transform.to_dict(),
                       "quad": face.quad.tolist(), "box": list(face.box), "landmarks": face.landmarks.tolist()}
-            (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+            with atomic_write(record_file) as tmp:
+                tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
             matrix = [[round(v, 4) for v in row] for row in face.transform.matrix[:2].tolist()]
             print(f"{photo.name} face {face.index} -> {args.out / (stem + '.png')}  crop->photo {matrix}")
     return EXIT_USER_ERROR if failed else EXIT_OK
@@ -310,6 +345,10 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
+    inputs = [*args.photos, args.encoder, args.generator, args.landmarks]
+    check_output(args.out, inputs)
+    if args.reconstruction is not None:
+        check_output(args.reconstruction, [*inputs, args.out], what="--reconstruction", folder=True)
     encoder_file = find_weight("encoder", explicit_path=args.encoder)
     encoder = load_encoder(encoder_file, device=args.device)
     generator = None
@@ -322,10 +361,12 @@ def _cmd_invert(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     path = result.latent_set(generator, encoder_name=encoder_file.name).save(args.out)
     if result.reconstructions is not None:
-        args.reconstruction.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         for face, image in zip(result.faces, model_to_pil(result.reconstructions)):
-            image.save(args.reconstruction / f"{_unique_stem(f'{Path(face.source).stem}_face{face.index}', used)}.png")
+            picture = args.reconstruction / f"{_unique_stem(f'{Path(face.source).stem}_face{face.index}', used)}.png"
+            check_output(picture, [*inputs, args.out], what="--reconstruction")
+            with atomic_write(picture) as tmp:
+                image.save(tmp, format="PNG")
     _, n, d = result.latents.shape
     print(f"wrote {len(result.faces)} latent(s) ({n} x {d} W+) to {path}")
     for source in result.sources:
@@ -347,6 +388,7 @@ def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 def _cmd_sample(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise EssenceError(f"--count must be at least 1, got {args.count}.")
+    check_output(args.out, [args.generator])
     generator_file = find_weight("generator", explicit_path=args.generator)
     generator = load_generator(generator_file, device=args.device)
     latent_set = sample_latents(generator, args.count, seed=args.seed, truncation=args.truncation)

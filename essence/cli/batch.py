@@ -18,11 +18,11 @@ from ..errors import EssenceError
 from ..faces import SMOOTHING_PRESETS
 from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
 from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
-                     run_train_batch, run_video_job)
-from ..storage import atomic_write
+                     run_train_batch, run_video_job, train_tasks)
+from ..storage import atomic_write, check_output, check_outputs
 from ..video import STAGES
-from .directions import (TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, parse_strengths, strength_tokens,
-                         train_job)
+from .directions import (TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, model_files, parse_strengths,
+                         strength_tokens, train_job)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -90,6 +90,9 @@ def _cmd_batch_train(args: argparse.Namespace) -> int:
     job = train_job(args)
     targets = expand_inputs(args.targets, IMAGE_SUFFIXES, "target pictures")
     _check_stems(targets, "targets")
+    inputs = [*targets, args.sources, *model_files(args)]
+    check_output(args.out, inputs, folder=True)
+    check_outputs([task.output for task in train_tasks(targets, args.out)], inputs)
     models = TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
     report = run_train_batch(targets, args.out, job, models, **_runner_options(args))
     return _finish(args.out, report)
@@ -148,6 +151,9 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
                 stem = photo.stem if len(tokens) == 1 else f"{photo.stem}_s{token}"
                 tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
                                        (str(photo), str(direction), token)))
+    inputs = [*photos, *directions, *model_files(args)]
+    check_output(args.out, inputs, folder=True)
+    check_outputs([task.output for task in tasks], inputs)
     report = _run(args, tasks, ApplyWorker, _valid_image, "applying")
     return _finish(args.out, report)
 
@@ -184,6 +190,7 @@ def _add_batch_video(actions: Subparsers) -> None:
 def _cmd_batch_video(args: argparse.Namespace) -> int:
     if len(strength_tokens(args.strength)) != 1:
         raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
+    check_output(args.out, [args.video, args.direction, *model_files(args)])
     [strength] = parse_strengths(args.strength, load_direction(args.direction))
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
                    chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")

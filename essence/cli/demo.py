@@ -28,7 +28,7 @@ from ..faces import load_image, load_landmarker, model_to_pil, paste_back
 from ..latents import LatentSet, apply_direction, invert, sample_latents
 from ..networks import load_encoder, load_generator, load_guide, render
 from ..runtime import resolve_device
-from ..storage import atomic_write
+from ..storage import atomic_write, check_output, check_outputs
 from ..training import EssenceJob, TrainMode, TrainSettings, train_essence, train_mode
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
@@ -110,6 +110,11 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
         torch.cuda.reset_peak_memory_stats(device)
     photo_path = options.photo or scikit_image_picture("astronaut.png")
     target_paths = options.targets or [scikit_image_picture("chelsea.png")]
+    out = options.out_dir
+    inputs = [photo_path, *target_paths, options.generator, options.encoder, options.guide, options.landmarks]
+    check_output(out, inputs, folder=True)
+    check_outputs([out / name for name in ("grid.png", f"{target_paths[0].stem}.safetensors", "report.txt",
+                                           "report.json")], inputs)
     steps = options.steps or (1000 if device.type == "cuda" else 150)
     mode = train_mode(options.mode or ("fast" if device.type == "cuda" else "fast+256px"))
 
@@ -147,8 +152,6 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     pasted = [paste_back(photo, image, face.transform) for image in renders]
 
     _say("[5/5] Writing the results ...")
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     direction_path = trained.direction.save(out / f"{target_paths[0].stem}.safetensors")
     grid_path = _write_grid(out / "grid.png", photo, load_image(target_paths[0]), pasted, strengths)
     terms = result.direction.meta["losses"]
@@ -159,8 +162,10 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
         total_seconds=time.perf_counter() - start, peak_memory_mb=_peak_memory_mb(device),
         outputs={"grid": str(grid_path), "direction": str(direction_path), "report": str(out / "report.txt"),
                  "report_json": str(out / "report.json")})
-    (out / "report.txt").write_text(report.text(), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
+    with atomic_write(out / "report.txt") as tmp:
+        tmp.write_text(report.text(), encoding="utf-8")
+    with atomic_write(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(asdict(report), indent=1), encoding="utf-8")
     return report
 
 

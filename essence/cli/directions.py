@@ -18,7 +18,7 @@ from ..faces import SMOOTHING_PRESETS, grid_to_pil, load_image
 from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, image_grid, import_targetclip_latents, invert,
                        is_latent_file, load_direction, load_latents, mix_directions, strength_sweep, target_thumbnail)
 from ..networks import load_encoder, load_generator, load_guide, load_identity
-from ..storage import atomic_write, cli_command, fetch_command
+from ..storage import atomic_write, check_output, check_outputs, cli_command, fetch_command
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
 
@@ -40,6 +40,12 @@ def identity_model(args: argparse.Namespace):
               f"recommended strength uses a CLIP proxy. Get it with: {fetch_command()} arcface-ir-se50",
               file=sys.stderr)
         return None
+
+
+def model_files(args: argparse.Namespace) -> list[str]:
+    """The model files a command was given (inputs no output may replace)."""
+    return [getattr(args, name) for name in ("generator", "guide", "encoder", "identity", "landmarks")
+            if getattr(args, name, None)]
 
 
 def add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
@@ -167,6 +173,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".safetensors":
         raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
     job = train_job(args)
+    inputs = [*args.targets, args.sources, *model_files(args)]
+    check_output(out, inputs)
+    if getattr(args, "keep_all", False):
+        check_outputs([_candidate_path(out, i) for i in range(job.candidates)], [*inputs, out], what="--keep-all")
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
     encoder = encoder_for_start(job.init, args.encoder, device=args.device)
@@ -183,10 +193,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("\n".join(trained.choice.report()))
     if getattr(args, "keep_all", False):
         for index, direction in enumerate(trained.candidates):
-            print(f"Saved candidate {index}: {direction.save(out.with_name(f'{out.stem}.cand{index}{out.suffix}'))}")
+            print(f"Saved candidate {index}: {direction.save(_candidate_path(out, index))}")
     trained.direction.save(out)
     print(f"Saved {out} (start: {trained.start}; {trained.result.summary()}).")
     return 0
+
+
+def _candidate_path(out: Path, index: int) -> Path:
+    """Where ``--keep-all`` writes candidate ``index`` of the direction ``out``."""
+    return out.with_name(f"{out.stem}.cand{index}{out.suffix}")
 
 
 def train_job(args: argparse.Namespace) -> EssenceJob:
@@ -263,6 +278,8 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     loaded = [_weighted(spec) for spec in args.directions]
+    check_output(args.out, [_split_weight(spec)[0] for spec in args.directions]
+                 + [args.latents, args.video, *(args.photo or []), *model_files(args)])
     if len(loaded) == 1 and loaded[0][1] == 1.0:
         direction = loaded[0][0]
     else:
@@ -321,11 +338,17 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
     return 0
 
 
-def _weighted(spec: str):
-    """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
-    path, weight = spec, "1"
+def _split_weight(spec: str) -> tuple[str, str]:
+    """``FILE`` or ``FILE:WEIGHT`` -> (file, weight as written)."""
     if ":" in spec and not Path(spec).exists():
         path, _, weight = spec.rpartition(":")
+        return path, weight
+    return spec, "1"
+
+
+def _weighted(spec: str):
+    """``FILE`` or ``FILE:WEIGHT`` -> (direction, weight)."""
+    path, weight = _split_weight(spec)
     try:
         value = float(weight)
     except ValueError:
@@ -358,6 +381,8 @@ def _add_import_official(subparsers: Subparsers) -> None:
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
+    check_output(out_dir, args.files, what="--out-dir", folder=True)
+    check_outputs([out_dir / f"{Path(name).stem}.safetensors" for name in args.files], args.files)
     for name in args.files:
         path = Path(name)
         target = out_dir / f"{path.stem}.safetensors"
@@ -381,6 +406,7 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
+    check_output(args.out, [args.direction], what="the output")
     load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
     return 0

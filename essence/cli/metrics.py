@@ -12,10 +12,10 @@ from pathlib import Path
 from ..errors import EssenceError
 from ..latents import invert, load_direction, load_latents
 from ..networks import load_encoder, load_generator, load_guide
-from ..storage import atomic_write
+from ..storage import atomic_write, check_output, same_file
 from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
                         official_summary, plot_curves, strength_curve, target_pictures)
-from .directions import add_model_options, identity_model, parse_floats
+from .directions import add_model_options, identity_model, model_files, parse_floats
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELD_OUT_SEED = 100  # --sample's default seed: other faces than training's samples (seed + 1)
@@ -65,6 +65,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                f"{', '.join(unwritable)}. Convert it first with import-official.")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise EssenceError(f"--plot must end in .png, got {Path(args.plot).name!r}.")
+    inputs = [*args.directions, *args.target, args.latents, *(args.photo or []), *model_files(args)]
+    for option, output in (("--json", args.json), ("--plot", args.plot)):
+        if output:
+            check_output(output, inputs, what=option)
+    if args.json and args.plot and same_file(args.json, args.plot):
+        raise EssenceError(f"--json and --plot name the same file, {args.json}; give each its own.")
     strengths = _strengths(args)
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)

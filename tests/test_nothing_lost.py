@@ -1,0 +1,159 @@
+"""Nothing lost: a command never writes over one of its inputs, finds an output it cannot write before
+it works, ends every write error in one ``error:`` line, and leaves no temporary file when it is
+terminated. Each case runs the real command line; the models are never needed, because every check
+comes before any model loads (a missing model file would otherwise be the error reported)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from essence.cli import main as cli_main
+from essence.cli import scikit_image_picture
+from essence.latents import Direction
+
+REPO = Path(__file__).resolve().parents[1]
+NO_MODEL = ["--generator", "/nonexistent/generator.pt", "--device", "cpu"]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    """A photo, a direction, a clip name and a target: the inputs the commands below must not lose."""
+    photo = tmp_path / "photo.png"
+    shutil.copy(scikit_image_picture("astronaut.png"), photo)
+    direction = Direction(torch.full((1, 18, 512), 0.01), {"name": "d"}).save(tmp_path / "d.safetensors")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not really a video, but an input all the same")
+    return {"photo": photo, "direction": direction, "clip": clip}
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["photo", "video", "evaluate-json", "relative", "hard-link", "symlink"])
+def test_an_output_that_names_an_input_is_refused_before_any_work(case, inputs, tmp_path, monkeypatch, capsys):
+    photo, direction, clip = inputs["photo"], inputs["direction"], inputs["clip"]
+    monkeypatch.chdir(tmp_path)
+    if case == "hard-link":
+        os.link(photo, tmp_path / "same.png")
+    if case == "symlink":
+        (tmp_path / "same.png").symlink_to(photo)
+    argv = {
+        "photo": ["apply", direction, "--photo", photo, "--out", photo],
+        "video": ["apply", direction, "--video", clip, "--out", clip],
+        "evaluate-json": ["evaluate", direction, "--target", photo, "--sample", "2", "--json", direction],
+        "relative": ["apply", direction, "--photo", photo, "--out", "./sub/../photo.png"],
+        "hard-link": ["apply", direction, "--photo", photo, "--out", "same.png"],
+        "symlink": ["apply", direction, "--photo", photo, "--out", "same.png"],
+    }[case]
+    before = _contents(tmp_path)
+    code, err = _run(argv + NO_MODEL, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and "writing it would replace the input" in err
+    assert _contents(tmp_path) == before  # the input, and everything else, untouched
+
+
+@pytest.mark.parametrize("case", ["unwritable folder", "a folder of that name", "a file in the way"])
+def test_an_output_that_cannot_be_written_is_found_before_training(case, inputs, tmp_path, capsys):
+    if case == "unwritable folder":
+        if os.geteuid() == 0:  # root writes through permission bits; sysfs refuses even root
+            if not os.path.isdir("/sys") or os.access("/sys", os.W_OK) and _can_create("/sys"):
+                pytest.skip("running as root with no folder that refuses root (no /sys)")
+            out = Path("/sys/essence.safetensors")
+        else:
+            locked = tmp_path / "locked"
+            locked.mkdir(mode=0o555)
+            out = locked / "essence.safetensors"
+        expected = "cannot write --out"
+    elif case == "a folder of that name":
+        out = tmp_path / "taken.safetensors"
+        out.mkdir()
+        expected = "is a folder; give a file name"
+    else:
+        out = inputs["photo"] / "essence.safetensors"
+        expected = "is a file, not a folder"
+    code, err = _run(["train", inputs["photo"], "--out", out, "--steps", "1000", *NO_MODEL], capsys)
+    assert code == 2 and err.startswith("error: ") and expected in err, err
+    assert "generator" not in err  # refused before the (missing) model was looked for
+
+
+def _can_create(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, f".essence-probe-{os.getpid()}"), "x"):
+            pass
+    except OSError:
+        return False
+    os.unlink(os.path.join(folder, f".essence-probe-{os.getpid()}"))
+    return True
+
+
+def test_a_missing_output_folder_is_made_not_refused(inputs, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "d.npy"
+    code, _ = _run(["export-npy", inputs["direction"], out], capsys)
+    assert code == 0 and np.load(out).shape == (1, 18, 512)
+
+
+def test_a_write_error_is_one_error_line_and_leaves_nothing_behind(inputs, tmp_path, monkeypatch, capsys):
+    def disk_full(file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(np, "save", disk_full)
+    out = tmp_path / "out"
+    code, err = _run(["export-npy", inputs["direction"], out / "d.npy"], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and "no space left on device" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())  # no temporary file left
+
+
+def test_a_batch_out_that_is_a_file_is_refused_before_any_task(inputs, tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("a file, not a folder")
+    code, err = _run(["batch", "apply", inputs["direction"], "--photos", inputs["photo"], "--out", taken,
+                      "--no-progress", *NO_MODEL], capsys)
+    assert code == 2 and "is a file, not a folder" in err
+    assert taken.read_text() == "a file, not a folder"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
+def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
+    """``kill`` (SIGTERM) arrives while the converted direction is being written: the command ends
+    with status 143 and no hidden temporary file stays, as with Ctrl-C."""
+    official = tmp_path / "joker.npy"
+    np.save(official, np.full((1, 18, 512), 0.01, dtype=np.float32))  # TargetCLIP's direction layout
+    out = tmp_path / "converted"
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        import essence.storage.files as files
+
+        def write_slowly(tensors, metadata, path):
+            path.write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)  # what kill or a scheduler sends, mid-write
+            time.sleep(30)
+
+        files._write_safetensors = write_slowly
+        from essence.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, "import-official", str(official), "--out-dir", str(out)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "terminated" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
