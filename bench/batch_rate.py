@@ -77,7 +77,7 @@ def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "
         out = folder / "out"
         config = batch_config(size, steps, device)
         worker = TrainWorker if size == "tiny" else FullSizeRandomTrainWorker
-        batch_tasks = train_tasks(targets, out)
+        batch_tasks = train_tasks(targets, out, *config)
         start = time.perf_counter()
         connect()
         report = run_batch(batch_tasks, worker, config, workers=workers, progress=False,

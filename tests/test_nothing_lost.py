@@ -157,3 +157,68 @@ def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "terminated" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+def test_a_second_batch_into_a_folder_in_use_is_refused(inputs, tmp_path, capsys):
+    """Two runs into one --out would both do every task and overwrite one report: while another
+    process holds the folder, a second run is refused before it starts Ray, naming that process."""
+    out = tmp_path / "edited"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom essence.storage import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n    print('holding', flush=True)\n    time.sleep(60)\n", str(out)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        code, err = _run(["batch", "apply", inputs["direction"], "--photos", inputs["photo"], "--out", out,
+                          "--no-progress", *NO_MODEL], capsys)
+        assert code == 2 and "in use by another batch" in err and f"process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not any(p.suffix == ".png" for p in out.rglob("*"))
+
+
+ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for these tests: 2 CPUs, no dashboard (started the way ``essence batch`` starts one)."""
+    from essence.scale import connect
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_batch_rerun_with_another_strength_redoes_the_pictures(local_ray, fixtures, tmp_path, capsys):
+    """A rerun with other options is another job: its pictures are made again, never reported as done."""
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.png"
+    Image.open(scikit_image_picture("astronaut.png")).reduce(2).save(photo)
+    direction = Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.5,
+                          {"name": "d"}).save(tmp_path / "d.safetensors")
+    out = tmp_path / "edited"
+    models = ["--generator", fixtures / "stylegan2_tiny64.pt", "--encoder", fixtures / "e4e_tiny64.pt", "--device",
+              "cpu", "--no-progress"]
+
+    def run(strength: str) -> dict:
+        code, err = _run(["batch", "apply", direction, "--photos", photo, "--out", out, "--strength", strength,
+                          *models], capsys)
+        assert code == 0, err
+        import json
+        return json.loads((out / "report.json").read_text())["tasks"][0]
+
+    first = run("0.5")
+    picture = out / "d" / "astronaut.png"
+    made_at_half = picture.read_bytes()
+    assert first["status"] == "done" and first["strength"] == 0.5
+    again = run("1.5")
+    assert again["status"] == "done" and again["strength"] == 1.5  # redone, not "already complete"
+    assert picture.read_bytes() != made_at_half
+    assert run("1.5")["status"] == "skipped"  # the same job again has nothing to do

@@ -10,16 +10,20 @@ Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips f
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from ..errors import EssenceError
 from ..faces import SMOOTHING_PRESETS
 from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
 from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
                      run_train_batch, run_video_job, train_tasks)
-from ..storage import atomic_write, check_output, check_outputs
+from ..storage import atomic_write, check_output, check_outputs, file_sha256, folder_lock
 from ..video import STAGES
 from .directions import (TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, model_files, parse_strengths,
                          strength_tokens, train_job)
@@ -94,8 +98,8 @@ def _cmd_batch_train(args: argparse.Namespace) -> int:
     check_output(args.out, inputs, folder=True)
     check_outputs([task.output for task in train_tasks(targets, args.out)], inputs)
     models = TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
-    report = run_train_batch(targets, args.out, job, models, **_runner_options(args))
-    return _finish(args.out, report)
+    with folder_lock(args.out, "another batch"):  # the tasks and the report: one run at a time
+        return _finish(args.out, run_train_batch(targets, args.out, job, models, **_runner_options(args)))
 
 
 # ----------------------------------------------------------------------------- apply
@@ -124,18 +128,23 @@ class ApplyWorker:
         strength, note = direction.resolve_strength(token if token.lower() == "auto" else float(token))
         image = apply_to_photo(photo, direction, self.generator, self.encoder, strength, landmarks=self.landmarks,
                                layers=self.args.layers, all_faces=not self.args.largest_face)
+        record = PngInfo()
+        record.add_text(OPTIONS_KEY, json.dumps(task.options, sort_keys=True))  # what a rerun compares
         with atomic_write(task.output) as tmp:
-            image.save(tmp, format="PNG")
+            image.save(tmp, format="PNG", pnginfo=record)
         return {"photo": photo, "direction": direction_file, "strength": strength, "log": note or ""}
 
 
-def _valid_image(path: Path) -> dict[str, Any]:
-    """A finished ``batch apply`` output: a picture that decodes completely, else raises."""
-    from PIL import Image
+OPTIONS_KEY = "essence-options"  # the PNG text chunk that records the options an edited photo was made with
 
+
+def _valid_image(path: Path) -> dict[str, Any]:
+    """A finished ``batch apply`` output: a picture that decodes completely (its size and the options
+    it was made with), else raises."""
     with Image.open(path) as image:
         image.load()
-        return {"size": f"{image.width}x{image.height}"}
+        recorded = getattr(image, "text", {}).get(OPTIONS_KEY)
+        return {"size": f"{image.width}x{image.height}", "options": json.loads(recorded) if recorded else None}
 
 
 def _cmd_batch_apply(args: argparse.Namespace) -> int:
@@ -145,17 +154,21 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
     _check_stems(directions, "directions")
     _check_stems(photos, "photos")
     tasks = []
+    shared = {"layers": args.layers, "largest_face": args.largest_face,
+              "models": {role: getattr(args, role) for role in ("generator", "encoder", "landmarks")}}
     for direction in directions:
+        content = file_sha256(direction)  # a direction file replaced under the same name is another job
         for photo in photos:
             for token in tokens:
                 stem = photo.stem if len(tokens) == 1 else f"{photo.stem}_s{token}"
+                options = {**shared, "photo": str(photo.resolve()), "direction": content, "strength": token}
                 tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
-                                       (str(photo), str(direction), token)))
+                                       (str(photo), str(direction), token), options))
     inputs = [*photos, *directions, *model_files(args)]
     check_output(args.out, inputs, folder=True)
     check_outputs([task.output for task in tasks], inputs)
-    report = _run(args, tasks, ApplyWorker, _valid_image, "applying")
-    return _finish(args.out, report)
+    with folder_lock(args.out, "another batch"):  # the tasks and the report: one run at a time
+        return _finish(args.out, _run(args, tasks, ApplyWorker, _valid_image, "applying"))
 
 
 # ----------------------------------------------------------------------------- video

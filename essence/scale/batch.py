@@ -15,7 +15,11 @@ machine or a cluster without changes:
 - **Independent failures**: an exception in a task becomes that task's ``failed`` row, with the
   message; the other tasks go on.
 - **Resume**: a task whose output exists and passes ``validate`` (e.g. the direction file loads with
-  Essence's own reader) is ``skipped`` without running. A damaged or partial output is done again.
+  Essence's own reader) is ``skipped`` without running. A damaged or partial output is done again,
+  and so is one whose recorded ``options`` (``validate`` returns them under ``"options"``) are not
+  the task's: a rerun with another strength redoes the pictures, never reports the old ones as done.
+- **One run per folder**: with ``lock``, a second run into the same folder is refused while the
+  first holds it (``essence.storage.folder_lock``).
 - **Killed workers**: Ray restarts a dead actor (``max_restarts``) and runs its task again
   (``max_task_retries``). The killed attempt never renamed its temporary file into place, so there is
   no partial output; its leftover temporary file is removed when the batch ends. When the retries
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
 
 from ..errors import EssenceError
-from ..storage import atomic_write, remove_temp_files
+from ..storage import atomic_write, folder_lock, remove_temp_files
 
 RAY_REQUIREMENT = "ray>=2.9"
 INSTALL_HINT = f'pip install "{RAY_REQUIREMENT}"'
@@ -57,11 +61,14 @@ BASE_COLUMNS = ("key", "status", "seconds", "output", "error", "worker")
 @dataclass(frozen=True)
 class BatchTask:
     """One unit of work: ``key`` names it in the report (unique in a batch), ``output`` is the one
-    file it writes, ``inputs`` is what the worker needs (picklable: paths, numbers, small dicts)."""
+    file it writes, ``inputs`` is what the worker needs (picklable: paths, numbers, small dicts).
+    ``options`` are the choices that define the output (JSON values): the worker records them with
+    it, and an existing output made with other options is not taken as this task's."""
 
     key: str
     output: Path
     inputs: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchWorker(Protocol):
@@ -336,14 +343,20 @@ class BatchRunner:
     # -- running
 
     def run(self, tasks: Sequence[BatchTask], validate: Callable[[Path], dict[str, Any] | None] | None = None,
-            progress: bool = True, description: str = "batch") -> BatchReport:
+            progress: bool = True, description: str = "batch", lock: Path | None = None) -> BatchReport:
         """Run ``tasks`` and return the report (records in task order).
 
         ``validate(output)`` decides whether an existing output counts as finished: it returns the
-        details for the report (e.g. the loss stored in a direction file), or raises when the file
-        is unusable (then the task runs again). Without ``validate`` every task runs.
+        details for the report (e.g. the loss stored in a direction file, and the ``options`` it was
+        made with), or raises when the file is unusable (then the task runs again). Without
+        ``validate`` every task runs. ``lock``: a folder no other run may write into meanwhile.
         """
         _check_unique(tasks)
+        with folder_lock(lock, "another batch") if lock is not None else contextlib.nullcontext():
+            return self._run_all(tasks, validate, progress, description)
+
+    def _run_all(self, tasks: Sequence[BatchTask], validate: Callable[[Path], dict[str, Any] | None] | None,
+                 progress: bool, description: str) -> BatchReport:
         start = time.perf_counter()
         records: dict[str, TaskRecord] = {}
         todo: deque[BatchTask] = deque()
@@ -428,11 +441,11 @@ class BatchRunner:
 def run_batch(tasks: Sequence[BatchTask], worker_class: type, config: Any = None, *,
               validate: Callable[[Path], dict[str, Any] | None] | None = None, workers: int | None = None,
               address: str | None = None, gpus_per_worker: float | None = None, retries: int = DEFAULT_RETRIES,
-              progress: bool = True, description: str = "batch") -> BatchReport:
+              progress: bool = True, description: str = "batch", lock: Path | None = None) -> BatchReport:
     """Run ``tasks`` on fresh workers of ``worker_class(config)`` and stop them; see ``BatchRunner``."""
     with BatchRunner(worker_class, config, workers=workers, address=address, gpus_per_worker=gpus_per_worker,
                      retries=retries) as runner:
-        return runner.run(tasks, validate=validate, progress=progress, description=description)
+        return runner.run(tasks, validate=validate, progress=progress, description=description, lock=lock)
 
 
 def _check_unique(tasks: Sequence[BatchTask]) -> None:
@@ -450,14 +463,22 @@ def _check_unique(tasks: Sequence[BatchTask]) -> None:
 
 
 def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None) -> TaskRecord | None:
-    """A ``skipped`` record when the task's output exists and validates, else None (run it)."""
+    """A ``skipped`` record when the task's output exists, validates and was made with the task's
+    options, else None (run it)."""
     if validate is None or not Path(task.output).exists():
         return None
     try:
-        details = validate(Path(task.output)) or {}
+        details = dict(validate(Path(task.output)) or {})
     except Exception:  # damaged or partial: do it again
         return None
+    if _comparable(details.pop("options", None)) != _comparable(task.options or None):
+        return None  # made by another job (other options, or unknown ones): done again, as asked now
     return TaskRecord(task.key, "skipped", str(task.output), details=details)
+
+
+def _comparable(options: Any) -> Any:
+    """Options as recorded in a file (JSON) and as given (tuples, paths) compare alike."""
+    return None if not options else json.loads(json.dumps(options, default=str, sort_keys=True))
 
 
 class _NoBar:

@@ -4,7 +4,7 @@ per target with the same options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class TrainWorker:
                                     identity=self._identity())
             if trained.note:
                 print(f"note: {trained.note}")
+            trained.direction.meta["batch_options"] = task.options  # what a rerun compares
             trained.direction.save(task.output)
         return {**direction_details(trained.direction), "train_seconds": round(trained.result.seconds, 3),
                 "log": log.getvalue().strip()}
@@ -79,14 +80,25 @@ def direction_details(direction: Direction) -> dict[str, Any]:
     return details
 
 
-def train_tasks(targets: list[Path], out: Path) -> list[BatchTask]:
-    """One task per target picture, writing ``out/<target stem>.safetensors``."""
-    return [BatchTask(path.stem, out / f"{path.stem}.safetensors", str(path)) for path in targets]
+def train_tasks(targets: list[Path], out: Path, job: EssenceJob = EssenceJob(),
+                models: TrainModels = TrainModels()) -> list[BatchTask]:
+    """One task per target picture, writing ``out/<target stem>.safetensors``; its options are the
+    job's and the model files' (the device changes no result), and the target's own path."""
+    shared = {"job": asdict(job), "models": {k: v for k, v in asdict(models).items() if k != "device"}}
+    return [BatchTask(path.stem, out / f"{path.stem}.safetensors", str(path),
+                      {**shared, "target": str(Path(path).resolve())}) for path in targets]
+
+
+def finished_direction(path: Path) -> dict[str, Any]:
+    """A finished ``batch train`` output: a direction file Essence reads (its report columns and the
+    options it was trained with), else raises."""
+    direction = load_direction(path)
+    return {**direction_details(direction), "options": direction.meta.get("batch_options")}
 
 
 def run_train_batch(targets: list[Path], out: Path, job: EssenceJob, models: TrainModels = TrainModels(),
                     **runner: Any) -> BatchReport:
-    """Train ``job`` for every target into ``out`` (finished directions are kept and skipped);
-    ``runner`` options go to ``run_batch`` (workers, address, gpus_per_worker, progress)."""
-    return run_batch(train_tasks(targets, out), TrainWorker, (job, models),
-                     validate=lambda path: direction_details(load_direction(path)), description="training", **runner)
+    """Train ``job`` for every target into ``out`` (finished directions of the same job are kept and
+    skipped); ``runner`` options go to ``run_batch`` (workers, address, gpus_per_worker, progress, lock)."""
+    return run_batch(train_tasks(targets, out, job, models), TrainWorker, (job, models), validate=finished_direction,
+                     description="training", **runner)

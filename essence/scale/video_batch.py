@@ -35,9 +35,9 @@ from ..faces import (Detections, FaceTrack, Smoothing, Tracking, join_detections
                      tracking_settings)
 from ..latents import Direction, load_direction
 from ..networks import load_encoder, load_generator
-from ..storage import atomic_write, file_sha256
+from ..storage import atomic_write, file_sha256, folder_lock
 from ..video import (DEFAULT_BATCH, STAGES, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
-                     edit_video_range, output_container, probe_video, video_track, write_video)
+                     edit_video_range, output_container, probe_video, video_comment, video_track, write_video)
 from .batch import BatchReport, BatchRunner, BatchTask
 
 DEFAULT_CHUNK = 240  # frames per task: 10 s of 24 fps video, a few minutes of work on a GPU
@@ -211,15 +211,19 @@ def _run(runner: BatchRunner, tasks: list[BatchTask], validate: Callable[[Path],
     return report
 
 
-def _finished_video(out: Path, info: VideoInfo) -> bool:
-    """The output exists and is the clip's size, length and rate: a rerun leaves it alone."""
+def _finished_video(out: Path, info: VideoInfo, comment: str) -> bool:
+    """The output exists, is the clip's size, length and rate, and was made by this very job (its
+    comment tag holds the job's key: another strength, direction or model is another job): a rerun
+    leaves it alone. Otherwise it is made again."""
     if not out.is_file():
         return False
     try:
         done = probe_video(out)
+        made_by = video_comment(out)
     except EssenceError:
         return False
-    return (done.width, done.height, done.frames, done.rate) == (info.width, info.height, info.frames, info.rate)
+    same_clip = (done.width, done.height, done.frames, done.rate) == (info.width, info.height, info.frames, info.rate)
+    return same_clip and made_by == comment
 
 
 def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers: int | None = None,
@@ -233,8 +237,16 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
     check_audio_fits(job.out, info)
     smoothing_preset(job.smoothing)  # refuse an unknown preset before any worker starts
     load_direction(job.direction)
-    if _finished_video(job.out, info):
-        return VideoJobResult(job.out, info, None, {})
+    comment = f"essence video job {job_key(job, models)}"
+    with folder_lock(job.out.parent, "another video job", f".{job.out.name}.lock"):
+        if _finished_video(job.out, info, comment):
+            return VideoJobResult(job.out, info, None, {})
+        return _run_job(job, models, info, comment, workers, address, gpus_per_worker, progress, keep_parts)
+
+
+def _run_job(job: VideoJob, models: VideoModels, info: VideoInfo, comment: str, workers: int | None,
+             address: str | None, gpus_per_worker: float | None, progress: bool, keep_parts: bool) -> VideoJobResult:
+    """``run_video_job``'s two rounds and the assembly, once the output is known to need them."""
     parts = parts_folder(job, models)
     ranges = chunk_ranges(info.frames, tracked_chunk(job.chunk_frames, tracking_settings(job.face_tracking),
                                                      float(info.rate)))
@@ -252,7 +264,7 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
                           {"stage": "edit", "job": job, "frames": (a, b), "track": str(track_file), "info": info})
                 for a, b in ranges]
         reports["edit"] = _run(runner, edit, _segment_done(edit), progress, STAGES["edit"])
-    path = assemble_video(info, [t.output for t in edit], job.out)
+    path = assemble_video(info, [t.output for t in edit], job.out, comment=comment)
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
         with contextlib.suppress(OSError):

@@ -13,8 +13,8 @@ Nothing here knows about networks or faces; every layer above stores and loads t
 from .checkpoints import (build_loaded, describe_contents, is_torchscript_archive, load_torch_file,
                           refuse_torchscript_load_code)
 from .downloads import download, fetch_weight
-from .files import (atomic_write, checked_stem, encode_metadata, load_npy_checked, next_numbered_path, npy_shape,
-                    read_safetensors_header, read_typed_file, remove_temp_files, save_safetensors_atomic,
+from .files import (atomic_write, checked_stem, encode_metadata, folder_lock, load_npy_checked, next_numbered_path,
+                    npy_shape, read_safetensors_header, read_typed_file, remove_temp_files, save_safetensors_atomic,
                     save_safetensors_numbered, utc_now, write_numbered)
 from .installation import cli_command
 from .outputs import check_output, check_outputs, same_file
@@ -24,7 +24,7 @@ from .weights import (WeightSpec, default_weights_dir, demo_specs, fetch_command
 
 __all__ = [
     "atomic_write", "remove_temp_files", "save_safetensors_atomic", "write_numbered", "save_safetensors_numbered",
-    "next_numbered_path", "checked_stem", "read_safetensors_header", "read_typed_file",
+    "next_numbered_path", "checked_stem", "folder_lock", "read_safetensors_header", "read_typed_file",
     "encode_metadata", "load_npy_checked", "npy_shape", "utc_now",
     "load_torch_file", "build_loaded", "describe_contents", "is_torchscript_archive", "refuse_torchscript_load_code",
     "cli_command", "check_output", "check_outputs", "same_file",

@@ -19,11 +19,12 @@ import json
 import os
 import re
 import secrets
+import socket
 import stat
 import struct
 import tokenize
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -115,6 +116,72 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     if bad:
         raise TypeError(f"safetensors metadata values must be strings: {bad}")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+
+
+LOCK_NAME = ".essence.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "a batch", name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold ``folder``'s lock (a hidden ``.essence.lock`` in it, or ``name``) while the block runs,
+    so that two jobs writing into one folder do not both do every task and overwrite each other's
+    report; a second one is refused at once, naming the process that holds it.
+
+    The lock is the operating system's (``flock``), released when its holder ends, even when
+    killed; the lock file is removed when the block ends. A process that opened the file just before
+    it was removed finds, once it holds the lock, that the name no longer leads to its file, and
+    opens the new one instead, so the removal never lets two holders in.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        if not _try_lock(handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise EssenceError(f"{folder} is in use by {what} ({holder}): two jobs must not write into one "
+                               f"folder at once. Wait for it to finish, or choose another output folder.")
+        if _still_named(handle, path):
+            break
+        handle.close()  # removed by the holder before us: lock the file that has the name now
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        handle.close()  # releases the lock
+
+
+def _still_named(handle: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _try_lock(handle: Any) -> bool:
+    """An exclusive lock on an open file without waiting: POSIX ``flock``, or Windows' ``msvcrt``."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 COUNTER_DIGITS = 5  # <stem>_00001.safetensors, as ComfyUI numbers its own outputs

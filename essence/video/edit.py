@@ -129,7 +129,7 @@ def edit_video_range(info: VideoInfo, track: FaceTrack, editor: FaceEditor, star
 
 
 def assemble_video(info: VideoInfo, segments: Sequence[PathLike], out: PathLike,
-                   progress: Callable[[int], None] | None = None) -> Path:
+                   progress: Callable[[int], None] | None = None, comment: str | None = None) -> Path:
     """Concatenate the lossless segments of frame ranges (in order) into the final clip with the
     input's audio. Refuses when the segments do not hold exactly the clip's frame count."""
     def frames() -> Iterator[np.ndarray]:
@@ -137,7 +137,7 @@ def assemble_video(info: VideoInfo, segments: Sequence[PathLike], out: PathLike,
             yield from read_frames(segment)
 
     path = write_video(_counted(frames(), info.frames), out, info.rate, (info.width, info.height),
-                       audio_from=info.path if info.audio else None, progress=progress)
+                       audio_from=info.path if info.audio else None, progress=progress, comment=comment)
     return path
 
 

@@ -227,10 +227,11 @@ def _video_stream(container: Any, codec: str, rate: Fraction, width: int, height
 
 def write_video(frames: Iterable[np.ndarray], out: PathLike, rate: Fraction, size: tuple[int, int], *,
                 audio_from: PathLike | None = None, segment: bool = False,
-                progress: Callable[[int], None] | None = None) -> Path:
+                progress: Callable[[int], None] | None = None, comment: str | None = None) -> Path:
     """Encode RGB frames [H, W, 3] uint8 (``size`` = (width, height)) at ``rate`` into ``out``,
     atomically, copying the audio of ``audio_from`` when given. ``segment=True`` writes a lossless
-    FFV1 Matroska file instead (frames passed between workers). ``progress(frames written)``."""
+    FFV1 Matroska file instead (frames passed between workers). ``progress(frames written)``.
+    ``comment`` goes into the container's comment tag (``video_comment`` reads it back)."""
     av = _av()
     out = Path(out)
     width, height = size
@@ -243,6 +244,8 @@ def write_video(frames: Iterable[np.ndarray], out: PathLike, rate: Fraction, siz
     written = 0
     with atomic_write(out) as tmp:
         container = av.open(str(tmp), "w", format=fmt)
+        if comment is not None:
+            container.metadata["comment"] = comment
         audio = None
         try:
             stream = _video_stream(container, codec, Fraction(rate), width, height, pix_fmt)
@@ -267,6 +270,13 @@ def write_video(frames: Iterable[np.ndarray], out: PathLike, rate: Fraction, siz
         if written == 0:
             raise VideoInputError(f"{out.name}: no frames to write.")
     return out
+
+
+def video_comment(path: PathLike) -> str | None:
+    """The container's comment tag (``write_video``'s ``comment``), None when it has none."""
+    with _open(Path(path)) as container:
+        tags = {key.lower(): value for key, value in container.metadata.items()}
+    return tags.get("comment")
 
 
 def _mux(container: Any, packets: Sequence[Any], audio: _AudioCopier | None) -> None:
