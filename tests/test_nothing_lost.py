@@ -222,3 +222,140 @@ def test_a_batch_rerun_with_another_strength_redoes_the_pictures(local_ray, fixt
     assert again["status"] == "done" and again["strength"] == 1.5  # redone, not "already complete"
     assert picture.read_bytes() != made_at_half
     assert run("1.5")["status"] == "skipped"  # the same job again has nothing to do
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "not an address", "ray://:99999999"])
+def test_a_ray_address_nothing_answers_at_is_a_clear_error_within_30_s(address, inputs, tmp_path):
+    import time
+
+    started = time.monotonic()  # a fresh process: Ray is not running yet, as for a user
+    done = subprocess.run([sys.executable, "-m", "essence", "batch", "apply", str(inputs["direction"]), "--photos",
+                           str(inputs["photo"]), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"],
+                          env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address},  # as a scheduler sets it
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    code, err = done.returncode, done.stderr
+    assert code == 2 and err.startswith("error: ") and "RAY_ADDRESS" in err and "Traceback" not in err, err
+    assert ("no Ray cluster" in err) if address == "127.0.0.1:1" else ("is not a Ray address" in err)
+    assert not (tmp_path / "out").exists()  # a refused start leaves no folder behind
+
+
+def _typed(path: Path, name: str, fmt: str, tensor: torch.Tensor) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({name: tensor}, str(path), metadata={"format": fmt, "format_version": "1"})
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_direction_and_latent_files_of_other_float_types_are_checked_after_conversion(dtype, inputs, tmp_path,
+                                                                                      capsys):
+    from essence.errors import DirectionFileError, LatentFileError
+    from essence.latents import load_direction, load_latents
+
+    big = 1e300 if dtype == torch.float64 else float("inf")  # float16 cannot hold 1e300: its overflow is inf
+    direction = _typed(tmp_path / "big.safetensors", "direction", "essence.direction", torch.full((1, 18, 512), big,
+                                                                                                  dtype=dtype))
+    latents = _typed(tmp_path / "big_latents.safetensors", "latents", "essence.latents",
+                     torch.full((2, 18, 512), big, dtype=dtype))
+    with pytest.raises(DirectionFileError, match="beyond float32's range" if dtype == torch.float64 else "infinite"):
+        load_direction(direction)
+    with pytest.raises(LatentFileError, match="beyond float32's range" if dtype == torch.float64 else "infinite"):
+        load_latents(latents)
+    fine = _typed(tmp_path / "fine.safetensors", "direction", "essence.direction",
+                  torch.full((1, 18, 512), 0.25, dtype=dtype))
+    assert load_direction(fine).tensor.dtype == torch.float32 and float(load_direction(fine).tensor[0, 0, 0]) == 0.25
+    out = tmp_path / "edited.png"
+    code, err = _run(["apply", direction, "--sample", "1", "--out", out, *NO_MODEL], capsys)
+    assert code == 2 and "big.safetensors" in err and not out.exists()  # no black picture, no exit 0
+
+
+def _clip(path: Path, frames: int, size: int = 64, faststart: bool = True) -> Path:
+    import av
+
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"} if faststart else {}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        noise = np.random.default_rng(0)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(noise.integers(0, 255, (size, size, 3), dtype=np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_a_truncated_clip_is_reported_with_both_frame_counts(tmp_path):
+    from essence.errors import EssenceWarning
+    from essence.video import probe_video
+
+    whole = _clip(tmp_path / "whole.mp4", 50)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])  # a download that stopped a third of the way
+    with pytest.warns(EssenceWarning, match=r"cut\.mp4 declares 50 frames but holds \d+"):
+        info = probe_video(cut)
+    assert 1 <= info.frames < 50
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EssenceWarning)
+        assert probe_video(whole).frames == 50  # a whole clip says nothing
+
+
+def test_oversized_pictures_and_frames_are_refused_by_name_before_decoding(tmp_path, monkeypatch):
+    """A 20000 x 20000 PNG (only its header: refusing must not need the pixels) and clip frames above
+    the limit (lowered here, so that the test clip stays small) are refused by file name."""
+    import struct
+    import zlib
+
+    from essence.errors import ImageInputError, VideoInputError
+    from essence.faces import load_image
+    from essence.video import probe_video
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    with pytest.raises(ImageInputError, match=r"huge\.png: 20000x20000 is 400 megapixels, more than the 134-megapixel"):
+        load_image(huge)
+    import essence.video.files as video_files
+
+    clip = _clip(tmp_path / "clip.mp4", 2)
+    monkeypatch.setattr(video_files, "FULL_DECODE_PIXELS", 64 * 64 - 1)
+    with pytest.raises(VideoInputError, match=r"clip\.mp4: its frames are 64x64"):
+        probe_video(clip)
+
+
+def test_messages_say_what_was_found(tmp_path):
+    import av
+
+    from essence.errors import CorruptFileError, VideoInputError
+    from essence.storage import read_safetensors_header
+    from essence.video import probe_video
+
+    sound = tmp_path / "sound.m4a"
+    with av.open(str(sound), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 44100, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with pytest.raises(VideoInputError, match="holds no video stream, only 1 audio stream"):
+        probe_video(sound)
+    large = tmp_path / "large.safetensors"
+    large.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CorruptFileError, match="header is too large"):
+        read_safetensors_header(large)
+    deep = tmp_path / "deep.safetensors"
+    header = b"[" * 100_000 + b"]" * 100_000
+    deep.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CorruptFileError, match="nested too deeply"):
+        read_safetensors_header(deep)

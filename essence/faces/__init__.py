@@ -11,15 +11,15 @@ No network is used here: faces are found with dlib, and the layers above encode 
 
 from .align import (RECIPE, AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, align_photos,
                     load_landmarker, nothing_found)
-from .images import (ImageSource, comfy_to_pil, grid_to_pil, load_image, load_photo, load_photos, model_to_comfy,
-                     model_to_pil, pil_to_comfy, pil_to_model)
+from .images import (FULL_DECODE_PIXELS, ImageSource, comfy_to_pil, grid_to_pil, load_image, load_photo, load_photos,
+                     model_to_comfy, model_to_pil, pil_to_comfy, pil_to_model)
 from .paste import MAX_FEATHER, paste_back, paste_mask
 from .smoothing import SMOOTHING_PRESETS, Smoothing, corner_movement, smoothing_preset
 from .track import (Detections, FaceTrack, Tracking, align_clip, align_clip_faces, align_tracked, as_frame, build_track,
                     detect_frames, join_detections, tracking_settings)
 
 __all__ = [
-    "ImageSource", "load_image", "load_photo", "load_photos", "pil_to_model", "model_to_pil", "pil_to_comfy",
+    "ImageSource", "FULL_DECODE_PIXELS", "load_image", "load_photo", "load_photos", "pil_to_model", "model_to_pil", "pil_to_comfy",
     "comfy_to_pil", "model_to_comfy", "grid_to_pil",
     "FaceLandmarker", "load_landmarker", "AlignedFace", "CropTransform", "align_face", "align_faces", "align_photos",
     "nothing_found", "RECIPE",

@@ -41,6 +41,9 @@ from ..errors import ImageInputError
 
 MAX_PIXELS = 1 << 30        # ~1.07 gigapixels (32768 x 32768): above this a file is refused
 WORK_PIXELS = 64 * 2**20    # ~67 megapixels: larger photos are reduced by an integer factor
+# A picture decoded whole (every format but JPEG, which libjpeg reads at 1/2, 1/4 or 1/8 scale) needs
+# 3-4 bytes per pixel at once: above this (~134 megapixels, about 0.5 GB) it is refused before decoding.
+FULL_DECODE_PIXELS = 2 * WORK_PIXELS
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 
 PathLike = str | os.PathLike
@@ -147,6 +150,10 @@ def _load_file(path: Path, background: tuple[int, int, int], work_pixels: int, m
         stored_size = image.size
         _check_pixels(*stored_size, max_pixels, str(path))
         drafted = _draft_jpeg(image, work_pixels)
+        if drafted == 1 and max_pixels == MAX_PIXELS:  # decoded whole: refused by name before the memory is taken
+            _check_pixels(*stored_size, FULL_DECODE_PIXELS, str(path),
+                          f"the most Essence decodes whole from a {image.format or 'picture'} file (JPEG files "
+                          f"are read at a reduced size instead)")
         photo = _normalise(_decoded(image, path), path.name, background, work_pixels, stored_size, drafted)
         if photo.image is image:  # keep nothing that closing the file would invalidate
             photo.image = image.copy()
@@ -207,12 +214,13 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+def _check_pixels(width: int, height: int, max_pixels: int, name: str, why: str = "") -> None:
     if width * height > max_pixels:
+        limit = f"the {_megapixels(max_pixels)}-megapixel limit" + (f", {why}" if why else
+                                                                     " (it may be a decompression bomb)")
         raise ImageInputError(
-            f"{name}: {width}x{height} is {_megapixels(width * height)} megapixels, more than the "
-            f"{_megapixels(max_pixels)}-megapixel limit (it may be a decompression bomb). Downscale it "
-            f"first, or pass a larger max_pixels if you trust it.")
+            f"{name}: {width}x{height} is {_megapixels(width * height)} megapixels, more than {limit}. "
+            f"Downscale it first (a face needs far fewer pixels), or pass a larger max_pixels if you trust it.")
     if width == 0 or height == 0:
         raise ImageInputError(f"{name}: the image is empty ({width}x{height}).")
 

@@ -202,9 +202,13 @@ def _validated_tensor(tensor: Any, what: str) -> torch.Tensor:
     if tensor.ndim != 3 or tensor.shape[0] != 1 or 0 in tensor.shape:
         raise DirectionFileError(f"the {what} must have shape [1, n_latent, style_dim] "
                                  f"(e.g. [1, 18, 512]), got {list(tensor.shape)}.")
-    if not torch.isfinite(tensor).all():
+    converted = tensor.detach().float()  # Essence computes in float32: a float64 1e300 becomes inf here
+    if not torch.isfinite(converted).all():
+        if torch.isfinite(tensor).all():
+            raise DirectionFileError(f"the {what} holds {str(tensor.dtype).removeprefix('torch.')} values beyond "
+                                     f"float32's range (about 3.4e38); it cannot be applied.")
         raise DirectionFileError(f"the {what} contains NaN or infinite values; it cannot be applied.")
-    return tensor.detach().float()
+    return converted
 
 
 def _warn_if_implausible(tensor: torch.Tensor, name: str) -> None:

@@ -176,9 +176,13 @@ def validated_latents(latents: Any) -> torch.Tensor:
         raise LatentFileError(f"latents must have shape [count, n_latent, style_dim] (e.g. [4, 18, 512]), "
                               f"got {list(latents.shape)}.")
     with torch.inference_mode(False):
-        latents = latents.detach().to("cpu", torch.float32).clone()
-    require_finite(latents, "the latents", LatentFileError, "Invert or sample those faces again.")
-    return latents
+        converted = latents.detach().to("cpu", torch.float32).clone()
+    if latents.dtype != torch.float32 and torch.isfinite(latents).all() and not torch.isfinite(converted).all():
+        raise LatentFileError(f"the latents hold {str(latents.dtype).removeprefix('torch.')} values beyond "
+                              f"float32's range (about 3.4e38); Essence computes in float32. Invert or sample "
+                              f"those faces again.")
+    require_finite(converted, "the latents", LatentFileError, "Invert or sample those faces again.")
+    return converted
 
 
 def resolution_for(n_latent: int) -> int | None:

@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -177,6 +178,31 @@ def import_ray() -> Any:
     return ray
 
 
+ADDRESS_TIMEOUT = 10.0  # seconds to wait for a cluster's port to answer before saying it is unreachable
+_ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?")
+
+
+def check_address(address: str, given: str = "--address") -> None:
+    """Refuse a Ray address that is malformed or that nothing answers at, within ``ADDRESS_TIMEOUT``
+    seconds: Ray itself would retry such an address for ever. ``auto`` (the cluster started on this
+    machine with ``ray start``) is left to Ray, which says at once when there is none."""
+    if address == "auto":
+        return
+    match = _ADDRESS.fullmatch(address.strip())
+    port = int(match["port"]) if match and match["port"] else (10001 if match and match["client"] else None)
+    if match is None or port is None or not 0 < port < 65536:
+        raise EssenceError(f"{given} {address!r} is not a Ray address: give host:port (the cluster's GCS port, "
+                           f"6379 by default), ray://host:port (Ray Client, 10001 by default) or 'auto'.")
+    host = match["host"].strip("[]")
+    try:
+        socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+        raise EssenceError(f"no Ray cluster at {given} {address} ({reason} from {host}:{port}). Check the "
+                           f"address (`ray status` on the cluster's head node prints it), or leave {given} "
+                           f"unset to run on this machine.") from None
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Ray, ready: the running one in this process, else the cluster at ``address`` (or
     ``RAY_ADDRESS``), else a new local one with ``num_cpus`` CPUs (default: all), without dashboard."""
@@ -184,8 +210,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     if ray.is_initialized():
         return ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine unasked
+    given = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        check_address(address, given)
         ray.init(address=address, log_to_driver=False)
         return ray
     # Local workers inherit this process's environment: they import essence from where it runs

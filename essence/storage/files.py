@@ -133,6 +133,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "a batch", name: str = LO
     opens the new one instead, so the removal never lets two holders in.
     """
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     while True:
@@ -141,6 +142,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "a batch", name: str = LO
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
+            _remove_if_empty(folder, made)
             raise EssenceError(f"{folder} is in use by {what} ({holder}): two jobs must not write into one "
                                f"folder at once. Wait for it to finish, or choose another output folder.")
         if _still_named(handle, path):
@@ -156,6 +158,15 @@ def folder_lock(folder: str | os.PathLike, what: str = "a batch", name: str = LO
         with contextlib.suppress(OSError):
             path.unlink()
         handle.close()  # releases the lock
+        _remove_if_empty(folder, made)
+
+
+def _remove_if_empty(folder: Path, made: bool) -> None:
+    """A folder the lock made and nothing was written into (the job was refused or found nothing to
+    do) is removed again, so a failed start leaves no trace."""
+    if made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _still_named(handle: Any, path: Path) -> bool:
@@ -277,13 +288,20 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
         if len(prefix) < 8:
             raise CorruptFileError(f"{path}: not a safetensors file (only {len(prefix)} bytes).")
         (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > MAX_HEADER_BYTES or header_len + 8 > size:
+        if header_len > MAX_HEADER_BYTES:
+            raise CorruptFileError(f"{path}: its header is too large ({header_len:,} bytes declared; Essence reads "
+                                   f"safetensors headers up to {MAX_HEADER_BYTES:,}): not one of Essence's files, "
+                                   f"or a damaged one.")
+        if header_len + 8 > size:
             raise CorruptFileError(f"{path}: not a safetensors file, or truncated (header claims "
                                    f"{header_len} bytes, file has {size}).")
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested, or a 5000-digit number
+    except RecursionError:  # brackets nested thousands deep: no real header is
+        raise CorruptFileError(f"{path}: not a safetensors file (its JSON header is nested too deeply to "
+                               f"read).") from None
+    except ValueError:  # not JSON, not UTF-8, or a 5000-digit number
         raise CorruptFileError(f"{path}: not a safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: not a safetensors file (its header is not a JSON object).")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import EssenceError, VideoInputError
+from ..errors import EssenceError, EssenceWarning, VideoInputError
+from ..faces import FULL_DECODE_PIXELS
 from ..storage import atomic_write
 
 PathLike = str | os.PathLike
@@ -84,9 +86,20 @@ def _open(path: Path) -> Any:
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoInputError(f"{path}: not a readable video ({exc}). Give a video file FFmpeg can read "
                               f"(e.g. .mp4, .mov, .mkv, .webm).") from None
-    if not container.streams.video:
+    streams = container.streams
+    if not streams.video:
+        found = [f"{len(group)} {kind} stream{'s' if len(group) > 1 else ''}" for kind, group in
+                 (("audio", streams.audio), ("subtitle", streams.subtitles), ("data", streams.data),
+                  ("attachment", streams.attachments)) if len(group)]
         container.close()
-        raise VideoInputError(f"{path}: holds no video stream (only {len(container.streams)} other stream(s)).")
+        raise VideoInputError(f"{path}: holds no video stream, " + (f"only {', '.join(found)}." if found else
+                                                                     "no stream at all."))
+    width, height = streams.video[0].codec_context.width, streams.video[0].codec_context.height
+    if width * height > FULL_DECODE_PIXELS:  # every frame is decoded whole: refused before the first one
+        container.close()
+        raise VideoInputError(f"{path}: its frames are {width}x{height}, {width * height / 1e6:,.0f} megapixels "
+                              f"each, more than the {FULL_DECODE_PIXELS / 1e6:,.0f}-megapixel limit for a decoded "
+                              f"picture. Scale the clip down first (e.g. ffmpeg -i in.mp4 -vf scale=-2:2160 out.mp4).")
     return container
 
 
@@ -97,6 +110,11 @@ def probe_video(path: PathLike) -> VideoInfo:
     av = _av()
     with _open(path) as container:
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > FULL_DECODE_PIXELS:  # every frame is decoded whole: refused before the first one
+            raise VideoInputError(f"{path}: its frames are {width}x{height}, {width * height / 1e6:,.0f} megapixels "
+                                  f"each, more than the {FULL_DECODE_PIXELS / 1e6:,.0f}-megapixel limit for a "
+                                  f"decoded picture. Scale the clip down first (e.g. ffmpeg -vf scale=-2:2160).")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
             raise VideoInputError(f"{path}: the video stream has no frame rate; re-mux it with a constant rate.")
@@ -106,6 +124,11 @@ def probe_video(path: PathLike) -> VideoInfo:
             raise VideoInputError(f"{path}: damaged video ({exc}).") from None
         if not stamps:
             raise VideoInputError(f"{path}: the video stream holds no frames.")
+        if stream.frames and stream.frames != len(stamps):  # the header's count (0 when the container has none)
+            warnings.warn(EssenceWarning(
+                f"{path.name} declares {stream.frames} frames but holds {len(stamps)}: a truncated download or a "
+                f"damaged file? Only the {len(stamps)} are read; copy or download it again for the rest."),
+                stacklevel=2)
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
         info = VideoInfo(path, stream.codec_context.width, stream.codec_context.height, len(stamps), Fraction(rate),
                          stream.codec_context.name, audio, Fraction(stream.time_base))
