@@ -19,8 +19,9 @@ from .errors import DeviceMemoryError, EssenceError
 
 T = TypeVar("T")
 
-__all__ = ["default_device", "resolve_device", "cached_model", "clear_model_cache", "cached_models", "is_out_of_memory",
-           "release_device_memory", "run_in_chunks_on_oom", "retry_smaller_on_oom"]
+__all__ = ["default_device", "resolve_device", "describe_device", "unused_gpu_reason", "gpu_hardware", "cached_model",
+           "clear_model_cache", "cached_models", "is_out_of_memory", "release_device_memory", "run_in_chunks_on_oom",
+           "retry_smaller_on_oom"]
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
@@ -30,13 +31,79 @@ def default_device() -> torch.device:
     """CUDA if present, then Apple's MPS, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    return default_device() if device in (None, "auto") else torch.device(device)
+    """``device`` as a torch device (``"auto"`` or None: ``default_device``), refused with an
+    ``EssenceError`` saying why when this machine cannot run on it (rather than failing later, deep
+    inside the first model that moves there)."""
+    if device in (None, "auto"):
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EssenceError(f"{device!r} is not a device: use cpu, cuda, cuda:1, mps or auto.") from None
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise EssenceError(f"cannot run on {device}: Essence runs on cpu, cuda (cuda:1, ...) or mps.")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = unused_gpu_reason() or "this machine has no GPU that PyTorch can see"
+            raise EssenceError(f"cannot run on {device}: {why}. Use --device cpu (or auto).")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise EssenceError(f"cannot run on {device}: this machine has {torch.cuda.device_count()} CUDA "
+                               f"device(s), numbered from 0.")
+    if resolved.type == "mps" and not _mps_available():
+        raise EssenceError(f"cannot run on {device}: Apple's MPS is not available to this PyTorch.")
+    return resolved
+
+
+def describe_device(device: str | torch.device, dtype: torch.dtype = torch.float32, chosen_by: str = "") -> str:
+    """Where work runs, in one line: ``cuda:0 (NVIDIA H200), float32``; on the CPU of a machine that
+    has a GPU, also why the GPU is not used (``chosen_by`` names what asked for the CPU, e.g.
+    ``--device cpu``), since work silently landing on the CPU is the slowest surprise there is."""
+    device = torch.device(device)
+    kind = str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}), {kind}"
+    if device.type != "cpu":
+        return f"{device}, {kind}"
+    reason = unused_gpu_reason(chosen_by)
+    return f"cpu, {kind}" + (f" (not the GPU: {reason})" if reason else "")
+
+
+def unused_gpu_reason(chosen_by: str = "") -> str | None:
+    """Why this machine's GPU is not what work runs on, when it has one; None when it has none."""
+    if torch.cuda.is_available() or _mps_available():
+        return f"{chosen_by} asked for the CPU" if chosen_by else "the CPU was asked for"
+    hardware = gpu_hardware()
+    if hardware is None:
+        return None
+    if torch.version.cuda is None and torch.version.hip is None:
+        return (f"this PyTorch ({torch.__version__}) is built without GPU support, though the machine has "
+                f"{hardware}; install a CUDA (or ROCm) build of PyTorch to use it")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f"PyTorch {torch.__version__} cannot use the machine's {hardware.removeprefix('an ')}: "
+            + (f"CUDA_VISIBLE_DEVICES={hidden!r} hides it" if hidden is not None else
+               "its driver may be older than this PyTorch needs (CUDA "
+               f"{torch.version.cuda or torch.version.hip}); `nvidia-smi` shows the driver's version"))
+
+
+def gpu_hardware() -> str | None:
+    """A GPU the operating system knows of, whatever PyTorch can do with it ("an NVIDIA GPU")."""
+    nvidia = Path("/proc/driver/nvidia/gpus")
+    if (nvidia.is_dir() and any(nvidia.iterdir())) or Path("/dev/nvidia0").exists():
+        return "an NVIDIA GPU"
+    if Path("/dev/kfd").exists():
+        return "an AMD GPU"
+    return None
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def _file_identity(path: Path) -> tuple:

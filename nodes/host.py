@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
@@ -21,12 +22,14 @@ import torch
 
 from ..essence import storage as essence_storage
 from ..essence.errors import DeviceMemoryError, MissingWeightsError
-from ..essence.runtime import is_out_of_memory
+from ..essence.runtime import describe_device, is_out_of_memory
 
 DIRECTIONS_FOLDER = "essence_directions"
 DIRECTION_EXTENSIONS = frozenset({".safetensors", ".npy"})
 PREVIEW_MAX_SIZE = 512  # ComfyUI's default --preview-size
 
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- lazy imports
 
@@ -206,12 +209,23 @@ def models_on_compute_device(*models: torch.nn.Module, working_memory: int = 0) 
             with torch.inference_mode(False), torch.no_grad():
                 mm.load_models_gpu([model_patcher(model) for model in models], memory_required=working_memory,
                                    force_full_load=True)
+        log.info("Essence: %s on %s", ", ".join(type(m).__name__ for m in models), describe_device(
+            device, _dtype(models), "ComfyUI's --cpu option" if getattr(getattr(mm, "args", None), "cpu", False)
+            else ""))
         yield device
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
         what = exc.what if isinstance(exc, DeviceMemoryError) else f"running on {device}"
         raise DeviceMemoryError(what, OUT_OF_MEMORY_ADVICE) from exc
+
+
+def _dtype(models: tuple[torch.nn.Module, ...]) -> torch.dtype:
+    """The models' weight type (Essence's networks are float32 unless their file says otherwise)."""
+    for model in models:
+        for parameter in model.parameters():
+            return parameter.dtype
+    return torch.float32
 
 
 PATCHER_ATTRIBUTE = "comfy_model_patcher"

@@ -23,6 +23,7 @@ from ..errors import DeviceMemoryError, EssenceError, EssenceWarning
 from ..faces import align_faces, load_landmarker, model_to_pil
 from ..latents import invert, sample_latents
 from ..networks import load_encoder, load_generator
+from ..runtime import describe_device, resolve_device
 from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cli_command, default_weights_dir,
                        demo_specs, fetch_command, fetch_weight, file_sha256, find_weight, get_it_lines, get_spec,
                        load_manifest, locate, weight_status)
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
+        device = getattr(args, "device", None)
+        if device is not None:  # the commands that run a network: say once where they run, and why not the GPU
+            print(f"Device: {_device_line(device)}.", flush=True)
         with warnings.catch_warnings(), _terminate_cleanly():
             warnings.simplefilter("always", EssenceWarning)
             warnings.showwarning = _warning_printer(warnings.showwarning)
@@ -92,6 +96,11 @@ def _terminate_cleanly() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _device_line(device: str) -> str:
+    """``--device`` as the line ``main`` prints (an ``EssenceError`` when this machine cannot use it)."""
+    return describe_device(resolve_device(device), chosen_by=f"--device {device}" if device != "auto" else "")
 
 
 def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
