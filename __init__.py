@@ -10,4 +10,8 @@ ComfyUI, a GPU nor any weight file; the library itself lives in ``essence/``.
 if __package__:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    # ComfyUI serves this folder at /extensions/<pack>/; its frontend reads each node's help page
+    # from docs/<NodeName>.md there (written by tests/build_node_docs.py)
+    WEB_DIRECTORY = "./web"
+
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

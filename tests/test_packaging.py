@@ -69,3 +69,21 @@ def test_the_installed_package_runs_from_any_folder(wheel: Path, tmp_path: Path)
     assert listing.returncode == 0, listing.stderr
     assert f"(would go to) {tmp_path / 'data' / 'essence' / 'weights' / 'e4e_ffhq_encode.pt'}" in listing.stdout
     assert "Download missing files with: essence weights fetch" in listing.stdout
+
+
+def test_the_project_file_meets_the_comfy_registry_specification() -> None:
+    """What the Comfy Registry reads from pyproject.toml: a node id without "ComfyUI", a static
+    X.Y.Z version equal to the library's, a licence, and [tool.comfy] with the publisher, display
+    name, icon entry and the ComfyUI versions the pack works with."""
+    import re
+    import tomllib
+
+    import essence
+
+    project_file = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    project, comfy = project_file["project"], project_file["tool"]["comfy"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,99}", project["name"]) and "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]) and project["version"] == essence.__version__
+    assert project["license"] == "MIT" and (REPO / "LICENSE").is_file()
+    assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
+    assert re.fullmatch(r"(>=|==|~=)\d+\.\d+\.\d+", comfy["requires-comfyui"])
