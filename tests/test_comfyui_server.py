@@ -1,7 +1,8 @@
 """The pack on a real ComfyUI server: it imports, registers its folders and nodes, lists its
 templates, runs every example workflow with the tiny models, and stops cleanly on Cancel. With
 Chromium and playwright at hand, every example is also loaded in the server's real frontend: no
-overlapping nodes, the frontend's own ``app.graphToPrompt()`` gives the expected prompt, and it runs.
+overlapping nodes, the frontend's own ``app.graphToPrompt()`` gives the expected prompt, and it runs;
+and every node's help page (``web/docs/<NodeName>.md``) is served where the frontend looks for it.
 
 Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout whose requirements (and Essence's
 ``requirements.txt``) are installed in the Python named by ``COMFYUI_PYTHON`` (default: the one
@@ -31,7 +32,7 @@ import pytest
 from comfy_stubs import LANDMARKS_NAME
 from PIL import Image
 from real_comfyui import PACK_DIR_NAME, Server, frontend, frontend_unavailable, overlapping, running_server
-from workflow_tools import (STAND_INS, TARGET_IMAGE, expected_init, load_workflow, quick_run, random_directions,
+from workflow_tools import (REPO, STAND_INS, TARGET_IMAGE, expected_init, load_workflow, quick_run, random_directions,
                             ui_to_api, workflow_files)
 
 from essence import Direction
@@ -47,6 +48,7 @@ NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoade
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
             "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"}
+DOCS = REPO / "web" / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +257,15 @@ def test_example_workflow_in_the_real_frontend(server, page, path):
              for node_id, node in prompt.items()}
     entry = server.wait(server.queue(quick))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+
+
+def test_help_pages_are_served_where_the_frontend_looks(server):
+    """ComfyUI serves the pack's WEB_DIRECTORY at /extensions/<folder>/; the frontend finds the folder from
+    the node's python_module and asks for docs/<NodeName>/<locale>.md, then docs/<NodeName>.md."""
+    info = server.get("/object_info")
+    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(NODE_IDS)
+    for node_id in sorted(NODE_IDS):
+        assert info[node_id]["python_module"] == f"custom_nodes.{PACK_DIR_NAME}"
+        served = server.get(f"/extensions/{PACK_DIR_NAME}/docs/{node_id}.md")
+        assert served == (DOCS / f"{node_id}.md").read_bytes(), node_id
+
