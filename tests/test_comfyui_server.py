@@ -2,7 +2,7 @@
 templates, runs every example workflow with the tiny models, and stops cleanly on Cancel. With
 Chromium and playwright at hand, every example is also loaded in the server's real frontend: no
 overlapping nodes, the frontend's own ``app.graphToPrompt()`` gives the expected prompt, and it runs;
-and every node's help page (``web/docs/<NodeName>.md``) is served where the frontend looks for it.
+and a node's help page (``web/docs/<NodeName>.md``) is served and opens in the frontend's node docs panel.
 
 Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout whose requirements (and Essence's
 ``requirements.txt``) are installed in the Python named by ``COMFYUI_PYTHON`` (default: the one
@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -49,6 +50,7 @@ NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoade
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
             "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"}
 DOCS = REPO / "web" / "docs"
+HELP_TIMEOUT = 30_000  # ms
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +271,73 @@ def test_help_pages_are_served_where_the_frontend_looks(server):
         served = server.get(f"/extensions/{PACK_DIR_NAME}/docs/{node_id}.md")
         assert served == (DOCS / f"{node_id}.md").read_bytes(), node_id
 
+
+def close_node_library(page) -> None:
+    """Back out of an open help page and close the node library sidebar, as a user would."""
+    help_page = page.locator(".node-help-content")
+    if help_page.is_visible():
+        help_page.locator("xpath=..").locator("button:has(.pi-arrow-left)").click()
+        help_page.wait_for(state="detached", timeout=HELP_TIMEOUT)
+    if page.locator(".node-lib-search-box").is_visible():
+        page.click(".node-library-tab-button")
+        page.locator(".node-lib-search-box").wait_for(state="detached", timeout=HELP_TIMEOUT)
+
+
+def check_help_page_shown(server: Server, page, node_id: str) -> None:
+    """The docs panel shows ``web/docs/<node_id>.md`` rendered: its title, its sections, an entry per input
+    and output, and its last line, which neither the node's description nor its tooltips hold. (When the
+    page cannot be fetched, the panel shows a ``.fallback-content`` built from those instead.)"""
+    markdown = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
+    lines = markdown.strip().splitlines()
+    content = page.locator(".node-help-content .markdown-content")
+    fallback = page.locator(".node-help-content .fallback-content")
+    page.locator(".node-help-content .markdown-content h1, .node-help-content .fallback-content").first.wait_for(
+        timeout=HELP_TIMEOUT)
+    assert not fallback.count(), f"the frontend could not fetch the page and shows: {fallback.inner_text()[:300]}"
+    assert content.locator("h1").inner_text() == lines[0].removeprefix("# ")
+    assert content.locator("h2").all_inner_texts() == [line[3:] for line in lines if line.startswith("## ")]
+    assert content.locator("li > strong").all_inner_texts() == re.findall(r"^- \*\*(\w+)\*\*", markdown, re.M)
+    only_in_page = lines[-1]
+    definition = server.get(f"/object_info/{node_id}")[node_id]
+    assert only_in_page not in json.dumps(definition)
+    assert only_in_page in content.inner_text()
+
+
+def test_help_page_opens_from_the_node_library(server, page):
+    """Node library sidebar: search for the node, hover its entry, click its "?" (help) button."""
+    close_node_library(page.page)
+    page.page.click(".node-library-tab-button")
+    page.page.fill(".node-lib-search-box input", "Train Essence")
+    entry = page.page.locator(".node-lib-tree-explorer .tree-leaf", has_text="Train Essence (TargetCLIP)")
+    entry.hover(timeout=HELP_TIMEOUT)
+    entry.locator(".help-button").click(timeout=HELP_TIMEOUT)
+    check_help_page_shown(server, page.page, "EssenceTrain")
+    assert not page.errors, page.errors
+    close_node_library(page.page)
+
+
+# Where on the page to click to select a node: the middle of its title bar, in the canvas's coordinates.
+TITLE_POINT_JS = """(id) => {
+    const canvas = window.app.canvas, node = window.app.graph.getNodeById(id);
+    const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2,
+                                                    node.pos[1] - window.LiteGraph.NODE_TITLE_HEIGHT / 2]);
+    const box = canvas.canvas.getBoundingClientRect();
+    return [box.left + x, box.top + y];
+}"""
+
+
+def test_help_page_opens_from_the_selection_toolbox(server, page):
+    """On the canvas: click a Train Essence node's title to select it, then the info button of the
+    selection toolbox above it."""
+    close_node_library(page.page)
+    workflow = {"last_node_id": 1, "last_link_id": 0, "nodes": [], "links": [], "groups": [], "config": {},
+                "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+    page.load(workflow)
+    node_id = page.page.evaluate("""() => { const node = window.LiteGraph.createNode('EssenceTrain');
+        node.pos = [300, 200]; window.app.graph.add(node); window.app.canvas.setDirty(true, true);
+        return node.id; }""")
+    page.page.mouse.click(*page.page.evaluate(TITLE_POINT_JS, node_id))
+    page.page.locator('[data-testid="info-button"]').click(timeout=HELP_TIMEOUT)
+    check_help_page_shown(server, page.page, "EssenceTrain")
+    assert not page.errors, page.errors
+    close_node_library(page.page)
