@@ -68,7 +68,7 @@ def full_size_problem(device: torch.device, candidates: int) -> dict:
     generator = problem["generator"]
     inits = [problem.pop("init")] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7)
                                      for k in range(candidates - 1)]
-    return {**problem, "inits": inits}
+    return {**problem, "init": inits}
 
 
 def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
@@ -83,7 +83,7 @@ def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
     inits = [trace["init_direction"]] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7).cpu()
                                          for k in range(candidates - 1)]
     return {"target": None, "sources": trace["sources"], "generator": generator, "guide": guide,
-            "inits": inits, "target_embedding_override": trace["target_embedding"]}
+            "init": inits, "target_embedding_override": trace["target_embedding"]}
 
 
 def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window: int,
