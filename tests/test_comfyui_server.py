@@ -50,9 +50,9 @@ NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoade
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fixtures):
+def server(tmp_path_factory):
     python = os.environ.get("COMFYUI_PYTHON")
-    with running_server(tmp_path_factory.mktemp("comfyui-base"), fixtures, random_directions(), COMFYUI_DIR,
+    with running_server(tmp_path_factory.mktemp("comfyui-base"), random_directions(), COMFYUI_DIR,
                         python,
                         extra_node_packs=[PROBE_DIR]) as started:
         yield started

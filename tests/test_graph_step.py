@@ -148,9 +148,9 @@ def test_graph_step_benchmark_writes_records_and_checks_replay(fixtures, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def cuda_models(fixtures):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device="cuda", cache=False)
-    guide = essence.load_guide(fixtures / "clip_tiny.pt", device="cuda", cache=False)
+def cuda_models(tiny_files):
+    generator = essence.load_generator(tiny_files.generator, device="cuda", cache=False)
+    guide = essence.load_guide(tiny_files.guide, device="cuda", cache=False)
     return generator, guide
 
 

@@ -253,18 +253,18 @@ def test_leftovers_are_not_weight_files(comfy_env, tmp_path: Path, monkeypatch) 
 # ----------------------------------------------------------------------------- training
 
 
-def test_training_killed_midway_writes_nothing_and_keeps_the_earlier_file(fixtures: Path, tmp_path: Path) -> None:
+def test_training_killed_midway_writes_nothing_and_keeps_the_earlier_file(tiny_files, pictures, tmp_path: Path) -> None:
     out = tmp_path / "joker.safetensors"
     essence.Direction(torch.full((1, 10, 64), 1.0), {"name": "earlier"}).save(out)
     before = out.read_bytes()
     log = tmp_path / "train.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "essence", "train", str(fixtures / "face_a.jpg"), "--out", str(out),
-             "--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+            [sys.executable, "-m", "essence", "train", str(pictures.portrait), "--out", str(out),
+             "--generator", str(tiny_files.generator), "--guide", str(tiny_files.guide),
              "--sample", "2", "--steps", "100000", "--init", "random", "--device", "cpu"],
             cwd=tmp_path, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
-        _wait_for(lambda: b"Training 'face_a'" in log.read_bytes(), proc, "training started")
+        _wait_for(lambda: b"Training 'portrait'" in log.read_bytes(), proc, "training started")
         time.sleep(1.0)  # well inside the optimisation loop
         _sigkill(proc)
     assert out.read_bytes() == before
