@@ -67,6 +67,7 @@ def test_one_face_in_each_real_photo_and_the_crop_is_ffhq_framed(pictures, share
     assert face.crop_landmarks[48:60, 1].mean() > left[1] + 0.15 * 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["aligned.jpg", "photos/aligned_0.jpg", "photos/aligned_3.jpg", "face_a.jpg"])
 def test_realigning_an_ffhq_aligned_photo_gives_nearly_the_whole_frame(aligned_face, shared, landmarker,
                                                                        name: str) -> None:
@@ -142,6 +143,7 @@ def test_every_wrapping_of_a_photo_aligns_identically(portrait_rgb, landmarker, 
     assert np.array_equal(np.asarray(from_16_bit.crop), np.asarray(from_grey.crop))
 
 
+@pytest.mark.slow
 def test_a_20000_pixel_photo_aligns_in_bounded_memory(pictures, landmarker, tmp_path: Path) -> None:
     """A 20000 x 20000 JPEG (400 megapixels) with a face: decoded at 1/4 scale, never at full size."""
     huge = tmp_path / "huge.jpg"

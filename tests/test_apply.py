@@ -89,6 +89,7 @@ def test_strength_sweep_renders_each_source_at_each_strength(generator):
     assert grid.shape == (3, 2 * 64 + 3 * 2, 2 * 64 + 3 * 2) and 0 <= grid.min() and grid.max() <= 1
 
 
+@pytest.mark.slow
 def test_a_photo_comes_back_whole_with_only_its_face_edited(pictures, generator, encoder):
     import numpy as np
     from PIL import Image

@@ -62,6 +62,7 @@ def _rows(out: Path) -> dict[str, dict]:
     return {row["key"]: row for row in json.loads((out / "report.json").read_text())["tasks"]}
 
 
+@pytest.mark.slow
 def test_batch_train_writes_a_direction_per_target_and_a_complete_report(trained):
     code, out = trained
     assert code == 2  # one target failed: the command says so, the others are done
@@ -84,6 +85,7 @@ def test_batch_train_writes_a_direction_per_target_and_a_complete_report(trained
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_batch_train_gives_the_directions_of_single_train_runs(trained, targets, tiny_files, tmp_path):
     _, out = trained
     for name in TARGETS:
@@ -96,6 +98,7 @@ def test_batch_train_gives_the_directions_of_single_train_runs(trained, targets,
         assert got.meta["losses"]["best_step"] == expected.meta["losses"]["best_step"]
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets, tiny_files, tmp_path, capsys):
     _, first = trained
     out = tmp_path / "out"
@@ -122,6 +125,7 @@ def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets
     assert "2 skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_batch_apply_edits_every_photo_with_every_direction(trained, tiny_files, generator, encoder, pictures,
                                                           tmp_path):
     _, directions = trained
@@ -156,6 +160,7 @@ def test_batch_apply_edits_every_photo_with_every_direction(trained, tiny_files,
     assert (out / "headshot" / "photo.png").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_task_loses_nothing(local_ray, tiny_files, pictures, tmp_path):
     config = (EssenceJob(TrainSettings(steps=20), init="random", sample=2),
               TrainModels(str(tiny_files.generator), str(tiny_files.guide), device="cpu"))
@@ -204,6 +209,7 @@ def test_tasks_must_not_share_a_name_or_an_output(tmp_path):
         runner.run([BatchTask("a", tmp_path / "1"), BatchTask("b", tmp_path / "1")], progress=False)
 
 
+@pytest.mark.slow
 def test_without_ray_batch_says_how_to_install_it_and_the_rest_imports(monkeypatch, tmp_path, tiny_files, pictures,
                                                                        capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed

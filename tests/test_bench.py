@@ -30,6 +30,7 @@ def test_plan_takes_the_modes_and_batch_sizes_asked_for():
     assert {j["batch"] for j in jobs if j["kind"] != "train"} == {2}
 
 
+@pytest.mark.slow
 def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
     from bench.measure import run_all
 
@@ -41,6 +42,7 @@ def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
     assert [row["kind"] for row in report["rows"]] == ["encoder"]
 
 
+@pytest.mark.slow
 def test_one_measurement_reports_time_throughput_and_memory(capsys):
     assert cli.main(["--device", "cpu", "--repeats", "1", "--threads", "1",
                      "--one", '{"kind": "encoder", "batch": 1, "dtype": "float32"}']) == 0
@@ -73,6 +75,7 @@ def test_quality_section_compares_modes_with_the_exact_direction(models, target,
     assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])
 
 
+@pytest.mark.slow
 def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys, tmp_path):
     """bench/cuda_check.py only runs on GPU machines; running it here keeps it working."""
     import importlib.util
@@ -165,6 +168,7 @@ def test_convolution_roofline_from_recorded_shapes():
     assert flops == 2 * 3 * 5 * 7 and moved == (15 + 35 + 21) * 2
 
 
+@pytest.mark.slow
 def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(tiny_files):
     from bench.breakdown import CATEGORIES, markdown, profile_breakdown, totals
     from bench.measure import files_problem
@@ -185,6 +189,7 @@ def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(tiny
     assert "## By category" in markdown(result, "tiny") and "FLOP / byte" in markdown(result, "tiny")
 
 
+@pytest.mark.slow
 def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(models, pictures):
     from PIL import Image
 
@@ -202,6 +207,7 @@ def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(m
     assert "worst" in format_precision(study)
 
 
+@pytest.mark.slow
 def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eager(tiny_files):
     """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU script."""
     from bench.compiled import compile_step, format_compile_row

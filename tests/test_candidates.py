@@ -35,6 +35,7 @@ def assert_same_trajectory(batched: essence.training.TrainResult, alone: essence
     assert torch.allclose(torch.tensor(batched.coefficients), torch.tensor(alone.coefficients), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"chunk_size": 3}, {"loop": "official", "chunk_size": 6}],
                          ids=["one-pass", "chunk3", "official-chunk6"])
 def test_candidates_trained_together_follow_their_single_runs(models, trace, target, starts, options):
@@ -72,6 +73,7 @@ def test_progress_reports_the_leading_candidate(models, trace, target, starts):
     assert seen[-1].direction.shape == starts[0].shape
 
 
+@pytest.mark.slow
 def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace, target, starts, monkeypatch):
     from essence.networks import StyleGAN2Generator
 
@@ -161,6 +163,7 @@ def identity():
     return build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
 
 
+@pytest.mark.slow
 def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_is_chosen(models, trace, identity,
                                                                                          pictures):
     generator, guide = models
@@ -186,6 +189,7 @@ def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_i
     assert choice.best.auto_strength == metrics["strength"]
 
 
+@pytest.mark.slow
 def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation(models, trace, target, identity):
     generator, guide = models
     results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
@@ -215,6 +219,7 @@ def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, t
                              TrainSettings(steps=1), scorer=lambda d: 0.0)
 
 
+@pytest.mark.slow
 def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(tiny_files, pictures, tmp_path, capsys):
     from essence import cli
 
@@ -241,6 +246,7 @@ def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(tiny_
     assert "--identity ranks candidates" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_ranks_candidates_by_arcface_identity_with_identity(tiny_files, pictures, tmp_path, identity):
     from essence import cli
 

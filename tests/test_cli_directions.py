@@ -69,6 +69,7 @@ def test_train_modes_are_the_librarys_and_a_mode_keeps_its_own_render_size(pictu
     assert (settings["loop"], settings["autocast"], settings["render_size"]) == ("fast", "bf16", 32)
 
 
+@pytest.mark.slow
 def test_train_falls_back_to_random_init_when_the_target_has_no_face(pictures, tmp_path, tiny_files, capsys):
     out = tmp_path / "cat.safetensors"
     code, _, err = _train([str(pictures.cat), "--out", str(out), "--steps", "2",
@@ -78,6 +79,7 @@ def test_train_falls_back_to_random_init_when_the_target_has_no_face(pictures, t
     assert essence.load_direction(out).meta["init"] == "random (no face found in the target)"
 
 
+@pytest.mark.slow
 def test_train_with_init_inversion_required_fails_clearly_without_a_face(pictures, tmp_path, tiny_files, capsys):
     out = tmp_path / "cat.safetensors"
     code, _, err = _train([str(pictures.cat), "--out", str(out), "--steps", "2",
@@ -120,6 +122,7 @@ def test_apply_renders_a_sweep_grid(pictures, tmp_path, tiny_files, capsys):
     assert Image.open(out).size == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)  # 3 strengths x 2 faces, 2 px padding
 
 
+@pytest.mark.slow
 def test_apply_mixes_weighted_directions_and_inverts_photos(pictures, tmp_path, tiny_files, capsys):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path, seed in ((a, "1"), (b, "2")):

@@ -33,6 +33,7 @@ def test_align_writes_crops_and_transforms(pictures, tmp_path: Path, capsys: pyt
     assert np.allclose(transform.corners(), record["quad"], atol=0.03 * 180)
 
 
+@pytest.mark.slow
 def test_align_all_faces(pictures, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     big = Image.open(pictures.portrait).convert("RGB")
     small = big.resize((big.width * 3 // 4, big.height * 3 // 4), Image.Resampling.LANCZOS)
@@ -45,6 +46,7 @@ def test_align_all_faces(pictures, tmp_path: Path, capsys: pytest.CaptureFixture
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["group_face0.png", "group_face1.png"]
 
 
+@pytest.mark.slow
 def test_invert_writes_a_latent_file_and_reconstructions(pictures, tiny_files, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "faces.safetensors"
@@ -63,6 +65,7 @@ def test_invert_writes_a_latent_file_and_reconstructions(pictures, tiny_files, t
     assert torch.allclose(loaded.latents[1], direct.latents[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_invert_without_any_face_fails_clearly(pictures, tiny_files, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "none.safetensors"

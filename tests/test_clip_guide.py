@@ -117,6 +117,7 @@ def test_generator_file_given_as_guide_is_refused(tiny_files):
         load_guide_file(tiny_files.generator)
 
 
+@pytest.mark.slow
 def test_loading_clip_prints_no_pkg_resources_deprecation_warning(tiny_files):
     """The clip package imports pkg_resources, and setuptools warned about it on every run; other
     warnings still show (the check runs in a fresh interpreter, where clip is not imported yet)."""

@@ -37,10 +37,10 @@ from workflow_tools import (STAND_INS, TARGET_IMAGE, expected_init, load_workflo
 from essence import Direction
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not COMFYUI_DIR,
     reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout (requirements installed in COMFYUI_PYTHON, "
-           "default this Python) to run the nodes on a real ComfyUI server")
+           "default this Python) to run the nodes on a real ComfyUI server")]
 
 PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import essence
@@ -76,6 +77,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_saving_with_counter_names_never_overwrite(tmp_path: Path) -> None:
     models, go = tmp_path / "models", tmp_path / "go"
     script = tmp_path / "saver.py"
@@ -98,6 +100,7 @@ def test_two_processes_saving_with_counter_names_never_overwrite(tmp_path: Path)
     assert values == sorted(who * 1000 + i for who in (1, 2) for i in range(count)), "a save was overwritten"
 
 
+@pytest.mark.slow
 def test_two_cli_samples_to_one_file_leave_one_complete_file(tiny_files, tmp_path: Path) -> None:
     out = tmp_path / "same.safetensors"
     generator = tiny_files.generator

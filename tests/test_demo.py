@@ -21,6 +21,7 @@ def fresh_cache() -> None:
     clear_inversion_cache()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_files, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--steps", "3", *tiny_files.cli]) == 0
@@ -41,6 +42,7 @@ def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_files, caps
     assert grid.height > 256 and grid.width > 5 * 256  # target, photo, reconstruction, 3 strengths
 
 
+@pytest.mark.slow
 def test_demo_with_a_face_target_starts_from_its_inversion(tmp_path, tiny_files, pictures, capsys):
     out = tmp_path / "demo"
     code = cli.main(["demo", "--out", str(out), "--steps", "2", "--photo", str(pictures.portrait),

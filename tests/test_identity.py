@@ -50,6 +50,7 @@ def test_keys_and_shapes_are_the_reference_backbones(reference):
     assert ours == {key: (list(shape), dtype) for key, (shape, dtype) in theirs.items()}
 
 
+@pytest.mark.slow
 def test_embeddings_equal_the_reference_at_256_and_1024_px(reference, full_size_file):
     model = essence.load_identity(full_size_file, cache=False)
     expected = load_file(str(REFERENCE.with_suffix(".safetensors")))

@@ -115,6 +115,7 @@ DOWNLOADER = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checksum", [True, False], ids=["with-sha256", "without-checksum"])
 def test_download_killed_midway_resumes_to_identical_bytes(slow_server, tmp_path: Path, checksum: bool) -> None:
     url = f"http://127.0.0.1:{slow_server.server_address[1]}/w.pt"
@@ -179,6 +180,7 @@ def _good_file(kind: str, path: Path) -> Callable[[], torch.Tensor]:
     return lambda: load_latents(path).latents
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
 @pytest.mark.parametrize("kind", ["direction", "latents"])
 def test_save_killed_leaves_the_earlier_file_intact(comfy_env, kind: str, kill_at: str) -> None:
@@ -200,6 +202,7 @@ def test_save_killed_leaves_the_earlier_file_intact(comfy_env, kind: str, kill_a
     assert comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0] == [dest.name]
 
 
+@pytest.mark.slow
 def test_save_killed_at_a_random_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
     """No hook: a 75 MB latent file is written over a good one and the child is killed as soon as the
     temporary file appears. Whatever the moment, the destination is the old or the new file, whole."""
@@ -253,6 +256,7 @@ def test_leftovers_are_not_weight_files(comfy_env, tmp_path: Path, monkeypatch) 
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_training_killed_midway_writes_nothing_and_keeps_the_earlier_file(tiny_files, pictures, tmp_path: Path) -> None:
     out = tmp_path / "joker.safetensors"
     essence.Direction(torch.full((1, 10, 64), 1.0), {"name": "earlier"}).save(out)

@@ -29,6 +29,7 @@ def fresh_cache() -> None:
     clear_inversion_cache()
 
 
+@pytest.mark.slow
 def test_invert_a_real_photo(pictures, tiny_files, encoder, landmarker) -> None:
     path = pictures.portrait
     result = invert(path, encoder, landmarks=landmarker, return_reconstruction=True, generator=tiny_files.encoder)
@@ -46,6 +47,7 @@ def test_invert_a_real_photo(pictures, tiny_files, encoder, landmarker) -> None:
     assert source["sha256"] == essence.storage.file_sha256(path)
 
 
+@pytest.mark.slow
 def test_inversion_is_deterministic_and_batching_does_not_change_it(pictures, encoder, landmarker) -> None:
     photos = [pictures.portrait, pictures.headshot]
     first = invert(photos, encoder, landmarks=landmarker, batch_size=2, use_cache=False)

@@ -104,6 +104,7 @@ HUGE_PHOTO = """
 """
 
 
+@pytest.mark.slow
 def test_a_20000x20000_jpeg_is_decoded_at_reduced_scale_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "huge.jpg"
     path.write_bytes(grey_jpeg(20000, 20000))

@@ -117,6 +117,7 @@ def test_target_identity_needs_a_face_in_the_target(tiny, pictures):
     assert any("no identity model" in note for note in without.notes)
 
 
+@pytest.mark.slow
 def test_curve_measures_each_strength_once_in_order_and_plots(tiny):
     generator, guide, identity, direction, faces, target = tiny
     curve = strength_curve(direction, generator, guide, target, faces, [1.0, 0, 0.5, 0.5], identity)

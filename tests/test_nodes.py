@@ -264,6 +264,7 @@ def test_training_node_trains_reports_progress_and_saves(comfy_env, models, pict
     assert loaded.meta["loss_curve"]["total"] == curve and torch.equal(loaded.thumbnail, direction.thumbnail)
 
 
+@pytest.mark.slow
 def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_env, models, pictures):
     generator, guide = models
     spec = comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["candidates"]

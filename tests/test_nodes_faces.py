@@ -94,6 +94,7 @@ def test_align_face_gives_the_library_crop_and_its_transform(comfy_env, landmark
         align(comfy_env, small, landmarks, face_index=1)
 
 
+@pytest.mark.slow
 def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo, faceless):
     batch = torch.cat([faceless, photo])
     lib = comfy_env.pack.essence
@@ -106,6 +107,7 @@ def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo,
         align(comfy_env, faceless, landmarks, no_face="skip")
 
 
+@pytest.mark.slow
 def test_invert_face_inverts_the_batch_once_and_skips_photos_without_a_face(comfy_env, landmarks, encoder, photo,
                                                                            faceless):
     lib = comfy_env.pack.essence
@@ -192,6 +194,7 @@ def train_one_step(env: ComfyEnv, training: dict, target: torch.Tensor, init: st
     return direction
 
 
+@pytest.mark.slow
 def test_training_starts_from_the_inversion_of_the_target(comfy_env, training, encoder, landmarks, pictures):
     target = load_image(pictures.headshot)
     direction = train_one_step(comfy_env, training, target, "inversion", encoder=encoder, landmarks=landmarks)

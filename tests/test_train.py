@@ -22,6 +22,7 @@ def official_run(models, trace, trace_target):
                  settings=TrainSettings(steps=40, loop="official"), target_embedding_override=trace_target)
 
 
+@pytest.mark.slow
 def test_official_loop_reproduces_the_reference_trace(official_run, trace):
     assert_follows_reference(official_run, trace)
 
@@ -39,6 +40,7 @@ def assert_follows_reference(run, reference: dict[str, torch.Tensor]) -> None:
     assert ((run.direction.tensor - best).norm() / best.norm()).item() < 0.10
 
 
+@pytest.mark.slow
 def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(models, trace_target):
     """lr 0.1 moves both of the reference's optimisers: the direction's and the coefficients'.
 
@@ -55,12 +57,14 @@ def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(mod
     assert run.direction.meta["hyperparameters"]["coefficient_lr"] == 0.1
 
 
+@pytest.mark.slow
 def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
     assert official_run.best_step == min(range(40), key=official_run.losses.__getitem__)
     assert official_run.best_loss == min(official_run.losses)
     assert official_run.direction.meta["losses"]["best_step"] == official_run.best_step
 
 
+@pytest.mark.slow
 def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, trace_target):
     generator, guide = models
     fast = train(None, trace["sources"], generator, guide, init=trace["init_direction"],
@@ -164,6 +168,7 @@ def test_training_works_inside_inference_mode_as_comfyui_runs_it(tiny_files, tra
     assert min(result.losses) < result.losses[0]
 
 
+@pytest.mark.slow
 def test_metadata_records_how_the_direction_was_made(official_run):
     meta = official_run.direction.meta
     assert meta["latent_space"] == {"n_latent": 10, "style_dim": 64, "resolution": 64}
@@ -189,6 +194,7 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
 def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
     """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0

@@ -48,6 +48,7 @@ def tiny(generator, encoder):
     return generator, encoder, essence.Direction(tensor * 0.5, {"name": "test"})
 
 
+@pytest.mark.slow
 def test_apply_video_keeps_frame_count_size_rate_and_copies_the_audio(tiny_files, tmp_path, face_photo, tiny):
     scene = Image.new("RGB", (320, 240), (70, 90, 110))
     scene.paste(face_photo.resize((120, 120)), (100, 60))  # the face in the middle, plain background around
@@ -143,6 +144,7 @@ def test_a_cut_between_two_shots_is_found_from_the_pictures(aligned_face, face_p
 # ----------------------------------------------------------------------------- ComfyUI: frames as an IMAGE batch
 
 
+@pytest.mark.slow
 def test_face_nodes_take_video_frames_and_smooth_their_crops(comfy_env, face_photo):
     """Frames as Get Video Components / VideoHelperSuite give them ([F, H, W, 3] in 0..1), through
     Invert Face (smoothing on), Apply Essence, Render and Paste Back, inside inference mode."""

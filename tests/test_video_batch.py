@@ -45,6 +45,7 @@ def _audio(path) -> list[bytes]:
         return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
 
 
+@pytest.mark.slow
 def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(local_ray, job_files, tmp_path):
     clip, direction, models = job_files
     tracking = Tracking(refresh=4 / (24000 / 1001))  # detect every 4 frames: each chunk starts on a detection
@@ -82,6 +83,7 @@ def test_chunks_are_whole_tracking_refresh_intervals():
     assert tracked_chunk(240, None, 25.0) == 240
 
 
+@pytest.mark.slow
 def test_batch_video_command(local_ray, job_files, tmp_path, capsys):
     clip, direction, models = job_files
     out = tmp_path / "edited.mkv"

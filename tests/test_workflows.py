@@ -172,7 +172,11 @@ def test_layout_has_no_overlaps_and_every_node_sits_in_one_group(path: Path):
         assert len(inside) == 1, (box, inside)
 
 
-@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
+SLOW_EXAMPLES = {"essence_train_best", "essence_train_photo", "essence_video"}  # 2-3 s each
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_EXAMPLES else p
+                                  for p in workflow_files()], ids=lambda p: p.stem)
 def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path):
     models = stage_tiny_files(tmp_path, random_directions())
     with fake_comfyui(models) as env:
@@ -192,6 +196,7 @@ def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path):
                 expected_init(prompt)
 
 
+@pytest.mark.slow
 def test_train_best_example_keeps_the_best_candidate_and_applies_its_recommended_strength(tmp_path):
     """essence_train_best: Train outputs the best of its 4 candidates, Metrics records a recommended
     strength on it, and Apply (auto strength) edits the new faces at exactly that strength."""
