@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for essence.storage
 
 from comfy_stubs import fake_comfyui  # noqa: E402
-from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, VIDEO_PREVIEW,  # noqa: E402
+from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, TARGET_IMAGE, VIDEO_PREVIEW,  # noqa: E402
                             WORKFLOWS, definitions_of, random_directions, socket_inputs, stage_tiny_files, widget_slots)
 
 THUMBNAIL_SIZE = 400   # square, like ComfyUI's own template thumbnails (the browser shows them square)

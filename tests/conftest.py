@@ -29,7 +29,6 @@ SHARED = Path(os.environ.get("ESSENCE_FIXTURES") or REPO.parent / "shared" / "fi
 # tiny fixtures: 2.0 s/step with the default threads, 0.22 s/step with one).
 torch.set_num_threads(1)
 
-
 TARGETCLIP_FILES = ("face_", "photos/", "official/")  # TargetCLIP's own files: no licence to redistribute them
 
 
@@ -54,7 +53,7 @@ def fixtures() -> Path:
 
 @pytest.fixture(scope="session")
 def shared() -> Callable[[str], Path]:
-    """``shared("official/keanu.npy")``: a file of TargetCLIP's, or the test is skipped."""
+    """``shared("official/keanu.npy")``: a file of the shared fixtures, or the test is skipped."""
     return shared_file
 
 
@@ -94,6 +93,7 @@ TINY = TinyFiles()
 
 @pytest.fixture(scope="session")
 def tiny_files() -> TinyFiles:
+    """The tiny models' files: ``tiny_files.generator``, ``.encoder``, ``.guide``, ``.cli``."""
     return TINY
 
 

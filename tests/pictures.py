@@ -15,26 +15,19 @@ hold them; the few tests about those very photos read them from the shared fixtu
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from essence.cli import scikit_image_picture
+
 PORTRAIT_BOX = (64, 0, 448, 336)   # in the 512 x 512 astronaut photo; her face is at about (175, 76, 265, 166)
 HEADSHOT_BOX = (140, 30, 320, 210)
 
 
-def scikit_image_file(name: str) -> Path:
-    """A picture file of scikit-image's wheel (scikit-image itself is not imported: it is slow to)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the tests' pictures come from scikit-image: pip install -r requirements-dev.txt")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
-
-
 def astronaut() -> Image.Image:
-    with Image.open(scikit_image_file("astronaut.png")) as image:
+    with Image.open(scikit_image_picture("astronaut.png")) as image:
         return image.convert("RGB")
 
 
@@ -47,7 +40,7 @@ def headshot() -> Image.Image:
 
 
 def cat() -> Image.Image:
-    with Image.open(scikit_image_file("chelsea.png")) as image:
+    with Image.open(scikit_image_picture("chelsea.png")) as image:
         return image.convert("RGB")
 
 
