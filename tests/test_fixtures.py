@@ -18,7 +18,6 @@ import torch
 import essence
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
 COPIED = ["stylegan2_tiny64.pt", "stylegan2_tiny64_io.safetensors", "e4e_tiny64.pt", "e4e_tiny64_io.safetensors",
           "stylegan2_ffhq_config_f_keys.json", "e4e_ffhq_encode_keys.json", "targetclip_public_trace.safetensors",
           "targetclip_public_trace.json"]
@@ -30,8 +29,8 @@ def sha256(path: Path) -> str:
 
 
 @pytest.mark.parametrize("name", COPIED)
-def test_the_copied_fixtures_are_the_golden_files(name, shared):
-    assert sha256(FIXTURES / name) == sha256(shared(name))
+def test_the_copied_fixtures_are_the_golden_files(name, fixtures, shared):
+    assert sha256(fixtures / name) == sha256(shared(name))
 
 
 def test_the_slim_clip_embeds_images_bit_for_bit_like_the_golden_file(tiny_files, guide, shared):
@@ -96,16 +95,16 @@ def test_directions_and_latents_written_here_have_targetclips_formats(targetclip
     assert 0.5 < written.std() / official.std() < 2  # a plausible size, as trained directions have
 
 
-def test_the_fixtures_readme_describes_every_file_and_no_other():
-    readme = (FIXTURES / "README.md").read_text(encoding="utf-8")
+def test_the_fixtures_readme_describes_every_file_and_no_other(fixtures):
+    readme = (fixtures / "README.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.MULTILINE))
-    present = {p.name for p in FIXTURES.iterdir() if p.name != "README.md"}
+    present = {p.name for p in fixtures.iterdir() if p.name != "README.md"}
     assert listed == present
 
 
-def test_a_clone_stays_small():
+def test_a_clone_stays_small(fixtures):
     """ComfyUI users clone the whole repository: its fixtures stay under 20 MB, and so does all of it."""
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 20 * MB
+    assert sum(p.stat().st_size for p in fixtures.iterdir()) < 20 * MB
     try:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
