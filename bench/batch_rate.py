@@ -4,8 +4,10 @@ Runs the real batch path (``essence.scale.run_batch`` with ``essence.scale.Train
 task is ``essence train``'s own call, ``train_essence``) on a fresh local Ray per measurement, with 1, 2, ... workers
 sharing this machine's CPUs (or one GPU each):
 
-  tiny   the tiny fixture models (``../shared/fixtures``): each task aligns and inverts its target
-         (e4e) and trains from that start: per-task overhead, Ray and scheduling costs
+  tiny   the tiny fixture models (``tests/fixtures``): each task aligns and inverts its target (e4e)
+         and trains from that start: per-task overhead, Ray and scheduling costs. The targets are
+         TargetCLIP's aligned photos (``../shared/fixtures``, or ``$ESSENCE_FIXTURES``; the
+         repository may not hold them)
   full   the full-size generator (1024 px) and CLIP ViT-B/32 with random weights, as the other
          sections build them, 4 sources; random start (the e4e inversion of a target costs about a
          second, see the encoder section, against minutes of training)
@@ -30,7 +32,9 @@ from essence.scale import TrainModels, TrainWorker, connect, run_batch, train_ta
 from essence.cli import build_parser, train_job
 from essence.training import EssenceJob
 
-FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "tests" / "fixtures"
+PHOTOS = Path(os.environ.get("ESSENCE_FIXTURES") or REPO.parent / "shared" / "fixtures")
 TARGETS = ("face_a.jpg", "face_b.jpg", "photos/aligned_0.jpg", "photos/aligned_3.jpg")
 SIZES = ("tiny", "full")
 TASKS_PER_WORKER = {"tiny": 8, "full": 1}
@@ -53,8 +57,8 @@ def batch_config(size: str, steps: int, device: str) -> tuple[EssenceJob, TrainM
     """The job and models ``essence batch train`` makes of its options for this measurement."""
     argv = ["batch", "train", "unused", "--out", "unused", "--steps", str(steps), "--device", device]
     if size == "tiny":
-        argv += ["--sample", "2", "--generator", str(FIXTURES / "stylegan2_tiny64.pt"),
-                 "--guide", str(FIXTURES / "clip_tiny.pt"), "--encoder", str(FIXTURES / "e4e_tiny64.pt")]
+        argv += ["--sample", "2", "--generator", str(MODELS / "stylegan2_tiny64.pt"),
+                 "--guide", str(MODELS / "clip_tiny.pt"), "--encoder", str(MODELS / "e4e_tiny64.pt")]
     else:  # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
         argv += ["--sample", "4", "--init", "random"] + (["--chunk", "1"] if device == "cpu" else [])
     args = build_parser().parse_args(argv)
@@ -65,13 +69,15 @@ def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "
     """One measurement on a fresh local Ray; the row for the table."""
     import ray
 
-    if size == "tiny" and not (FIXTURES / "stylegan2_tiny64.pt").is_file():
-        raise FileNotFoundError(f"the tiny models are not at {FIXTURES}; set ESSENCE_FIXTURES")
+    missing = [name for name in TARGETS if not (PHOTOS / name).is_file()]
+    if size == "tiny" and missing:
+        raise FileNotFoundError(f"the tiny batch's target photos ({', '.join(missing)}) are not in {PHOTOS}; "
+                                f"set ESSENCE_FIXTURES to the shared fixtures folder")
     folder = Path(tempfile.mkdtemp(prefix="essence-bench-batch-"))
     try:
         targets = []
         for i in range(tasks):  # distinct names, the same few pictures
-            source = FIXTURES / TARGETS[i % len(TARGETS)]
+            source = PHOTOS / TARGETS[i % len(TARGETS)]
             targets.append(folder / f"target{i:03d}{source.suffix}")
             shutil.copy(source, targets[-1])
         out = folder / "out"

@@ -6,7 +6,7 @@ official TargetCLIP trace, candidates trained together equal to separate runs, p
 bf16 paths staying finite. It prints one line per check
 and exits 1 if any fails.
 
-    python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32] [--records DIR]     (default ../shared/fixtures)
+    python bench/cuda_check.py [FIXTURES_DIR] [--no-tf32] [--records DIR]     (default tests/fixtures)
 
 ``--records DIR`` also saves each check as a benchmark record (``bench.records``: value, limit, ok).
 
@@ -22,13 +22,15 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import essence  # noqa: E402
+from essence.networks import to_unit  # noqa: E402
 from essence.training import TrainSettings, train  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -65,9 +67,10 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
 
     guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
     trace = load_file(fixtures / "targetclip_public_trace.safetensors")
-    target = Image.open(fixtures / "face_a.jpg")
-    run = lambda **kw: train(target, trace["sources"], generator, guide,  # noqa: E731
-                                       init=trace["init_direction"], settings=TrainSettings(steps=40, **kw))
+    with torch.no_grad():  # the trace's target picture, already through CLIP's preprocessing
+        target = to_unit(guide.encode(trace["target_clip_input"].to(device)))
+    run = lambda **kw: train(None, trace["sources"], generator, guide, init=trace["init_direction"],  # noqa: E731
+                             settings=TrainSettings(steps=40, **kw), target_embedding_override=target)
     official = run(loop="official")
     reference = trace["loss_per_step"]
     # TF32 keeps 10 mantissa bits: the losses of the first steps move by a few 1e-3 (H100: 1.9e-3)
@@ -85,9 +88,10 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
     # K candidates trained together == K separate runs (12 steps, before the loop's chaos sets in)
     starts = [trace["init_direction"], trace["init_direction"] * 0.9 + 0.05]
-    batched = essence.train(target, trace["sources"], generator, guide, starts, TrainSettings(steps=12))
-    alone = [train(target, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12))
-             for start in starts]
+    batched = essence.train(None, trace["sources"], generator, guide, starts, TrainSettings(steps=12),
+                            target_embedding_override=target)
+    alone = [train(None, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12),
+                   target_embedding_override=target) for start in starts]
     results.append(("2 candidates together vs separately, max relative loss difference over 12 steps",
                      max(abs(a - b) / abs(b) for together, single in zip(batched, alone)
                          for a, b in zip(together.losses, single.losses)), 1e-4))
@@ -119,8 +123,8 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("fixtures", nargs="?", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared" / "fixtures")
+    parser.add_argument("fixtures", nargs="?", type=Path, default=FIXTURES,
+                        help="the tiny models and the trace (default tests/fixtures)")
     parser.add_argument("--no-tf32", action="store_true", help="strict float32 (the reference's own trajectory)")
     parser.add_argument("--records", type=Path, default=None, help="also save the checks as records in this folder")
     args = parser.parse_args()

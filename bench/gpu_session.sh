@@ -25,8 +25,9 @@
 #
 # Python: $PYTHON if set, else python3 when it imports torch, else ./run's .venv (created on first
 # use; it needs the package index). Packages the machine lacks (clip-anytorch on the GPU image) are
-# installed from .gpu/whl/*.whl when present (made by `bash bench/gpu_prepare.sh`), and the
-# fixtures are read from $FIXTURES, else .gpu/fixtures, else ../shared/fixtures.
+# installed from .gpu/whl/*.whl when present (made by `bash bench/gpu_prepare.sh`). The tiny models
+# and the trace come from tests/fixtures; the dry run's two target photos (TargetCLIP's, not in the
+# repository) from $FIXTURES, else .gpu/fixtures, else ../shared/fixtures.
 #
 # --cpu-dry-run runs every section on the CPU with the tiny fixture models and a few steps, to prove
 # the script works before GPU time is spent on it (its numbers mean nothing).
@@ -66,11 +67,12 @@ if [ -z "$fixtures" ]; then
 fi
 say "== $(date -u +%FT%TZ) python $("$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -1)"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
-say "== fixtures: $fixtures; budget ${budget}s; load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+models=tests/fixtures
+say "== fixtures: $models, photos: $fixtures; budget ${budget}s; load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 
 if [ $dry = 1 ]; then
     device=cpu
-    tiny=(--generator "$fixtures/stylegan2_tiny64.pt" --guide "$fixtures/clip_tiny.pt")
+    tiny=(--generator "$models/stylegan2_tiny64.pt" --guide "$models/clip_tiny.pt")
     threads=(--threads 1)
     train=(--train-steps 3 --models-for-timing "${tiny[@]}")
     study=("${tiny[@]}")
@@ -111,12 +113,12 @@ section() {
     echo "$name: $status, $(($(date +%s) - start)) s" | tee -a "$out/summary.txt" >> "$log"
 }
 
-section cuda_check 90 "$py" bench/cuda_check.py "$fixtures" --no-tf32 --records "$work/records"
+section cuda_check 90 "$py" bench/cuda_check.py "$models" --no-tf32 --records "$work/records"
 section train 120 "${bench[@]}" --only train --modes fast official fast+bf16 --repeats 1 "${train[@]}" \
     --json "$work/train.json"
-section graph_tests 90 env ESSENCE_FIXTURES="$fixtures" "$py" -m pytest tests/test_graph_step.py -q -p no:cacheprovider
+section graph_tests 90 "$py" -m pytest tests/test_graph_step.py -q -p no:cacheprovider
 if [ $dry = 1 ]; then
-    section graph_step 150 "$py" bench/graph_step.py --device cpu --fixtures "$fixtures" --modes fast --steps 6 \
+    section graph_step 150 "$py" bench/graph_step.py --device cpu --fixtures "$models" --modes fast --steps 6 \
         --window 2 --check-steps 3 --json "$work/records/cpu_graph-step.json"
 else
     section graph_step 120 "$py" bench/graph_step.py --device cuda --json "$work/records/cuda_graph-step.json"

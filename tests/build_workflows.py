@@ -37,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for essence.storage
 
 from comfy_stubs import fake_comfyui  # noqa: E402
-from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, REPO, TARGET_IMAGE, VIDEO_PREVIEW,  # noqa: E402
+from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, TARGET_IMAGE, VIDEO_PREVIEW,  # noqa: E402
                             WORKFLOWS, definitions_of, random_directions, socket_inputs, stage_tiny_files, widget_slots)
 
-FIXTURES = Path(os.environ.get("ESSENCE_FIXTURES", REPO.parent / "shared" / "fixtures"))
 THUMBNAIL_SIZE = 400   # square, like ComfyUI's own template thumbnails (the browser shows them square)
 RENDER_SIZE = 1400     # the canvas is drawn this big, then scaled down: crisper than drawing at 400
 NOTE_COLOUR = {"color": "#432", "bgcolor": "#653"}
@@ -454,7 +453,7 @@ def write_thumbnails(workflows: dict[str, dict[str, Any]]) -> None:
     if reason:
         sys.exit(f"cannot draw the thumbnails: {reason}. Use --no-thumbnails to write the JSON files only.")
     with tempfile.TemporaryDirectory() as tmp, \
-            running_server(Path(tmp) / "base", FIXTURES, random_directions(), comfyui,
+            running_server(Path(tmp) / "base", random_directions(), comfyui,
                            os.environ.get("COMFYUI_PYTHON")) as server, \
             frontend(server, RENDER_SIZE, RENDER_SIZE) as page:
         for name, workflow in workflows.items():
@@ -474,7 +473,7 @@ def main() -> None:
     parser.add_argument("--no-thumbnails", action="store_true", help="write the JSON files only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        with fake_comfyui(stage_tiny_files(Path(tmp), FIXTURES, random_directions())) as env:
+        with fake_comfyui(stage_tiny_files(Path(tmp), random_directions())) as env:
             defs = definitions_of(env.pack)
     workflows = {name: build(defs).to_ui() for name, build in EXAMPLES.items()}
     WORKFLOWS.mkdir(exist_ok=True)

@@ -34,8 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 PACK = "essence_pack"
 SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-TINY_MODELS = {"essence_stylegan2": "stylegan2_tiny64.pt", "essence_e4e": "e4e_tiny64.pt",
-               "essence_clip": "clip_tiny.pt"}
+TINY_MODELS = {"essence_stylegan2": "generator", "essence_e4e": "encoder", "essence_clip": "guide"}  # folder: tiny file
 LANDMARKS_FOLDER = "essence_landmarks"
 LANDMARKS_NAME = "shape_predictor_68_face_landmarks.dat"
 
@@ -496,12 +495,13 @@ def extra_model_paths() -> dict[str, str]:
 
 
 @pytest.fixture
-def comfy_env(tmp_path, fixtures, extra_model_paths) -> Iterator[ComfyEnv]:
+def comfy_env(tmp_path, tiny_files, extra_model_paths) -> Iterator[ComfyEnv]:
     """A fake ComfyUI whose models folder holds the tiny fixtures (and dlib's landmark model when a
     package installed it), with the pack imported into it."""
     models = tmp_path / "ComfyUI" / "models"
-    for folder, name in TINY_MODELS.items():
-        link_fixture(fixtures / name, models / folder / name)
+    for folder, role in TINY_MODELS.items():
+        source = getattr(tiny_files, role)
+        link_fixture(source, models / folder / source.name)
     landmarks = installed_landmarks()
     if landmarks is not None:
         link_fixture(landmarks, models / LANDMARKS_FOLDER / LANDMARKS_NAME)

@@ -89,7 +89,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(base: Path, fixtures: Path, directions: dict[str, Any], comfyui_dir: str,
+def running_server(base: Path, directions: dict[str, Any], comfyui_dir: str,
                    python: str | None = None, extra_node_packs: Sequence[Path] = ()) -> Iterator[Server]:
     """ComfyUI serving ``base`` (staged here) on a free local port until the block ends.
     ``directions`` (file name -> array) live only in the extra model path, as a user's shared folder would;
@@ -98,9 +98,9 @@ def running_server(base: Path, fixtures: Path, directions: dict[str, Any], comfy
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO, target_is_directory=True)
     for pack in extra_node_packs:
         (base / "custom_nodes" / pack.name).symlink_to(pack, target_is_directory=True)
-    stage_tiny_files(base, fixtures, {})
+    stage_tiny_files(base, {})
     extra = base / "shared-models"
-    stage_tiny_files(extra, fixtures, directions)
+    stage_tiny_files(extra, directions)
     (base / "extra_model_paths.yaml").write_text(
         f"essence_test:\n    base_path: {extra / 'models'}\n    essence_directions: essence_directions\n")
     port, log = free_port(), base / "comfyui.log"

@@ -70,15 +70,14 @@ def test_mixing_different_latent_spaces_is_refused():
         mix_directions([_dir(5), _dir(6, rows=10)])
 
 
-def test_applying_to_a_batch_equals_applying_to_each(fixtures):
+def test_applying_to_a_batch_equals_applying_to_each():
     w = _w(4, 18, 8)
     d = _dir(7)
     batch = apply_direction(w, d, 0.9)
     assert torch.allclose(batch, torch.stack([apply_direction(x, d, 0.9) for x in w]), atol=ATOL)
 
 
-def test_strength_sweep_renders_each_source_at_each_strength(fixtures):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+def test_strength_sweep_renders_each_source_at_each_strength(generator):
     sources = generator.sample_wplus(2, seed=0)
     d = Direction(torch.randn(1, 10, 64) * 0.5, {"name": "x"})
     images = strength_sweep(generator, sources, d, [0.0, 1.0])
@@ -90,17 +89,15 @@ def test_strength_sweep_renders_each_source_at_each_strength(fixtures):
     assert grid.shape == (3, 2 * 64 + 3 * 2, 2 * 64 + 3 * 2) and 0 <= grid.min() and grid.max() <= 1
 
 
-def test_a_photo_comes_back_whole_with_only_its_face_edited(fixtures, tmp_path):
+@pytest.mark.slow
+def test_a_photo_comes_back_whole_with_only_its_face_edited(pictures, generator, encoder):
     import numpy as np
     from PIL import Image
 
     from essence.faces import model_to_pil
     from essence.networks import render
 
-    photo = tmp_path / "keanu.png"
-    Image.open(fixtures / "photos" / "keanu.jpg").reduce(2).save(photo)  # smaller: quicker to find the face
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
-    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt")
+    photo = pictures.portrait
     d = Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.5, {"name": "x"})
     edited = np.asarray(essence.apply_to_photo(photo, d, generator, encoder, 1.0), dtype=np.int16)
     # the same steps by hand: align + invert, add the direction, render, paste back

@@ -30,23 +30,7 @@ from essence.scale import BatchRunner, BatchTask, plan_workers
 ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
 REPO = Path(__file__).resolve().parents[1]
 STEPS = "4"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module: 2 CPUs, no dashboard (started the way ``essence batch`` starts one)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.pop("RAY_ADDRESS", None)  # these tests never join someone's cluster
-    if ray.is_initialized():
-        ray.shutdown()
-    batch.connect(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
-def _models(fixtures: Path) -> list[str]:
-    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
-            "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
+TARGETS = ("portrait", "headshot", "aligned")
 
 
 def _train_options() -> list[str]:
@@ -54,20 +38,22 @@ def _train_options() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def targets(fixtures: Path, tmp_path_factory) -> Path:
-    """A folder of targets: three faces (at 512 px: quicker to find than at 1024) and one damaged picture."""
+def targets(pictures, aligned_face: Path, tmp_path_factory) -> Path:
+    """A folder of targets: three faces (the aligned one at 512 px: quicker to find than at 1024) and one
+    damaged picture."""
     folder = tmp_path_factory.mktemp("targets")
-    for source in (fixtures / "face_a.jpg", fixtures / "face_b.jpg", fixtures / "photos" / "aligned_0.jpg"):
-        Image.open(source).reduce(2).save(folder / source.name, quality=95)
-    (folder / "broken.jpg").write_bytes((fixtures / "face_a.jpg").read_bytes()[:600])  # a truncated download
+    shutil.copy(pictures.portrait, folder / "portrait.jpg")
+    shutil.copy(pictures.headshot, folder / "headshot.jpg")
+    Image.open(aligned_face).reduce(2).save(folder / "aligned.jpg", quality=95)
+    (folder / "broken.jpg").write_bytes(pictures.portrait.read_bytes()[:600])  # a truncated download
     return folder
 
 
 @pytest.fixture(scope="module")
-def trained(local_ray, fixtures: Path, targets: Path, tmp_path_factory) -> tuple[int, Path]:
+def trained(local_ray, tiny_files, targets: Path, tmp_path_factory) -> tuple[int, Path]:
     """``essence batch train`` over the targets folder: (exit code, output folder)."""
     out = tmp_path_factory.mktemp("batch-train")
-    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *_models(fixtures),
+    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *tiny_files.cli,
                      "--no-progress"])
     return code, out
 
@@ -76,12 +62,13 @@ def _rows(out: Path) -> dict[str, dict]:
     return {row["key"]: row for row in json.loads((out / "report.json").read_text())["tasks"]}
 
 
+@pytest.mark.slow
 def test_batch_train_writes_a_direction_per_target_and_a_complete_report(trained):
     code, out = trained
     assert code == 2  # one target failed: the command says so, the others are done
     rows = _rows(out)
-    assert set(rows) == {"face_a", "face_b", "aligned_0", "broken"}
-    for key in ("face_a", "face_b", "aligned_0"):
+    assert set(rows) == {*TARGETS, "broken"}
+    for key in TARGETS:
         row = rows[key]
         assert row["status"] == "done" and row["error"] is None and row["seconds"] > 0
         assert row["loss"] == pytest.approx(row["transfer"] + 0.5 * row["consistency"], abs=1e-5)
@@ -98,85 +85,86 @@ def test_batch_train_writes_a_direction_per_target_and_a_complete_report(trained
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_batch_train_gives_the_directions_of_single_train_runs(trained, targets, fixtures, tmp_path):
+@pytest.mark.slow
+def test_batch_train_gives_the_directions_of_single_train_runs(trained, targets, tiny_files, tmp_path):
     _, out = trained
-    for name in ("face_a", "face_b", "aligned_0"):
+    for name in TARGETS:
         single = tmp_path / f"{name}.safetensors"
         assert cli.main(["train", str(targets / f"{name}.jpg"), "--out", str(single), *_train_options(),
-                         *_models(fixtures)]) == 0
+                         *tiny_files.cli]) == 0
         expected = essence.load_direction(single)
         got = essence.load_direction(out / f"{name}.safetensors")
         torch.testing.assert_close(got.tensor, expected.tensor, rtol=1e-4, atol=1e-5)
         assert got.meta["losses"]["best_step"] == expected.meta["losses"]["best_step"]
 
 
-def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets, fixtures, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets, tiny_files, tmp_path, capsys):
     _, first = trained
     out = tmp_path / "out"
     shutil.copytree(first, out)
-    kept = out / "face_a.safetensors"
+    kept = out / "portrait.safetensors"
     before = kept.stat().st_mtime_ns
-    damaged = out / "face_b.safetensors"
+    damaged = out / "headshot.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:1000])  # a partial copy
-    leftover = out / ".aligned_0.safetensors.0123456789ab.tmp"  # what a killed writer leaves
+    leftover = out / ".aligned.safetensors.0123456789ab.tmp"  # what a killed writer leaves
     leftover.write_bytes(b"partial")
     capsys.readouterr()
-    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *_models(fixtures),
+    code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *tiny_files.cli,
                      "--no-progress"])
     assert code == 2  # the damaged picture still fails
     rows = _rows(out)
-    assert rows["face_a"]["status"] == "skipped" and kept.stat().st_mtime_ns == before
-    assert rows["face_a"]["loss"] == pytest.approx(_rows(first)["face_a"]["loss"])  # read from the file
-    assert rows["aligned_0"]["status"] == "skipped"
-    assert rows["face_b"]["status"] == "done"
+    assert rows["portrait"]["status"] == "skipped" and kept.stat().st_mtime_ns == before
+    assert rows["portrait"]["loss"] == pytest.approx(_rows(first)["portrait"]["loss"])  # read from the file
+    assert rows["aligned"]["status"] == "skipped"
+    assert rows["headshot"]["status"] == "done"
     torch.testing.assert_close(essence.load_direction(damaged).tensor,
-                               essence.load_direction(first / "face_b.safetensors").tensor, rtol=1e-4, atol=1e-5)
+                               essence.load_direction(first / "headshot.safetensors").tensor, rtol=1e-4, atol=1e-5)
     assert rows["broken"]["status"] == "failed"
     assert not leftover.exists()
     assert "2 skipped" in capsys.readouterr().out
 
 
-def test_batch_apply_edits_every_photo_with_every_direction(trained, fixtures, tmp_path):
+@pytest.mark.slow
+def test_batch_apply_edits_every_photo_with_every_direction(trained, tiny_files, generator, encoder, pictures,
+                                                          tmp_path):
     _, directions = trained
     photos = []
-    for name in ("keanu", "elsa"):  # elsa: no face to find; both made smaller (quicker to search for faces)
-        picture = Image.open(fixtures / "photos" / f"{name}.jpg")
-        picture.reduce(2).save(tmp_path / f"{name}.png")
+    for name, picture in (("photo", pictures.portrait), ("cat", pictures.cat)):  # the cat: no face to find
+        Image.open(picture).save(tmp_path / f"{name}.png")
         photos.append(tmp_path / f"{name}.png")
     out = tmp_path / "edited"
-    chosen = [str(directions / "face_a.safetensors"), str(directions / "face_b.safetensors")]
+    chosen = [str(directions / "portrait.safetensors"), str(directions / "headshot.safetensors")]
+    models = ["--generator", str(tiny_files.generator), "--encoder", str(tiny_files.encoder), "--device", "cpu"]
     code = cli.main(["batch", "apply", *chosen, "--photos", *map(str, photos), "--out", str(out),
-                     "--strength", "0.8", "--generator", str(fixtures / "stylegan2_tiny64.pt"),
-                     "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu", "--no-progress"])
+                     "--strength", "0.8", *models, "--no-progress"])
     assert code == 2
     rows = _rows(out)
-    assert {k: r["status"] for k, r in rows.items()} == {"face_a/keanu": "done", "face_b/keanu": "done",
-                                                          "face_a/elsa": "failed", "face_b/elsa": "failed"}
-    assert "no face found in elsa.png" in rows["face_a/elsa"]["error"]
-    assert rows["face_a/keanu"]["strength"] == 0.8
+    assert {k: r["status"] for k, r in rows.items()} == {"portrait/photo": "done", "headshot/photo": "done",
+                                                          "portrait/cat": "failed", "headshot/cat": "failed"}
+    assert "no face found in cat.png" in rows["portrait/cat"]["error"]
+    assert rows["portrait/photo"]["strength"] == 0.8
     # the same picture the single-process photo pipeline makes
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
-    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt")
     expected = essence.apply_to_photo(photos[0], essence.load_direction(chosen[1]), generator, encoder, 0.8)
-    got = Image.open(out / "face_b" / "keanu.png")
+    got = Image.open(out / "headshot" / "photo.png")
     assert got.size == Image.open(photos[0]).size
     difference = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
     assert difference.max() <= 2
     original = np.asarray(Image.open(photos[0]).convert("RGB"), dtype=np.int16)
     assert np.abs(np.asarray(got, dtype=np.int16) - original).max() > 50  # the face was edited
     # a rerun does nothing new
-    before = (out / "face_b" / "keanu.png").stat().st_mtime_ns
+    before = (out / "headshot" / "photo.png").stat().st_mtime_ns
     assert cli.main(["batch", "apply", *chosen, "--photos", str(photos[0]), "--out", str(out), "--strength", "0.8",
-                     "--generator", str(fixtures / "stylegan2_tiny64.pt"), "--encoder", str(fixtures / "e4e_tiny64.pt"),
-                     "--device", "cpu", "--no-progress"]) == 0
+                     *models, "--no-progress"]) == 0
     assert {r["status"] for r in _rows(out).values()} == {"skipped"}
-    assert (out / "face_b" / "keanu.png").stat().st_mtime_ns == before
+    assert (out / "headshot" / "photo.png").stat().st_mtime_ns == before
 
 
-def test_a_worker_killed_mid_task_loses_nothing(local_ray, fixtures, tmp_path):
+@pytest.mark.slow
+def test_a_worker_killed_mid_task_loses_nothing(local_ray, tiny_files, pictures, tmp_path):
     config = (EssenceJob(TrainSettings(steps=20), init="random", sample=2),
-              TrainModels(str(fixtures / "stylegan2_tiny64.pt"), str(fixtures / "clip_tiny.pt"), device="cpu"))
-    task = BatchTask("face_a", tmp_path / "face_a.safetensors", str(fixtures / "face_a.jpg"))
+              TrainModels(str(tiny_files.generator), str(tiny_files.guide), device="cpu"))
+    task = BatchTask("portrait", tmp_path / "portrait.safetensors", str(pictures.portrait))
     outcome: dict = {}
     with BatchRunner(TrainWorker, config, workers=1, gpus_per_worker=0, retries=1) as runner:
         thread = threading.Thread(target=lambda: outcome.update(
@@ -190,7 +178,7 @@ def test_a_worker_killed_mid_task_loses_nothing(local_ray, fixtures, tmp_path):
     assert record.status == "done", record.error
     assert not record.worker.endswith(f":{busy['pid']}")  # done again by the restarted worker
     assert essence.load_direction(task.output).meta["hyperparameters"]["steps"] == 20
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["face_a.safetensors"]  # no partial or temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["portrait.safetensors"]  # no partial or temporary file
 
 
 def _wait_for_busy_worker(runner: BatchRunner, timeout: float = 60) -> dict:
@@ -221,9 +209,11 @@ def test_tasks_must_not_share_a_name_or_an_output(tmp_path):
         runner.run([BatchTask("a", tmp_path / "1"), BatchTask("b", tmp_path / "1")], progress=False)
 
 
-def test_without_ray_batch_says_how_to_install_it_and_the_rest_imports(monkeypatch, tmp_path, fixtures, capsys):
+@pytest.mark.slow
+def test_without_ray_batch_says_how_to_install_it_and_the_rest_imports(monkeypatch, tmp_path, tiny_files, pictures,
+                                                                       capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
-    code = cli.main(["batch", "train", str(fixtures / "face_a.jpg"), "--out", str(tmp_path), *_models(fixtures)])
+    code = cli.main(["batch", "train", str(pictures.portrait), "--out", str(tmp_path), *tiny_files.cli])
     assert code == 2
     assert 'pip install "ray>=' in capsys.readouterr().err
     probe = "import sys, essence, essence.cli, essence.scale, essence.cli.batch; print('ray' in sys.modules)"

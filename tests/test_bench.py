@@ -30,6 +30,7 @@ def test_plan_takes_the_modes_and_batch_sizes_asked_for():
     assert {j["batch"] for j in jobs if j["kind"] != "train"} == {2}
 
 
+@pytest.mark.slow
 def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
     from bench.measure import run_all
 
@@ -41,6 +42,7 @@ def test_a_measurement_that_fails_is_reported_and_the_rest_still_run(capsys):
     assert [row["kind"] for row in report["rows"]] == ["encoder"]
 
 
+@pytest.mark.slow
 def test_one_measurement_reports_time_throughput_and_memory(capsys):
     assert cli.main(["--device", "cpu", "--repeats", "1", "--threads", "1",
                      "--one", '{"kind": "encoder", "batch": 1, "dtype": "float32"}']) == 0
@@ -58,17 +60,13 @@ def test_training_rows_project_a_1000_step_run():
     assert "416.7 min/1000" in format_row(slow)
 
 
-def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsys):
+def test_quality_section_compares_modes_with_the_exact_direction(models, target, capsys):
     """A short run with the tiny models: the exact modes agree, and the table has every mode asked for."""
-    from PIL import Image
-
-    import essence
     from bench.measure import bench_quality, format_quality_row
     from essence.training import target_embedding
 
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
-    guide = essence.load_guide(fixtures / "clip_tiny.pt")
-    target = target_embedding(guide, Image.open(fixtures / "face_a.jpg"))
+    generator, guide = models
+    target = target_embedding(guide, target)
     sources = generator.sample_wplus(3, seed=1, truncation=0.7)
     rows = bench_quality(generator, guide, target, sources, steps=3,
                          modes=["fast", "official", "fast+32px"])
@@ -77,6 +75,7 @@ def test_quality_section_compares_modes_with_the_exact_direction(fixtures, capsy
     assert rows[2]["exact_loss"] > 0 and "cosine" in format_quality_row(rows[2])
 
 
+@pytest.mark.slow
 def test_the_gpu_fixture_check_passes_on_the_cpu(fixtures, capsys, tmp_path):
     """bench/cuda_check.py only runs on GPU machines; running it here keeps it working."""
     import importlib.util
@@ -169,12 +168,13 @@ def test_convolution_roofline_from_recorded_shapes():
     assert flops == 2 * 3 * 5 * 7 and moved == (15 + 35 + 21) * 2
 
 
-def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(fixtures):
+@pytest.mark.slow
+def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(tiny_files):
     from bench.breakdown import CATEGORIES, markdown, profile_breakdown, totals
     from bench.measure import files_problem
     from essence.training import TrainSettings
 
-    problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
+    problem = files_problem(torch.device("cpu"), tiny_files.generator, tiny_files.guide)
     result = profile_breakdown(problem, TrainSettings(), steps=1, device=torch.device("cpu"))
     by_category = {r["category"]: r for r in totals(result["rows"], "category")}
     assert set(by_category) <= set(CATEGORIES)
@@ -189,31 +189,32 @@ def test_breakdown_attributes_a_training_step_to_categories_and_resolutions(fixt
     assert "## By category" in markdown(result, "tiny") and "FLOP / byte" in markdown(result, "tiny")
 
 
-def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(fixtures):
+@pytest.mark.slow
+def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(models, pictures):
     from PIL import Image
 
     from bench.measure import bench_precision, format_precision
     from essence.training import target_embedding
 
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
-    guide = essence.load_guide(fixtures / "clip_tiny.pt")
-    targets = {name: target_embedding(guide, Image.open(fixtures / f"{name}.jpg")) for name in ("face_a", "face_b")}
+    generator, guide = models
+    targets = {name: target_embedding(guide, Image.open(getattr(pictures, name))) for name in ("portrait", "cat")}
     sources = generator.sample_wplus(3, seed=1, truncation=0.7)
     study = bench_precision(generator, guide, targets, sources, steps=2, seeds=[0, 1])
-    assert [(r["target"], r["seed"]) for r in study["runs"]] == [("face_a", 0), ("face_a", 1), ("face_b", 0),
-                                                                 ("face_b", 1)]
+    assert [(r["target"], r["seed"]) for r in study["runs"]] == [("portrait", 0), ("portrait", 1), ("cat", 0),
+                                                                 ("cat", 1)]
     ratios = [r["approx_objective"] / r["exact_objective"] for r in study["runs"]]
     assert study["ratio_worst"] == pytest.approx(max(ratios)) and study["within_5_percent"] == (max(ratios) <= 1.05)
     assert "worst" in format_precision(study)
 
 
-def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eager(fixtures):
+@pytest.mark.slow
+def test_the_compile_experiment_compares_compiled_losses_and_gradients_with_eager(tiny_files):
     """Graph capture only (backend "eager": seconds, not minutes); the real compiler runs in the GPU script."""
     from bench.compiled import compile_step, format_compile_row
     from bench.measure import files_problem
     from essence.training import TrainSettings
 
-    problem = files_problem(torch.device("cpu"), fixtures / "stylegan2_tiny64.pt", fixtures / "clip_tiny.pt")
+    problem = files_problem(torch.device("cpu"), tiny_files.generator, tiny_files.guide)
     row = compile_step(problem, TrainSettings(steps=3), torch.device("cpu"), backend="eager")
     assert row["loss_relative_difference"] < 1e-6 and row["gradient_relative_difference"] < 1e-5
     assert row["trajectory_loss_max_relative_difference"] < 1e-5 and row["loss_steps_compared"] == 3

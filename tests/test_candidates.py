@@ -35,6 +35,7 @@ def assert_same_trajectory(batched: essence.training.TrainResult, alone: essence
     assert torch.allclose(torch.tensor(batched.coefficients), torch.tensor(alone.coefficients), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"chunk_size": 3}, {"loop": "official", "chunk_size": 6}],
                          ids=["one-pass", "chunk3", "official-chunk6"])
 def test_candidates_trained_together_follow_their_single_runs(models, trace, target, starts, options):
@@ -72,6 +73,7 @@ def test_progress_reports_the_leading_candidate(models, trace, target, starts):
     assert seen[-1].direction.shape == starts[0].shape
 
 
+@pytest.mark.slow
 def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace, target, starts, monkeypatch):
     from essence.networks import StyleGAN2Generator
 
@@ -161,10 +163,11 @@ def identity():
     return build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
 
 
+@pytest.mark.slow
 def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_is_chosen(models, trace, identity,
-                                                                                         fixtures):
+                                                                                         pictures):
     generator, guide = models
-    target = Image.open(fixtures / "face_a.jpg").resize((256, 256))  # small: quicker to align
+    target = Image.open(pictures.portrait)  # a face, for the target identity
     starts = candidate_starts(3, generator, trace["init_direction"], seed=1)
     choice = train_best_candidate(target, trace["sources"], generator, guide, starts, TrainSettings(steps=2),
                                   identity=identity)
@@ -186,6 +189,7 @@ def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_i
     assert choice.best.auto_strength == metrics["strength"]
 
 
+@pytest.mark.slow
 def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation(models, trace, target, identity):
     generator, guide = models
     results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
@@ -215,20 +219,20 @@ def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, t
                              TrainSettings(steps=1), scorer=lambda d: 0.0)
 
 
-def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtures, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(tiny_files, pictures, tmp_path, capsys):
     from essence import cli
 
     out = tmp_path / "a.safetensors"
-    models = ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
-              "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
-    code = cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
+    models = tiny_files.cli
+    code = cli.main(["train", str(pictures.portrait), "--out", str(out), "--steps", "2", "--sample", "2",
                      "--candidates", "3", "--keep-all", *models])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     best = essence.load_direction(out)
     selection = best.meta["selection"]
     assert selection["rank"] == 1 and len(selection["scores"]) == 3
-    assert selection["starts"][0] == "e4e inversion of the target" and best.meta["name"] == "face_a"
+    assert selection["starts"][0] == "e4e inversion of the target" and best.meta["name"] == "portrait"
     assert "chosen" in stdout and "no identity model" in stdout
     assert best.auto_strength == selection["metrics"]["strength"] and "Recommended strength" in stdout
     kept = [essence.load_direction(tmp_path / f"a.cand{i}.safetensors") for i in range(3)]
@@ -236,22 +240,21 @@ def test_cli_trains_candidates_writes_the_best_and_with_keep_all_every_one(fixtu
     assert torch.equal(kept[selection["candidate"]].tensor, best.tensor)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cand0.safetensors", "a.cand1.safetensors",
                                                           "a.cand2.safetensors", "a.safetensors"]
-    assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--keep-all", *models]) == 2
+    assert cli.main(["train", str(pictures.portrait), "--out", str(out), "--keep-all", *models]) == 2
     assert "--keep-all writes every candidate" in capsys.readouterr().err
-    assert cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--identity", "x.pth", *models]) == 2
+    assert cli.main(["train", str(pictures.portrait), "--out", str(out), "--identity", "x.pth", *models]) == 2
     assert "--identity ranks candidates" in capsys.readouterr().err
 
 
-def test_cli_ranks_candidates_by_arcface_identity_with_identity(fixtures, tmp_path, identity):
+@pytest.mark.slow
+def test_cli_ranks_candidates_by_arcface_identity_with_identity(tiny_files, pictures, tmp_path, identity):
     from essence import cli
 
     weights = tmp_path / "model_ir_se50.pth"
     torch.save(identity.state_dict(), weights)
     out = tmp_path / "a.safetensors"
-    code = cli.main(["train", str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "1", "--sample", "2",
-                     "--candidates", "2", "--identity", str(weights), "--generator",
-                     str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
-                     "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"])
+    code = cli.main(["train", str(pictures.portrait), "--out", str(out), "--steps", "1", "--sample", "2",
+                     "--candidates", "2", "--identity", str(weights), *tiny_files.cli])
     assert code == 0
     best = essence.load_direction(out)
     assert "ArcFace identity preservation" in best.meta["selection"]["method"]

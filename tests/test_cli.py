@@ -90,6 +90,7 @@ def test_demo_reports_a_damaged_file(capsys: pytest.CaptureFixture[str], empty_w
     assert "e4e_ffhq_encode.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_as_a_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "nothing-here"
     empty.mkdir()
@@ -162,6 +163,7 @@ def run_script(tmp_path: Path) -> Iterator[dict[str, str]]:
                ESSENCE_REPO_WEIGHTS_DIR=str(empty), PYTHONPATH=str(REPO))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stdin", ["closed", "/dev/null"])
 def test_run_demo_without_weights_or_stdin_exits_2_and_names_the_run_command(run_script: dict[str, str],
                                                                               stdin: str) -> None:
@@ -175,6 +177,38 @@ def test_run_demo_without_weights_or_stdin_exits_2_and_names_the_run_command(run
     assert all(name in result.stderr for name in DEMO_FILES)
     assert "Fetch them all with: ./run essence weights fetch" in result.stderr
     assert "python -m essence" not in result.stderr
+
+
+@pytest.mark.slow
+def test_run_started_from_another_folder_reads_files_relative_to_that_folder(run_script: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    """``~/comfyui-essence/run essence info my.safetensors`` from the folder holding the file: its name
+    means that folder's file, while the environment and the code are the checkout's."""
+    import torch
+
+    from essence.latents import Direction
+
+    work = tmp_path / "work"
+    work.mkdir()
+    Direction(torch.zeros(1, 10, 64), {"name": "mine"}).save(work / "my.safetensors")
+    env = {k: v for k, v in run_script.items() if k != "PYTHONPATH"}  # ./run finds the checkout's code itself
+    result = subprocess.run(["bash", os.path.relpath(REPO / "run", work), "essence", "info", "my.safetensors"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "my.safetensors: direction [1, 10, 64]" in result.stdout
+    (work / "essence").mkdir()  # a folder named like the package, in the caller's folder: not imported
+    assert subprocess.run(["bash", str(REPO / "run"), "essence", "info", "my.safetensors"], cwd=work, env=env,
+                          capture_output=True, timeout=120).returncode == 0
+
+
+@pytest.mark.slow
+def test_run_test_from_another_folder_takes_test_paths_relative_to_it(run_script: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    test_file = os.path.relpath(REPO / "tests" / "test_packaging.py", tmp_path)
+    result = subprocess.run(["bash", str(REPO / "run"), "test", "--collect-only", "-q", "-m", "not slow", test_file],
+                            cwd=tmp_path, env=run_script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tests/test_packaging.py::" in result.stdout
 
 
 def test_suggested_commands_fit_how_essence_was_started(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,5 @@
-"""``python -m essence train | apply | import-official | export-npy | info`` with the tiny fixtures."""
+"""``python -m essence train | apply | import-official | export-npy | info`` with the tiny fixtures, files in
+TargetCLIP's formats (tests/targetclip_files.py) and, when beside the checkout, TargetCLIP's own."""
 
 from __future__ import annotations
 
@@ -19,35 +20,29 @@ def fresh_cache() -> None:
     clear_inversion_cache()
 
 
-@pytest.fixture()
-def tiny_models(fixtures: Path) -> list[str]:
-    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
-            "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"]
-
-
 def _train(args: list[str], capsys) -> tuple[int, str, str]:
     code = cli.main(["train", *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_train_inverts_a_target_with_a_face_and_writes_a_direction(fixtures, tmp_path, tiny_models, capsys):
+def test_train_inverts_a_target_with_a_face_and_writes_a_direction(pictures, tmp_path, tiny_files, capsys):
     out = tmp_path / "a.safetensors"
-    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "4", "--sample", "2",
-                              *tiny_models], capsys)
+    code, stdout, _ = _train([str(pictures.portrait), "--out", str(out), "--steps", "4", "--sample", "2",
+                              *tiny_files.cli], capsys)
     assert code == 0, stdout
     direction = essence.load_direction(out)
     assert direction.meta["init"] == "e4e inversion of the target"
-    assert direction.meta["name"] == "face_a" and direction.meta["target"] == ["face_a.jpg"]
+    assert direction.meta["name"] == "portrait" and direction.meta["target"] == ["portrait.jpg"]
     assert direction.meta["hyperparameters"]["steps"] == 4 and direction.thumbnail is not None
     assert "Saved" in stdout and "best loss" in stdout
     assert "licence" not in direction.meta  # the tiny test generator is not NVIDIA's FFHQ model
 
 
-def test_train_takes_the_official_scripts_learning_rate_and_weight_decay(fixtures, tmp_path, tiny_models, capsys):
+def test_train_takes_the_official_scripts_learning_rate_and_weight_decay(pictures, tmp_path, tiny_files, capsys):
     out = tmp_path / "a.safetensors"
-    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
-                              "--init", "random", "--lr", "0.1", "--weight-decay", "0.01", *tiny_models], capsys)
+    code, stdout, _ = _train([str(pictures.portrait), "--out", str(out), "--steps", "2", "--sample", "2",
+                              "--init", "random", "--lr", "0.1", "--weight-decay", "0.01", *tiny_files.cli], capsys)
     assert code == 0, stdout
     settings = essence.load_direction(out).meta["hyperparameters"]
     assert (settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (0.1, 0.1, 0.01)
@@ -59,45 +54,47 @@ def _train_parser():
     return cli.build_parser()._subparsers._group_actions[0].choices["train"]
 
 
-def test_train_modes_are_the_librarys_and_a_mode_keeps_its_own_render_size(fixtures, tmp_path, tiny_models,
+def test_train_modes_are_the_librarys_and_a_mode_keeps_its_own_render_size(pictures, tmp_path, tiny_files,
                                                                           capsys):
     mode = next(action for action in _train_parser()._actions if action.dest == "mode")
     assert mode.choices == list(essence.training.TRAIN_MODES) and mode.default == "fast"
     out = tmp_path / "a.safetensors"
-    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
-                           "--init", "random", "--mode", "fast+256px", "--render-size", "32", *tiny_models], capsys)
+    code, _, err = _train([str(pictures.portrait), "--out", str(out), "--steps", "2", "--sample", "2",
+                           "--init", "random", "--mode", "fast+256px", "--render-size", "32", *tiny_files.cli], capsys)
     assert code == 2 and "'fast+256px' sets render_size itself" in err and not out.exists()
-    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--sample", "2",
-                           "--init", "random", "--mode", "fast+bf16", "--render-size", "32", *tiny_models], capsys)
+    code, _, err = _train([str(pictures.portrait), "--out", str(out), "--steps", "2", "--sample", "2",
+                           "--init", "random", "--mode", "fast+bf16", "--render-size", "32", *tiny_files.cli], capsys)
     assert code == 0, err
     settings = essence.load_direction(out).meta["hyperparameters"]
     assert (settings["loop"], settings["autocast"], settings["render_size"]) == ("fast", "bf16", 32)
 
 
-def test_train_falls_back_to_random_init_when_the_target_has_no_face(fixtures, tmp_path, tiny_models, capsys):
-    out = tmp_path / "elsa.safetensors"
-    code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
-                           "--sample", "2", *tiny_models], capsys)
+@pytest.mark.slow
+def test_train_falls_back_to_random_init_when_the_target_has_no_face(pictures, tmp_path, tiny_files, capsys):
+    out = tmp_path / "cat.safetensors"
+    code, _, err = _train([str(pictures.cat), "--out", str(out), "--steps", "2",
+                           "--sample", "2", *tiny_files.cli], capsys)
     assert code == 0
     assert "started from a random (no face found in the target)" in err
     assert essence.load_direction(out).meta["init"] == "random (no face found in the target)"
 
 
-def test_train_with_init_inversion_required_fails_clearly_without_a_face(fixtures, tmp_path, tiny_models, capsys):
-    out = tmp_path / "elsa.safetensors"
-    code, _, err = _train([str(fixtures / "photos" / "elsa.jpg"), "--out", str(out), "--steps", "2",
-                           "--init", "inversion", *tiny_models], capsys)
+@pytest.mark.slow
+def test_train_with_init_inversion_required_fails_clearly_without_a_face(pictures, tmp_path, tiny_files, capsys):
+    out = tmp_path / "cat.safetensors"
+    code, _, err = _train([str(pictures.cat), "--out", str(out), "--steps", "2",
+                           "--init", "inversion", *tiny_files.cli], capsys)
     assert code == 2 and "no face found" in err and not out.exists()
 
 
-def test_train_refuses_sources_from_another_latent_space(fixtures, tmp_path, tiny_models, capsys):
+def test_train_refuses_sources_from_another_latent_space(pictures, targetclip_files, tmp_path, tiny_files, capsys):
     out = tmp_path / "x.safetensors"
-    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "2", "--init", "random",
-                           "--sources", str(fixtures / "official" / "opt_latents.pt"), *tiny_models], capsys)
+    code, _, err = _train([str(pictures.portrait), "--out", str(out), "--steps", "2", "--init", "random",
+                           "--sources", str(targetclip_files["opt_latents"]), *tiny_files.cli], capsys)
     assert code == 2 and "18 x 512" in err and "10 x 64" in err and not out.exists()
 
 
-def test_interrupted_training_exits_130_and_writes_nothing(fixtures, tmp_path, tiny_models, capsys, monkeypatch):
+def test_interrupted_training_exits_130_and_writes_nothing(pictures, tmp_path, tiny_files, capsys, monkeypatch):
     from essence.cli import directions as cli_directions
 
     def interrupting_progress(total):
@@ -108,64 +105,76 @@ def test_interrupted_training_exits_130_and_writes_nothing(fixtures, tmp_path, t
 
     monkeypatch.setattr(cli_directions, "training_progress_bar", interrupting_progress)
     out = tmp_path / "cancelled.safetensors"
-    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "30", "--init", "random",
-                           "--sample", "2", *tiny_models], capsys)
+    code, _, err = _train([str(pictures.portrait), "--out", str(out), "--steps", "30", "--init", "random",
+                           "--sample", "2", *tiny_files.cli], capsys)
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_apply_renders_a_sweep_grid(fixtures, tmp_path, tiny_models, capsys):
+def test_apply_renders_a_sweep_grid(pictures, tmp_path, tiny_files, capsys):
     direction = tmp_path / "d.safetensors"
-    assert _train([str(fixtures / "face_b.jpg"), "--out", str(direction), "--steps", "2", "--init", "random",
-                   "--sample", "2", *tiny_models], capsys)[0] == 0
+    assert _train([str(pictures.cat), "--out", str(direction), "--steps", "2", "--init", "random",
+                   "--sample", "2", *tiny_files.cli], capsys)[0] == 0
     out = tmp_path / "grid.png"
     code = cli.main(["apply", str(direction), "--sample", "2", "--strength", "0,0.5,1", "--out", str(out),
-                     *tiny_models[:2], "--device", "cpu"])
+                     *tiny_files.cli[:2], "--device", "cpu"])
     assert code == 0
     assert Image.open(out).size == (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)  # 3 strengths x 2 faces, 2 px padding
 
 
-def test_apply_mixes_weighted_directions_and_inverts_photos(fixtures, tmp_path, tiny_models, capsys):
+@pytest.mark.slow
+def test_apply_mixes_weighted_directions_and_inverts_photos(pictures, tmp_path, tiny_files, capsys):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path, seed in ((a, "1"), (b, "2")):
-        assert _train([str(fixtures / "face_a.jpg"), "--out", str(path), "--steps", "2", "--init", "random",
-                       "--seed", seed, "--sample", "2", *tiny_models], capsys)[0] == 0
+        assert _train([str(pictures.portrait), "--out", str(path), "--steps", "2", "--init", "random",
+                       "--seed", seed, "--sample", "2", *tiny_files.cli], capsys)[0] == 0
     out = tmp_path / "mix.jpg"
-    code = cli.main(["apply", f"{a}:0.5", f"{b}:0.5", "--photo", str(fixtures / "face_b.jpg"),
-                     "--out", str(out), *tiny_models[:2], *tiny_models[4:]])
+    code = cli.main(["apply", f"{a}:0.5", f"{b}:0.5", "--photo", str(pictures.headshot),
+                     "--out", str(out), *tiny_files.cli[:2], *tiny_files.cli[4:]])
     assert code == 0 and Image.open(out).size == (64, 64)  # one face, one strength: no grid padding
 
 
-def test_apply_refuses_an_official_direction_on_a_small_generator(fixtures, tmp_path, tiny_models, capsys):
-    code = cli.main(["apply", str(fixtures / "official" / "keanu.npy"), "--sample", "1",
-                     "--out", str(tmp_path / "x.png"), *tiny_models[:2]])
+def test_apply_refuses_an_official_direction_on_a_small_generator(targetclip_files, tmp_path, tiny_files, capsys):
+    code = cli.main(["apply", str(targetclip_files["direction"]), "--sample", "1",
+                     "--out", str(tmp_path / "x.png"), *tiny_files.cli[:2]])
     err = capsys.readouterr().err
     assert code == 2 and "18 x 512" in err and "10 x 64" in err
     assert not (tmp_path / "x.png").exists()
 
 
-def test_import_official_export_npy_and_info(fixtures, tmp_path, capsys):
-    official = fixtures / "official"
-    assert cli.main(["import-official", str(official / "joker.npy"), str(official / "opt_latents.pt"),
+@pytest.fixture(params=["written here", "TargetCLIP's"])
+def official(request, targetclip_files, shared, tmp_path) -> dict[str, Path]:
+    """``keanu.npy``, ``w_plus.npy`` and ``opt_latents.pt``: files in TargetCLIP's formats written by the
+    tests, and TargetCLIP's own files when they are beside the checkout."""
+    if request.param == "TargetCLIP's":
+        return {name: shared(f"official/{name}") for name in ("keanu.npy", "w_plus.npy", "opt_latents.pt")}
+    folder = tmp_path / "official"
+    folder.mkdir()
+    (folder / "keanu.npy").write_bytes(targetclip_files["direction"].read_bytes())
+    return {"keanu.npy": folder / "keanu.npy", "w_plus.npy": targetclip_files["w_plus"],
+            "opt_latents.pt": targetclip_files["opt_latents"]}
+
+
+def test_import_official_export_npy_and_info(official, tmp_path, capsys):
+    assert cli.main(["import-official", str(official["keanu.npy"]), str(official["opt_latents.pt"]),
                      "--out-dir", str(tmp_path)]) == 0
-    assert essence.load_direction(tmp_path / "joker.safetensors").tensor.shape == (1, 18, 512)
+    assert essence.load_direction(tmp_path / "keanu.safetensors").tensor.shape == (1, 18, 512)
     assert essence.load_latents(tmp_path / "opt_latents.safetensors").latents.shape == (4, 18, 512)
-    assert cli.main(["export-npy", str(tmp_path / "joker.safetensors"), str(tmp_path / "joker.npy")]) == 0
-    assert (tmp_path / "joker.npy").read_bytes() == (official / "joker.npy").read_bytes()
+    assert cli.main(["export-npy", str(tmp_path / "keanu.safetensors"), str(tmp_path / "keanu.npy")]) == 0
+    assert (tmp_path / "keanu.npy").read_bytes() == official["keanu.npy"].read_bytes()
     capsys.readouterr()
-    assert cli.main(["info", str(tmp_path / "joker.safetensors"), str(tmp_path / "opt_latents.safetensors")]) == 0
+    assert cli.main(["info", str(tmp_path / "keanu.safetensors"), str(tmp_path / "opt_latents.safetensors")]) == 0
     out = capsys.readouterr().out
     assert "direction [1, 18, 512]" in out and "latents [4, 18, 512]" in out
     assert "official TargetCLIP direction" in out
-    assert cli.main(["info", "--json", str(tmp_path / "joker.safetensors")]) == 0
-    assert json.loads(capsys.readouterr().out)["metadata"]["name"] == "joker"
+    assert cli.main(["info", "--json", str(tmp_path / "keanu.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["name"] == "keanu"
 
 
-def test_import_official_converts_directions_and_both_kinds_of_latents(fixtures, tmp_path, capsys):
+def test_import_official_converts_directions_and_both_kinds_of_latents(official, tmp_path, capsys):
     """TargetCLIP publishes directions as [1, 18, 512] .npy, its sources as opt_latents.pt and its
     evaluation faces as w_plus.npy [68, 18, 512]; each is recognised for what it holds."""
-    official = fixtures / "official"
-    files = [official / "keanu.npy", official / "w_plus.npy", official / "opt_latents.pt"]
+    files = [official["keanu.npy"], official["w_plus.npy"], official["opt_latents.pt"]]
     assert cli.main(["import-official", *map(str, files), "--out-dir", str(tmp_path / "D")]) == 0
     assert essence.load_direction(tmp_path / "D" / "keanu.safetensors").tensor.shape == (1, 18, 512)
     assert essence.load_latents(tmp_path / "D" / "w_plus.safetensors").latents.shape == (68, 18, 512)
@@ -199,21 +208,21 @@ def _limit_faces_per_render(monkeypatch, most: int) -> None:
     monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
 
 
-def test_training_that_runs_out_of_memory_starts_again_in_smaller_chunks(fixtures, tmp_path, tiny_models, capsys,
+def test_training_that_runs_out_of_memory_starts_again_in_smaller_chunks(pictures, tmp_path, tiny_files, capsys,
                                                                          monkeypatch):
     out = tmp_path / "a.safetensors"
     _limit_faces_per_render(monkeypatch, 1)
-    code, stdout, _ = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "3", "--sample", "4",
-                              "--init", "random", *tiny_models], capsys)
+    code, stdout, _ = _train([str(pictures.portrait), "--out", str(out), "--steps", "3", "--sample", "4",
+                              "--init", "random", *tiny_files.cli], capsys)
     assert code == 0, stdout
     assert "starting again with 2 source face(s) per pass" in stdout and "with 1 source face(s)" in stdout
     assert essence.load_direction(out).meta["hyperparameters"]["chunk_size"] == 1
 
 
-def test_training_that_cannot_fit_even_one_face_says_what_to_lower(fixtures, tmp_path, tiny_models, capsys,
+def test_training_that_cannot_fit_even_one_face_says_what_to_lower(pictures, tmp_path, tiny_files, capsys,
                                                                    monkeypatch):
     out = tmp_path / "a.safetensors"
     _limit_faces_per_render(monkeypatch, 0)
-    code, _, err = _train([str(fixtures / "face_a.jpg"), "--out", str(out), "--steps", "3", "--sample", "2",
-                           "--init", "random", *tiny_models], capsys)
+    code, _, err = _train([str(pictures.portrait), "--out", str(out), "--steps", "3", "--sample", "2",
+                           "--init", "random", *tiny_files.cli], capsys)
     assert code == 2 and "out of device memory" in err and "--render-size 256" in err and not out.exists()

@@ -15,15 +15,10 @@ from essence.networks.clip_guide import load_guide_file, official_resize_matrix,
 
 
 @pytest.fixture(scope="module")
-def guide(fixtures):
-    return essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
-
-
-@pytest.fixture(scope="module")
-def reference_clip(fixtures):
+def reference_clip(tiny_files):
     import clip
 
-    model, _ = clip.load(str(fixtures / "clip_tiny.pt"), jit=False, device="cpu")
+    model, _ = clip.load(str(tiny_files.guide), jit=False, device="cpu")
     return model.eval()
 
 
@@ -31,10 +26,16 @@ def test_guide_reads_the_tower_shape(guide):
     assert (guide.input_resolution, guide.embed_dim) == (224, 32)
 
 
-def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace, fixtures):
-    image = Image.open(fixtures / "face_a.jpg")
-    # the trace was made by the reference code on another machine: equal up to rounding (a changed
-    # resize filter or normalisation moves pixels by 1e-2 or more)
+def test_target_embedding_matches_the_official_trace(guide, trace):
+    """The trace was made by the reference code on another machine: equal up to rounding."""
+    with torch.no_grad():
+        emb = to_unit(guide.encode(trace["target_clip_input"]))
+    assert (emb - trace["target_embedding"]).abs().max().item() < 1e-5
+
+
+def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace, shared):
+    image = Image.open(shared("face_a.jpg"))
+    # a changed resize filter or normalisation moves pixels by 1e-2 or more
     assert (guide.preprocess(image) - trace["target_clip_input"]).abs().max().item() < 1e-6
     with torch.no_grad():
         emb = to_unit(guide.embed_target(image))
@@ -71,8 +72,8 @@ def test_generated_path_is_differentiable(guide):
     assert images.grad is not None and images.grad.abs().sum() > 0
 
 
-def test_comfy_style_tensor_target_is_close_to_the_pil_path(guide, fixtures):
-    image = Image.open(fixtures / "face_a.jpg").convert("RGB")
+def test_comfy_style_tensor_target_is_close_to_the_pil_path(guide, aligned_face):
+    image = Image.open(aligned_face).convert("RGB")
     tensor = torch.from_numpy(np.asarray(image) / 255.0).float()[None]  # [1, H, W, 3]
     pil = guide.preprocess(image)
     via_tensor = guide.preprocess(tensor)
@@ -91,7 +92,8 @@ def test_torchscript_archive_loads_like_openai_releases(tmp_path, reference_clip
     import clip
 
     pixels = torch.randn(1, 3, 224, 224)
-    traced = torch.jit.trace(reference_clip, (pixels, clip.tokenize(["a face"])))
+    tokens = clip.tokenize(["a face"]) % reference_clip.vocab_size  # the fixture's token table is cut short
+    traced = torch.jit.trace(reference_clip, (pixels, tokens))
     traced.save(str(tmp_path / "ViT-tiny.pt"))
     guide = load_guide_file(tmp_path / "ViT-tiny.pt")
     with torch.no_grad():
@@ -99,30 +101,31 @@ def test_torchscript_archive_loads_like_openai_releases(tmp_path, reference_clip
     assert guide.name == "ViT-tiny"
 
 
-def test_guide_loads_without_pkg_resources(monkeypatch, fixtures):
+def test_guide_loads_without_pkg_resources(monkeypatch, tiny_files):
     """clip-anytorch's package __init__ needs pkg_resources; the guide must not."""
     for name in [m for m in sys.modules if m == "clip" or m.startswith("clip.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pkg_resources", None)  # makes `import pkg_resources` fail
     with pytest.raises(ImportError):
         importlib.import_module("clip")
-    guide = load_guide_file(fixtures / "clip_tiny.pt")
+    guide = load_guide_file(tiny_files.guide)
     assert guide.embed_dim == 32
 
 
-def test_generator_file_given_as_guide_is_refused(fixtures):
+def test_generator_file_given_as_guide_is_refused(tiny_files):
     with pytest.raises(essence.errors.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not an OpenAI CLIP"):
-        load_guide_file(fixtures / "stylegan2_tiny64.pt")
+        load_guide_file(tiny_files.generator)
 
 
-def test_loading_clip_prints_no_pkg_resources_deprecation_warning(fixtures):
+@pytest.mark.slow
+def test_loading_clip_prints_no_pkg_resources_deprecation_warning(tiny_files):
     """The clip package imports pkg_resources, and setuptools warned about it on every run; other
     warnings still show (the check runs in a fresh interpreter, where clip is not imported yet)."""
     import subprocess
     from pathlib import Path
 
     code = ("import warnings, essence\n"
-            f"essence.load_guide({str(fixtures / 'clip_tiny.pt')!r})\n"
+            f"essence.load_guide({str(tiny_files.guide)!r})\n"
             "warnings.warn('still shown')\n")
     done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])

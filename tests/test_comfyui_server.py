@@ -39,10 +39,10 @@ from workflow_tools import (REPO, STAND_INS, TARGET_IMAGE, expected_init, load_w
 from essence import Direction
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not COMFYUI_DIR,
     reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout (requirements installed in COMFYUI_PYTHON, "
-           "default this Python) to run the nodes on a real ComfyUI server")
+           "default this Python) to run the nodes on a real ComfyUI server")]
 
 PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
@@ -54,9 +54,9 @@ HELP_TIMEOUT = 30_000  # ms
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, fixtures):
+def server(tmp_path_factory):
     python = os.environ.get("COMFYUI_PYTHON")
-    with running_server(tmp_path_factory.mktemp("comfyui-base"), fixtures, random_directions(), COMFYUI_DIR,
+    with running_server(tmp_path_factory.mktemp("comfyui-base"), random_directions(), COMFYUI_DIR,
                         python,
                         extra_node_packs=[PROBE_DIR]) as started:
         yield started

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import essence
@@ -31,7 +32,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}"}
 
 
-def test_two_threads_loading_one_model_share_one_load(fixtures: Path, monkeypatch) -> None:
+def test_two_threads_loading_one_model_share_one_load(tiny_files, monkeypatch) -> None:
     calls = []
     real = essence.networks.loaders.load_generator_file
 
@@ -46,7 +47,7 @@ def test_two_threads_loading_one_model_share_one_load(fixtures: Path, monkeypatc
 
     def prompt(i: int) -> None:
         barrier.wait()
-        results[i] = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+        results[i] = essence.load_generator(tiny_files.generator)
 
     threads = [threading.Thread(target=prompt, args=(i,)) for i in range(2)]
     for t in threads:
@@ -76,6 +77,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_processes_saving_with_counter_names_never_overwrite(tmp_path: Path) -> None:
     models, go = tmp_path / "models", tmp_path / "go"
     script = tmp_path / "saver.py"
@@ -98,9 +100,10 @@ def test_two_processes_saving_with_counter_names_never_overwrite(tmp_path: Path)
     assert values == sorted(who * 1000 + i for who in (1, 2) for i in range(count)), "a save was overwritten"
 
 
-def test_two_cli_samples_to_one_file_leave_one_complete_file(fixtures: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_two_cli_samples_to_one_file_leave_one_complete_file(tiny_files, tmp_path: Path) -> None:
     out = tmp_path / "same.safetensors"
-    generator = fixtures / "stylegan2_tiny64.pt"
+    generator = tiny_files.generator
     procs = [subprocess.Popen([sys.executable, "-m", "essence", "sample", "--count", "64", "--seed", str(seed),
                                "--out", str(out), "--generator", str(generator), "--device", "cpu"],
                               cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

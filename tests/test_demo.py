@@ -7,7 +7,6 @@ quality: the tiny models produce 64 px blobs.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,15 +21,10 @@ def fresh_cache() -> None:
     clear_inversion_cache()
 
 
-@pytest.fixture()
-def tiny_models(fixtures: Path) -> list[str]:
-    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--encoder", str(fixtures / "e4e_tiny64.pt"),
-            "--guide", str(fixtures / "clip_tiny.pt"), "--device", "cpu"]
-
-
-def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_models, capsys):
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_files, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--steps", "3", *tiny_models]) == 0
+    assert cli.main(["demo", "--out", str(out), "--steps", "3", *tiny_files.cli]) == 0
     stdout = capsys.readouterr().out
     for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
         assert step in stdout
@@ -48,13 +42,14 @@ def test_demo_runs_end_to_end_on_the_bundled_pictures(tmp_path, tiny_models, cap
     assert grid.height > 256 and grid.width > 5 * 256  # target, photo, reconstruction, 3 strengths
 
 
-def test_demo_with_a_face_target_starts_from_its_inversion(tmp_path, tiny_models, fixtures, capsys):
+@pytest.mark.slow
+def test_demo_with_a_face_target_starts_from_its_inversion(tmp_path, tiny_files, pictures, capsys):
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--steps", "2", "--photo", str(fixtures / "photos" / "keanu.jpg"),
-                     "--target", str(fixtures / "face_a.jpg"), "--strengths", "1", "--mode", "official",
-                     "--lr", "0.1", "--weight-decay", "0.01", *tiny_models])
+    code = cli.main(["demo", "--out", str(out), "--steps", "2", "--photo", str(pictures.portrait),
+                     "--target", str(pictures.headshot), "--strengths", "1", "--mode", "official",
+                     "--lr", "0.1", "--weight-decay", "0.01", *tiny_files.cli])
     assert code == 0
-    direction = essence.load_direction(out / "face_a.safetensors")
+    direction = essence.load_direction(out / "headshot.safetensors")
     assert direction.meta["init"] == "e4e inversion of the target"
     settings = direction.meta["hyperparameters"]
     assert (settings["loop"], settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (
@@ -63,9 +58,8 @@ def test_demo_with_a_face_target_starts_from_its_inversion(tmp_path, tiny_models
     assert grid.height == 256 + 20 + 2 * 4 and grid.width > 3 * 256  # target, photo, reconstruction, 1 edit
 
 
-def test_demo_photo_without_a_face_is_a_clear_error(tmp_path, tiny_models, fixtures, capsys):
-    code = cli.main(["demo", "--out", str(tmp_path / "d"), "--steps", "2",
-                     "--photo", str(fixtures / "photos" / "elsa.jpg"), *tiny_models])
+def test_demo_photo_without_a_face_is_a_clear_error(tmp_path, tiny_files, pictures, capsys):
+    code = cli.main(["demo", "--out", str(tmp_path / "d"), "--steps", "2", "--photo", str(pictures.cat), *tiny_files.cli])
     err = capsys.readouterr().err
-    assert code == 2 and "no face found in elsa.jpg" in err and "Traceback" not in err
+    assert code == 2 and "no face found in cat.png" in err and "Traceback" not in err
     assert not (tmp_path / "d").exists()

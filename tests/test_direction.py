@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from targetclip_files import OFFICIAL_DIRECTIONS
 
 import essence
 from essence.latents import Direction
 from essence.networks import GeneratorConfig, build_generator
-
-OFFICIAL_NAMES = ["ariel", "avatar", "beyonce", "doc", "dumbledore", "ed", "elsa", "gargamel", "grindelwald",
-                  "joker", "keanu", "megan", "moana", "morgan", "pocahontas", "thanos", "trump", "wolverine",
-                  "zendaya"]
 
 
 def _direction(rows: int = 10, width: int = 64, seed: int = 0) -> Direction:
@@ -105,9 +102,14 @@ def test_direction_for_another_latent_space_is_refused_naming_both():
         essence.apply_direction(torch.zeros(2, 18, 512), small)
 
 
-@pytest.mark.parametrize("name", OFFICIAL_NAMES)
-def test_official_directions_import_and_export_bit_identically(tmp_path, fixtures, name):
-    source = fixtures / "official" / f"{name}.npy"
+@pytest.mark.parametrize("name", ["written here", *OFFICIAL_DIRECTIONS])
+def test_official_directions_import_and_export_bit_identically(tmp_path, targetclip_files, shared, name):
+    """TargetCLIP's 19 directions when they are beside the checkout, and one written in their format."""
+    if name == "written here":
+        name = "direction"
+        source = targetclip_files["direction"]
+    else:
+        source = shared(f"official/{name}.npy")
     imported = Direction.from_official_npy(source)
     assert imported.tensor.shape == (1, 18, 512)
     assert "official TargetCLIP" in imported.meta["source"] and imported.name == name
@@ -152,7 +154,7 @@ def test_saved_files_get_the_permissions_the_umask_gives(tmp_path):
     assert modes == {"d.safetensors": 0o644, "l.safetensors": 0o644, "d.npy": 0o644, "private.safetensors": 0o600}
 
 
-def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monkeypatch):
+def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(tiny_files, monkeypatch):
     """A direction trained with another generator (here the tiny test model) is not under NVIDIA's licence;
     one trained with the generator whose fingerprint the manifest lists is, and so is a mix containing it."""
     import dataclasses
@@ -161,7 +163,7 @@ def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monke
     from essence.latents import mix_directions
     from essence.latents.direction import LICENCE_NOTE, direction_metadata
 
-    fingerprint = essence.load_generator(fixtures / "stylegan2_tiny64.pt").fingerprint()
+    fingerprint = essence.load_generator(tiny_files.generator).fingerprint()
     assert "licence" not in direction_metadata(generator_fingerprint=fingerprint)
     assert "licence" not in direction_metadata()  # unknown generator
     unlicensed = Direction(_direction().tensor, direction_metadata(generator_fingerprint=fingerprint))
@@ -175,12 +177,12 @@ def test_the_ffhq_licence_note_goes_only_with_the_ffhq_generator(fixtures, monke
     assert "licence" not in mix_directions([unlicensed, unlicensed]).meta
 
 
-def test_an_npy_of_latents_is_not_taken_for_a_direction(fixtures):
+def test_an_npy_of_latents_is_not_taken_for_a_direction(targetclip_files):
     with pytest.raises(essence.errors.DirectionFileError, match=r"holds 68 W\+ latents \[68, 18, 512\], not a direction"):
-        essence.load_direction(fixtures / "official" / "w_plus.npy")
+        essence.load_direction(targetclip_files["w_plus"])
 
 
-def test_until_its_fingerprint_is_measured_the_ffhq_note_goes_with_the_ffhq_architecture(fixtures, monkeypatch):
+def test_until_its_fingerprint_is_measured_the_ffhq_note_goes_with_the_ffhq_architecture(tiny_files, monkeypatch):
     """The manifest cannot yet name the real FFHQ generator's fingerprint (measuring it needs the weights), so a
     direction for a 1024 px 18 x 512 W+ generator carries NVIDIA's note; the tiny test model's does not; and once
     a fingerprint is recorded, only that generator gets the note."""
@@ -190,7 +192,7 @@ def test_until_its_fingerprint_is_measured_the_ffhq_note_goes_with_the_ffhq_arch
     from essence.latents.direction import LICENCE_NOTE, direction_metadata
 
     ffhq_space = {"n_latent": 18, "style_dim": 512, "resolution": 1024}
-    tiny = essence.load_generator(fixtures / "stylegan2_tiny64.pt")
+    tiny = essence.load_generator(tiny_files.generator)
     tiny_space = {"n_latent": tiny.n_latent, "style_dim": tiny.style_dim, "resolution": tiny.size}
     assert direction_metadata(generator_fingerprint="0123456789abcdef", latent_space=ffhq_space)["licence"] == LICENCE_NOTE
     assert "licence" not in direction_metadata(generator_fingerprint=tiny.fingerprint(), latent_space=tiny_space)

@@ -17,11 +17,6 @@ def e4e_io(fixtures):
     return load_file(fixtures / "e4e_tiny64_io.safetensors")
 
 
-@pytest.fixture(scope="module")
-def encoder(fixtures):
-    return essence.load_encoder(fixtures / "e4e_tiny64.pt", cache=False)
-
-
 def test_tiny_encoder_layout_is_read_from_the_checkpoint(encoder):
     cfg = encoder.config
     assert len(cfg.units) == 24 and cfg.taps == (6, 20, 23)
@@ -36,12 +31,12 @@ def test_codes_match_reference(encoder, e4e_io):
     assert (codes - e4e_io["codes"]).abs().max().item() < 1e-4
 
 
-def test_embedded_decoder_loads_as_generator_and_decodes_the_codes(fixtures, e4e_io):
-    decoder = essence.load_generator(fixtures / "e4e_tiny64.pt", cache=False)
+def test_embedded_decoder_loads_as_generator_and_decodes_the_codes(tiny_files, e4e_io):
+    decoder = essence.load_generator(tiny_files.encoder, cache=False)
     with torch.no_grad():
         image = decoder.synthesize(e4e_io["codes"])
     assert (image - e4e_io["image"]).abs().max().item() < 1e-4
-    assert torch.allclose(decoder.latent_avg, torch.load(fixtures / "e4e_tiny64.pt", weights_only=True)["latent_avg"][0])
+    assert torch.allclose(decoder.latent_avg, torch.load(tiny_files.encoder, weights_only=True)["latent_avg"][0])
 
 
 def test_chunked_encoding_equals_one_batch(encoder, e4e_io):

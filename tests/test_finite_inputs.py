@@ -7,12 +7,11 @@ strength renders black images, with nothing saying which input was wrong.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from targetclip_files import OFFICIAL_DIRECTIONS
 
 import essence
 from essence import cli
@@ -22,16 +21,6 @@ from essence.latents.direction import IMPLAUSIBLE_RMS, Direction
 from essence.training.loop import TrainSettings, train
 
 NAN, INF = float("nan"), float("inf")
-
-
-@pytest.fixture(scope="module")
-def generator(fixtures):
-    return essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
-
-
-@pytest.fixture(scope="module")
-def guide(fixtures):
-    return essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
 
 
 def _direction(name: str = "d", scale: float = 0.1) -> Direction:
@@ -46,12 +35,11 @@ def _latents(count: int = 3) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bad", [NAN, INF])
-def test_training_refuses_source_latents_with_nan_or_inf_naming_the_row(generator, guide, fixtures, bad):
+def test_training_refuses_source_latents_with_nan_or_inf_naming_the_row(generator, guide, target, bad):
     sources = _latents(4)
     sources[2, 3, 5] = bad
     with pytest.raises(essence.EssenceError, match=r"NaN or infinite values in the source latents \(row 2\)"):
-        train(Image.open(fixtures / "face_a.jpg"), sources, generator, guide,
-                        settings=TrainSettings(steps=1))
+        train(target, sources, generator, guide, settings=TrainSettings(steps=1))
 
 
 def test_training_refuses_a_nan_learning_rate_or_loss_weight():
@@ -96,17 +84,21 @@ def test_a_latent_file_or_set_with_nan_is_refused_naming_the_row(tmp_path):
         essence.load_latents(tmp_path / "opt_latents.pt")
 
 
-def test_an_implausibly_large_direction_warns_and_the_official_ones_do_not(fixtures):
+def test_an_implausibly_large_direction_warns_and_a_plausible_one_does_not():
     with pytest.warns(EssenceWarning, match=r"direction 'huge' is implausibly large: 1e\+30 root-mean-square"):
         _direction("huge", 1e30)
     with pytest.warns(EssenceWarning, match="implausibly large"):
         mix_directions([_direction("a", 1.0), _direction("b", 1.0)], [1e3, 1.0])
-    official = sorted(p for p in (fixtures / "official").glob("*.npy") if p.name != "w_plus.npy")
-    assert len(official) == 19
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EssenceWarning)
+        _direction("just below", IMPLAUSIBLE_RMS * 0.99)
+
+
+def test_the_official_directions_are_far_below_the_implausible_size(shared):
+    official = [shared(f"official/{name}.npy") for name in OFFICIAL_DIRECTIONS]
     with warnings.catch_warnings():
         warnings.simplefilter("error", EssenceWarning)
         largest = max(float(essence.load_direction(p).tensor.square().mean().sqrt()) for p in official)
-        _direction("just below", IMPLAUSIBLE_RMS * 0.99)
     assert largest < IMPLAUSIBLE_RMS / 50  # the threshold is far from any published direction
 
 
@@ -114,8 +106,8 @@ def test_an_implausibly_large_direction_warns_and_the_official_ones_do_not(fixtu
 
 
 @pytest.fixture()
-def tiny(fixtures: Path) -> list[str]:
-    return ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--device", "cpu"]
+def tiny(tiny_files) -> list[str]:
+    return ["--generator", str(tiny_files.generator), "--device", "cpu"]
 
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
@@ -134,13 +126,13 @@ def test_cli_apply_refuses_a_nan_strength_or_mix_weight(tmp_path, tiny, capsys):
     assert "Traceback" not in err
 
 
-def test_cli_train_and_apply_refuse_source_latents_with_nan(tmp_path, tiny, fixtures, capsys):
+def test_cli_train_and_apply_refuse_source_latents_with_nan(tmp_path, tiny, tiny_files, pictures, capsys):
     latents = _latents(4)
     latents[3, 0, 0] = NAN
     torch.save(latents, tmp_path / "opt_latents.pt")
     out = tmp_path / "d.safetensors"
-    code, err = _run(["train", str(fixtures / "face_a.jpg"), "--sources", str(tmp_path / "opt_latents.pt"),
-                      "--out", str(out), "--steps", "1", "--init", "random", "--guide", str(fixtures / "clip_tiny.pt"),
+    code, err = _run(["train", str(pictures.portrait), "--sources", str(tmp_path / "opt_latents.pt"),
+                      "--out", str(out), "--steps", "1", "--init", "random", "--guide", str(tiny_files.guide),
                       *tiny], capsys)
     assert code == 2 and "NaN or infinite values in the latents (row 3)" in err and not out.exists()
     direction = _direction("d").save(tmp_path / "dir.safetensors")

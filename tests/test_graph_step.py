@@ -94,7 +94,8 @@ def assert_same_runs(graph_runs, eager_runs, rel: float = 1e-5) -> None:
         torch.testing.assert_close(graph.direction.tensor, eager.direction.tensor, rtol=rel, atol=1e-6)
 
 
-@pytest.mark.parametrize("candidates, chunk_size", [(1, None), (2, 4)], ids=["one", "two-chunked"])
+@pytest.mark.parametrize("candidates, chunk_size", [(1, None), pytest.param(2, 4, marks=pytest.mark.slow)],
+                         ids=["one", "two-chunked"])
 def test_graph_loop_steps_like_the_fast_loop(models, trace, target, candidates, chunk_size):
     """Same losses, coefficients, best step and direction for a dozen steps, for one candidate and for
     two candidates rendered one per pass (the chunked path: render, loss, then back-propagate per pass)."""
@@ -114,6 +115,7 @@ def test_graph_loop_without_the_consistency_loss_has_no_coefficients_to_update(m
     assert graph[0].coefficients == [1.0] * 4
 
 
+@pytest.mark.slow
 def test_graph_loop_reproduces_the_reference_trace(models, trace, target):
     run = _run(models, trace, target, [trace["init_direction"]], steps=40, loop="graph")[0]
     assert_follows_reference(run, trace)
@@ -126,6 +128,7 @@ def test_graph_loop_refuses_recomputation_and_unknown_loops_are_named():
         TrainSettings(loop="compiled")
 
 
+@pytest.mark.slow
 def test_graph_step_benchmark_writes_records_and_checks_replay(fixtures, tmp_path, capsys):
     """``bench/graph_step.py`` (run on a GPU later) works end to end; on the CPU nothing is captured."""
     from bench import graph_step
@@ -148,9 +151,9 @@ def test_graph_step_benchmark_writes_records_and_checks_replay(fixtures, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def cuda_models(fixtures):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", device="cuda", cache=False)
-    guide = essence.load_guide(fixtures / "clip_tiny.pt", device="cuda", cache=False)
+def cuda_models(tiny_files):
+    generator = essence.load_generator(tiny_files.generator, device="cuda", cache=False)
+    guide = essence.load_guide(tiny_files.guide, device="cuda", cache=False)
     return generator, guide
 
 

@@ -50,6 +50,7 @@ def test_keys_and_shapes_are_the_reference_backbones(reference):
     assert ours == {key: (list(shape), dtype) for key, (shape, dtype) in theirs.items()}
 
 
+@pytest.mark.slow
 def test_embeddings_equal_the_reference_at_256_and_1024_px(reference, full_size_file):
     model = essence.load_identity(full_size_file, cache=False)
     expected = load_file(str(REFERENCE.with_suffix(".safetensors")))
@@ -141,11 +142,11 @@ def test_missing_file_says_where_to_get_it_and_under_which_terms():
 # ----------------------------------------------------------------------------- refusing other files
 
 
-def test_other_model_files_given_as_the_identity_network_are_refused(fixtures):
+def test_other_model_files_given_as_the_identity_network_are_refused(tiny_files):
     with pytest.raises(essence.errors.WrongFileKindError, match=r"e4e_tiny64\.pt.*not the ArcFace.*e4e/pSp checkpoint"):
-        essence.load_identity(fixtures / "e4e_tiny64.pt", cache=False)
+        essence.load_identity(tiny_files.encoder, cache=False)
     with pytest.raises(essence.errors.WrongFileKindError, match=r"stylegan2_tiny64\.pt.*not the ArcFace.*StyleGAN2"):
-        essence.load_identity(fixtures / "stylegan2_tiny64.pt", cache=False)
+        essence.load_identity(tiny_files.generator, cache=False)
 
 
 def test_a_state_dict_that_does_not_fit_names_the_tensors(tmp_path):

@@ -17,8 +17,9 @@ from essence.errors import EssenceError, ImageInputError
 
 
 @pytest.fixture(scope="module")
-def keanu(fixtures: Path) -> np.ndarray:
-    return np.asarray(Image.open(fixtures / "photos" / "keanu.jpg").convert("RGB"))
+def portrait(pictures) -> np.ndarray:
+    """A JPEG photo of 384 x 336 pixels (tests/pictures.py)."""
+    return np.asarray(Image.open(pictures.portrait).convert("RGB"))
 
 
 def pixels(source, **kwargs) -> np.ndarray:
@@ -28,41 +29,41 @@ def pixels(source, **kwargs) -> np.ndarray:
 # ----------------------------------------------------------------------------- wrappings
 
 
-def test_path_pil_array_and_comfy_tensor_give_the_same_photo(fixtures: Path, keanu: np.ndarray) -> None:
-    path = fixtures / "photos" / "keanu.jpg"
+def test_path_pil_array_and_comfy_tensor_give_the_same_photo(pictures, portrait: np.ndarray) -> None:
+    path = pictures.portrait
     from_path = images.load_photo(path)
     from_str = images.load_photo(str(path))
     from_pil = images.load_photo(Image.open(path))
-    from_array = images.load_photo(keanu)
-    from_tensor = images.load_photo(torch.from_numpy(keanu.copy()).float()[None] / 255.0)
+    from_array = images.load_photo(portrait)
+    from_tensor = images.load_photo(torch.from_numpy(portrait.copy()).float()[None] / 255.0)
     for photo in (from_str, from_pil, from_array, from_tensor):
-        assert np.array_equal(np.asarray(photo.image), keanu)
+        assert np.array_equal(np.asarray(photo.image), portrait)
         assert photo.sha256 == from_path.sha256  # the cache key does not depend on the wrapping
-    assert from_path.image.mode == "RGB" and from_path.size == (890, 1112) and from_path.scale == 1
-    assert from_path.name == "keanu.jpg" and from_pil.name == "keanu.jpg"
+    assert from_path.image.mode == "RGB" and from_path.size == (384, 336) and from_path.scale == 1
+    assert from_path.name == "portrait.jpg" and from_pil.name == "portrait.jpg"
     assert len(from_path.file_sha256) == 64 and from_array.file_sha256 is None
 
 
-def test_a_comfy_batch_is_several_photos(keanu: np.ndarray) -> None:
-    batch = torch.from_numpy(np.stack([keanu, keanu[:, ::-1]]).copy()).float() / 255.0
-    photos = images.load_photos([batch, Image.fromarray(keanu)])
+def test_a_comfy_batch_is_several_photos(portrait: np.ndarray) -> None:
+    batch = torch.from_numpy(np.stack([portrait, portrait[:, ::-1]]).copy()).float() / 255.0
+    photos = images.load_photos([batch, Image.fromarray(portrait)])
     assert len(photos) == 3
-    assert np.array_equal(np.asarray(photos[1].image), keanu[:, ::-1])
+    assert np.array_equal(np.asarray(photos[1].image), portrait[:, ::-1])
     assert photos[0].sha256 == photos[2].sha256 != photos[1].sha256
 
 
-def test_tensor_conventions_round_trip(keanu: np.ndarray) -> None:
-    image = Image.fromarray(keanu)
+def test_tensor_conventions_round_trip(portrait: np.ndarray) -> None:
+    image = Image.fromarray(portrait)
     comfy = images.pil_to_comfy([image, image])
-    assert comfy.shape == (2, 1112, 890, 3) and comfy.dtype == torch.float32
+    assert comfy.shape == (2, 336, 384, 3) and comfy.dtype == torch.float32
     assert 0.0 <= comfy.min() and comfy.max() <= 1.0
-    assert np.array_equal(np.asarray(images.comfy_to_pil(comfy)[1]), keanu)
+    assert np.array_equal(np.asarray(images.comfy_to_pil(comfy)[1]), portrait)
     model = images.pil_to_model(image)
-    assert model.shape == (1, 3, 1112, 890) and -1.0 <= model.min() and model.max() <= 1.0
+    assert model.shape == (1, 3, 336, 384) and -1.0 <= model.min() and model.max() <= 1.0
     # e4e's ToTensor + Normalize(0.5, 0.5): x / 255 * 2 - 1
-    assert torch.allclose(model[0, :, 10, 20], torch.tensor(keanu[10, 20] / 127.5 - 1.0, dtype=torch.float32),
+    assert torch.allclose(model[0, :, 10, 20], torch.tensor(portrait[10, 20] / 127.5 - 1.0, dtype=torch.float32),
                           atol=1e-6)
-    assert np.array_equal(np.asarray(images.model_to_pil(model)[0]), keanu)
+    assert np.array_equal(np.asarray(images.model_to_pil(model)[0]), portrait)
     assert images.pil_to_model(image, size=256).shape == (1, 3, 256, 256)
 
 
@@ -78,21 +79,21 @@ def test_bad_arrays_are_refused_clearly() -> None:
 # ----------------------------------------------------------------------------- modes
 
 
-def test_opaque_rgba_equals_rgb_and_transparency_is_composited_over_white(keanu: np.ndarray) -> None:
-    rgba = np.dstack([keanu, np.full(keanu.shape[:2], 255, np.uint8)])
-    assert np.array_equal(pixels(Image.fromarray(rgba, "RGBA")), keanu)
-    assert np.array_equal(pixels(rgba), keanu)
+def test_opaque_rgba_equals_rgb_and_transparency_is_composited_over_white(portrait: np.ndarray) -> None:
+    rgba = np.dstack([portrait, np.full(portrait.shape[:2], 255, np.uint8)])
+    assert np.array_equal(pixels(Image.fromarray(rgba, "RGBA")), portrait)
+    assert np.array_equal(pixels(rgba), portrait)
     rgba[0, 0, 3] = 0
     rgba[0, 1, 3] = 128
     out = pixels(Image.fromarray(rgba, "RGBA"))
     assert tuple(out[0, 0]) == (255, 255, 255)
-    expected = np.rint(keanu[0, 1].astype(float) * 128 / 255 + 255 * 127 / 255)
+    expected = np.rint(portrait[0, 1].astype(float) * 128 / 255 + 255 * 127 / 255)
     assert np.abs(out[0, 1].astype(int) - expected).max() <= 1
     assert tuple(pixels(Image.fromarray(rgba, "RGBA"), background=(0, 0, 0))[0, 0]) == (0, 0, 0)
 
 
-def test_greyscale_and_16_bit_photos_equal_the_8_bit_grey(keanu: np.ndarray, tmp_path: Path) -> None:
-    grey = np.asarray(Image.fromarray(keanu).convert("L"))
+def test_greyscale_and_16_bit_photos_equal_the_8_bit_grey(portrait: np.ndarray, tmp_path: Path) -> None:
+    grey = np.asarray(Image.fromarray(portrait).convert("L"))
     as_rgb = np.repeat(grey[..., None], 3, axis=2)
     sixteen = grey.astype(np.uint16) * 257
     Image.fromarray(sixteen).save(tmp_path / "grey16.png")
@@ -104,8 +105,8 @@ def test_greyscale_and_16_bit_photos_equal_the_8_bit_grey(keanu: np.ndarray, tmp
         assert np.array_equal(pixels(source), as_rgb), source
 
 
-def test_16_bit_rgb_png_equals_8_bit(keanu: np.ndarray, tmp_path: Path) -> None:
-    crop = keanu[:64, :80]
+def test_16_bit_rgb_png_equals_8_bit(portrait: np.ndarray, tmp_path: Path) -> None:
+    crop = portrait[:64, :80]
     path = tmp_path / "rgb48.png"
     path.write_bytes(_png_rgb16(crop.astype(np.uint16) * 257))
     assert np.array_equal(pixels(path), crop)
@@ -123,8 +124,8 @@ def _png_rgb16(values: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def test_palette_cmyk_and_bilevel_photos_become_rgb(keanu: np.ndarray) -> None:
-    image = Image.fromarray(keanu)
+def test_palette_cmyk_and_bilevel_photos_become_rgb(portrait: np.ndarray) -> None:
+    image = Image.fromarray(portrait)
     palette = image.quantize(64)
     assert np.array_equal(pixels(palette), np.asarray(palette.convert("RGB")))
     transparent = palette.copy()
@@ -138,30 +139,30 @@ def test_palette_cmyk_and_bilevel_photos_become_rgb(keanu: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
-def test_exif_orientation_is_applied(keanu: np.ndarray, tmp_path: Path, orientation: int) -> None:
+def test_exif_orientation_is_applied(portrait: np.ndarray, tmp_path: Path, orientation: int) -> None:
     """A photo stored sideways with an EXIF orientation tag loads as the upright photo."""
     stored_by_orientation = {
         2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
         8: Image.Transpose.ROTATE_270,
     }
-    stored = Image.fromarray(keanu).transpose(stored_by_orientation[orientation])
+    stored = Image.fromarray(portrait).transpose(stored_by_orientation[orientation])
     exif = stored.getexif()
     exif[0x0112] = orientation
     stored.save(tmp_path / "turned.png", exif=exif)
     photo = images.load_photo(tmp_path / "turned.png")
-    assert np.array_equal(np.asarray(photo.image), keanu)
-    assert photo.size == (890, 1112)
+    assert np.array_equal(np.asarray(photo.image), portrait)
+    assert photo.size == (384, 336)
 
 
 # ----------------------------------------------------------------------------- damaged and hostile files
 
 
-def test_truncated_files_give_a_clear_error(fixtures: Path, keanu: np.ndarray, tmp_path: Path) -> None:
-    data = (fixtures / "photos" / "keanu.jpg").read_bytes()
+def test_truncated_files_give_a_clear_error(pictures, portrait: np.ndarray, tmp_path: Path) -> None:
+    data = pictures.portrait.read_bytes()
     (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
     buffer = io.BytesIO()
-    Image.fromarray(keanu).save(buffer, "PNG")
+    Image.fromarray(portrait).save(buffer, "PNG")
     (tmp_path / "half.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (tmp_path / "header.jpg").write_bytes(data[:200])
     for name in ("half.jpg", "half.png", "header.jpg"):
@@ -197,16 +198,16 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own limit is restored afterwards
 
 
-def test_large_photos_are_reduced_jpeg_at_decode_time(keanu: np.ndarray, tmp_path: Path) -> None:
-    Image.fromarray(keanu).save(tmp_path / "big.jpg", quality=95)
-    Image.fromarray(keanu).save(tmp_path / "big.png")
-    limit = 890 * 1112 // 10
+def test_large_photos_are_reduced_jpeg_at_decode_time(portrait: np.ndarray, tmp_path: Path) -> None:
+    Image.fromarray(portrait).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(portrait).save(tmp_path / "big.png")
+    limit = 384 * 336 // 10
     jpeg = images.load_photo(tmp_path / "big.jpg", work_pixels=limit)
-    assert jpeg.scale == 4 and jpeg.image.size == (223, 278) and jpeg.size == (890, 1112)
+    assert jpeg.scale == 4 and jpeg.image.size == (96, 84) and jpeg.size == (384, 336)
     png = images.load_photo(tmp_path / "big.png", work_pixels=limit)
-    assert png.scale == 4 and png.image.size == (223, 278) and png.size == (890, 1112)
+    assert png.scale == 4 and png.image.size == (96, 84) and png.size == (384, 336)
     # both reductions average 4x4 blocks: they agree up to JPEG's own loss
     assert np.abs(np.asarray(jpeg.image, dtype=int) - np.asarray(png.image, dtype=int)).mean() < 2.0
     assert np.allclose(png.to_original([[0.0, 0.0]]), [[1.5, 1.5]])  # centre of the first 4x4 block
-    with pytest.raises(ImageInputError, match="big.jpg: 890x1112 is 0.99 megapixels, more than the 0.001-megapixel"):
+    with pytest.raises(ImageInputError, match="big.jpg: 384x336 is 0.13 megapixels, more than the 0.001-megapixel"):
         images.load_photo(tmp_path / "big.jpg", max_pixels=1000)

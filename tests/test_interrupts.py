@@ -115,6 +115,7 @@ DOWNLOADER = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checksum", [True, False], ids=["with-sha256", "without-checksum"])
 def test_download_killed_midway_resumes_to_identical_bytes(slow_server, tmp_path: Path, checksum: bool) -> None:
     url = f"http://127.0.0.1:{slow_server.server_address[1]}/w.pt"
@@ -179,6 +180,7 @@ def _good_file(kind: str, path: Path) -> Callable[[], torch.Tensor]:
     return lambda: load_latents(path).latents
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["mid-write", "before-rename"])
 @pytest.mark.parametrize("kind", ["direction", "latents"])
 def test_save_killed_leaves_the_earlier_file_intact(comfy_env, kind: str, kill_at: str) -> None:
@@ -200,6 +202,7 @@ def test_save_killed_leaves_the_earlier_file_intact(comfy_env, kind: str, kill_a
     assert comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0] == [dest.name]
 
 
+@pytest.mark.slow
 def test_save_killed_at_a_random_moment_leaves_old_or_new_file(tmp_path: Path) -> None:
     """No hook: a 75 MB latent file is written over a good one and the child is killed as soon as the
     temporary file appears. Whatever the moment, the destination is the old or the new file, whole."""
@@ -253,18 +256,19 @@ def test_leftovers_are_not_weight_files(comfy_env, tmp_path: Path, monkeypatch) 
 # ----------------------------------------------------------------------------- training
 
 
-def test_training_killed_midway_writes_nothing_and_keeps_the_earlier_file(fixtures: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_training_killed_midway_writes_nothing_and_keeps_the_earlier_file(tiny_files, pictures, tmp_path: Path) -> None:
     out = tmp_path / "joker.safetensors"
     essence.Direction(torch.full((1, 10, 64), 1.0), {"name": "earlier"}).save(out)
     before = out.read_bytes()
     log = tmp_path / "train.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "essence", "train", str(fixtures / "face_a.jpg"), "--out", str(out),
-             "--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
+            [sys.executable, "-m", "essence", "train", str(pictures.portrait), "--out", str(out),
+             "--generator", str(tiny_files.generator), "--guide", str(tiny_files.guide),
              "--sample", "2", "--steps", "100000", "--init", "random", "--device", "cpu"],
             cwd=tmp_path, env=_env(), stdout=sink, stderr=subprocess.STDOUT)
-        _wait_for(lambda: b"Training 'face_a'" in log.read_bytes(), proc, "training started")
+        _wait_for(lambda: b"Training 'portrait'" in log.read_bytes(), proc, "training started")
         time.sleep(1.0)  # well inside the optimisation loop
         _sigkill(proc)
     assert out.read_bytes() == before

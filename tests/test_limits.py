@@ -104,6 +104,7 @@ HUGE_PHOTO = """
 """
 
 
+@pytest.mark.slow
 def test_a_20000x20000_jpeg_is_decoded_at_reduced_scale_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "huge.jpg"
     path.write_bytes(grey_jpeg(20000, 20000))
@@ -133,8 +134,8 @@ def _png(values: np.ndarray, color_type: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def test_a_16_bit_rgba_png_loads_like_its_8_bit_counterparts(fixtures: Path, tmp_path: Path) -> None:
-    rgb = np.asarray(Image.open(fixtures / "face_a.jpg").convert("RGB"))[:96, :80]
+def test_a_16_bit_rgba_png_loads_like_its_8_bit_counterparts(pictures, tmp_path: Path) -> None:
+    rgb = np.asarray(Image.open(pictures.portrait).convert("RGB"))[:96, :80]
     alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
     alpha[:, :40] = 128  # the left half is half transparent
     rgba = np.concatenate([rgb, alpha], axis=2)
@@ -186,8 +187,8 @@ def test_chunks_are_split_on_out_of_memory_keeping_order() -> None:
         run_in_chunks_on_oom(_failing_above(lambda r: r, 0), torch.arange(4), 4, "testing")
 
 
-def test_e4e_encode_splits_a_batch_that_does_not_fit(fixtures: Path) -> None:
-    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt", cache=False)
+def test_e4e_encode_splits_a_batch_that_does_not_fit(tiny_files) -> None:
+    encoder = essence.load_encoder(tiny_files.encoder, cache=False)  # its own: forward is replaced below
     faces = torch.rand(6, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
     expected = encoder.encode(faces, batch_size=6)
     encoder.forward = _failing_above(encoder.forward, 2)
@@ -198,8 +199,8 @@ def test_e4e_encode_splits_a_batch_that_does_not_fit(fixtures: Path) -> None:
         encoder.encode(faces)
 
 
-def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(fixtures: Path) -> None:
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
+def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(tiny_files) -> None:
+    generator = essence.load_generator(tiny_files.generator, cache=False)  # its own: synthesize is replaced below
     latents = generator.sample_wplus(3, seed=0)
     direction = essence.Direction(torch.randn(1, generator.n_latent, generator.style_dim) * 0.1)
     with torch.no_grad():
@@ -215,14 +216,8 @@ def test_strength_sweep_and_reconstruction_split_a_batch_that_does_not_fit(fixtu
         strength_sweep(generator, latents, direction, [1.0])
 
 
-@pytest.fixture
-def tiny_models(fixtures: Path):
-    return (essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False),
-            essence.load_guide(fixtures / "clip_tiny.pt", cache=False))
-
-
-def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_models) -> None:
-    generator, guide = tiny_models
+def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_files, guide) -> None:
+    generator = essence.load_generator(tiny_files.generator, cache=False)  # its own: synthesize is replaced below
     sources = generator.sample_wplus(4, seed=1)
     target = torch.nn.functional.normalize(torch.randn(1, guide.embed_dim, generator=torch.Generator().manual_seed(0)))
     generator.synthesize = _failing_above(generator.synthesize, 1)
@@ -266,7 +261,7 @@ def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, ad
     assert "chunk_size" not in message  # the library's words for Python callers are replaced
 
 
-def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixtures: Path) -> None:
+def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, pictures) -> None:
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
     (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
     (latents,) = comfy_env.run("EssenceSampleLatents", generator=generator, count=4, seed=0, truncation=0.7)
@@ -276,7 +271,7 @@ def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixture
     (images_,) = comfy_env.run("EssenceRender", generator=generator, latents=latents)
     assert torch.allclose(images_, expected, atol=1e-5)
 
-    target = torch.from_numpy(np.asarray(Image.open(fixtures / "face_a.jpg").convert("RGB").resize((64, 64)),
+    target = torch.from_numpy(np.asarray(Image.open(pictures.headshot).convert("RGB").resize((64, 64)),
                                          dtype=np.float32) / 255.0)[None]
     inputs = dict(target=target, sources=latents, generator=generator, guide=guide, steps=2, lambda_transfer=1.0,
                   lambda_consistency=0.5, seed=3, mode="fast", init="random", chunk_size=0, preview_every=5)
@@ -287,7 +282,7 @@ def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, fixture
     assert torch.allclose(direction.tensor, reference.tensor, atol=1e-5)
 
 
-def test_train_node_that_cannot_fit_one_face_gives_comfyui_advice(comfy_env, fixtures: Path) -> None:
+def test_train_node_that_cannot_fit_one_face_gives_comfyui_advice(comfy_env) -> None:
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
     (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
     (latents,) = comfy_env.run("EssenceSampleLatents", generator=generator, count=2, seed=0, truncation=0.7)

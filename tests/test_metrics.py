@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401  (fixtures)
-from conftest import FIXTURES
 from PIL import Image
 
 import essence
@@ -26,15 +25,13 @@ ATOL = 1e-3  # scores are x100: 1e-5 in cosine
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    generator = essence.load_generator(FIXTURES / "stylegan2_tiny64.pt", cache=False)
-    guide = essence.load_guide(FIXTURES / "clip_tiny.pt", cache=False)
+def tiny(generator, guide, pictures):
     torch.manual_seed(0)
     identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
     noise = torch.randn(1, generator.n_latent, generator.style_dim, generator=torch.Generator().manual_seed(1))
     direction = essence.Direction(noise * 0.3, {"name": "random essence"})
     faces = generator.sample_wplus(3, seed=7, truncation=0.7)
-    target = load_image(FIXTURES / "face_a.jpg").resize((256, 256))  # a small target: quicker to align
+    target = load_image(pictures.portrait)  # a face, small: quick to align
     return generator, guide, identity, direction, faces, target
 
 
@@ -108,19 +105,19 @@ def test_only_the_official_protocol_compares_identity_with_the_source_photos(tin
         evaluate_direction(direction, generator, guide, target, faces, 0.5, identity, source_images=photos[:1])
 
 
-def test_target_identity_needs_a_face_in_the_target(tiny, fixtures):
+def test_target_identity_needs_a_face_in_the_target(tiny, pictures):
     generator, guide, identity, direction, faces, target = tiny
     with_face = evaluate_direction(direction, generator, guide, target, faces[:2], 1.0, identity)
     assert with_face.target_identity is not None and len(with_face.target_identity) == 2
-    cartoon = evaluate_direction(direction, generator, guide, fixtures / "photos" / "elsa.jpg", faces[:2], 1.0,
-                                 identity)
-    assert cartoon.target_identity is None
-    assert any("no face found in the target" in note for note in cartoon.notes)
+    cat = evaluate_direction(direction, generator, guide, pictures.cat, faces[:2], 1.0, identity)
+    assert cat.target_identity is None
+    assert any("no face found in the target" in note for note in cat.notes)
     without = evaluate_direction(direction, generator, guide, target, faces[:2], 1.0)
     assert without.identity is None and without.target_identity is None
     assert any("no identity model" in note for note in without.notes)
 
 
+@pytest.mark.slow
 def test_curve_measures_each_strength_once_in_order_and_plots(tiny):
     generator, guide, identity, direction, faces, target = tiny
     curve = strength_curve(direction, generator, guide, target, faces, [1.0, 0, 0.5, 0.5], identity)
@@ -179,7 +176,7 @@ def test_bad_strengths_and_protocols_are_refused(tiny):
 # ----------------------------------------------------------------------------- auto strength
 
 
-def test_auto_strength_is_stored_in_the_file_and_old_files_fall_back_to_one(tiny, tmp_path, fixtures):
+def test_auto_strength_is_stored_in_the_file_and_old_files_fall_back_to_one(tiny, tmp_path, targetclip_files):
     direction = tiny[3]
     assert direction.auto_strength is None
     value, note = direction.resolve_strength("auto")
@@ -191,7 +188,7 @@ def test_auto_strength_is_stored_in_the_file_and_old_files_fall_back_to_one(tiny
     again = essence.load_direction(path)
     assert again.auto_strength == 0.75 and again.resolve_strength("AUTO") == (0.75, None)
     assert again.meta["name"] == "random essence"  # the rest of the metadata is kept
-    official = essence.load_direction(fixtures / "official" / "joker.npy")
+    official = essence.load_direction(targetclip_files["direction"])
     assert official.resolve_strength("auto")[0] == 1.0
     with pytest.raises(essence.EssenceError, match="number or 'auto'"):
         direction.resolve_strength("strong")
@@ -209,14 +206,13 @@ def identity_file(tmp_path) -> Path:
     return path
 
 
-def test_cli_evaluate_prints_the_table_writes_json_plot_and_the_recommendation(tmp_path, fixtures, identity_file,
-                                                                              capsys):
+def test_cli_evaluate_prints_the_table_writes_json_plot_and_the_recommendation(tmp_path, tiny_files, pictures,
+                                                                              identity_file, capsys):
     direction_file = tmp_path / "d.safetensors"
     noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(2))
     essence.Direction(noise * 0.3, {"name": "cli essence"}).save(direction_file)
-    models = ["--generator", str(fixtures / "stylegan2_tiny64.pt"), "--guide", str(fixtures / "clip_tiny.pt"),
-              "--device", "cpu"]
-    code = cli.main(["evaluate", str(direction_file), "--target", str(fixtures / "face_a.jpg"), "--sample", "3",
+    models = ["--generator", str(tiny_files.generator), "--guide", str(tiny_files.guide), "--device", "cpu"]
+    code = cli.main(["evaluate", str(direction_file), "--target", str(pictures.portrait), "--sample", "3",
                      "--strengths", "0,0.5,1", "--identity", str(identity_file), "--json", str(tmp_path / "m.json"),
                      "--plot", str(tmp_path / "curve.png"), "--recommend", *models])
     out, err = capsys.readouterr()
@@ -234,22 +230,22 @@ def test_cli_evaluate_prints_the_table_writes_json_plot_and_the_recommendation(t
     assert cli.main(["info", str(direction_file)]) == 0
     assert f"recommended strength (auto): {recorded.auto_strength:g}" in capsys.readouterr().out
     code = cli.main(["apply", str(direction_file), "--strength", "auto", "--sample", "1", "-o",
-                     str(tmp_path / "a.png"), "--generator", str(fixtures / "stylegan2_tiny64.pt")])
+                     str(tmp_path / "a.png"), "--generator", str(tiny_files.generator)])
     out = capsys.readouterr().out
     assert code == 0 and f"Strength auto = {recorded.auto_strength:g}" in out
 
 
-def test_cli_apply_auto_without_a_recommendation_uses_one_and_says_so(tmp_path, fixtures, capsys):
-    code = cli.main(["apply", str(fixtures / "official" / "joker.npy"), "--strength", "auto", "--sample", "1",
-                     "-o", str(tmp_path / "a.png"), "--generator", str(fixtures / "stylegan2_tiny64.pt")])
+def test_cli_apply_auto_without_a_recommendation_uses_one_and_says_so(tmp_path, tiny_files, targetclip_files, capsys):
+    code = cli.main(["apply", str(targetclip_files["direction"]), "--strength", "auto", "--sample", "1",
+                     "-o", str(tmp_path / "a.png"), "--generator", str(tiny_files.generator)])
     # the official direction is for the 1024 px space: refused, but only after saying what auto means
     out, err = capsys.readouterr()
     assert "has no recommended strength; using 1" in err
     assert code == 2 and "latent space" in err
 
 
-def test_cli_evaluate_refuses_to_record_into_an_npy(tmp_path, fixtures, capsys):
-    code = cli.main(["evaluate", str(fixtures / "official" / "joker.npy"), "--target", str(fixtures / "face_a.jpg"),
+def test_cli_evaluate_refuses_to_record_into_an_npy(tmp_path, pictures, targetclip_files, capsys):
+    code = cli.main(["evaluate", str(targetclip_files["direction"]), "--target", str(pictures.portrait),
                      "--recommend"])
     assert code == 2 and ".safetensors" in capsys.readouterr().err
 
@@ -257,7 +253,7 @@ def test_cli_evaluate_refuses_to_record_into_an_npy(tmp_path, fixtures, capsys):
 # ----------------------------------------------------------------------------- nodes
 
 
-def test_metrics_node_measures_records_the_strength_and_apply_uses_it(comfy_env, fixtures, caplog):
+def test_metrics_node_measures_records_the_strength_and_apply_uses_it(comfy_env, pictures, caplog):
     from test_nodes import sample, target_image
 
     torch.manual_seed(0)
@@ -271,7 +267,7 @@ def test_metrics_node_measures_records_the_strength_and_apply_uses_it(comfy_env,
     noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(3))
     direction = comfy_env.pack.essence.Direction(noise * 0.3, {"name": "node essence"})
     measured, report, data, plot = comfy_env.run(
-        "EssenceMetrics", generator=generator, guide=guide, direction=direction, target=target_image(fixtures),
+        "EssenceMetrics", generator=generator, guide=guide, direction=direction, target=target_image(pictures),
         latents=latents, strengths="0,0.5,1", protocol="corrected", min_identity=50.0, identity=identity)
     numbers = json.loads(data)
     assert measured.auto_strength == numbers["recommended"]["value"] and direction.auto_strength is None
@@ -290,7 +286,7 @@ def test_metrics_node_measures_records_the_strength_and_apply_uses_it(comfy_env,
     assert "no recommended strength; using 1" in caplog.text
 
 
-def test_metrics_node_without_identity_uses_the_clip_proxy(comfy_env, fixtures):
+def test_metrics_node_without_identity_uses_the_clip_proxy(comfy_env, pictures):
     from test_nodes import sample, target_image
 
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
@@ -298,21 +294,21 @@ def test_metrics_node_without_identity_uses_the_clip_proxy(comfy_env, fixtures):
     noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(3))
     direction = comfy_env.pack.essence.Direction(noise * 0.3, {"name": "proxy essence"})
     measured, report, data, _ = comfy_env.run(
-        "EssenceMetrics", generator=generator, guide=guide, direction=direction, target=target_image(fixtures),
+        "EssenceMetrics", generator=generator, guide=guide, direction=direction, target=target_image(pictures),
         latents=sample(comfy_env, generator, count=2), strengths="0.5,1", protocol="official", min_identity=50.0)
     assert measured.meta["auto_strength"]["basis"] == "clip-proxy"
     assert "proxy" in report and "identity preservation" not in report
     assert json.loads(data)["protocol"] == "official"
 
 
-def test_cli_official_protocol_adds_the_papers_row_over_directions(tmp_path, fixtures, capsys):
+def test_cli_official_protocol_adds_the_papers_row_over_directions(tmp_path, tiny_files, pictures, capsys):
     files = []
     for seed in (4, 5):
         noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(seed))
         files.append(str(essence.Direction(noise * 0.3, {"name": f"d{seed}"}).save(tmp_path / f"d{seed}.safetensors")))
-    code = cli.main(["evaluate", *files, "--target", str(fixtures / "face_a.jpg"), "--sample", "2", "--strengths",
-                     "1.2", "--protocol", "official", "--generator", str(fixtures / "stylegan2_tiny64.pt"),
-                     "--guide", str(fixtures / "clip_tiny.pt"), "--device", "cpu"])
+    code = cli.main(["evaluate", *files, "--target", str(pictures.portrait), "--sample", "2", "--strengths",
+                     "1.2", "--protocol", "official", "--generator", str(tiny_files.generator),
+                     "--guide", str(tiny_files.guide), "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "no identity model" in err and "CLIP proxy" in err

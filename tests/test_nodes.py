@@ -27,9 +27,9 @@ LINK_TYPES = {"IMAGE", "ESSENCE_GENERATOR", "ESSENCE_ENCODER", "ESSENCE_GUIDE", 
 TRAIN_STEPS = 12
 
 
-def target_image(fixtures, name: str = "face_a.jpg", size: int = 128) -> torch.Tensor:
-    """A picture as LoadImage outputs it: IMAGE [1, H, W, 3] float32 in 0..1."""
-    image = Image.open(fixtures / name).convert("RGB").resize((size, size))
+def target_image(pictures, size: int = 128) -> torch.Tensor:
+    """A target picture (the headshot) as LoadImage outputs it: IMAGE [1, H, W, 3] float32 in 0..1."""
+    image = Image.open(pictures.headshot).convert("RGB").resize((size, size))
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
@@ -44,8 +44,8 @@ def sample(env: ComfyEnv, generator, count: int = 4, seed: int = 0):
     return env.run("EssenceSampleLatents", generator=generator, count=count, seed=seed, truncation=0.7)[0]
 
 
-def train(env: ComfyEnv, generator, guide, fixtures, steps: int = TRAIN_STEPS, **overrides):
-    inputs = dict(target=target_image(fixtures), sources=sample(env, generator), generator=generator, guide=guide,
+def train(env: ComfyEnv, generator, guide, pictures, steps: int = TRAIN_STEPS, **overrides):
+    inputs = dict(target=target_image(pictures), sources=sample(env, generator), generator=generator, guide=guide,
                   steps=steps, lambda_transfer=1.0, lambda_consistency=0.5, seed=3, mode="fast", init="random",
                   chunk_size=0, preview_every=5)
     return env.run("EssenceTrain", **{**inputs, **overrides})
@@ -190,7 +190,7 @@ def test_render_gives_comfyui_images(comfy_env, models):
     assert torch.allclose(full, expected, atol=1e-5)
 
 
-def test_apply_and_sweep(comfy_env, models, fixtures):
+def test_apply_and_sweep(comfy_env, models):
     generator, _ = models
     latents = sample(comfy_env, generator, count=2)
     noise = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0))
@@ -206,13 +206,13 @@ def test_apply_and_sweep(comfy_env, models, fixtures):
     assert grid.shape == (1, 2 * 66 + 2, 3 * 66 + 2, 3)  # 2 rows x 3 columns of 64 px, 2 px padding
 
 
-def test_official_npy_direction_loads_and_refuses_another_latent_space(comfy_env, models, fixtures):
+def test_official_npy_direction_loads_and_refuses_another_latent_space(comfy_env, models, targetclip_files):
     generator, _ = models
     comfy_env.dir("essence_directions").mkdir(exist_ok=True)
-    shutil.copy(fixtures / "official" / "keanu.npy", comfy_env.dir("essence_directions") / "keanu.npy")
-    assert "keanu.npy" in comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0]
-    (direction,) = comfy_env.run("EssenceLoad", direction_file="keanu.npy")
-    assert direction.tensor.shape == (1, 18, 512) and direction.name == "keanu"
+    shutil.copy(targetclip_files["direction"], comfy_env.dir("essence_directions") / "official.npy")
+    assert "official.npy" in comfy_env.node("EssenceLoad").INPUT_TYPES()["required"]["direction_file"][0]
+    (direction,) = comfy_env.run("EssenceLoad", direction_file="official.npy")
+    assert direction.tensor.shape == (1, 18, 512) and direction.name == "official"
     with pytest.raises(comfy_env.pack.essence.errors.IncompatibleLatentSpaceError, match="18"):
         comfy_env.run("EssenceApply", latents=sample(comfy_env, generator), direction=direction,
                       strength=1.0, layers="all")
@@ -233,9 +233,9 @@ def test_mix_weights_directions(comfy_env):
 # ----------------------------------------------------------------------------- training
 
 
-def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixtures):
+def test_training_node_trains_reports_progress_and_saves(comfy_env, models, pictures):
     generator, guide = models
-    direction, preview, report = train(comfy_env, generator, guide, fixtures)
+    direction, preview, report = train(comfy_env, generator, guide, pictures)
     curve = direction.meta["loss_curve"]["total"]
     assert len(curve) == TRAIN_STEPS
     assert min(curve) < curve[0] - 1e-3 and direction.meta["losses"]["total"] == pytest.approx(min(curve), abs=1e-6)
@@ -265,11 +265,12 @@ def test_training_node_trains_reports_progress_and_saves(comfy_env, models, fixt
     assert loaded.meta["loss_curve"]["total"] == curve and torch.equal(loaded.thumbnail, direction.thumbnail)
 
 
-def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_env, models, fixtures):
+@pytest.mark.slow
+def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_env, models, pictures):
     generator, guide = models
     spec = comfy_env.node("EssenceTrain").INPUT_TYPES()["optional"]["candidates"]
     assert spec[1]["default"] == 1
-    direction, preview, report = train(comfy_env, generator, guide, fixtures, steps=3, candidates=3)
+    direction, preview, report = train(comfy_env, generator, guide, pictures, steps=3, candidates=3)
     selection = direction.meta["selection"]
     assert selection["rank"] == 1 and len(selection["scores"]) == 3
     assert selection["starts"] == ["random (seed 3)", "random (seed 4)", "random (seed 5)"]
@@ -290,7 +291,7 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
 
     torch.manual_seed(0)
     identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32))
-    with_identity, _, _ = train(comfy_env, generator, guide, fixtures, steps=1, candidates=2, identity=identity)
+    with_identity, _, _ = train(comfy_env, generator, guide, pictures, steps=1, candidates=2, identity=identity)
     assert with_identity.meta["selection"]["metrics"]["basis"] == "identity"
     assert with_identity.meta["auto_strength"]["basis"] == "identity"
     from essence.networks import render
@@ -299,15 +300,15 @@ def test_training_node_with_candidates_outputs_the_best_and_previews_it(comfy_en
     assert torch.allclose(preview, expected.permute(0, 2, 3, 1).add(1).div(2).clamp(0, 1), atol=1e-2)
 
 
-def test_official_mode_matches_fast_mode(comfy_env, models, fixtures):
+def test_official_mode_matches_fast_mode(comfy_env, models, pictures):
     generator, guide = models
-    fast, _, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="fast")
-    official, _, _ = train(comfy_env, generator, guide, fixtures, steps=4, mode="official", chunk_size=3)
+    fast, _, _ = train(comfy_env, generator, guide, pictures, steps=4, mode="fast")
+    official, _, _ = train(comfy_env, generator, guide, pictures, steps=4, mode="official", chunk_size=3)
     assert official.meta["loss_curve"]["total"] == pytest.approx(fast.meta["loss_curve"]["total"], abs=1e-5)
     assert torch.allclose(official.tensor, fast.tensor, atol=1e-5)
 
 
-def test_cancel_from_the_progress_hook_stops_training_and_saves_nothing(comfy_env, models, fixtures):
+def test_cancel_from_the_progress_hook_stops_training_and_saves_nothing(comfy_env, models, pictures):
     generator, guide = models
     mm = comfy_env.model_management
 
@@ -317,7 +318,7 @@ def test_cancel_from_the_progress_hook_stops_training_and_saves_nothing(comfy_en
 
     comfy_env.progress.hook = press_cancel
     with pytest.raises(InterruptProcessingException):
-        train(comfy_env, generator, guide, fixtures, steps=50)
+        train(comfy_env, generator, guide, pictures, steps=50)
     # ComfyUI skips every node downstream of the failed one: Save never runs and no file exists
     assert not comfy_env.dir("essence_directions").exists() or not any(comfy_env.dir("essence_directions").iterdir())
     assert comfy_env.progress.updates[-1][0] < 50
@@ -452,14 +453,14 @@ def test_render_and_sweep_retry_smaller_in_one_layer_with_comfyui_advice(comfy_e
                                "inputs, or start ComfyUI with --cpu.")
 
 
-def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, fixtures):
+def test_bf16_mode_trains_in_reduced_precision(comfy_env, models, pictures):
     generator, guide = models
-    direction, preview, _ = train(comfy_env, generator, guide, fixtures, steps=3, mode="fast+bf16")
+    direction, preview, _ = train(comfy_env, generator, guide, pictures, steps=3, mode="fast+bf16")
     assert direction.meta["hyperparameters"]["autocast"] == "bf16"
     assert torch.isfinite(direction.tensor).all() and torch.isfinite(preview).all()
 
 
-def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inputs(comfy_env, models, fixtures):
+def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inputs(comfy_env, models, pictures):
     from essence.training import TRAIN_MODES
 
     generator, guide = models
@@ -467,12 +468,12 @@ def test_train_node_offers_the_library_modes_and_the_official_learning_rate_inpu
     assert spec["required"]["mode"][0] == list(TRAIN_MODES)
     assert all(f"{name} (" in spec["required"]["mode"][1]["tooltip"] for name in TRAIN_MODES)
     assert spec["optional"]["lr"][1]["default"] == 0.2 and spec["optional"]["weight_decay"][1]["default"] == 0.003
-    direction, _, _ = train(comfy_env, generator, guide, fixtures, steps=2, lr=0.1, weight_decay=0.01)
+    direction, _, _ = train(comfy_env, generator, guide, pictures, steps=2, lr=0.1, weight_decay=0.01)
     settings = direction.meta["hyperparameters"]
     assert (settings["lr"], settings["coefficient_lr"], settings["weight_decay"]) == (0.1, 0.1, 0.01)
 
 
-def test_train_asks_comfyui_for_room_to_train_before_it_starts(comfy_env, models, fixtures):
+def test_train_asks_comfyui_for_room_to_train_before_it_starts(comfy_env, models, pictures):
     """Training needs far more memory than the weights (activations of every face in a pass): the node
     asks ComfyUI for that room too, so a model ComfyUI keeps beside Essence's is unloaded first
     instead of training running out part way."""
@@ -489,7 +490,7 @@ def test_train_asks_comfyui_for_room_to_train_before_it_starts(comfy_env, models
     other = mp.ModelPatcher(torch.nn.Linear(1024, 1, bias=False), gpu, torch.device("cpu"))
     mm.load_models_gpu([other])
 
-    comfy_env.run("EssenceTrain", target=target_image(fixtures), sources=sources, generator=generator, guide=guide,
+    comfy_env.run("EssenceTrain", target=target_image(pictures), sources=sources, generator=generator, guide=guide,
                   steps=1, lambda_transfer=1.0, lambda_consistency=0.5, seed=3, mode="fast", init="random",
                   chunk_size=0, preview_every=5)
     assert any(required >= weights + room and device == gpu for required, device in mm.free_memory_calls)
@@ -508,12 +509,12 @@ def test_training_memory_follows_the_measured_peaks():
     assert gb(render_size=256) == pytest.approx(1.92) and gb(chunk_size=2) == pytest.approx(3.7)
 
 
-def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comfy_env, models, fixtures, monkeypatch,
+def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comfy_env, models, pictures, monkeypatch,
                                                                           caplog):
     """Out of memory while drawing a progress preview is not training running out of memory: training
     goes on with the same chunks (same result), and the log says the preview was skipped."""
     generator, guide = models
-    expected, _, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    expected, _, _ = train(comfy_env, generator, guide, pictures, steps=3, preview_every=1)
     real, failures = generator.synthesize, []
 
     def previews_fail(wplus, *args, **kwargs):
@@ -525,7 +526,7 @@ def test_a_preview_that_does_not_fit_is_skipped_without_restarting_training(comf
         return real(wplus, *args, **kwargs)
 
     monkeypatch.setattr(generator, "synthesize", previews_fail)
-    direction, _, _ = train(comfy_env, generator, guide, fixtures, steps=3, preview_every=1)
+    direction, _, _ = train(comfy_env, generator, guide, pictures, steps=3, preview_every=1)
     assert torch.allclose(direction.tensor, expected.tensor, atol=1e-6)
     assert direction.meta["hyperparameters"]["chunk_size"] is None  # never restarted with smaller chunks
     assert failures == [4, 2, 1] and "no preview this time" in caplog.text

@@ -15,18 +15,18 @@ INVERTED = "e4e inversion of the target"
 
 
 @pytest.fixture
-def photo(fixtures) -> torch.Tensor:
-    """keanu.jpg as LoadImage outputs it: IMAGE [1, 1112, 890, 3]."""
-    return load_image(fixtures / "photos" / "keanu.jpg")
+def photo(pictures) -> torch.Tensor:
+    """The portrait as LoadImage outputs it: IMAGE [1, 336, 384, 3]."""
+    return load_image(pictures.portrait)
 
 
 @pytest.fixture
-def faceless(fixtures, photo) -> torch.Tensor:
-    """elsa.jpg (animated: dlib finds no face), cut and padded with grey to the photo's size so the two
-    can share a batch (stretching her would make dlib see a face)."""
-    elsa = load_image(fixtures / "photos" / "elsa.jpg")[:, :, 67:957]
+def faceless(pictures, photo) -> torch.Tensor:
+    """The cat (dlib finds no face), cut and padded with grey to the photo's size so the two can share a
+    batch."""
+    cat = load_image(pictures.cat)[:, :, 33:417]
     padded = torch.full_like(photo, 0.5)
-    padded[:, 176:176 + elsa.shape[1]] = elsa
+    padded[:, 18:18 + cat.shape[1]] = cat
     return padded
 
 
@@ -78,7 +78,7 @@ def test_missing_landmark_model_names_the_folder_the_file_and_the_package(comfy_
 # ----------------------------------------------------------------------------- align
 
 
-def test_align_face_gives_the_library_crop_and_its_transform(comfy_env, landmarks, photo, fixtures):
+def test_align_face_gives_the_library_crop_and_its_transform(comfy_env, landmarks, photo, pictures):
     aligned, alignment = align(comfy_env, photo, landmarks)
     lib = comfy_env.pack.essence
     expected = lib.faces.align_face(photo[0], 256, landmarks=landmarks)
@@ -86,18 +86,19 @@ def test_align_face_gives_the_library_crop_and_its_transform(comfy_env, landmark
     assert torch.equal(aligned, lib.faces.images.pil_to_comfy(expected.crop))
     (face,) = alignment.faces
     assert np.allclose(face.transform.matrix, expected.transform.matrix, atol=1e-9)
-    assert face.photo_size == (890, 1112) and face.photo_index == 0 and face.face_index == 0
+    assert face.photo_size == (384, 336) and face.photo_index == 0 and face.face_index == 0
     assert alignment.photo_count == 1 and face.photo_sha256 == expected.photo_sha256
     assert comfy_env.progress.updates[-1][:2] == (1, 1)
-    small = load_image(fixtures / "photos" / "morgan_freeman.jpg")  # one face, 400 x 400: quick to align
+    small = load_image(pictures.headshot)  # one face, 180 x 180: quick to align
     with pytest.raises(lib.errors.FaceNotFoundError, match=r"face_index 1 asks for face 2 of image 1 of 1 .*only 1 face"):
         align(comfy_env, small, landmarks, face_index=1)
 
 
+@pytest.mark.slow
 def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo, faceless):
     batch = torch.cat([faceless, photo])
     lib = comfy_env.pack.essence
-    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(384x336\).*'skip'"):
         align(comfy_env, batch, landmarks)
     aligned, alignment = align(comfy_env, batch, landmarks, no_face="skip")
     assert aligned.shape == (1, 256, 256, 3)
@@ -106,12 +107,13 @@ def test_a_photo_without_a_face_is_named_or_skipped(comfy_env, landmarks, photo,
         align(comfy_env, faceless, landmarks, no_face="skip")
 
 
+@pytest.mark.slow
 def test_invert_face_inverts_the_batch_once_and_skips_photos_without_a_face(comfy_env, landmarks, encoder, photo,
                                                                            faceless):
     lib = comfy_env.pack.essence
     batch = torch.cat([faceless, photo])
     invert = dict(encoder=encoder, landmarks=landmarks, images=batch, face_index=0)
-    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(890x1112\).*'skip'"):
+    with pytest.raises(lib.errors.FaceNotFoundError, match=r"image 1 of 2 in the batch \(384x336\).*'skip'"):
         comfy_env.run("EssenceInvertFace", **invert)
     latents, aligned, alignment = comfy_env.run("EssenceInvertFace", **invert, no_face="skip")
     assert len(latents) == 1 and aligned.shape == (1, 256, 256, 3)
@@ -137,7 +139,7 @@ def test_invert_edit_render_and_paste_back_into_the_photo(comfy_env, landmarks, 
     assert source["kind"] == "photo" and source["photo_index"] == 0
     assert source["sha256"] == lib.faces.load_photo(photo[0]).sha256  # the photo's pixel sha256
     assert latents.space["n_latent"] == 10 and latents.meta["encoder"]["fingerprint"]
-    assert aligned.shape == (1, 256, 256, 3) and alignment.faces[0].photo_size == (890, 1112)
+    assert aligned.shape == (1, 256, 256, 3) and alignment.faces[0].photo_size == (384, 336)
 
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="[e4e] e4e_tiny64.pt")
     direction = lib.Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.3)
@@ -192,8 +194,9 @@ def train_one_step(env: ComfyEnv, training: dict, target: torch.Tensor, init: st
     return direction
 
 
-def test_training_starts_from_the_inversion_of_the_target(comfy_env, training, encoder, landmarks, fixtures):
-    target = load_image(fixtures / "face_a.jpg")
+@pytest.mark.slow
+def test_training_starts_from_the_inversion_of_the_target(comfy_env, training, encoder, landmarks, pictures):
+    target = load_image(pictures.headshot)
     direction = train_one_step(comfy_env, training, target, "inversion", encoder=encoder, landmarks=landmarks)
     expected = comfy_env.pack.essence.invert(target[0], encoder, landmarks=landmarks).latents[:1]
     assert torch.allclose(direction.tensor, expected, atol=1e-6)

@@ -45,6 +45,7 @@ def test_the_wheel_holds_the_library_its_manifest_and_the_command(wheel: Path) -
     assert "Requires-Dist: torch" in metadata and "License-Expression: MIT" in metadata
 
 
+@pytest.mark.slow
 def test_the_installed_package_runs_from_any_folder(wheel: Path, tmp_path: Path) -> None:
     """Unpacked as pip installs it, away from the checkout: the command runs, reads the packaged
     manifest, keeps weights in the user's data folder (not the checkout's weights/, so this is the

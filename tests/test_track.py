@@ -4,8 +4,6 @@ would give. Detector calls are counted by wrapping the landmarker's ``detect`` m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -39,8 +37,8 @@ def counted(landmarker):
 
 
 @pytest.fixture(scope="module")
-def face(fixtures: Path) -> Image.Image:
-    return Image.open(fixtures / "photos" / "morgan_freeman.jpg").convert("RGB").resize((180, 180))
+def face(pictures) -> Image.Image:
+    return Image.open(pictures.headshot).convert("RGB")
 
 
 def scene_with(face: Image.Image, x: int, size: int = 80) -> np.ndarray:
@@ -66,9 +64,9 @@ def test_followed_crops_stay_close_to_detected_ones_with_one_detection(counted, 
         assert abs(moved[0] - 18) < 4 and abs(moved[1]) < 3
 
 
-def test_a_scene_cut_forces_detection(counted, fixtures, face):
+def test_a_scene_cut_forces_detection(counted, aligned_face, face):
     landmarker, calls = counted
-    other = Image.open(fixtures / "photos" / "keanu.jpg").convert("RGB").resize((180, 180))
+    other = Image.open(aligned_face).convert("RGB").resize((180, 180))  # another shot: closer, another crop
     frames = list(noisy_still(face, 3, "gaussian")) + list(noisy_still(other, 3, "gaussian"))
     tracked = detect_frames(frames, landmarker, tracking=Tracking(), rate=RATE)
     assert tracked.detected == [True, False, False, True, False, False] and len(calls) == 2

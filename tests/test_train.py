@@ -16,12 +16,13 @@ from essence.training.loop import TrainSettings, essence_losses, learning_rate, 
 
 
 @pytest.fixture(scope="module")
-def official_run(models, trace, target):
+def official_run(models, trace, trace_target):
     generator, guide = models
-    return train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                           settings=TrainSettings(steps=40, loop="official"))
+    return train(None, trace["sources"], generator, guide, init=trace["init_direction"],
+                 settings=TrainSettings(steps=40, loop="official"), target_embedding_override=trace_target)
 
 
+@pytest.mark.slow
 def test_official_loop_reproduces_the_reference_trace(official_run, trace):
     assert_follows_reference(official_run, trace)
 
@@ -39,30 +40,35 @@ def assert_follows_reference(run, reference: dict[str, torch.Tensor]) -> None:
     assert ((run.direction.tensor - best).norm() / best.norm()).item() < 0.10
 
 
-def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(models, target):
+@pytest.mark.slow
+def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(models, trace_target):
     """lr 0.1 moves both of the reference's optimisers: the direction's and the coefficients'.
 
-    The trace is TargetCLIP's own optimization.py at lr 0.1 (tests/tools/make_reference_trace.py).
+    The trace is TargetCLIP's own optimization.py at lr 0.1 (tests/tools/make_reference_trace.py), with
+    the public trace's target.
     """
     generator, guide = models
     reference = load_file(f"{LR01_TRACE}.safetensors")
-    assert json.loads(Path(f"{LR01_TRACE}.json").read_text())["official_args"]["lr"] == 0.1
-    run = train(target, reference["sources"], generator, guide, init=reference["init_direction"],
-                          settings=TrainSettings(steps=40, lr=0.1))
+    made = json.loads(Path(f"{LR01_TRACE}.json").read_text())
+    assert made["official_args"]["lr"] == 0.1 and made["target_image"] == "face_a.jpg"
+    run = train(None, reference["sources"], generator, guide, init=reference["init_direction"],
+                settings=TrainSettings(steps=40, lr=0.1), target_embedding_override=trace_target)
     assert_follows_reference(run, reference)
     assert run.direction.meta["hyperparameters"]["coefficient_lr"] == 0.1
 
 
+@pytest.mark.slow
 def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
     assert official_run.best_step == min(range(40), key=official_run.losses.__getitem__)
     assert official_run.best_loss == min(official_run.losses)
     assert official_run.direction.meta["losses"]["best_step"] == official_run.best_step
 
 
-def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, target):
+@pytest.mark.slow
+def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, trace_target):
     generator, guide = models
-    fast = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                           settings=TrainSettings(steps=40, loop="fast"))
+    fast = train(None, trace["sources"], generator, guide, init=trace["init_direction"],
+                 settings=TrainSettings(steps=40, loop="fast"), target_embedding_override=trace_target)
     assert fast.losses == pytest.approx(official_run.losses, abs=1e-6)
     assert torch.allclose(fast.direction.tensor, official_run.direction.tensor, atol=1e-5)
 
@@ -90,9 +96,8 @@ def test_loss_terms_follow_the_paper_definitions():
     assert consistency.item() == pytest.approx(2.0)
 
 
-def test_several_target_pictures_average_their_unit_embeddings(models, fixtures):
-    _, guide = models
-    a, b = Image.open(fixtures / "face_a.jpg"), Image.open(fixtures / "face_b.jpg")
+def test_several_target_pictures_average_their_unit_embeddings(guide, pictures):
+    a, b = Image.open(pictures.portrait), Image.open(pictures.cat)
     with torch.no_grad():
         ea = guide.embed_target(a)
         eb = guide.embed_target(b)
@@ -106,7 +111,7 @@ def test_training_on_two_copies_of_a_target_equals_training_on_one(models, trace
     generator, guide = models
     settings = TrainSettings(steps=3)
     one = train(target, trace["sources"], generator, guide, init=trace["init_direction"], settings=settings)
-    two = train([target, target], trace["sources"], generator, guide, init=trace["init_direction"],
+    two = train(torch.cat([target, target]), trace["sources"], generator, guide, init=trace["init_direction"],
                           settings=settings)
     assert two.losses == pytest.approx(one.losses, abs=1e-6)
 
@@ -153,16 +158,17 @@ def test_progress_reports_loss_terms_and_an_exception_from_it_aborts(models, tra
     assert seen[0].loss == pytest.approx(seen[0].transfer + 0.5 * seen[0].consistency, rel=1e-5)
 
 
-def test_training_works_inside_inference_mode_as_comfyui_runs_it(fixtures, trace, target):
+def test_training_works_inside_inference_mode_as_comfyui_runs_it(tiny_files, trace, target):
     with torch.inference_mode():
-        generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
-        guide = essence.load_guide(fixtures / "clip_tiny.pt", cache=False)
+        generator = essence.load_generator(tiny_files.generator, cache=False)
+        guide = essence.load_guide(tiny_files.guide, cache=False)
         sources = trace["sources"].clone()  # an inference tensor, as a ComfyUI input would be
         result = train(target, sources, generator, guide, init=trace["init_direction"].clone(),
                                  settings=TrainSettings(steps=8))
     assert min(result.losses) < result.losses[0]
 
 
+@pytest.mark.slow
 def test_metadata_records_how_the_direction_was_made(official_run):
     meta = official_run.direction.meta
     assert meta["latent_space"] == {"n_latent": 10, "style_dim": 64, "resolution": 64}
@@ -188,6 +194,7 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
 def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
     """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0

@@ -32,9 +32,9 @@ def landmarker():
 
 
 @pytest.fixture(scope="module")
-def face_photo(fixtures: Path) -> Image.Image:
-    """A face small enough that detecting it in a frame costs milliseconds."""
-    return Image.open(fixtures / "photos" / "morgan_freeman.jpg").convert("RGB").resize((180, 180))
+def face_photo(pictures) -> Image.Image:
+    """A face small enough that detecting it in a frame costs milliseconds: the headshot, 180 x 180."""
+    return Image.open(pictures.headshot).convert("RGB")
 
 
 def audio_packets(path: Path) -> list[bytes]:
@@ -43,22 +43,21 @@ def audio_packets(path: Path) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def tiny(fixtures: Path):
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
-    encoder = essence.load_encoder(fixtures / "e4e_tiny64.pt", cache=False)
+def tiny(generator, encoder):
     tensor = torch.randn(1, generator.n_latent, generator.style_dim, generator=torch.Generator().manual_seed(0))
     return generator, encoder, essence.Direction(tensor * 0.5, {"name": "test"})
 
 
-def test_apply_video_keeps_frame_count_size_rate_and_copies_the_audio(fixtures, tmp_path, face_photo, tiny):
+@pytest.mark.slow
+def test_apply_video_keeps_frame_count_size_rate_and_copies_the_audio(tiny_files, tmp_path, face_photo, tiny):
     scene = Image.new("RGB", (320, 240), (70, 90, 110))
     scene.paste(face_photo.resize((120, 120)), (100, 60))  # the face in the middle, plain background around
     clip = write_clip(tmp_path / "in.mp4", list(noisy_still(scene, 8, "gaussian")), rate=RATE)
     tiny[2].save(tmp_path / "d.safetensors")
     out = tmp_path / "out.mp4"
     code = cli.main(["apply", str(tmp_path / "d.safetensors"), "--video", str(clip), "--out", str(out),
-                     "--strength", "1.5", "--generator", str(fixtures / "stylegan2_tiny64.pt"),
-                     "--encoder", str(fixtures / "e4e_tiny64.pt"), "--device", "cpu"])
+                     "--strength", "1.5", "--generator", str(tiny_files.generator),
+                     "--encoder", str(tiny_files.encoder), "--device", "cpu"])
     assert code == 0
     before, after = probe_video(clip), probe_video(out)
     assert (after.width, after.height, after.frames, after.rate) == (320, 240, 8, RATE)
@@ -133,8 +132,8 @@ def test_scene_cuts_restart_the_filter():
     assert starts == [0, 6] and smoothed[5] is None
 
 
-def test_a_cut_between_two_shots_is_found_from_the_pictures(fixtures, face_photo, landmarker):
-    other = Image.open(fixtures / "photos" / "keanu.jpg").convert("RGB").resize((180, 225)).crop((0, 20, 180, 200))
+def test_a_cut_between_two_shots_is_found_from_the_pictures(aligned_face, face_photo, landmarker):
+    other = Image.open(aligned_face).convert("RGB").resize((180, 180))  # another shot: closer, another crop
     frames = [*noisy_still(face_photo, 3, "gaussian"), *noisy_still(other, 3, "gaussian", seed=1)]
     detections = detect_frames(frames, landmarker)
     assert detections.changes[3] > Smoothing().cut_pixels > max(detections.changes[1:3] + detections.changes[4:])
@@ -145,6 +144,7 @@ def test_a_cut_between_two_shots_is_found_from_the_pictures(fixtures, face_photo
 # ----------------------------------------------------------------------------- ComfyUI: frames as an IMAGE batch
 
 
+@pytest.mark.slow
 def test_face_nodes_take_video_frames_and_smooth_their_crops(comfy_env, face_photo):
     """Frames as Get Video Components / VideoHelperSuite give them ([F, H, W, 3] in 0..1), through
     Invert Face (smoothing on), Apply Essence, Render and Paste Back, inside inference mode."""

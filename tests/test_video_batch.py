@@ -3,7 +3,6 @@ single-process edit, and a rerun that keeps finished chunks."""
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 
 import numpy as np
@@ -15,7 +14,6 @@ from workflow_tools import write_clip
 import essence
 from bench.jitter import noisy_still
 from essence import cli
-from essence.scale import batch
 from essence.faces import Tracking
 from essence.scale.video_batch import VideoJob, VideoModels, chunk_ranges, parts_folder, run_video_job, tracked_chunk
 from essence.storage import find_weight
@@ -25,27 +23,16 @@ ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r req
 av = pytest.importorskip("av")
 
 
-@pytest.fixture(scope="module")
-def two_cpu_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        ray.shutdown()
-    yield batch.connect(num_cpus=2)
-    ray.shutdown()
-
-
 @pytest.fixture()
-def job_files(fixtures, tmp_path):
+def job_files(pictures, generator, tiny_files, tmp_path):
     """A 10-frame clip with sound, a direction file for the tiny generator, the model files."""
-    face = Image.open(fixtures / "photos" / "morgan_freeman.jpg").convert("RGB").resize((100, 100))
+    face = Image.open(pictures.headshot).convert("RGB").resize((100, 100))
     scene = Image.new("RGB", (200, 150), (60, 80, 100))
     scene.paste(face, (50, 25))
     clip = write_clip(tmp_path / "clip.mp4", list(noisy_still(scene, 10, "jpeg")), rate=Fraction(24000, 1001))
-    generator = essence.load_generator(fixtures / "stylegan2_tiny64.pt", cache=False)
     tensor = torch.randn(1, generator.n_latent, generator.style_dim, generator=torch.Generator().manual_seed(1))
     direction = essence.Direction(tensor * 0.5, {"name": "test"}).save(tmp_path / "d.safetensors")
-    models = VideoModels(str(fixtures / "stylegan2_tiny64.pt"), str(fixtures / "e4e_tiny64.pt"),
-                         str(find_weight("landmarks")), "cpu")
+    models = VideoModels(str(tiny_files.generator), str(tiny_files.encoder), str(find_weight("landmarks")), "cpu")
     return clip, direction, models
 
 
@@ -58,7 +45,8 @@ def _audio(path) -> list[bytes]:
         return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
 
 
-def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(two_cpu_ray, job_files, tmp_path):
+@pytest.mark.slow
+def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(local_ray, job_files, tmp_path):
     clip, direction, models = job_files
     tracking = Tracking(refresh=4 / (24000 / 1001))  # detect every 4 frames: each chunk starts on a detection
     single = apply_to_video(clip, tmp_path / "single.mp4", direction, encoder=models.encoder,
@@ -95,7 +83,8 @@ def test_chunks_are_whole_tracking_refresh_intervals():
     assert tracked_chunk(240, None, 25.0) == 240
 
 
-def test_batch_video_command(two_cpu_ray, job_files, tmp_path, capsys):
+@pytest.mark.slow
+def test_batch_video_command(local_ray, job_files, tmp_path, capsys):
     clip, direction, models = job_files
     out = tmp_path / "edited.mkv"
     code = cli.main(["batch", "video", str(direction), "--video", str(clip), "--out", str(out), "--chunk-frames", "5",

@@ -172,9 +172,13 @@ def test_layout_has_no_overlaps_and_every_node_sits_in_one_group(path: Path):
         assert len(inside) == 1, (box, inside)
 
 
-@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.stem)
-def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path, fixtures):
-    models = stage_tiny_files(tmp_path, fixtures, random_directions())
+SLOW_EXAMPLES = {"essence_train_best", "essence_train_photo", "essence_video"}  # 2-3 s each
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_EXAMPLES else p
+                                  for p in workflow_files()], ids=lambda p: p.stem)
+def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path):
+    models = stage_tiny_files(tmp_path, random_directions())
     with fake_comfyui(models) as env:
         defs = definitions_of(env.pack)
         prompt = ui_to_api(load_workflow(path), defs, quick_run)
@@ -192,11 +196,12 @@ def test_workflow_runs_with_the_tiny_models(path: Path, tmp_path, fixtures):
                 expected_init(prompt)
 
 
-def test_train_best_example_keeps_the_best_candidate_and_applies_its_recommended_strength(tmp_path, fixtures):
+@pytest.mark.slow
+def test_train_best_example_keeps_the_best_candidate_and_applies_its_recommended_strength(tmp_path):
     """essence_train_best: Train outputs the best of its 4 candidates, Metrics records a recommended
     strength on it, and Apply (auto strength) edits the new faces at exactly that strength."""
     path = next(p for p in workflow_files() if p.stem == "essence_train_best")
-    models = stage_tiny_files(tmp_path, fixtures, random_directions())
+    models = stage_tiny_files(tmp_path, random_directions())
     with fake_comfyui(models) as env:
         results: dict[str, tuple] = {}
 

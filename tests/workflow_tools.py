@@ -21,16 +21,17 @@ the in-process runner all use it.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pictures
 import torch
 from comfy_stubs import LANDMARKS_FOLDER, LANDMARKS_NAME, installed_landmarks
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"  # the tiny models (tests/fixtures/README.md)
 WORKFLOWS = REPO / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"]
@@ -240,11 +241,10 @@ def write_clip(path: Path, frames: list[np.ndarray], rate: Any = 25, audio: str 
     return path
 
 
-def example_clip(path: Path, fixtures: Path, frames: int = 4) -> Path:
-    """The clip the video example edits: the photo example's face, half size, still, with a little
-    noise per frame (so the crop's smoothing has jitter to remove), 25 fps, with sound."""
-    with Image.open(fixtures / PHOTO_FIXTURE) as image:
-        base = np.asarray(image.convert("RGB").resize((444, 556)), dtype=np.float32)
+def example_clip(path: Path, frames: int = 4) -> Path:
+    """The clip the video example edits: the photo example's picture, still, with a little noise per
+    frame (so the crop's smoothing has jitter to remove), 25 fps, with sound."""
+    base = np.asarray(INPUT_IMAGES[PHOTO_IMAGE](), dtype=np.float32)
     rng = np.random.default_rng(0)
     noisy = [np.clip(np.rint(base + rng.normal(0, 2.0, base.shape)), 0, 255).astype(np.uint8) for _ in range(frames)]
     return write_clip(path, noisy, rate=25)
@@ -252,29 +252,28 @@ def example_clip(path: Path, fixtures: Path, frames: int = 4) -> Path:
 
 # ----------------------------------------------------------------------------- tiny stand-ins
 
-# The examples name the real files; runs with the tiny fixtures put a tiny file under each name.
+# The examples name the real files; runs with the tiny fixtures put a tiny file (tests/fixtures) under each name.
 STAND_INS = {
     ("essence_stylegan2", "stylegan2-ffhq-config-f.pt"): "stylegan2_tiny64.pt",
     ("essence_e4e", "e4e_ffhq_encode.pt"): "e4e_tiny64.pt",
     ("essence_clip", "ViT-B-32.pt"): "clip_tiny.pt",
 }
 DIRECTION_FILES = ("keanu.npy", "joker.npy")  # official TargetCLIP directions the examples load
-TARGET_IMAGE = "target.jpg"                   # the picture the training examples load
-TARGET_FIXTURE = "face_a.jpg"
+TARGET_IMAGE = "target.jpg"                   # the picture the training examples load (a face: they invert it)
 PHOTO_IMAGE = "photo.jpg"                     # the photo the train-from-photo example edits
-PHOTO_FIXTURE = "photos/keanu.jpg"
-INPUT_IMAGES = {TARGET_IMAGE: TARGET_FIXTURE, PHOTO_IMAGE: PHOTO_FIXTURE}  # ComfyUI input folder: name -> fixture
+# ComfyUI's input folder: name -> the picture staged under it (tests/pictures.py)
+INPUT_IMAGES: dict[str, Callable[[], Image.Image]] = {TARGET_IMAGE: pictures.headshot, PHOTO_IMAGE: pictures.portrait}
 CLIP_VIDEO = "clip.mp4"                       # the clip the video example edits (made by ``example_clip``)
 LANDMARKS_AUTO = "auto"                       # the landmark loader's automatic lookup (no file name)
 
 
-def stage_tiny_files(base: Path, fixtures: Path, directions: dict[str, Any]) -> Path:
+def stage_tiny_files(base: Path, directions: dict[str, Any]) -> Path:
     """A ComfyUI-like base folder (``models/``, ``input/``) holding tiny stand-ins under the names
     the examples use, dlib's landmark model (the real one, from an installed package) and the input
     pictures; ``directions`` maps file names to float32 arrays [1, n_latent, D]. Returns the models
     folder."""
     models = base / "models"
-    files = {(folder, name): fixtures / fixture for (folder, name), fixture in STAND_INS.items()}
+    files = {(folder, name): FIXTURES / fixture for (folder, name), fixture in STAND_INS.items()}
     landmarks = installed_landmarks()
     if landmarks is not None:
         files[(LANDMARKS_FOLDER, LANDMARKS_NAME)] = landmarks
@@ -287,10 +286,10 @@ def stage_tiny_files(base: Path, fixtures: Path, directions: dict[str, Any]) -> 
     for name, array in directions.items():
         np.save(models / "essence_directions" / name, np.asarray(array, dtype=np.float32))
     (base / "input").mkdir(parents=True, exist_ok=True)
-    for name, fixture in INPUT_IMAGES.items():
-        shutil.copyfile(fixtures / fixture, base / "input" / name)
+    for name, picture in INPUT_IMAGES.items():
+        picture().save(base / "input" / name, quality=95)
     if not (base / "input" / CLIP_VIDEO).exists():
-        example_clip(base / "input" / CLIP_VIDEO, fixtures)
+        example_clip(base / "input" / CLIP_VIDEO)
     return models
 
 

@@ -4,7 +4,9 @@
         --out tests/fixtures/targetclip_lr0.1_trace
 
 PATH/TO/TargetCLIP is a checkout of hila-chefer/TargetCLIP (nothing of it is copied here; its
-modules are imported from that path). Its ``main(args)`` runs unchanged in its maths, on the CPU,
+modules are imported from that path). The tiny models and the public trace come from tests/fixtures;
+the target picture (default ``face_a.jpg``, TargetCLIP's, not redistributable) from ``--fixtures``
+(default ../shared/fixtures). Its ``main(args)`` runs unchanged in its maths, on the CPU,
 with these stand-ins for what cannot run here:
 
 * the compiled CUDA ops ``fused_leaky_relu`` / ``upfirdn2d``: plain-PyTorch versions below (checked:
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures"
+MODELS = REPO / "tests" / "fixtures"  # the tiny models, their reference outputs, the public trace
+DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures"  # where the target picture is
 
 
 # ----------------------------------------------------------------------------- stand-in ops
@@ -174,9 +177,9 @@ def run_reference(reference: Path, fixtures: Path, lr: float, weight_decay: floa
     import optimization
     from models.stylegan2 import model as model_module
 
-    public = load_file(fixtures / "targetclip_public_trace.safetensors")
-    generator, size = tiny_generator(model_module, fixtures / "stylegan2_tiny64.pt")
-    generator_error = check_generator(generator, fixtures)
+    public = load_file(MODELS / "targetclip_public_trace.safetensors")
+    generator, size = tiny_generator(model_module, MODELS / "stylegan2_tiny64.pt")
+    generator_error = check_generator(generator, MODELS)
     if generator_error > 1e-4:
         raise SystemExit(f"the stand-in ops do not reproduce the reference generator ({generator_error:.2e})")
 
@@ -184,7 +187,7 @@ def run_reference(reference: Path, fixtures: Path, lr: float, weight_decay: floa
     losses: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, on_the_cpu(), recording_backward(losses):
         torch.save(public["sources"].clone(), Path(tmp) / "sources.pt")
-        clip.load = lambda _name, device="cpu", jit=False: clip_load(str(fixtures / "clip_tiny.pt"),
+        clip.load = lambda _name, device="cpu", jit=False: clip_load(str(MODELS / "clip_tiny.pt"),
                                                                       device="cpu", jit=False)
         torchvision.utils.save_image = lambda *args, **kwargs: None
         optimization.load_model = lambda _args: torch.nn.DataParallel(generator)
@@ -214,8 +217,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--target", default="face_a.jpg", help="image in the fixtures folder")
-    parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
+    parser.add_argument("--target", default="face_a.jpg", help="image in the --fixtures folder")
+    parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES,
+                        help="the folder of the target picture (default ../shared/fixtures)")
     parser.add_argument("--reference-commit", default="", help="the checkout's commit, recorded in the JSON")
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
     args = parser.parse_args()
