@@ -132,6 +132,7 @@ def test_a_batch_out_that_is_a_file_is_refused_before_any_task(inputs, tmp_path,
     assert taken.read_text() == "a file, not a folder"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
 def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
     """``kill`` (SIGTERM) arrives while the converted direction is being written: the command ends
@@ -159,6 +160,7 @@ def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_second_batch_into_a_folder_in_use_is_refused(inputs, tmp_path, capsys):
     """Two runs into one --out would both do every task and overwrite one report: while another
     process holds the folder, a second run is refused before it starts Ray, naming that process."""
@@ -178,23 +180,7 @@ def test_a_second_batch_into_a_folder_in_use_is_refused(inputs, tmp_path, capsys
     assert not any(p.suffix == ".png" for p in out.rglob("*"))
 
 
-ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray for these tests: 2 CPUs, no dashboard (started the way ``essence batch`` starts one)."""
-    from essence.scale import connect
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.pop("RAY_ADDRESS", None)
-    if ray.is_initialized():
-        ray.shutdown()
-    connect(num_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
+@pytest.mark.slow
 def test_a_batch_rerun_with_another_strength_redoes_the_pictures(local_ray, fixtures, tmp_path, capsys):
     """A rerun with other options is another job: its pictures are made again, never reported as done."""
     from PIL import Image
@@ -227,6 +213,7 @@ def test_a_batch_rerun_with_another_strength_redoes_the_pictures(local_ray, fixt
 # ----------------------------------------------------------------------------- inputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "not an address", "ray://:99999999"])
 def test_a_ray_address_nothing_answers_at_is_a_clear_error_within_30_s(address, inputs, tmp_path):
     import time
