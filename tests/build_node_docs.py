@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_stubs import REPO, import_pack  # noqa: E402
+
 DOCS = REPO / "web" / "docs"
 README = "the pack's README"
 
@@ -59,8 +61,7 @@ def _input_line(name: str, declaration: tuple, optional: bool = False, files: bo
 
 def pages() -> dict[str, str]:
     """Every node's page, by file name, from the pack as ComfyUI imports it (without ComfyUI)."""
-    sys.path.insert(0, str(REPO.parent))
-    package = __import__(REPO.name)  # the pack's folder, imported as ComfyUI imports a custom node
+    package = import_pack()  # the checkout's folder as a package, whatever the folder is called
     return {f"{name}.md": node_page(cls, package.NODE_DISPLAY_NAME_MAPPINGS[name])
             for name, cls in package.NODE_CLASS_MAPPINGS.items()}
 

@@ -10,9 +10,9 @@ PAGES = build_node_docs.pages()
 
 
 def test_the_pack_serves_its_web_folder_and_every_node_has_a_page():
-    import sys
+    from comfy_stubs import import_pack
 
-    pack = sys.modules[build_node_docs.REPO.name]
+    pack = import_pack()
     assert (build_node_docs.REPO / pack.WEB_DIRECTORY / "docs") == build_node_docs.DOCS
     assert "WEB_DIRECTORY" in pack.__all__
     assert sorted(PAGES) == sorted(f"{name}.md" for name in pack.NODE_CLASS_MAPPINGS)
