@@ -27,8 +27,8 @@ import torch
 
 from .. import essence
 from ..essence.errors import FaceIndexError, FaceNotFoundError
-from ..essence.faces import (MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces, align_photos,
-                             paste_back, pil_to_comfy, smoothing_preset)
+from ..essence.faces import (MASKS, MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces,
+                             align_photos, paste_back, pil_to_comfy, smoothing_preset)
 from ..essence.latents import invert, invert_aligned
 from ..essence.networks import INPUT_SIZE
 from . import host
@@ -195,8 +195,10 @@ class EssencePasteBack:
     """Edited faces back into their original photos."""
 
     DESCRIPTION = ("Puts edited faces (e.g. rendered from inverted, essence-edited latents; any size) back into "
-                   "the photos they were aligned from, blended with a soft-edged mask so the seam does not show. "
-                   "The result has the original photo's size.")
+                   "the photos they were aligned from. By default only the face itself (jaw line, brows and "
+                   "forehead, from the landmarks the alignment found) is blended in, with a soft edge: hair, "
+                   "neck and background stay the photo's, so no box shows. The result has the original "
+                   "photo's size.")
     CATEGORY = CATEGORY
     FUNCTION = "paste"
     RETURN_TYPES = ("IMAGE",)
@@ -212,15 +214,18 @@ class EssencePasteBack:
                               "aligned these photos."),
             "feather": number(0.1, 0.0, MAX_FEATHER, "Width of the soft edge, as a fraction of the face crop "
                               "(0 = hard edge).", 0.01),
+        }, "optional": {
+            "mask": choice(MASKS, "face: blend only the face (jaw line, brows, forehead), keeping the photo's hair, "
+                           "neck and background exactly; square: the whole aligned crop, with soft edges.", "face"),
         }}
 
     def paste(self, photos: torch.Tensor, faces: torch.Tensor, alignment: T.EssenceAlignment,
-              feather: float) -> tuple[torch.Tensor]:
+              feather: float, mask: str = "face") -> tuple[torch.Tensor]:
         _check_batches(photos, faces, alignment)
         out = photos[..., :3].float().clone()
         for face, place in zip(faces, alignment.faces):
             host.check_interrupt()
-            out[place.photo_index] = paste_back(out[place.photo_index], face[..., :3], place.transform, feather)
+            out[place.photo_index] = paste_back(out[place.photo_index], face[..., :3], place.transform, feather, mask)
         return (out.to(host.intermediate_device()),)
 
 

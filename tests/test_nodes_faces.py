@@ -163,7 +163,8 @@ def test_paste_back_checks_that_photos_faces_and_alignment_belong_together(comfy
     alignment = types.EssenceAlignment((types.FacePlacement(transform, 1, 0, "sha"),), 2)
     photos = torch.rand(2, 100, 120, 3, generator=torch.Generator().manual_seed(0))
     faces = torch.ones(1, 64, 64, 3)
-    (out,) = comfy_env.run("EssencePasteBack", photos=photos, faces=faces, alignment=alignment, feather=0.0)
+    (out,) = comfy_env.run("EssencePasteBack", photos=photos, faces=faces, alignment=alignment, feather=0.0,
+                           mask="square")  # a made-up alignment: no face outline to paste along
     assert torch.equal(out[0], photos[0])  # the photo without an aligned face
     assert torch.equal(out[1, 30:70, 30:70], torch.ones(40, 40, 3)) and torch.equal(out[1, :, 100:], photos[1, :, 100:])
     with pytest.raises(lib.errors.ShapeError, match="got 1 photo.*made from 2"):

@@ -1,4 +1,5 @@
-"""Paste-back: exact geometry, a seamless feathered blend, untouched pixels, clear errors."""
+"""Paste-back: exact geometry, a seamless feathered blend, untouched pixels, clear errors. The geometry tests
+use the square mask (made-up transforms carry no face); tests/test_face_paste.py covers the face mask."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def test_the_crop_lands_exactly_where_it_came_from_at_any_face_size(crop_size):
     transform = rotated_transform(64)
     photo = photo_ramp()
     face = crop_of_ramp(rotated_transform(crop_size))
-    out = paste_back(photo, face, transform, feather=0.0)
-    inner = (paste_mask(transform, 0.25).numpy() == 1)  # well inside the square: no border sampling
+    out = paste_back(photo, face, transform, feather=0.0, mask="square")
+    inner = (paste_mask(transform, 0.25, "square").numpy() == 1)  # well inside the square: no border sampling
     assert inner.sum() > 2000
     assert np.abs(out - photo)[inner].max() < 3e-4  # a shift of half a photo pixel would be 1.5e-3
 
@@ -66,8 +67,8 @@ def test_pixels_outside_the_crop_are_untouched_and_the_edge_is_feathered():
     transform = rotated_transform(64)
     photo = np.zeros((150, 200, 3), np.float32)
     white = np.ones((64, 64, 3), np.float32)
-    soft = paste_back(photo, white, transform, feather=0.1)
-    mask = paste_mask(transform, 0.1).numpy()
+    soft = paste_back(photo, white, transform, feather=0.1, mask="square")
+    mask = paste_mask(transform, 0.1, "square").numpy()
     assert np.allclose(soft[..., 0], mask, atol=1e-6)  # a white face on black shows the mask itself
     assert np.array_equal(soft[mask == 0], photo[mask == 0])
     assert mask[75, 100] == 1 and mask[0, 0] == 0 and mask[75, 5] == 0
@@ -78,7 +79,7 @@ def test_pixels_outside_the_crop_are_untouched_and_the_edge_is_feathered():
     row = int(round(edge_x[1]))
     profile = mask[row, int(edge_x[0]) - 2:int(edge_x[0]) + 14]
     assert np.all(np.diff(profile) >= -1e-6) and profile[0] == 0 and profile[-1] == 1
-    hard = paste_back(photo, white, transform, feather=0.0)
+    hard = paste_back(photo, white, transform, feather=0.0, mask="square")
     values = np.unique(np.round(hard, 5))
     assert set(values.tolist()) == {0.0, 1.0}  # feather 0: a hard edge
 
@@ -87,7 +88,7 @@ def test_a_crop_reaching_outside_the_photo_is_clipped():
     matrix = np.array([[1.0, 0, -20], [0, 1.0, 100], [0, 0, 1]])  # 64 px crop over the bottom-left corner
     transform = CropTransform(matrix, 64, PHOTO_SIZE)
     photo = photo_ramp()
-    out = paste_back(photo, np.ones((64, 64, 3), np.float32), transform, feather=0.0)
+    out = paste_back(photo, np.ones((64, 64, 3), np.float32), transform, feather=0.0, mask="square")
     assert out.shape == photo.shape
     # bilinear sampling of a white face: 1 up to rounding of the interpolation weights
     assert np.allclose(out[100:150, 0:44], 1, rtol=0, atol=1e-6) and np.array_equal(out[:100], photo[:100])
@@ -98,12 +99,13 @@ def test_every_kind_of_image_comes_back_as_its_own_kind():
     transform = rotated_transform(64)
     photo = (photo_ramp() * 255).round().astype(np.uint8)
     face = np.full((64, 64, 3), 200, np.uint8)
-    as_array = paste_back(photo, face, transform)
+    as_array = paste_back(photo, face, transform, mask="square")
     assert as_array.dtype == np.uint8 and as_array.shape == photo.shape
-    as_pil = paste_back(Image.fromarray(photo), Image.fromarray(face), transform)
+    as_pil = paste_back(Image.fromarray(photo), Image.fromarray(face), transform, mask="square")
     assert isinstance(as_pil, Image.Image) and as_pil.size == PHOTO_SIZE
     assert np.array_equal(np.asarray(as_pil), as_array)
-    as_tensor = paste_back(torch.from_numpy(photo).float()[None] / 255, torch.from_numpy(face), transform)
+    as_tensor = paste_back(torch.from_numpy(photo).float()[None] / 255, torch.from_numpy(face), transform,
+                           mask="square")
     assert as_tensor.dtype == torch.float32 and as_tensor.shape == (150, 200, 3)
     assert np.abs(as_tensor.numpy() * 255 - as_array).max() <= 0.5 + 1e-3
 

@@ -19,14 +19,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import EssenceError
-from ..faces import SMOOTHING_PRESETS
+from ..faces import MASKS, SMOOTHING_PRESETS
 from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
 from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
                      run_train_batch, run_video_job, train_tasks)
 from ..storage import atomic_write, check_output, check_outputs, file_sha256, folder_lock
 from ..video import STAGES
-from .directions import (TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, model_files, parse_strengths,
-                         strength_tokens, train_job)
+from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, model_files,
+                         parse_strengths, strength_tokens, train_job)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -66,6 +66,7 @@ def _add_batch(subparsers: Subparsers) -> None:
                             "'auto' is each direction's recommended strength (1.0 when it has none)")
     apply.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
     apply.add_argument("--largest-face", action="store_true", help="edit only the largest face of each photo")
+    apply.add_argument("--paste-mask", choices=MASKS, default="face", help=PASTE_MASK_HELP)
     apply.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
     add_model_options(apply, encoder=True)
     _add_ray_options(apply)
@@ -127,7 +128,7 @@ class ApplyWorker:
         direction = self.directions[direction_file]
         strength, note = direction.resolve_strength(token if token.lower() == "auto" else float(token))
         image = apply_to_photo(photo, direction, self.generator, self.encoder, strength, landmarks=self.landmarks,
-                               layers=self.args.layers, all_faces=not self.args.largest_face)
+                               layers=self.args.layers, all_faces=not self.args.largest_face, mask=self.args.paste_mask)
         record = PngInfo()
         record.add_text(OPTIONS_KEY, json.dumps(task.options, sort_keys=True))  # what a rerun compares
         with atomic_write(task.output) as tmp:
@@ -154,7 +155,7 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
     _check_stems(directions, "directions")
     _check_stems(photos, "photos")
     tasks = []
-    shared = {"layers": args.layers, "largest_face": args.largest_face,
+    shared = {"layers": args.layers, "largest_face": args.largest_face, "mask": args.paste_mask,
               "models": {role: getattr(args, role) for role in ("generator", "encoder", "landmarks")}}
     for direction in directions:
         content = file_sha256(direction)  # a direction file replaced under the same name is another job
@@ -193,6 +194,7 @@ def _add_batch_video(actions: Subparsers) -> None:
     video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
                        help=f"frames per task (default {DEFAULT_CHUNK}; with --face-tracking on, rounded to whole "
                             f"refresh intervals, 1 s of frames, so every chunk starts on a detection)")
+    video.add_argument("--paste-mask", choices=MASKS, default="face", help=PASTE_MASK_HELP)
     video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
     video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
     add_model_options(video, encoder=True)
@@ -206,7 +208,7 @@ def _cmd_batch_video(args: argparse.Namespace) -> int:
     check_output(args.out, [args.video, args.direction, *model_files(args)])
     [strength] = parse_strengths(args.strength, load_direction(args.direction))
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
-                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on")
+                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on", mask=args.paste_mask)
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
     result = run_video_job(job, models, workers=args.workers, address=args.address,
                            gpus_per_worker=_gpus_per_worker(args),

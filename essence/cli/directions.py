@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import EssenceError, MissingWeightsError
-from ..faces import SMOOTHING_PRESETS, grid_to_pil, load_image
+from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
 from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, image_grid, import_targetclip_latents, invert,
                        is_latent_file, load_direction, load_latents, mix_directions, strength_sweep, target_thumbnail)
 from ..networks import load_encoder, load_generator, load_guide, load_identity
@@ -23,6 +23,9 @@ from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, Tra
                         modes_help, train_essence, train_mode)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+PASTE_MASK_HELP = ("how an edited face goes back into its picture: face (default) blends only the face (jaw line, "
+                   "brows, forehead) and keeps the hair, neck and background exactly; square blends the whole "
+                   "aligned crop")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -268,6 +271,8 @@ def _add_apply(subparsers: Subparsers) -> None:
     p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
                    help="with --video: how much the face's crop is smoothed over time against landmark jitter "
                         "(default normal; scene cuts restart it)")
+    p.add_argument("--paste-mask", choices=MASKS, default="face",
+                   help="with --video: " + PASTE_MASK_HELP)
     p.add_argument("--face-tracking", choices=("on", "off"), default="on",
                    help="with --video: 'on' (default) runs the face detector only at the first frame, scene cuts, "
                         "a lost or doubtful face and once a second, and follows the face's landmarks in between "
@@ -325,7 +330,7 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
         result = apply_to_video(args.video, args.out, direction, encoder=load_encoder(args.encoder, device=args.device),
                                 generator=load_generator(args.generator, device=args.device),
                                 strength=strengths[0], layers=args.layers, smoothing=args.smoothing,
-                                face_tracking=args.face_tracking == "on",
+                                face_tracking=args.face_tracking == "on", mask=args.paste_mask,
                                 progress=progress)
     finally:
         for bar in bars.values():

@@ -14,7 +14,7 @@ from ..latents import invert, load_direction, load_latents
 from ..networks import load_encoder, load_generator, load_guide
 from ..storage import atomic_write, check_output, same_file
 from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
-                        official_summary, plot_curves, strength_curve, target_pictures)
+                        official_summary, paste_seams, plot_curves, strength_curve, target_pictures)
 from .directions import add_model_options, identity_model, model_files, parse_floats
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -75,7 +75,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
     identity = identity_model(args)
-    faces, photos, what = _faces(args, generator)
+    faces, photos, what, inversion = _faces(args, generator)
     targets = target_pictures(args.target)  # read once for every direction
     print(f"Measuring {len(directions)} direction(s) on {len(faces)} face(s) ({what}), {args.protocol} protocol, "
           f"strengths {', '.join(f'{s:g}' for s in strengths)}.", flush=True)
@@ -84,6 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     recommendations = [curve.recommend(args.min_identity) if any(s > 0 for s in strengths) else None
                        for curve in curves]
     print(metrics_table(curves, recommendations))
+    seams = _seams(args, directions, generator, faces, inversion)
     paper = official_summary(curves, DEFAULT_STRENGTH["official"]) if args.protocol == "official" else None
     if paper:
         cells = ", ".join(f"{name} {mean_std(v['mean'], v['std'])}" for name, v in paper.items())
@@ -91,7 +92,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"(std over directions): {cells}")
     if args.json:
         report = {"faces": what, "protocol": args.protocol, "curves": [c.to_dict() for c in curves],
-                  "recommended": [r.metadata() if r else None for r in recommendations], "paper_style": paper}
+                  "recommended": [r.metadata() if r else None for r in recommendations], "paper_style": paper,
+                  "seams": seams}
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(f"Wrote {args.json}")
@@ -119,18 +121,35 @@ def _strengths(args: argparse.Namespace) -> list[float]:
 
 
 def _faces(args: argparse.Namespace, generator):
-    """(latents, source photos or None, description)."""
+    """(latents, source photos or None, description, the inversion of --photo or None)."""
     if args.latents:
-        return load_latents(args.latents, generator).latents, None, Path(args.latents).name
+        return load_latents(args.latents, generator).latents, None, Path(args.latents).name, None
     if args.photo:
         encoder = load_encoder(args.encoder, device=args.device)
         inversion = invert(args.photo, encoder, landmarks=args.landmarks)
-        return inversion.latents, inversion.crops, f"{len(args.photo)} photo(s), inverted"
+        return inversion.latents, inversion.crops, f"{len(args.photo)} photo(s), inverted", inversion
     count = 8 if args.sample is None else args.sample
     if count < 1:
         raise EssenceError(f"--sample must be at least 1, got {count}.")
     latents = generator.sample_wplus(count, seed=args.seed, truncation=0.7)
-    return latents, None, f"{count} random samples, seed {args.seed}"
+    return latents, None, f"{count} random samples, seed {args.seed}", None
+
+
+def _seams(args: argparse.Namespace, directions, generator, latents, inversion) -> list[dict] | None:
+    """With --photo: each direction pasted back into the photos at the protocol's strength, and how
+    much it changes the pictures across the paste's edge with each mask (``seam_energy``)."""
+    if inversion is None:
+        return None
+    strength = DEFAULT_STRENGTH[args.protocol]
+    photos = [args.photo[source["photo_index"]] for source in inversion.sources]
+    rows = []
+    print(f"Seams at strength {strength:g}, pasted back into the photos (the change across the paste's edge over "
+          f"the photo's own edges there; lower shows less):")
+    for direction in directions:
+        seams = paste_seams(direction, generator, photos, inversion.faces, latents, strength)
+        print(f"  {direction.name}: " + ", ".join(f"{kind} mask {value:.3f}" for kind, value in seams.items()))
+        rows.append({"direction": direction.name, "strength": strength, **seams})
+    return rows
 
 
 def _record(paths, directions, recommendations) -> None:

@@ -22,6 +22,7 @@ back (TargetCLIP uses a random initialisation for targets such as cartoons).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,12 +102,15 @@ class CropTransform:
 
     Coordinates are pixel centres ((0, 0) is the centre of the top-left pixel), in the original,
     upright photo (after EXIF rotation, before any reduction). The mapping is affine; it is kept as a
-    3x3 homogeneous matrix so it composes with other transforms by matrix product.
+    3x3 homogeneous matrix so it composes with other transforms by matrix product. ``landmarks``, the
+    face's 68 points in crop pixels, travel with it because pasting back along the face's outline
+    (``essence.faces.paste``) needs them wherever the transform goes (a ComfyUI socket, a JSON file).
     """
 
     matrix: np.ndarray
     crop_size: int
     photo_size: tuple[int, int]
+    landmarks: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def crop_to_photo(self) -> np.ndarray:
@@ -149,13 +153,18 @@ class CropTransform:
         return warped, mask
 
     def to_dict(self) -> dict[str, Any]:
-        return {"crop_to_photo": self.matrix.tolist(), "crop_size": self.crop_size,
+        data = {"crop_to_photo": self.matrix.tolist(), "crop_size": self.crop_size,
                 "photo_size": list(self.photo_size)}
+        if self.landmarks is not None:
+            data["crop_landmarks"] = np.asarray(self.landmarks).round(3).tolist()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CropTransform":
+        landmarks = data.get("crop_landmarks")
         return cls(np.array(data["crop_to_photo"], dtype=np.float64), int(data["crop_size"]),
-                   (int(data["photo_size"][0]), int(data["photo_size"][1])))
+                   (int(data["photo_size"][0]), int(data["photo_size"][1])),
+                   None if landmarks is None else np.array(landmarks, dtype=np.float64))
 
 
 @dataclass
@@ -330,11 +339,12 @@ def align_detected(photo: Photo, box: Sequence[int], points: np.ndarray, size: i
         raise FaceNotFoundError(f"the face found in {photo.describe()} is too small to align ({qsize:.1f} px).")
     crop, crop_to_work = ffhq_crop(photo.image, quad, qsize, size, transform_size)
     work_to_photo = _scale_matrix(photo.scale)
-    transform = CropTransform(work_to_photo @ crop_to_work, size, photo.size)
     landmarks = photo.to_original(points)
+    transform = CropTransform(work_to_photo @ crop_to_work, size, photo.size)
+    transform = dataclasses.replace(transform, landmarks=transform.to_crop(landmarks))
     l, t, r, b = box
     corners = photo.to_original(np.array([[l, t], [r, b]], dtype=np.float64))
-    return AlignedFace(crop=crop, landmarks=landmarks, crop_landmarks=transform.to_crop(landmarks),
+    return AlignedFace(crop=crop, landmarks=landmarks, crop_landmarks=transform.landmarks,
                        quad=photo.to_original(quad), box=tuple(float(v) for v in corners.reshape(-1)),
                        transform=transform, source=photo.name, photo_sha256=photo.sha256, index=index,
                        file_sha256=photo.file_sha256)

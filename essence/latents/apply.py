@@ -132,9 +132,10 @@ def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengt
 @torch.no_grad()
 def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strength: float = 1.0, *,
                    landmarks: Any = None, layers: str = "all", all_faces: bool = True,
-                   feather: float = 0.1) -> Image.Image:
+                   feather: float = 0.1, mask: str = "face") -> Image.Image:
     """The photo with its faces edited: each face aligned, inverted with e4e, moved by
-    ``strength`` x ``direction``, rendered and pasted back (``paste_back``, soft edge ``feather``).
+    ``strength`` x ``direction``, rendered and pasted back (``paste_back``: along each face's
+    outline with ``mask="face"``, the whole crop with ``"square"``; soft edge ``feather``).
 
     ``photo``: a path or any single image ``essence.faces.load_image`` takes; ``encoder`` an e4e encoder,
     ``landmarks`` the dlib model (or its file; default: looked up). Every face, or only the largest
@@ -146,7 +147,7 @@ def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strengt
     edits = apply_direction(inversion.latents.to(generator.latent_avg.device), direction, strength, layers)
     result = load_image(photo)  # full size: the faces go back where they were found
     for face, image in zip(inversion.faces, model_to_pil(render(generator, edits, what="edited faces"))):
-        result = paste_back(result, image, face.transform, feather)
+        result = paste_back(result, image, face.transform, feather, mask)
     return result
 
 

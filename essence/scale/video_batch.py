@@ -60,6 +60,7 @@ class VideoJob:
     batch_size: int = DEFAULT_BATCH
     chunk_frames: int = DEFAULT_CHUNK
     face_tracking: bool | Tracking = True
+    mask: str = "face"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class VideoWorker:
         if job.direction not in self._directions:
             self._directions[job.direction] = load_direction(job.direction)
         editor = FaceEditor(self.encoder, self.generator, self._directions[job.direction], job.strength, job.layers,
-                            job.feather, job.batch_size)
+                            job.feather, job.batch_size, job.mask)
         info: VideoInfo = task.inputs["info"]
         frames = edit_video_range(info, track, editor, start, stop)
         write_video(frames, task.output, info.rate, (info.width, info.height), segment=True)

@@ -16,7 +16,8 @@ from .loop import (INIT_CHOICES, Start, Target, TrainProgress, TrainResult, Trai
                    target_pictures, train, training_memory)
 from .metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, DirectionMetrics,
                       StrengthCurve, StrengthRecommendation, evaluate_direction, mean_std, metrics_table,
-                      official_summary, parse_strengths, plot_curves, recommend_strength, strength_curve)
+                      official_summary, parse_strengths, paste_seams, plot_curves, recommend_strength, seam_energy,
+                      strength_curve)
 from .modes import DEFAULT_MODE, TRAIN_MODES, TrainMode, modes_help, train_mode
 
 __all__ = [
@@ -28,6 +29,6 @@ __all__ = [
     "CandidateChoice", "CandidateScore", "candidate_starts", "training_starts", "choose_candidate", "metric_scorer",
     "objective_scorer", "train_best_candidate",
     "DirectionMetrics", "StrengthCurve", "StrengthRecommendation", "evaluate_direction", "strength_curve",
-    "recommend_strength", "parse_strengths", "mean_std", "metrics_table", "plot_curves", "official_summary",
+    "recommend_strength", "parse_strengths", "seam_energy", "paste_seams", "mean_std", "metrics_table", "plot_curves", "official_summary",
     "DEFAULT_MIN_IDENTITY", "DEFAULT_STRENGTH", "DEFAULT_STRENGTHS", "PROTOCOLS",
 ]

@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from ..errors import EssenceError, FaceNotFoundError, MissingWeightsError, ShapeError, require_finite
-from ..faces import align_face, load_image, model_to_pil, pil_to_model
+from ..faces import MASKS, align_face, load_image, model_to_pil, paste_back, paste_mask, pil_to_model
 from ..latents import Direction, LatentSet, apply_direction
 from ..networks import DEFAULT_BATCH, ClipGuide, StyleGAN2Generator, render, to_unit
 from ..storage import utc_now
@@ -427,6 +427,55 @@ def _note(notes: list[str], text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- presenting
+
+
+# ----------------------------------------------------------------------------- seams
+
+SEAM_BAND = (0.02, 0.98)  # the blend weights that make the band where an edit meets its photo
+
+
+def seam_energy(original: Any, pasted: Any, weights: torch.Tensor) -> float:
+    """How much a paste changes the picture where the edit meets the photo: over the blend's
+    transition band (weights between ``SEAM_BAND``), the mean squared luminance gradient of the
+    change (pasted minus original), over that of the original itself. 0 means the band is
+    untouched; a box edge through a background the generator redrew gives far more than an edge
+    that follows the face. ``weights`` is ``paste_mask``'s [H, W] for the paste."""
+    band = (weights > SEAM_BAND[0]) & (weights < SEAM_BAND[1])
+    if not band.any():
+        raise EssenceError("the paste has no soft edge to measure (feather 0, or no overlap with the photo).")
+    before = _luminance(original)
+    change = _gradient_energy(_luminance(pasted) - before)
+    return float(change[band].mean() / _gradient_energy(before)[band].mean().clamp_min(1e-8))
+
+
+def paste_seams(direction: Direction, generator: StyleGAN2Generator, photos: Sequence[Any], faces: Sequence[Any],
+                latents: torch.Tensor, strength: float, feather: float = 0.1) -> dict[str, float]:
+    """The mean ``seam_energy`` of ``direction`` at ``strength`` pasted into ``photos`` (one per face
+    of ``faces``, their ``AlignedFace``s, whose ``latents`` these are) with each mask kind."""
+    with torch.no_grad():
+        renders = model_to_pil(render(generator, apply_direction(latents, direction, strength)))
+    seams: dict[str, list[float]] = {kind: [] for kind in MASKS}
+    for photo, face, image in zip(photos, faces, renders):
+        original = load_image(photo)
+        for kind in MASKS:
+            pasted = paste_back(original, image, face.transform, feather, kind)
+            seams[kind].append(seam_energy(original, pasted, paste_mask(face.transform, feather, kind)))
+    return {kind: float(np.mean(values)) for kind, values in seams.items()}
+
+
+def _luminance(image: Any) -> torch.Tensor:
+    """An RGB picture's luminance [H, W] in 0..1."""
+    pixels = torch.from_numpy(np.asarray(load_image(image), dtype=np.float32) / 255.0)
+    return pixels @ torch.tensor([0.299, 0.587, 0.114])
+
+
+def _gradient_energy(luma: torch.Tensor) -> torch.Tensor:
+    """Squared gradient [H, W] (forward differences) of a luminance image."""
+    dx = torch.zeros_like(luma)
+    dy = torch.zeros_like(luma)
+    dx[:, :-1] = luma[:, 1:] - luma[:, :-1]
+    dy[:-1, :] = luma[1:, :] - luma[:-1, :]
+    return dx.square() + dy.square()
 
 
 def mean_std(mean: float, std: float) -> str:

@@ -51,6 +51,7 @@ class FaceEditor:
     layers: str = "all"
     feather: float = 0.1
     batch_size: int = DEFAULT_BATCH
+    mask: str = "face"  # paste along the face's outline, or "square": the whole crop
 
     def faces(self, aligned: Sequence[AlignedFace]) -> torch.Tensor:
         """Aligned faces -> the edited faces [N, S, S, 3] in 0..1, inverted and rendered in batches."""
@@ -82,7 +83,7 @@ class FaceEditor:
         if present:
             faces = self.faces([aligned[i] for i in present])
             for i, face in zip(present, faces):
-                out[i] = paste_back(batch[i], face, aligned[i].transform, self.feather)
+                out[i] = paste_back(batch[i], face, aligned[i].transform, self.feather, self.mask)
         return out
 
 
@@ -159,13 +160,16 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                    landmarks: FaceLandmarker | PathLike | None = None, strength: Strength = 1.0,
                    layers: str = "all", smoothing: Smoothing | str | None = "normal", face_index: int = 0,
                    feather: float = 0.1, batch_size: int = DEFAULT_BATCH,
-                   progress: Progress | None = None, face_tracking: bool | Tracking | None = True) -> VideoResult:
+                   progress: Progress | None = None, face_tracking: bool | Tracking | None = True,
+                   mask: str = "face") -> VideoResult:
     """Apply ``direction`` at ``strength`` to the main face of every frame of ``video``; write ``out``.
 
     ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up).
     ``smoothing``: a preset name (off, light, normal, strong) or ``Smoothing`` settings.
     ``face_tracking``: follow the face between detections (True, the default, or ``Tracking``
     settings; about 10x less CPU per frame) or detect it in every frame (False).
+    ``mask``: paste each edited face along its outline (``"face"``, the default: the frame outside
+    the face is kept exactly) or as the whole soft-edged crop (``"square"``); see ``paste_back``.
     ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes.
     Raises ``VideoInputError`` for an unreadable video or an unusable output name and
     ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
@@ -177,7 +181,7 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
     settings = smoothing_preset(smoothing)
     direction = direction if isinstance(direction, Direction) else load_direction(direction)
     editor = FaceEditor(_encoder(encoder), _generator(generator), direction, strength, layers,
-                        feather, batch_size)
+                        feather, batch_size, mask)
     direction.check_fits(editor.generator)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
     detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames),
