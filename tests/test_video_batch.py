@@ -3,6 +3,8 @@ single-process edit, and a rerun that keeps finished chunks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from fractions import Fraction
 
 import numpy as np
@@ -73,6 +75,12 @@ def test_chunked_on_ray_equals_single_process_and_a_rerun_keeps_finished_chunks(
     assert not parts.exists()  # the chunks go once the video is written
     finished = run_video_job(job, models, progress=False)  # nothing left to do, no worker started
     assert finished.reports == {} and finished.path == job.out
+    # the same output with another strength is another job: made again, never "already complete"
+    before = _frames(job.out)
+    stronger = run_video_job(dataclasses.replace(job, strength=2.0), models, workers=2, progress=False)
+    assert stronger.reports and stronger.reports["edit"].count("done") == 3
+    assert np.abs(_frames(job.out) - before).max() > 10
+    assert run_video_job(dataclasses.replace(job, strength=2.0), models, progress=False).reports == {}
 
 
 def test_chunks_are_whole_tracking_refresh_intervals():
