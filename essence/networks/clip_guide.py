@@ -98,7 +98,8 @@ class ClipGuide(nn.Module):
         PIL images go through exactly the torchvision pipeline ``clip`` uses (bicubic resize of the
         short side, centre crop, to [0, 1], mean/std). Tensors are ComfyUI-style [B, H, W, C] in
         [0, 1] and take the same steps on the tensor (antialiased bicubic), which stays
-        differentiable and is within a few 1e-3 of PIL's resampling.
+        differentiable and differs from PIL's resampling by at most about 0.01 in 0..1 pixel values on
+        an aligned face photo (0.02 on finely textured pictures: the two resize kernels differ).
         """
         if isinstance(images, Image.Image):
             images = [images]
