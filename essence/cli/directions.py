@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from ..errors import EssenceError, MissingWeightsError
+from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
 from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, image_grid, import_targetclip_latents, invert,
                        is_latent_file, load_direction, load_latents, mix_directions, strength_sweep, target_thumbnail)
-from ..networks import load_encoder, load_generator, load_guide, load_identity
-from ..storage import atomic_write, check_output, check_outputs, cli_command, fetch_command
+from ..networks import load_encoder, load_generator, load_guide, optional_identity
+from ..storage import atomic_write, check_output, check_outputs, cli_command
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
 
@@ -34,15 +34,11 @@ PASTE_MASK_HELP = ("how an edited face goes back into its picture: face (default
 def identity_model(args: argparse.Namespace):
     """The ArcFace model of ``--identity`` (or looked up); None, with a note saying what that costs,
     when there is none: the metrics then use their CLIP proxy."""
-    if args.identity:
-        return load_identity(args.identity, device=args.device)
-    try:
-        return load_identity(device=args.device)
-    except MissingWeightsError:
-        print(f"note: no identity model (model_ir_se50.pth) found: identity metrics are absent and the "
-              f"recommended strength uses a CLIP proxy. Get it with: {fetch_command()} arcface-ir-se50",
+    model, missing = optional_identity(args.identity, device=args.device)
+    if missing:
+        print(f"note: {missing}. Identity metrics are absent and the recommended strength uses a CLIP proxy.",
               file=sys.stderr)
-        return None
+    return model
 
 
 def model_files(args: argparse.Namespace) -> list[str]:

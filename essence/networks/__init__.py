@@ -14,7 +14,7 @@ Each network infers its architecture from the weights and loads them with ``stri
 from .clip_guide import ClipGuide, GeneratedMode, import_clip_model, to_unit
 from .e4e import INPUT_SIZE, E4EEncoder, EncoderConfig, build_encoder
 from .identity import IdentityConfig, IdentityEncoder, build_identity
-from .loaders import load_encoder, load_generator, load_guide, load_identity
+from .loaders import load_encoder, load_generator, load_guide, load_identity, optional_identity
 from .rendering import DEFAULT_BATCH, render
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, build_generator
 
@@ -23,6 +23,6 @@ __all__ = [
     "E4EEncoder", "EncoderConfig", "build_encoder", "INPUT_SIZE",
     "IdentityEncoder", "IdentityConfig", "build_identity",
     "ClipGuide", "GeneratedMode", "to_unit", "import_clip_model",
-    "load_generator", "load_encoder", "load_guide", "load_identity",
+    "load_generator", "load_encoder", "load_guide", "load_identity", "optional_identity",
     "render", "DEFAULT_BATCH",
 ]

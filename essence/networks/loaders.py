@@ -13,7 +13,8 @@ from typing import Callable, TypeVar
 import torch
 
 from ..runtime import cached_model, resolve_device
-from ..storage import find_weight
+from ..errors import MissingWeightsError
+from ..storage import fetch_command, find_weight
 from .clip_guide import ClipGuide, load_guide_file
 from .e4e import E4EEncoder, load_encoder_file
 from .identity import IdentityEncoder, load_identity_file
@@ -59,3 +60,17 @@ def load_identity(path: PathLike | None = None, device: str | torch.device | Non
     [B, 512]; the dot product of two is their identity similarity.
     """
     return _load("identity", path, device, load_identity_file, cache)
+
+
+def optional_identity(path: PathLike | None = None,
+                      device: str | torch.device | None = "cpu") -> tuple[IdentityEncoder | None, str | None]:
+    """The identity network where one is only nice to have (metrics, ranking candidates): the file
+    given (which must then exist), else the installed one, else None and a note saying how to get it
+    (the caller says what goes without it)."""
+    if path:
+        return load_identity(path, device), None
+    try:
+        return load_identity(device=device), None
+    except MissingWeightsError:
+        return None, (f"no identity model (model_ir_se50.pth) found; get it with: {fetch_command()} "
+                      f"arcface-ir-se50")

@@ -8,10 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError
 from ..latents import Direction, load_direction
-from ..networks import load_generator, load_guide, load_identity
-from ..storage import fetch_command
+from ..networks import load_generator, load_guide, optional_identity
 from ..training import EssenceJob, encoder_for_start, train_essence
 from .batch import BatchReport, BatchTask, captured_output, run_batch
 
@@ -53,14 +51,10 @@ class TrainWorker:
         installed: the ranking then uses the CLIP proxy, with a note in the task's log)."""
         if self.job.candidates < 2:
             return None
-        try:
-            return load_identity(self.models.identity, device=self.models.device)
-        except MissingWeightsError:
-            if self.models.identity:
-                raise
-            print(f"note: no identity model (model_ir_se50.pth) found: candidates are ranked with a CLIP proxy. "
-                  f"Get it with: {fetch_command()} arcface-ir-se50")
-            return None
+        model, missing = optional_identity(self.models.identity, device=self.models.device)
+        if missing:
+            print(f"note: {missing}. Candidates are ranked with a CLIP proxy.")
+        return model
 
 
 def direction_details(direction: Direction) -> dict[str, Any]:
