@@ -129,26 +129,27 @@ def train_essence(target: Target, generator: StyleGAN2Generator, guide: ClipGuid
     if job.candidates == 1:
         result = train(pictures, faces.latents, generator, guide, start, job.settings, metadata={"init": note},
                        **hooks)
-        return TrainedEssence(trained_direction(result, target, faces, job), result, note)
+        return TrainedEssence(trained_direction(result, target, faces, job, pictures), result, note)
     starts = training_starts(job.candidates, generator, start, job.settings)
     choice = train_best_candidate(pictures, faces.latents, generator, guide, starts, job.settings, identity=identity,
                                   **hooks)
-    candidates = [trained_direction(replace(result, direction=direction), target, faces, job)
+    candidates = [trained_direction(replace(result, direction=direction), target, faces, job, pictures)
                   for result, direction in zip(choice.results, choice.directions)]
     best = choice.ranking[0]
     return TrainedEssence(candidates[best], choice.best_result, note, choice, candidates)
 
 
 def trained_direction(result: TrainResult, target: Target, sources: LatentSet | torch.Tensor,
-                      job: EssenceJob = EssenceJob()) -> Direction:
+                      job: EssenceJob = EssenceJob(), pictures: Any = None) -> Direction:
     """``result``'s direction with the metadata every front end records and the target's thumbnail.
 
     ``target`` is the target as given (paths are recorded by file name); the name defaults to the
     first target file's stem; ``job.mode`` and ``job.init`` are recorded as ``mode`` and
-    ``init_option`` (``train`` records the start actually used as ``init``).
+    ``init_option`` (``train`` records the start actually used as ``init``). ``pictures``: the target
+    already read by ``target_pictures`` (read here otherwise).
     """
     files = _file_names(target)
-    pictures = target_pictures(target)
+    pictures = target_pictures(target) if pictures is None else pictures
     count = len(pictures) if isinstance(pictures, list) else (
         pictures.shape[0] if isinstance(pictures, torch.Tensor) and pictures.ndim == 4 else 1)
     meta: dict[str, Any] = dict(result.direction.meta)
