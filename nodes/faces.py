@@ -59,7 +59,8 @@ def smoothing_inputs() -> dict[str, tuple]:
     return {
         "smoothing": choice(tuple(SMOOTHING_PRESETS), "For video frames: the batch is one clip, and each frame's face "
                             "crop is smoothed over time so the edited face does not shimmer (scene cuts restart "
-                            "it). Keep 'off' for a batch of separate photos.", "off"),
+                            "it; 'offline' looks both ways in each shot, so a moving face is followed without "
+                            "lag). Keep 'off' for a batch of separate photos.", "off"),
         "frame_rate": number(30.0, 1.0, 240.0, "Frames per second of the clip (with smoothing; Get Video "
                              "Components shows it as fps).", 0.001),
     }

@@ -187,7 +187,8 @@ def _add_batch_video(actions: Subparsers) -> None:
                        help="strength (default 1.0); 'auto' is the direction's recommended strength")
     video.add_argument("--layers", choices=LAYER_PRESETS, default="all", help="which W+ rows the direction moves")
     video.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
-                       help="how much the face's crop is smoothed over time (default normal)")
+                       help="how much the face's crop is smoothed over time (default normal; offline: each shot "
+                            "looking both ways, no lag)")
     video.add_argument("--face-tracking", choices=("on", "off"), default="on",
                        help="'on' (default): detect the face at chunk starts, scene cuts, a lost face and once a "
                             "second, and follow its landmarks in between; 'off': detect it in every frame")

@@ -266,7 +266,8 @@ def _add_apply(subparsers: Subparsers) -> None:
                    "the output video")
     p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
                    help="with --video: how much the face's crop is smoothed over time against landmark jitter "
-                        "(default normal; scene cuts restart it)")
+                        "(default normal; scene cuts restart it); offline smooths each shot looking both ways, "
+                        "with no lag on a moving face")
     p.add_argument("--paste-mask", choices=MASKS, default="face",
                    help="with --video: " + PASTE_MASK_HELP)
     p.add_argument("--face-tracking", choices=("on", "off"), default="on",
