@@ -103,7 +103,10 @@ def compile_experiment(device: torch.device, cache_dir: Path, job: dict, timeout
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
-           "TORCHINDUCTOR_AUTOGRAD_CACHE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+           # the repository first, then the caller's path (packages installed beside, e.g. clip from wheels)
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}
     results = []
     for cache in ("cold", "warm"):
         if cache == "warm" and timeout is not None:  # a warm start slower than the cold one is no cache hit

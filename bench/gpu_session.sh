@@ -29,6 +29,8 @@
 # and the trace come from tests/fixtures; the dry run's two target photos (TargetCLIP's, not in the
 # repository) from $FIXTURES, else .gpu/fixtures, else ../shared/fixtures.
 #
+# SECTIONS="name ..." runs only the sections named (a rerun of those that failed).
+#
 # --cpu-dry-run runs every section on the CPU with the tiny fixture models and a few steps, to prove
 # the script works before GPU time is spent on it (its numbers mean nothing).
 set -u
@@ -95,6 +97,9 @@ bench=("$py" -m bench --device "$device" --records "$work/records" "${threads[@]
 section() {
     local name=$1 limit=$2 start left rc
     shift 2
+    if [ -n "${SECTIONS:-}" ] && [[ " $SECTIONS " != *" ${name%_k*} "* ]]; then
+        return  # not asked for: SECTIONS="cuda_check graph_tests ..." reruns only those
+    fi
     start=$(date +%s)
     left=$((budget - (start - began)))
     [ "$left" -lt "$limit" ] && limit=$left

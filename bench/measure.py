@@ -126,7 +126,7 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
     with torch.device(device):
         visual = import_clip_model().VisionTransformer(input_resolution=224, patch_size=32, width=768, layers=12,
                                                        heads=12, output_dim=512)
-    guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False)
+    guide = ClipGuide(visual.eval(), name="ViT-B/32 (random)").requires_grad_(False).to(device)  # its buffers too
     return problem_for(generator, guide, torch.nn.functional.normalize(torch.randn(1, 512), dim=-1))
 
 

@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(os.environ.get("ESSENCE_FIXTURES") or REPO.parent / "shared" / "fixtures")
 
+# cuBLAS gives the same sums run after run only with a fixed workspace, set before its first call
+# (the CUDA tests compare a captured training step with the same step run eagerly, bit for bit)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 # Tiny models on 2 cores run several times faster on one thread (the official training loop on the
 # tiny fixtures: 2.0 s/step with the default threads, 0.22 s/step with one).
 torch.set_num_threads(1)
