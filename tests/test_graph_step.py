@@ -121,10 +121,23 @@ def test_graph_loop_reproduces_the_reference_trace(models, trace, target):
     assert_follows_reference(run, trace)
 
 
+def test_the_default_loop_is_the_graph_loop_on_cuda_and_the_fast_loop_elsewhere(models, trace, target):
+    """Measured on an H200: the replayed step is 1.2-1.4x faster at full size (docs/benchmarks.md)."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert TrainSettings().loop == "auto"
+    assert loop.resolved_loop(TrainSettings(), cuda) == "graph"
+    assert loop.resolved_loop(TrainSettings(), cpu) == "fast"
+    assert loop.resolved_loop(TrainSettings(recompute_from=64), cuda) == "fast"  # cannot be captured
+    assert loop.resolved_loop(TrainSettings(loop="official"), cuda) == "official"
+    assert loop.resolved_loop(TrainSettings(loop="graph"), cpu) == "graph"
+    result = _run(models, trace, target, [trace["init_direction"]], steps=2)[0]
+    assert result.direction.meta["hyperparameters"]["loop"] == "fast"  # what ran, not "auto"
+
+
 def test_graph_loop_refuses_recomputation_and_unknown_loops_are_named():
     with pytest.raises(essence.EssenceError, match="recompute_from does not work with loop 'graph'"):
         TrainSettings(loop="graph", recompute_from=64)
-    with pytest.raises(essence.EssenceError, match="'official', 'fast' or 'graph'"):
+    with pytest.raises(essence.EssenceError, match="'auto', 'official', 'fast' or 'graph'"):
         TrainSettings(loop="compiled")
 
 

@@ -17,7 +17,8 @@ reference does; ``"fast"`` computes it once (the sources never change) and keeps
 host-device synchronisation (best-so-far tracking stays on the device); ``"graph"`` is ``"fast"``
 written as one step with static shapes and no host value at all (both optimisers' updates from device
 tensors, ``essence.training.adam``), which on CUDA is captured once as a CUDA graph and replayed: the same
-numbers without Python's per-operator cost, which dominates the cheap paths. Approximations are separate,
+numbers without Python's per-operator cost, which dominates the cheap paths. ``"auto"``, the default,
+is ``"graph"`` on CUDA and ``"fast"`` elsewhere. Approximations are separate,
 named options: ``autocast="bf16"``/``"fp16"`` runs the generator in reduced precision (CLIP stays float32), and
 ``render_size=256`` lets CLIP see the generator's intermediate RGB at 256 px (CLIP looks at 224 px
 anyway), skipping the two most expensive resolutions. Two exact options
@@ -50,7 +51,7 @@ from ..networks import ClipGuide, GeneratedMode, StyleGAN2Generator, to_unit
 from ..runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .adam import ScheduledAdam, fresh_adam_step_
 
-TrainLoop = Literal["official", "fast", "graph"]
+TrainLoop = Literal["auto", "official", "fast", "graph"]
 GRAPH_WARMUP_STEPS = 3  # steps the "graph" loop runs eagerly (on a side stream) before capturing one on CUDA
 
 
@@ -66,8 +67,9 @@ class TrainSettings:
     lambda_transfer: float = 1.0
     lambda_consistency: float = 0.5
     clip_mode: GeneratedMode = "official"
-    loop: TrainLoop = "fast"  # "official": E(G(w_i)) recomputed every step, as the reference; "graph": the
-    # fast step replayed as a CUDA graph on CUDA (run eagerly elsewhere); all three give the same result
+    loop: TrainLoop = "auto"  # "official": E(G(w_i)) recomputed every step, as the reference; "graph": the
+    # fast step replayed as a CUDA graph on CUDA (run eagerly elsewhere); all three give the same result.
+    # "auto": "graph" on CUDA (1.2-1.4x faster at full size on an H200, 3x at 256 px), else "fast"
     autocast: Literal["bf16", "fp16"] | None = None
     seed: int = 0
     random_init_truncation: float = 0.7
@@ -86,8 +88,8 @@ class TrainSettings:
         for name in ("lambda_transfer", "lambda_consistency"):
             if not math.isfinite(getattr(self, name)):
                 raise EssenceError(f"{name} must be a finite number, got {getattr(self, name)}.")
-        if self.loop not in ("official", "fast", "graph"):
-            raise EssenceError(f"loop must be 'official', 'fast' or 'graph', got {self.loop!r}.")
+        if self.loop not in ("auto", "official", "fast", "graph"):
+            raise EssenceError(f"loop must be 'auto', 'official', 'fast' or 'graph', got {self.loop!r}.")
         if self.loop == "graph" and self.recompute_from is not None:
             raise EssenceError("recompute_from does not work with loop 'graph' (its re-run layers are not "
                                "captured safely in a CUDA graph); use loop 'fast' to save memory that way.")
@@ -412,6 +414,7 @@ def _train_together(target, sources, generator, guide, inits, settings, target_e
             target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
         else:
             target_ = target_embedding(guide, target).clone().to(device)
+        settings = replace(settings, loop=resolved_loop(settings, device))
         torch.manual_seed(settings.seed)
         try:
             return _optimise(sources_, torch.cat(inits_), target_, generator, guide, settings, progress,
@@ -419,6 +422,15 @@ def _train_together(target, sources, generator, guide, inits, settings, target_e
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             _raise_if_out_of_memory(exc, sources_.shape[0], len(inits_), settings.chunk_size)
             raise
+
+
+def resolved_loop(settings: TrainSettings, device: torch.device) -> TrainLoop:
+    """The loop ``settings.loop`` means on ``device``: "auto" is the CUDA-graph loop on CUDA, where
+    replaying the step removes the host's dispatch cost, and "fast" elsewhere (and wherever
+    ``recompute_from`` is set, which the graph loop cannot capture). The result's metadata records it."""
+    if settings.loop != "auto":
+        return settings.loop
+    return "graph" if device.type == "cuda" and settings.recompute_from is None else "fast"
 
 
 def _faces(count: int, candidates: int) -> str:

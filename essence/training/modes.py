@@ -49,17 +49,17 @@ def _mode(name: str, exact: bool, help: str, **overrides: Any) -> TrainMode:
 
 TRAIN_MODES: dict[str, TrainMode] = {mode.name: mode for mode in (
     _mode("fast", True, "the official result, with the sources' CLIP embeddings computed once instead of "
-          "every step", loop="fast"),
+          "every step (on CUDA the step is replayed as a CUDA graph)", loop="auto"),
     _mode("official", True, "the official loop step for step, re-embedding the unchanged sources every "
           "step (slower; for comparison)", loop="official"),
     _mode("fast+bf16", False, "the generator renders in bfloat16 (CLIP stays float32); about half "
-          "the memory", loop="fast", autocast="bf16"),
+          "the memory", loop="auto", autocast="bf16"),
     _mode("fast+fp16", False, "the generator renders in float16 (CLIP stays float32); for devices "
-          "without bfloat16", loop="fast", autocast="fp16"),
+          "without bfloat16", loop="auto", autocast="fp16"),
     _mode("fast+256px", False, "CLIP sees the generator's 256 px intermediate image, skipping the "
-          "larger layers; faster and about a quarter of the memory", loop="fast", render_size=256),
+          "larger layers; faster and about a quarter of the memory", loop="auto", render_size=256),
     _mode("fast+bf16+256px", False, "the generator renders in bfloat16 and CLIP (float32) sees its 256 px "
-          "intermediate image; the least memory", loop="fast", autocast="bf16", render_size=256),
+          "intermediate image; the least memory", loop="auto", autocast="bf16", render_size=256),
 )}
 DEFAULT_MODE = "fast"
 
