@@ -17,7 +17,6 @@ from typing import Callable
 
 import pytest
 import torch
-
 from pictures import Pictures, write_pictures
 from targetclip_files import write_targetclip_files
 
@@ -68,6 +67,7 @@ def _isolated_weights(monkeypatch, tmp_path_factory):
 
     monkeypatch.setenv("ESSENCE_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-weights")))
     monkeypatch.setenv("ESSENCE_REPO_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-repo-weights")))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no-torch-hub")))  # where AlexNet is also looked for
     monkeypatch.delenv("ESSENCE_CLI", raising=False)  # messages name `python -m essence`, not ./run's command
     essence.clear_model_cache()
     yield

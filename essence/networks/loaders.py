@@ -12,12 +12,13 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..runtime import cached_model, resolve_device
 from ..errors import MissingWeightsError
+from ..runtime import cached_model, resolve_device
 from ..storage import fetch_command, find_weight
 from .clip_guide import ClipGuide, load_guide_file
 from .e4e import E4EEncoder, load_encoder_file
 from .identity import IdentityEncoder, load_identity_file
+from .perceptual import load_perceptual_file
 from .stylegan2 import StyleGAN2Generator, load_generator_file
 
 PathLike = str | os.PathLike
@@ -60,6 +61,14 @@ def load_identity(path: PathLike | None = None, device: str | torch.device | Non
     [B, 512]; the dot product of two is their identity similarity.
     """
     return _load("identity", path, device, load_identity_file, cache)
+
+
+def load_perceptual(path: PathLike | None = None, device: str | torch.device | None = "cpu",
+                    cache: bool = True) -> torch.nn.Module:
+    """LPIPS(alex), the perceptual distance of pivotal tuning: the ``lpips`` package's network with
+    its heads, and torchvision's AlexNet from ``alexnet-owt-7be5be79.pth``. ``model(a, b)`` takes
+    images [B, 3, H, W] in [-1, 1] and gives [B, 1, 1, 1]."""
+    return _load("perceptual", path, device, load_perceptual_file, cache)
 
 
 def optional_identity(path: PathLike | None = None,

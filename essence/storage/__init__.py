@@ -10,7 +10,7 @@
 Nothing here knows about networks or faces; every layer above stores and loads through it.
 """
 
-from .checkpoints import (build_loaded, describe_contents, is_torchscript_archive, load_torch_file,
+from .checkpoints import (build_loaded, describe_contents, is_torchscript_archive, load_state_strict, load_torch_file,
                           refuse_torchscript_load_code)
 from .downloads import download, fetch_weight
 from .files import (atomic_write, checked_stem, encode_metadata, folder_lock, load_npy_checked, next_numbered_path,
@@ -26,7 +26,8 @@ __all__ = [
     "atomic_write", "remove_temp_files", "save_safetensors_atomic", "write_numbered", "save_safetensors_numbered",
     "next_numbered_path", "checked_stem", "folder_lock", "read_safetensors_header", "read_typed_file",
     "encode_metadata", "load_npy_checked", "npy_shape", "utc_now",
-    "load_torch_file", "build_loaded", "describe_contents", "is_torchscript_archive", "refuse_torchscript_load_code",
+    "load_torch_file", "load_state_strict", "build_loaded", "describe_contents", "is_torchscript_archive",
+    "refuse_torchscript_load_code",
     "cli_command", "check_output", "check_outputs", "same_file",
     "WeightSpec", "load_manifest", "get_spec", "spec_for_generator", "demo_specs", "find_weight", "locate",
     "weight_status", "file_sha256", "fetch_command", "get_it_lines", "default_weights_dir", "set_folder_provider",

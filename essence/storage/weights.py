@@ -16,7 +16,7 @@ Lookup order (first hit wins):
 4. Essence's own weights folder: the checkout's ``weights/`` when Essence runs from a checkout
    (also the ComfyUI pack's folder), else the per-user data folder's ``weights/`` (e.g.
    ``~/.local/share/essence/weights``); ``$ESSENCE_REPO_WEIGHTS_DIR`` replaces it,
-5. for the landmarks file only, where other packages install it (``installed_package_dirs``).
+5. for the landmarks and AlexNet files only, where other packages put them (``installed_package_dirs``).
 
 Downloads go to the first ``$ESSENCE_WEIGHTS_DIR`` folder when it is set, else to folder 4.
 This module is stdlib-only so that listing and locating weights stays cheap and never needs torch.
@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ..errors import CorruptFileError, EssenceError, MissingWeightsError
 from .installation import checkout_root, cli_command, package_dir, user_data_dir
 
-ROLES = ("generator", "encoder", "guide", "landmarks", "identity")
+ROLES = ("generator", "encoder", "guide", "landmarks", "identity", "perceptual")
 STATUSES = ("present", "missing", "corrupt", "unverified")
 
 ENV_WEIGHTS_DIR = "ESSENCE_WEIGHTS_DIR"
@@ -360,10 +360,13 @@ def search_dirs(spec: WeightSpec | None = None) -> list[tuple[str, Path]]:
 def installed_package_dirs(role: str) -> list[tuple[str, Path]]:
     """Folders where other installers put a known file, searched last.
 
-    Only the landmarks role has any: PyPI's ``face-recognition-models`` and Debian's
-    ``libdlib-data`` both ship ``shape_predictor_68_face_landmarks.dat``. The PyPI package is
-    located without importing it (its ``__init__`` imports ``pkg_resources``).
+    Two roles have any. Landmarks: PyPI's ``face-recognition-models`` and Debian's
+    ``libdlib-data`` both ship ``shape_predictor_68_face_landmarks.dat``; the PyPI package is
+    located without importing it (its ``__init__`` imports ``pkg_resources``). Perceptual: torch's
+    hub cache, where torchvision (and the lpips package) keep ``alexnet-owt-7be5be79.pth``.
     """
+    if role == "perceptual":
+        return [("torch hub cache", torch_hub_dir() / "checkpoints")]
     if role != "landmarks":
         return []
     places = []
@@ -376,6 +379,16 @@ def installed_package_dirs(role: str) -> list[tuple[str, Path]]:
             places.append(("PyPI package face-recognition-models", Path(location) / "models"))
     places.append(("Debian package libdlib-data", Path("/usr/share/dlib")))
     return places
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, else
+    ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``."""
+    torch_home = os.environ.get("TORCH_HOME")
+    if not torch_home:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        torch_home = os.path.join(cache, "torch")
+    return Path(torch_home).expanduser() / "hub"
 
 
 def _dedupe(places: Iterable[tuple[str, Path]]) -> list[tuple[str, Path]]:
