@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare .gpu/ for bench/gpu_session.sh on a GPU machine that cannot reach the package index:
-#   .gpu/whl       wheels of the packages that machine's Python may lack (clip-anytorch, pytest: pure Python)
+#   .gpu/whl       wheels of the packages that machine's Python may lack (clip-anytorch, lpips, pytest:
+#                  pure Python)
 #   .gpu/fixtures  the two target photos the dry run's precision study reads (TargetCLIP's face_a.jpg
 #                  and face_b.jpg, which the repository may not hold; the tiny models and the trace
 #                  the CUDA checks read travel in tests/fixtures)
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 fixtures=${1:-../shared/fixtures}
 py=${PYTHON:-python3}
 mkdir -p .gpu/whl .gpu/fixtures
-"$py" -m pip download --quiet --no-deps --only-binary=:all: -d .gpu/whl "clip-anytorch>=2.5"
+"$py" -m pip download --quiet --no-deps --only-binary=:all: -d .gpu/whl "clip-anytorch>=2.5" "lpips>=0.1.4"
 # pytest for the CUDA tests (tests/test_graph_step.py), with what it needs
 "$py" -m pip download --quiet --only-binary=:all: -d .gpu/whl "pytest>=8"
 for f in face_a.jpg face_b.jpg; do

@@ -13,6 +13,8 @@
 #                float32) and bench/graph_step.py (fast vs graph replay per step for fast, fast+256px and
 #                fast+bf16+256px at full size, checked against each other)
 #   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
+#   tuning       pivotal tuning of one photo at full size: PTI's step and STIT's (with the locality
+#                probe), seconds per step and per photo, peak memory (bench/tuning.py)
 #   breakdown    profile of 3 fast steps by operator category and resolution, with roofline numbers
 #   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
 #                full-size models with random weights
@@ -56,7 +58,7 @@ py=${PYTHON:-}
 if [ -z "$py" ]; then
     if python3 -c "import torch" 2>/dev/null; then py=python3; else ./run bench --help > /dev/null && py=.venv/bin/python; fi
 fi
-if ! "$py" -c "import pytest; from essence.networks import import_clip_model; import_clip_model()" 2>/dev/null; then
+if ! "$py" -c "import pytest; from essence.networks import import_clip_model; import_clip_model(); import lpips" 2>/dev/null; then
     if ls .gpu/whl/*.whl > /dev/null 2>&1; then
         "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/essence-site \
             .gpu/whl/*.whl 2>&1 | tail -2
@@ -135,6 +137,11 @@ else  # one process per K, so a K cut short by the budget keeps the others' reco
         section candidates_k$k 45 "${bench[@]}" --only candidates --candidates $k --train-steps 10 \
             --json "$work/candidates_k$k.json"
     done
+fi
+if [ $dry = 1 ]; then
+    section tuning 120 "$py" bench/tuning.py --device cpu --fixtures "$models" --steps 8 --records "$work/records"
+else
+    section tuning 90 "$py" bench/tuning.py --device cuda --steps 40 --records "$work/records"
 fi
 section breakdown 100 "${bench[@]}" --only breakdown --profile-steps 3 "${study[@]}" --breakdown-md "$work/breakdown.md" \
     --json "$work/breakdown.json"
