@@ -16,6 +16,10 @@ smoothed over time (``essence.faces.track``) so the edited face does not shimmer
 because a batch of unrelated photos must not be smoothed together. Such a clip is face-tracked as
 ``essence apply --video`` tracks it: detected at the first frame, scene cuts and once a second, followed
 in between.
+
+Pivotal tuning (``refine = pti`` on Invert Face) tunes the connected generator to each photo's face;
+the tuned weights travel inside the latents output, so Apply Essence, Render Latents and Strength
+Sweep draw those faces with them, and Paste Back puts back a face that keeps the photo's likeness.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .. import essence
-from ..essence.errors import FaceIndexError, FaceNotFoundError
+from ..essence.errors import EssenceError, FaceIndexError, FaceNotFoundError
 from ..essence.faces import (MASKS, MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces,
                              align_photos, paste_back, pil_to_comfy, smoothing_preset)
-from ..essence.latents import invert, invert_aligned
-from ..essence.networks import INPUT_SIZE
+from ..essence.latents import PTI, REFINEMENTS, invert, invert_aligned
+from ..essence.networks import INPUT_SIZE, load_perceptual
 from . import host
 from . import types as T
 from .inputs import choice, integer, link, number
@@ -156,7 +160,9 @@ class EssenceInvertFace:
     DESCRIPTION = ("Aligns a face in each photo and encodes it with e4e into a W+ latent that the generator "
                    "renders back as (nearly) that face. Edit the latents (Apply Essence), render them, and paste "
                    "the result back into the photo with Paste Back using the alignment output. A photo without a "
-                   "face stops the graph with a message naming it, unless no_face is 'skip'.")
+                   "face stops the graph with a message naming it, unless no_face is 'skip'. With refine 'pti' the "
+                   "connected generator is also tuned to each face (pivotal tuning), so that it draws the photo's "
+                   "own face; the tuned weights travel with the latents to Render Latents and Strength Sweep.")
     CATEGORY = CATEGORY
     FUNCTION = "invert"
     RETURN_TYPES = (T.LATENT, "IMAGE", T.ALIGNMENT)
@@ -174,22 +180,67 @@ class EssenceInvertFace:
                 "images": images_input("Photo(s) with a face; each image of a batch is one photo."),
                 "face_index": face_index_input(),
             },
-            "optional": {"no_face": no_face_input(), **smoothing_inputs()},
+            "optional": {
+                "no_face": no_face_input(), **smoothing_inputs(),
+                "refine": choice(REFINEMENTS, "pti: after e4e, tune the generator to each face (pivotal tuning, "
+                                 "PTI's settings) so that it draws the photo's own face; slower (up to pti_steps "
+                                 "steps a face) and about 56 MB of memory a face at 1024 px. Needs the generator "
+                                 "input and LPIPS's AlexNet file (alexnet-owt-7be5be79.pth in models/essence_lpips).",
+                                 "none"),
+                "generator": link(T.GENERATOR, "With refine 'pti': the generator to tune (the one that will "
+                                  "render these latents)."),
+                "pti_steps": integer(PTI.steps, 1, 2000, f"With refine 'pti': at most this many tuning steps a "
+                                     f"face (PTI stops a face earlier once its LPIPS is {PTI.lpips_stop})."),
+            },
         }
 
     def invert(self, encoder: essence.networks.E4EEncoder, landmarks: essence.faces.FaceLandmarker,
                images: torch.Tensor, face_index: int, no_face: str = "error", smoothing: str = "off",
-               frame_rate: float = 30.0) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+               frame_rate: float = 30.0, refine: str = "none", generator: Any = None,
+               pti_steps: int = PTI.steps) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+        if refine == "pti" and generator is None:
+            raise EssenceError("refine 'pti' tunes a generator to each face: connect the generator input (Load "
+                               "Essence Generator), or set refine to 'none'.")
+        if refine == "pti" and smoothing != "off":
+            raise EssenceError("refine 'pti' tunes the generator to separate photos; the frames of a clip "
+                               "(smoothing on) are not tuned yet. Set refine to 'none' or smoothing to 'off'.")
         if smoothing != "off":  # the frames of one clip: aligned with the smoothed track, then inverted
             chosen = align_batch(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
             with host.models_on_compute_device(encoder):
                 inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
             return (inversion.latent_set(), *crops_and_alignment(chosen, images))
-        with skip_hint(no_face), host.models_on_compute_device(encoder):
+        models = (encoder,) if refine == "none" else (encoder, generator)
+        with skip_hint(no_face), host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
+            tuning = {} if refine == "none" else _pti_options(generator, pti_steps)
             inversion = invert(images, encoder, landmarks=landmarks, face_index=face_index,
-                               skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])))
+                               skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])),
+                               generator=generator, **tuning)
         chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
-        return (inversion.latent_set(), *crops_and_alignment(chosen, images))
+        latent_set = inversion.latent_set(generator) if generator is not None else inversion.latent_set()
+        return (latent_set, *crops_and_alignment(chosen, images))
+
+
+def _tuning_memory(refine: str) -> int:
+    """Bytes pivotal tuning needs besides the weights: 3.0 GB measured for a 1024 px face on an H200
+    (bench/tuning.py), with room to spare."""
+    return int(3.5 * 2**30) if refine == "pti" else 0
+
+
+def _pti_options(generator: essence.networks.StyleGAN2Generator, steps: int) -> dict[str, Any]:
+    """``invert``'s pivotal-tuning arguments: LPIPS on the generator's device, PTI's settings with
+    ``steps``, and a progress bar over every face's steps that stops on Cancel."""
+    from dataclasses import replace
+
+    bar: list[host.Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        host.check_interrupt()
+        if not bar:
+            bar.append(host.Progress(total))
+        bar[0].update(done)
+
+    return {"refine": "pti", "perceptual": load_perceptual(device=generator.latent_avg.device),
+            "tuning": replace(PTI, steps=steps), "tuning_progress": progress}
 
 
 class EssencePasteBack:

@@ -54,7 +54,8 @@ class EssenceRender:
                resolution: str = "full") -> tuple[torch.Tensor]:
         with host.models_on_compute_device(generator):
             wplus = generator.to_wplus(latents.latents)
-            images = render(generator, wplus, stop_at=stop_at(generator, resolution), between_batches=host.check_interrupt)
+            images = render(generator, wplus, stop_at=stop_at(generator, resolution), between_batches=host.check_interrupt,
+                            tuned=latents.tuned_rows())  # faces tuned to their photos (Invert Face's pti)
         return (to_comfy_image(images, host.intermediate_device()),)
 
 
@@ -86,6 +87,6 @@ class EssenceStrengthSweep:
         strengths = torch.linspace(strength_start, strength_end, steps).tolist()
         with host.models_on_compute_device(generator):
             images = strength_sweep(generator, latents.latents, direction, strengths, layers,
-                                    between_batches=host.check_interrupt)
+                                    between_batches=host.check_interrupt, tuned=latents.tuned_rows())
         grid = image_grid(images, columns=steps)
         return (grid_to_comfy_image(grid, host.intermediate_device()),)

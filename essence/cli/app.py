@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 from ..errors import DeviceMemoryError, EssenceError, EssenceWarning
 from ..faces import align_faces, load_landmarker, model_to_pil
-from ..latents import invert, sample_latents
+from ..latents import invert, sample_latents, tuned_path
 from ..networks import load_encoder, load_generator
 from ..runtime import describe_device, resolve_device
 from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cli_command, default_weights_dir,
@@ -30,7 +30,7 @@ from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cl
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
-from .directions import add_training_options, parse_floats, training_progress_bar
+from .directions import add_refine_options, add_training_options, parse_floats, refine_options, training_progress_bar
 from .metrics import SUBCOMMANDS as METRICS_COMMANDS
 
 EXIT_OK = 0
@@ -345,27 +345,32 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
                              "file's own decoder)")
     invert.add_argument("--landmarks", type=Path, default=None, help="dlib shape_predictor_68_face_landmarks.dat")
     invert.add_argument("--reconstruction", type=Path, default=None, metavar="DIR",
-                        help="also write G(latent) for each face as PNG into DIR")
+                        help="also write G(latent) for each face as PNG into DIR (with --refine pti: drawn by the "
+                             "generator tuned to that face)")
     invert.add_argument("--all-faces", action="store_true", help="every face, not only the largest")
     invert.add_argument("--skip-missing", action="store_true", help="skip photos without a face")
     invert.add_argument("--batch-size", type=int, default=4)
     invert.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    add_refine_options(invert)
     invert.set_defaults(handler=_cmd_invert)
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    inputs = [*args.photos, args.encoder, args.generator, args.landmarks]
+    inputs = [*args.photos, args.encoder, args.generator, args.landmarks, args.lpips]
     check_output(args.out, inputs)
+    if args.refine != "none":
+        check_output(tuned_path(args.out), [*inputs, args.out], what="the tuned weights beside --out")
     if args.reconstruction is not None:
         check_output(args.reconstruction, [*inputs, args.out], what="--reconstruction", folder=True)
     encoder_file = find_weight("encoder", explicit_path=args.encoder)
     encoder = load_encoder(encoder_file, device=args.device)
     generator = None
-    if args.generator is not None or args.reconstruction is not None:
+    if args.generator is not None or args.reconstruction is not None or args.refine != "none":
         generator = load_generator(args.generator or encoder_file, device=args.device)
+    refine = refine_options(args, generator.latent_avg.device if generator is not None else None)
     result = invert(args.photos, encoder, landmarks=args.landmarks, batch_size=args.batch_size,
                     return_reconstruction=args.reconstruction is not None, generator=generator,
-                    all_faces=args.all_faces, skip_missing=args.skip_missing)
+                    all_faces=args.all_faces, skip_missing=args.skip_missing, **refine)
     for name, reason in result.failures:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     path = result.latent_set(generator, encoder_name=encoder_file.name).save(args.out)
@@ -378,6 +383,10 @@ def _cmd_invert(args: argparse.Namespace) -> int:
                 image.save(tmp, format="PNG")
     _, n, d = result.latents.shape
     print(f"wrote {len(result.faces)} latent(s) ({n} x {d} W+) to {path}")
+    if result.tunings:
+        size = sum(t.nbytes for t in result.tunings.values()) / 2**20
+        print(f"wrote the generator tuned to each face ({len(result.tunings)} x float16 differences, {size:.1f} MB) "
+              f"to {tuned_path(path)}; keep it beside {path.name}")
     for source in result.sources:
         print(f"  {source['name']} face {source['face']}  sha256 {source['sha256'][:12]}")
     return EXIT_OK  # photos without a face were skipped on request (--skip-missing) and reported

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import torch
 
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
-from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, image_grid, import_targetclip_latents, invert,
-                       is_latent_file, load_direction, load_latents, mix_directions, strength_sweep, target_thumbnail)
-from ..networks import load_encoder, load_generator, load_guide, optional_identity
+from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, Direction, image_grid,
+                       import_targetclip_latents, invert, is_latent_file, load_direction, load_latents, mix_directions,
+                       strength_sweep, target_thumbnail)
+from ..networks import load_encoder, load_generator, load_guide, load_perceptual, optional_identity
 from ..storage import atomic_write, check_output, check_outputs, cli_command
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
@@ -43,8 +45,47 @@ def identity_model(args: argparse.Namespace):
 
 def model_files(args: argparse.Namespace) -> list[str]:
     """The model files a command was given (inputs no output may replace)."""
-    return [getattr(args, name) for name in ("generator", "guide", "encoder", "identity", "landmarks")
+    return [getattr(args, name) for name in ("generator", "guide", "encoder", "identity", "landmarks", "lpips")
             if getattr(args, name, None)]
+
+
+def add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """``--refine``, ``--pti-steps`` and ``--lpips``: pivotal tuning after e4e (``invert``, ``apply``)."""
+    parser.add_argument("--refine", choices=REFINEMENTS, default="none",
+                        help="pti: after e4e, tune the generator to each face (pivotal tuning, PTI's settings) so "
+                             "that it draws the photo's own face; slower (up to 350 steps a face) and the "
+                             "latent file gets a companion <name>.tuned.safetensors (about 56 MB a face at "
+                             "1024 px). Default none")
+    parser.add_argument("--pti-steps", type=int, default=None,
+                        help=f"with --refine pti: at most this many tuning steps a face (default {PTI.steps}; "
+                             f"PTI stops a face earlier once its LPIPS is {PTI.lpips_stop})")
+    parser.add_argument("--lpips", default=None,
+                        help="with --refine pti: torchvision's AlexNet file for LPIPS (default: looked up as "
+                             "alexnet-owt-7be5be79.pth)")
+
+
+def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """``invert``'s refinement arguments from ``add_refine_options``' options, with a progress bar."""
+    if args.refine == "none":
+        if args.pti_steps is not None:
+            raise EssenceError("--pti-steps needs --refine pti.")
+        return {}
+    steps = PTI.steps if args.pti_steps is None else args.pti_steps
+    if steps < 1:
+        raise EssenceError(f"--pti-steps must be at least 1, got {steps}.")
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", desc="pivotal tuning", dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
+        if done == total:
+            bars[0].close()
+
+    return {"refine": args.refine, "perceptual": load_perceptual(args.lpips, device=device),
+            "tuning": replace(PTI, steps=steps), "tuning_progress": progress}
 
 
 def add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
@@ -274,6 +315,7 @@ def _add_apply(subparsers: Subparsers) -> None:
                    help="with --video: 'on' (default) runs the face detector only at the first frame, scene cuts, "
                         "a lost or doubtful face and once a second, and follows the face's landmarks in between "
                         "(about 10x less CPU per frame); 'off' detects the face in every frame")
+    add_refine_options(p)
     add_model_options(p, encoder=True)
     p.set_defaults(handler=_cmd_apply)
 
@@ -287,19 +329,24 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
+    if args.refine != "none" and not args.photo:
+        raise EssenceError("--refine pti tunes the generator to photos: use it with --photo (latents from "
+                           "`invert --refine pti` carry their tuning with them; clips are not tuned yet).")
     if args.video:
         return _apply_video(args, direction, strengths)
     generator = load_generator(args.generator, device=args.device)
     direction.check_fits(generator, what=", ".join(args.directions))
+    tuned = None
     if args.latents:
-        latents = load_latents(args.latents, generator).latents
+        latent_set = load_latents(args.latents, generator)
+        latents, tuned = latent_set.latents, latent_set.tuned_rows()  # a missing companion file stops here
     elif args.photo:
-
         encoder = load_encoder(args.encoder, device=args.device)
-        latents = invert(args.photo, encoder).latents
+        inversion = invert(args.photo, encoder, generator=generator, **refine_options(args, generator.latent_avg.device))
+        latents, tuned = inversion.latents, inversion.tuned_rows()
     else:
         latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
-    images = strength_sweep(generator, latents, direction, strengths, layers=args.layers)
+    images = strength_sweep(generator, latents, direction, strengths, layers=args.layers, tuned=tuned)
     _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
     print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
     return 0

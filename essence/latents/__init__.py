@@ -5,6 +5,7 @@
 - ``direction``: ``Direction``, the direction file format, the latent space it belongs to and its
   recommended strength;
 - ``invert``: photos to W+ latents (alignment, then e4e in batches, cached by content);
+- ``tuning``: pivotal tuning, the generator tuned to a photo around its e4e latent (PTI, STIT);
 - ``apply``: ``w + strength * d`` with per-layer presets, mixes, strength sweeps, a photo edited end to end.
 """
 
@@ -12,16 +13,18 @@ from .apply import (LAYER_PRESETS, Strength, apply_direction, apply_to_photo, ed
                     mix_directions, strength_sweep)
 from .direction import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, LatentSpace, direction_metadata,
                         load_direction, target_thumbnail)
-from .inversion import Inversion, clear_inversion_cache, invert, invert_aligned
+from .inversion import REFINEMENTS, Inversion, clear_inversion_cache, invert, invert_aligned
 from .latent_set import (LatentSet, generator_info, import_targetclip_latents, is_latent_file, load_latents,
-                         sample_latents, save_latents)
+                         sample_latents, save_latents, tuned_path)
+from .tuning import PTI, STIT, TuningSettings, TuningStep, tune_generator
 
 __all__ = [
     "LatentSet", "load_latents", "save_latents", "sample_latents", "is_latent_file", "import_targetclip_latents",
-    "generator_info",
+    "generator_info", "tuned_path",
     "Direction", "LatentSpace", "load_direction", "direction_metadata", "target_thumbnail", "AUTO_STRENGTH_KEY",
     "FALLBACK_STRENGTH",
-    "invert", "invert_aligned", "Inversion", "clear_inversion_cache",
+    "invert", "invert_aligned", "Inversion", "clear_inversion_cache", "REFINEMENTS",
     "apply_direction", "edit_latents", "apply_to_photo", "mix_directions", "strength_sweep", "image_grid", "LAYER_PRESETS",
     "Strength",
+    "tune_generator", "TuningSettings", "TuningStep", "PTI", "STIT",
 ]

@@ -16,10 +16,11 @@ from PIL import Image
 
 from ..errors import EssenceError, IncompatibleLatentSpaceError, ShapeError, require_finite
 from ..faces import load_image, model_to_pil, paste_back
-from ..networks import DEFAULT_BATCH, render
+from ..networks import DEFAULT_BATCH, TunedWeights, render
 from .direction import Direction, direction_metadata
 from .inversion import invert
 from .latent_set import LatentSet
+from .tuning import PTI, TuningSettings
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -118,21 +119,26 @@ def mix_directions(directions: Sequence[Direction], weights: Sequence[float] | N
 @torch.no_grad()
 def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengths: Sequence[float],
                    layers: str = "all", batch_size: int = DEFAULT_BATCH,
-                   between_batches: Callable[[], None] | None = None) -> torch.Tensor:
+                   between_batches: Callable[[], None] | None = None,
+                   tuned: Sequence[TunedWeights | None] | None = None) -> torch.Tensor:
     """Render every source at every strength: images [len(sources) * len(strengths), 3, S, S] float32 on
     the CPU, row-major (one row per source), in the generator's [-1, 1] range, rendered as ``render``
-    does (``batch_size`` at a time, smaller on out-of-memory; ``between_batches`` before each)."""
+    does (``batch_size`` at a time, smaller on out-of-memory; ``between_batches`` before each).
+    ``tuned``: each source's tuned weights (``LatentSet.tuned_rows()``), used at every strength."""
     direction.check_fits(generator)
     require_finite(list(strengths), "the strengths")
     wplus = generator.to_wplus(wplus.to(generator.latent_avg.device))
     edits = torch.cat([apply_direction(w[None], direction, s, layers) for w in wplus for s in strengths])
-    return render(generator, edits, batch_size, what="strength-sweep images", between_batches=between_batches)
+    per_edit = None if tuned is None else [weights for weights in tuned for _ in strengths]
+    return render(generator, edits, batch_size, what="strength-sweep images", between_batches=between_batches,
+                  tuned=per_edit)
 
 
 @torch.no_grad()
 def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strength: float = 1.0, *,
                    landmarks: Any = None, layers: str = "all", all_faces: bool = True,
-                   feather: float = 0.1, mask: str = "face") -> Image.Image:
+                   feather: float = 0.1, mask: str = "face", refine: str = "none", perceptual: Any = None,
+                   tuning: TuningSettings = PTI) -> Image.Image:
     """The photo with its faces edited: each face aligned, inverted with e4e, moved by
     ``strength`` x ``direction``, rendered and pasted back (``paste_back``: along each face's
     outline with ``mask="face"``, the whole crop with ``"square"``; soft edge ``feather``).
@@ -140,13 +146,16 @@ def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strengt
     ``photo``: a path or any single image ``essence.faces.load_image`` takes; ``encoder`` an e4e encoder,
     ``landmarks`` the dlib model (or its file; default: looked up). Every face, or only the largest
     with ``all_faces=False``. A photo without a face raises ``FaceNotFoundError`` naming it.
-    Returns the full-size RGB photo.
+    ``refine="pti"`` first tunes the generator to each face (``invert``'s pivotal tuning), so that
+    the edited face keeps the photo's likeness. Returns the full-size RGB photo.
     """
     direction.check_fits(generator)
-    inversion = invert([photo], encoder, landmarks=landmarks, all_faces=all_faces)
+    inversion = invert([photo], encoder, landmarks=landmarks, all_faces=all_faces, generator=generator,
+                       refine=refine, perceptual=perceptual, tuning=tuning)
     edits = apply_direction(inversion.latents.to(generator.latent_avg.device), direction, strength, layers)
     result = load_image(photo)  # full size: the faces go back where they were found
-    for face, image in zip(inversion.faces, model_to_pil(render(generator, edits, what="edited faces"))):
+    drawn = render(generator, edits, what="edited faces", tuned=inversion.tuned_rows())
+    for face, image in zip(inversion.faces, model_to_pil(drawn)):
         result = paste_back(result, image, face.transform, feather, mask)
     return result
 

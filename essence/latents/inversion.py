@@ -5,6 +5,11 @@
 faces are encoded in batches, and every result is kept in a small in-memory cache keyed by the
 photo's content (pixel sha256), the encoder's weights and the alignment recipe, so inverting the
 same photo again (the same file, or the same pixels from ComfyUI) costs a hash, not a network pass.
+
+``refine="pti"`` then tunes the generator to each face (pivotal tuning, ``latents.tuning``): e4e's
+latent stays the face's pivot, and the generator learns to draw the photo's own crop from it. The
+tuned weights travel with the latents (``LatentSet.tuned``) and are not cached: each is a copy of
+the generator's synthesis weights.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from ..errors import FaceIndexError, FaceNotFoundError
+from ..errors import EssenceError, FaceIndexError, FaceNotFoundError
 from ..faces import (RECIPE, AlignedFace, FaceLandmarker, ImageSource, align_faces, load_landmarker, load_photos,
-                     nothing_found,
-                     pil_to_model)
-from ..networks import INPUT_SIZE, E4EEncoder, load_encoder, load_generator, render
+                     nothing_found, pil_to_model, realign)
+from ..networks import INPUT_SIZE, E4EEncoder, TunedWeights, load_encoder, load_generator, load_perceptual, render
 from .latent_set import LatentSet, generator_info
+from .tuning import PTI, TuningSettings, tune_generator
 
 PathLike = str | os.PathLike
 CACHE_SIZE = 256  # photos; a W+ latent is 36 kB, a 256 px crop 200 kB
+REFINEMENTS = ("none", "pti")  # after e4e: nothing, or pivotal tuning of the generator to each face
 
 
 @dataclass
@@ -38,7 +44,8 @@ class Inversion:
     crop-to-photo transforms; ``sources`` the provenance of each row (for latent files);
     ``reconstructions`` G(latents) [N, 3, S, S] in about [-1, 1] when asked for; ``failures`` the
     photos skipped for having no face (only with ``skip_missing=True``); ``cache_hits`` how many
-    photos came from the cache.
+    photos came from the cache. ``tunings``: with ``refine="pti"``, the generator weights tuned to
+    each face, under the key its source names (``source["tuned"]``).
     """
 
     latents: torch.Tensor
@@ -48,6 +55,13 @@ class Inversion:
     failures: list[tuple[str, str]] = field(default_factory=list)
     cache_hits: int = 0
     encoder_fingerprint: str = ""
+    tunings: dict[str, TunedWeights] = field(default_factory=dict)
+
+    def tuned_rows(self) -> list[TunedWeights | None] | None:
+        """Each row's tuned weights, for ``render(..., tuned=)``; None without pivotal tuning."""
+        if not self.tunings:
+            return None
+        return [self.tunings.get(source.get("tuned")) for source in self.sources]
 
     @property
     def crops(self) -> list[Image.Image]:
@@ -63,7 +77,7 @@ class Inversion:
             meta["generator"] = generator_info(generator)
             meta["latent_space"] = {"n_latent": generator.n_latent, "style_dim": generator.style_dim,
                                     "resolution": generator.size}
-        latent_set = LatentSet(self.latents, [dict(s) for s in self.sources], meta)
+        latent_set = LatentSet(self.latents, [dict(s) for s in self.sources], meta, dict(self.tunings))
         if generator is not None:
             latent_set.check_fits(generator, "the inverted latents")
         return latent_set
@@ -73,7 +87,9 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
            landmarks: FaceLandmarker | PathLike | None = None, batch_size: int = 4,
            return_reconstruction: bool = False, generator: Any = None, all_faces: bool = False,
            face_index: int = 0, skip_missing: bool = False, use_cache: bool = True,
-           progress: Callable[[int, int], None] | None = None) -> Inversion:
+           progress: Callable[[int, int], None] | None = None, refine: str = "none",
+           perceptual: Any = None, tuning: TuningSettings = PTI,
+           tuning_progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Align and e4e-encode ``photos`` (paths, PIL images, arrays, ComfyUI [B, H, W, C] tensors or a
     list of them) into W+ latents, one row per face: face number ``face_index`` of each photo (0 = the
     largest, the default; only that face is aligned and encoded), or every face with ``all_faces``.
@@ -88,7 +104,13 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     Each row's source records ``photo_index``, the photo's place in ``photos`` (a batch tensor
     counts one per image). ``progress(done, total)`` hears each photo aligned; it may raise to stop
     (ComfyUI's Cancel does).
+
+    ``refine="pti"`` tunes ``generator`` (as for the reconstruction) to each face with ``tuning``
+    (PTI's published settings by default) and the LPIPS network ``perceptual`` (default: looked up,
+    ``load_perceptual``); ``tuning_progress(step, steps)`` hears every tuning step of every face.
     """
+    if refine not in REFINEMENTS:
+        raise EssenceError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINEMENTS)}.")
     model = _encoder(encoder)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
     fingerprint = encoder_fingerprint(model)
@@ -123,9 +145,40 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
                                                                                     model.config.style_dim)
     result = Inversion(latents, [face for face, _, _ in rows], [source for _, _, source in rows],
                        failures=failures, cache_hits=hits, encoder_fingerprint=fingerprint)
+    if refine == "pti" and rows:
+        _tune(result, loaded, _generator(generator, encoder), perceptual, tuning, tuning_progress)
     if return_reconstruction and rows:
-        result.reconstructions = render(_generator(generator, encoder), latents, batch_size, what="reconstructions")
+        result.reconstructions = render(_generator(generator, encoder), latents, batch_size, what="reconstructions",
+                                        tuned=result.tuned_rows())
     return result
+
+
+def _tune(result: Inversion, photos: list, generator: Any, perceptual: Any, settings: TuningSettings,
+          progress: Callable[[int, int], None] | None) -> None:
+    """Pivotal tuning of ``generator`` to every face of ``result``, one face at a time (each its own
+    tuned weights, PTI's way), against the face cropped again at the generator's size."""
+    lpips = perceptual if isinstance(perceptual, torch.nn.Module) else \
+        load_perceptual(perceptual, device=generator.latent_avg.device)
+    steps_per_face, total = settings.steps, settings.steps * len(result.faces)
+    for row, (face, source) in enumerate(zip(result.faces, result.sources)):
+        key = f"{face.photo_sha256[:16]}-face{face.index}"
+        source["tuned"] = key
+        if key in result.tunings:  # the same face given twice
+            if progress is not None:
+                progress((row + 1) * steps_per_face, total)
+            continue
+        crop = realign(photos[source["photo_index"]], face, generator.size).crop
+        target = pil_to_model([crop]).to(generator.latent_avg.device)
+
+        def heard(step: int, steps: int, _last, done: int = row * steps_per_face) -> None:
+            if progress is not None:
+                progress(done + step, total)
+
+        tuned, _ = tune_generator(generator, result.latents[row:row + 1], target, lpips, settings, progress=heard)
+        tuned.info["source"] = {k: source[k] for k in ("name", "sha256", "face") if k in source}
+        result.tunings[key] = tuned
+        if progress is not None:  # a face that stopped early (PTI's LPIPS stop) completes its share
+            progress((row + 1) * steps_per_face, total)
 
 
 def invert_aligned(faces: Sequence[AlignedFace], encoder: E4EEncoder | PathLike | None = None, *,

@@ -9,8 +9,15 @@ safetensors file with one tensor, ``latents`` [N, n_latent, style_dim] float32, 
     generator       {"fingerprint", "name"} of the generator the codes belong to, when known (JSON)
     encoder         {"fingerprint", "name"} for inversions (JSON)
     sources         one entry per row (JSON list): {"kind": "photo", "name", "sha256", "face", ...}
-                    or {"kind": "sample", "seed", "row", "truncation"}
+                    or {"kind": "sample", "seed", "row", "truncation"}; a photo whose generator was
+                    tuned to it (pivotal tuning) also names its tuned weights: {"tuned": key}
+    tuned           {"file", "set_id"} of the companion file holding those weights (JSON), when any
     created, essence_version, count
+
+The tuned weights of a set's rows (float16 differences from the generator, about 56 MB per face at
+1024 px; ``essence.networks.tuned``) live in a companion file beside the latent file,
+``<name>.tuned.safetensors``, written first and tied to it by ``set_id``: a latent file without its
+companion still loads, and only drawing those faces stops, saying which file is missing.
 
 Files are written atomically and checked on load (header, dtype, shape, NaN/inf, metadata), so a
 damaged or foreign file is refused with a reason. TargetCLIP's own source latents
@@ -20,15 +27,17 @@ damaged or foreign file is refused with a reason. TargetCLIP's own source latent
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import (CorruptFileError, EssenceError, IncompatibleLatentSpaceError, LatentFileError,
                       MissingWeightsError, require_finite)
+from ..networks import MissingTuned, TunedFile, TunedWeights, save_tuned
 from ..storage import (cli_command, encode_metadata, load_npy_checked, load_torch_file, npy_shape,
                        read_safetensors_header, read_typed_file, save_safetensors_atomic, utc_now)
 from ..version import __version__
@@ -48,12 +57,16 @@ class LatentSet:
     ``latents`` is always this set's own float32 CPU copy, made outside inference mode, so a set
     built inside ComfyUI's ``torch.inference_mode`` can still feed training (autograd) later.
     ``sources[i]`` says where row ``i`` came from, with an ``edits`` list once directions were
-    applied (``edited``). Treat a set as a value: ComfyUI reuses a node's output across prompts.
+    applied (``edited``). ``tuned`` maps the keys rows name in ``source["tuned"]`` to the generator
+    weights tuned to their photos (pivotal tuning): rendering draws those rows with them, edits keep
+    them (an essence is applied to the pivot and drawn by the tuned generator). Treat a set as a
+    value: ComfyUI reuses a node's output across prompts.
     """
 
     latents: torch.Tensor
     sources: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    tuned: Mapping[str, TunedWeights] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.latents = validated_latents(self.latents)
@@ -62,6 +75,9 @@ class LatentSet:
         if len(self.sources) != len(self):
             raise LatentFileError(f"{len(self.sources)} source entries for {len(self)} latents; "
                                   f"give one per row.")
+        unknown = sorted({k for k in self.tuned_keys() if k is not None and k not in self.tuned})
+        if unknown:
+            raise LatentFileError(f"rows name tuned weights that are not given: {', '.join(unknown[:3])}.")
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -70,11 +86,25 @@ class LatentSet:
         """A new set of ``latents`` for the same rows, with ``edit`` (e.g. {"direction", "strength",
         "layers"}) appended to every row's ``edits``; this set is left unchanged."""
         sources = [{**source, "edits": [*source.get("edits", []), dict(edit)]} for source in self.sources]
-        return LatentSet(latents, sources, dict(self.meta))
+        return LatentSet(latents, sources, dict(self.meta), self.tuned)
 
     def select(self, rows: Sequence[int]) -> "LatentSet":
         """A new set of just these rows (in this order), with their provenance and this set's metadata."""
-        return LatentSet(self.latents[list(rows)], [dict(self.sources[i]) for i in rows], dict(self.meta))
+        return LatentSet(self.latents[list(rows)], [dict(self.sources[i]) for i in rows], dict(self.meta),
+                         self.tuned)
+
+    def tuned_keys(self) -> list[str | None]:
+        """Each row's key into ``tuned`` (None: drawn by the plain generator)."""
+        return [source.get("tuned") if isinstance(source.get("tuned"), str) else None for source in self.sources]
+
+    def tuned_rows(self) -> list[TunedWeights | None] | None:
+        """The tuned weights of every row, for ``render(..., tuned=)``; None when no row has any.
+        Reading them is when a missing companion file stops, with its reason."""
+        keys = self.tuned_keys()
+        if not any(keys):
+            return None
+        loaded = {key: self.tuned[key] for key in dict.fromkeys(k for k in keys if k)}  # each once
+        return [loaded[key] if key else None for key in keys]
 
     def describe(self) -> str:
         """Where these faces came from, in a few words (a trained direction records it):
@@ -121,13 +151,27 @@ class LatentSet:
                 f"{theirs[0]} x {theirs[1]}. Invert or sample them with this generator.")
 
     def save(self, path: PathLike) -> Path:
-        """Write the latent file atomically (a failed save leaves no partial file)."""
+        """Write the latent file atomically (a failed save leaves no partial file), and first the
+        companion file of its rows' tuned weights, if any (removed again if the latent file fails)."""
         base = _base_meta()
         if "imported_from" in self.meta:  # when the original was made is unknown: no date is invented
             del base["created"]
-        fields = {**base, **self.meta, "latent_space": self.space, "count": len(self), "sources": self.sources}
-        return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
-                                       encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
+        meta = {k: v for k, v in self.meta.items() if k != "tuned"}
+        fields = {**base, **meta, "latent_space": self.space, "count": len(self), "sources": self.sources}
+        keys = [key for key in dict.fromkeys(self.tuned_keys()) if key]
+        if not keys:
+            return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
+                                           encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
+        companion = tuned_path(path)
+        set_id = uuid.uuid4().hex
+        save_tuned(companion, {key: self.tuned[key] for key in keys}, set_id)
+        fields["tuned"] = {"file": companion.name, "set_id": set_id}
+        try:
+            return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
+                                           encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
+        except BaseException:
+            companion.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: PathLike, generator: Any = None) -> "LatentSet":
@@ -150,7 +194,7 @@ def _load_safetensors(path: Path) -> LatentSet:
     if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
         raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")
     try:
-        latent_set = LatentSet(tensors[TENSOR_NAME], sources or [], meta)
+        latent_set = LatentSet(tensors[TENSOR_NAME], sources or [], meta, _tuned_for(path, meta, sources or []))
     except LatentFileError as exc:
         raise LatentFileError(f"{path}: {exc}") from None
     space = meta.get("latent_space")
@@ -158,6 +202,36 @@ def _load_safetensors(path: Path) -> LatentSet:
     if isinstance(space, dict) and (space.get("n_latent"), space.get("style_dim")) != shape:
         raise LatentFileError(f"{path}: metadata says {space} but the tensor is {list(latent_set.latents.shape)}.")
     return latent_set
+
+
+def tuned_path(path: PathLike) -> Path:
+    """Where the tuned weights of the latent file ``path`` live: ``<name>.tuned.safetensors`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.name.removesuffix('.safetensors')}.tuned.safetensors")
+
+
+def _tuned_for(path: Path, meta: dict[str, Any], sources: list[dict[str, Any]]) -> Mapping[str, TunedWeights]:
+    """The companion file of ``path``'s tuned rows, or a stand-in that says why it cannot be used."""
+    keys = sorted({s["tuned"] for s in sources if isinstance(s.get("tuned"), str)})
+    record = meta.get("tuned")
+    if not keys:
+        return {}
+    name = record.get("file") if isinstance(record, dict) else None
+    if not isinstance(name, str) or Path(name).name != name:
+        return MissingTuned(keys, f"{path}: its faces were tuned to their photos, but the file does not say "
+                                  f"where their tuned weights are. Invert the photos again with pivotal tuning.")
+    companion = path.with_name(name)
+    redo = f"Keep {path.name} and {name} together, or invert the photos again with pivotal tuning."
+    if not companion.is_file():
+        return MissingTuned(keys, f"{path}: its faces were tuned to their photos, and their tuned weights "
+                                  f"({name}) are not beside it. {redo}")
+    try:
+        tuned = TunedFile(companion)
+    except EssenceError as exc:
+        return MissingTuned(keys, f"{path}: the tuned weights beside it cannot be read ({exc}). {redo}")
+    if tuned.set_id != record.get("set_id") or not set(keys) <= set(tuned):
+        return MissingTuned(keys, f"{path}: {name} beside it holds the tuned weights of another latent file. {redo}")
+    return tuned
 
 
 def validated_latents(latents: Any) -> torch.Tensor:
@@ -200,7 +274,8 @@ def save_latents(path: PathLike, latents: torch.Tensor | LatentSet, sources: Seq
     ``generator`` (a ``StyleGAN2Generator``) records its fingerprint and checks the shape.
     """
     if isinstance(latents, LatentSet):
-        latent_set = LatentSet(latents.latents, list(sources or latents.sources), {**latents.meta, **(meta or {})})
+        latent_set = LatentSet(latents.latents, list(sources or latents.sources), {**latents.meta, **(meta or {})},
+                               latents.tuned)
     else:
         latent_set = LatentSet(latents, list(sources or []), dict(meta or {}))
     if generator is not None:
