@@ -38,7 +38,7 @@ import torch
 from ..errors import (CorruptFileError, EssenceError, IncompatibleLatentSpaceError, LatentFileError,
                       MissingWeightsError, require_finite)
 from ..networks import MissingTuned, TunedFile, TunedWeights, save_tuned
-from ..storage import (cli_command, encode_metadata, load_npy_checked, load_torch_file, npy_shape,
+from ..storage import (atomic_write, cli_command, encode_metadata, load_npy_checked, load_torch_file, npy_shape,
                        read_safetensors_header, read_typed_file, save_safetensors_atomic, utc_now)
 from ..version import __version__
 
@@ -151,8 +151,9 @@ class LatentSet:
                 f"{theirs[0]} x {theirs[1]}. Invert or sample them with this generator.")
 
     def save(self, path: PathLike) -> Path:
-        """Write the latent file atomically (a failed save leaves no partial file), and first the
-        companion file of its rows' tuned weights, if any (removed again if the latent file fails)."""
+        """Write the latent file atomically (a failed save leaves no partial file), with the companion
+        file of its rows' tuned weights, if any: the companion is put in place just after the
+        latent file, and neither when either fails."""
         base = _base_meta()
         if "imported_from" in self.meta:  # when the original was made is unknown: no date is invented
             del base["created"]
@@ -164,14 +165,12 @@ class LatentSet:
                                            encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
         companion = tuned_path(path)
         set_id = uuid.uuid4().hex
-        save_tuned(companion, {key: self.tuned[key] for key in keys}, set_id)
         fields["tuned"] = {"file": companion.name, "set_id": set_id}
-        try:
+        # both written beside their targets first: a failure leaves an earlier pair as it was
+        with atomic_write(companion) as pending:
+            save_tuned(pending, {key: self.tuned[key] for key in keys}, set_id)
             return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
                                            encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
-        except BaseException:
-            companion.unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: PathLike, generator: Any = None) -> "LatentSet":

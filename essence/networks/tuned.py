@@ -14,6 +14,7 @@ A ``TunedWeights`` knows the generator it belongs to by fingerprint and refuses 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,25 @@ def synthesis_parameters(generator: StyleGAN2Generator) -> dict[str, torch.nn.Pa
     return {name: param for name, param in generator.named_parameters() if not name.startswith("style.")}
 
 
+SAMPLES_PER_PARAMETER = 257  # values hashed per synthesis parameter, evenly spaced, with its sum
+
+
+def synthesis_fingerprint(generator: StyleGAN2Generator) -> str:
+    """A short hash of the synthesis weights tuned weights are added to. ``generator.fingerprint()``
+    covers only the mapping network and the constant input, which a fine-tuned generator (another
+    domain, or another tuning) may share with the one the differences were taken from. Hashing every
+    value of 28 M weights each time a face is drawn would cost more than drawing it, so each
+    parameter gives its shape, its sum and 257 evenly spaced values."""
+    digest = hashlib.sha256()
+    for name, param in sorted(synthesis_parameters(generator).items()):
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // SAMPLES_PER_PARAMETER)
+        picked = torch.cat([flat[::step], flat.double().sum().reshape(1).to(flat.dtype)])
+        digest.update(f"{name}{list(param.shape)}".encode())
+        digest.update(picked.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class TunedWeights:
     """``deltas[name]`` = tuned - base for each synthesis parameter (float16, CPU); ``base`` the
@@ -44,6 +64,7 @@ class TunedWeights:
     deltas: dict[str, torch.Tensor]
     base: str
     info: dict[str, Any] = field(default_factory=dict)
+    synthesis: str = ""  # ``synthesis_fingerprint`` of the base generator
 
     @classmethod
     def between(cls, generator: StyleGAN2Generator, tuned: Mapping[str, torch.Tensor],
@@ -52,7 +73,7 @@ class TunedWeights:
         own = synthesis_parameters(generator)
         deltas = {name: (tuned[name].detach().float() - own[name].detach().float()).to("cpu", DELTA_DTYPE)
                   for name in own}
-        return cls(deltas, generator.fingerprint(), dict(info or {}))
+        return cls(deltas, generator.fingerprint(), dict(info or {}), synthesis_fingerprint(generator))
 
     @property
     def nbytes(self) -> int:
@@ -61,10 +82,11 @@ class TunedWeights:
     def check_fits(self, generator: StyleGAN2Generator) -> None:
         """Refuse a generator other than the one these weights were tuned from."""
         fingerprint = generator.fingerprint()
-        if fingerprint != self.base:
+        if fingerprint != self.base or synthesis_fingerprint(generator) != self.synthesis:
             raise IncompatibleWeightsError(
-                f"these tuned weights belong to the generator with fingerprint {self.base}, not to this one "
-                f"({fingerprint}). Use the generator the photos were tuned with, or tune them again.")
+                f"these tuned weights belong to another generator (fingerprint {self.base}, synthesis "
+                f"{self.synthesis}) than this one ({fingerprint}, {synthesis_fingerprint(generator)}). Use the "
+                f"generator the photos were tuned with, or tune them again.")
         own = synthesis_parameters(generator)
         wrong = [name for name in own if name not in self.deltas or self.deltas[name].shape != own[name].shape]
         if wrong or len(self.deltas) != len(own):
@@ -97,8 +119,15 @@ def save_tuned(path: str | os.PathLike, tunings: Mapping[str, TunedWeights], set
     """Write ``tunings`` (key -> tuned weights) atomically: one float16 tensor ``<key>/<parameter>``
     per tuned parameter, and for each key its generator's fingerprint and what was tuned.
     ``set_id`` ties the file to the latent file that refers to it."""
-    tensors = {f"{key}/{name}": delta for key, weights in tunings.items() for name, delta in weights.deltas.items()}
-    entries = {key: {"base": weights.base, "info": weights.info} for key, weights in tunings.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, weights in tunings.items():
+        for name, delta in weights.deltas.items():  # safetensors refuses tensors that share memory
+            shared = delta.untyped_storage().data_ptr() in seen
+            seen.add(delta.untyped_storage().data_ptr())
+            tensors[f"{key}/{name}"] = delta.clone() if shared else delta
+    entries = {key: {"base": weights.base, "synthesis": weights.synthesis, "info": weights.info}
+               for key, weights in tunings.items()}
     fields = {"set_id": set_id, "entries": entries, "created": utc_now(), "essence_version": __version__}
     return save_safetensors_atomic(tensors, encode_metadata(TUNED_FORMAT, TUNED_VERSION, fields), path)
 
@@ -151,7 +180,7 @@ class TunedFile(Mapping[str, TunedWeights]):
         for name, delta in deltas.items():
             require_finite(delta, f"the tuned weight {name} of {key} in {self.path}", CorruptFileError)
         entry = self._entries[key]
-        return TunedWeights(deltas, entry["base"], dict(entry.get("info") or {}))
+        return TunedWeights(deltas, entry["base"], dict(entry.get("info") or {}), str(entry.get("synthesis", "")))
 
     def __contains__(self, key: object) -> bool:  # without reading the weights
         return key in self._entries
