@@ -30,7 +30,8 @@ from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cl
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
-from .directions import add_refine_options, add_training_options, parse_floats, refine_options, training_progress_bar
+from .directions import (add_refine_options, add_training_options, check_refine_options, parse_floats, refine_options,
+                         training_progress_bar)
 from .metrics import SUBCOMMANDS as METRICS_COMMANDS
 
 EXIT_OK = 0
@@ -357,6 +358,7 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _cmd_invert(args: argparse.Namespace) -> int:
     inputs = [*args.photos, args.encoder, args.generator, args.landmarks, args.lpips]
+    check_refine_options(args)
     check_output(args.out, inputs)
     if args.refine != "none":
         check_output(tuned_path(args.out), [*inputs, args.out], what="the tuned weights beside --out")

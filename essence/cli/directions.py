@@ -64,15 +64,20 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
                              "alexnet-owt-7be5be79.pth)")
 
 
+def check_refine_options(args: argparse.Namespace) -> None:
+    """Refuse ``add_refine_options``' options that contradict each other, before any work."""
+    if args.refine == "none" and (args.pti_steps is not None or args.lpips is not None):
+        raise EssenceError("--pti-steps and --lpips need --refine pti.")
+    if args.pti_steps is not None and args.pti_steps < 1:
+        raise EssenceError(f"--pti-steps must be at least 1, got {args.pti_steps}.")
+
+
 def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """``invert``'s refinement arguments from ``add_refine_options``' options, with a progress bar."""
+    check_refine_options(args)
     if args.refine == "none":
-        if args.pti_steps is not None:
-            raise EssenceError("--pti-steps needs --refine pti.")
         return {}
     steps = PTI.steps if args.pti_steps is None else args.pti_steps
-    if steps < 1:
-        raise EssenceError(f"--pti-steps must be at least 1, got {steps}.")
     from tqdm import tqdm
 
     bars: list = []
@@ -329,6 +334,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
+    check_refine_options(args)
     if args.refine != "none" and not args.photo:
         raise EssenceError("--refine pti tunes the generator to photos: use it with --photo (latents from "
                            "`invert --refine pti` carry their tuning with them; clips are not tuned yet).")
