@@ -73,8 +73,8 @@ def check_refine_options(args: argparse.Namespace) -> None:
 
 
 def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """``invert``'s refinement arguments from ``add_refine_options``' options, with a progress bar."""
-    check_refine_options(args)
+    """``invert``'s refinement arguments from ``add_refine_options``' options (already through
+    ``check_refine_options``), with a progress bar."""
     if args.refine == "none":
         return {}
     steps = PTI.steps if args.pti_steps is None else args.pti_steps

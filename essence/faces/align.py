@@ -355,13 +355,9 @@ def realign(photo: Photo, face: AlignedFace, size: int) -> AlignedFace:
     compares the generator's full-size image with the photo, not with the 256 px crop e4e reads."""
     if photo.sha256 != face.photo_sha256:
         raise EssenceError(f"this face was found in another photo than {photo.describe()}.")
-
-    def to_work(points: np.ndarray) -> np.ndarray:  # the inverse of Photo.to_original
-        return (np.asarray(points, dtype=np.float64) + 0.5) / photo.scale - 0.5
-
-    box = to_work(np.asarray(face.box, dtype=np.float64).reshape(2, 2)).reshape(-1)
-    return align_detected(photo, tuple(box), to_work(face.landmarks), size, quad=to_work(face.quad),
-                          index=face.index)
+    box = photo.from_original(np.asarray(face.box, dtype=np.float64).reshape(2, 2)).reshape(-1)
+    return align_detected(photo, tuple(box), photo.from_original(face.landmarks), size,
+                          quad=photo.from_original(face.quad), index=face.index)
 
 
 def ffhq_crop(image: Image.Image, quad: np.ndarray, qsize: float, output_size: int,

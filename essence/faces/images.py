@@ -74,6 +74,10 @@ class Photo:
         """Pixel-centre points in ``image`` -> pixel-centre points in the original photo."""
         return (np.asarray(points, dtype=np.float64) + 0.5) * self.scale - 0.5
 
+    def from_original(self, points: np.ndarray) -> np.ndarray:
+        """Pixel-centre points in the original photo -> pixel-centre points in ``image``."""
+        return (np.asarray(points, dtype=np.float64) + 0.5) / self.scale - 0.5
+
     def describe(self) -> str:
         w, h = self.size
         reduced = f", reduced 1/{self.scale}" if self.scale > 1 else ""

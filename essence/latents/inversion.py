@@ -59,9 +59,7 @@ class Inversion:
 
     def tuned_rows(self) -> list[TunedWeights | None] | None:
         """Each row's tuned weights, for ``render(..., tuned=)``; None without pivotal tuning."""
-        if not self.tunings:
-            return None
-        return [self.tunings.get(source.get("tuned")) for source in self.sources]
+        return self.latent_set().tuned_rows() if self.tunings else None
 
     @property
     def crops(self) -> list[Image.Image]:
@@ -145,10 +143,11 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
                                                                                     model.config.style_dim)
     result = Inversion(latents, [face for face, _, _ in rows], [source for _, _, source in rows],
                        failures=failures, cache_hits=hits, encoder_fingerprint=fingerprint)
+    decoder = _generator(generator, encoder) if rows and (refine == "pti" or return_reconstruction) else None
     if refine == "pti" and rows:
-        _tune(result, loaded, _generator(generator, encoder), perceptual, tuning, tuning_progress)
+        _tune(result, loaded, decoder, perceptual, tuning, tuning_progress)
     if return_reconstruction and rows:
-        result.reconstructions = render(_generator(generator, encoder), latents, batch_size, what="reconstructions",
+        result.reconstructions = render(decoder, latents, batch_size, what="reconstructions",
                                         tuned=result.tuned_rows())
     return result
 
@@ -163,21 +162,18 @@ def _tune(result: Inversion, photos: list, generator: Any, perceptual: Any, sett
     for row, (face, source) in enumerate(zip(result.faces, result.sources)):
         key = f"{face.photo_sha256[:16]}-face{face.index}"
         source["tuned"] = key
-        if key in result.tunings:  # the same face given twice
-            if progress is not None:
-                progress((row + 1) * steps_per_face, total)
-            continue
-        crop = realign(photos[source["photo_index"]], face, generator.size).crop
-        target = pil_to_model([crop]).to(generator.latent_avg.device)
+        if key not in result.tunings:  # the same face given twice is tuned once
+            crop = realign(photos[source["photo_index"]], face, generator.size).crop
+            target = pil_to_model([crop]).to(generator.latent_avg.device)
 
-        def heard(step: int, steps: int, _last, done: int = row * steps_per_face) -> None:
-            if progress is not None:
-                progress(done + step, total)
+            def heard(step: int, steps: int, _last, done: int = row * steps_per_face) -> None:
+                if progress is not None:
+                    progress(done + step, total)
 
-        tuned, _ = tune_generator(generator, result.latents[row:row + 1], target, lpips, settings, progress=heard)
-        tuned.info["source"] = {k: source[k] for k in ("name", "sha256", "face") if k in source}
-        result.tunings[key] = tuned
-        if progress is not None:  # a face that stopped early (PTI's LPIPS stop) completes its share
+            tuned, _ = tune_generator(generator, result.latents[row:row + 1], target, lpips, settings, progress=heard)
+            tuned.info["source"] = {k: source[k] for k in ("name", "sha256", "face") if k in source}
+            result.tunings[key] = tuned
+        if progress is not None:  # a face tuned before, or stopped early by PTI's LPIPS stop, completes its share
             progress((row + 1) * steps_per_face, total)
 
 

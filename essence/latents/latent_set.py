@@ -16,7 +16,7 @@ safetensors file with one tensor, ``latents`` [N, n_latent, style_dim] float32, 
 
 The tuned weights of a set's rows (float16 differences from the generator, about 56 MB per face at
 1024 px; ``essence.networks.tuned``) live in a companion file beside the latent file,
-``<name>.tuned.safetensors``, written first and tied to it by ``set_id``: a latent file without its
+``<name>.tuned.safetensors``, written with it and tied to it by ``set_id``: a latent file without its
 companion still loads, and only drawing those faces stops, saying which file is missing.
 
 Files are written atomically and checked on load (header, dtype, shape, NaN/inf, metadata), so a
@@ -159,18 +159,21 @@ class LatentSet:
             del base["created"]
         meta = {k: v for k, v in self.meta.items() if k != "tuned"}
         fields = {**base, **meta, "latent_space": self.space, "count": len(self), "sources": self.sources}
-        keys = [key for key in dict.fromkeys(self.tuned_keys()) if key]
-        if not keys:
+
+        def write_latents() -> Path:
             return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
                                            encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
+
+        keys = [key for key in dict.fromkeys(self.tuned_keys()) if key]
+        if not keys:
+            return write_latents()
         companion = tuned_path(path)
         set_id = uuid.uuid4().hex
         fields["tuned"] = {"file": companion.name, "set_id": set_id}
         # both written beside their targets first: a failure leaves an earlier pair as it was
         with atomic_write(companion) as pending:
             save_tuned(pending, {key: self.tuned[key] for key in keys}, set_id)
-            return save_safetensors_atomic({TENSOR_NAME: self.latents.contiguous()},
-                                           encode_metadata(FORMAT_NAME, FORMAT_VERSION, fields), path)
+            return write_latents()
 
     @classmethod
     def load(cls, path: PathLike, generator: Any = None) -> "LatentSet":

@@ -21,7 +21,7 @@ trace of PTI's own code on the tiny models.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -145,14 +145,15 @@ def _step(generator: StyleGAN2Generator, parameters: dict[str, torch.Tensor], op
         locality = probe.loss(parameters, pivot)
         loss = loss + locality
     optimizer.zero_grad()
-    update = settings.lpips_stop is None or lpips.item() > settings.lpips_stop
+    distance = lpips.item()
+    update = settings.lpips_stop is None or distance > settings.lpips_stop
     if update:
         if not torch.isfinite(loss):
             raise EssenceError(f"pivotal tuning diverged at step {step + 1} (loss {loss.item()}). "
                                f"Use a lower learning rate.")
         loss.backward()
         optimizer.step()
-    return TuningStep(step, row, l2.item(), lpips.item(), None if locality is None else locality.item(), update)
+    return TuningStep(step, row, l2.item(), distance, None if locality is None else locality.item(), update)
 
 
 class _Probe:
@@ -182,7 +183,3 @@ class _Probe:
                 total = total + perceptual_distance(self.perceptual, original, tuned).mean() * s.locality_lpips_weight
         return total / len(codes)
 
-
-def with_steps(settings: TuningSettings, steps: int | None) -> TuningSettings:
-    """``settings`` with another step count (None keeps it)."""
-    return settings if steps is None else replace(settings, steps=steps)
