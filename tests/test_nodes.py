@@ -305,7 +305,10 @@ def test_official_mode_matches_fast_mode(comfy_env, models, pictures):
     fast, _, _ = train(comfy_env, generator, guide, pictures, steps=4, mode="fast")
     official, _, _ = train(comfy_env, generator, guide, pictures, steps=4, mode="official", chunk_size=3)
     assert official.meta["loss_curve"]["total"] == pytest.approx(fast.meta["loss_curve"]["total"], abs=1e-5)
-    assert torch.allclose(official.tensor, fast.tensor, atol=1e-5)
+    # Adam divides by the gradients' size, so where a gradient is near 0 the two summation orders' rounding
+    # moves a value by up to a few 1e-5 per step (7e-5 after 4 steps on some CPUs); a real difference
+    # between the modes moves it by the learning rate, 0.1
+    assert torch.allclose(official.tensor, fast.tensor, atol=1e-3)
 
 
 def test_cancel_from_the_progress_hook_stops_training_and_saves_nothing(comfy_env, models, pictures):
