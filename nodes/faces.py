@@ -17,14 +17,16 @@ because a batch of unrelated photos must not be smoothed together. Such a clip i
 ``essence apply --video`` tracks it: detected at the first frame, scene cuts and once a second, followed
 in between.
 
-Pivotal tuning (``refine = pti`` on Invert Face) tunes the connected generator to each photo's face;
-the tuned weights travel inside the latents output, so Apply Essence, Render Latents and Strength
-Sweep draw those faces with them, and Paste Back puts back a face that keeps the photo's likeness.
+Pivotal tuning (``refine = pti`` on Invert Face) tunes the connected generator to each photo's face,
+or, for the frames of a clip (smoothing on), one generator to all of them (STIT's way); the tuned
+weights travel inside the latents output, so Apply Essence, Render Latents and Strength Sweep draw
+those faces with them, and Paste Back puts back a face that keeps the photo's likeness.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -32,8 +34,8 @@ import torch
 from .. import essence
 from ..essence.errors import EssenceError, FaceIndexError, FaceNotFoundError
 from ..essence.faces import (MASKS, MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces,
-                             align_photos, paste_back, pil_to_comfy, smoothing_preset)
-from ..essence.latents import PTI, REFINEMENTS, invert, invert_aligned
+                             align_photos, clip_frames, paste_back, pil_to_comfy, smoothing_preset)
+from ..essence.latents import PTI, REFINEMENTS, STIT, TuningSettings, invert, invert_aligned, tune_faces
 from ..essence.networks import INPUT_SIZE, load_perceptual
 from . import host
 from . import types as T
@@ -81,11 +83,13 @@ def photo_progress(count: int) -> Callable[[int, int], None]:
     return report
 
 
-def align_batch(images: torch.Tensor, size: int, landmarks: essence.faces.FaceLandmarker, face_index: int,
-                no_face: str, smoothing: str = "off", frame_rate: float = 30.0) -> list[tuple[int, AlignedFace]]:
-    """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch: ``align_photos``, or with
-    ``smoothing`` ``align_clip_faces`` for the frames of one clip (see the module's docstring)."""
-    count = int(images.shape[0])
+def align_batch(images: torch.Tensor | list[essence.faces.Photo], size: int,
+                landmarks: essence.faces.FaceLandmarker, face_index: int, no_face: str, smoothing: str = "off",
+                frame_rate: float = 30.0) -> list[tuple[int, AlignedFace]]:
+    """(photo index, aligned face) for every photo of a ComfyUI IMAGE batch (or its frames, already
+    read with ``clip_frames``): ``align_photos``, or with ``smoothing`` ``align_clip_faces`` for the
+    frames of one clip (see the module's docstring)."""
+    count = len(images)
     report = photo_progress(count)
     with skip_hint(no_face):
         if smoothing == "off":
@@ -191,31 +195,37 @@ class EssenceInvertFace:
                                   "render these latents)."),
                 "pti_steps": integer(PTI.steps, 1, 2000, f"With refine 'pti': at most this many tuning steps a "
                                      f"face (PTI stops a face earlier once its LPIPS is {PTI.lpips_stop})."),
+                "pti_passes": integer(STIT.steps, 1, 500, "With refine 'pti' and smoothing on (a clip): one "
+                                      "generator is tuned to all the frames (STIT's way), this many passes over "
+                                      "them, one step a frame."),
             },
         }
 
     def invert(self, encoder: essence.networks.E4EEncoder, landmarks: essence.faces.FaceLandmarker,
                images: torch.Tensor, face_index: int, no_face: str = "error", smoothing: str = "off",
                frame_rate: float = 30.0, refine: str = "none", generator: Any = None,
-               pti_steps: int = PTI.steps) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
+               pti_steps: int = PTI.steps,
+               pti_passes: int = STIT.steps) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
         if refine == "pti" and generator is None:
             raise EssenceError("refine 'pti' tunes a generator to each face: connect the generator input (Load "
                                "Essence Generator), or set refine to 'none'.")
-        if refine == "pti" and smoothing != "off":
-            raise EssenceError("refine 'pti' tunes the generator to separate photos; the frames of a clip "
-                               "(smoothing on) are not tuned yet. Set refine to 'none' or smoothing to 'off'.")
-        if smoothing != "off":  # the frames of one clip: aligned with the smoothed track, then inverted
-            chosen = align_batch(images, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
-            with host.models_on_compute_device(encoder):
-                inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
-            return (inversion.latent_set(), *crops_and_alignment(chosen, images))
         models = (encoder,) if refine == "none" else (encoder, generator)
-        with skip_hint(no_face), host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
-            tuning = {} if refine == "none" else _pti_options(generator, pti_steps)
-            inversion = invert(images, encoder, landmarks=landmarks, face_index=face_index,
-                               skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])),
-                               generator=generator, **tuning)
-        chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
+        if smoothing != "off":  # the frames of one clip: aligned with the smoothed track, then inverted
+            frames = clip_frames(images)
+            chosen = align_batch(frames, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
+            with host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
+                inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
+                if refine == "pti":  # one generator for the whole clip (STIT)
+                    options = _pti_options(generator, replace(STIT, steps=pti_passes))
+                    tune_faces(inversion, frames, generator, options["perceptual"], options["tuning"],
+                               together=True, progress=options["tuning_progress"])
+        else:
+            with skip_hint(no_face), host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
+                tuning = {} if refine == "none" else _pti_options(generator, replace(PTI, steps=pti_steps))
+                inversion = invert(images, encoder, landmarks=landmarks, face_index=face_index,
+                                   skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])),
+                                   generator=generator, **tuning)
+            chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
         latent_set = inversion.latent_set(generator) if generator is not None else inversion.latent_set()
         return (latent_set, *crops_and_alignment(chosen, images))
 
@@ -226,11 +236,9 @@ def _tuning_memory(refine: str) -> int:
     return int(3.5 * 2**30) if refine == "pti" else 0
 
 
-def _pti_options(generator: essence.networks.StyleGAN2Generator, steps: int) -> dict[str, Any]:
-    """``invert``'s pivotal-tuning arguments: LPIPS on the generator's device, PTI's settings with
-    ``steps``, and a progress bar over every face's steps that stops on Cancel."""
-    from dataclasses import replace
-
+def _pti_options(generator: essence.networks.StyleGAN2Generator, settings: TuningSettings) -> dict[str, Any]:
+    """``invert``'s pivotal-tuning arguments: LPIPS on the generator's device, the tuning
+    ``settings``, and a progress bar over every face's steps that stops on Cancel."""
     bar: list[host.Progress] = []
 
     def progress(done: int, total: int) -> None:
@@ -240,7 +248,7 @@ def _pti_options(generator: essence.networks.StyleGAN2Generator, steps: int) -> 
         bar[0].update(done)
 
     return {"refine": "pti", "perceptual": load_perceptual(device=generator.latent_avg.device),
-            "tuning": replace(PTI, steps=steps), "tuning_progress": progress}
+            "tuning": settings, "tuning_progress": progress}
 
 
 class EssencePasteBack:

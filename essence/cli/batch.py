@@ -25,8 +25,8 @@ from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJo
                      run_train_batch, run_video_job, train_tasks)
 from ..storage import atomic_write, check_output, check_outputs, file_sha256, folder_lock
 from ..video import STAGES
-from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_train_options, model_files,
-                         parse_strengths, strength_tokens, train_job)
+from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_refine_options, add_train_options,
+                         check_refine_options, clip_tuning, model_files, parse_strengths, strength_tokens, train_job)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -198,6 +198,7 @@ def _add_batch_video(actions: Subparsers) -> None:
     video.add_argument("--paste-mask", choices=MASKS, default="face", help=PASTE_MASK_HELP)
     video.add_argument("--keep-parts", action="store_true", help="keep the finished chunks after the video is written")
     video.add_argument("--landmarks", default=None, help="dlib shape_predictor_68_face_landmarks.dat")
+    add_refine_options(video, photos=False, video=True)
     add_model_options(video, encoder=True)
     _add_ray_options(video)
     video.set_defaults(handler=_cmd_batch_video)
@@ -207,10 +208,14 @@ def _cmd_batch_video(args: argparse.Namespace) -> int:
     if len(strength_tokens(args.strength)) != 1:
         raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
     check_output(args.out, [args.video, args.direction, *model_files(args)])
+    check_refine_options(args)
     [strength] = parse_strengths(args.strength, load_direction(args.direction))
+    passes, frames = clip_tuning(args)
+    tuning = {} if args.refine == "none" else {"refine": args.refine, "tuning_passes": passes, "tuning_frames": frames}
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
-                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on", mask=args.paste_mask)
-    models = VideoModels(args.generator, args.encoder, args.landmarks, args.device)
+                   chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on", mask=args.paste_mask,
+                   **tuning)
+    models = VideoModels(args.generator, args.encoder, args.landmarks, args.device, args.lpips)
     result = run_video_job(job, models, workers=args.workers, address=args.address,
                            gpus_per_worker=_gpus_per_worker(args),
                            progress=not args.no_progress, keep_parts=args.keep_parts)

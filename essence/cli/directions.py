@@ -16,13 +16,14 @@ import torch
 
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
-from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, Direction, image_grid,
+from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction, image_grid,
                        import_targetclip_latents, invert, is_latent_file, load_direction, load_latents, mix_directions,
                        strength_sweep, target_thumbnail)
 from ..networks import load_encoder, load_generator, load_guide, load_perceptual, optional_identity
 from ..storage import atomic_write, check_output, check_outputs, cli_command
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
+from ..video import DEFAULT_TUNING_FRAMES, STAGES, apply_to_video
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 PASTE_MASK_HELP = ("how an edited face goes back into its picture: face (default) blends only the face (jaw line, "
@@ -49,25 +50,41 @@ def model_files(args: argparse.Namespace) -> list[str]:
             if getattr(args, name, None)]
 
 
-def add_refine_options(parser: argparse.ArgumentParser) -> None:
-    """``--refine``, ``--pti-steps`` and ``--lpips``: pivotal tuning after e4e (``invert``, ``apply``)."""
+PHOTO_TUNING_HELP = ("pti: after e4e, tune the generator to each face (pivotal tuning, PTI's settings) so that it "
+                     "draws the photo's own face; slower (up to 350 steps a face) and the latent file gets a "
+                     "companion <name>.tuned.safetensors (about 56 MB a face at 1024 px).")
+CLIP_TUNING_HELP = ("one generator is tuned to the clip's frames around their e4e latents (STIT's settings) before "
+                    "they are edited, so the edited face stays the person in the clip.")
+
+
+def add_refine_options(parser: argparse.ArgumentParser, photos: bool = True, video: bool = False) -> None:
+    """``--refine``, ``--pti-steps`` and ``--lpips``: pivotal tuning after e4e, of photos (``invert``,
+    ``apply``) and/or of a clip (``apply --video``, ``batch video``: STIT's way, with ``--pti-frames``)."""
+    clip = ("With --video, " if photos else "pti: ") + CLIP_TUNING_HELP
     parser.add_argument("--refine", choices=REFINEMENTS, default="none",
-                        help="pti: after e4e, tune the generator to each face (pivotal tuning, PTI's settings) so "
-                             "that it draws the photo's own face; slower (up to 350 steps a face) and the "
-                             "latent file gets a companion <name>.tuned.safetensors (about 56 MB a face at "
-                             "1024 px). Default none")
-    parser.add_argument("--pti-steps", type=int, default=None,
-                        help=f"with --refine pti: at most this many tuning steps a face (default {PTI.steps}; "
-                             f"PTI stops a face earlier once its LPIPS is {PTI.lpips_stop})")
+                        help=" ".join([PHOTO_TUNING_HELP] * photos + [clip] * video + ["Default none"]))
+    steps = [f"at most this many tuning steps a face (default {PTI.steps}; PTI stops a face earlier once its LPIPS "
+             f"is {PTI.lpips_stop})"] * photos
+    steps += [("with --video, " if photos else "") + f"passes over the frames, one step a frame (default "
+              f"{STIT.steps}, STIT's)"] * video
+    parser.add_argument("--pti-steps", type=int, default=None, help="with --refine pti: " + "; ".join(steps))
     parser.add_argument("--lpips", default=None,
                         help="with --refine pti: torchvision's AlexNet file for LPIPS (default: looked up as "
                              "alexnet-owt-7be5be79.pth)")
+    if video:
+        parser.add_argument("--pti-frames", type=int, default=None,
+                            help=f"with --refine pti{' and --video' if photos else ''}: tune on at most this many "
+                                 f"frames, spread over the clip (default {DEFAULT_TUNING_FRAMES}; each pass costs "
+                                 f"one step a frame)")
 
 
 def check_refine_options(args: argparse.Namespace) -> None:
     """Refuse ``add_refine_options``' options that contradict each other, before any work."""
-    if args.refine == "none" and (args.pti_steps is not None or args.lpips is not None):
-        raise EssenceError("--pti-steps and --lpips need --refine pti.")
+    given = [name for name in ("pti_steps", "lpips", "pti_frames") if getattr(args, name, None) is not None]
+    if args.refine == "none" and given:
+        raise EssenceError(f"{', '.join('--' + name.replace('_', '-') for name in given)} need(s) --refine pti.")
+    if getattr(args, "pti_frames", None) is not None and args.pti_frames < 1:
+        raise EssenceError(f"--pti-frames must be at least 1, got {args.pti_frames}.")
     if args.pti_steps is not None and args.pti_steps < 1:
         raise EssenceError(f"--pti-steps must be at least 1, got {args.pti_steps}.")
 
@@ -91,6 +108,23 @@ def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
 
     return {"refine": args.refine, "perceptual": load_perceptual(args.lpips, device=device),
             "tuning": replace(PTI, steps=steps), "tuning_progress": progress}
+
+
+def clip_tuning_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """``apply_to_video``'s pivotal-tuning arguments from ``--refine``, ``--pti-steps`` (passes),
+    ``--pti-frames`` and ``--lpips`` (already checked); the LPIPS file is loaded here, before any frame."""
+    if args.refine == "none":
+        return {}
+    passes, frames = clip_tuning(args)
+    return {"refine": args.refine, "perceptual": load_perceptual(args.lpips, device=device),
+            "tuning": replace(STIT, steps=passes), "tuning_frames": frames}
+
+
+def clip_tuning(args: argparse.Namespace) -> tuple[int, int]:
+    """The passes over a clip's frames and the most frames to tune on, from ``--pti-steps`` and
+    ``--pti-frames`` (STIT's 50 passes and ``DEFAULT_TUNING_FRAMES`` when not given)."""
+    return (STIT.steps if args.pti_steps is None else args.pti_steps,
+            DEFAULT_TUNING_FRAMES if args.pti_frames is None else args.pti_frames)
 
 
 def add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
@@ -320,7 +354,7 @@ def _add_apply(subparsers: Subparsers) -> None:
                    help="with --video: 'on' (default) runs the face detector only at the first frame, scene cuts, "
                         "a lost or doubtful face and once a second, and follows the face's landmarks in between "
                         "(about 10x less CPU per frame); 'off' detects the face in every frame")
-    add_refine_options(p)
+    add_refine_options(p, video=True)
     add_model_options(p, encoder=True)
     p.set_defaults(handler=_cmd_apply)
 
@@ -335,9 +369,11 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
     check_refine_options(args)
-    if args.refine != "none" and not args.photo:
-        raise EssenceError("--refine pti tunes the generator to photos: use it with --photo (latents from "
-                           "`invert --refine pti` carry their tuning with them; clips are not tuned yet).")
+    if args.pti_frames is not None and not args.video:
+        raise EssenceError("--pti-frames is for a clip: use it with --video.")
+    if args.refine != "none" and not (args.photo or args.video):
+        raise EssenceError("--refine pti tunes the generator to photos or a clip: use it with --photo or --video "
+                           "(latents from `invert --refine pti` carry their tuning with them).")
     if args.video:
         return _apply_video(args, direction, strengths)
     generator = load_generator(args.generator, device=args.device)
@@ -362,8 +398,6 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
     """``apply --video``: one strength, every frame; the work is ``essence.video.apply_to_video``'s."""
     from tqdm import tqdm
 
-    from ..video import STAGES, apply_to_video
-
     if len(strengths) != 1:
         raise EssenceError(f"--video takes one strength, got {len(strengths)} ({args.strength}).")
     bars: dict[str, Any] = {}
@@ -373,15 +407,17 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
             for bar in bars.values():
                 bar.close()
             label = STAGES.get(stage, stage)
-            bars[stage] = tqdm(total=total, unit="frame", desc=label, dynamic_ncols=True)
+            bars[stage] = tqdm(total=total, unit="pass" if stage == "tune" else "frame", desc=label,
+                               dynamic_ncols=True)
         bars[stage].update(done - bars[stage].n)
 
     try:
+        generator = load_generator(args.generator, device=args.device)
         result = apply_to_video(args.video, args.out, direction, encoder=load_encoder(args.encoder, device=args.device),
-                                generator=load_generator(args.generator, device=args.device),
-                                strength=strengths[0], layers=args.layers, smoothing=args.smoothing,
-                                face_tracking=args.face_tracking == "on", mask=args.paste_mask,
-                                progress=progress)
+                                generator=generator, strength=strengths[0], layers=args.layers,
+                                smoothing=args.smoothing, face_tracking=args.face_tracking == "on",
+                                mask=args.paste_mask, progress=progress,
+                                **clip_tuning_options(args, generator.latent_avg.device))
     finally:
         for bar in bars.values():
             bar.close()
@@ -389,6 +425,8 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
     missing = len(track) - track.found
     print(f"Wrote {result.path}: {result.info.frames} frames at {result.info.rate} fps, strength {strengths[0]:g}, "
           f"smoothing {args.smoothing}" + (f"; {missing} frame(s) without a face left unedited" if missing else "")
+          + (f"; generator tuned on {len(result.tuned.info['source']['frames'])} frame(s), "
+             f"{result.tuned.info['steps']} pass(es)" if result.tuned else "")
           + f" ({result.seconds:.1f} s).")
     return 0
 

@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 
 from ..errors import EssenceError
+from ..faces import load_landmarker
 from ..latents import invert, load_direction, load_latents
-from ..networks import load_encoder, load_generator, load_guide
+from ..networks import load_encoder, load_generator, load_guide, load_identity
 from ..storage import atomic_write, check_output, same_file
 from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
                         official_summary, paste_seams, plot_curves, strength_curve, target_pictures)
+from ..video import temporal_identity
 from .directions import add_model_options, identity_model, model_files, parse_floats
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -27,14 +29,20 @@ def _add_evaluate(subparsers: Subparsers) -> None:
         description="Measure essence directions the way the TargetCLIP paper did, over a strength sweep: CLIP "
                     "similarity to the target, ArcFace identity preservation and target identity (with the "
                     "identity model), and consistency. Prints a table; --recommend stores the strength with "
-                    "the best target similarity that keeps identity in each direction file (for --strength auto).")
-    p.add_argument("directions", nargs="+", metavar="DIRECTION", help="direction file(s) (.safetensors or .npy)")
-    p.add_argument("--target", nargs="+", required=True, help="the target picture(s) the directions were trained on")
+                    "the best target similarity that keeps identity in each direction file (for --strength auto). "
+                    "--video ORIGINAL EDITED... instead measures how steady the person stays in edited clips: "
+                    "STIT's TL-ID and TG-ID (ArcFace similarity of neighbouring frames and of all pairs of frames, "
+                    "edited over original; 1 is as steady as the footage).")
+    p.add_argument("directions", nargs="*", metavar="DIRECTION", help="direction file(s) (.safetensors or .npy)")
+    p.add_argument("--target", nargs="+", help="the target picture(s) the directions were trained on")
     faces = p.add_mutually_exclusive_group()
     faces.add_argument("--sample", type=int, default=None,
                        help="measure on this many random faces (default 8, seed --seed)")
     faces.add_argument("--latents", help="measure on these latents (a latent file, opt_latents.pt or w_plus.npy)")
     faces.add_argument("--photo", nargs="+", help="measure on these photos (aligned and inverted with e4e)")
+    faces.add_argument("--video", nargs="+", metavar="CLIP",
+                       help="ORIGINAL EDITED...: the temporal identity (TL-ID, TG-ID) of each edited clip against "
+                            "the original it was made from (e.g. by essence apply --video); needs the identity model")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                    help=f"seed for --sample (default {HELD_OUT_SEED}: other faces than training's samples)")
     p.add_argument("--strengths", default=None,
@@ -57,6 +65,11 @@ def _add_evaluate(subparsers: Subparsers) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.video:
+        return _evaluate_clips(args)
+    if not args.directions or not args.target:
+        raise EssenceError("evaluate needs direction file(s) and --target picture(s) (or --video ORIGINAL EDITED "
+                           "to measure edited clips).")
     directions = [load_direction(path) for path in args.directions]
     if args.recommend:
         unwritable = [path for path in args.directions if Path(path).suffix.lower() != ".safetensors"]
@@ -103,6 +116,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"Wrote {args.plot}")
     if args.recommend:
         _record(args.directions, directions, recommendations)
+    return 0
+
+
+def _evaluate_clips(args: argparse.Namespace) -> int:
+    """``evaluate --video ORIGINAL EDITED...``: each edited clip's TL-ID and TG-ID (``temporal_identity``)."""
+    if args.directions or args.target or args.recommend or args.plot:
+        raise EssenceError("--video measures clips that are already edited: give ORIGINAL EDITED... alone, without "
+                           "direction files, --target, --recommend or --plot.")
+    if len(args.video) < 2:
+        raise EssenceError("--video needs the original clip and at least one edited clip made from it.")
+    original, *edited = args.video
+    if args.json:
+        check_output(args.json, [*args.video, *model_files(args)], what="--json")
+    model = load_identity(args.identity, device=args.device)  # needed here: a clear error when it is missing
+    landmarks = load_landmarker(args.landmarks)
+    print(f"Measuring the temporal identity of {len(edited)} edited clip(s) of {Path(original).name}.", flush=True)
+    results = []
+    for clip in edited:
+        result = temporal_identity(original, clip, model, landmarks)
+        print(f"  {result.edited}: {result.describe()}")
+        results.append(result.to_dict())
+    if args.json:
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps({"original": Path(original).name, "clips": results}, indent=1), encoding="utf-8")
+        print(f"Wrote {args.json}")
     return 0
 
 

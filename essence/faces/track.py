@@ -153,6 +153,12 @@ def as_frame(frame: ImageSource, index: int) -> Photo:
     return dataclasses.replace(photo, name=f"frame {index + 1}")
 
 
+def clip_frames(frames: ImageSource | Sequence[ImageSource]) -> list[Photo]:
+    """Every frame of a clip held in memory (e.g. a ComfyUI IMAGE batch) as full-size ``Photo``s
+    named by their number; ``align_clip`` reads them as they are, and pivotal tuning crops them again."""
+    return [as_frame(photo, i) for i, photo in enumerate(load_photos(frames, work_pixels=MAX_PIXELS))]
+
+
 def detect_frames(frames: Iterable[ImageSource], landmarker: FaceLandmarker, face_index: int = 0,
                   progress: Callable[[int], None] | None = None, tracking: Tracking | None = None,
                   rate: float = 30.0, start: int = 0) -> Detections:
@@ -308,6 +314,6 @@ def align_clip(frames: ImageSource | Sequence[ImageSource], landmarker: FaceLand
                tracking: Tracking | None = None) -> tuple[list[AlignedFace | None], FaceTrack]:
     """Every frame of a clip held in memory (e.g. a ComfyUI IMAGE batch [F, H, W, 3]) aligned at its
     smoothed quad: one ``AlignedFace`` or None (no face) per frame, and the track."""
-    photos = [as_frame(photo, i) for i, photo in enumerate(load_photos(frames, work_pixels=MAX_PIXELS))]
+    photos = clip_frames(frames)
     track = track_faces(photos, landmarker, rate, smoothing, face_index, progress, tracking)
     return [align_tracked(photo, track, i, size) for i, photo in enumerate(photos)], track

@@ -13,7 +13,7 @@ from .apply import (LAYER_PRESETS, Strength, apply_direction, apply_to_photo, ed
                     mix_directions, strength_sweep)
 from .direction import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, Direction, LatentSpace, direction_metadata,
                         load_direction, target_thumbnail)
-from .inversion import REFINEMENTS, Inversion, clear_inversion_cache, invert, invert_aligned
+from .inversion import REFINEMENTS, Inversion, clear_inversion_cache, invert, invert_aligned, tune_faces
 from .latent_set import (LatentSet, generator_info, import_targetclip_latents, is_latent_file, load_latents,
                          sample_latents, save_latents, tuned_path)
 from .tuning import PTI, STIT, TuningSettings, TuningStep, tune_generator
@@ -23,7 +23,7 @@ __all__ = [
     "generator_info", "tuned_path",
     "Direction", "LatentSpace", "load_direction", "direction_metadata", "target_thumbnail", "AUTO_STRENGTH_KEY",
     "FALLBACK_STRENGTH",
-    "invert", "invert_aligned", "Inversion", "clear_inversion_cache", "REFINEMENTS",
+    "invert", "invert_aligned", "tune_faces", "Inversion", "clear_inversion_cache", "REFINEMENTS",
     "apply_direction", "edit_latents", "apply_to_photo", "mix_directions", "strength_sweep", "image_grid", "LAYER_PRESETS",
     "Strength",
     "tune_generator", "TuningSettings", "TuningStep", "PTI", "STIT",

@@ -26,8 +26,8 @@ from PIL import Image
 
 from ..errors import EssenceError, FaceIndexError, FaceNotFoundError
 from ..faces import (RECIPE, AlignedFace, FaceLandmarker, ImageSource, align_faces, load_landmarker, load_photos,
-                     nothing_found, pil_to_model, realign)
-from ..networks import INPUT_SIZE, E4EEncoder, TunedWeights, load_encoder, load_generator, load_perceptual, render
+                     nothing_found, pil_to_model, pil_to_pixels, realign)
+from ..networks import INPUT_SIZE, E4EEncoder, TunedWeights, load_encoder, load_generator, perceptual_network, render
 from .latent_set import LatentSet, generator_info
 from .tuning import PTI, TuningSettings, tune_generator
 
@@ -145,36 +145,61 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
                        failures=failures, cache_hits=hits, encoder_fingerprint=fingerprint)
     decoder = _generator(generator, encoder) if rows and (refine == "pti" or return_reconstruction) else None
     if refine == "pti" and rows:
-        _tune(result, loaded, decoder, perceptual, tuning, tuning_progress)
+        tune_faces(result, loaded, decoder, perceptual, tuning, progress=tuning_progress)
     if return_reconstruction and rows:
         result.reconstructions = render(decoder, latents, batch_size, what="reconstructions",
                                         tuned=result.tuned_rows())
     return result
 
 
-def _tune(result: Inversion, photos: list, generator: Any, perceptual: Any, settings: TuningSettings,
-          progress: Callable[[int, int], None] | None) -> None:
-    """Pivotal tuning of ``generator`` to every face of ``result``, one face at a time (each its own
-    tuned weights, PTI's way), against the face cropped again at the generator's size."""
-    lpips = perceptual if isinstance(perceptual, torch.nn.Module) else \
-        load_perceptual(perceptual, device=generator.latent_avg.device)
-    steps_per_face, total = settings.steps, settings.steps * len(result.faces)
-    for row, (face, source) in enumerate(zip(result.faces, result.sources)):
-        key = f"{face.photo_sha256[:16]}-face{face.index}"
-        source["tuned"] = key
-        if key not in result.tunings:  # the same face given twice is tuned once
-            crop = realign(photos[source["photo_index"]], face, generator.size).crop
-            target = pil_to_model([crop]).to(generator.latent_avg.device)
+def tune_faces(inversion: Inversion, photos: Sequence[ImageSource], generator: Any, perceptual: Any = None,
+               settings: TuningSettings = PTI, *, together: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> None:
+    """Pivotal tuning of ``generator`` to the faces of ``inversion`` (found in ``photos``, which
+    ``photo_index`` counts), each against its face cropped again at the generator's size; the tuned
+    weights go into ``inversion.tunings`` and each row's source names its own (``source["tuned"]``).
 
-            def heard(step: int, steps: int, _last, done: int = row * steps_per_face) -> None:
+    One face at a time, PTI's way; or, ``together``, one generator for every face (the frames of a
+    clip, STIT's way: pass ``STIT`` settings), so that the clip stays one person. ``perceptual``: the
+    LPIPS network or its backbone file (default: looked up). ``progress(step, steps)`` hears every step.
+    """
+    if not inversion.faces:
+        return
+    lpips = perceptual_network(perceptual, generator.latent_avg.device)
+    loaded = load_photos(list(photos) if isinstance(photos, (list, tuple)) else photos)
+    keys = [f"{face.photo_sha256[:16]}-face{face.index}" for face in inversion.faces]
+    if together:
+        key = "clip-" + hashlib.sha256("/".join(keys).encode()).hexdigest()[:16]
+        tuned = _tune_rows(inversion, loaded, range(len(keys)), generator, lpips, settings, progress)
+        tuned.info["source"] = {"frames": [source["photo_index"] for source in inversion.sources]}
+        inversion.tunings[key] = tuned
+        for source in inversion.sources:
+            source["tuned"] = key
+        return
+    total = settings.steps * len(keys)
+    for row, (key, source) in enumerate(zip(keys, inversion.sources)):
+        source["tuned"] = key
+        if key not in inversion.tunings:  # the same face given twice is tuned once
+            def heard(step: int, _steps: int, done: int = row * settings.steps) -> None:
                 if progress is not None:
                     progress(done + step, total)
 
-            tuned, _ = tune_generator(generator, result.latents[row:row + 1], target, lpips, settings, progress=heard)
+            tuned = _tune_rows(inversion, loaded, [row], generator, lpips, settings, heard)
             tuned.info["source"] = {k: source[k] for k in ("name", "sha256", "face") if k in source}
-            result.tunings[key] = tuned
+            inversion.tunings[key] = tuned
         if progress is not None:  # a face tuned before, or stopped early by PTI's LPIPS stop, completes its share
-            progress((row + 1) * steps_per_face, total)
+            progress((row + 1) * settings.steps, total)
+
+
+def _tune_rows(inversion: Inversion, photos: list, rows: Sequence[int], generator: Any, lpips: torch.nn.Module,
+               settings: TuningSettings, progress: Callable[[int, int], None] | None) -> TunedWeights:
+    """One tuning of ``generator`` over ``rows`` of ``inversion``."""
+    crops = [realign(photos[inversion.sources[row]["photo_index"]], inversion.faces[row], generator.size).crop
+             for row in rows]
+    heard = None if progress is None else (lambda step, steps, _last: progress(step, steps))
+    tuned, _ = tune_generator(generator, inversion.latents[list(rows)], pil_to_pixels(crops), lpips, settings,
+                              progress=heard)
+    return tuned
 
 
 def invert_aligned(faces: Sequence[AlignedFace], encoder: E4EEncoder | PathLike | None = None, *,

@@ -81,8 +81,12 @@ Progress = Callable[[int, int, TuningStep], None]
 def tune_generator(generator: StyleGAN2Generator, pivots: torch.Tensor, targets: torch.Tensor,
                    perceptual: torch.nn.Module, settings: TuningSettings = PTI, *,
                    progress: Progress | None = None) -> tuple[TunedWeights, list[TuningStep]]:
-    """Tune ``generator``'s synthesis weights so that it draws ``targets`` [N, 3, S, S] (in [-1, 1],
-    S the generator's size) from ``pivots`` [N, n_latent, D]; the generator itself is left as it was.
+    """Tune ``generator``'s synthesis weights so that it draws ``targets`` [N, 3, S, S] (S the
+    generator's size; float in [-1, 1], or uint8 pixels as ``essence.faces.pil_to_pixels`` gives them) from
+    ``pivots`` [N, n_latent, D]; the generator itself is left as it was.
+
+    uint8 targets stay where they are (a clip's frames on the CPU: 3 MB a 1024 px frame, a quarter
+    of float32) and go to the generator's device one frame at a time.
 
     Returns the tuned weights (``TunedWeights``, against ``generator``) and every step's losses.
     ``perceptual`` is the LPIPS network (``load_perceptual``). ``progress(step, steps, last)`` hears
@@ -101,7 +105,7 @@ def tune_generator(generator: StyleGAN2Generator, pivots: torch.Tensor, targets:
             updated = False
             for row in range(len(pivots)):
                 record = _step(generator, parameters, optimizer, perceptual, settings, probe,
-                               pivots[row:row + 1], targets[row:row + 1], step, row)
+                               pivots[row:row + 1], _target(targets, row, pivots.device), step, row)
                 history.append(record)
                 updated |= record.update
             if progress is not None:
@@ -126,10 +130,21 @@ def _checked_inputs(generator: StyleGAN2Generator, pivots: torch.Tensor,
     if len(pivots) == 0:
         raise EssenceError("there is nothing to tune: no frames were given.")
     require_finite(pivots, "the pivots")
-    require_finite(targets, "the photos to tune on")
     device = generator.latent_avg.device
     with torch.inference_mode(False):
-        return pivots.detach().to(device).float().clone(), targets.detach().to(device).float().clone()
+        pivots = pivots.detach().to(device).float().clone()
+        if targets.dtype == torch.uint8:
+            return pivots, targets.detach().clone()
+        require_finite(targets, "the photos to tune on")
+        return pivots, targets.detach().to(device).float().clone()
+
+
+def _target(targets: torch.Tensor, row: int, device: torch.device) -> torch.Tensor:
+    """Row ``row`` of the targets as float in [-1, 1] on ``device`` (uint8 as ``pil_to_model`` reads pixels)."""
+    target = targets[row:row + 1]
+    if target.dtype != torch.uint8:
+        return target
+    return target.to(device).float() / 255.0 * 2.0 - 1.0
 
 
 def _step(generator: StyleGAN2Generator, parameters: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

@@ -16,7 +16,8 @@ Each network infers its architecture from the weights and loads them with ``stri
 from .clip_guide import ClipGuide, GeneratedMode, import_clip_model, to_unit
 from .e4e import INPUT_SIZE, E4EEncoder, EncoderConfig, build_encoder
 from .identity import IdentityConfig, IdentityEncoder, build_identity
-from .loaders import load_encoder, load_generator, load_guide, load_identity, load_perceptual, optional_identity
+from .loaders import (load_encoder, load_generator, load_guide, load_identity, load_perceptual, optional_identity,
+                      perceptual_network)
 from .perceptual import perceptual_distance
 from .rendering import DEFAULT_BATCH, render
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, build_generator
@@ -27,8 +28,8 @@ __all__ = [
     "E4EEncoder", "EncoderConfig", "build_encoder", "INPUT_SIZE",
     "IdentityEncoder", "IdentityConfig", "build_identity",
     "ClipGuide", "GeneratedMode", "to_unit", "import_clip_model",
-    "load_generator", "load_encoder", "load_guide", "load_identity", "load_perceptual", "optional_identity",
-    "perceptual_distance",
+    "load_generator", "load_encoder", "load_guide", "load_identity", "load_perceptual", "perceptual_network",
+    "optional_identity", "perceptual_distance",
     "TunedWeights", "TunedFile", "MissingTuned", "save_tuned", "synthesis_parameters", "synthesize_with",
     "render", "DEFAULT_BATCH",
 ]

@@ -71,6 +71,12 @@ def load_perceptual(path: PathLike | None = None, device: str | torch.device | N
     return _load("perceptual", path, device, load_perceptual_file, cache)
 
 
+def perceptual_network(perceptual: torch.nn.Module | PathLike | None,
+                       device: str | torch.device | None = "cpu") -> torch.nn.Module:
+    """The LPIPS network a caller gave, or the one loaded from the file it named (default: looked up)."""
+    return perceptual if isinstance(perceptual, torch.nn.Module) else load_perceptual(perceptual, device)
+
+
 def optional_identity(path: PathLike | None = None,
                       device: str | torch.device | None = "cpu") -> tuple[IdentityEncoder | None, str | None]:
     """The identity network where one is only nice to have (metrics, ranking candidates): the file

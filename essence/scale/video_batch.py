@@ -1,12 +1,15 @@
 """A long clip on Ray: its frames split into chunks across workers, resumable like every batch job.
 
-``run_video_job`` does what ``essence.video.apply_to_video`` does, in two rounds of
+``run_video_job`` does what ``essence.video.apply_to_video`` does, in rounds of
 ``essence.scale.batch`` tasks on the same workers (each loads the models once):
 
 1. **Find the face**: one task per chunk of frames writes that chunk's detections (JSON). The
    driver joins them and smooths the crop over the whole clip (cheap: a few numbers per frame), so
    chunk boundaries do not reset the smoothing; the track is written beside the chunks.
-2. **Edit**: one task per chunk writes that chunk's edited frames as a lossless FFV1 segment.
+2. **Tune** (only with ``refine="pti"``): one task tunes the generator to the whole clip
+   (``essence.video.tune_to_clip``, STIT's way: it needs every frame's crop, so it is not split) and
+   writes the tuned weights beside the chunks; each edit task reads them.
+3. **Edit**: one task per chunk writes that chunk's edited frames as a lossless FFV1 segment.
 
 The final video is assembled (encoded once, with the clip's audio) only when every segment exists,
 so it is the single-process output frame for frame. Every chunk file is written atomically; a rerun
@@ -24,7 +27,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,14 +36,16 @@ import numpy as np
 from ..errors import EssenceError
 from ..faces import (Detections, FaceTrack, Smoothing, Tracking, join_detections, load_landmarker, smoothing_preset,
                      tracking_settings)
-from ..latents import Direction, load_direction
-from ..networks import load_encoder, load_generator
-from ..storage import atomic_write, file_sha256, folder_lock
-from ..video import (DEFAULT_BATCH, STAGES, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
-                     edit_video_range, output_container, probe_video, video_comment, video_track, write_video)
+from ..latents import REFINEMENTS, STIT, Direction, TuningSettings, load_direction
+from ..networks import TunedFile, TunedWeights, load_encoder, load_generator, load_perceptual, save_tuned
+from ..storage import atomic_write, file_sha256, find_weight, folder_lock
+from ..video import (DEFAULT_BATCH, DEFAULT_TUNING_FRAMES, STAGES, FaceEditor, VideoInfo, assemble_video,
+                     check_audio_fits, check_tuning_frames, detect_video, edit_video_range, output_container,
+                     probe_video, tune_to_clip, video_comment, video_track, write_video)
 from .batch import BatchReport, BatchRunner, BatchTask
 
 DEFAULT_CHUNK = 240  # frames per task: 10 s of 24 fps video, a few minutes of work on a GPU
+CLIP_KEY = "clip"  # the tuned weights' key in a job's tuned.safetensors
 
 PathLike = str | os.PathLike
 
@@ -61,16 +66,33 @@ class VideoJob:
     chunk_frames: int = DEFAULT_CHUNK
     face_tracking: bool | Tracking = True
     mask: str = "face"
+    refine: str = "none"                            # or "pti": the generator tuned to the clip first
+    tuning_passes: int = STIT.steps                 # with "pti": passes over the frames (STIT's 50)
+    tuning_frames: int = DEFAULT_TUNING_FRAMES      # with "pti": at most this many frames, spread over the clip
+
+    def tuning(self) -> TuningSettings:
+        return replace(STIT, steps=self.tuning_passes)
+
+    def check(self) -> None:
+        """Refuse settings no worker could use, before any worker starts."""
+        smoothing_preset(self.smoothing)
+        if self.refine not in REFINEMENTS:
+            raise EssenceError(f"unknown refinement {self.refine!r}; choose one of {', '.join(REFINEMENTS)}.")
+        if self.refine == "pti":
+            self.tuning().check()
+            check_tuning_frames(self.tuning_frames)
 
 
 @dataclass(frozen=True)
 class VideoModels:
-    """The model files every worker loads once (None: looked up as usual) and the device."""
+    """The model files every worker loads once (None: looked up as usual) and the device; the LPIPS
+    backbone (``perceptual``) only for jobs with pivotal tuning, by the worker that tunes."""
 
     generator: str | None = None
     encoder: str | None = None
     landmarks: str | None = None
     device: str = "auto"
+    perceptual: str | None = None
 
 
 @dataclass
@@ -86,16 +108,19 @@ class VideoJobResult:
 
 class VideoWorker:
     """A batch worker for video chunks: the landmark model, e4e and the generator load once; a task
-    either finds the face in a chunk (``stage`` 'detect') or edits it ('edit')."""
+    either finds the face in a chunk (``stage`` 'detect'), tunes the generator to the clip ('tune')
+    or edits a chunk ('edit')."""
 
     def __init__(self, models: VideoModels) -> None:
+        self.models = models
         self.landmarks = load_landmarker(models.landmarks)
         self.encoder = load_encoder(models.encoder, device=models.device)
         self.generator = load_generator(models.generator, device=models.device)
-        # a job's track and direction are written before its edit round and never change: each worker
-        # reads them once, not once per chunk
+        # a job's track, direction and tuned weights are written before its edit round and never
+        # change: each worker reads them once, not once per chunk
         self._tracks: dict[Path, FaceTrack] = {}
         self._directions: dict[Path, Direction] = {}
+        self._tunings: dict[Path, TunedWeights] = {}
 
     def run(self, task: BatchTask) -> dict[str, Any]:
         job: VideoJob = task.inputs["job"]
@@ -106,18 +131,32 @@ class VideoWorker:
             with atomic_write(task.output) as tmp:
                 tmp.write_text(json.dumps(found.to_dict()), encoding="utf-8")
             return {"frames": len(found.faces), "faces": sum(f is not None for f in found.faces)}
-        track_path = Path(task.inputs["track"])
-        if track_path not in self._tracks:
-            self._tracks[track_path] = load_track(track_path)
-        track = self._tracks[track_path]
+        track = self._track(Path(task.inputs["track"]))
+        info: VideoInfo = task.inputs["info"]
+        if task.inputs["stage"] == "tune":
+            perceptual = load_perceptual(self.models.perceptual, device=self.generator.latent_avg.device)
+            tuned = tune_to_clip(info, track, self.encoder, self.generator, perceptual, job.tuning(),
+                                 max_frames=job.tuning_frames, batch_size=job.batch_size)
+            save_tuned(task.output, {CLIP_KEY: tuned}, task.output.parent.name)
+            return {"frames": len(tuned.info["source"]["frames"]), "passes": tuned.info["steps"]}
         if job.direction not in self._directions:
             self._directions[job.direction] = load_direction(job.direction)
+        tuned = None
+        if "tuned" in task.inputs:
+            tuned_path = Path(task.inputs["tuned"])
+            if tuned_path not in self._tunings:
+                self._tunings[tuned_path] = TunedFile(tuned_path)[CLIP_KEY]
+            tuned = self._tunings[tuned_path]
         editor = FaceEditor(self.encoder, self.generator, self._directions[job.direction], job.strength, job.layers,
-                            job.feather, job.batch_size, job.mask)
-        info: VideoInfo = task.inputs["info"]
+                            job.feather, job.batch_size, job.mask, tuned)
         frames = edit_video_range(info, track, editor, start, stop)
         write_video(frames, task.output, info.rate, (info.width, info.height), segment=True)
         return {"frames": stop - start, "faces": sum(d is not None for d in track.detections[start:stop])}
+
+    def _track(self, path: Path) -> FaceTrack:
+        if path not in self._tracks:
+            self._tracks[path] = load_track(path)
+        return self._tracks[path]
 
 
 def chunk_ranges(frames: int, chunk: int) -> list[tuple[int, int]]:
@@ -147,7 +186,8 @@ def job_key(job: VideoJob, models: VideoModels) -> str:
 
     settings = {k: v for k, v in asdict(job).items() if k not in ("video", "out", "direction")}
     record = {"video": identity(job.video), "direction": file_sha256(job.direction), "settings": settings,
-              "models": {role: identity(getattr(models, role)) for role in ("generator", "encoder", "landmarks")},
+              "models": {role: identity(getattr(models, role))
+                         for role in ("generator", "encoder", "landmarks", "perceptual")},
               "device": models.device}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -201,6 +241,14 @@ def _segment_done(tasks: list[BatchTask]) -> Callable[[Path], dict[str, Any]]:
     return validate
 
 
+def _tuned_done(path: Path) -> dict[str, Any]:
+    """``validate`` for the tuned weights: the file opens and holds the clip's entry."""
+    tuned = TunedFile(path)
+    if CLIP_KEY not in tuned:
+        raise ValueError(f"{path.name}: no tuned weights for the clip")
+    return {}
+
+
 def _run(runner: BatchRunner, tasks: list[BatchTask], validate: Callable[[Path], dict[str, Any]], progress: bool,
          stage: str) -> BatchReport:
     """One round of tasks; an ``EssenceError`` naming the failed chunks when any failed."""
@@ -236,8 +284,10 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
     info = probe_video(job.video)
     output_container(job.out)
     check_audio_fits(job.out, info)
-    smoothing_preset(job.smoothing)  # refuse an unknown preset before any worker starts
+    job.check()  # refuse what no worker could do before any worker starts
     load_direction(job.direction)
+    if job.refine == "pti":
+        find_weight("perceptual", explicit_path=models.perceptual)  # the LPIPS file the tuning worker will need
     comment = f"essence video job {job_key(job, models)}"
     with folder_lock(job.out.parent, "another video job", f".{job.out.name}.lock"):
         if _finished_video(job.out, info, comment):
@@ -261,8 +311,14 @@ def _run_job(job: VideoJob, models: VideoModels, info: VideoInfo, comment: str, 
         track = video_track(info, detections, job.smoothing)
         track_file = parts / "track.json"
         save_track(track, detections, track_file)
+        shared: dict[str, Any] = {"job": job, "track": str(track_file), "info": info}
+        if job.refine == "pti":
+            tune = [BatchTask("tuning", parts / "tuned.safetensors",
+                              {"stage": "tune", "frames": (0, info.frames), **shared})]
+            reports["tune"] = _run(runner, tune, _tuned_done, progress, STAGES["tune"])
+            shared["tuned"] = str(tune[0].output)
         edit = [BatchTask(f"frames {a}-{b}", parts / f"frames_{a:08d}_{b:08d}.mkv",
-                          {"stage": "edit", "job": job, "frames": (a, b), "track": str(track_file), "info": info})
+                          {"stage": "edit", "frames": (a, b), **shared})
                 for a, b in ranges]
         reports["edit"] = _run(runner, edit, _segment_done(edit), progress, STAGES["edit"])
     path = assemble_video(info, [t.output for t in edit], job.out, comment=comment)

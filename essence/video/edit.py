@@ -18,22 +18,26 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import FaceNotFoundError, VideoInputError
+from ..errors import EssenceError, FaceNotFoundError, VideoInputError
 from ..faces import (AlignedFace, Detections, FaceLandmarker, FaceTrack, Smoothing, Tracking, align_tracked, as_frame,
                      build_track, detect_frames, load_landmarker, model_to_comfy, paste_back, smoothing_preset,
                      tracking_settings)
-from ..latents import Direction, Strength, apply_direction, invert_aligned, load_direction
-from ..networks import INPUT_SIZE, E4EEncoder, StyleGAN2Generator, load_encoder, load_generator, render
+from ..latents import (REFINEMENTS, STIT, Direction, Strength, TuningSettings, apply_direction, invert_aligned,
+                       load_direction)
+from ..networks import (INPUT_SIZE, E4EEncoder, StyleGAN2Generator, TunedWeights, load_encoder, load_generator,
+                        perceptual_network, render)
 from .files import VideoInfo, check_audio_fits, output_container, probe_video, read_frames, write_video
+from .tuning import DEFAULT_TUNING_FRAMES, check_tuning_frames, tune_to_clip
 
 PathLike = str | os.PathLike
 Progress = Callable[[str, int, int], None]  # (stage, frames done, frames in all)
-STAGES = {"detect": "finding the face", "edit": "editing"}  # the two passes over a clip, as progress bars name them
+# the passes over a clip, as progress bars name them ("tune" only with pivotal tuning, and counted in passes)
+STAGES = {"detect": "finding the face", "tune": "tuning the generator", "edit": "editing"}
 DEFAULT_BATCH = 8  # frames inverted and rendered per pass
 
 
@@ -42,7 +46,8 @@ DEFAULT_BATCH = 8  # frames inverted and rendered per pass
 
 @dataclass
 class FaceEditor:
-    """What happens to each tracked face: e4e inversion, ``w + strength * d``, rendering, paste-back."""
+    """What happens to each tracked face: e4e inversion, ``w + strength * d``, rendering (with the
+    clip's tuned generator weights when there are some), paste-back."""
 
     encoder: E4EEncoder
     generator: StyleGAN2Generator
@@ -52,12 +57,13 @@ class FaceEditor:
     feather: float = 0.1
     batch_size: int = DEFAULT_BATCH
     mask: str = "face"  # paste along the face's outline, or "square": the whole crop
+    tuned: TunedWeights | None = None  # the generator tuned to this clip (``tune_to_clip``)
 
     def faces(self, aligned: Sequence[AlignedFace]) -> torch.Tensor:
         """Aligned faces -> the edited faces [N, S, S, 3] in 0..1, inverted and rendered in batches."""
         latents = invert_aligned(aligned, self.encoder, batch_size=self.batch_size).latents
         edited = apply_direction(latents, self.direction, self.strength, self.layers)
-        return model_to_comfy(render(self.generator, edited, self.batch_size, what="video frames"))
+        return model_to_comfy(render(self.generator, edited, self.batch_size, what="video frames", tuned=self.tuned))
 
     def frames(self, frames: Iterable[np.ndarray], track: FaceTrack, start: int = 0) -> Iterator[np.ndarray]:
         """Frames ``start``, ``start + 1``, ... of the tracked clip, edited, ``batch_size`` at a time."""
@@ -93,12 +99,14 @@ class FaceEditor:
 @dataclass
 class VideoResult:
     """What ``apply_to_video`` did: the output, the input's description, the face track (its
-    ``jitter()`` measures how much the crop moved), and the seconds it took."""
+    ``jitter()`` measures how much the crop moved), the seconds it took, and with pivotal tuning the
+    generator weights tuned to the clip."""
 
     path: Path
     info: VideoInfo
     track: FaceTrack
     seconds: float
+    tuned: TunedWeights | None = None
 
 
 
@@ -161,7 +169,8 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                    layers: str = "all", smoothing: Smoothing | str | None = "normal", face_index: int = 0,
                    feather: float = 0.1, batch_size: int = DEFAULT_BATCH,
                    progress: Progress | None = None, face_tracking: bool | Tracking | None = True,
-                   mask: str = "face") -> VideoResult:
+                   mask: str = "face", refine: str = "none", perceptual: Any = None,
+                   tuning: TuningSettings = STIT, tuning_frames: int = DEFAULT_TUNING_FRAMES) -> VideoResult:
     """Apply ``direction`` at ``strength`` to the main face of every frame of ``video``; write ``out``.
 
     ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up).
@@ -170,11 +179,19 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
     settings; about 10x less CPU per frame) or detect it in every frame (False).
     ``mask``: paste each edited face along its outline (``"face"``, the default: the frame outside
     the face is kept exactly) or as the whole soft-edged crop (``"square"``); see ``paste_back``.
-    ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes.
-    Raises ``VideoInputError`` for an unreadable video or an unusable output name and
-    ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
+    ``refine="pti"`` first tunes the generator to the clip, one generator for all its frames
+    (``tune_to_clip``: STIT's ``tuning`` settings, at most ``tuning_frames`` frames, the LPIPS
+    network ``perceptual`` or its file, default looked up), then draws every edited frame with it.
+    ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes (and each
+    pass of "tune"). Raises ``VideoInputError`` for an unreadable video or an unusable output name
+    and ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
     """
     began = time.perf_counter()
+    if refine not in REFINEMENTS:
+        raise EssenceError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINEMENTS)}.")
+    if refine == "pti":
+        tuning.check()
+        check_tuning_frames(tuning_frames)
     info = probe_video(video)
     output_container(out)
     check_audio_fits(out, info)
@@ -184,18 +201,24 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                         feather, batch_size, mask)
     direction.check_fits(editor.generator)
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    if refine == "pti":  # a missing LPIPS file stops here, before any frame is read
+        perceptual = perceptual_network(perceptual, editor.generator.latent_avg.device)
     detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames),
                               tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, settings)
+    if refine == "pti":
+        editor.tuned = tune_to_clip(info, track, editor.encoder, editor.generator, perceptual, tuning,
+                                    max_frames=tuning_frames, batch_size=batch_size,
+                                    progress=_stage(progress, "tune", tuning.steps))
     frames = edit_video_range(info, track, editor)
     path = write_video(_counted(frames, info.frames), out, info.rate, (info.width, info.height),
                        audio_from=info.path if info.audio else None,
                        progress=_stage(progress, "edit", info.frames))
-    return VideoResult(path, info, track, time.perf_counter() - began)
+    return VideoResult(path, info, track, time.perf_counter() - began, editor.tuned)
 
 
-def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int], None] | None:
-    return None if progress is None else (lambda done: progress(stage, done, total))
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[..., None] | None:
+    return None if progress is None else (lambda done, *_: progress(stage, done, total))
 
 
 def _encoder(encoder: E4EEncoder | PathLike | None) -> E4EEncoder:
