@@ -247,7 +247,8 @@ def _pti_options(generator: essence.networks.StyleGAN2Generator, settings: Tunin
             bar.append(host.Progress(total))
         bar[0].update(done)
 
-    return {"refine": "pti", "perceptual": load_perceptual(device=generator.latent_avg.device),
+    # not kept in Essence's model cache: ComfyUI owns the memory between runs (244 MB, read again each run)
+    return {"refine": "pti", "perceptual": load_perceptual(device=generator.latent_avg.device, cache=False),
             "tuning": settings, "tuning_progress": progress}
 
 

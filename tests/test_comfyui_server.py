@@ -336,8 +336,15 @@ def test_help_page_opens_from_the_selection_toolbox(server, page):
     node_id = page.page.evaluate("""() => { const node = window.LiteGraph.createNode('EssenceTrain');
         node.pos = [300, 200]; window.app.graph.add(node); window.app.canvas.setDirty(true, true);
         return node.id; }""")
-    page.page.mouse.click(*page.page.evaluate(TITLE_POINT_JS, node_id))
-    page.page.locator('[data-testid="info-button"]').click(timeout=HELP_TIMEOUT)
+    info = page.page.locator('[data-testid="info-button"]')
+    for _attempt in range(3):  # a click before the canvas has drawn the new node selects nothing: click again
+        page.page.mouse.click(*page.page.evaluate(TITLE_POINT_JS, node_id))
+        deadline = time.monotonic() + HELP_TIMEOUT / 3000
+        while not info.is_visible() and time.monotonic() < deadline:
+            page.page.wait_for_timeout(200)
+        if info.is_visible():
+            break
+    info.click(timeout=HELP_TIMEOUT)
     check_help_page_shown(server, page.page, "EssenceTrain")
     assert not page.errors, page.errors
     close_node_library(page.page)
