@@ -405,11 +405,14 @@ def video_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     note = g.note("Give the face in a video clip an essence. Load Video + Get Video Components give the frames "
                   "as one IMAGE batch; Invert Face with smoothing 'normal' treats the batch as one clip and "
                   "smooths the face's crop over time at the clip's frame rate, so the edited face does not "
-                  "shimmer; frames without a face are left as they are. Create Video puts the pasted frames "
-                  "back together with the clip's sound at its frame rate. Every frame is held in memory: keep "
-                  "clips short here, or use `python -m essence apply ESSENCE --video IN --out OUT` (or "
-                  "`essence batch video` on Ray) for long ones.\n\n"
-                  + MODELS_NOTE + "\n" + FACES_NOTE + "\n\n" + DIRECTIONS_NOTE, (520, 400))
+                  "shimmer, and with refine 'pti' tunes one generator to all the frames (STIT's way: "
+                  "pti_passes passes, one step a frame), so the edited face stays the person in the clip. "
+                  "Frames without a face are left as they are, and each edited face is pasted back along its "
+                  "outline. Create Video puts the pasted frames back together with the clip's sound at its "
+                  "frame rate. Every frame is held in memory: keep clips short here, or use `python -m essence "
+                  "apply ESSENCE --video IN --out OUT --refine pti` (or `essence batch video` on Ray) for long "
+                  "ones.\n\n"
+                  + MODELS_NOTE + "\n" + FACES_NOTE + "\n" + LPIPS_NOTE + "\n\n" + DIRECTIONS_NOTE, (520, 440))
     gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
     encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
     landmarks = g.add("EssenceLandmarkLoader", landmarks_file=LANDMARKS_AUTO)
@@ -417,7 +420,8 @@ def video_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     clip = g.add("LoadVideo", "Your Clip", file=CLIP_VIDEO)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     faces = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(parts, 0),
-                  face_index=0, no_face="skip", smoothing="normal", frame_rate=(parts, 2))
+                  face_index=0, no_face="skip", smoothing="normal", frame_rate=(parts, 2), refine="pti",
+                  generator=(gen, 0))
     edited = g.add("EssenceApply", latents=(faces, 0), direction=(essence, 0), strength=1.0, layers="all",
                    auto_strength=False)
     rendered = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
