@@ -166,7 +166,7 @@ def tune_faces(inversion: Inversion, photos: Sequence[ImageSource], generator: A
     if not inversion.faces:
         return
     lpips = perceptual_network(perceptual, generator.latent_avg.device)
-    loaded = load_photos(list(photos) if isinstance(photos, (list, tuple)) else photos)
+    loaded = load_photos(photos)
     keys = [f"{face.photo_sha256[:16]}-face{face.index}" for face in inversion.faces]
     if together:
         key = "clip-" + hashlib.sha256("/".join(keys).encode()).hexdigest()[:16]

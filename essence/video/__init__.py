@@ -17,6 +17,7 @@ from .tuning import DEFAULT_TUNING_FRAMES, check_tuning_frames, tune_to_clip, tu
 __all__ = [
     "VideoInfo", "probe_video", "read_frames", "write_video", "video_comment", "output_container", "check_audio_fits",
     "apply_to_video", "VideoResult", "FaceEditor", "STAGES", "DEFAULT_BATCH", "detect_video", "video_track",
-    "edit_video_range", "assemble_video", "tune_to_clip", "tuning_frames", "check_tuning_frames", "DEFAULT_TUNING_FRAMES",
+    "edit_video_range", "assemble_video",
+    "tune_to_clip", "tuning_frames", "check_tuning_frames", "DEFAULT_TUNING_FRAMES",
     "temporal_identity", "TemporalIdentity", "Consistency",
 ]

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import EssenceError, VideoInputError
-from ..faces import FaceLandmarker, align_tracked, as_frame, load_landmarker, pil_to_model, tracking_settings
+from ..faces import (FaceLandmarker, FaceTrack, align_tracked, as_frame, load_landmarker, pil_to_model,
+                     tracking_settings)
 from ..networks import INPUT_SIZE, IdentityEncoder
 from .edit import detect_video, video_track
 from .files import VideoInfo, probe_video, read_frames
@@ -72,7 +73,8 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
                               f"frame-for-frame edit of {info.path.name} ({info.frames} frames, {info.width}x"
                               f"{info.height}); the measures compare the two clips frame by frame.")
     landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
-    detections = detect_video(info, landmarker, face_index, progress=progress, tracking=tracking_settings(face_tracking))
+    detections = detect_video(info, landmarker, face_index, progress=progress,
+                              tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, smoothing)
     present, originals, edits = _embeddings(info, other, track, identity, batch_size)
     if len(present) < 2:
@@ -87,7 +89,7 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
                             Consistency(_all_pairs(originals), _all_pairs(edits)))
 
 
-def _embeddings(info: VideoInfo, other: VideoInfo, track: Any, identity: IdentityEncoder,
+def _embeddings(info: VideoInfo, other: VideoInfo, track: FaceTrack, identity: IdentityEncoder,
                 batch_size: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The frames with the face, and the ArcFace unit vectors of their crops in both clips."""
     present: list[int] = []
@@ -101,7 +103,8 @@ def _embeddings(info: VideoInfo, other: VideoInfo, track: Any, identity: Identit
                     vectors[name].append(identity.embed(pil_to_model(batch), batch_size).float().cpu())
                 batch.clear()
 
-    for index, (before, after) in enumerate(zip(read_frames(info.path, info=info), read_frames(other.path, info=other))):
+    pairs = zip(read_frames(info.path, info=info), read_frames(other.path, info=other))
+    for index, (before, after) in enumerate(pairs):
         face = align_tracked(as_frame(before, index), track, index, INPUT_SIZE)
         if face is None:
             continue
