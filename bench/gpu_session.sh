@@ -14,7 +14,8 @@
 #                fast+bf16+256px at full size, checked against each other)
 #   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
 #   tuning       pivotal tuning of one photo at full size: PTI's step and STIT's (with the locality
-#                probe), seconds per step and per photo, peak memory (bench/tuning.py)
+#                probe), seconds per step and per photo, peak memory; video frames drawn 8 a batch with
+#                the plain and with tuned weights, seconds per frame (bench/tuning.py)
 #   breakdown    profile of 3 fast steps by operator category and resolution, with roofline numbers
 #   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
 #                full-size models with random weights

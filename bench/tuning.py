@@ -1,5 +1,6 @@
 """Time of pivotal tuning per photo: PTI's step (render, L2 + LPIPS, Adam over the synthesis weights)
-and STIT's (the same plus the locality probe), with peak memory.
+and STIT's (the same plus the locality probe), with peak memory; and what drawing a clip's frames
+with tuned weights costs against the plain generator (the video path's render, per frame).
 
     python bench/tuning.py [--device cuda] [--steps 40] [--fixtures DIR] [--records DIR]
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.measure import _peak_tracker  # noqa: E402
 from bench.records import device_label, record, write_records  # noqa: E402
 from essence.latents import PTI, STIT, TuningSettings, tune_generator  # noqa: E402
-from essence.networks import GeneratorConfig, build_generator, load_generator, load_perceptual  # noqa: E402
+from essence.networks import GeneratorConfig, build_generator, load_generator, load_perceptual, render  # noqa: E402
 
 WARMUP = 5
 
@@ -66,6 +67,24 @@ def time_tuning(generator, perceptual, settings: TuningSettings, device: torch.d
     return statistics.median(steps), peak() / 1024
 
 
+def time_frames(generator, perceptual, device: torch.device, frames: int = 8, repeats: int = 3) -> dict[str, float]:
+    """Seconds per frame to draw ``frames`` frames in one batch (as ``essence apply --video`` does),
+    with the plain generator and with weights tuned to them; the median of ``repeats`` after a warm-up."""
+    latents = generator.sample_wplus(frames, seed=3, truncation=0.7)
+    with torch.no_grad():
+        photo = generator.synthesize(generator.sample_wplus(1, seed=2, truncation=0.7)).clamp(-1, 1)
+    tuned, _ = tune_generator(generator, latents[:1], photo, perceptual, replace(PTI, steps=1, lpips_stop=None))
+    timings = {}
+    for name, weights in (("plain", None), ("tuned", tuned)):
+        stamps = []
+        for _ in range(repeats + 1):
+            began = time.perf_counter()
+            render(generator, latents, batch_size=frames, tuned=weights)  # results come back to the CPU: synchronised
+            stamps.append(time.perf_counter() - began)
+        timings[name] = statistics.median(stamps[1:]) / frames
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -88,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{recipe.steps} steps, {peak:.2f} GB", flush=True)
         records.append(record(label, f"pivotal tuning step, {name}", f"{size}, float32", True, 1, args.steps,
                               seconds, peak, recipe_steps=recipe.steps, seconds_per_photo=round(per_photo, 3)))
+    frames = time_frames(generator, perceptual, device)
+    print(f"  drawing video frames {size}, 8 a batch: {frames['plain']:.4f} s a frame with the plain generator, "
+          f"{frames['tuned']:.4f} s with tuned weights", flush=True)
+    for name, seconds in frames.items():
+        records.append(record(label, f"video frames drawn, {name} generator", f"{size}, float32", True, 8, 3,
+                              seconds, None, seconds_per_frame=round(seconds, 5)))
     if args.records is not None:
         print(f"wrote {write_records(records, args.records, run='tuning')}")
     return 0
