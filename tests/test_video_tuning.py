@@ -172,7 +172,10 @@ def test_batch_video_with_pti_equals_the_single_process_edit(local_ray, clip, ti
                    refine="pti", tuning_passes=3)
     result = run_video_job(job, models, workers=2, progress=False)
     assert list(result.reports) == ["detect", "tune", "edit"] and result.reports["tune"].count("done") == 1
-    assert np.abs(_frames(result.path) - _frames(single.path)).max() <= 2
+    # the workers read the tuned weights back from float16 (the single process keeps float32): a few pixels move
+    # by a few levels after H.264, where a different edit would move most of the face by tens of levels
+    difference = np.abs(_frames(result.path) - _frames(single.path))
+    assert difference.mean() < 0.05 and difference.max() <= 10
 
 
 def test_batch_video_refuses_bad_tuning_settings_before_starting(clip, tmp_path, capsys, direction):
