@@ -8,6 +8,7 @@ a flickering edit. Tiny models, short generated clips, a random LPIPS backbone.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from fractions import Fraction
 
@@ -22,7 +23,7 @@ from workflow_tools import write_clip
 import essence
 from bench.jitter import noisy_still
 from essence import cli
-from essence.errors import EssenceError, MissingWeightsError, VideoInputError
+from essence.errors import EssenceError, EssenceWarning, MissingWeightsError, VideoInputError
 from essence.faces import FaceTrack, Tracking, align_tracked, as_frame, load_landmarker, pil_to_model
 from essence.latents import STIT, invert_aligned
 from essence.networks import IdentityConfig, build_identity, load_perceptual
@@ -228,9 +229,13 @@ def test_a_flickering_edit_lowers_tl_id_and_a_faithful_copy_keeps_it(clip, ident
     for f in flicker[1::2]:  # every other frame shows another face
         f[35:145, 65:175] = cat
     flickering = write_clip(tmp_path / "flicker.mkv", flicker, rate=Fraction(25), audio=None)
-    same = temporal_identity(clip, copy, identity, landmarker)
-    worse = temporal_identity(clip, flickering, identity, landmarker)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EssenceWarning)
+        same = temporal_identity(clip, copy, identity, landmarker)
+    with pytest.warns(EssenceWarning, match="4 of 8 sampled crops of flicker.mkv hold no face .* partly measure"):
+        worse = temporal_identity(clip, flickering, identity, landmarker)
     assert same.frames == worse.frames == 8
+    assert (same.faces.sampled, same.faces.with_face, worse.faces.with_face) == (8, 8, 4)
     assert same.local.ratio == pytest.approx(1, abs=0.01) and same.overall.ratio == pytest.approx(1, abs=0.01)
     assert worse.local.edited < worse.local.original and worse.local.ratio < same.local.ratio
     assert worse.local.original == pytest.approx(same.local.original)  # measured on the same original crops
@@ -254,3 +259,24 @@ def test_cli_evaluate_video_prints_tl_id_and_tg_id_and_writes_json(clip, tmp_pat
     short = write_clip(tmp_path / "short.mkv", list(read_frames(clip))[:5], rate=Fraction(25), audio=None)
     with pytest.raises(VideoInputError, match="short.mkv .5 frames, 240x180. is not a frame-for-frame edit"):
         temporal_identity(clip, short, identity)
+
+
+def test_cli_evaluate_video_warns_when_the_edited_crops_hold_no_face(clip, tmp_path, capsys, identity):
+    """A blank clip cropped at the original's track is as self-consistent as the face: only a face
+    check tells the two apart."""
+    import json
+
+    weights = tmp_path / "model_ir_se50.pth"
+    torch.save(identity.state_dict(), weights)
+    blank = write_clip(tmp_path / "blank.mkv", [np.full((180, 240, 3), 128, np.uint8)] * 8, rate=Fraction(25),
+                       audio=None)
+    report = tmp_path / "t.json"
+    code = cli.main(["evaluate", "--video", str(clip), str(clip), str(blank), "--identity", str(weights),
+                     "--json", str(report), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: 8 of 8 sampled crops of blank.mkv hold no face at the original's face track: its TL-ID/TG-ID say "
+        "nothing about identity."]
+    clips = json.loads(report.read_text())["clips"]
+    assert [c["faces_found"] for c in clips] == [{"sampled": 8, "with_face": 8}, {"sampled": 8, "with_face": 0}]

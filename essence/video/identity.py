@@ -6,17 +6,25 @@ for the edited clip over the same for the original: 1 means the edit kept the pe
 the footage itself, below 1 that it made the likeness flicker (TL-ID) or drift (TG-ID). Both clips
 are cropped at the original's face track, so their crops differ only by the edit; neighbouring
 frames across a scene cut are not compared.
+
+Cropping at the original's track also means a blank or face-wiped edit is cropped where the face
+was, and an identity network is perfectly self-consistent on blank crops: such a clip would score
+as well as the original. So dlib's detector looks at a few of the edited crops spread over the clip
+(``FacesFound``), and a warning says when some hold no face.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
-from ..errors import EssenceError, VideoInputError
+from ..errors import EssenceError, EssenceWarning, VideoInputError
 from ..faces import (FaceLandmarker, FaceTrack, align_tracked, as_frame, load_landmarker, pil_to_model,
                      tracking_settings)
 from ..networks import INPUT_SIZE, IdentityEncoder
@@ -24,6 +32,8 @@ from .edit import detect_video, video_track
 from .files import VideoInfo, probe_video, read_frames
 
 PathLike = str | os.PathLike
+CropPair = tuple[Image.Image, Image.Image]  # a frame's crops in the original and in the edited clip
+FACE_SAMPLES = 8  # edited crops checked for a face: enough to see a blank or wiped clip, ~30 ms each
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,18 @@ class Consistency:
 
 
 @dataclass(frozen=True)
+class FacesFound:
+    """Of the edited clip's crops sampled over the clip whose original crop holds a face (dlib's
+    detector), how many hold one too: TL-ID and TG-ID speak of identity only where they do."""
+
+    sampled: int
+    with_face: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class TemporalIdentity:
     """TL-ID and TG-ID of an edited clip against its original, over ``frames`` frames with the face."""
 
@@ -49,10 +71,11 @@ class TemporalIdentity:
     frames: int
     local: Consistency   # TL-ID: neighbouring frames
     overall: Consistency  # TG-ID: every pair of frames
+    faces: FacesFound
 
     def to_dict(self) -> dict[str, Any]:
         return {"edited": self.edited, "frames": self.frames, "tl_id": self.local.to_dict(),
-                "tg_id": self.overall.to_dict()}
+                "tg_id": self.overall.to_dict(), "faces_found": self.faces.to_dict()}
 
     def describe(self) -> str:
         return (f"TL-ID {self.local.ratio:.3f} (edited {self.local.edited:.3f} / original {self.local.original:.3f}), "
@@ -66,7 +89,8 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
                       progress: Callable[[int], None] | None = None) -> TemporalIdentity:
     """TL-ID and TG-ID of ``edited`` (a clip made from ``original``, frame for frame) with the
     ArcFace network ``identity``; the face is found in ``original`` as ``apply_to_video`` finds it
-    (``face_index``, ``smoothing``, ``face_tracking``). ``progress(frames)`` hears the face search."""
+    (``face_index``, ``smoothing``, ``face_tracking``). ``progress(frames)`` hears the face search.
+    Warns (``EssenceWarning``) when sampled crops of ``edited`` hold no face (see ``FacesFound``)."""
     info, other = probe_video(original), probe_video(edited)
     if (other.frames, other.width, other.height) != (info.frames, info.width, info.height):
         raise VideoInputError(f"{other.path.name} ({other.frames} frames, {other.width}x{other.height}) is not a "
@@ -76,7 +100,8 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
     detections = detect_video(info, landmarker, face_index, progress=progress,
                               tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, smoothing)
-    present, originals, edits = _embeddings(info, other, track, identity, batch_size)
+    checked = _spread([i for i, found in enumerate(track.detections) if found is not None], FACE_SAMPLES)
+    present, originals, edits, samples = _embeddings(info, other, track, identity, batch_size, checked)
     if len(present) < 2:
         raise EssenceError(f"{info.path.name}: the face is in {len(present)} frame(s); the temporal identity "
                            f"measures need at least 2.")
@@ -84,15 +109,47 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
              if present[b] == present[a] + 1 and present[b] not in track.cuts]
     if not pairs:
         raise EssenceError(f"{info.path.name}: no two neighbouring frames both show the face; TL-ID needs some.")
+    faces = _faces_found(samples, landmarker)
+    _warn_faceless(other.path.name, faces)
     return TemporalIdentity(other.path.name, len(present),
                             Consistency(_neighbours(originals, pairs), _neighbours(edits, pairs)),
-                            Consistency(_all_pairs(originals), _all_pairs(edits)))
+                            Consistency(_all_pairs(originals), _all_pairs(edits)), faces)
 
 
-def _embeddings(info: VideoInfo, other: VideoInfo, track: FaceTrack, identity: IdentityEncoder,
-                batch_size: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """The frames with the face, and the ArcFace unit vectors of their crops in both clips."""
+def _spread(frames: list[int], count: int) -> set[int]:
+    """At most ``count`` of ``frames``, evenly spread from the first to the last, so that a face
+    wiped from only part of a clip is still seen."""
+    if not frames:
+        return set()
+    return {frames[i] for i in np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)}
+
+
+def _faces_found(samples: list[CropPair], landmarker: FaceLandmarker) -> FacesFound:
+    """``FacesFound`` of (original crop, edited crop) pairs; a pair whose original crop holds no face
+    either (a face the track followed turned away) says nothing about the edit and is not counted."""
+    sampled = with_face = 0
+    for original, edited in samples:
+        if landmarker.detect(np.asarray(edited)):
+            sampled, with_face = sampled + 1, with_face + 1
+        elif landmarker.detect(np.asarray(original)):
+            sampled += 1
+    return FacesFound(sampled, with_face)
+
+
+def _warn_faceless(name: str, faces: FacesFound) -> None:
+    missing = faces.sampled - faces.with_face
+    if missing:
+        meaning = "say nothing about identity" if faces.with_face == 0 else "partly measure crops without a face"
+        warnings.warn(EssenceWarning(f"{missing} of {faces.sampled} sampled crops of {name} hold no face at the "
+                                     f"original's face track: its TL-ID/TG-ID {meaning}."), stacklevel=3)
+
+
+def _embeddings(info: VideoInfo, other: VideoInfo, track: FaceTrack, identity: IdentityEncoder, batch_size: int,
+                checked: set[int]) -> tuple[list[int], torch.Tensor, torch.Tensor, list[CropPair]]:
+    """The frames with the face, the ArcFace unit vectors of their crops in both clips, and the
+    (original, edited) crops of the ``checked`` frames."""
     present: list[int] = []
+    samples: list[CropPair] = []
     vectors: dict[str, list[torch.Tensor]] = {"original": [], "edited": []}
     crops: dict[str, list] = {"original": [], "edited": []}
 
@@ -109,13 +166,16 @@ def _embeddings(info: VideoInfo, other: VideoInfo, track: FaceTrack, identity: I
         if face is None:
             continue
         present.append(index)
+        edited = align_tracked(as_frame(after, index), track, index, INPUT_SIZE).crop
         crops["original"].append(face.crop)
-        crops["edited"].append(align_tracked(as_frame(after, index), track, index, INPUT_SIZE).crop)
+        crops["edited"].append(edited)
+        if index in checked:
+            samples.append((face.crop, edited))
         if len(crops["original"]) == batch_size:
             flush()
     flush()
     empty = torch.empty(0, identity.embed_dim)
-    return present, *(torch.cat(v) if v else empty for v in vectors.values())
+    return present, *(torch.cat(v) if v else empty for v in vectors.values()), samples
 
 
 def _neighbours(units: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
