@@ -233,3 +233,48 @@ def test_the_benchmark_times_the_commands_own_options(tmp_path):
     assert models.generator.endswith("stylegan2_tiny64.pt") and tiny.init == "auto"
     args = bench_parser().parse_args(["--only", "batch", "--batch-workers", "1", "2", "--batch-sizes", "tiny"])
     assert (args.only, args.batch_workers, args.batch_sizes) == (["batch"], [1, 2], ["tiny"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+@pytest.mark.parametrize("sent, status, line", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_kill_or_ctrl_c_ends_a_batch_with_the_report_of_what_finished(sent, status, line, pictures, tiny_files,
+                                                                      tmp_path):
+    """``kill`` (SIGTERM) once a task is done: the command stops its workers, writes the report (the
+    finished task done, the others stopped) and ends with 143 in one line, without Ray's abort (134) or
+    crash dump; Ctrl-C (SIGINT) the same way, with 130. ``essence batch`` starts its own local Ray, as a
+    user's does."""
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for name in ("a", "b", "c", "d"):
+        shutil.copy(pictures.cat, targets / f"{name}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "essence", "batch", "train", str(targets), "--out", str(out), "--steps", "20",
+               "--sample", "2", "--init", "random", "--workers", "1", "--no-progress", *tiny_files.cli]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    batch = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: list(out.glob("*.safetensors")) or batch.poll() is not None, timeout=240)
+        batch.send_signal(getattr(signal, sent))
+        stdout, stderr = batch.communicate(timeout=120)
+    finally:
+        batch.kill()
+    assert batch.returncode == status, stderr
+    assert stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in stderr and f"{sent} received" not in stderr, stderr  # Ray's crash dump
+    rows = _rows(out)
+    done = sorted(key for key, row in rows.items() if row["status"] == "done")
+    stopped = sorted(key for key, row in rows.items() if row["status"] == "stopped")
+    assert done and stopped and sorted(done + stopped) == ["a", "b", "c", "d"], rows
+    assert all("run the same command again" in rows[key]["error"] for key in stopped)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{k}.safetensors" for k in done), "report.csv",
+                                                            "report.json"])  # no lock, no temporary file
+    assert f"{len(stopped)} stopped" in stdout
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(0.05)

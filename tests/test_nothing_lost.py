@@ -346,3 +346,61 @@ def test_messages_say_what_was_found(tmp_path):
     deep.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(CorruptFileError, match="nested too deeply"):
         read_safetensors_header(deep)
+
+
+def test_a_lock_file_that_is_a_link_to_another_file_is_refused_and_the_file_kept(inputs, tmp_path, capsys):
+    """A ``.essence.lock`` planted as a symbolic link: the batch would truncate the file it leads to
+    when it writes its lock. It is refused in one line that says what to remove; that file is untouched."""
+    precious = tmp_path / "elsewhere" / "thesis.txt"
+    precious.parent.mkdir()
+    precious.write_bytes(b"three years of work\n")
+    out = tmp_path / "edited"
+    out.mkdir()
+    (out / ".essence.lock").symlink_to(precious)
+    code, err = _run(["batch", "apply", inputs["direction"], "--photos", inputs["photo"], "--out", out,
+                      "--no-progress", *NO_MODEL], capsys)
+    assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
+    assert "symbolic link" in err and f"Remove {out / '.essence.lock'}" in err
+    assert precious.read_bytes() == b"three years of work\n"
+    assert (out / ".essence.lock").is_symlink() and not any(p.suffix == ".png" for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("planted", ["symlink", "dangling-symlink", "hard-link", "folder", "fifo"])
+def test_folder_lock_never_writes_through_what_was_planted_under_its_name(planted, tmp_path):
+    from essence.errors import EssenceError
+    from essence.storage import folder_lock
+
+    if planted == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("needs named pipes")
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"keep me")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    lock = folder / ".essence.lock"
+    {"symlink": lambda: lock.symlink_to(precious), "dangling-symlink": lambda: lock.symlink_to(tmp_path / "none"),
+     "hard-link": lambda: os.link(precious, lock), "folder": lock.mkdir, "fifo": lambda: os.mkfifo(lock)}[planted]()
+    kind = {"symlink": "symbolic link", "dangling-symlink": "symbolic link", "hard-link": "2 names",
+            "folder": "a folder", "fifo": "named pipe"}[planted]
+    with pytest.raises(EssenceError, match=f"{kind}.*not a lock file.*Remove"):
+        with folder_lock(folder):
+            pytest.fail("the lock was taken")
+    assert precious.read_bytes() == b"keep me" and not (tmp_path / "none").exists()
+    assert os.path.lexists(lock)  # left for the user to look at and remove
+    if planted == "folder":
+        lock.rmdir()
+    else:
+        lock.unlink()
+    with folder_lock(folder) as taken:
+        assert taken.read_text().startswith(f"process {os.getpid()}")
+    assert not os.path.lexists(lock) and precious.read_bytes() == b"keep me"
+
+
+def test_folder_lock_takes_over_the_file_a_killed_holder_left(tmp_path):
+    import socket
+
+    from essence.storage import folder_lock
+
+    (tmp_path / ".essence.lock").write_text("process 1 on a machine long gone, with a longer line than ours")
+    with folder_lock(tmp_path) as taken:
+        assert taken.read_text() == f"process {os.getpid()} on {socket.gethostname()}"
+    assert not (tmp_path / ".essence.lock").exists()

@@ -203,8 +203,8 @@ def test_cli_apply_draws_tuned_latents_with_their_generators(pictures, tiny_file
                                            "--photo or --video"),
     (["--sample", "2", "--pti-steps", "5"], "--pti-steps need(s) --refine pti"),
     (["--sample", "2", "--pti-steps", "5", "--lpips", "x.pth"], "--pti-steps, --lpips need(s) --refine pti"),
-    (["--sample", "2", "--refine", "pti", "--pti-frames", "5"], "--pti-frames is for a clip: use it with --video"),
-    (["--video", "clip.mp4", "--refine", "pti", "--pti-frames", "0"], "--pti-frames must be at least 1, got 0"),
+    (["--sample", "2", "--refine", "pti", "--pti-frames", "5"], "--pti-frames only acts with --video"),
+    (["--video", "clip.mp4", "--refine", "pti", "--pti-frames", "0"], "argument --pti-frames: must be at least 1, got 0"),
 ])
 def test_cli_apply_refuses_refine_options_that_cannot_apply(tiny_files, tmp_path, capsys, args, message):
     direction = tmp_path / "d.safetensors"

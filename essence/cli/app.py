@@ -12,27 +12,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import signal
 import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 from ..errors import DeviceMemoryError, EssenceError, EssenceWarning
 from ..faces import align_faces, load_landmarker, model_to_pil
-from ..latents import invert, sample_latents, tuned_path
+from ..latents import invert, sample_latents
 from ..networks import load_encoder, load_generator
 from ..runtime import describe_device, resolve_device
-from ..storage import (WeightSpec, atomic_write, check_output, check_outputs, cli_command, default_weights_dir,
-                       demo_specs, fetch_command, fetch_weight, file_sha256, find_weight, get_it_lines, get_spec,
-                       load_manifest, locate, weight_status)
+from ..storage import (Output, WeightSpec, atomic_write, check_files, check_output, check_outputs, cli_command,
+                       companion_path, default_weights_dir, demo_specs, fetch_command, fetch_weight, file_sha256,
+                       find_weight, get_it_lines, get_spec, load_manifest, locate, save_or_rescue, weight_status)
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
-from .directions import (add_refine_options, add_training_options, check_refine_options, parse_floats, refine_options,
-                         training_progress_bar)
+from .directions import (SAFETENSORS, add_refine_options, add_training_options, check_refine_options, model_inputs, number,
+                         parse_floats, refine_options, training_progress_bar, whole)
 from .metrics import SUBCOMMANDS as METRICS_COMMANDS
+
+PathLike = str | os.PathLike
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -116,9 +120,18 @@ def _warning_printer(others: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in the form of every other: one ``error:`` line and exit 2 (the
+    whole usage block buries the one line that says what was wrong; ``--help`` still shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}. See: {self.prog} --help", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; one sub-parser per entry of ``SUBCOMMANDS``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=cli_command(from_anywhere=False),  # the usage line: already running, wherever it is
         description="Essence: TargetCLIP essence transfer with StyleGAN2 (library, CLI, ComfyUI nodes).",
     )
@@ -219,10 +232,10 @@ def _add_demo(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]")
     demo.add_argument("--target", type=Path, nargs="+", default=[],
                       help="target picture(s) (default: scikit-image's Chelsea the cat)")
     demo.add_argument("--out", type=Path, default=Path("output/demo"), help="output folder (default output/demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default 1000 on CUDA, 150 otherwise)")
+    demo.add_argument("--steps", type=whole(1), default=None, help="training steps (default 1000 on CUDA, 150 otherwise)")
     add_training_options(demo, default_mode=None, default_text="fast on CUDA, fast+256px otherwise")
     demo.add_argument("--strengths", default="0.5,0.8,1.2", help="comma-separated strengths to show")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=whole(0), default=0)
     demo.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     demo.add_argument("--download", action="store_true",
                       help="download missing weight files without asking (sizes and licences are printed)")
@@ -350,20 +363,23 @@ def _add_invert(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
                              "generator tuned to that face)")
     invert.add_argument("--all-faces", action="store_true", help="every face, not only the largest")
     invert.add_argument("--skip-missing", action="store_true", help="skip photos without a face")
-    invert.add_argument("--batch-size", type=int, default=4)
+    invert.add_argument("--batch-size", type=whole(1), default=4)
     invert.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     add_refine_options(invert)
     invert.set_defaults(handler=_cmd_invert)
 
 
 def _cmd_invert(args: argparse.Namespace) -> int:
-    inputs = [*args.photos, args.encoder, args.generator, args.landmarks, args.lpips]
     check_refine_options(args)
-    check_output(args.out, inputs)
+    inputs = [*args.photos, *model_inputs(args)]
+    outputs = [Output(args.out, suffixes=SAFETENSORS)]
     if args.refine != "none":
-        check_output(tuned_path(args.out), [*inputs, args.out], what="the tuned weights beside --out")
+        outputs.append(Output(companion_path(args.out), "the tuned weights beside --out", companion=True))
     if args.reconstruction is not None:
-        check_output(args.reconstruction, [*inputs, args.out], what="--reconstruction", folder=True)
+        outputs.append(Output(args.reconstruction, "--reconstruction", folder=True))
+        _check_reconstruction_names(args.reconstruction, args.photos, inputs)
+    check_files(outputs, inputs)
+    inputs.append(args.out)
     encoder_file = find_weight("encoder", explicit_path=args.encoder)
     encoder = load_encoder(encoder_file, device=args.device)
     generator = None
@@ -375,12 +391,13 @@ def _cmd_invert(args: argparse.Namespace) -> int:
                     all_faces=args.all_faces, skip_missing=args.skip_missing, **refine)
     for name, reason in result.failures:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    path = result.latent_set(generator, encoder_name=encoder_file.name).save(args.out)
+    path = save_or_rescue(result.latent_set(generator, encoder_name=encoder_file.name).save, args.out,
+                          "inverted faces" + (" and their tuned weights" if result.tunings else ""))
     if result.reconstructions is not None:
         used: set[str] = set()
         for face, image in zip(result.faces, model_to_pil(result.reconstructions)):
             picture = args.reconstruction / f"{_unique_stem(f'{Path(face.source).stem}_face{face.index}', used)}.png"
-            check_output(picture, [*inputs, args.out], what="--reconstruction")
+            check_output(picture, inputs, what="--reconstruction")
             with atomic_write(picture) as tmp:
                 image.save(tmp, format="PNG")
     _, n, d = result.latents.shape
@@ -388,17 +405,28 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     if result.tunings:
         size = sum(t.nbytes for t in result.tunings.values()) / 2**20
         print(f"wrote the generator tuned to each face ({len(result.tunings)} x float16 differences, {size:.1f} MB) "
-              f"to {tuned_path(path)}; keep it beside {path.name}")
+              f"to {companion_path(path)}; keep it beside {path.name}")
     for source in result.sources:
         print(f"  {source['name']} face {source['face']}  sha256 {source['sha256'][:12]}")
     return EXIT_OK  # photos without a face were skipped on request (--skip-missing) and reported
 
 
+def _check_reconstruction_names(folder: Path, photos: Sequence[Path], inputs: Sequence[PathLike | None]) -> None:
+    """The pictures ``--reconstruction`` will write are ``<photo>_face<i>[-n].png``; which faces a photo
+    has is known only once it is aligned, so any input in that folder named so is refused now."""
+    names = re.compile("|".join(rf"{re.escape(Path(p).stem)}_face\d+(-\d+)?\.png" for p in photos))
+    where = os.path.realpath(folder)
+    for given in inputs:
+        if given is not None and os.path.dirname(os.path.realpath(given)) == where and names.fullmatch(Path(given).name):
+            raise EssenceError(f"--reconstruction {folder} would write {Path(given).name}, which is the input "
+                               f"{given}. Choose another folder for the reconstructions.")
+
+
 def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     sample = subparsers.add_parser("sample", help="random W+ latents from the generator into a latent file")
-    sample.add_argument("--count", type=int, default=4)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--truncation", type=float, default=0.7, help="1 = none; TargetCLIP uses 0.7")
+    sample.add_argument("--count", type=whole(1), default=4)
+    sample.add_argument("--seed", type=whole(0), default=0)
+    sample.add_argument("--truncation", type=number(0), default=0.7, help="1 = none; TargetCLIP uses 0.7")
     sample.add_argument("--out", type=Path, required=True, help="latent file to write (.safetensors)")
     sample.add_argument("--generator", type=Path, default=None, help="StyleGAN2 checkpoint (default: looked up)")
     sample.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
@@ -406,9 +434,7 @@ def _add_sample(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    if args.count < 1:
-        raise EssenceError(f"--count must be at least 1, got {args.count}.")
-    check_output(args.out, [args.generator])
+    check_output(args.out, model_inputs(args), suffixes=SAFETENSORS)
     generator_file = find_weight("generator", explicit_path=args.generator)
     generator = load_generator(generator_file, device=args.device)
     latent_set = sample_latents(generator, args.count, seed=args.seed, truncation=args.truncation)

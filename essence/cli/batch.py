@@ -10,10 +10,11 @@ Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -24,9 +25,10 @@ from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
 from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
                      run_train_batch, run_video_job, train_tasks)
 from ..storage import atomic_write, check_output, check_outputs, file_sha256, folder_lock
-from ..video import STAGES
+from ..video import STAGES, VIDEO_SUFFIXES
 from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_refine_options, add_train_options,
-                         check_refine_options, clip_tuning, model_files, parse_strengths, strength_tokens, train_job)
+                         check_refine_options, clip_tuning, model_inputs, parse_strengths, strength_tokens, train_job,
+                         whole)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -78,7 +80,7 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this machine); the "
                         "output folder and the input files must be reachable by every node")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=whole(1), default=None,
                    help="workers (each loads the models once; default: one per GPU, else one per CPU core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -95,11 +97,11 @@ def _cmd_batch_train(args: argparse.Namespace) -> int:
     job = train_job(args)
     targets = expand_inputs(args.targets, IMAGE_SUFFIXES, "target pictures")
     _check_stems(targets, "targets")
-    inputs = [*targets, args.sources, *model_files(args)]
+    inputs = [*targets, args.sources, *model_inputs(args)]
     check_output(args.out, inputs, folder=True)
     check_outputs([task.output for task in train_tasks(targets, args.out)], inputs)
     models = TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
-    with folder_lock(args.out, "another batch"):  # the tasks and the report: one run at a time
+    with folder_lock(args.out, "another batch"), _report_when_stopped(args.out):  # one run at a time
         return _finish(args.out, run_train_batch(targets, args.out, job, models, **_runner_options(args)))
 
 
@@ -165,10 +167,10 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
                 options = {**shared, "photo": str(photo.resolve()), "direction": content, "strength": token}
                 tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
                                        (str(photo), str(direction), token), options))
-    inputs = [*photos, *directions, *model_files(args)]
+    inputs = [*photos, *directions, *model_inputs(args)]
     check_output(args.out, inputs, folder=True)
     check_outputs([task.output for task in tasks], inputs)
-    with folder_lock(args.out, "another batch"):  # the tasks and the report: one run at a time
+    with folder_lock(args.out, "another batch"), _report_when_stopped(args.out):  # one run at a time
         return _finish(args.out, _run(args, tasks, ApplyWorker, _valid_image, "applying"))
 
 
@@ -192,7 +194,7 @@ def _add_batch_video(actions: Subparsers) -> None:
     video.add_argument("--face-tracking", choices=("on", "off"), default="on",
                        help="'on' (default): detect the face at chunk starts, scene cuts, a lost face and once a "
                             "second, and follow its landmarks in between; 'off': detect it in every frame")
-    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK,
+    video.add_argument("--chunk-frames", type=whole(1), default=DEFAULT_CHUNK,
                        help=f"frames per task (default {DEFAULT_CHUNK}; with --face-tracking on, rounded to whole "
                             f"refresh intervals, 1 s of frames, so every chunk starts on a detection)")
     video.add_argument("--paste-mask", choices=MASKS, default="face", help=PASTE_MASK_HELP)
@@ -207,7 +209,7 @@ def _add_batch_video(actions: Subparsers) -> None:
 def _cmd_batch_video(args: argparse.Namespace) -> int:
     if len(strength_tokens(args.strength)) != 1:
         raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
-    check_output(args.out, [args.video, args.direction, *model_files(args)])
+    check_output(args.out, [args.video, args.direction, *model_inputs(args)], suffixes=VIDEO_SUFFIXES)
     check_refine_options(args)
     [strength] = parse_strengths(args.strength, load_direction(args.direction))
     passes, frames = clip_tuning(args)
@@ -273,6 +275,21 @@ def _gpus_per_worker(args: argparse.Namespace) -> int | None:
     """0 keeps the workers off GPUs (--device cpu or mps); None: "auto" and "cuda" give each worker a
     GPU when the cluster has GPUs."""
     return 0 if args.device in ("cpu", "mps") else None
+
+
+@contextlib.contextmanager
+def _report_when_stopped(out: Path) -> Iterator[None]:
+    """A batch stopped by Ctrl-C or SIGTERM still writes its report (what finished, the rest
+    ``stopped``) before the command ends with 130 or 143: the user sees what was done, and a rerun
+    does the rest."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        report = BatchReport.of_stopped(exc)
+        if report is not None:
+            json_path, csv_path = report.write(out, REPORT_NAME)
+            print(f"{report.summary()} Report: {json_path} ({csv_path.name}).", flush=True)
+        raise
 
 
 def _finish(out: Path, report: BatchReport) -> int:

@@ -28,7 +28,7 @@ from ..faces import load_image, load_landmarker, model_to_pil, paste_back
 from ..latents import LatentSet, apply_direction, invert, sample_latents
 from ..networks import load_encoder, load_generator, load_guide, render
 from ..runtime import resolve_device
-from ..storage import atomic_write, check_output, check_outputs
+from ..storage import atomic_write, check_output, check_outputs, weight_inputs
 from ..training import EssenceJob, TrainMode, TrainSettings, train_essence, train_mode
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
@@ -111,7 +111,9 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     photo_path = options.photo or scikit_image_picture("astronaut.png")
     target_paths = options.targets or [scikit_image_picture("chelsea.png")]
     out = options.out_dir
-    inputs = [photo_path, *target_paths, options.generator, options.encoder, options.guide, options.landmarks]
+    models = {"generator": options.generator, "encoder": options.encoder, "guide": options.guide,
+              "landmarks": options.landmarks}
+    inputs = [photo_path, *target_paths, *models.values(), *weight_inputs(models)]
     check_output(out, inputs, folder=True)
     check_outputs([out / name for name in ("grid.png", f"{target_paths[0].stem}.safetensors", "report.txt",
                                            "report.json")], inputs)

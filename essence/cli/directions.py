@@ -10,7 +10,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,12 +20,14 @@ from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, S
                        import_targetclip_latents, invert, is_latent_file, load_direction, load_latents, mix_directions,
                        strength_sweep, target_thumbnail)
 from ..networks import load_encoder, load_generator, load_guide, load_perceptual, optional_identity
-from ..storage import atomic_write, check_output, check_outputs, cli_command
+from ..storage import Output, atomic_write, check_files, check_output, cli_command, save_or_rescue, weight_inputs
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
-from ..video import DEFAULT_TUNING_FRAMES, STAGES, apply_to_video
+from ..video import DEFAULT_TUNING_FRAMES, STAGES, VIDEO_SUFFIXES, apply_to_video
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+SAFETENSORS = (".safetensors",)  # directions, latent files: what --out of train, invert and sample must end in
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # apply's pictures, by ending
 PASTE_MASK_HELP = ("how an edited face goes back into its picture: face (default) blends only the face (jaw line, "
                    "brows, forehead) and keeps the hair, neck and background exactly; square blends the whole "
                    "aligned crop")
@@ -44,10 +46,15 @@ def identity_model(args: argparse.Namespace):
     return model
 
 
-def model_files(args: argparse.Namespace) -> list[str]:
-    """The model files a command was given (inputs no output may replace)."""
-    return [getattr(args, name) for name in ("generator", "guide", "encoder", "identity", "landmarks", "lpips")
-            if getattr(args, name, None)]
+MODEL_OPTIONS = {"generator": "generator", "guide": "guide", "encoder": "encoder", "identity": "identity",
+                 "landmarks": "landmarks", "lpips": "perceptual"}  # option -> the role it names
+
+
+def model_inputs(args: argparse.Namespace) -> list[str | Path]:
+    """Every model file a command may read, given with an option or found by the default lookup
+    (inputs no output may replace, however they were found)."""
+    given = {role: getattr(args, option, None) for option, role in MODEL_OPTIONS.items()}
+    return [path for path in given.values() if path] + weight_inputs(given)
 
 
 PHOTO_TUNING_HELP = ("pti: after e4e, tune the generator to each face (pivotal tuning, PTI's settings) so that it "
@@ -67,12 +74,12 @@ def add_refine_options(parser: argparse.ArgumentParser, photos: bool = True, vid
              f"is {PTI.lpips_stop})"] * photos
     steps += [("with --video, " if photos else "") + f"passes over the frames, one step a frame (default "
               f"{STIT.steps}, STIT's)"] * video
-    parser.add_argument("--pti-steps", type=int, default=None, help="with --refine pti: " + "; ".join(steps))
+    parser.add_argument("--pti-steps", type=whole(1), default=None, help="with --refine pti: " + "; ".join(steps))
     parser.add_argument("--lpips", default=None,
                         help="with --refine pti: torchvision's AlexNet file for LPIPS (default: looked up as "
                              "alexnet-owt-7be5be79.pth)")
     if video:
-        parser.add_argument("--pti-frames", type=int, default=None,
+        parser.add_argument("--pti-frames", type=whole(1), default=None,
                             help=f"with --refine pti{' and --video' if photos else ''}: tune on at most this many "
                                  f"frames, spread over the clip (default {DEFAULT_TUNING_FRAMES}; each pass costs "
                                  f"one step a frame)")
@@ -83,10 +90,6 @@ def check_refine_options(args: argparse.Namespace) -> None:
     given = [name for name in ("pti_steps", "lpips", "pti_frames") if getattr(args, name, None) is not None]
     if args.refine == "none" and given:
         raise EssenceError(f"{', '.join('--' + name.replace('_', '-') for name in given)} need(s) --refine pti.")
-    if getattr(args, "pti_frames", None) is not None and args.pti_frames < 1:
-        raise EssenceError(f"--pti-frames must be at least 1, got {args.pti_frames}.")
-    if args.pti_steps is not None and args.pti_steps < 1:
-        raise EssenceError(f"--pti-steps must be at least 1, got {args.pti_steps}.")
 
 
 def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -142,12 +145,44 @@ def add_training_options(parser: argparse.ArgumentParser, default_mode: str | No
     defaults = TrainSettings()
     parser.add_argument("--mode", choices=list(TRAIN_MODES), default=default_mode,
                         help=f"training mode (default: {default_text}). {modes_help()}")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
+    parser.add_argument("--lr", type=number(0), default=defaults.lr,
                         help=f"learning rate of the direction and of the per-source coefficients (default "
                              f"{defaults.lr:g}, as the official script)")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+    parser.add_argument("--weight-decay", type=number(0), default=defaults.weight_decay,
                         help=f"the direction's L2 weight decay inside Adam (default {defaults.weight_decay:g}, "
                              f"as the official script)")
+
+
+def whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``. Impossible counts (no faces, no
+    steps, no workers) are refused by the parser, before anything loads."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number(minimum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number (of at least ``minimum`` when given); ``nan`` and ``inf``
+    parse as floats but mean nothing as a rate, a weight or a threshold."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value:g}")
+        return value
+
+    return parse
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -215,24 +250,24 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     candidates): the options ``train`` and ``batch train`` share."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
-    src.add_argument("--sample", type=int, default=4, help="without --sources: sample this many random faces (default 4)")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000, as the paper)")
-    p.add_argument("--seed", type=int, default=0)
+    src.add_argument("--sample", type=whole(1), default=4, help="without --sources: sample this many random faces (default 4)")
+    p.add_argument("--steps", type=whole(1), default=1000, help="optimisation steps (default 1000, as the paper)")
+    p.add_argument("--seed", type=whole(0), default=0)
     p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
                    help="where training starts: " + "; ".join(f"{name}: {text}" for name, text in INIT_CHOICES.items()))
     add_training_options(p)
     p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
                    help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
-    p.add_argument("--chunk", type=int, default=None, help="render this many sources at a time (less memory, same result)")
-    p.add_argument("--recompute-from", type=int, default=None, metavar="RES",
+    p.add_argument("--chunk", type=whole(1), default=None, help="render this many sources at a time (less memory, same result)")
+    p.add_argument("--recompute-from", type=whole(1), default=None, metavar="RES",
                    help="re-run the generator's layers from this resolution up in the backward pass instead of "
                         "keeping them (e.g. 512: less memory, same result)")
-    p.add_argument("--render-size", type=int, default=None,
+    p.add_argument("--render-size", type=whole(1), default=None,
                    help="approximate: let CLIP see the generator's intermediate image at this size (e.g. 256); "
                         "a mode's own size (+256px) cannot be changed")
-    p.add_argument("--lambda-transfer", type=float, default=1.0)
-    p.add_argument("--lambda-consistency", type=float, default=0.5)
-    p.add_argument("--candidates", type=int, default=1, metavar="K",
+    p.add_argument("--lambda-transfer", type=number(0), default=1.0)
+    p.add_argument("--lambda-consistency", type=number(0), default=0.5)
+    p.add_argument("--candidates", type=whole(1), default=1, metavar="K",
                    help="train K directions together (from the target's inversion, perturbations of it and "
                         "random latents) and write the one that scores best on held-out faces (default 1)")
     p.add_argument("--identity", help="with --candidates: ArcFace file model_ir_se50.pth for the identity "
@@ -249,13 +284,11 @@ def _train_settings(args: argparse.Namespace) -> TrainSettings:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.suffix.lower() != ".safetensors":
-        raise EssenceError(f"--out must end in .safetensors, got {out.name!r}.")
     job = train_job(args)
-    inputs = [*args.targets, args.sources, *model_files(args)]
-    check_output(out, inputs)
-    if getattr(args, "keep_all", False):
-        check_outputs([_candidate_path(out, i) for i in range(job.candidates)], [*inputs, out], what="--keep-all")
+    outputs = [Output(out, suffixes=SAFETENSORS)]
+    if args.keep_all:
+        outputs += [Output(_candidate_path(out, i), "--keep-all", SAFETENSORS) for i in range(job.candidates)]
+    check_files(outputs, [*args.targets, args.sources, *model_inputs(args)])
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
     encoder = encoder_for_start(job.init, args.encoder, device=args.device)
@@ -270,10 +303,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"note: {trained.note}", file=sys.stderr)
     if trained.choice is not None:
         print("\n".join(trained.choice.report()))
-    if getattr(args, "keep_all", False):
+    save_or_rescue(trained.direction.save, out, "trained direction")
+    if args.keep_all:
         for index, direction in enumerate(trained.candidates):
-            print(f"Saved candidate {index}: {direction.save(_candidate_path(out, index))}")
-    trained.direction.save(out)
+            saved = save_or_rescue(direction.save, _candidate_path(out, index), f"candidate {index}")
+            print(f"Saved candidate {index}: {saved}")
     print(f"Saved {out} (start: {trained.start}; {trained.result.summary()}).")
     return 0
 
@@ -286,8 +320,6 @@ def _candidate_path(out: Path, index: int) -> Path:
 def train_job(args: argparse.Namespace) -> EssenceJob:
     """The ``add_train_options`` in ``args`` as the library's ``EssenceJob``, refused before any
     model loads when a value or a combination is wrong."""
-    if args.candidates < 1:
-        raise EssenceError(f"--candidates must be at least 1, got {args.candidates}.")
     if getattr(args, "keep_all", False) and args.candidates < 2:
         raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
     if args.identity and args.candidates < 2:
@@ -334,23 +366,23 @@ def _add_apply(subparsers: Subparsers) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--latents", help="latent file (.safetensors), or TargetCLIP's opt_latents.pt / w_plus.npy")
     where.add_argument("--photo", nargs="+", help="photo(s) to align and invert with e4e")
-    where.add_argument("--sample", type=int, default=None, help="render this many random faces (default 4)")
+    where.add_argument("--sample", type=whole(1), default=None, help="render this many random faces (default 4)")
     where.add_argument("--video", help="a video clip: edit the main face of every frame, keep the sound (--out: "
                        ".mp4, .mov, .mkv or .webm)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument("--seed", type=whole(0), default=None, help="seed for --sample (default 0)")
     p.add_argument("--strength", default="1.0",
                    help="strength, or comma-separated strengths for a sweep grid (e.g. 0,0.5,1,1.2); 'auto' is the "
                         "direction's recommended strength (essence evaluate --recommend), 1.0 when it has none")
     p.add_argument("--layers", default="all", help="all, coarse, middle, fine, coarse+middle, middle+fine")
     p.add_argument("--out", "-o", required=True, help="output image (.png/.jpg): one row per face; with --video "
                    "the output video")
-    p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default="normal",
+    p.add_argument("--smoothing", choices=list(SMOOTHING_PRESETS), default=None,
                    help="with --video: how much the face's crop is smoothed over time against landmark jitter "
                         "(default normal; scene cuts restart it); offline smooths each shot looking both ways, "
                         "with no lag on a moving face")
-    p.add_argument("--paste-mask", choices=MASKS, default="face",
+    p.add_argument("--paste-mask", choices=MASKS, default=None,
                    help="with --video: " + PASTE_MASK_HELP)
-    p.add_argument("--face-tracking", choices=("on", "off"), default="on",
+    p.add_argument("--face-tracking", choices=("on", "off"), default=None,
                    help="with --video: 'on' (default) runs the face detector only at the first frame, scene cuts, "
                         "a lost or doubtful face and once a second, and follows the face's landmarks in between "
                         "(about 10x less CPU per frame); 'off' detects the face in every frame")
@@ -360,17 +392,18 @@ def _add_apply(subparsers: Subparsers) -> None:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    _refuse_unused(args, VIDEO_OPTIONS, bool(args.video), "--video")
+    _refuse_unused(args, {"seed": None}, args.sample is not None, "--sample")
     loaded = [_weighted(spec) for spec in args.directions]
     check_output(args.out, [_split_weight(spec)[0] for spec in args.directions]
-                 + [args.latents, args.video, *(args.photo or []), *model_files(args)])
+                 + [args.latents, args.video, *(args.photo or []), *model_inputs(args)],
+                 suffixes=VIDEO_SUFFIXES if args.video else tuple(IMAGE_FORMATS))
     if len(loaded) == 1 and loaded[0][1] == 1.0:
         direction = loaded[0][0]
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
     strengths = parse_strengths(args.strength, direction)
     check_refine_options(args)
-    if args.pti_frames is not None and not args.video:
-        raise EssenceError("--pti-frames is for a clip: use it with --video.")
     if args.refine != "none" and not (args.photo or args.video):
         raise EssenceError("--refine pti tunes the generator to photos or a clip: use it with --photo or --video "
                            "(latents from `invert --refine pti` carry their tuning with them).")
@@ -387,7 +420,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         inversion = invert(args.photo, encoder, generator=generator, **refine_options(args, generator.latent_avg.device))
         latents, tuned = inversion.latents, inversion.tuned_rows()
     else:
-        latents = generator.sample_wplus(args.sample or 4, seed=args.seed, truncation=0.7)
+        latents = generator.sample_wplus(args.sample or 4, seed=args.seed or 0, truncation=0.7)
     images = strength_sweep(generator, latents, direction, strengths, layers=args.layers, tuned=tuned)
     _save_image(image_grid(images, columns=len(strengths)), Path(args.out))
     print(f"Wrote {args.out}: {latents.shape[0]} face(s) x strengths {strengths}.")
@@ -452,11 +485,25 @@ def _weighted(spec: str):
 
 
 def _save_image(grid: torch.Tensor, path: Path) -> None:
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
-    if fmt is None:
-        raise EssenceError(f"{path.name}: choose a .png, .jpg or .webp output.")
     with atomic_write(path) as tmp:
-        grid_to_pil(grid).save(tmp, format=fmt)
+        grid_to_pil(grid).save(tmp, format=IMAGE_FORMATS[path.suffix.lower()])
+
+
+VIDEO_OPTIONS = {"smoothing": "normal", "paste_mask": "face", "face_tracking": "on", "pti_frames": None}
+
+
+def _refuse_unused(args: argparse.Namespace, options: dict[str, Any], used: bool, needs: str) -> None:
+    """Options that do something only with ``needs`` are refused without it (a user who set them
+    expects them to act); with it, those not given take their defaults (``options``)."""
+    given = [name for name in options if getattr(args, name) is not None]
+    if not used and given:
+        names = " and ".join("--" + name.replace("_", "-") for name in given)
+        them, acts = ("them", "act") if len(given) > 1 else ("it", "acts")
+        raise EssenceError(f"{names} only {acts} with {needs}; without it nothing would use {them}. Remove {them}, "
+                           f"or add {needs}.")
+    for name, default in options.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 # ----------------------------------------------------------------------------- import / export / info
@@ -474,8 +521,9 @@ def _add_import_official(subparsers: Subparsers) -> None:
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
-    check_output(out_dir, args.files, what="--out-dir", folder=True)
-    check_outputs([out_dir / f"{Path(name).stem}.safetensors" for name in args.files], args.files)
+    check_files([Output(out_dir, "--out-dir", folder=True)]
+                + [Output(out_dir / f"{Path(name).stem}.safetensors", "--out-dir", SAFETENSORS) for name in args.files],
+                args.files)
     for name in args.files:
         path = Path(name)
         target = out_dir / f"{path.stem}.safetensors"
@@ -499,7 +547,7 @@ def _add_export_npy(subparsers: Subparsers) -> None:
 
 
 def _cmd_export_npy(args: argparse.Namespace) -> int:
-    check_output(args.out, [args.direction], what="the output")
+    check_output(args.out, [args.direction], what="the output", suffixes=(".npy",))
     load_direction(args.direction).to_npy(args.out)
     print(f"Wrote {args.out}")
     return 0
@@ -518,7 +566,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"file": name, "kind": kind, "shape": shape, "metadata": meta}, indent=1))
             continue
-        print(f"{name}: {kind} {shape}")
+        if kind == "tuned weights":
+            print(f"{name}: tuned weights of {meta['faces']} face(s), {meta['size_mb']:g} MB")
+        else:
+            print(f"{name}: {kind} {shape}")
         if kind == "direction":
             print(f"  {_strength_line(meta)}")
         for key, value in meta.items():

@@ -13,11 +13,11 @@ from ..errors import EssenceError
 from ..faces import load_landmarker
 from ..latents import invert, load_direction, load_latents
 from ..networks import load_encoder, load_generator, load_guide, load_identity
-from ..storage import atomic_write, check_output, same_file
+from ..storage import Output, atomic_write, check_files
 from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
                         official_summary, paste_seams, plot_curves, strength_curve, target_pictures)
 from ..video import temporal_identity
-from .directions import add_model_options, identity_model, model_files, parse_floats
+from .directions import add_model_options, identity_model, model_inputs, number, parse_floats, whole
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELD_OUT_SEED = 100  # --sample's default seed: other faces than training's samples (seed + 1)
@@ -36,14 +36,14 @@ def _add_evaluate(subparsers: Subparsers) -> None:
     p.add_argument("directions", nargs="*", metavar="DIRECTION", help="direction file(s) (.safetensors or .npy)")
     p.add_argument("--target", nargs="+", help="the target picture(s) the directions were trained on")
     faces = p.add_mutually_exclusive_group()
-    faces.add_argument("--sample", type=int, default=None,
+    faces.add_argument("--sample", type=whole(1), default=None,
                        help="measure on this many random faces (default 8, seed --seed)")
     faces.add_argument("--latents", help="measure on these latents (a latent file, opt_latents.pt or w_plus.npy)")
     faces.add_argument("--photo", nargs="+", help="measure on these photos (aligned and inverted with e4e)")
     faces.add_argument("--video", nargs="+", metavar="CLIP",
                        help="ORIGINAL EDITED...: the temporal identity (TL-ID, TG-ID) of each edited clip against "
                             "the original it was made from (e.g. by essence apply --video); needs the identity model")
-    p.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+    p.add_argument("--seed", type=whole(0), default=HELD_OUT_SEED,
                    help=f"seed for --sample (default {HELD_OUT_SEED}: other faces than training's samples)")
     p.add_argument("--strengths", default=None,
                    help="comma-separated strengths (default " + ",".join(f"{s:g}" for s in DEFAULT_STRENGTHS) +
@@ -53,7 +53,7 @@ def _add_evaluate(subparsers: Subparsers) -> None:
     p.add_argument("--identity", help="ArcFace file model_ir_se50.pth (default: looked up; without it identity "
                                       "metrics are absent and --recommend uses a CLIP proxy)")
     p.add_argument("--landmarks", help="dlib landmark file, to align the target's face for target identity")
-    p.add_argument("--min-identity", type=float, default=None,
+    p.add_argument("--min-identity", type=number(), default=None,
                    help=f"--recommend keeps identity preservation at least this (default {DEFAULT_MIN_IDENTITY:g} "
                         f"with the identity model; the CLIP proxy's own threshold without it)")
     p.add_argument("--recommend", action="store_true",
@@ -76,14 +76,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if unwritable:
             raise EssenceError(f"--recommend writes into the direction file, which must be .safetensors: "
                                f"{', '.join(unwritable)}. Convert it first with import-official.")
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise EssenceError(f"--plot must end in .png, got {Path(args.plot).name!r}.")
-    inputs = [*args.directions, *args.target, args.latents, *(args.photo or []), *model_files(args)]
-    for option, output in (("--json", args.json), ("--plot", args.plot)):
-        if output:
-            check_output(output, inputs, what=option)
-    if args.json and args.plot and same_file(args.json, args.plot):
-        raise EssenceError(f"--json and --plot name the same file, {args.json}; give each its own.")
+    inputs = [*args.directions, *args.target, args.latents, *(args.photo or []), *model_inputs(args)]
+    check_files(_report_outputs(args), inputs)
     strengths = _strengths(args)
     generator = load_generator(args.generator, device=args.device)
     guide = load_guide(args.guide, device=args.device)
@@ -127,8 +121,7 @@ def _evaluate_clips(args: argparse.Namespace) -> int:
     if len(args.video) < 2:
         raise EssenceError("--video needs the original clip and at least one edited clip made from it.")
     original, *edited = args.video
-    if args.json:
-        check_output(args.json, [*args.video, *model_files(args)], what="--json")
+    check_files(_report_outputs(args), [*args.video, *model_inputs(args)])
     model = load_identity(args.identity, device=args.device)  # needed here: a clear error when it is missing
     landmarks = load_landmarker(args.landmarks)
     print(f"Measuring the temporal identity of {len(edited)} edited clip(s) of {Path(original).name}.", flush=True)
@@ -142,6 +135,12 @@ def _evaluate_clips(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps({"original": Path(original).name, "clips": results}, indent=1), encoding="utf-8")
         print(f"Wrote {args.json}")
     return 0
+
+
+def _report_outputs(args: argparse.Namespace) -> list[Output]:
+    """``--json`` and ``--plot``, as the outputs they are."""
+    given = (("--json", args.json, ".json"), ("--plot", args.plot, ".png"))
+    return [Output(Path(path), option, (suffix,)) for option, path, suffix in given if path]
 
 
 def _strengths(args: argparse.Namespace) -> list[float]:
@@ -167,8 +166,6 @@ def _faces(args: argparse.Namespace, generator):
         inversion = invert(args.photo, encoder, landmarks=args.landmarks)
         return inversion.latents, inversion.crops, f"{len(args.photo)} photo(s), inverted", inversion
     count = 8 if args.sample is None else args.sample
-    if count < 1:
-        raise EssenceError(f"--sample must be at least 1, got {count}.")
     latents = generator.sample_wplus(count, seed=args.seed, truncation=0.7)
     return latents, None, f"{count} random samples, seed {args.seed}", None
 

@@ -24,6 +24,9 @@ machine or a cluster without changes:
   (``max_task_retries``). The killed attempt never renamed its temporary file into place, so there is
   no partial output; its leftover temporary file is removed when the batch ends. When the retries
   are spent the task is reported failed and a new worker takes its place; a rerun does it.
+- **Stopped**: Ctrl-C, or SIGTERM in a program that handles it (the command line does), stops the
+  workers; the exception carries the report of what finished, the other tasks ``stopped``
+  (``BatchReport.of_stopped``), and a rerun does them.
 - **Where**: with ``address`` (or the ``RAY_ADDRESS`` variable) the runner joins that cluster;
   otherwise it starts a local Ray sized to the machine (no dashboard). If Ray is already running in
   this process (``ray.init`` was called), that one is used.
@@ -41,8 +44,10 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -55,7 +60,9 @@ from ..storage import atomic_write, folder_lock, remove_temp_files
 RAY_REQUIREMENT = "ray>=2.9"
 INSTALL_HINT = f'pip install "{RAY_REQUIREMENT}"'
 DEFAULT_RETRIES = 2  # restarts of a dead worker, and retries of the task it was running
-Status = Literal["done", "skipped", "failed"]
+Status = Literal["done", "skipped", "failed", "stopped"]
+STOPPED_ERROR = "the batch was stopped before this task finished; run the same command again to do it"
+_STOPPED_REPORT = "essence_batch_report"  # the attribute of the exception that stopped a batch
 BASE_COLUMNS = ("key", "status", "seconds", "output", "error", "worker")
 
 
@@ -126,12 +133,21 @@ class BatchReport:
         """The one line printed at the end."""
         rate = self.tasks_per_hour()
         speed = f", {rate:.1f} tasks/hour" if rate is not None else ""
+        stopped = f", {self.count('stopped')} stopped" if self.count("stopped") else ""
         return (f"{len(self.records)} task(s): {self.count('done')} done, {self.count('skipped')} skipped, "
-                f"{self.count('failed')} failed in {_duration(self.seconds)} on {self.resources}{speed}.")
+                f"{self.count('failed')} failed{stopped} in {_duration(self.seconds)} on {self.resources}{speed}.")
+
+    @staticmethod
+    def of_stopped(exc: BaseException) -> "BatchReport | None":
+        """The report of the batch that ``exc`` stopped (Ctrl-C's ``KeyboardInterrupt``, or the
+        ``SystemExit`` a SIGTERM handler raises): the finished tasks' records and the others
+        ``stopped``, so the caller can still write what was done. None when ``exc`` stopped no batch."""
+        return getattr(exc, _STOPPED_REPORT, None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": {"tasks": len(self.records), "done": self.count("done"),
                             "skipped": self.count("skipped"), "failed": self.count("failed"),
+                            "stopped": self.count("stopped"),
                             "seconds": round(self.seconds, 3), "workers": self.workers,
                             "resources": self.resources, "tasks_per_hour": self.tasks_per_hour()},
                 "tasks": [r.row() for r in self.records]}
@@ -214,7 +230,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address, given)
-        ray.init(address=address, log_to_driver=False)
+        _init_keeping_sigterm(ray, address=address, log_to_driver=False)
         return ray
     # Local workers inherit this process's environment: they import essence from where it runs
     # (a checkout too). Cheaper than a Ray runtime_env, which costs seconds per worker start.
@@ -222,8 +238,33 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if package_root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    _init_keeping_sigterm(ray, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                          logging_level=logging.ERROR)
     return ray
+
+
+def _init_keeping_sigterm(ray: Any, **options: Any) -> None:
+    """``ray.init``, after which a SIGTERM handler the program had is in place again.
+
+    ``ray.init`` installs its own, and its C++ core a crash dump on SIGTERM: with them a ``kill``
+    during ``essence batch`` killed the local Ray from inside the handler and the command aborted
+    (SIGABRT, 134 in a shell; Ray 2.60) with no report. A program that handles SIGTERM itself, as the
+    command line does (ending like Ctrl-C: the workers stopped, the report written, status 143),
+    keeps its handler, and Ray stops at exit. A program that left SIGTERM alone gets Ray's, as before.
+    """
+    keep = _own_sigterm_handler()
+    ray.init(**options)
+    if keep is not None:
+        signal.signal(signal.SIGTERM, keep)
+
+
+def _own_sigterm_handler() -> Any:
+    """The program's SIGTERM handler (a function, or ignoring it), or None: the default, or not the
+    main thread (only it may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return None if handler in (signal.SIG_DFL, None) else handler
 
 
 class _Actor:
@@ -340,6 +381,7 @@ class BatchRunner:
         self.plan: WorkerPlan | None = None
         self._actors: list[Any] = []
         self._ray: Any = None
+        self._sigterm = _SigtermBetweenWaits()
 
     def __enter__(self) -> "BatchRunner":
         return self
@@ -387,28 +429,31 @@ class BatchRunner:
                  progress: bool, description: str) -> BatchReport:
         start = time.perf_counter()
         records: dict[str, TaskRecord] = {}
-        todo: deque[BatchTask] = deque()
         remove_temp_files(task.output for task in tasks)  # left by a worker killed in an earlier run
-        for task in tasks:
-            skipped = _finished(task, validate)
-            if skipped is not None:
-                records[task.key] = skipped
-            else:
-                todo.append(task)
-        if todo:
-            self._start(len(todo))  # before the bar, so its ETA does not count Ray's start-up
-        bar = _progress_bar(len(tasks), len(tasks) - len(todo), description, progress)
-        try:
-            if todo:
-                self._run(todo, records, bar)
-        except BaseException:  # Ctrl-C, lost cluster: stop the writers before their temporary files go
-            self.close()
-            raise
-        finally:
-            bar.close()
-            remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
+        todo = _unfinished(tasks, validate, records)
+        bar: Any = _NoBar()
+        with self._sigterm:
+            try:
+                if todo:
+                    self._start(len(todo))  # before the bar, so its ETA does not count Ray's start-up
+                bar = _progress_bar(len(tasks), len(tasks) - len(todo), description, progress)
+                if todo:
+                    self._run(todo, records, bar)
+            except BaseException as exc:  # Ctrl-C, SIGTERM, lost cluster: stop the writers before their files go
+                self.close()
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    setattr(exc, _STOPPED_REPORT, self._report(tasks, records, start))
+                raise
+            finally:
+                bar.close()
+                remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
+        return self._report(tasks, records, start)
+
+    def _report(self, tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float) -> BatchReport:
+        """Every task's record in task order; a task without one was stopped before it finished."""
         plan = self.plan or WorkerPlan(0, 0, 0)
-        return BatchReport([records[t.key] for t in tasks], time.perf_counter() - start, plan.workers,
+        rows = [records.get(t.key) or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
+        return BatchReport(rows, time.perf_counter() - start, plan.workers,
                            plan.describe() if self.plan else "no workers (nothing to do)")
 
     def _run(self, todo: deque[BatchTask], records: dict[str, TaskRecord], bar: Any) -> None:
@@ -424,7 +469,7 @@ class BatchRunner:
             submit(index)
         replacements = 0
         while in_flight:
-            ready, _ = self._ray.wait(list(in_flight), num_returns=1)
+            ready = self._wait(list(in_flight), 1)
             index, task = in_flight.pop(ready[0])
             try:
                 record = self._ray.get(ready[0])
@@ -453,10 +498,21 @@ class BatchRunner:
         self.plan = plan_workers(self._ray.cluster_resources(), tasks, self.workers, self.gpus_per_worker,
                                  max_node_cpus)
         self._actors = [self._new_actor() for _ in range(self.plan.workers)]
-        problems = {p for p in self._ray.get([a.ready.remote() for a in self._actors]) if p}
+        started = [a.ready.remote() for a in self._actors]
+        self._wait(started, len(started))
+        problems = {p for p in self._ray.get(started) if p}
         if problems:
             self.close()
             raise EssenceError(f"the batch workers could not start: {'; '.join(sorted(problems))}")
+
+    def _wait(self, refs: list[Any], count: int) -> list[Any]:
+        """``ray.wait`` for ``count`` of ``refs``, in slices between which a SIGTERM is acted on (see
+        ``_SigtermBetweenWaits``); the ready ones."""
+        while True:
+            ready, _ = self._ray.wait(refs, num_returns=count, timeout=SIGNAL_CHECK_SECONDS)
+            self._sigterm.check()
+            if len(ready) >= count:
+                return ready
 
     def _new_actor(self) -> Any:
         plan = self.plan
@@ -474,6 +530,58 @@ def run_batch(tasks: Sequence[BatchTask], worker_class: type, config: Any = None
     with BatchRunner(worker_class, config, workers=workers, address=address, gpus_per_worker=gpus_per_worker,
                      retries=retries) as runner:
         return runner.run(tasks, validate=validate, progress=progress, description=description, lock=lock)
+
+
+SIGNAL_CHECK_SECONDS = 0.5  # the longest a batch waits on Ray before acting on a SIGTERM
+
+
+class _SigtermBetweenWaits:
+    """While a batch runs, a SIGTERM is noted and the program's own handler runs between two waits on
+    Ray, in plain Python.
+
+    Ray catches a ``SystemExit`` raised inside its waits (where a handler that raises runs) and
+    raises ``SystemExit(1)`` instead: the command line's handler, which ends with status 143 after
+    the workers are stopped and the report is written, would end with 1. Only a handler that is a
+    function is deferred, and only in the main thread (the one that runs handlers).
+    """
+
+    def __init__(self) -> None:
+        self.handler: Callable[[int, Any], Any] | None = None
+        self.received = False
+
+    def __enter__(self) -> "_SigtermBetweenWaits":
+        handler = _own_sigterm_handler()
+        if callable(handler):
+            self.handler, self.received = handler, False
+            signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.handler is not None:
+            signal.signal(signal.SIGTERM, self.handler)
+            self.handler = None
+
+    def _note(self, _signum: int, _frame: Any) -> None:
+        self.received = True
+
+    def check(self) -> None:
+        """Run the program's handler now if a SIGTERM came (it raises to end the batch)."""
+        if self.received and self.handler is not None:
+            self.received = False
+            self.handler(signal.SIGTERM, None)
+
+
+def _unfinished(tasks: Sequence[BatchTask], validate: Callable[[Path], dict[str, Any] | None] | None,
+                records: dict[str, TaskRecord]) -> deque[BatchTask]:
+    """The tasks to run; the others' ``skipped`` records go into ``records``."""
+    todo: deque[BatchTask] = deque()
+    for task in tasks:
+        skipped = _finished(task, validate)
+        if skipped is not None:
+            records[task.key] = skipped
+        else:
+            todo.append(task)
+    return todo
 
 
 def _check_unique(tasks: Sequence[BatchTask]) -> None:

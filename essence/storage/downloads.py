@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
 from ..errors import DownloadError
+from .files import atomic_write
 from .weights import WeightSpec, default_weights_dir, file_sha256, weight_status
 
 USER_AGENT = "essence-weights/1 (+python urllib)"
@@ -253,7 +254,9 @@ def _read_meta(dest: Path) -> dict[str, Any]:
 
 
 def _write_meta(dest: Path, url: str, etag: str | None) -> None:
-    _meta_path(dest).write_text(json.dumps({"url": url, "etag": etag}), encoding="utf-8")
+    """Atomically: a sidecar torn by a kill would make the next run restart a resumable download."""
+    with atomic_write(_meta_path(dest)) as tmp:
+        tmp.write_text(json.dumps({"url": url, "etag": etag}), encoding="utf-8")
 
 
 def _int_header(value: str | None) -> int | None:

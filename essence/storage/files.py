@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
@@ -53,8 +54,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (str(tmp), tmp):
+            exc.filename = str(path)  # the user knows the file by its name, not by its temporary one
         raise
 
 
@@ -115,7 +118,29 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[st
     bad = [k for k, v in metadata.items() if not isinstance(v, str)]
     if bad:
         raise TypeError(f"safetensors metadata values must be strings: {bad}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+    from safetensors import SafetensorError
+
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=dict(metadata))
+    except SafetensorError as exc:  # the disk's refusal, wrapped: give it back as the OSError it was
+        raise _os_error(str(exc), path) from None
+
+
+# how safetensors words the operating system's error: "I/O error: File too large (os error 27)", or in
+# older versions Rust's debug form, 'Os { code: 28, kind: StorageFull, message: "No space left on device" }'
+_RUST_IO_ERRORS = (re.compile(r"(?P<message>[^:(]+) \(os error (?P<code>\d+)\)"),
+                   re.compile(r"Os \{ code: (?P<code>\d+), kind: \w+, message: \"(?P<message>[^\"]*)\""))
+
+
+def _os_error(text: str, path: Path) -> OSError:
+    """safetensors reports a failed write (a full disk, a quota, an I/O error) as a ``SafetensorError``
+    whose text holds the operating system's error; this is that error, so every writer's failure
+    reaches the user the same way (one ``error:`` line, nothing half-written)."""
+    for pattern in _RUST_IO_ERRORS:
+        found = pattern.search(text)
+        if found is not None:
+            return OSError(int(found["code"]), found["message"].strip(), str(path))
+    return OSError(errno.EIO, f"could not write the file ({text})", str(path))
 
 
 LOCK_NAME = ".essence.lock"
@@ -131,13 +156,17 @@ def folder_lock(folder: str | os.PathLike, what: str = "a batch", name: str = LO
     killed; the lock file is removed when the block ends. A process that opened the file just before
     it was removed finds, once it holds the lock, that the name no longer leads to its file, and
     opens the new one instead, so the removal never lets two holders in.
+
+    The lock file is written, so only a regular file of one name is taken as it: a symbolic link,
+    hard link, folder or pipe planted under its name is refused (``_open_lock_file``), never written
+    through.
     """
     folder = Path(folder)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     while True:
-        handle = open(path, "a+", encoding="utf-8")
+        handle = _open_lock_file(path)
         if not _try_lock(handle):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -169,9 +198,62 @@ def _remove_if_empty(folder: Path, made: bool) -> None:
             folder.rmdir()
 
 
+def _open_lock_file(path: Path) -> Any:
+    """``path`` opened for reading and writing, created if missing, never truncated here, and only
+    when it is a regular file with no other name: the lock writes its holder into it, and following
+    a link planted under its name would overwrite the file the link leads to. ``O_NOFOLLOW`` refuses
+    a symbolic link; ``O_NONBLOCK`` keeps a named pipe from blocking the open (it is cleared again)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        found = _not_a_lock_file(path)
+        if found is None:
+            raise
+        raise _unusable_lock(path, found) from exc
+    found = _not_a_lock_file(path, os.fstat(fd))
+    if found is not None:
+        os.close(fd)
+        raise _unusable_lock(path, found)
+    _clear_nonblocking(fd)
+    return os.fdopen(fd, "r+", encoding="utf-8")
+
+
+def _not_a_lock_file(path: Path, opened: os.stat_result | None = None) -> str | None:
+    """What is at ``path`` (``opened``: the file as opened) when it may not serve as a lock file, else None."""
+    try:
+        info = opened or os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        with contextlib.suppress(OSError):
+            return f"a symbolic link to {os.readlink(path)}"
+        return "a symbolic link"
+    if stat.S_ISREG(info.st_mode):
+        return f"a file with {info.st_nlink} names (a hard link)" if info.st_nlink > 1 else None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    return next((kind for test, kind in kinds.items() if test(info.st_mode)), "not a regular file")
+
+
+def _unusable_lock(path: Path, found: str) -> EssenceError:
+    spared = " (removing a link leaves the file it leads to as it is)" if "link" in found else ""
+    return EssenceError(f"{path} is {found}, not a lock file, and Essence will not write its lock through it. "
+                        f"Remove {path}{spared} and run again.")
+
+
+def _clear_nonblocking(fd: int) -> None:
+    """Back to ordinary blocking reads and writes after the non-blocking open (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+
+
 def _still_named(handle: Any, path: Path) -> bool:
     try:
-        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        return os.path.samestat(os.fstat(handle.fileno()), os.lstat(path))
     except OSError:
         return False
 

@@ -432,6 +432,20 @@ def find_weight(key: str, explicit_path: str | os.PathLike[str] | None = None) -
     return found
 
 
+def weight_inputs(files: Mapping[str, str | os.PathLike[str] | None]) -> list[Path]:
+    """The weight files a command will read, by role (``{"generator": args.generator, ...}``): the file
+    given, else the one the default lookup finds. Its outputs are checked against these, so that no
+    output replaces a model it was about to load, however that model was found. A role with no file
+    is left out: loading it reports what is missing."""
+    found = []
+    for role, given in files.items():
+        try:
+            found.append(find_weight(role, explicit_path=given))
+        except MissingWeightsError:
+            continue
+    return found
+
+
 def _resolve_explicit(path: Path, spec: WeightSpec | None, key: str) -> Path:
     """A given path wins; a bare file name (no folder part) not in the cwd is looked up like a key."""
     if path.is_file():

@@ -9,13 +9,13 @@
 
 from .edit import (DEFAULT_BATCH, STAGES, FaceEditor, VideoResult, apply_to_video, assemble_video, detect_video,
                    edit_video_range, video_track)
-from .files import (VideoInfo, check_audio_fits, output_container, probe_video, read_frames, video_comment,
-                    write_video)
+from .files import (VIDEO_SUFFIXES, VideoInfo, check_audio_fits, output_container, probe_video, read_frames,
+                    video_comment, write_video)
 from .identity import Consistency, TemporalIdentity, temporal_identity
 from .tuning import DEFAULT_TUNING_FRAMES, check_tuning_frames, tune_to_clip, tuning_frames
 
 __all__ = [
-    "VideoInfo", "probe_video", "read_frames", "write_video", "video_comment", "output_container", "check_audio_fits",
+    "VideoInfo", "VIDEO_SUFFIXES", "probe_video", "read_frames", "write_video", "video_comment", "output_container", "check_audio_fits",
     "apply_to_video", "VideoResult", "FaceEditor", "STAGES", "DEFAULT_BATCH", "detect_video", "video_track",
     "edit_video_range", "assemble_video",
     "tune_to_clip", "tuning_frames", "check_tuning_frames", "DEFAULT_TUNING_FRAMES",

@@ -31,6 +31,7 @@ PathLike = str | os.PathLike
 
 # output container and video encoder by file extension
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+VIDEO_SUFFIXES = tuple(CONTAINERS)  # the endings a clip Essence writes may have
 ENCODER_OPTIONS = {"libx264": {"crf": "18", "preset": "medium"}, "libvpx-vp9": {"crf": "24", "b": "0"}}
 SEGMENT_FORMAT = ("matroska", "ffv1", "bgr0")  # lossless frames between workers (exact RGB round trip)
 
