@@ -19,7 +19,8 @@ from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
 from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction, image_grid,
                        import_targetclip_latents, invert, is_latent_file, load_direction, load_latents, mix_directions,
                        strength_sweep, target_thumbnail)
-from ..networks import load_encoder, load_generator, load_guide, load_perceptual, optional_identity
+from ..networks import (MissingTuned, TunedFile, load_encoder, load_generator, load_guide, load_perceptual,
+                        optional_identity)
 from ..storage import Output, atomic_write, check_files, check_output, cli_command, save_or_rescue, weight_inputs
 from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
                         modes_help, train_essence, train_mode)
@@ -589,13 +590,29 @@ def _strength_line(meta: dict) -> str:
             f"(measure it with: {cli_command()} evaluate ... --recommend)")
 
 
-def _describe_file(path: Path) -> tuple[str, list[int], dict]:
-    """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy) or directions."""
+def _describe_file(path: Path) -> tuple[str, list[int] | None, dict]:
+    """Latent files (Essence's, TargetCLIP's opt_latents.pt and w_plus.npy), directions, or the
+    tuned weights beside a latent file (a summary of its header: it holds thousands of tensors)."""
+    if TunedFile.holds(path):
+        return "tuned weights", None, TunedFile(path).summary()
     if is_latent_file(path):
         latents = load_latents(path)
-        return "latents", list(latents.latents.shape), latents.meta
+        return "latents", list(latents.latents.shape), {**latents.meta, **_tuned_note(latents)}
     direction = Direction.load(path)
     return "direction", list(direction.tensor.shape), direction.meta
+
+
+def _tuned_note(latents: Any) -> dict[str, str]:
+    """``tuned_weights``: which rows are drawn with tuned weights and from which file, or why they
+    cannot be (the companion is missing, unreadable or another set's); nothing when no row is."""
+    rows = sum(key is not None for key in latents.tuned_keys())
+    if not rows:
+        return {}
+    if isinstance(latents.tuned, MissingTuned):
+        return {"tuned_weights": f"{rows} row(s), not usable: {latents.tuned.reason}"}
+    where = f" from {latents.tuned.path.name}" if isinstance(latents.tuned, TunedFile) else ""
+    faces = len(latents.tuned)
+    return {"tuned_weights": f"{rows} row(s) drawn with the weights tuned to them ({faces} face(s)){where}"}
 
 
 SUBCOMMANDS = [_add_train, _add_apply, _add_import_official, _add_export_npy, _add_info]

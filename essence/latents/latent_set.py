@@ -17,7 +17,9 @@ safetensors file with one tensor, ``latents`` [N, n_latent, style_dim] float32, 
 The tuned weights of a set's rows (float16 differences from the generator, about 56 MB per face at
 1024 px; ``essence.networks.tuned``) live in a companion file beside the latent file,
 ``<name>.tuned.safetensors``, written with it and tied to it by ``set_id``: a latent file without its
-companion still loads, and only drawing those faces stops, saying which file is missing.
+companion still loads, and only drawing those faces stops, saying which file is missing. A pair
+renamed together by that pattern still opens (the companion is found by either name, and matched by
+``set_id``).
 
 Files are written atomically and checked on load (header, dtype, shape, NaN/inf, metadata), so a
 damaged or foreign file is refused with a reason. TargetCLIP's own source latents
@@ -38,8 +40,9 @@ import torch
 from ..errors import (CorruptFileError, EssenceError, IncompatibleLatentSpaceError, LatentFileError,
                       MissingWeightsError, require_finite)
 from ..networks import MissingTuned, TunedFile, TunedWeights, save_tuned
-from ..storage import (atomic_write, cli_command, encode_metadata, load_npy_checked, load_torch_file, npy_shape,
-                       read_safetensors_header, read_typed_file, save_safetensors_atomic, utc_now)
+from ..storage import (COMPANION_SUFFIX, atomic_write, cli_command, companion_path, encode_metadata, load_npy_checked,
+                       load_torch_file, npy_shape, read_safetensors_header, read_typed_file, save_safetensors_atomic,
+                       utc_now)
 from ..version import __version__
 
 FORMAT_NAME = "essence.latents"
@@ -195,8 +198,9 @@ def _load_safetensors(path: Path) -> LatentSet:
     sources = meta.pop("sources", None)
     if sources is not None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
         raise LatentFileError(f"{path}: the 'sources' metadata is not a list of entries.")
+    tuned = _tuned_for(path, meta, sources or [])
     try:
-        latent_set = LatentSet(tensors[TENSOR_NAME], sources or [], meta, _tuned_for(path, meta, sources or []))
+        latent_set = LatentSet(tensors[TENSOR_NAME], sources or [], meta, tuned)
     except LatentFileError as exc:
         raise LatentFileError(f"{path}: {exc}") from None
     space = meta.get("latent_space")
@@ -208,32 +212,68 @@ def _load_safetensors(path: Path) -> LatentSet:
 
 def tuned_path(path: PathLike) -> Path:
     """Where the tuned weights of the latent file ``path`` live: ``<name>.tuned.safetensors`` beside it."""
-    path = Path(path)
-    return path.with_name(f"{path.name.removesuffix('.safetensors')}.tuned.safetensors")
+    return companion_path(path)
 
 
 def _tuned_for(path: Path, meta: dict[str, Any], sources: list[dict[str, Any]]) -> Mapping[str, TunedWeights]:
-    """The companion file of ``path``'s tuned rows, or a stand-in that says why it cannot be used."""
+    """The companion file of ``path``'s tuned rows, or a stand-in that says why it cannot be used.
+
+    It is looked for under the name the latent file recorded, then under the latent file's own
+    name's (``tuned_path``): a pair renamed together (x.safetensors and x.tuned.safetensors to
+    y.safetensors and y.tuned.safetensors) still opens. Either way it must carry the ``set_id`` the
+    latent file recorded, which is what ties the two. A record naming no plain companion file beside
+    it (blank, a path, another kind of file) is damage, refused when the latent file is read."""
     keys = sorted({s["tuned"] for s in sources if isinstance(s.get("tuned"), str)})
     record = meta.get("tuned")
+    if record is None and not keys:
+        return {}
+    name, set_id = _companion_record(path, record)
     if not keys:
         return {}
+    own = tuned_path(path)
+    candidates = list(dict.fromkeys([path.with_name(name), own]))
+    redo = (f"Keep {path.name} and {own.name} together (rename both, keeping the pattern: a.safetensors and "
+            f"a.tuned.safetensors become b.safetensors and b.tuned.safetensors), or invert the photos again with "
+            f"pivotal tuning.")
+    problems = []
+    for companion in (candidate for candidate in candidates if candidate.is_file()):
+        try:
+            tuned = TunedFile(companion)
+        except EssenceError as exc:
+            problems.append(f"the tuned weights beside it cannot be read ({str(exc).rstrip('.')}).")
+            continue
+        if tuned.set_id == set_id and set(keys) <= set(tuned):
+            return tuned
+        problems.append(f"{companion.name} beside it holds the tuned weights of another latent file.")
+    if problems:
+        return MissingTuned(keys, f"{path}: {problems[0]} {redo}")
+    names = " or ".join(candidate.name for candidate in candidates)
+    return MissingTuned(keys, f"{path}: its faces were tuned to their photos, and their tuned weights ({names}) "
+                              f"are not beside it. {redo}")
+
+
+def _companion_record(path: Path, record: Any) -> tuple[str, str]:
+    """The companion's file name and set id that a latent file records, or a ``LatentFileError``:
+    Essence records a plain ``<name>.tuned.safetensors`` beside the file, and a set id."""
     name = record.get("file") if isinstance(record, dict) else None
-    if not isinstance(name, str) or Path(name).name != name:
-        return MissingTuned(keys, f"{path}: its faces were tuned to their photos, but the file does not say "
-                                  f"where their tuned weights are. Invert the photos again with pivotal tuning.")
-    companion = path.with_name(name)
-    redo = f"Keep {path.name} and {name} together, or invert the photos again with pivotal tuning."
-    if not companion.is_file():
-        return MissingTuned(keys, f"{path}: its faces were tuned to their photos, and their tuned weights "
-                                  f"({name}) are not beside it. {redo}")
-    try:
-        tuned = TunedFile(companion)
-    except EssenceError as exc:
-        return MissingTuned(keys, f"{path}: the tuned weights beside it cannot be read ({exc}). {redo}")
-    if tuned.set_id != record.get("set_id") or not set(keys) <= set(tuned):
-        return MissingTuned(keys, f"{path}: {name} beside it holds the tuned weights of another latent file. {redo}")
-    return tuned
+    set_id = record.get("set_id") if isinstance(record, dict) else None
+    problem = ""
+    if record is None:
+        problem = "its faces name tuned weights, but it does not say which file holds them"
+    elif not isinstance(record, dict) or not isinstance(name, str):
+        problem = "its record of the tuned weights (metadata 'tuned') is not a file name and a set id"
+    elif not name.strip():
+        problem = "its record of the tuned weights names a blank file"
+    elif name != name.strip() or not name.isprintable() or Path(name).name != name or "\\" in name:
+        problem = f"its record of the tuned weights names {name!r}, not a file beside it"
+    elif not name.endswith(COMPANION_SUFFIX) or name == COMPANION_SUFFIX:
+        problem = f"its record of the tuned weights names {name!r}, not a <name>{COMPANION_SUFFIX} file"
+    elif not isinstance(set_id, str) or not set_id:
+        problem = "its record of the tuned weights has no set id"
+    if problem:
+        raise LatentFileError(f"{path}: {problem}; the file is damaged. Invert the photos again with pivotal "
+                              f"tuning.")
+    return name, set_id
 
 
 def validated_latents(latents: Any) -> torch.Tensor:

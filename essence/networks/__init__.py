@@ -7,7 +7,8 @@
 - ``clip_guide``: CLIP's image tower and TargetCLIP's two ways into it;
 - ``perceptual``: LPIPS (AlexNet), the perceptual distance pivotal tuning minimises;
 - ``loaders``: ``load_generator`` and friends: find the file, build the model, cache it;
-- ``tuned``: a generator tuned to a photo (pivotal tuning), kept as float16 differences;
+- ``tuned``: a generator tuned to a photo (pivotal tuning), kept as float16 differences, and the
+  fingerprint of the synthesis weights they belong to;
 - ``render``: latents to images in batches that fit the device, the one rendering path.
 
 Each network infers its architecture from the weights and loads them with ``strict=True``.
@@ -21,7 +22,8 @@ from .loaders import (load_encoder, load_generator, load_guide, load_identity, l
 from .perceptual import perceptual_distance
 from .rendering import DEFAULT_BATCH, render
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, build_generator
-from .tuned import MissingTuned, TunedFile, TunedWeights, save_tuned, synthesis_parameters, synthesize_with
+from .tuned import (MAX_TUNED_DELTA, MissingTuned, TunedFile, TunedWeights, sampled_synthesis_fingerprint,
+                    save_tuned, synthesis_fingerprint, synthesis_parameters, synthesize_with)
 
 __all__ = [
     "StyleGAN2Generator", "GeneratorConfig", "build_generator",
@@ -31,5 +33,6 @@ __all__ = [
     "load_generator", "load_encoder", "load_guide", "load_identity", "load_perceptual", "perceptual_network",
     "optional_identity", "perceptual_distance",
     "TunedWeights", "TunedFile", "MissingTuned", "save_tuned", "synthesis_parameters", "synthesize_with",
+    "synthesis_fingerprint", "sampled_synthesis_fingerprint", "MAX_TUNED_DELTA",
     "render", "DEFAULT_BATCH",
 ]

@@ -5,7 +5,8 @@ rendering them all in one pass can exhaust a GPU, and one at a time wastes it. T
 that renders a stack of W+ latents: a few at a time on the generator's device, halving the batch
 when the device runs out of memory (rows are independent, so the images are the same), results
 collected on the CPU in float32. Rows of photos whose generator was tuned (pivotal tuning) are
-drawn with their own tuned weights.
+drawn with their own tuned weights. A batch that comes out with NaN or infinite values (weights
+that overflow) is an error naming its rows, never a picture: one ``isfinite`` per batch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import EssenceError, ShapeError
 from ..runtime import run_in_chunks_on_oom
 from .stylegan2 import StyleGAN2Generator
 from .tuned import TunedWeights, synthesize_with
@@ -39,10 +40,11 @@ def render(generator: StyleGAN2Generator, wplus: torch.Tensor, batch_size: int =
     groups = _groups(_per_row(tuned, len(wplus)))
     if len(groups) <= 1:  # one generator draws every row
         weights = groups[0][0] if groups else None
-        return _render_rows(generator, wplus, batch_size, stop_at, what, between_batches, weights)
+        return _render_rows(generator, wplus, batch_size, stop_at, what, between_batches, weights,
+                            list(range(len(wplus))))
     images = torch.empty(0)
     for weights, rows in groups:
-        drawn = _render_rows(generator, wplus[rows], batch_size, stop_at, what, between_batches, weights)
+        drawn = _render_rows(generator, wplus[rows], batch_size, stop_at, what, between_batches, weights, rows)
         if images.numel() == 0:
             images = drawn.new_empty((len(wplus), *drawn.shape[1:]))
         images[rows] = drawn
@@ -51,17 +53,38 @@ def render(generator: StyleGAN2Generator, wplus: torch.Tensor, batch_size: int =
 
 def _render_rows(generator: StyleGAN2Generator, wplus: torch.Tensor, batch_size: int, stop_at: int | None,
                  what: str, between_batches: Callable[[], None] | None,
-                 weights: TunedWeights | None) -> torch.Tensor:
+                 weights: TunedWeights | None, rows: list[int]) -> torch.Tensor:
+    """``wplus`` (rows ``rows`` of the caller's latents) drawn by one generator."""
     param = next(generator.parameters())
     parameters = None if weights is None else weights.parameters_for(generator)
+    done = 0  # rows drawn so far: a batch retried after running out of memory starts where it did
 
-    def render_batch(rows: torch.Tensor) -> torch.Tensor:
+    def render_batch(batch: torch.Tensor) -> torch.Tensor:
+        nonlocal done
         if between_batches is not None:
             between_batches()
-        latents = rows.to(param.device, param.dtype)
-        return synthesize_with(generator, parameters, latents, stop_at=stop_at).float().cpu()
+        latents = batch.to(param.device, param.dtype)
+        images = synthesize_with(generator, parameters, latents, stop_at=stop_at).float()
+        if not bool(torch.isfinite(images).all()):
+            _refuse_overflow(images, rows[done:done + len(batch)], what, weights is not None)
+        done += len(batch)
+        return images.cpu()
 
     return torch.cat(run_in_chunks_on_oom(render_batch, wplus, batch_size, f"rendering {len(wplus)} {what}"))
+
+
+def _refuse_overflow(images: torch.Tensor, rows: list[int], what: str, tuned: bool) -> None:
+    """A batch holding NaN or infinite values: say which rows, and the likely cause."""
+    bad = (~torch.isfinite(images)).reshape(len(images), -1).any(1).nonzero().flatten().tolist()
+    named = ", ".join(str(rows[i]) for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    which = f"row{'s' if len(bad) > 1 else ''} {named}"
+    if tuned:
+        cause = ("the tuned weights they are drawn with are the likely cause (damaged, or tuned with too high a "
+                 "learning rate): tune those faces again")
+    else:
+        cause = ("the generator's weights or these latents overflow (a damaged generator file, float16 weights too "
+                 "large for their type, or latents far outside the generator's range): check them")
+    raise EssenceError(f"drawing {what}: {which} came out as NaN or infinite values; {cause}.")
 
 
 def _per_row(tuned: Tuned, rows: int) -> list[TunedWeights | None]:

@@ -358,14 +358,15 @@ def write_numbered(folder: str | os.PathLike, stem: str, suffix: str, write: Cal
 def read_safetensors_header(path: str | os.PathLike) -> dict:
     """Parse and validate a safetensors header without loading any tensor data.
 
-    Checks: the 8-byte length prefix, a JSON header within bounds, and every tensor's dtype, shape
-    and byte range agreeing with each other and lying inside the file.
+    Checks: the 8-byte length prefix, a JSON header within bounds that names nothing twice, every
+    tensor's dtype, shape and byte range agreeing with each other and lying inside the file, and
+    the ranges together tiling the data section as safetensors' own reader demands.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"{path}: no such file.")
-    size = path.stat().st_size
     with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise CorruptFileError(f"{path}: not a safetensors file (only {len(prefix)} bytes).")
@@ -379,7 +380,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
                                    f"{header_len} bytes, file has {size}).")
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys(path))
     except RecursionError:  # brackets nested thousands deep: no real header is
         raise CorruptFileError(f"{path}: not a safetensors file (its JSON header is nested too deeply to "
                                f"read).") from None
@@ -388,16 +389,55 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: not a safetensors file (its header is not a JSON object).")
     data_len = size - 8 - header_len
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
                 raise CorruptFileError(f"{path}: malformed metadata block.")
             continue
-        _check_tensor_entry(path, name, info, data_len)
+        spans.append((*_check_tensor_entry(path, name, info, data_len), name))
+    _check_tiling(path, spans, data_len)
     return header
 
 
-def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> None:
+def _unique_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict]:
+    """``json.loads``' ``object_pairs_hook``: an object naming a key twice is refused. JSON readers
+    keep one of the two (Python the last, others the first or an error), so a header with a
+    duplicate tensor can show one reader other tensors than another: the file is lying."""
+    def build(pairs: list[tuple[str, Any]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= 80 else key[:80] + "..."
+                raise CorruptFileError(f"{path}: its header names {shown!r} twice; the file is damaged, or made to "
+                                       f"show different readers different contents.")
+            seen.add(key)
+        return dict(pairs)
+
+    return build
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> None:
+    """The tensors' byte ranges, in order, must tile the data section: each starts where the one
+    before it ends, and the last ends where the file does. safetensors (0.x) refuses any other file
+    when a tensor is read ("invalid offset", "not fully covered"); refusing it here, with the
+    header, says what is wrong before any read, on every path that reads the file."""
+    expected, before = 0, ""
+    for start, end, name in sorted(spans):
+        if start < expected:
+            raise CorruptFileError(f"{path}: tensors {before!r} and {name!r} claim the same bytes ({start}-"
+                                   f"{min(end, expected)} of its data); the file is damaged.")
+        if start > expected:
+            raise CorruptFileError(f"{path}: bytes {expected}-{start} of its data belong to no tensor (the next "
+                                   f"is {name!r}); the file is damaged.")
+        expected, before = end, name
+    if expected != data_len:
+        raise CorruptFileError(f"{path}: bytes {expected}-{data_len} of its data belong to no tensor; the file is "
+                               f"damaged.")
+
+
+def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> tuple[int, int]:
+    """The tensor's byte range [start, end) in the data section, once its dtype, shape and range agree."""
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise CorruptFileError(f"{path}: malformed entry for tensor {name!r}.")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
@@ -414,6 +454,7 @@ def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> N
     if not (0 <= start <= end <= data_len) or end - start != numel * _DTYPE_BYTES[dtype]:
         raise CorruptFileError(f"{path}: tensor {name!r} ({dtype} {shape}) does not fit the file's data "
                                f"(bytes {start}-{end} of {data_len}); the file is truncated or damaged.")
+    return start, end
 
 
 def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -444,24 +485,40 @@ def encode_metadata(format_name: str, format_version: int, fields: Mapping[str, 
     return meta
 
 
+MAX_NAMES_SHOWN = 5  # tensors a "not an Essence file" message names
+
+
 def read_typed_file(path: str | os.PathLike, format_name: str, format_version: int, tensor_name: str,
                     error: type[Exception], what: str, hint: str = "") -> tuple[dict[str, torch.Tensor], dict]:
     """Load one of Essence's own safetensors files (directions, latents) and check it is one.
 
     Returns the tensors and the decoded metadata (JSON fields parsed, format tags removed). Any
     problem (damaged file, another kind of file, a newer format) raises ``error`` naming the file.
+    The kind of file is judged from its header, before any tensor is read: another kind (a file of
+    tuned weights holds thousands of tensors, 56 MB a face) is refused without loading it, naming
+    a few of its tensors.
     """
+    try:
+        header = read_safetensors_header(path)
+    except (CorruptFileError, MissingWeightsError) as exc:
+        raise error(f"not a usable {what}: {exc}") from None
+    raw = header.get("__metadata__", {})
+    names = sorted(name for name in header if name != "__metadata__")
+    if raw.get("format") != format_name or tensor_name not in names:
+        shown = ", ".join(map(repr, names[:MAX_NAMES_SHOWN])) + (f", ... ({len(names)} in all)"
+                                                                  if len(names) > MAX_NAMES_SHOWN else "")
+        raise error(f"{path}: not an Essence {what} (format {raw.get('format')!r}, tensors "
+                    f"[{shown}]).{' ' + hint if hint else ''}")
+    version = raw.get("format_version", "?")
+    if not (version.isascii() and version.isdigit()) or int(version) > format_version:
+        raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
+                    f"({format_version}); update Essence.")
     try:
         tensors, raw = load_safetensors_checked(path)
     except (CorruptFileError, MissingWeightsError) as exc:
         raise error(f"not a usable {what}: {exc}") from None
     if raw.get("format") != format_name or tensor_name not in tensors:
-        raise error(f"{path}: not an Essence {what} (format {raw.get('format')!r}, tensors "
-                    f"{sorted(tensors)}).{' ' + hint if hint else ''}")
-    version = raw.get("format_version", "?")
-    if not (version.isascii() and version.isdigit()) or int(version) > format_version:
-        raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
-                    f"({format_version}); update Essence.")
+        raise error(f"{path}: the file changed while it was read; try again.")
     return tensors, {k: _json_or_text(v) for k, v in raw.items() if k not in ("format", "format_version")}
 
 
