@@ -75,7 +75,8 @@ def test_the_installed_package_runs_from_any_folder(wheel: Path, tmp_path: Path)
 def test_the_project_file_meets_the_comfy_registry_specification() -> None:
     """What the Comfy Registry reads from pyproject.toml: a node id without "ComfyUI", a static
     X.Y.Z version equal to the library's, a licence, and [tool.comfy] with the publisher, display
-    name, icon entry and the ComfyUI versions the pack works with."""
+    name and the ComfyUI versions the pack works with; an icon only as a URL (an empty one would be
+    published as the pack's icon)."""
     import re
     import tomllib
 
@@ -86,5 +87,6 @@ def test_the_project_file_meets_the_comfy_registry_specification() -> None:
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,99}", project["name"]) and "comfyui" not in project["name"].lower()
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]) and project["version"] == essence.__version__
     assert project["license"] == "MIT" and (REPO / "LICENSE").is_file()
-    assert comfy["PublisherId"] and comfy["DisplayName"] and "Icon" in comfy
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    assert "Icon" not in comfy or comfy["Icon"].startswith("https://"), comfy.get("Icon")
     assert re.fullmatch(r"(>=|==|~=)\d+\.\d+\.\d+", comfy["requires-comfyui"])
