@@ -1,8 +1,8 @@
 """The ``batch`` section of ``python -m bench``: tasks per hour of ``essence batch train`` on Ray.
 
 Runs the real batch path (``essence.scale.run_batch`` with ``essence.scale.TrainWorker``, whose
-task is ``essence train``'s own call, ``train_essence``) on a fresh local Ray per measurement, with 1, 2, ... workers
-sharing this machine's CPUs (or one GPU each):
+task is ``essence train``'s own call, ``essence.training.train``) on a fresh local Ray per measurement,
+with 1, 2, ... workers sharing this machine's CPUs (or one GPU each):
 
   tiny   the tiny fixture models (``tests/fixtures``): each task aligns and inverts its target (e4e)
          and trains from that start: per-task overhead, Ray and scheduling costs. The targets are
@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 from essence.scale import TrainModels, TrainWorker, connect, run_batch, train_tasks
-from essence.cli import build_parser, train_job
-from essence.training import EssenceJob
+from essence.training import DEFAULT_MODE, EssenceJob, train_mode
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "tests" / "fixtures"
@@ -54,15 +53,16 @@ class FullSizeRandomTrainWorker(TrainWorker):
 
 
 def batch_config(size: str, steps: int, device: str) -> tuple[EssenceJob, TrainModels]:
-    """The job and models ``essence batch train`` makes of its options for this measurement."""
-    argv = ["batch", "train", "unused", "--out", "unused", "--steps", str(steps), "--device", device]
+    """The job and models ``essence batch train --steps STEPS --device DEVICE`` runs for this measurement
+    (``--sample 2`` and the tiny model files; ``--sample 4 --init random``, and ``--chunk 1`` on the CPU)."""
     if size == "tiny":
-        argv += ["--sample", "2", "--generator", str(MODELS / "stylegan2_tiny64.pt"),
-                 "--guide", str(MODELS / "clip_tiny.pt"), "--encoder", str(MODELS / "e4e_tiny64.pt")]
-    else:  # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
-        argv += ["--sample", "4", "--init", "random"] + (["--chunk", "1"] if device == "cpu" else [])
-    args = build_parser().parse_args(argv)
-    return train_job(args), TrainModels(args.generator, args.guide, args.encoder, args.identity, args.device)
+        settings = train_mode(DEFAULT_MODE).settings(steps=steps)
+        models = TrainModels(str(MODELS / "stylegan2_tiny64.pt"), str(MODELS / "clip_tiny.pt"),
+                             str(MODELS / "e4e_tiny64.pt"), device=device)
+        return EssenceJob(settings, mode=DEFAULT_MODE, sample=2), models
+    # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
+    settings = train_mode(DEFAULT_MODE).settings(steps=steps, chunk_size=1 if device == "cpu" else None)
+    return EssenceJob(settings, mode=DEFAULT_MODE, init="random", sample=4), TrainModels(device=device)
 
 
 def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "cpu") -> dict:

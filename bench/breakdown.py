@@ -258,10 +258,10 @@ def profile_breakdown(problem: dict, settings, steps: int, device: torch.device,
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    from essence.training import train
+    from essence.training import EssenceJob, train
 
     generator, guide = problem["generator"], problem["guide"]
-    train(**problem, settings=replace(settings, steps=warmup, progress_every=warmup))  # kernels, caches
+    train(**problem, job=EssenceJob(replace(settings, steps=warmup, progress_every=warmup)))  # kernels, caches
     state: dict[str, Any] = {"scope": None, "count": 0}
 
     def next_step() -> bool:  # polled at the start of every step: close the last step's scope, open one
@@ -278,7 +278,7 @@ def profile_breakdown(problem: dict, settings, steps: int, device: torch.device,
     run = replace(settings, steps=steps, progress_every=steps)
     with scopes(generator, guide), profile(activities=activities, record_shapes=True) as prof:
         start = time.perf_counter()
-        train(**problem, settings=run, should_stop=next_step)
+        train(**problem, job=EssenceJob(run), should_stop=next_step)
         state["scope"].__exit__(None, None, None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -19,13 +19,12 @@ from typing import Sequence
 import torch
 
 from essence import load_generator, load_guide
-from essence.cli import scikit_image_picture
 from essence.errors import EssenceError
-from essence.faces import load_image
+from essence.faces import load_image, scikit_image_picture
 from essence.latents import load_latents
 from essence.runtime import resolve_device
 from essence.storage import atomic_write
-from essence.training import target_embedding
+from essence.training import TrainingTarget
 
 from . import records as rec
 from .batch_rate import SIZES, batch_rows
@@ -198,7 +197,7 @@ def _quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
     print(f"Approximate training modes vs the exact one: {args.quality_steps} steps each, same random start "
           f"(cosine and distance of the trained direction to the exact one; distance relative to the exact "
           f"update; exact-objective = the loss of the direction under full-size float32 rendering)")
-    rows = bench_quality(generator, guide, target_embedding(guide, target), sources, args.quality_steps)
+    rows = bench_quality(generator, guide, TrainingTarget.read(target), sources, args.quality_steps)
     for row in rows:
         print("  " + format_quality_row(row), flush=True)
     return rows
@@ -207,7 +206,7 @@ def _quality(args: argparse.Namespace, device: torch.device) -> list[dict]:
 def _precision(args: argparse.Namespace, device: torch.device, steps: int, label: str) -> tuple[list, list]:
     generator, guide = _models(args, device)
     pictures = args.target or [scikit_image_picture("chelsea.png"), scikit_image_picture("astronaut.png")]
-    targets = {Path(p).stem: target_embedding(guide, load_image(p)) for p in pictures}
+    targets = {Path(p).stem: TrainingTarget.read(load_image(p)) for p in pictures}
     sources = _sources(args, generator, device)
     print(f"The exact objective {args.precision_mode} reaches against the exact mode: {args.quality_steps} steps, "
           f"seeds {' '.join(map(str, args.seeds))}, targets {', '.join(targets)} ({_models_name(args)})", flush=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from PIL import Image
 
 import essence
 from essence.faces import align_tracked, as_frame, load_landmarker, pil_to_model
-from essence.latents import STIT, invert_aligned
+from essence.latents import invert_aligned, pivotal_tuning
 from essence.networks import IdentityConfig, build_identity
-from essence.video import (apply_to_video, detect_video, probe_video, read_frames, temporal_identity, tune_to_clip,
+from essence.video import (apply_to_video, detect_video, probe_video, read_frames, temporal_identity, tuned_clip,
                            video_track, write_video)
 
 from .jitter import noisy_still
@@ -60,7 +59,8 @@ def main() -> None:
         tuned = None
         for passes in (int(p) for p in args.passes.split(",")):
             began = time.perf_counter()
-            tuned = tune_to_clip(info, track, encoder, generator, perceptual, replace(STIT, steps=passes))
+            tuning = pivotal_tuning(clip=True, steps=passes, perceptual=perceptual)
+            tuned = tuned_clip(info, track, encoder, generator, tuning).tuned_rows()[0]
             seconds = time.perf_counter() - began
             drawn = essence.render(generator, pivots, tuned=tuned)
             print(f"  e4e + {passes} passes of STIT tuning: {psnr(drawn, targets):.2f} dB ({seconds:.1f} s, "
@@ -85,11 +85,10 @@ def _identity(clip: Path, generator, encoder, perceptual, landmarks, folder: Pat
                                               generator=torch.Generator().manual_seed(3)) * 0.5, {"name": "random"})
     identity = build_identity(IdentityConfig.ir_se50(widths=(8, 16, 24, 32), embed_dim=32)).eval()
     print("Temporal identity of a random essence at strength 1 (random ArcFace):")
-    for refine in ("none", "pti"):
-        edited = apply_to_video(clip, folder / f"edited_{refine}.mkv", direction, encoder=encoder,
-                                generator=generator, landmarks=landmarks, refine=refine, perceptual=perceptual,
-                                tuning=replace(STIT, steps=passes))
-        print(f"  refine {refine}: {temporal_identity(clip, edited.path, identity, landmarks).describe()}")
+    for name, tuning in (("none", None), ("pti", pivotal_tuning(clip=True, steps=passes, perceptual=perceptual))):
+        edited = apply_to_video(clip, folder / f"edited_{name}.mkv", direction, encoder=encoder,
+                                generator=generator, landmarks=landmarks, tuning=tuning)
+        print(f"  refine {name}: {temporal_identity(clip, edited.path, identity, landmarks).describe()}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ LOSS_STEPS = 3
 def _train_timed(problem: dict, settings, device: torch.device) -> dict:
     """One ``train`` run: its losses, the time to the end of its first step (set-up, the
     sources' embedding, step 0: where compilation happens) and the median of the later steps."""
-    from essence.training import train
+    from essence.training import EssenceJob, train
 
     stamps: list[float] = []
 
@@ -43,7 +43,7 @@ def _train_timed(problem: dict, settings, device: torch.device) -> dict:
         stamps.append(time.perf_counter())
 
     start = time.perf_counter()
-    result = train(**problem, settings=settings, progress=progress)
+    result = train(**problem, job=EssenceJob(settings), progress=progress).result
     later = [b - a for a, b in zip(stamps, stamps[1:])]
     return {"losses": result.losses, "first_step_s": stamps[0] - start,
             "seconds_per_step": statistics.median(later) if later else float("nan")}
@@ -52,15 +52,14 @@ def _train_timed(problem: dict, settings, device: torch.device) -> dict:
 def loss_and_gradient(problem: dict, settings) -> tuple[float, torch.Tensor]:
     """The training loss at the start direction (every coefficient 1) and its gradient, computed by the
     library's own pieces; the generator is whatever ``problem["generator"].synthesize`` is now."""
-    from essence.networks import to_unit
     from essence.training import embed_faces, essence_losses
 
     generator, guide, sources = problem["generator"], problem["guide"], problem["sources"]
     device = sources.device
-    target = to_unit(problem["target_embedding_override"].to(device))
+    target = problem["target"].embedding(guide).to(device)
     with torch.no_grad():
         e_src = embed_faces(sources, generator, guide, settings)
-    direction = problem["init"].to(device).clone().requires_grad_(True)
+    direction = problem["start"].to(device).clone().requires_grad_(True)
     with torch.enable_grad():
         transfer, consistency = essence_losses(e_src, embed_faces(sources + direction, generator, guide, settings),
                                                target)

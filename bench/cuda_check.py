@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import essence  # noqa: E402
 from essence.networks import to_unit  # noqa: E402
-from essence.training import TrainSettings, train  # noqa: E402
+from essence.training import EssenceJob, TrainingTarget, TrainSettings, train  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -68,9 +68,9 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
     guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
     trace = load_file(fixtures / "targetclip_public_trace.safetensors")
     with torch.no_grad():  # the trace's target picture, already through CLIP's preprocessing
-        target = to_unit(guide.encode(trace["target_clip_input"].to(device)))
-    run = lambda **kw: train(None, trace["sources"], generator, guide, init=trace["init_direction"],  # noqa: E731
-                             settings=TrainSettings(steps=40, **kw), target_embedding_override=target)
+        target = TrainingTarget.from_embedding(to_unit(guide.encode(trace["target_clip_input"].to(device))))
+    run = lambda **kw: train(target, trace["sources"], generator, guide,  # noqa: E731
+                             EssenceJob(TrainSettings(steps=40, **kw)), start=trace["init_direction"]).result
     official = run(loop="official")
     reference = trace["loss_per_step"]
     # TF32 keeps 10 mantissa bits: the losses of the first steps move by a few 1e-3 (H100: 1.9e-3)
@@ -88,10 +88,10 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))
     # K candidates trained together == K separate runs, before the loop's chaos sets in
     starts = [trace["init_direction"], trace["init_direction"] * 0.9 + 0.05]
-    batched = essence.train(None, trace["sources"], generator, guide, starts, TrainSettings(steps=12),
-                            target_embedding_override=target)
-    alone = [train(None, trace["sources"], generator, guide, init=start, settings=TrainSettings(steps=12),
-                   target_embedding_override=target) for start in starts]
+    batched = essence.train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=12)),
+                            start=starts, choose=None).results
+    alone = [train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=12)), start=start).result
+             for start in starts]
     per_step = [max(abs(together.losses[i] - single.losses[i]) / abs(single.losses[i])
                     for together, single in zip(batched, alone)) for i in range(12)]
     print("  candidates together vs separately, per step (relative): "

@@ -49,7 +49,7 @@ import essence.training.loop as loop  # noqa: E402
 from bench.measure import _peak_tracker, training_problem  # noqa: E402
 from bench.records import device_label, record  # noqa: E402
 from essence.storage import atomic_write  # noqa: E402
-from essence.training import TRAIN_MODES  # noqa: E402
+from essence.training import TRAIN_MODES, EssenceJob, TrainingTarget, train  # noqa: E402
 
 DEFAULT_MODES = ["fast", "fast+256px", "fast+bf16+256px"]
 REPLAY_TOLERANCE = 1e-5  # relative, per step: replay against the same step run eagerly
@@ -70,9 +70,9 @@ def full_size_problem(device: torch.device, candidates: int) -> dict:
     """The benchmark's full-size random-weight models, 4 sources, ``candidates`` starts, a target."""
     problem = training_problem(device)
     generator = problem["generator"]
-    inits = [problem.pop("init")] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7)
-                                     for k in range(candidates - 1)]
-    return {**problem, "init": inits}
+    inits = [problem.pop("start")] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7)
+                                      for k in range(candidates - 1)]
+    return {**problem, "start": inits}
 
 
 def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
@@ -86,8 +86,8 @@ def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
     guide = essence.load_guide(fixtures / "clip_tiny.pt", device=device, cache=False)
     inits = [trace["init_direction"]] + [generator.sample_wplus(1, seed=3 + k, truncation=0.7).cpu()
                                          for k in range(candidates - 1)]
-    return {"target": None, "sources": trace["sources"], "generator": generator, "guide": guide,
-            "init": inits, "target_embedding_override": trace["target_embedding"]}
+    return {"target": TrainingTarget.from_embedding(trace["target_embedding"]), "sources": trace["sources"],
+            "generator": generator, "guide": guide, "start": inits}
 
 
 def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window: int,
@@ -107,8 +107,8 @@ def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window
     warmup = loop.GRAPH_WARMUP_STEPS
     loop.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
     try:
-        results = loop.train(**problem, fit_memory=False, settings=replace(settings, progress_every=window),
-                             progress=progress)
+        results = train(**problem, job=EssenceJob(replace(settings, progress_every=window)), choose=None,
+                        fit_memory=False, progress=progress).results
     finally:
         loop.GRAPH_WARMUP_STEPS = warmup
     windows = [(b - a) / window for a, b in zip(stamps[:-1], stamps[1:])]  # the first window is left out

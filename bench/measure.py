@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -131,10 +131,13 @@ def training_problem(device: torch.device, upsample: str = "auto") -> dict:
 
 
 def problem_for(generator, guide, target_embedding: torch.Tensor) -> dict:
-    """``train``'s arguments for given models: 4 sources (seed 1), a start (seed 2), a target embedding."""
-    return {"target": None, "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
-            "guide": guide, "init": generator.sample_wplus(1, seed=2, truncation=0.7),
-            "target_embedding_override": target_embedding}
+    """``train``'s arguments for given models: a target known by its embedding, 4 sources (seed 1) and a
+    start (seed 2)."""
+    from essence.training import TrainingTarget
+
+    return {"target": TrainingTarget.from_embedding(target_embedding),
+            "sources": generator.sample_wplus(4, seed=1, truncation=0.7), "generator": generator,
+            "guide": guide, "start": generator.sample_wplus(1, seed=2, truncation=0.7)}
 
 
 def files_problem(device: torch.device, generator_file: str, guide_file: str) -> dict:
@@ -162,7 +165,7 @@ def bench_train(device: torch.device, mode: str, steps: int, upsample: str = "au
     from essence.training import TrainSettings
 
     problem = job_problem(device, files or {}, upsample)
-    init = problem.pop("init")
+    init = problem.pop("start")
     per_step, peak_mb = _timed_training(device, problem, [init], TrainSettings(steps=steps, **TRAIN_MODES[mode]))
     seconds = statistics.median(per_step)
     return {"mode": mode, "steps_timed": len(per_step), "seconds_per_step": seconds,
@@ -176,7 +179,7 @@ def bench_candidates(device: torch.device, candidates: int, mode: str, steps: in
     from essence.training import TrainSettings, candidate_starts
 
     problem = job_problem(device, files or {})
-    problem.pop("init")  # the problem's start (seed 2) is the first of the candidates' seeded starts
+    problem.pop("start")  # the problem's start (seed 2) is the first of the candidates' seeded starts
     inits = [start for start, _ in candidate_starts(candidates, problem["generator"], seed=2)]
     overrides = {**TRAIN_MODES[mode], **({"chunk_size": chunk} if chunk else {})}
     per_step, peak_mb = _timed_training(device, problem, inits, TrainSettings(steps=steps, **overrides))
@@ -190,7 +193,7 @@ def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tenso
                     settings) -> tuple[list[float], float]:
     """Train ``inits`` together on ``problem`` (``train``'s arguments but the starts);
     the seconds of every step after the first (a warm-up) and the peak MB."""
-    from essence.training import train
+    from essence.training import EssenceJob, train
 
     stamps: list[float] = []
 
@@ -201,7 +204,8 @@ def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tenso
 
     peak = _peak_tracker(device)
     start = time.perf_counter()
-    train(**problem, init=inits, fit_memory=False, settings=replace(settings, progress_every=1), progress=progress)
+    train(**problem, job=EssenceJob(replace(settings, progress_every=1)), start=inits, choose=None, fit_memory=False,
+          progress=progress)
     return [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:], peak()
 
 
@@ -224,14 +228,14 @@ def profile_train(device: torch.device, mode: str, steps: int = 3, top: int = 30
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from essence.training import TrainSettings, train
+    from essence.training import EssenceJob, TrainSettings, train
 
     problem = training_problem(device)
     settings = TrainSettings(steps=steps, progress_every=steps, **TRAIN_MODES[mode])
-    train(**problem, settings=replace(settings, steps=2))
+    train(**problem, job=EssenceJob(replace(settings, steps=2)))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train(**problem, settings=settings)
+        train(**problem, job=EssenceJob(settings))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -367,23 +371,23 @@ def _low_size(generator) -> int:
     return 256 if generator.size > 256 else generator.size // 2
 
 
-def bench_quality(generator, guide, target_embedding: torch.Tensor, sources: torch.Tensor, steps: int,
+def bench_quality(generator, guide, target, sources: torch.Tensor, steps: int,
                   seed: int = 0, modes: list[str] | None = None) -> list[dict]:
-    """Train with every mode from the same random start; compare each direction with the exact one."""
-    from essence.training import objective_scorer
-    from essence.training import TrainSettings, random_initial_direction, train
+    """Train on ``target`` (a ``TrainingTarget``) with every mode from the same random start; compare each
+    direction with the exact one."""
+    from essence.training import EssenceJob, TrainSettings, objective_scorer, random_initial_direction, train
 
     init = random_initial_direction(generator, seed)
     # the exact objective of a trained direction (full-size float32 rendering, every coefficient 1):
     # minus the library's objective score, the sources rendered once for every mode
-    exact_score = objective_scorer(generator, guide, None, sources, target_embedding_override=target_embedding)
+    exact_score = objective_scorer(generator, guide, target, sources)
     rows, reference = [], None
     for name, overrides in quality_modes(generator).items():
         if modes and name not in modes:
             continue
         start = time.perf_counter()
-        result = train(None, sources, generator, guide, init=init, target_embedding_override=target_embedding,
-                                 settings=TrainSettings(steps=steps, seed=seed, **overrides))
+        job = EssenceJob(TrainSettings(steps=steps, seed=seed, **overrides))
+        result = train(target, sources, generator, guide, job, start=init).result
         seconds = time.perf_counter() - start
         d = result.direction.tensor
         reference = d if reference is None else reference
@@ -401,7 +405,7 @@ def format_quality_row(row: dict) -> str:
             f"{row['exact_loss']:.4f}  cosine {row['cosine_to_exact']:.5f}  distance {row['distance_over_exact_update']:.3f}")
 
 
-def bench_precision(generator, guide, targets: dict[str, torch.Tensor], sources: torch.Tensor, steps: int,
+def bench_precision(generator, guide, targets: dict[str, Any], sources: torch.Tensor, steps: int,
                     seeds: list[int], mode: str = "fast+bf16") -> dict:
     """Is ``mode`` a close enough approximation? ``bench_quality`` with the exact ``fast`` mode and
     ``mode`` from each seed's random start, for every target: the exact objective (the quality rows' ``exact_loss``)

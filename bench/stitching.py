@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import essence
 from essence.faces import face_region, load_photos, model_to_pil, paste_back, paste_mask, pil_to_model, realign
+from essence.latents import pivotal_tuning
 from essence.networks import synthesize_with
 from essence.training import seam_energy
 
@@ -63,7 +64,7 @@ def main() -> None:
     generator, perceptual = models(torch.device("cpu"), args.fixtures)
     encoder = essence.load_encoder(args.fixtures / "e4e_tiny64.pt", cache=False)
     photo = load_photos(args.photo)[0]
-    inversion = essence.invert(photo, encoder, generator=generator, refine="pti", perceptual=perceptual,
+    inversion = essence.invert(photo, encoder, generator=generator, tuning=pivotal_tuning(perceptual=perceptual),
                                use_cache=False)
     face, tuned = inversion.faces[0], inversion.tuned_rows()[0]
     transform, size = face.transform, generator.size

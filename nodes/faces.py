@@ -26,7 +26,6 @@ those faces with them, and Paste Back puts back a face that keeps the photo's li
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -35,7 +34,7 @@ from .. import essence
 from ..essence.errors import EssenceError, FaceIndexError, FaceNotFoundError
 from ..essence.faces import (MASKS, MAX_FEATHER, SMOOTHING_PRESETS, AlignedFace, Tracking, align_clip_faces,
                              align_photos, clip_frames, paste_back, pil_to_comfy, smoothing_preset)
-from ..essence.latents import PTI, REFINEMENTS, STIT, TuningSettings, invert, invert_aligned, tune_faces
+from ..essence.latents import PTI, REFINEMENTS, STIT, PivotalTuning, invert, invert_clip, pivotal_tuning
 from ..essence.networks import INPUT_SIZE, load_perceptual
 from . import host
 from . import types as T
@@ -46,6 +45,9 @@ ALIGN_SIZES = ("1024", "512", "256")
 MAX_FACE_INDEX = 31
 NO_FACE = ("error", "skip")
 SKIP_HINT = "Set no_face to 'skip' to leave such photos out."
+# bytes pivotal tuning needs besides the weights: 3.0 GB measured for a 1024 px face on an H200
+# (bench/tuning.py), with room to spare
+TUNING_MEMORY = int(3.5 * 2**30)
 
 
 def images_input(tooltip: str) -> tuple:
@@ -206,39 +208,31 @@ class EssenceInvertFace:
                frame_rate: float = 30.0, refine: str = "none", generator: Any = None,
                pti_steps: int = PTI.steps,
                pti_passes: int = STIT.steps) -> tuple[essence.LatentSet, torch.Tensor, T.EssenceAlignment]:
-        if refine == "pti" and generator is None:
+        tuned = refine == "pti"
+        if tuned and generator is None:
             raise EssenceError("refine 'pti' tunes a generator to each face: connect the generator input (Load "
                                "Essence Generator), or set refine to 'none'.")
-        models = (encoder,) if refine == "none" else (encoder, generator)
-        if smoothing != "off":  # the frames of one clip: aligned with the smoothed track, then inverted
-            frames = clip_frames(images)
-            chosen = align_batch(frames, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate)
-            with host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
-                inversion = invert_aligned([face for _, face in chosen], encoder, photo_indices=[i for i, _ in chosen])
-                if refine == "pti":  # one generator for the whole clip (STIT)
-                    options = _pti_options(generator, replace(STIT, steps=pti_passes))
-                    tune_faces(inversion, frames, generator, options["perceptual"], options["tuning"],
-                               together=True, progress=options["tuning_progress"])
-        else:
-            with skip_hint(no_face), host.models_on_compute_device(*models, working_memory=_tuning_memory(refine)):
-                tuning = {} if refine == "none" else _pti_options(generator, replace(PTI, steps=pti_steps))
+        clip = smoothing != "off"  # the frames of one clip: aligned with the smoothed track, then inverted
+        frames = clip_frames(images) if clip else []
+        chosen = align_batch(frames, INPUT_SIZE, landmarks, face_index, no_face, smoothing, frame_rate) if clip else []
+        models = (encoder, generator) if tuned else (encoder,)
+        with skip_hint(no_face), host.models_on_compute_device(*models, working_memory=TUNING_MEMORY if tuned else 0):
+            tuning = _tuning(generator, clip, pti_passes if clip else pti_steps) if tuned else None
+            if clip:
+                inversion = invert_clip([(i, frames[i], face) for i, face in chosen], encoder, generator, tuning)
+            else:
                 inversion = invert(images, encoder, landmarks=landmarks, face_index=face_index,
                                    skip_missing=no_face == "skip", progress=photo_progress(int(images.shape[0])),
-                                   generator=generator, **tuning)
-            chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
+                                   generator=generator, tuning=tuning)
+                chosen = [(source["photo_index"], face) for source, face in zip(inversion.sources, inversion.faces)]
         latent_set = inversion.latent_set(generator) if generator is not None else inversion.latent_set()
         return (latent_set, *crops_and_alignment(chosen, images))
 
 
-def _tuning_memory(refine: str) -> int:
-    """Bytes pivotal tuning needs besides the weights: 3.0 GB measured for a 1024 px face on an H200
-    (bench/tuning.py), with room to spare."""
-    return int(3.5 * 2**30) if refine == "pti" else 0
-
-
-def _pti_options(generator: essence.networks.StyleGAN2Generator, settings: TuningSettings) -> dict[str, Any]:
-    """``invert``'s pivotal-tuning arguments: LPIPS on the generator's device, the tuning
-    ``settings``, and a progress bar over every face's steps that stops on Cancel."""
+def _tuning(generator: essence.networks.StyleGAN2Generator, clip: bool, steps: int) -> PivotalTuning:
+    """The node's pivotal tuning: PTI's settings a photo, or STIT's over every frame of a clip (the
+    frames are in memory already), LPIPS on the generator's device, and a progress bar over every
+    step that stops on Cancel. Made where the generator is on its compute device."""
     bar: list[host.Progress] = []
 
     def progress(done: int, total: int) -> None:
@@ -248,8 +242,8 @@ def _pti_options(generator: essence.networks.StyleGAN2Generator, settings: Tunin
         bar[0].update(done)
 
     # not kept in Essence's model cache: ComfyUI owns the memory between runs (244 MB, read again each run)
-    return {"refine": "pti", "perceptual": load_perceptual(device=generator.latent_avg.device, cache=False),
-            "tuning": settings, "tuning_progress": progress}
+    perceptual = load_perceptual(device=generator.latent_avg.device, cache=False)
+    return pivotal_tuning(clip, steps, frames=None, perceptual=perceptual, progress=progress)
 
 
 class EssencePasteBack:

@@ -10,7 +10,7 @@ a random latent when the target has no face; 'auto' does the same when an encode
 
 Cancelling: ComfyUI's Cancel sets a flag that ``throw_exception_if_processing_interrupted`` turns
 into an exception. It is checked every step and on every progress update; the exception leaves
-``train_essence`` before any result exists, so nothing reaches Save Essence and no file is written.
+``essence.train`` before any result exists, so nothing reaches Save Essence and no file is written.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 from .. import essence
 from ..essence.errors import DeviceMemoryError
 from ..essence.networks import render
-from ..essence.training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainedEssence, TrainProgress,
-                                TrainSettings, initial_direction, modes_help, train_essence, train_mode,
-                                training_memory)
+from ..essence.training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, NamedStart, Selection,
+                                TrainingTarget, TrainProgress, TrainSettings, initial_direction, modes_help, train,
+                                train_mode, training_memory)
 from . import host
 from . import types as T
 from .convert import to_comfy_image, to_pil
@@ -111,21 +111,21 @@ class EssenceTrain:
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         job = EssenceJob(settings, mode=mode, init=init, candidates=candidates)
-        start = _start(job, target, generator, encoder, landmarks)
+        pictures = TrainingTarget.read(target)
+        start = _start(job, pictures, generator, encoder, landmarks)
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
-            trained = train_essence(target, generator, guide, job, sources=sources, start=start, identity=identity,
-                                    progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES],
-                                                                settings.steps, preview_every),
-                                    should_stop=_interrupted, release=host.release_memory)
+            trained = train(pictures, sources, generator, guide, job, start=start, choose=Selection(identity=identity),
+                            progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
+                                                        preview_every),
+                            should_stop=_interrupted, release=host.release_memory)
             preview = render(generator, sources.latents + trained.direction.tensor,
                              between_batches=host.check_interrupt)
         return (trained.direction, to_comfy_image(preview, host.intermediate_device()), "\n".join(trained.report()))
 
 
-def _start(job: EssenceJob, target: torch.Tensor, generator: essence.networks.StyleGAN2Generator,
-           encoder: essence.networks.E4EEncoder | None,
-           landmarks: essence.faces.FaceLandmarker | None) -> tuple[torch.Tensor | str, str]:
+def _start(job: EssenceJob, target: TrainingTarget, generator: essence.networks.StyleGAN2Generator,
+           encoder: essence.networks.E4EEncoder | None, landmarks: essence.faces.FaceLandmarker | None) -> NamedStart:
     """``initial_direction`` with the encoder on the compute device only for the inversion (it need not
     stay there while training), and a message that names the node input to connect."""
     if job.init == "inversion" and encoder is None:

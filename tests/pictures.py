@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from essence.cli import scikit_image_picture
+from essence.faces import scikit_image_picture
 
 PORTRAIT_BOX = (64, 0, 448, 336)   # in the 512 x 512 astronaut photo; her face is at about (175, 76, 265, 166)
 HEADSHOT_BOX = (140, 30, 320, 210)

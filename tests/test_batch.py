@@ -3,7 +3,6 @@ single runs, resume, independent failures, and a worker killed mid-task losing n
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil

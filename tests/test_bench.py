@@ -63,10 +63,10 @@ def test_training_rows_project_a_1000_step_run():
 def test_quality_section_compares_modes_with_the_exact_direction(models, target, capsys):
     """A short run with the tiny models: the exact modes agree, and the table has every mode asked for."""
     from bench.measure import bench_quality, format_quality_row
-    from essence.training import target_embedding
+    from essence.training import TrainingTarget
 
     generator, guide = models
-    target = target_embedding(guide, target)
+    target = TrainingTarget.read(target)
     sources = generator.sample_wplus(3, seed=1, truncation=0.7)
     rows = bench_quality(generator, guide, target, sources, steps=3,
                          modes=["fast", "official", "fast+32px"])
@@ -194,10 +194,10 @@ def test_precision_study_reports_the_exact_objective_ratio_per_seed_and_target(m
     from PIL import Image
 
     from bench.measure import bench_precision, format_precision
-    from essence.training import target_embedding
+    from essence.training import TrainingTarget
 
     generator, guide = models
-    targets = {name: target_embedding(guide, Image.open(getattr(pictures, name))) for name in ("portrait", "cat")}
+    targets = {name: TrainingTarget.read(Image.open(getattr(pictures, name))) for name in ("portrait", "cat")}
     sources = generator.sample_wplus(3, seed=1, truncation=0.7)
     study = bench_precision(generator, guide, targets, sources, steps=2, seeds=[0, 1])
     assert [(r["target"], r["seed"]) for r in study["runs"]] == [("portrait", 0), ("portrait", 1), ("cat", 0),

@@ -9,10 +9,11 @@ from PIL import Image
 import essence
 from essence.networks import IdentityConfig, build_identity
 from essence.training import strength_curve
+from essence.training import EssenceJob, Selection, TrainingTarget, TrainSettings, train
 from essence.training.candidates import (BELOW_THRESHOLD, HELDOUT_SEED, SELECTION_STRENGTHS, candidate_starts,
                                          choose_candidate, heldout_faces, metric_method, metric_scorer,
-                                         objective_scorer, train_best_candidate)
-from essence.training.loop import TrainSettings, random_initial_direction, train, training_memory
+                                         objective_scorer)
+from essence.training.loop import random_initial_direction, training_memory
 
 STEPS = 12
 
@@ -41,10 +42,10 @@ def assert_same_trajectory(batched: essence.training.TrainResult, alone: essence
 def test_candidates_trained_together_follow_their_single_runs(models, trace, target, starts, options):
     generator, guide = models
     settings = TrainSettings(steps=STEPS, **options)
-    batched = train(target, trace["sources"], generator, guide, starts, settings)
+    batched = train(target, trace["sources"], generator, guide, EssenceJob(settings), start=starts, choose=None).results
     assert len(batched) == len(starts)
     for k, start in enumerate(starts):
-        alone = train(target, trace["sources"], generator, guide, init=start, settings=settings)
+        alone = train(target, trace["sources"], generator, guide, EssenceJob(settings), start=start).result
         assert_same_trajectory(batched[k], alone)
         assert batched[k].direction.meta["candidate"] == k and batched[k].direction.meta["candidates"] == 3
     # the candidates really differ: each followed its own start
@@ -54,8 +55,8 @@ def test_candidates_trained_together_follow_their_single_runs(models, trace, tar
 def test_one_candidate_is_train_direction_with_unchanged_metadata(models, trace, target):
     generator, guide = models
     settings = TrainSettings(steps=3)
-    [batched] = train(target, trace["sources"], generator, guide, ["random"], settings)
-    alone = train(target, trace["sources"], generator, guide, init="random", settings=settings)
+    [batched] = train(target, trace["sources"], generator, guide, EssenceJob(settings), start=["random"]).results
+    alone = train(target, trace["sources"], generator, guide, EssenceJob(settings), start="random").result
     assert batched.losses == alone.losses
     assert torch.equal(batched.direction.tensor, alone.direction.tensor)
     assert "candidate" not in batched.direction.meta and batched.direction.meta["init"] == "random"
@@ -64,8 +65,8 @@ def test_one_candidate_is_train_direction_with_unchanged_metadata(models, trace,
 def test_progress_reports_the_leading_candidate(models, trace, target, starts):
     generator, guide = models
     seen = []
-    results = train(target, trace["sources"], generator, guide, starts,
-                               TrainSettings(steps=4, progress_every=2), progress=seen.append)
+    results = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=4, progress_every=2)),
+                    start=starts, choose=None, progress=seen.append).results
     assert [p.step for p in seen] == [2, 4]
     lead = min(range(len(results)), key=lambda k: results[k].best_loss)
     assert seen[-1].candidate == lead
@@ -78,8 +79,8 @@ def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace
     from essence.networks import StyleGAN2Generator
 
     generator, guide = models
-    expected = train(target, trace["sources"], generator, guide, starts,
-                                TrainSettings(steps=3, chunk_size=3))
+    expected = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3, chunk_size=3)),
+                     start=starts, choose=None).results
     synthesize = StyleGAN2Generator.synthesize
 
     def limited(self, latent, *args, **kwargs):
@@ -90,14 +91,15 @@ def test_candidates_that_run_out_of_memory_get_the_chunked_results(models, trace
     monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
     retries = []
     results = essence.train(
-        target, trace["sources"], generator, guide, starts, TrainSettings(steps=3), on_retry=retries.append,
-        release=lambda: None)
+        target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3)), start=starts, choose=None,
+        on_retry=retries.append, release=lambda: None).results
     assert retries == [6, 3]  # 12 faces per pass, then 6 (whole candidates: 4), then 3
     for got, want in zip(results, expected):
         assert got.losses == want.losses
         assert torch.equal(got.direction.tensor, want.direction.tensor)
     with pytest.raises(essence.errors.DeviceMemoryError, match=r"3 candidates x 4 source faces, 12 rendered per pass"):
-        train(target, trace["sources"], generator, guide, starts, TrainSettings(steps=1), fit_memory=False)
+        train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1)), start=starts, choose=None,
+              fit_memory=False)
 
 
 def test_training_memory_counts_every_candidates_faces(models):
@@ -131,30 +133,52 @@ def test_the_proxy_score_is_minus_the_training_objective_on_held_out_faces(model
     faces = heldout_faces(generator, 3)
     assert torch.equal(faces, generator.sample_wplus(3, seed=HELDOUT_SEED, truncation=0.7))
     direction = essence.Direction(trace["init_direction"])
-    score = objective_scorer(generator, guide, target, faces)(direction)
+    score = objective_scorer(generator, guide, TrainingTarget.read(target), faces)(direction)
     # the pre-step loss of a run on those faces is the objective with every coefficient 1
-    first = train(target, faces, generator, guide, init=direction.tensor, settings=TrainSettings(steps=1))
+    first = train(target, faces, generator, guide, EssenceJob(TrainSettings(steps=1)), start=direction.tensor).result
     assert score == pytest.approx(-first.losses[0], rel=1e-5)
 
 
 def test_the_best_scoring_candidate_is_chosen_and_every_candidate_records_the_choice(models, trace, target):
     generator, guide = models
     starts = candidate_starts(3, generator, trace["init_direction"], seed=1)
-    choice = train_best_candidate(target, trace["sources"], generator, guide, starts, TrainSettings(steps=2))
+    trained = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=2)), start=starts)
+    choice = trained.choice
     assert sorted(choice.ranking) == [0, 1, 2]
     assert choice.scores[choice.ranking[0]] == max(choice.scores)
-    best = choice.best.meta["selection"]
+    best = trained.direction.meta["selection"]
     assert best["rank"] == 1 and best["candidate"] == choice.ranking[0] == best["chosen"]
     assert best["scores"] == [pytest.approx(s, abs=1e-6) for s in choice.scores]
     assert best["method"] == metric_method(None) and "CLIP proxy" in best["method"]
-    assert best["starts"] == [note for _, note in starts]
-    assert sorted(d.meta["selection"]["rank"] for d in choice.directions) == [1, 2, 3]
-    assert torch.equal(choice.best.tensor, choice.best_result.direction.tensor)
+    assert best["starts"] == [note for _, note in starts] and trained.start == starts[choice.chosen][1]
+    assert sorted(d.meta["selection"]["rank"] for d in trained.candidates) == [1, 2, 3]
+    assert trained.direction is trained.candidates[choice.chosen] is trained.result.direction
     # the chosen one carries its metrics and its recommended strength, ready for --strength auto
     assert best["metrics"]["basis"] == "clip-proxy" and best["metrics"]["summary"]["target_similarity"]
-    assert choice.best.auto_strength == best["metrics"]["strength"] in SELECTION_STRENGTHS
-    assert choice.best.meta["auto_strength"]["basis"] == "clip-proxy"
-    assert choice.best_result.direction.auto_strength == choice.best.auto_strength
+    assert trained.direction.auto_strength == best["metrics"]["strength"] in SELECTION_STRENGTHS
+    assert trained.direction.meta["auto_strength"]["basis"] == "clip-proxy"
+
+
+def test_one_job_with_candidates_starts_from_the_start_and_its_training_starts(models, trace, target):
+    generator, guide = models
+    job = EssenceJob(TrainSettings(steps=1, seed=4), candidates=3, name="x")
+    trained = train(target, trace["sources"], generator, guide, job, start=(trace["init_direction"], "mine"),
+                    choose=Selection(lambda d: -d.tensor.norm().item(), "smallest"))
+    notes = [note for _, note in candidate_starts(3, generator, trace["init_direction"], seed=4)]
+    assert trained.candidates[0].meta["selection"]["starts"] == notes
+    assert all(d.meta["name"] == "x" and d.meta["candidates"] == 3 for d in trained.candidates)
+    assert len(trained.report()) > 3 and "<- chosen" in "\n".join(trained.report())
+    with pytest.raises(essence.EssenceError, match="2 starts were given for 3 candidates"):
+        train(target, trace["sources"], generator, guide, job, start=["random", "random"])
+
+
+def test_a_target_known_by_its_embedding_is_ranked_by_the_objective(models, trace, trace_target):
+    generator, guide = models
+    target = TrainingTarget.from_embedding(trace_target)
+    trained = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1)),
+                    start=["random", trace["init_direction"]])
+    assert trained.direction.meta["selection"]["method"].startswith("proxy: minus the training objective")
+    assert trained.direction.thumbnail is None and trained.direction.meta["target"] == "a given CLIP embedding"
 
 
 @pytest.fixture(scope="module")
@@ -169,54 +193,56 @@ def test_with_an_identity_model_the_best_target_similarity_that_keeps_identity_i
     generator, guide = models
     target = Image.open(pictures.portrait)  # a face, for the target identity
     starts = candidate_starts(3, generator, trace["init_direction"], seed=1)
-    choice = train_best_candidate(target, trace["sources"], generator, guide, starts, TrainSettings(steps=2),
-                                  identity=identity)
+    trained = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=2)), start=starts,
+                    choose=Selection(identity=identity))
+    choice = trained.choice
     faces = heldout_faces(generator)
     expected = []  # the documented rule, computed here from the metrics module
-    for result in choice.results:
-        recommendation = strength_curve(result.direction, generator, guide, target, faces, SELECTION_STRENGTHS,
+    for direction in trained.candidates:
+        recommendation = strength_curve(direction, generator, guide, target, faces, SELECTION_STRENGTHS,
                                         identity).recommend()
         assert recommendation.basis == "identity" and recommendation.threshold == 50.0
         expected.append(recommendation.target_similarity if recommendation.met_threshold
                         else BELOW_THRESHOLD + recommendation.preservation)
     assert choice.scores == [pytest.approx(e, abs=1e-3) for e in expected]
     assert choice.ranking[0] == max(range(3), key=lambda i: (expected[i], -i))
-    selection = choice.best.meta["selection"]
+    selection = trained.direction.meta["selection"]
     assert selection["method"] == metric_method(identity) and "ArcFace identity preservation" in selection["method"]
     metrics = selection["metrics"]
     assert metrics["basis"] == "identity" and metrics["summary"]["identity"]["mean"] is not None
-    assert choice.best.meta["auto_strength"]["basis"] == "identity"
-    assert choice.best.auto_strength == metrics["strength"]
+    assert trained.direction.meta["auto_strength"]["basis"] == "identity"
+    assert trained.direction.auto_strength == metrics["strength"]
 
 
 @pytest.mark.slow
 def test_candidates_that_lose_identity_everywhere_rank_below_and_by_preservation(models, trace, target, identity):
     generator, guide = models
-    results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
-                               TrainSettings(steps=1))
     faces = heldout_faces(generator)
-    scorer = metric_scorer(generator, guide, target, faces, identity, strengths=(0.5, 1.0), min_identity=101.0)
-    choice = choose_candidate(results, scorer, "unreachable threshold")
-    preservation = [d.meta["auto_strength"]["preservation"] for d in choice.directions]
+    scorer = metric_scorer(generator, guide, TrainingTarget.read(target), faces, identity, strengths=(0.5, 1.0),
+                           min_identity=101.0)
+    trained = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1)),
+                    start=["random", trace["init_direction"]], choose=Selection(scorer, "unreachable threshold"))
+    choice = trained.choice
+    preservation = [d.meta["auto_strength"]["preservation"] for d in trained.candidates]
     assert all(s < BELOW_THRESHOLD + 101 for s in choice.scores)
     assert choice.scores == [pytest.approx(BELOW_THRESHOLD + p, abs=1e-2) for p in preservation]
     assert choice.ranking[0] == max(range(2), key=lambda i: (preservation[i], -i))
-    assert all(not d.meta["selection"]["metrics"]["met_threshold"] for d in choice.directions)
-    assert all(d.auto_strength == 0.5 for d in choice.directions)  # the smallest strength tried
+    assert all(not d.meta["selection"]["metrics"]["met_threshold"] for d in trained.candidates)
+    assert all(d.auto_strength == 0.5 for d in trained.candidates)  # the smallest strength tried
 
 
 def test_a_custom_scorer_replaces_the_proxy_and_must_say_how_it_scores(models, trace, target):
     generator, guide = models
-    results = train(target, trace["sources"], generator, guide, ["random", trace["init_direction"]],
-                               TrainSettings(steps=1))
-    by_norm = choose_candidate(results, lambda d: -d.tensor.norm().item(), "smallest direction")
-    assert by_norm.best.meta["selection"]["method"] == "smallest direction"
-    assert by_norm.best.tensor.norm() == min(r.direction.tensor.norm() for r in results)
-    nan_first = choose_candidate(results, lambda d: float("nan") if d is results[0].direction else 0.0, "x")
-    assert nan_first.ranking == [1, 0] and nan_first.directions[0].meta["selection"]["scores"][0] is None
+    trained = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1)),
+                    start=["random", trace["init_direction"]], choose=Selection(lambda d: -d.tensor.norm().item(),
+                                                                                "smallest direction"))
+    assert trained.direction.meta["selection"]["method"] == "smallest direction"
+    assert trained.direction.tensor.norm() == min(d.tensor.norm() for d in trained.candidates)
+    directions = trained.candidates
+    nan_first = choose_candidate(directions, lambda d: float("nan") if d is directions[0] else 0.0, "x")
+    assert nan_first.ranking == [1, 0] and nan_first.selection(0, ["a", "b"])["scores"][0] is None
     with pytest.raises(essence.EssenceError, match="custom scorer needs a method"):
-        train_best_candidate(target, trace["sources"], generator, guide, [(trace["init_direction"], "x")],
-                             TrainSettings(steps=1), scorer=lambda d: 0.0)
+        Selection(scorer=lambda d: 0.0)
 
 
 @pytest.mark.slow

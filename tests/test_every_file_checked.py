@@ -6,7 +6,6 @@ no traceback, the inputs' bytes unchanged, and nothing half-written."""
 
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import shutil
@@ -20,7 +19,7 @@ import torch
 
 import essence
 from essence.cli import main as cli_main
-from essence.cli import scikit_image_picture
+from essence.faces import scikit_image_picture
 from essence.latents import Direction
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from essence.cli import scikit_image_picture
 from essence.errors import FaceIndexError, FaceNotFoundError
-from essence.faces import align_photos, load_landmarker
+from essence.faces import align_photos, load_landmarker, scikit_image_picture
 from essence.latents import invert
 from essence.networks import load_encoder
 

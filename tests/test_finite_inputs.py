@@ -18,7 +18,7 @@ from essence import cli
 from essence.errors import EssenceWarning
 from essence.latents import apply_direction, mix_directions, strength_sweep
 from essence.latents.direction import IMPLAUSIBLE_RMS, Direction
-from essence.training.loop import TrainSettings, train
+from essence.training import EssenceJob, TrainSettings, train
 
 NAN, INF = float("nan"), float("inf")
 
@@ -39,7 +39,7 @@ def test_training_refuses_source_latents_with_nan_or_inf_naming_the_row(generato
     sources = _latents(4)
     sources[2, 3, 5] = bad
     with pytest.raises(essence.EssenceError, match=r"NaN or infinite values in the source latents \(row 2\)"):
-        train(target, sources, generator, guide, settings=TrainSettings(steps=1))
+        train(target, sources, generator, guide, EssenceJob(TrainSettings(steps=1)), start="random").result
 
 
 def test_training_refuses_a_nan_learning_rate_or_loss_weight():
@@ -120,7 +120,7 @@ def test_cli_apply_refuses_a_nan_strength_or_mix_weight(tmp_path, tiny, capsys):
     out = tmp_path / "out.png"
     code, err = _run(["apply", str(direction), "--strength", "0.5,nan", "--sample", "1", "--out", str(out), *tiny],
                      capsys)
-    assert code == 2 and "--strength must be finite numbers, got '0.5,nan'" in err and not out.exists()
+    assert code == 2 and "NaN or infinite values in --strength" in err and not out.exists()
     code, err = _run(["apply", str(direction), f"{direction}:inf", "--sample", "1", "--out", str(out), *tiny], capsys)
     assert code == 2 and "the weight after ':' must be a finite number" in err and not out.exists()
     assert "Traceback" not in err

@@ -16,7 +16,8 @@ from test_train import assert_follows_reference
 import essence
 import essence.training.loop as loop
 from essence.training.adam import ScheduledAdam, fresh_adam_step_
-from essence.training.loop import TrainSettings, learning_rate, train
+from essence.training import EssenceJob, TrainSettings, train
+from essence.training.loop import learning_rate
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -79,7 +80,8 @@ def test_scheduled_adam_equals_torchs_adam_with_the_learning_rate_set_each_step(
 
 def _run(models, trace, target, inits, **settings):
     generator, guide = models
-    return train(target, trace["sources"], generator, guide, inits, TrainSettings(**settings))
+    return train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(**settings)), start=inits,
+                 choose=None).results
 
 
 def assert_same_runs(graph_runs, eager_runs, rel: float = 1e-5) -> None:

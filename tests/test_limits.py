@@ -44,7 +44,7 @@ from essence.faces import load_landmarker
 from essence.latents import strength_sweep
 from essence.networks import render
 from essence.runtime import is_out_of_memory, retry_smaller_on_oom, run_in_chunks_on_oom
-from essence.training.loop import TrainSettings, train
+from essence.training import EssenceJob, TrainingTarget, TrainSettings, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,9 +224,10 @@ def test_training_out_of_memory_says_to_lower_the_chunk_size(tiny_files, guide) 
     settings = TrainSettings(steps=2, progress_every=1)
     with pytest.raises(DeviceMemoryError, match=r"training \(4 source faces, 4 rendered per pass\)\. Lower "
                                                 r"chunk_size \(it is 4\)"):
-        train(None, sources, generator, guide, settings=settings, target_embedding_override=target, fit_memory=False)
-    result = train(None, sources, generator, guide, settings=TrainSettings(steps=2, chunk_size=1),
-                             target_embedding_override=target)
+        train(TrainingTarget.from_embedding(target), sources, generator, guide, EssenceJob(settings), start="random",
+              fit_memory=False).result
+    result = train(TrainingTarget.from_embedding(target), sources, generator, guide,
+                   EssenceJob(TrainSettings(steps=2, chunk_size=1)), start="random").result
     assert torch.isfinite(result.direction.tensor).all()
 
 

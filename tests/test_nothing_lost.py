@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from essence.cli import main as cli_main
-from essence.cli import scikit_image_picture
+from essence.faces import scikit_image_picture
 from essence.latents import Direction
 
 REPO = Path(__file__).resolve().parents[1]

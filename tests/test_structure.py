@@ -183,3 +183,111 @@ def test_nodes_use_only_public_names():
 def test_the_benchmark_uses_only_public_names():
     private = _private_names_used("bench", level=0)
     assert not private, "\n".join(private)
+
+
+def test_no_argparse_namespace_reaches_the_batch_jobs():
+    """Options are dataclasses below the command line: the batch jobs (``essence.scale``) take their job
+    and models dataclasses, never the parsed arguments of a command."""
+    mentions = [f"{path.relative_to(REPO)}:{number}" for path in sorted((PACKAGE / "scale").rglob("*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), 1) if "argparse" in line]
+    assert not mentions, "\n".join(mentions)
+
+
+def _imports_the_cli(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(alias.name == "essence.cli" or alias.name.startswith("essence.cli.") for alias in node.names)
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        if node.module == "essence":
+            return any(alias.name == "cli" for alias in node.names)
+        return node.module == "essence.cli" or node.module.startswith("essence.cli.")
+    return False
+
+
+def test_the_benchmark_builds_the_library_s_jobs_without_the_command_line():
+    """``bench/`` measures the library: it builds the job dataclasses itself, so a change to how the
+    command line parses its options cannot change what a benchmark measures."""
+    found = [f"{path.relative_to(REPO)}:{node.lineno}" for path in sorted((REPO / "bench").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(), str(path))) if _imports_the_cli(node)]
+    assert not found, "\n".join(found)
+
+
+def _called_names(folder: Path) -> dict[str, set[str]]:
+    """Every function name each Python file under ``folder`` calls (``f(...)`` and ``x.f(...)``)."""
+    calls = {}
+    for path in sorted(folder.rglob("*.py")):
+        nodes = [node.func for node in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(node, ast.Call)]
+        calls[str(path.relative_to(REPO))] = {getattr(f, "id", getattr(f, "attr", "")) for f in nodes}
+    return calls
+
+
+def test_exactly_one_function_trains_a_direction_and_every_front_end_calls_it():
+    """One training call (``essence.training.train``): no second public way to train in the library,
+    and the command line, the nodes, the batch jobs and the benchmarks reach the loop only through it."""
+    defined = [f"{path.relative_to(REPO)}:{node.lineno} {node.name}" for path in sorted(PACKAGE.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(), str(path)))
+               if isinstance(node, ast.FunctionDef) and node.name.split("_")[0] == "train"
+               and node.name not in ("train_mode", "train_tasks", "train_job")]
+    assert [entry.split(" ")[-1] for entry in defined] == ["train"], defined
+    others = {"train_essence", "train_best_candidate", "_train_starts", "_optimise"}
+    front_ends = [PACKAGE / "cli", PACKAGE / "scale", REPO / "nodes", REPO / "bench"]
+    wrong = [f"{path} calls {sorted(names & others)}" for folder in front_ends
+             for path, names in _called_names(folder).items() if names & others]
+    assert not wrong, "\n".join(wrong)
+    callers = {path for folder in front_ends for path, names in _called_names(folder).items() if "train" in names}
+    assert {"essence/cli/directions.py", "essence/cli/demo.py", "essence/scale/train_batch.py", "nodes/train.py",
+            "bench/measure.py"} <= callers, callers
+
+
+# the loose arguments pivotal tuning once travelled as, in place of one ``PivotalTuning``
+LOOSE_TUNING = {"refine", "tuning_progress", "tuning_frames", "tuning_passes"}
+RESOLVERS = {"networks/loaders.py", "faces/align.py"}  # the only places a model-or-path is resolved
+MODELS = {"FaceLandmarker", "E4EEncoder", "StyleGAN2Generator", "ClipGuide", "IdentityEncoder", "torch.nn.Module"}
+
+
+def _functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [node for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _fields(path: Path) -> list[tuple[str, int]]:
+    """(name, line) of every annotated class attribute (the fields of dataclasses)."""
+    return [(item.target.id, item.lineno) for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ClassDef) for item in node.body
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)]
+
+
+def test_pivotal_tuning_crosses_the_layers_as_one_value():
+    """A tuning option is one ``PivotalTuning`` (None: no tuning) from every front end down to the
+    library: no function or job of the library takes ``refine`` and the arguments that went with it
+    (a node's ``refine`` is its ComfyUI input, which the node turns into that value), and a
+    parameter named ``tuning`` is that value, in the library and in the nodes."""
+    loose = []
+    for path in _modules():
+        arguments = [(a.arg, f.lineno) for f in _functions(path) for a in f.args.args + f.args.kwonlyargs]
+        loose += [f"{path.relative_to(REPO)}:{line} {name}" for name, line in arguments + _fields(path)
+                  if name in LOOSE_TUNING]
+    assert not loose, "\n".join(loose)
+    other = [f"{path.relative_to(REPO)}:{function.lineno}"
+             for path in _modules() + sorted((REPO / "nodes").glob("*.py")) for function in _functions(path)
+             for argument in function.args.args + function.args.kwonlyargs
+             if argument.arg == "tuning" and "PivotalTuning" not in ast.unparse(argument.annotation or ast.Name("_"))]
+    assert not other, "\n".join(other)
+
+
+def test_a_model_or_its_path_is_resolved_by_one_function_per_model():
+    """"The model given, or the one loaded from the path given" (``landmarks if isinstance(landmarks,
+    FaceLandmarker) else load_landmarker(landmarks)`` and its like) is written once per model, in
+    ``networks.loaders`` (``generator_from``, ``encoder_from``, ``perceptual_network``) and
+    ``faces.align`` (``landmarker_from``), so every caller follows the same rule."""
+    repeated = []
+    for path in _modules():
+        if path.relative_to(PACKAGE).as_posix() in RESOLVERS:
+            continue
+        for function in _functions(path):
+            calls = [node for node in ast.walk(function) if isinstance(node, ast.Call)]
+            checks = {ast.unparse(call.args[1]) for call in calls
+                      if ast.unparse(call.func) == "isinstance" and len(call.args) == 2}
+            loads = [call for call in calls if ast.unparse(call.func).startswith("load_")]
+            if checks & MODELS and loads:
+                repeated.append(f"{path.relative_to(REPO)}:{function.lineno} {function.name}")
+    assert not repeated, "\n".join(repeated)

@@ -12,14 +12,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import essence
-from essence.training.loop import TrainSettings, essence_losses, learning_rate, target_embedding, train
+from essence.training import EssenceJob, TrainingTarget, TrainSettings, train
+from essence.training.loop import essence_losses, learning_rate
 
 
 @pytest.fixture(scope="module")
 def official_run(models, trace, trace_target):
     generator, guide = models
-    return train(None, trace["sources"], generator, guide, init=trace["init_direction"],
-                 settings=TrainSettings(steps=40, loop="official"), target_embedding_override=trace_target)
+    return train(TrainingTarget.from_embedding(trace_target), trace["sources"], generator, guide,
+                 EssenceJob(TrainSettings(steps=40, loop="official")), start=trace["init_direction"]).result
 
 
 @pytest.mark.slow
@@ -51,8 +52,8 @@ def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(mod
     reference = load_file(f"{LR01_TRACE}.safetensors")
     made = json.loads(Path(f"{LR01_TRACE}.json").read_text())
     assert made["official_args"]["lr"] == 0.1 and made["target_image"] == "face_a.jpg"
-    run = train(None, reference["sources"], generator, guide, init=reference["init_direction"],
-                settings=TrainSettings(steps=40, lr=0.1), target_embedding_override=trace_target)
+    run = train(TrainingTarget.from_embedding(trace_target), reference["sources"], generator, guide,
+                EssenceJob(TrainSettings(steps=40, lr=0.1)), start=reference["init_direction"]).result
     assert_follows_reference(run, reference)
     assert run.direction.meta["hyperparameters"]["coefficient_lr"] == 0.1
 
@@ -67,8 +68,8 @@ def test_kept_direction_is_the_one_after_the_lowest_pre_step_loss(official_run):
 @pytest.mark.slow
 def test_fast_loop_gives_the_same_losses_as_official(official_run, models, trace, trace_target):
     generator, guide = models
-    fast = train(None, trace["sources"], generator, guide, init=trace["init_direction"],
-                 settings=TrainSettings(steps=40, loop="fast"), target_embedding_override=trace_target)
+    fast = train(TrainingTarget.from_embedding(trace_target), trace["sources"], generator, guide,
+                 EssenceJob(TrainSettings(steps=40, loop="fast")), start=trace["init_direction"]).result
     assert fast.losses == pytest.approx(official_run.losses, abs=1e-6)
     assert torch.allclose(fast.direction.tensor, official_run.direction.tensor, atol=1e-5)
 
@@ -103,23 +104,24 @@ def test_several_target_pictures_average_their_unit_embeddings(guide, pictures):
         eb = guide.embed_target(b)
     mean = ea / ea.norm() + eb / eb.norm()
     expected = mean / mean.norm()
-    assert torch.allclose(target_embedding(guide, [a, b]), expected, atol=1e-6)
-    assert torch.allclose(target_embedding(guide, [a, a]), ea / ea.norm(), atol=1e-6)
+    assert torch.allclose(TrainingTarget.read([a, b]).embedding(guide), expected, atol=1e-6)
+    assert torch.allclose(TrainingTarget.read([a, a]).embedding(guide), ea / ea.norm(), atol=1e-6)
 
 
 def test_training_on_two_copies_of_a_target_equals_training_on_one(models, trace, target):
     generator, guide = models
     settings = TrainSettings(steps=3)
-    one = train(target, trace["sources"], generator, guide, init=trace["init_direction"], settings=settings)
-    two = train(torch.cat([target, target]), trace["sources"], generator, guide, init=trace["init_direction"],
-                          settings=settings)
+    one = train(target, trace["sources"], generator, guide, EssenceJob(settings),
+                start=trace["init_direction"]).result
+    two = train(torch.cat([target, target]), trace["sources"], generator, guide, EssenceJob(settings),
+                start=trace["init_direction"]).result
     assert two.losses == pytest.approx(one.losses, abs=1e-6)
 
 
 def test_random_initialisation_is_seeded_and_recorded(models, trace, target):
     generator, guide = models
-    runs = [train(target, trace["sources"], generator, guide, init="random",
-                            settings=TrainSettings(steps=2, seed=seed)) for seed in (5, 5, 6)]
+    runs = [train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=2, seed=seed)),
+                  start="random").result for seed in (5, 5, 6)]
     assert torch.equal(runs[0].direction.tensor, runs[1].direction.tensor)
     assert not torch.equal(runs[0].direction.tensor, runs[2].direction.tensor)
     assert runs[0].direction.meta["init"] == "random"
@@ -134,8 +136,8 @@ def test_cancel_stops_training_with_nothing_returned(models, trace, target):
         return len(calls) > 3
 
     with pytest.raises(essence.errors.TrainingCancelled, match="step 3 of 50"):
-        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                        settings=TrainSettings(steps=50), should_stop=stop)
+        train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=50)),
+              start=trace["init_direction"], should_stop=stop).result
 
 
 def test_progress_reports_loss_terms_and_an_exception_from_it_aborts(models, trace, target):
@@ -151,8 +153,8 @@ def test_progress_reports_loss_terms_and_an_exception_from_it_aborts(models, tra
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                        settings=TrainSettings(steps=20, progress_every=2), progress=progress)
+        train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=20, progress_every=2)),
+              start=trace["init_direction"], progress=progress).result
     assert [p.step for p in seen] == [2, 4]
     assert seen[0].total == 20 and seen[0].direction.shape == (1, 10, 64)
     assert seen[0].loss == pytest.approx(seen[0].transfer + 0.5 * seen[0].consistency, rel=1e-5)
@@ -163,8 +165,8 @@ def test_training_works_inside_inference_mode_as_comfyui_runs_it(tiny_files, tra
         generator = essence.load_generator(tiny_files.generator, cache=False)
         guide = essence.load_guide(tiny_files.guide, cache=False)
         sources = trace["sources"].clone()  # an inference tensor, as a ComfyUI input would be
-        result = train(target, sources, generator, guide, init=trace["init_direction"].clone(),
-                                 settings=TrainSettings(steps=8))
+        result = train(target, sources, generator, guide, EssenceJob(TrainSettings(steps=8)),
+                       start=trace["init_direction"].clone()).result
     assert min(result.losses) < result.losses[0]
 
 
@@ -181,16 +183,16 @@ def test_metadata_records_how_the_direction_was_made(official_run):
 def test_wrong_source_shape_is_refused(models, trace, target):
     generator, guide = models
     with pytest.raises(essence.errors.ShapeError, match=r"\[count, 10, 64\]"):
-        train(target, torch.zeros(4, 18, 512), generator, guide, init=trace["init_direction"],
-                        settings=TrainSettings(steps=1))
+        train(target, torch.zeros(4, 18, 512), generator, guide, EssenceJob(TrainSettings(steps=1)),
+              start=trace["init_direction"]).result
 
 
 def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     generator, guide = models
-    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TrainSettings(steps=3))
-    approx = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                             settings=TrainSettings(steps=3, autocast="bf16"))
+    exact = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3)),
+                  start=trace["init_direction"]).result
+    approx = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3, autocast="bf16")),
+                   start=trace["init_direction"]).result
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
 
@@ -199,14 +201,13 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
 def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
     """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0
     in the consistency loss and a NaN direction from step 6 on (this exact case)."""
-    from essence.cli import scikit_image_picture
-    from essence.faces import load_image
+    from essence.faces import load_image, scikit_image_picture
 
     generator, guide = models
-    target = target_embedding(guide, load_image(scikit_image_picture("chelsea.png")))
+    target = TrainingTarget.read(load_image(scikit_image_picture("chelsea.png")))
     sources = generator.sample_wplus(4, seed=1, truncation=0.7)
-    run = lambda **kw: train(None, sources, generator, guide, target_embedding_override=target,  # noqa: E731
-                                       settings=TrainSettings(steps=40, **kw))
+    run = lambda **kw: train(target, sources, generator, guide,  # noqa: E731
+                             EssenceJob(TrainSettings(steps=40, **kw)), start="random").result
     exact, approx = run(), run(autocast=mode)
     assert all(math.isfinite(loss) for loss in approx.losses)
     assert torch.isfinite(approx.direction.tensor).all()
@@ -229,35 +230,36 @@ def test_an_edit_that_changes_nothing_adds_no_nan_to_the_losses():
 def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
     """Processing sources a few at a time bounds memory; the gradient must stay exact."""
     generator, guide = models
-    whole = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TrainSettings(steps=6))
-    chunked = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                              settings=TrainSettings(steps=6, chunk_size=chunk))
+    whole = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=6)),
+                  start=trace["init_direction"]).result
+    chunked = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=6, chunk_size=chunk)),
+                    start=trace["init_direction"]).result
     assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
     assert torch.allclose(chunked.direction.tensor, whole.direction.tensor, atol=1e-4)
 
 
 def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, target):
     generator, guide = models
-    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TrainSettings(steps=3))
-    low = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                          settings=TrainSettings(steps=3, render_size=32))
+    exact = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3)),
+                  start=trace["init_direction"]).result
+    low = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=3, render_size=32)),
+                start=trace["init_direction"]).result
     assert low.losses != exact.losses  # a different (approximate) objective ...
     assert low.losses[0] == pytest.approx(exact.losses[0], abs=0.2)  # ... of the same kind
     assert low.direction.meta["hyperparameters"]["render_size"] == 32
     with pytest.raises(essence.EssenceError, match=r"render_size must be one of .*\[32, 64\]"):
-        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                        settings=TrainSettings(steps=1, render_size=16))
+        train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1, render_size=16)),
+              start=trace["init_direction"]).result
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, target, resolution):
     generator, guide = models
-    exact = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TrainSettings(steps=4))
-    recomputed = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                                 settings=TrainSettings(steps=4, recompute_from=resolution))
+    exact = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=4)),
+                  start=trace["init_direction"]).result
+    recomputed = train(target, trace["sources"], generator, guide,
+                       EssenceJob(TrainSettings(steps=4, recompute_from=resolution)),
+                       start=trace["init_direction"]).result
     assert recomputed.losses == exact.losses
     assert torch.equal(recomputed.direction.tensor, exact.direction.tensor)
     assert recomputed.direction.meta["hyperparameters"]["recompute_from"] == resolution
@@ -266,18 +268,17 @@ def test_recomputing_the_largest_layers_gives_the_same_training(models, trace, t
 def test_a_recompute_resolution_the_generator_lacks_is_refused(models, trace, target):
     generator, guide = models
     with pytest.raises(essence.EssenceError, match="recompute_from must be one of .*got 48"):
-        train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                        settings=TrainSettings(steps=1, recompute_from=48))
+        train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=1, recompute_from=48)),
+              start=trace["init_direction"]).result
 
 
 def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace, target, monkeypatch):
     """Chunking is exact, so the retried run equals a run asked to chunk from the start."""
     from essence.networks import StyleGAN2Generator
-    from essence.training.loop import train
 
     generator, guide = models
-    expected = train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                               settings=TrainSettings(steps=4, chunk_size=2))
+    expected = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=4, chunk_size=2)),
+                     start=trace["init_direction"]).result
     synthesize = StyleGAN2Generator.synthesize
 
     def limited(self, latent, *args, **kwargs):
@@ -287,10 +288,9 @@ def test_training_that_runs_out_of_memory_gives_the_chunked_result(models, trace
 
     monkeypatch.setattr(StyleGAN2Generator, "synthesize", limited)
     retries, steps, released = [], [], []
-    result = train(
-        target, trace["sources"], generator, guide, init=trace["init_direction"],
-        settings=TrainSettings(steps=4, progress_every=1), progress=lambda p: steps.append(p.step),
-        on_retry=retries.append, release=lambda: released.append(1))
+    result = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=4, progress_every=1)),
+                   start=trace["init_direction"], progress=lambda p: steps.append(p.step), on_retry=retries.append,
+                   release=lambda: released.append(1)).result
     assert retries == [2] and released == [1]
     assert steps[-4:] == [1, 2, 3, 4]  # the attempt that finished reported from its first step
     assert result.losses == expected.losses
@@ -321,8 +321,8 @@ def test_reduced_precision_modes_keep_clip_in_float32_as_their_help_says(models,
     try:
         for name in ("fast+bf16", "fast+fp16"):
             assert "CLIP stays float32" in TRAIN_MODES[name].help
-            train(target, trace["sources"], generator, guide, init=trace["init_direction"],
-                            settings=TRAIN_MODES[name].settings(steps=1))
+            train(target, trace["sources"], generator, guide, EssenceJob(TRAIN_MODES[name].settings(steps=1)),
+                  start=trace["init_direction"]).result
     finally:
         for handle in handles:
             handle.remove()

@@ -1,4 +1,4 @@
-"""Pivotal tuning from the user's side: ``invert(refine="pti")``, latent files that carry the tuned
+"""Pivotal tuning from the user's side: ``invert(tuning=...)``, latent files that carry the tuned
 generators beside them, the command line's ``--refine pti`` and Invert Face's ``refine`` input, with
 the tiny models, dlib's real landmark model and the deterministic AlexNet stand-in for LPIPS."""
 
@@ -17,7 +17,7 @@ import essence
 from essence import cli
 from essence.errors import LatentFileError, MissingWeightsError
 from essence.faces import align_faces, pil_to_model
-from essence.latents import PTI, clear_inversion_cache, tuned_path
+from essence.latents import PTI, PivotalTuning, clear_inversion_cache, tuned_path
 from essence.networks import load_perceptual
 
 QUICK = replace(PTI, steps=12)  # enough steps to move the weights; the trace tests check the recipe itself
@@ -37,8 +37,8 @@ def alexnet(tmp_path_factory) -> Path:
 def tuned(pictures, generator, encoder, alexnet) -> essence.latents.Inversion:
     """The portrait and the headshot, inverted and tuned (12 steps a face)."""
     clear_inversion_cache()
-    return essence.invert([pictures.portrait, pictures.headshot], encoder, generator=generator, refine="pti",
-                          perceptual=load_perceptual(alexnet, cache=False), tuning=QUICK,
+    return essence.invert([pictures.portrait, pictures.headshot], encoder, generator=generator,
+                          tuning=PivotalTuning(QUICK, load_perceptual(alexnet, cache=False)),
                           return_reconstruction=True)
 
 
@@ -65,16 +65,16 @@ def test_invert_with_pti_tunes_one_generator_per_face_and_reconstructs_closer(tu
 
 def test_a_face_given_twice_is_tuned_once(pictures, generator, encoder, alexnet):
     heard: list[tuple[int, int]] = []
-    result = essence.invert([pictures.portrait, pictures.portrait], encoder, generator=generator, refine="pti",
-                            perceptual=load_perceptual(alexnet, cache=False), tuning=replace(PTI, steps=3),
-                            tuning_progress=lambda done, total: heard.append((done, total)))
+    tuning = PivotalTuning(replace(PTI, steps=3), load_perceptual(alexnet, cache=False),
+                           progress=lambda done, total: heard.append((done, total)))
+    result = essence.invert([pictures.portrait, pictures.portrait], encoder, generator=generator, tuning=tuning)
     assert len(result.tunings) == 1 and result.sources[0]["tuned"] == result.sources[1]["tuned"]
     assert heard[-1] == (6, 6)  # the progress reaches its end
 
 
-def test_unknown_refinement_is_refused_before_any_work(pictures, encoder):
-    with pytest.raises(essence.EssenceError, match="unknown refinement 'gan'; choose one of none, pti"):
-        essence.invert(pictures.portrait, encoder, refine="gan")
+def test_bad_tuning_is_refused_when_it_is_made_before_any_work():
+    with pytest.raises(essence.EssenceError, match="at least 1 step, got 0"):
+        PivotalTuning(replace(PTI, steps=0))
 
 
 def test_edits_keep_the_tuned_weights_and_draw_with_them(tuned, generator):
@@ -153,9 +153,9 @@ def test_training_on_tuned_faces_uses_their_pivots_in_the_plain_generator(tuned,
     generator, guide = models
     faces = tuned.latent_set(generator)
     result = essence.train(target, faces.latents, generator, guide,
-                           settings=essence.TrainSettings(steps=2, loop="fast"))
+                           essence.EssenceJob(essence.TrainSettings(steps=2, loop="fast")), start="random").result
     same = essence.train(target, faces.latents.clone(), generator, guide,
-                         settings=essence.TrainSettings(steps=2, loop="fast"))
+                         essence.EssenceJob(essence.TrainSettings(steps=2, loop="fast")), start="random").result
     assert result.losses == pytest.approx(same.losses, rel=1e-6)
 
 

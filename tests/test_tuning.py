@@ -26,7 +26,7 @@ import essence
 from essence.errors import (CorruptFileError, EssenceError, IncompatibleWeightsError, MissingWeightsError,
                             WrongFileKindError)
 from essence.faces import FaceLandmarker, align_faces, load_landmarker, pil_to_model
-from essence.latents import PTI, TuningSettings, apply_direction, invert, save_latents, tune_generator
+from essence.latents import PTI, TuningSettings, apply_direction, invert, pivotal_tuning, save_latents, tune_generator
 from essence.networks import (TunedFile, load_perceptual, perceptual_distance, render, save_tuned,
                               synthesis_parameters)
 
@@ -99,12 +99,12 @@ def pivot_rows(pti_trace) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def portrait_pti(generator, encoder, landmarker, lpips_net) -> types.SimpleNamespace:
     """The test portrait inverted with the tiny e4e and refined by PTI with its published settings
-    (``invert(refine="pti")``, as ``essence invert --refine pti`` does), and the aligned crop at the
+    (``invert(tuning=pivotal_tuning())``, as ``essence invert --refine pti`` does), and the aligned crop at the
     generator's size that tuning aims for."""
     photo = portrait()
     start = time.perf_counter()
-    inversion = invert(photo, encoder, landmarks=landmarker, generator=generator, refine="pti",
-                       perceptual=lpips_net, return_reconstruction=True, use_cache=False)
+    inversion = invert(photo, encoder, landmarks=landmarker, generator=generator,
+                       tuning=pivotal_tuning(perceptual=lpips_net), return_reconstruction=True, use_cache=False)
     seconds = time.perf_counter() - start
     crop = pil_to_model([align_faces(photo, generator.size, landmarks=landmarker, all_faces=False)[0].crop])
     (tuned,) = inversion.tunings.values()

@@ -1,7 +1,7 @@
 """Whole clips tuned together (STIT's way) and how steady the person stays in an edited clip.
 
 One generator is tuned to a clip's frames around their e4e pivots before they are edited:
-``apply_to_video(refine="pti")``, ``essence apply --video --refine pti``, ``batch video --refine pti``
+``apply_to_video(tuning=...)``, ``essence apply --video --refine pti``, ``batch video --refine pti``
 and Invert Face with smoothing on. The temporal identity measures (TL-ID, TG-ID) are checked to see
 a flickering edit. Tiny models, short generated clips, a random LPIPS backbone.
 """
@@ -24,12 +24,12 @@ import essence
 from bench.jitter import noisy_still
 from essence import cli
 from essence.errors import EssenceError, EssenceWarning, MissingWeightsError, VideoInputError
-from essence.faces import FaceTrack, Tracking, align_tracked, as_frame, load_landmarker, pil_to_model
-from essence.latents import STIT, invert_aligned
-from essence.networks import IdentityConfig, build_identity, load_perceptual
+from essence.faces import Tracking, align_tracked, as_frame, load_landmarker, pil_to_model
+from essence.latents import DEFAULT_TUNING_FRAMES, PTI, STIT, PivotalTuning, invert_aligned, pivotal_tuning
+from essence.networks import E4EEncoder, IdentityConfig, build_identity, load_perceptual
 from essence.storage import find_weight
-from essence.video import (apply_to_video, detect_video, probe_video, read_frames, temporal_identity, tune_to_clip,
-                           tuning_frames, video_track)
+from essence.video import (apply_to_video, detect_video, probe_video, read_frames, temporal_identity, tuned_clip,
+                           video_track)
 
 av = pytest.importorskip("av")
 
@@ -84,13 +84,16 @@ def test_one_generator_tuned_to_the_clip_draws_every_frame_closer_than_e4e(clip,
     info = probe_video(clip)
     track = video_track(info, detect_video(info, landmarker), "normal")
     before = {name: value.clone() for name, value in generator.state_dict().items()}
-    tuned = tune_to_clip(info, track, encoder, generator, lpips_net, QUICK)
+    clip_set = tuned_clip(info, track, encoder, generator, PivotalTuning(QUICK, lpips_net))
+    tuned = clip_set.tuned_rows()[0]
     assert tuned.info["source"] == {"clip": "in.mp4", "frames": list(range(8))}
+    assert [source["photo_index"] for source in clip_set.sources] == list(range(8))
     assert tuned.info["steps"] == PASSES and tuned.info["updates"] == PASSES * 8  # one update a frame a pass
     assert all(torch.equal(before[k], v) for k, v in generator.state_dict().items())  # the generator is untouched
     photos = [as_frame(frame, i) for i, frame in enumerate(read_frames(clip))]
     pivots = invert_aligned([align_tracked(p, track, i, 256) for i, p in enumerate(photos)], encoder).latents
     targets = pil_to_model([align_tracked(p, track, i, generator.size).crop for i, p in enumerate(photos)])
+    torch.testing.assert_close(clip_set.latents, pivots)  # the latents the edit reuses are the frames' own
     plain = _psnr(essence.render(generator, pivots), targets)
     tuned_psnr = _psnr(essence.render(generator, pivots, tuned=tuned), targets)
     print(f"\nclip frames reconstructed: e4e {plain:.2f} dB, e4e + tuning on the clip ({PASSES} passes) "
@@ -98,25 +101,47 @@ def test_one_generator_tuned_to_the_clip_draws_every_frame_closer_than_e4e(clip,
     assert tuned_psnr > plain + 1
 
 
-def test_tuning_frames_are_spread_over_a_long_clip():
-    found = [object()] * 10
-    found[3] = None
-    track = FaceTrack(found, [None] * 10, [0], 25.0, None)
-    assert tuning_frames(track) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
-    assert tuning_frames(track, 4) == [0, 4, 6, 9]  # first and last included
+def test_the_frames_tuned_on_are_spread_over_a_long_clip():
+    found = [0, 1, 2, 4, 5, 6, 7, 8, 9]  # frame 3 has no face
+    assert PivotalTuning(STIT).picks(found) == found
+    assert PivotalTuning(STIT, frames=4).picks(found) == [0, 4, 6, 9]  # first and last included
     with pytest.raises(EssenceError, match="at least 1 frame, got 0"):
-        tuning_frames(track, 0)
+        PivotalTuning(STIT, frames=0)
+
+
+def test_one_function_builds_the_tuning_every_front_end_passes_down():
+    assert pivotal_tuning() == PivotalTuning(PTI) and pivotal_tuning(clip=True).settings == STIT
+    assert pivotal_tuning(True, 7) == PivotalTuning(replace(STIT, steps=7), frames=DEFAULT_TUNING_FRAMES)
+    assert pivotal_tuning(True, frames=None).picks(list(range(1000))) == list(range(1000))
+    with pytest.raises(EssenceError, match="at least 1 step, got 0"):
+        pivotal_tuning(True, 0)
 
 
 @pytest.mark.slow
+def _count_encoded(monkeypatch) -> list[int]:
+    """A one-item list that counts the faces e4e encodes from now on."""
+    count = [0]
+    encode = E4EEncoder.encode
+
+    def counted(self, images, *args, **kwargs):
+        count[0] += len(images)
+        return encode(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(E4EEncoder, "encode", counted)
+    return count
+
+
 def test_apply_to_video_with_pti_edits_with_the_tuned_generator(clip, generator, encoder, landmarker, lpips_net,
-                                                                direction, tmp_path):
+                                                                direction, tmp_path, monkeypatch):
     stages: dict[str, list[tuple[int, int]]] = {}
+    encoded = _count_encoded(monkeypatch)
     plain = apply_to_video(clip, tmp_path / "plain.mp4", direction, encoder=encoder, generator=generator,
                            landmarks=landmarker)
+    assert encoded == [8]
     tuned = apply_to_video(clip, tmp_path / "tuned.mp4", direction, encoder=encoder, generator=generator,
-                           landmarks=landmarker, refine="pti", perceptual=lpips_net, tuning=FEW,
+                           landmarks=landmarker, tuning=PivotalTuning(FEW, lpips_net),
                            progress=lambda stage, done, total: stages.setdefault(stage, []).append((done, total)))
+    assert encoded == [16]  # each frame through e4e once: the edit reuses the latents the tuning was done around
     assert plain.tuned is None and tuned.tuned is not None and tuned.tuned.info["steps"] == 3
     assert list(stages) == ["detect", "tune", "edit"] and stages["tune"][-1] == (3, 3)
     a, b, original = _frames(plain.path), _frames(tuned.path), _frames(clip)
@@ -131,12 +156,7 @@ def test_a_missing_lpips_file_stops_video_tuning_before_any_frame_is_read(clip, 
     monkeypatch.setattr(essence.video.edit, "detect_video", lambda *a, **k: read.append(1))
     with pytest.raises(MissingWeightsError, match=FILENAME):
         apply_to_video(clip, tmp_path / "out.mp4", direction, encoder=encoder, generator=generator,
-                       landmarks=landmarker, refine="pti", perceptual=tmp_path / "nowhere" / FILENAME)
-    with pytest.raises(EssenceError, match="unknown refinement 'stit'"):
-        apply_to_video(clip, tmp_path / "out.mp4", direction, encoder=encoder, generator=generator, refine="stit")
-    with pytest.raises(EssenceError, match="at least 1 frame, got 0"):
-        apply_to_video(clip, tmp_path / "out.mp4", direction, encoder=encoder, generator=generator, refine="pti",
-                       tuning_frames=0)
+                       landmarks=landmarker, tuning=pivotal_tuning(True, perceptual=tmp_path / "nowhere" / FILENAME))
     assert read == [] and not (tmp_path / "out.mp4").exists()
 
 
@@ -165,12 +185,12 @@ def test_batch_video_with_pti_equals_the_single_process_edit(local_ray, clip, ti
     direction_file = direction.save(tmp_path / "d.safetensors")
     tracking = Tracking(refresh=4 / 25)  # detect every 4 frames: each chunk starts on a detection
     single = apply_to_video(clip, tmp_path / "single.mp4", direction_file, encoder=tiny_files.encoder,
-                            generator=tiny_files.generator, refine="pti", perceptual=lpips_net,
-                            tuning=FEW, batch_size=2, face_tracking=tracking)
+                            generator=tiny_files.generator, tuning=PivotalTuning(FEW, lpips_net), batch_size=2,
+                            face_tracking=tracking)
     models = VideoModels(str(tiny_files.generator), str(tiny_files.encoder), str(find_weight("landmarks")), "cpu",
                          str(alexnet))
     job = VideoJob(clip, tmp_path / "ray.mp4", direction_file, batch_size=2, chunk_frames=4, face_tracking=tracking,
-                   refine="pti", tuning_passes=3)
+                   tuning=PivotalTuning(FEW))
     result = run_video_job(job, models, workers=2, progress=False)
     assert list(result.reports) == ["detect", "tune", "edit"] and result.reports["tune"].count("done") == 1
     # the workers read the tuned weights back from float16 (the single process keeps float32): after H.264 the clips
@@ -189,6 +209,15 @@ def test_batch_video_refuses_bad_tuning_settings_before_starting(clip, tmp_path,
                      "--lpips", str(tmp_path / FILENAME), "--device", "cpu", "--no-progress"])
     assert code == 2 and FILENAME in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_video_job_leaves_the_lpips_network_to_its_tuning_worker(clip, lpips_net, tmp_path):
+    from essence.scale.video_batch import VideoJob
+
+    job = VideoJob(clip, tmp_path / "out.mp4", tmp_path / "d.safetensors", tuning=PivotalTuning(FEW, lpips_net))
+    with pytest.raises(EssenceError, match="give the LPIPS file as VideoModels.perceptual"):
+        job.check()
+    VideoJob(clip, tmp_path / "out.mp4", tmp_path / "d.safetensors", tuning=PivotalTuning(FEW)).check()
 
 
 # ----------------------------------------------------------------------------- ComfyUI

@@ -11,7 +11,7 @@ Each command parses its arguments, calls the library and prints what it did; non
 """
 
 from .app import build_parser, main
-from .demo import DemoOptions, run_demo, scikit_image_picture
+from .demo import DemoOptions, run_demo
 from .directions import train_job
 
-__all__ = ["main", "build_parser", "train_job", "run_demo", "DemoOptions", "scikit_image_picture"]
+__all__ = ["main", "build_parser", "train_job", "run_demo", "DemoOptions"]

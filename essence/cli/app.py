@@ -29,11 +29,12 @@ from ..runtime import describe_device, resolve_device
 from ..storage import (Output, WeightSpec, atomic_write, check_files, check_output, check_outputs, cli_command,
                        companion_path, default_weights_dir, demo_specs, fetch_command, fetch_weight, file_sha256,
                        find_weight, get_it_lines, get_spec, load_manifest, locate, save_or_rescue, weight_status)
+from ..training import parse_strengths
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
 from .directions import (SAFETENSORS, add_refine_options, add_training_options, check_refine_options, model_inputs, number,
-                         parse_floats, refine_options, training_progress_bar, whole)
+                         training_progress_bar, tuning_option, whole)
 from .metrics import SUBCOMMANDS as METRICS_COMMANDS
 
 PathLike = str | os.PathLike
@@ -251,7 +252,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if problems and not _offer_download([spec for spec, _ in problems], args.download):
         _print_missing(problems)
         return EXIT_USER_ERROR
-    strengths = tuple(parse_floats(args.strengths, "--strengths"))
+    strengths = tuple(parse_strengths(args.strengths, "--strengths"))
     options = DemoOptions(out_dir=args.out, photo=args.photo, targets=list(args.target), steps=args.steps,
                           mode=args.mode, lr=args.lr, weight_decay=args.weight_decay, strengths=strengths,
                           seed=args.seed, device=args.device, generator=args.generator, encoder=args.encoder,
@@ -385,10 +386,10 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     generator = None
     if args.generator is not None or args.reconstruction is not None or args.refine != "none":
         generator = load_generator(args.generator or encoder_file, device=args.device)
-    refine = refine_options(args, generator.latent_avg.device if generator is not None else None)
+    tuning = tuning_option(args, device=generator.latent_avg.device) if generator is not None else None
     result = invert(args.photos, encoder, landmarks=args.landmarks, batch_size=args.batch_size,
                     return_reconstruction=args.reconstruction is not None, generator=generator,
-                    all_faces=args.all_faces, skip_missing=args.skip_missing, **refine)
+                    all_faces=args.all_faces, skip_missing=args.skip_missing, tuning=tuning)
     for name, reason in result.failures:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     path = save_or_rescue(result.latent_set(generator, encoder_name=encoder_file.name).save, args.out,

@@ -2,7 +2,7 @@
 
 Each command turns its inputs into ``essence.scale.batch`` tasks (one per target; one per photo x
 direction x strength) and runs them on workers that load the models once. The work of one task is
-exactly what the single commands do (``train_essence`` is ``essence train``'s own call, and
+exactly what the single commands do (``essence.training.train`` is ``essence train``'s own call, and
 ``apply_to_photo`` the photo pipeline), so a batch gives the same files as a loop over them would.
 Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips finished outputs.
 """
@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
-
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS
-from ..latents import LAYER_PRESETS, Direction, apply_to_photo, load_direction
-from ..scale import (DEFAULT_CHUNK, BatchReport, BatchTask, TrainModels, VideoJob, VideoModels, run_batch,
-                     run_train_batch, run_video_job, train_tasks)
-from ..storage import atomic_write, check_output, check_outputs, file_sha256, folder_lock
+from ..latents import LAYER_PRESETS, load_direction
+from ..scale import (DEFAULT_CHUNK, ApplyJob, ApplyModels, BatchReport, TrainModels, VideoJob, VideoModels, apply_tasks,
+                     run_apply_batch, run_train_batch, run_video_job, train_tasks)
+from ..storage import check_output, check_outputs, folder_lock
 from ..video import STAGES, VIDEO_SUFFIXES
 from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_refine_options, add_train_options,
-                         check_refine_options, clip_tuning, model_inputs, parse_strengths, strength_tokens, train_job,
-                         whole)
+                         check_refine_options, model_inputs, strength_tokens, strengths_for, train_job,
+                         tuning_option, whole)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -108,70 +104,19 @@ def _cmd_batch_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- apply
 
 
-class ApplyWorker:
-    """A batch worker that edits photos: the generator, e4e and the landmark model load once, each
-    direction on first use; ``invert``'s cache spares a worker inverting a photo again for the next
-    direction."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from ..faces import load_landmarker
-        from ..networks import load_encoder, load_generator
-
-        self.args = args
-        self.generator = load_generator(args.generator, device=args.device)
-        self.encoder = load_encoder(args.encoder, device=args.device)
-        self.landmarks = load_landmarker(args.landmarks)
-        self.directions: dict[str, Direction] = {}
-
-    def run(self, task: BatchTask) -> dict[str, Any]:
-        photo, direction_file, token = task.inputs
-        if direction_file not in self.directions:
-            self.directions[direction_file] = load_direction(direction_file)
-        direction = self.directions[direction_file]
-        strength, note = direction.resolve_strength(token if token.lower() == "auto" else float(token))
-        image = apply_to_photo(photo, direction, self.generator, self.encoder, strength, landmarks=self.landmarks,
-                               layers=self.args.layers, all_faces=not self.args.largest_face, mask=self.args.paste_mask)
-        record = PngInfo()
-        record.add_text(OPTIONS_KEY, json.dumps(task.options, sort_keys=True))  # what a rerun compares
-        with atomic_write(task.output) as tmp:
-            image.save(tmp, format="PNG", pnginfo=record)
-        return {"photo": photo, "direction": direction_file, "strength": strength, "log": note or ""}
-
-
-OPTIONS_KEY = "essence-options"  # the PNG text chunk that records the options an edited photo was made with
-
-
-def _valid_image(path: Path) -> dict[str, Any]:
-    """A finished ``batch apply`` output: a picture that decodes completely (its size and the options
-    it was made with), else raises."""
-    with Image.open(path) as image:
-        image.load()
-        recorded = getattr(image, "text", {}).get(OPTIONS_KEY)
-        return {"size": f"{image.width}x{image.height}", "options": json.loads(recorded) if recorded else None}
-
-
 def _cmd_batch_apply(args: argparse.Namespace) -> int:
-    tokens = strength_tokens(args.strength)
+    job = ApplyJob(tuple(strength_tokens(args.strength)), args.layers, args.largest_face, args.paste_mask)
+    models = ApplyModels(args.generator, args.encoder, args.landmarks, args.device)
     directions = expand_inputs(args.directions, DIRECTION_SUFFIXES, "direction files")
     photos = expand_inputs(args.photos, IMAGE_SUFFIXES, "photos")
     _check_stems(directions, "directions")
     _check_stems(photos, "photos")
-    tasks = []
-    shared = {"layers": args.layers, "largest_face": args.largest_face, "mask": args.paste_mask,
-              "models": {role: getattr(args, role) for role in ("generator", "encoder", "landmarks")}}
-    for direction in directions:
-        content = file_sha256(direction)  # a direction file replaced under the same name is another job
-        for photo in photos:
-            for token in tokens:
-                stem = photo.stem if len(tokens) == 1 else f"{photo.stem}_s{token}"
-                options = {**shared, "photo": str(photo.resolve()), "direction": content, "strength": token}
-                tasks.append(BatchTask(f"{direction.stem}/{stem}", args.out / direction.stem / f"{stem}.png",
-                                       (str(photo), str(direction), token), options))
     inputs = [*photos, *directions, *model_inputs(args)]
     check_output(args.out, inputs, folder=True)
-    check_outputs([task.output for task in tasks], inputs)
+    check_outputs([task.output for task in apply_tasks(photos, directions, args.out, job, models)], inputs)
     with folder_lock(args.out, "another batch"), _report_when_stopped(args.out):  # one run at a time
-        return _finish(args.out, _run(args, tasks, ApplyWorker, _valid_image, "applying"))
+        report = run_apply_batch(photos, directions, args.out, job, models, **_runner_options(args))
+        return _finish(args.out, report)
 
 
 # ----------------------------------------------------------------------------- video
@@ -211,12 +156,10 @@ def _cmd_batch_video(args: argparse.Namespace) -> int:
         raise EssenceError(f"--strength needs one number or 'auto' for a video, got {args.strength!r}.")
     check_output(args.out, [args.video, args.direction, *model_inputs(args)], suffixes=VIDEO_SUFFIXES)
     check_refine_options(args)
-    [strength] = parse_strengths(args.strength, load_direction(args.direction))
-    passes, frames = clip_tuning(args)
-    tuning = {} if args.refine == "none" else {"refine": args.refine, "tuning_passes": passes, "tuning_frames": frames}
+    [strength] = strengths_for(args.strength, load_direction(args.direction))
     job = VideoJob(Path(args.video), args.out, Path(args.direction), strength, args.layers, args.smoothing,
                    chunk_frames=args.chunk_frames, face_tracking=args.face_tracking == "on", mask=args.paste_mask,
-                   **tuning)
+                   tuning=tuning_option(args, clip=True))
     models = VideoModels(args.generator, args.encoder, args.landmarks, args.device, args.lpips)
     result = run_video_job(job, models, workers=args.workers, address=args.address,
                            gpus_per_worker=_gpus_per_worker(args),
@@ -264,11 +207,6 @@ def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
     """How the batch runs (``run_batch``'s options), from the Ray options every batch command has."""
     return dict(workers=args.workers, address=args.address, gpus_per_worker=_gpus_per_worker(args),
                 progress=not args.no_progress)
-
-
-def _run(args: argparse.Namespace, tasks: list[BatchTask], worker: type, validate, description: str) -> BatchReport:
-    config = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "handler"})
-    return run_batch(tasks, worker, config, validate=validate, description=description, **_runner_options(args))
 
 
 def _gpus_per_worker(args: argparse.Namespace) -> int | None:

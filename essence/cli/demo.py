@@ -12,7 +12,6 @@ mode: CLIP fed the 256 px intermediate image); the report says which was used.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import resource
 import time
@@ -24,12 +23,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import EssenceError
-from ..faces import load_image, load_landmarker, model_to_pil, paste_back
+from ..faces import load_image, load_landmarker, model_to_pil, paste_back, scikit_image_picture
 from ..latents import LatentSet, apply_direction, invert, sample_latents
 from ..networks import load_encoder, load_generator, load_guide, render
 from ..runtime import resolve_device
 from ..storage import atomic_write, check_output, check_outputs, weight_inputs
-from ..training import EssenceJob, TrainMode, TrainSettings, train_essence, train_mode
+from ..training import EssenceJob, TrainingTarget, TrainMode, TrainSettings, train, train_mode
 
 DEFAULT_STRENGTHS = (0.5, 0.8, 1.2)
 PANEL = 256  # height of each picture in the grid
@@ -83,16 +82,13 @@ class DemoReport:
         return "\n".join(lines) + "\n"
 
 
-def scikit_image_picture(name: str) -> Path:
-    """A picture bundled in scikit-image's wheel (read as a file; scikit-image is not imported)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise EssenceError("the demo's default pictures come from scikit-image (pip install scikit-image); "
-                           "or pass --photo and --target.")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
-    if not path.is_file():
-        raise EssenceError(f"{path} is missing from the installed scikit-image; pass --photo and --target.")
-    return path
+def _default_picture(name: str) -> Path:
+    """scikit-image's sample picture ``name``, the demo's default; without it the demo still runs on
+    pictures of the user's own."""
+    try:
+        return scikit_image_picture(name)
+    except EssenceError as exc:
+        raise EssenceError(f"{exc} The demo takes your own pictures with --photo and --target.") from None
 
 
 def _say(message: str) -> None:
@@ -108,8 +104,8 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     device = resolve_device(options.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    photo_path = options.photo or scikit_image_picture("astronaut.png")
-    target_paths = options.targets or [scikit_image_picture("chelsea.png")]
+    photo_path = options.photo or _default_picture("astronaut.png")
+    target_paths = options.targets or [_default_picture("chelsea.png")]
     out = options.out_dir
     models = {"generator": options.generator, "encoder": options.encoder, "guide": options.guide,
               "landmarks": options.landmarks}
@@ -138,8 +134,9 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
     render_size = settings.render_size
     _say(f"[3/5] Training the essence of {', '.join(p.name for p in target_paths)}: {steps} steps, "
          f"{mode.name} mode" + ("" if render_size is None else f", approximate ({render_size} px CLIP path)"))
-    trained = train_essence(
-        target_paths, generator, guide, EssenceJob(settings, mode=mode.name, init="auto"), sources=sources,
+    target = TrainingTarget.read(target_paths)
+    trained = train(
+        target, sources, generator, guide, EssenceJob(settings, mode=mode.name, init="auto"),
         encoder=encoder, landmarks=landmarker, progress=make_progress(steps) if make_progress else None,
         on_retry=lambda chunk: _say(f"      out of device memory: starting again with {chunk} face(s) per pass "
                                     f"(the same result, less memory)"))
@@ -155,7 +152,7 @@ def run_demo(options: DemoOptions, make_progress: Callable[[int], Callable] | No
 
     _say("[5/5] Writing the results ...")
     direction_path = trained.direction.save(out / f"{target_paths[0].stem}.safetensors")
-    grid_path = _write_grid(out / "grid.png", photo, load_image(target_paths[0]), pasted, strengths)
+    grid_path = _write_grid(out / "grid.png", photo, target.shown, pasted, strengths)
     terms = result.direction.meta["losses"]
     report = DemoReport(
         photo=str(photo_path), targets=[str(p) for p in target_paths], device=str(device), steps=steps,

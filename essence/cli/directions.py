@@ -8,7 +8,6 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,15 +15,15 @@ import torch
 
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
-from ..latents import (AUTO_STRENGTH_KEY, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction, image_grid,
-                       import_targetclip_latents, invert, is_latent_file, load_direction, load_latents, mix_directions,
-                       strength_sweep, target_thumbnail)
+from ..latents import (AUTO_STRENGTH_KEY, DEFAULT_TUNING_FRAMES, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction,
+                       PivotalTuning, image_grid, import_targetclip_latents, invert, is_latent_file, load_direction,
+                       load_latents, mix_directions, pivotal_tuning, strength_sweep)
 from ..networks import (MissingTuned, TunedFile, load_encoder, load_generator, load_guide, load_perceptual,
                         optional_identity)
 from ..storage import Output, atomic_write, check_files, check_output, cli_command, save_or_rescue, weight_inputs
-from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, TrainSettings, encoder_for_start,
-                        modes_help, train_essence, train_mode)
-from ..video import DEFAULT_TUNING_FRAMES, STAGES, VIDEO_SUFFIXES, apply_to_video
+from ..training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, Selection, TrainingTarget, TrainSettings,
+                        encoder_for_start, modes_help, parse_strengths, train, train_mode)
+from ..video import STAGES, VIDEO_SUFFIXES, apply_to_video
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 SAFETENSORS = (".safetensors",)  # directions, latent files: what --out of train, invert and sample must end in
@@ -93,12 +92,21 @@ def check_refine_options(args: argparse.Namespace) -> None:
         raise EssenceError(f"{', '.join('--' + name.replace('_', '-') for name in given)} need(s) --refine pti.")
 
 
-def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """``invert``'s refinement arguments from ``add_refine_options``' options (already through
-    ``check_refine_options``), with a progress bar."""
+def tuning_option(args: argparse.Namespace, clip: bool = False, device: Any = None) -> PivotalTuning | None:
+    """``add_refine_options``' options (already through ``check_refine_options``) as the one tuning
+    value the library takes: None for ``--refine none``; PTI's settings for photos (with a progress
+    bar), STIT's for a ``clip``. With ``device``, ``--lpips``'s network is loaded there now, before
+    any work; without it (batch video) the worker that tunes loads the file."""
     if args.refine == "none":
-        return {}
-    steps = PTI.steps if args.pti_steps is None else args.pti_steps
+        return None
+    frames = getattr(args, "pti_frames", None)
+    return pivotal_tuning(clip, args.pti_steps, frames=DEFAULT_TUNING_FRAMES if frames is None else frames,
+                          perceptual=None if device is None else load_perceptual(args.lpips, device=device),
+                          progress=None if clip else _tuning_bar())
+
+
+def _tuning_bar() -> Callable[[int, int], None]:
+    """A progress bar over every tuning step of every face."""
     from tqdm import tqdm
 
     bars: list = []
@@ -110,25 +118,7 @@ def refine_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
         if done == total:
             bars[0].close()
 
-    return {"refine": args.refine, "perceptual": load_perceptual(args.lpips, device=device),
-            "tuning": replace(PTI, steps=steps), "tuning_progress": progress}
-
-
-def clip_tuning_options(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """``apply_to_video``'s pivotal-tuning arguments from ``--refine``, ``--pti-steps`` (passes),
-    ``--pti-frames`` and ``--lpips`` (already checked); the LPIPS file is loaded here, before any frame."""
-    if args.refine == "none":
-        return {}
-    passes, frames = clip_tuning(args)
-    return {"refine": args.refine, "perceptual": load_perceptual(args.lpips, device=device),
-            "tuning": replace(STIT, steps=passes), "tuning_frames": frames}
-
-
-def clip_tuning(args: argparse.Namespace) -> tuple[int, int]:
-    """The passes over a clip's frames and the most frames to tune on, from ``--pti-steps`` and
-    ``--pti-frames`` (STIT's 50 passes and ``DEFAULT_TUNING_FRAMES`` when not given)."""
-    return (STIT.steps if args.pti_steps is None else args.pti_steps,
-            DEFAULT_TUNING_FRAMES if args.pti_frames is None else args.pti_frames)
+    return progress
 
 
 def add_model_options(parser: argparse.ArgumentParser, encoder: bool = False, guide: bool = False) -> None:
@@ -186,31 +176,27 @@ def number(minimum: float | None = None) -> Callable[[str], float]:
     return parse
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise EssenceError(f"{what} must be comma-separated numbers, got {text!r}.") from None
-    if not all(math.isfinite(v) for v in values):
-        raise EssenceError(f"{what} must be finite numbers, got {text!r}.")
-    return values
-
-
 def strength_tokens(text: str) -> list[str]:
     """``--strength``'s comma-separated values as given (numbers or ``auto``), refused now when a
     number is not one or there is none, before any direction is read."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength")
     if not parts:
         raise EssenceError("--strength needs a number or 'auto'.")
+    _numbers(parts)
     return parts
 
 
-def parse_strengths(text: str, direction: Direction) -> list[float]:
-    """``--strength``: comma-separated numbers, where ``auto`` is the direction's recommended strength
-    (1.0, with a note on stderr, when its file has none)."""
+def _numbers(parts: list[str]) -> list[float]:
+    """The numbers among ``--strength``'s values (``auto`` left out)."""
+    numbers = [p for p in parts if p.lower() != "auto"]
+    return parse_strengths(",".join(numbers), "--strength") if numbers else []
+
+
+def strengths_for(text: str, direction: Direction) -> list[float]:
+    """``--strength`` for one direction: its numbers, with ``auto`` as the direction's recommended
+    strength (1.0, with a note on stderr, when its file has none)."""
     parts = strength_tokens(text)
-    numbers = iter(parse_floats(",".join(p for p in parts if p.lower() != "auto"), "--strength"))
+    numbers = iter(_numbers(parts))
     values = []
     for part in parts:
         if part.lower() != "auto":
@@ -295,15 +281,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     encoder = encoder_for_start(job.init, args.encoder, device=args.device)
     identity = identity_model(args) if job.candidates > 1 else None
     sources = job.source_faces(generator)
-    print(f"Training '{job.name or Path(args.targets[0]).stem}': {len(args.targets)} target picture(s), "
+    target = TrainingTarget.read(args.targets)
+    print(f"Training '{job.name or target.name}': {target.count} target picture(s), "
           f"{len(sources)} sources ({sources.describe()}), {args.steps} steps, {args.mode} mode"
           + (f", {job.candidates} candidates." if job.candidates > 1 else "."))
-    trained = train_essence(args.targets, generator, guide, job, sources=sources, encoder=encoder, identity=identity,
-                            progress=training_progress_bar(args.steps), on_retry=report_memory_retry)
+    trained = train(target, sources, generator, guide, job, encoder=encoder, choose=Selection(identity=identity),
+                    progress=training_progress_bar(args.steps), on_retry=report_memory_retry)
     if trained.note:
         print(f"note: {trained.note}", file=sys.stderr)
     if trained.choice is not None:
-        print("\n".join(trained.choice.report()))
+        print("\n".join(trained.choice.report(trained.candidates)))
     save_or_rescue(trained.direction.save, out, "trained direction")
     if args.keep_all:
         for index, direction in enumerate(trained.candidates):
@@ -403,7 +390,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         direction = loaded[0][0]
     else:
         direction = mix_directions([d for d, _ in loaded], [w for _, w in loaded])
-    strengths = parse_strengths(args.strength, direction)
+    strengths = strengths_for(args.strength, direction)
     check_refine_options(args)
     if args.refine != "none" and not (args.photo or args.video):
         raise EssenceError("--refine pti tunes the generator to photos or a clip: use it with --photo or --video "
@@ -418,7 +405,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         latents, tuned = latent_set.latents, latent_set.tuned_rows()  # a missing companion file stops here
     elif args.photo:
         encoder = load_encoder(args.encoder, device=args.device)
-        inversion = invert(args.photo, encoder, generator=generator, **refine_options(args, generator.latent_avg.device))
+        inversion = invert(args.photo, encoder, generator=generator,
+                           tuning=tuning_option(args, device=generator.latent_avg.device))
         latents, tuned = inversion.latents, inversion.tuned_rows()
     else:
         latents = generator.sample_wplus(args.sample or 4, seed=args.seed or 0, truncation=0.7)
@@ -451,7 +439,7 @@ def _apply_video(args: argparse.Namespace, direction: Direction, strengths: list
                                 generator=generator, strength=strengths[0], layers=args.layers,
                                 smoothing=args.smoothing, face_tracking=args.face_tracking == "on",
                                 mask=args.paste_mask, progress=progress,
-                                **clip_tuning_options(args, generator.latent_avg.device))
+                                tuning=tuning_option(args, clip=True, device=generator.latent_avg.device))
     finally:
         for bar in bars.values():
             bar.close()

@@ -14,10 +14,10 @@ from ..faces import load_landmarker
 from ..latents import invert, load_direction, load_latents
 from ..networks import load_encoder, load_generator, load_guide, load_identity
 from ..storage import Output, atomic_write, check_files
-from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, mean_std, metrics_table,
-                        official_summary, paste_seams, plot_curves, strength_curve, target_pictures)
+from ..training import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, TrainingTarget, mean_std,
+                        metrics_table, official_summary, parse_strengths, paste_seams, plot_curves, strength_curve)
 from ..video import temporal_identity
-from .directions import add_model_options, identity_model, model_inputs, number, parse_floats, whole
+from .directions import add_model_options, identity_model, model_inputs, number, whole
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 HELD_OUT_SEED = 100  # --sample's default seed: other faces than training's samples (seed + 1)
@@ -83,10 +83,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     guide = load_guide(args.guide, device=args.device)
     identity = identity_model(args)
     faces, photos, what, inversion = _faces(args, generator)
-    targets = target_pictures(args.target)  # read once for every direction
+    target = TrainingTarget.read(args.target)  # read and embedded once for every direction
     print(f"Measuring {len(directions)} direction(s) on {len(faces)} face(s) ({what}), {args.protocol} protocol, "
           f"strengths {', '.join(f'{s:g}' for s in strengths)}.", flush=True)
-    curves = [strength_curve(d, generator, guide, targets, faces, strengths, identity, args.protocol,
+    curves = [strength_curve(d, generator, guide, target, faces, strengths, identity, args.protocol,
                              landmarks=args.landmarks, source_images=photos) for d in directions]
     recommendations = [curve.recommend(args.min_identity) if any(s > 0 for s in strengths) else None
                        for curve in curves]
@@ -145,9 +145,7 @@ def _report_outputs(args: argparse.Namespace) -> list[Output]:
 
 def _strengths(args: argparse.Namespace) -> list[float]:
     if args.strengths is not None:
-        values = parse_floats(args.strengths, "--strengths")
-        if not values:
-            raise EssenceError("--strengths needs at least one number.")
+        values = parse_strengths(args.strengths, "--strengths")
     else:
         values = list(DEFAULT_STRENGTHS)
         if args.protocol == "official":

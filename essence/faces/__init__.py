@@ -1,6 +1,7 @@
 """Faces: pictures in, FFHQ-aligned face crops out, and edited faces back into their pictures.
 
-- ``images``: every image input (files, PIL, ComfyUI tensors) to 8-bit upright RGB, and the tensor layouts;
+- ``images``: every image input (files, PIL, ComfyUI tensors) to 8-bit upright RGB, the tensor layouts, and
+  scikit-image's sample pictures (the demo's defaults);
 - ``align``: dlib's face detection and 68 landmarks, the FFHQ crop and its ``CropTransform``;
 - ``paste``: an edited face pasted back into its photo with a feathered mask;
 - ``smoothing``: the One-Euro filter that steadies a face's crop over a clip's frames;
@@ -10,9 +11,10 @@ No network is used here: faces are found with dlib, and the layers above encode 
 """
 
 from .align import (RECIPE, AlignedFace, CropTransform, FaceLandmarker, align_face, align_faces, align_photos,
-                    load_landmarker, nothing_found, realign)
+                    landmarker_from, load_landmarker, nothing_found, realign)
 from .images import (FULL_DECODE_PIXELS, ImageSource, Photo, comfy_to_pil, grid_to_pil, load_image, load_photo,
-                     load_photos, model_to_comfy, model_to_pil, pil_to_comfy, pil_to_model, pil_to_pixels)
+                     load_photos, model_to_comfy, model_to_pil, pil_to_comfy, pil_to_model, pil_to_pixels,
+                     scikit_image_picture)
 from .paste import MASKS, MAX_FEATHER, face_region, paste_back, paste_mask
 from .smoothing import SMOOTHING_PRESETS, Smoothing, corner_movement, smoothing_preset
 from .track import (Detections, FaceTrack, Tracking, align_clip, align_clip_faces, align_tracked, as_frame, build_track,
@@ -21,7 +23,9 @@ from .track import (Detections, FaceTrack, Tracking, align_clip, align_clip_face
 __all__ = [
     "ImageSource", "Photo", "FULL_DECODE_PIXELS", "load_image", "load_photo", "load_photos", "pil_to_model",
     "pil_to_pixels", "model_to_pil", "pil_to_comfy", "comfy_to_pil", "model_to_comfy", "grid_to_pil",
-    "FaceLandmarker", "load_landmarker", "AlignedFace", "CropTransform", "align_face", "align_faces", "align_photos",
+    "scikit_image_picture",
+    "FaceLandmarker", "load_landmarker", "landmarker_from", "AlignedFace", "CropTransform", "align_face",
+    "align_faces", "align_photos",
     "nothing_found", "RECIPE", "realign",
     "paste_back", "paste_mask", "face_region", "MASKS", "MAX_FEATHER",
     "Smoothing", "SMOOTHING_PRESETS", "smoothing_preset", "corner_movement",

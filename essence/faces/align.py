@@ -93,6 +93,11 @@ def load_landmarker(path: PathLike | None = None, cache: bool = True) -> FaceLan
     return cached_model("landmarks", file, torch.device("cpu"), lambda p, _device: FaceLandmarker(p))
 
 
+def landmarker_from(landmarks: FaceLandmarker | PathLike | None) -> FaceLandmarker:
+    """The landmark model a caller gave, or the one loaded from the file it named (default: looked up)."""
+    return landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -223,7 +228,7 @@ def align_faces(photo: ImageSource, size: int = 1024, *, landmarks: FaceLandmark
         raise ValueError(f"size must be between 16 and 4096 pixels, got {size}.")
     if transform_size is None:
         transform_size = size * 4 if size >= 1024 else size
-    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    landmarker = landmarker_from(landmarks)
     photo = load_photo(photo)
     faces = detect_faces(photo, landmarker, detect_pixels=detect_pixels)
     if not faces:
@@ -251,7 +256,7 @@ def align_photos(photos: ImageSource | Sequence[ImageSource], size: int = 1024, 
     out; a photo with too few faces always raises (``align_faces``); and when no photo at all has the
     face there is nothing to align, which raises too. ``progress(done, total)`` hears each photo.
     """
-    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    landmarker = landmarker_from(landmarks)
     loaded = load_photos(photos)
     chosen: list[tuple[int, AlignedFace]] = []
     for index, photo in enumerate(loaded):

@@ -26,6 +26,7 @@ tensors, so those conventions live in one place.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import threading
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from ..errors import ImageInputError
+from ..errors import EssenceError, ImageInputError
 
 MAX_PIXELS = 1 << 30        # ~1.07 gigapixels (32768 x 32768): above this a file is refused
 WORK_PIXELS = 64 * 2**20    # ~67 megapixels: larger photos are reduced by an integer factor
@@ -118,6 +119,20 @@ def load_photos(sources: ImageSource | Sequence[ImageSource], *,
     for item in items:
         photos += _load_any(item, background, work_pixels, max_pixels)
     return photos
+
+
+def scikit_image_picture(name: str) -> Path:
+    """A sample picture bundled in scikit-image's wheel (``astronaut.png``, ``chelsea.png``), read as a
+    file without importing scikit-image: public-domain pictures the demo, the benchmark and the tests
+    share, so none of them ships pictures of its own."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise EssenceError(f"{name} is one of scikit-image's sample pictures, and scikit-image is not installed: "
+                           f"pip install scikit-image, or give a picture of your own.")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not path.is_file():
+        raise EssenceError(f"{path} is missing from the installed scikit-image; give a picture of your own.")
+    return path
 
 
 def _load_any(item: ImageSource, background: tuple[int, int, int], work_pixels: int,

@@ -20,7 +20,7 @@ from ..networks import DEFAULT_BATCH, TunedWeights, render
 from .direction import Direction, direction_metadata
 from .inversion import invert
 from .latent_set import LatentSet
-from .tuning import PTI, TuningSettings
+from .tuning import PivotalTuning
 
 LAYER_PRESETS = ("all", "coarse", "middle", "fine", "coarse+middle", "middle+fine")
 _BANDS = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, None)}
@@ -137,8 +137,7 @@ def strength_sweep(generator, wplus: torch.Tensor, direction: Direction, strengt
 @torch.no_grad()
 def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strength: float = 1.0, *,
                    landmarks: Any = None, layers: str = "all", all_faces: bool = True,
-                   feather: float = 0.1, mask: str = "face", refine: str = "none", perceptual: Any = None,
-                   tuning: TuningSettings = PTI) -> Image.Image:
+                   feather: float = 0.1, mask: str = "face", tuning: PivotalTuning | None = None) -> Image.Image:
     """The photo with its faces edited: each face aligned, inverted with e4e, moved by
     ``strength`` x ``direction``, rendered and pasted back (``paste_back``: along each face's
     outline with ``mask="face"``, the whole crop with ``"square"``; soft edge ``feather``).
@@ -146,12 +145,12 @@ def apply_to_photo(photo: Any, direction: Direction, generator, encoder, strengt
     ``photo``: a path or any single image ``essence.faces.load_image`` takes; ``encoder`` an e4e encoder,
     ``landmarks`` the dlib model (or its file; default: looked up). Every face, or only the largest
     with ``all_faces=False``. A photo without a face raises ``FaceNotFoundError`` naming it.
-    ``refine="pti"`` first tunes the generator to each face (``invert``'s pivotal tuning), so that
+    With ``tuning`` the generator is first tuned to each face (``invert``'s pivotal tuning), so that
     the edited face keeps the photo's likeness. Returns the full-size RGB photo.
     """
     direction.check_fits(generator)
     inversion = invert([photo], encoder, landmarks=landmarks, all_faces=all_faces, generator=generator,
-                       refine=refine, perceptual=perceptual, tuning=tuning)
+                       tuning=tuning)
     edits = apply_direction(inversion.latents.to(generator.latent_avg.device), direction, strength, layers)
     result = load_image(photo)  # full size: the faces go back where they were found
     drawn = render(generator, edits, what="edited faces", tuned=inversion.tuned_rows())

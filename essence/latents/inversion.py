@@ -6,10 +6,11 @@ faces are encoded in batches, and every result is kept in a small in-memory cach
 photo's content (pixel sha256), the encoder's weights and the alignment recipe, so inverting the
 same photo again (the same file, or the same pixels from ComfyUI) costs a hash, not a network pass.
 
-``refine="pti"`` then tunes the generator to each face (pivotal tuning, ``latents.tuning``): e4e's
-latent stays the face's pivot, and the generator learns to draw the photo's own crop from it. The
-tuned weights travel with the latents (``LatentSet.tuned``) and are not cached: each is a copy of
-the generator's synthesis weights.
+With ``tuning`` (a ``PivotalTuning``) the generator is then tuned to each face (pivotal tuning,
+``latents.tuning``): e4e's latent stays the face's pivot, and the generator learns to draw the photo's
+own crop from it. The tuned weights travel with the latents (``LatentSet.tuned``) and are not cached:
+each is a copy of the generator's synthesis weights. ``invert_clip`` is the same for a clip's frames,
+cropped along the clip's track: one generator tuned to them all, around the latents its edit reuses.
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
 
-from ..errors import EssenceError, FaceIndexError, FaceNotFoundError
-from ..faces import (RECIPE, AlignedFace, FaceLandmarker, ImageSource, align_faces, load_landmarker, load_photos,
-                     nothing_found, pil_to_model, pil_to_pixels, realign)
-from ..networks import INPUT_SIZE, E4EEncoder, TunedWeights, load_encoder, load_generator, perceptual_network, render
+from ..errors import FaceIndexError, FaceNotFoundError
+from ..faces import (RECIPE, AlignedFace, FaceLandmarker, ImageSource, Photo, align_faces, landmarker_from,
+                     load_photos, nothing_found, pil_to_model, pil_to_pixels, realign)
+from ..networks import INPUT_SIZE, E4EEncoder, StyleGAN2Generator, TunedWeights, encoder_from, generator_from, render
 from .latent_set import LatentSet, generator_info
-from .tuning import PTI, TuningSettings, tune_generator
+from .tuning import PivotalTuning, TuningSettings, tune_generator
 
 PathLike = str | os.PathLike
 CACHE_SIZE = 256  # photos; a W+ latent is 36 kB, a 256 px crop 200 kB
-REFINEMENTS = ("none", "pti")  # after e4e: nothing, or pivotal tuning of the generator to each face
+REFINEMENTS = ("none", "pti")  # the front ends' choice after e4e: nothing, or pivotal tuning (``PivotalTuning``)
 
 
 @dataclass
@@ -44,8 +45,8 @@ class Inversion:
     crop-to-photo transforms; ``sources`` the provenance of each row (for latent files);
     ``reconstructions`` G(latents) [N, 3, S, S] in about [-1, 1] when asked for; ``failures`` the
     photos skipped for having no face (only with ``skip_missing=True``); ``cache_hits`` how many
-    photos came from the cache. ``tunings``: with ``refine="pti"``, the generator weights tuned to
-    each face, under the key its source names (``source["tuned"]``).
+    photos came from the cache. ``tunings``: with pivotal tuning, the generator weights tuned to each
+    face (or to a clip), under the key its source names (``source["tuned"]``).
     """
 
     latents: torch.Tensor
@@ -83,11 +84,9 @@ class Inversion:
 
 def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | PathLike | None = None, *,
            landmarks: FaceLandmarker | PathLike | None = None, batch_size: int = 4,
-           return_reconstruction: bool = False, generator: Any = None, all_faces: bool = False,
-           face_index: int = 0, skip_missing: bool = False, use_cache: bool = True,
-           progress: Callable[[int, int], None] | None = None, refine: str = "none",
-           perceptual: Any = None, tuning: TuningSettings = PTI,
-           tuning_progress: Callable[[int, int], None] | None = None) -> Inversion:
+           return_reconstruction: bool = False, generator: StyleGAN2Generator | PathLike | None = None,
+           all_faces: bool = False, face_index: int = 0, skip_missing: bool = False, use_cache: bool = True,
+           progress: Callable[[int, int], None] | None = None, tuning: PivotalTuning | None = None) -> Inversion:
     """Align and e4e-encode ``photos`` (paths, PIL images, arrays, ComfyUI [B, H, W, C] tensors or a
     list of them) into W+ latents, one row per face: face number ``face_index`` of each photo (0 = the
     largest, the default; only that face is aligned and encoded), or every face with ``all_faces``.
@@ -103,14 +102,11 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
     counts one per image). ``progress(done, total)`` hears each photo aligned; it may raise to stop
     (ComfyUI's Cancel does).
 
-    ``refine="pti"`` tunes ``generator`` (as for the reconstruction) to each face with ``tuning``
-    (PTI's published settings by default) and the LPIPS network ``perceptual`` (default: looked up,
-    ``load_perceptual``); ``tuning_progress(step, steps)`` hears every tuning step of every face.
+    ``tuning`` (``pivotal_tuning()``: PTI's published settings) tunes ``generator`` (as for the
+    reconstruction) to each face, PTI's way; its ``progress`` hears every step of every face.
     """
-    if refine not in REFINEMENTS:
-        raise EssenceError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINEMENTS)}.")
-    model = _encoder(encoder)
-    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    model = encoder_from(encoder)
+    landmarker = landmarker_from(landmarks)
     fingerprint = encoder_fingerprint(model)
     rows: list[tuple[AlignedFace, torch.Tensor | None, dict[str, Any]]] = []
     failures: list[tuple[str, str]] = []
@@ -143,62 +139,85 @@ def invert(photos: ImageSource | Sequence[ImageSource], encoder: E4EEncoder | Pa
                                                                                     model.config.style_dim)
     result = Inversion(latents, [face for face, _, _ in rows], [source for _, _, source in rows],
                        failures=failures, cache_hits=hits, encoder_fingerprint=fingerprint)
-    decoder = _generator(generator, encoder) if rows and (refine == "pti" or return_reconstruction) else None
-    if refine == "pti" and rows:
-        tune_faces(result, loaded, decoder, perceptual, tuning, progress=tuning_progress)
+    wants_decoder = rows and (tuning is not None or return_reconstruction)
+    decoder = generator_from(generator, fallback_encoder=encoder) if wants_decoder else None
+    if tuning is not None and rows:
+        _tune_faces(result, loaded, decoder, tuning)
     if return_reconstruction and rows:
         result.reconstructions = render(decoder, latents, batch_size, what="reconstructions",
                                         tuned=result.tuned_rows())
     return result
 
 
-def tune_faces(inversion: Inversion, photos: Sequence[ImageSource], generator: Any, perceptual: Any = None,
-               settings: TuningSettings = PTI, *, together: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> None:
-    """Pivotal tuning of ``generator`` to the faces of ``inversion`` (found in ``photos``, which
-    ``photo_index`` counts), each against its face cropped again at the generator's size; the tuned
-    weights go into ``inversion.tunings`` and each row's source names its own (``source["tuned"]``).
+def invert_clip(frames: Iterable[tuple[int, Photo, AlignedFace]], encoder: E4EEncoder | PathLike | None = None,
+                generator: StyleGAN2Generator | PathLike | None = None, tuning: PivotalTuning | None = None, *,
+                batch_size: int = 4) -> Inversion:
+    """A clip's faces e4e-encoded once and, with ``tuning`` (``pivotal_tuning(clip=True)``: STIT's
+    settings), one generator tuned to them all around those very latents, so that the clip stays one
+    person and an edit of these frames reuses the latents instead of encoding the frames again.
 
-    One face at a time, PTI's way; or, ``together``, one generator for every face (the frames of a
-    clip, STIT's way: pass ``STIT`` settings), so that the clip stays one person. ``perceptual``: the
-    LPIPS network or its backbone file (default: looked up). ``progress(step, steps)`` hears every step.
-    """
-    if not inversion.faces:
-        return
-    lpips = perceptual_network(perceptual, generator.latent_avg.device)
-    loaded = load_photos(photos)
-    keys = [f"{face.photo_sha256[:16]}-face{face.index}" for face in inversion.faces]
-    if together:
-        key = "clip-" + hashlib.sha256("/".join(keys).encode()).hexdigest()[:16]
-        tuned = _tune_rows(inversion, loaded, range(len(keys)), generator, lpips, settings, progress)
-        tuned.info["source"] = {"frames": [source["photo_index"] for source in inversion.sources]}
-        inversion.tunings[key] = tuned
-        for source in inversion.sources:
-            source["tuned"] = key
-        return
-    total = settings.steps * len(keys)
-    for row, (key, source) in enumerate(zip(keys, inversion.sources)):
+    ``frames``: (frame number, the frame, its face aligned at 256 px at the clip's smoothed track,
+    which ``invert`` cannot know), read once; a frame is kept only as its face cropped again at the
+    generator's size (the tuning's target), so a caller that reads a file holds no whole frame. At
+    most ``tuning.frames`` of the faces, spread over the clip, are tuned on: a caller reading a file
+    passes only those (``PivotalTuning.picks``). ``generator``: a generator or its file, as for
+    ``invert``. Each row's source records its frame number (``photo_index``) and names the tuned weights."""
+    decoder = None if tuning is None else generator_from(generator, fallback_encoder=encoder)
+    numbers, faces, targets = [], [], []
+    for number, frame, face in frames:
+        numbers.append(number)
+        faces.append(face)
+        if decoder is not None:
+            targets.append(realign(frame, face, decoder.size).crop)
+    inversion = invert_aligned(faces, encoder, batch_size=batch_size, photo_indices=numbers)
+    if decoder is not None and faces:
+        _tune_clip(inversion, targets, decoder, tuning)
+    return inversion
+
+
+def _tune_faces(inversion: Inversion, photos: Sequence[Photo], generator: StyleGAN2Generator,
+                tuning: PivotalTuning) -> None:
+    """PTI's way: the generator tuned to each face alone, against the face cropped again at the
+    generator's size from its photo (``photo_index`` counts ``photos``); the same face given twice is
+    tuned once, and its share of the progress still completes."""
+    lpips = tuning.loaded(generator.latent_avg.device).perceptual
+    steps = tuning.settings.steps
+    total = steps * len(inversion.faces)
+    for row, (face, source) in enumerate(zip(inversion.faces, inversion.sources)):
+        key = f"{face.photo_sha256[:16]}-face{face.index}"
         source["tuned"] = key
-        if key not in inversion.tunings:  # the same face given twice is tuned once
-            def heard(step: int, _steps: int, done: int = row * settings.steps) -> None:
-                if progress is not None:
-                    progress(done + step, total)
-
-            tuned = _tune_rows(inversion, loaded, [row], generator, lpips, settings, heard)
+        if key not in inversion.tunings:
+            crop = realign(photos[source["photo_index"]], face, generator.size).crop
+            heard = None if tuning.progress is None else (
+                lambda step, _steps, done=row * steps: tuning.progress(done + step, total))
+            tuned = _tuned(generator, inversion.latents[row:row + 1], [crop], lpips, tuning.settings, heard)
             tuned.info["source"] = {k: source[k] for k in ("name", "sha256", "face") if k in source}
             inversion.tunings[key] = tuned
-        if progress is not None:  # a face tuned before, or stopped early by PTI's LPIPS stop, completes its share
-            progress((row + 1) * settings.steps, total)
+        if tuning.progress is not None:
+            tuning.progress((row + 1) * steps, total)
 
 
-def _tune_rows(inversion: Inversion, photos: list, rows: Sequence[int], generator: Any, lpips: torch.nn.Module,
-               settings: TuningSettings, progress: Callable[[int, int], None] | None) -> TunedWeights:
-    """One tuning of ``generator`` over ``rows`` of ``inversion``."""
-    crops = [realign(photos[inversion.sources[row]["photo_index"]], inversion.faces[row], generator.size).crop
-             for row in rows]
+def _tune_clip(inversion: Inversion, targets: Sequence[Image.Image], generator: StyleGAN2Generator,
+               tuning: PivotalTuning) -> None:
+    """STIT's way: one generator tuned to the picked faces of a clip together, named by every row."""
+    rows = tuning.picks(list(range(len(targets))))
+    lpips = tuning.loaded(generator.latent_avg.device).perceptual
+    tuned = _tuned(generator, inversion.latents[rows], [targets[row] for row in rows], lpips, tuning.settings,
+                   tuning.progress)
+    tuned.info.update(method="pivotal tuning over a clip (STIT)",
+                      source={"frames": [inversion.sources[row]["photo_index"] for row in rows]})
+    faces = "/".join(f"{face.photo_sha256[:16]}-face{face.index}" for face in inversion.faces)
+    key = "clip-" + hashlib.sha256(faces.encode()).hexdigest()[:16]
+    inversion.tunings[key] = tuned
+    for source in inversion.sources:
+        source["tuned"] = key
+
+
+def _tuned(generator: StyleGAN2Generator, pivots: torch.Tensor, crops: Sequence[Image.Image], lpips: torch.nn.Module,
+           settings: TuningSettings, progress: Callable[[int, int], None] | None) -> TunedWeights:
+    """``tune_generator`` on aligned crops at the generator's size, kept as 8-bit pixels."""
     heard = None if progress is None else (lambda step, steps, _last: progress(step, steps))
-    tuned, _ = tune_generator(generator, inversion.latents[list(rows)], pil_to_pixels(crops), lpips, settings,
-                              progress=heard)
+    tuned, _ = tune_generator(generator, pivots, pil_to_pixels(crops), lpips, settings, progress=heard)
     return tuned
 
 
@@ -207,7 +226,7 @@ def invert_aligned(faces: Sequence[AlignedFace], encoder: E4EEncoder | PathLike 
     """e4e-encode faces that are already aligned at 256 px (e.g. video frames cropped at their
     smoothed quads, which ``invert`` cannot know), ``batch_size`` per forward pass; not cached.
     ``photo_indices`` gives each face's place in the caller's batch (default: 0, 1, 2, ...)."""
-    model = _encoder(encoder)
+    model = encoder_from(encoder)
     indices = list(range(len(faces))) if photo_indices is None else list(photo_indices)
     if len(indices) != len(faces):
         raise ValueError(f"got {len(faces)} faces but {len(indices)} photo indices.")
@@ -233,20 +252,6 @@ def encoder_fingerprint(encoder: E4EEncoder) -> str:
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _encoder(encoder: E4EEncoder | PathLike | None) -> E4EEncoder:
-    if isinstance(encoder, E4EEncoder):
-        return encoder
-    return load_encoder(encoder)
-
-
-def _generator(generator: Any, encoder: Any) -> Any:
-    if generator is not None and not isinstance(generator, (str, os.PathLike)):
-        return generator
-    if generator is None and isinstance(encoder, (str, os.PathLike)):
-        return load_generator(encoder)  # e4e files embed the decoder they were trained with
-    return load_generator(generator)
 
 
 def _encode_missing(rows: list, model: E4EEncoder, batch_size: int) -> None:

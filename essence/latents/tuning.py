@@ -17,18 +17,27 @@ tuned generator must draw it as the original one does, in L2 and LPIPS weighted 
 off). For a clip, STIT's settings: 50 passes over the frames, one update per frame, Adam at
 3e-5, locality on, no early stop (``STIT``). tests/test_tuning.py checks the loop against a
 trace of PTI's own code on the tiny models.
+
+``PivotalTuning`` is the option every front end passes down (None: no tuning): the settings, the
+LPIPS network, a clip's frame budget and who hears the steps, built and checked by ``pivotal_tuning``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import EssenceError, ShapeError, require_finite
-from ..networks import StyleGAN2Generator, TunedWeights, perceptual_distance, synthesis_parameters, synthesize_with
+from ..networks import (StyleGAN2Generator, TunedWeights, perceptual_distance, perceptual_network,
+                        synthesis_parameters, synthesize_with)
+
+PathLike = str | os.PathLike
+DEFAULT_TUNING_FRAMES = 300  # 10 s at 30 fps: 0.9 GB of 1024 px targets, 50 passes of 300 tuning steps
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,49 @@ class TuningSettings:
 
 PTI = TuningSettings()
 STIT = TuningSettings(steps=50, learning_rate=3e-5, lpips_stop=None, locality=True)
+
+
+@dataclass(frozen=True)
+class PivotalTuning:
+    """Pivotal tuning as it travels from a front end to ``tune_generator``, one value in place of five
+    arguments (None in its place: no tuning). ``settings``: how (``PTI`` for photos, ``STIT`` for a
+    clip); ``perceptual``: the LPIPS network, or its backbone file (None: looked up), loaded once
+    where the tuning starts (``loaded``); ``frames``: at most this many of a clip's frames, spread
+    over it, are tuned on (None: all), which bounds the targets held in memory; ``progress(step,
+    steps)`` hears every step (a clip's: every pass) and may raise to stop. Checked when made."""
+
+    settings: TuningSettings = PTI
+    perceptual: torch.nn.Module | PathLike | None = None
+    frames: int | None = DEFAULT_TUNING_FRAMES
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.settings.check()
+        if self.frames is not None and self.frames < 1:
+            raise EssenceError(f"tuning a generator to a clip needs at least 1 frame, got {self.frames}.")
+
+    def loaded(self, device: str | torch.device | None) -> "PivotalTuning":
+        """This tuning with its LPIPS network on ``device``: a missing file stops the caller here,
+        before any frame or photo is read."""
+        return replace(self, perceptual=perceptual_network(self.perceptual, device))
+
+    def picks(self, frames: Sequence[int]) -> list[int]:
+        """Which of ``frames`` (a clip's, in order) the generator is tuned on: all of them, or
+        ``self.frames`` of them spread evenly over the clip, the first and the last included."""
+        if self.frames is None or len(frames) <= self.frames:
+            return list(frames)
+        picks = np.linspace(0, len(frames) - 1, self.frames).round().astype(int)
+        return [frames[i] for i in sorted(set(picks.tolist()))]
+
+
+def pivotal_tuning(clip: bool = False, steps: int | None = None, *, frames: int | None = DEFAULT_TUNING_FRAMES,
+                   perceptual: torch.nn.Module | PathLike | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> PivotalTuning:
+    """The tuning the front ends offer, from their few options: PTI's published settings for photos
+    or STIT's for a ``clip``, with ``steps`` (a clip's: passes over its frames) in place of theirs
+    when given; ``frames``, ``perceptual`` and ``progress`` as ``PivotalTuning`` keeps them."""
+    settings = STIT if clip else PTI
+    return PivotalTuning(settings if steps is None else replace(settings, steps=steps), perceptual, frames, progress)
 
 
 @dataclass

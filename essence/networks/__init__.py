@@ -6,7 +6,8 @@
 - ``identity``: ArcFace IR-SE-50 (faces -> identity embeddings, the paper's identity metric);
 - ``clip_guide``: CLIP's image tower and TargetCLIP's two ways into it;
 - ``perceptual``: LPIPS (AlexNet), the perceptual distance pivotal tuning minimises;
-- ``loaders``: ``load_generator`` and friends: find the file, build the model, cache it;
+- ``loaders``: ``load_generator`` and friends: find the file, build the model, cache it; ``generator_from``
+  and friends: a model as given, or loaded from the path given (one rule per model);
 - ``tuned``: a generator tuned to a photo (pivotal tuning), kept as float16 differences, and the
   fingerprint of the synthesis weights they belong to;
 - ``render``: latents to images in batches that fit the device, the one rendering path.
@@ -17,8 +18,8 @@ Each network infers its architecture from the weights and loads them with ``stri
 from .clip_guide import ClipGuide, GeneratedMode, import_clip_model, to_unit
 from .e4e import INPUT_SIZE, E4EEncoder, EncoderConfig, build_encoder
 from .identity import IdentityConfig, IdentityEncoder, build_identity
-from .loaders import (load_encoder, load_generator, load_guide, load_identity, load_perceptual, optional_identity,
-                      perceptual_network)
+from .loaders import (encoder_from, generator_from, load_encoder, load_generator, load_guide, load_identity,
+                      load_perceptual, optional_identity, perceptual_network)
 from .perceptual import perceptual_distance
 from .rendering import DEFAULT_BATCH, render
 from .stylegan2 import GeneratorConfig, StyleGAN2Generator, build_generator
@@ -31,6 +32,7 @@ __all__ = [
     "IdentityEncoder", "IdentityConfig", "build_identity",
     "ClipGuide", "GeneratedMode", "to_unit", "import_clip_model",
     "load_generator", "load_encoder", "load_guide", "load_identity", "load_perceptual", "perceptual_network",
+    "generator_from", "encoder_from",
     "optional_identity", "perceptual_distance",
     "TunedWeights", "TunedFile", "MissingTuned", "save_tuned", "synthesis_parameters", "synthesize_with",
     "synthesis_fingerprint", "sampled_synthesis_fingerprint", "MAX_TUNED_DELTA",

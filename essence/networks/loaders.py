@@ -77,6 +77,23 @@ def perceptual_network(perceptual: torch.nn.Module | PathLike | None,
     return perceptual if isinstance(perceptual, torch.nn.Module) else load_perceptual(perceptual, device)
 
 
+def encoder_from(encoder: E4EEncoder | PathLike | None, device: str | torch.device | None = "cpu") -> E4EEncoder:
+    """The e4e encoder a caller gave, or the one loaded from the file it named (default: looked up)."""
+    return encoder if isinstance(encoder, E4EEncoder) else load_encoder(encoder, device)
+
+
+def generator_from(generator: StyleGAN2Generator | PathLike | None, device: str | torch.device | None = "cpu", *,
+                   fallback_encoder: E4EEncoder | PathLike | None = None) -> StyleGAN2Generator:
+    """The generator a caller gave, or the one loaded from the file it named; when it named none, the
+    decoder inside the e4e file ``fallback_encoder`` names (an e4e file embeds the generator its
+    latents were trained for, so the two always fit), else the one looked up."""
+    if isinstance(generator, StyleGAN2Generator):
+        return generator
+    if generator is None and isinstance(fallback_encoder, (str, os.PathLike)):
+        return load_generator(fallback_encoder, device)
+    return load_generator(generator, device)
+
+
 def optional_identity(path: PathLike | None = None,
                       device: str | torch.device | None = "cpu") -> tuple[IdentityEncoder | None, str | None]:
     """The identity network where one is only nice to have (metrics, ranking candidates): the file

@@ -1,4 +1,4 @@
-"""Many targets trained as a batch job: one task per target, each ``train_essence`` on a worker that
+"""Many targets trained as a batch job: one task per target, each ``essence.training.train`` on a worker that
 loads the generator and CLIP once, so a batch writes the same files as ``essence train`` run once
 per target with the same options."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ..latents import Direction, load_direction
 from ..networks import load_generator, load_guide, optional_identity
-from ..training import EssenceJob, encoder_for_start, train_essence
+from ..training import EssenceJob, Selection, encoder_for_start, train
 from .batch import BatchReport, BatchTask, captured_output, run_batch
 
 
@@ -27,7 +27,7 @@ class TrainModels:
 
 class TrainWorker:
     """A batch worker that trains directions: the generator and CLIP load once, the e4e encoder and
-    the identity model when the job needs them; each task is ``train_essence`` on one target."""
+    the identity model when the job needs them; each task is ``train`` on one target."""
 
     def __init__(self, config: tuple[EssenceJob, TrainModels]) -> None:
         self.job, self.models = config
@@ -37,11 +37,11 @@ class TrainWorker:
     def run(self, task: BatchTask) -> dict[str, Any]:
         with captured_output() as log:
             encoder = encoder_for_start(self.job.init, self.models.encoder, device=self.models.device)
-            trained = train_essence(str(task.inputs), self.generator, self.guide, self.job, encoder=encoder,
-                                    identity=self._identity())
+            trained = train(str(task.inputs), None, self.generator, self.guide, self.job, encoder=encoder,
+                            choose=Selection(identity=self._identity()),
+                            metadata={"batch_options": task.options})  # what a rerun compares
             if trained.note:
                 print(f"note: {trained.note}")
-            trained.direction.meta["batch_options"] = task.options  # what a rerun compares
             trained.direction.save(task.output)
         return {**direction_details(trained.direction), "train_seconds": round(trained.result.seconds, 3),
                 "log": log.getvalue().strip()}

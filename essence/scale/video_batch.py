@@ -6,9 +6,10 @@
 1. **Find the face**: one task per chunk of frames writes that chunk's detections (JSON). The
    driver joins them and smooths the crop over the whole clip (cheap: a few numbers per frame), so
    chunk boundaries do not reset the smoothing; the track is written beside the chunks.
-2. **Tune** (only with ``refine="pti"``): one task tunes the generator to the whole clip
-   (``essence.video.tune_to_clip``, STIT's way: it needs every frame's crop, so it is not split) and
-   writes the tuned weights beside the chunks; each edit task reads them.
+2. **Tune** (only with a ``tuning``): one task inverts the frames to tune on and tunes the generator
+   to them (``essence.video.tuned_clip``, STIT's way: it needs every such frame's crop, so it is not
+   split) and writes them beside the chunks, as a latent file with its tuned weights; each edit task
+   reads it, draws with those weights and reuses those frames' latents instead of encoding them again.
 3. **Edit**: one task per chunk writes that chunk's edited frames as a lossless FFV1 segment.
 
 The final video is assembled (encoded once, with the clip's audio) only when every segment exists,
@@ -36,16 +37,15 @@ import numpy as np
 from ..errors import EssenceError
 from ..faces import (Detections, FaceTrack, Smoothing, Tracking, join_detections, load_landmarker, smoothing_preset,
                      tracking_settings)
-from ..latents import REFINEMENTS, STIT, Direction, TuningSettings, load_direction
-from ..networks import TunedFile, TunedWeights, load_encoder, load_generator, load_perceptual, save_tuned
+from ..latents import Direction, LatentSet, PivotalTuning, load_direction, load_latents
+from ..networks import load_encoder, load_generator
 from ..storage import atomic_write, file_sha256, find_weight, folder_lock
-from ..video import (DEFAULT_BATCH, DEFAULT_TUNING_FRAMES, STAGES, FaceEditor, VideoInfo, assemble_video,
-                     check_audio_fits, check_tuning_frames, detect_video, edit_video_range, output_container,
-                     probe_video, tune_to_clip, video_comment, video_track, write_video)
+from ..video import (DEFAULT_BATCH, STAGES, FaceEditor, VideoInfo, assemble_video, check_audio_fits, detect_video,
+                     edit_video_range, output_container, probe_video, tuned_clip, video_comment, video_track,
+                     write_video)
 from .batch import BatchReport, BatchRunner, BatchTask
 
 DEFAULT_CHUNK = 240  # frames per task: 10 s of 24 fps video, a few minutes of work on a GPU
-CLIP_KEY = "clip"  # the tuned weights' key in a job's tuned.safetensors
 
 PathLike = str | os.PathLike
 
@@ -66,21 +66,14 @@ class VideoJob:
     chunk_frames: int = DEFAULT_CHUNK
     face_tracking: bool | Tracking = True
     mask: str = "face"
-    refine: str = "none"                            # or "pti": the generator tuned to the clip first
-    tuning_passes: int = STIT.steps                 # with "pti": passes over the frames (STIT's 50)
-    tuning_frames: int = DEFAULT_TUNING_FRAMES      # with "pti": at most this many frames, spread over the clip
-
-    def tuning(self) -> TuningSettings:
-        return replace(STIT, steps=self.tuning_passes)
+    tuning: PivotalTuning | None = None  # the generator tuned to the clip first; its LPIPS file is the models'
 
     def check(self) -> None:
         """Refuse settings no worker could use, before any worker starts."""
         smoothing_preset(self.smoothing)
-        if self.refine not in REFINEMENTS:
-            raise EssenceError(f"unknown refinement {self.refine!r}; choose one of {', '.join(REFINEMENTS)}.")
-        if self.refine == "pti":
-            self.tuning().check()
-            check_tuning_frames(self.tuning_frames)
+        if self.tuning is not None and (self.tuning.perceptual is not None or self.tuning.progress is not None):
+            raise EssenceError("a video job's tuning may carry neither an LPIPS network nor a progress callback: "
+                               "give the LPIPS file as VideoModels.perceptual; the worker that tunes loads it.")
 
 
 @dataclass(frozen=True)
@@ -116,11 +109,11 @@ class VideoWorker:
         self.landmarks = load_landmarker(models.landmarks)
         self.encoder = load_encoder(models.encoder, device=models.device)
         self.generator = load_generator(models.generator, device=models.device)
-        # a job's track, direction and tuned weights are written before its edit round and never
+        # a job's track, direction and tuned clip are written before its edit round and never
         # change: each worker reads them once, not once per chunk
         self._tracks: dict[Path, FaceTrack] = {}
         self._directions: dict[Path, Direction] = {}
-        self._tunings: dict[Path, TunedWeights] = {}
+        self._clips: dict[Path, LatentSet] = {}
 
     def run(self, task: BatchTask) -> dict[str, Any]:
         job: VideoJob = task.inputs["job"]
@@ -134,21 +127,15 @@ class VideoWorker:
         track = self._track(Path(task.inputs["track"]))
         info: VideoInfo = task.inputs["info"]
         if task.inputs["stage"] == "tune":
-            perceptual = load_perceptual(self.models.perceptual, device=self.generator.latent_avg.device)
-            tuned = tune_to_clip(info, track, self.encoder, self.generator, perceptual, job.tuning(),
-                                 max_frames=job.tuning_frames, batch_size=job.batch_size)
-            save_tuned(task.output, {CLIP_KEY: tuned}, task.output.parent.name)
-            return {"frames": len(tuned.info["source"]["frames"]), "passes": tuned.info["steps"]}
+            tuning = replace(job.tuning, perceptual=self.models.perceptual)
+            clip = tuned_clip(info, track, self.encoder, self.generator, tuning, batch_size=job.batch_size)
+            clip.save(task.output)
+            return {"frames": len(clip), "passes": clip.tuned_rows()[0].info["steps"]}
         if job.direction not in self._directions:
             self._directions[job.direction] = load_direction(job.direction)
-        tuned = None
-        if "tuned" in task.inputs:
-            tuned_path = Path(task.inputs["tuned"])
-            if tuned_path not in self._tunings:
-                self._tunings[tuned_path] = TunedFile(tuned_path)[CLIP_KEY]
-            tuned = self._tunings[tuned_path]
+        clip = self._clip(Path(task.inputs["clip"])) if "clip" in task.inputs else None
         editor = FaceEditor(self.encoder, self.generator, self._directions[job.direction], job.strength, job.layers,
-                            job.feather, job.batch_size, job.mask, tuned)
+                            job.feather, job.batch_size, job.mask, clip)
         frames = edit_video_range(info, track, editor, start, stop)
         write_video(frames, task.output, info.rate, (info.width, info.height), segment=True)
         return {"frames": stop - start, "faces": sum(d is not None for d in track.detections[start:stop])}
@@ -157,6 +144,13 @@ class VideoWorker:
         if path not in self._tracks:
             self._tracks[path] = load_track(path)
         return self._tracks[path]
+
+    def _clip(self, path: Path) -> LatentSet:
+        """A job's tuned clip, with its tuned weights read into memory once."""
+        if path not in self._clips:
+            clip = load_latents(path, self.generator)
+            self._clips[path] = replace(clip, tuned=dict(zip(clip.tuned_keys(), clip.tuned_rows())))
+        return self._clips[path]
 
 
 def chunk_ranges(frames: int, chunk: int) -> list[tuple[int, int]]:
@@ -241,12 +235,11 @@ def _segment_done(tasks: list[BatchTask]) -> Callable[[Path], dict[str, Any]]:
     return validate
 
 
-def _tuned_done(path: Path) -> dict[str, Any]:
-    """``validate`` for the tuned weights: the file opens and holds the clip's entry."""
-    tuned = TunedFile(path)
-    if CLIP_KEY not in tuned:
-        raise ValueError(f"{path.name}: no tuned weights for the clip")
-    return {}
+def _clip_done(path: Path) -> dict[str, Any]:
+    """``validate`` for the tuned clip: the latent file reads, with the tuned weights beside it."""
+    clip = load_latents(path)
+    clip.tuned_rows()
+    return {"frames": len(clip)}
 
 
 def _run(runner: BatchRunner, tasks: list[BatchTask], validate: Callable[[Path], dict[str, Any]], progress: bool,
@@ -286,7 +279,7 @@ def run_video_job(job: VideoJob, models: VideoModels = VideoModels(), *, workers
     check_audio_fits(job.out, info)
     job.check()  # refuse what no worker could do before any worker starts
     load_direction(job.direction)
-    if job.refine == "pti":
+    if job.tuning is not None:
         find_weight("perceptual", explicit_path=models.perceptual)  # the LPIPS file the tuning worker will need
     comment = f"essence video job {job_key(job, models)}"
     with folder_lock(job.out.parent, "another video job", f".{job.out.name}.lock"):
@@ -312,11 +305,11 @@ def _run_job(job: VideoJob, models: VideoModels, info: VideoInfo, comment: str, 
         track_file = parts / "track.json"
         save_track(track, detections, track_file)
         shared: dict[str, Any] = {"job": job, "track": str(track_file), "info": info}
-        if job.refine == "pti":
-            tune = [BatchTask("tuning", parts / "tuned.safetensors",
+        if job.tuning is not None:
+            tune = [BatchTask("tuning", parts / "clip.safetensors",
                               {"stage": "tune", "frames": (0, info.frames), **shared})]
-            reports["tune"] = _run(runner, tune, _tuned_done, progress, STAGES["tune"])
-            shared["tuned"] = str(tune[0].output)
+            reports["tune"] = _run(runner, tune, _clip_done, progress, STAGES["tune"])
+            shared["clip"] = str(tune[0].output)
         edit = [BatchTask(f"frames {a}-{b}", parts / f"frames_{a:08d}_{b:08d}.mkv",
                           {"stage": "edit", "frames": (a, b), **shared})
                 for a, b in ranges]

@@ -1,11 +1,11 @@
 """Several candidate directions per target: where they start, and how the best one is chosen.
 
-TargetCLIP's authors note that some starts fail and train several directions per target, keeping
-the best by hand. Here the candidates train together (``essence.train`` with several starts: one batched
-optimisation, each candidate exactly as it would train alone), start from the target's inversion,
-perturbations of it and seeded random latents (``candidate_starts``), and are ranked by a score on
-held-out faces that were not trained on (``choose_candidate``). The score is a parameter: any
-``Scorer`` (a direction -> a number or a ``CandidateScore``, higher is better) can replace the
+TargetCLIP's authors note that some starts fail and train several directions per target, keeping the best
+by hand. Here the candidates train together (``essence.train`` with ``EssenceJob.candidates`` or several
+starts: one batched optimisation, each candidate exactly as it would train alone), start from the
+target's inversion, perturbations of it and seeded random latents (``candidate_starts``), and are ranked
+by a score on held-out faces that were not trained on (``choose_candidate``). The score is a parameter:
+any ``Scorer`` (a direction -> a number or a ``CandidateScore``, higher is better) can replace the
 default.
 
 The default score, ``metric_scorer``, is the paper's measure (``essence.training.metrics``) on
@@ -31,17 +31,17 @@ not measure whether a face keeps its identity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import EssenceError
 from ..latents import Direction
-from ..networks import ClipGuide, StyleGAN2Generator, to_unit
-from .loop import (TrainResult, TrainSettings, embed_faces, essence_losses, random_initial_direction,
-                   target_embedding, train)
+from ..networks import ClipGuide, StyleGAN2Generator
+from .loop import TrainSettings, embed_faces, essence_losses, random_initial_direction
 from .metrics import LABELS, mean_std, strength_curve
+from .target import TrainingTarget
 
 
 @dataclass
@@ -115,16 +115,14 @@ def heldout_faces(generator: StyleGAN2Generator, count: int = HELDOUT_FACES, see
         return generator.sample_wplus(count, seed=seed, truncation=truncation).clone()
 
 
-def objective_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: Any, faces: torch.Tensor,
-                     settings: TrainSettings = TrainSettings(), *,
-                     target_embedding_override: torch.Tensor | None = None) -> Scorer:
+def objective_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: TrainingTarget, faces: torch.Tensor,
+                     settings: TrainSettings = TrainSettings()) -> Scorer:
     """The proxy score (module docstring): minus the training objective on ``faces``, with every
     coefficient 1, seen as ``settings`` trains (CLIP preprocessing, render size, autocast). The
     faces are rendered once; each direction costs one pass over them (``chunk_size`` at a time)."""
     device = generator.latent_avg.device
     with torch.no_grad():
-        unit_target = (target_embedding(guide, target) if target_embedding_override is None
-                       else to_unit(target_embedding_override.detach().float().reshape(1, -1))).to(device)
+        unit_target = target.embedding(guide).to(device)
         faces = faces.detach().to(device, torch.float32)
         step = settings.chunk_size or faces.shape[0]
         e_src = torch.cat([embed_faces(part, generator, guide, settings) for part in faces.split(step)])
@@ -139,7 +137,7 @@ def objective_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: An
     return score
 
 
-def metric_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: Any, faces: torch.Tensor,
+def metric_scorer(generator: StyleGAN2Generator, guide: ClipGuide, target: TrainingTarget, faces: torch.Tensor,
                   identity: Any = None, strengths: Sequence[float] = SELECTION_STRENGTHS,
                   min_identity: float | None = None, *, landmarks: Any = None) -> Scorer:
     """The default score (module docstring): target similarity at the recommended strength,
@@ -169,93 +167,86 @@ def metric_method(identity: Any, faces: int = HELDOUT_FACES, seed: int = HELDOUT
                                 basis=basis, penalty=BELOW_THRESHOLD)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What to do with candidates trained together: rank them with ``scorer`` and keep the best.
+
+    ``scorer`` defaults to ``metric_scorer`` on ``heldout_faces`` (ArcFace preservation with an
+    ``identity`` model, else the CLIP proxy), or ``objective_scorer`` for a target known only by its
+    embedding (no picture to measure target identity on); give ``method`` (a sentence for the
+    metadata) with your own scorer (e.g. ``objective_scorer`` with ``OBJECTIVE_METHOD``).
+    """
+
+    scorer: Scorer | None = None
+    method: str | None = None
+    identity: Any = None
+
+    def __post_init__(self) -> None:
+        if self.scorer is not None and not self.method:
+            raise EssenceError("a custom scorer needs a method: a sentence saying how it scores, for the metadata.")
+
+    def ranker(self, generator: StyleGAN2Generator, guide: ClipGuide, target: TrainingTarget) -> tuple[Scorer, str]:
+        """The scorer and the method sentence the candidates of ``target`` are ranked with."""
+        if self.scorer is not None:
+            return self.scorer, str(self.method)
+        if target.pictures is None:
+            return (objective_scorer(generator, guide, target, heldout_faces(generator)),
+                    OBJECTIVE_METHOD.format(faces=HELDOUT_FACES, seed=HELDOUT_SEED))
+        return metric_scorer(generator, guide, target, heldout_faces(generator), self.identity), \
+            metric_method(self.identity)
+
+
 @dataclass
 class CandidateChoice:
-    """Every candidate (in start order, each with its ``selection`` metadata) and the ranking."""
+    """How every candidate (in start order) scored, the ranking, and what each one's metadata records."""
 
-    directions: list[Direction]
     scores: list[float]
     ranking: list[int]  # candidate indices, best first
-    results: list[TrainResult] = field(default_factory=list)
+    method: str
+    details: list[CandidateScore] = field(default_factory=list)
 
     @property
-    def best(self) -> Direction:
-        return self.directions[self.ranking[0]]
+    def chosen(self) -> int:
+        return self.ranking[0]
 
-    @property
-    def best_result(self) -> TrainResult:
-        """The chosen candidate's training result, carrying its direction with the selection metadata."""
-        return replace(self.results[self.ranking[0]], direction=self.best)
+    def selection(self, index: int, starts: Sequence[str]) -> dict[str, Any]:
+        """Candidate ``index``'s ``selection`` metadata: how it was chosen, its rank (1 = chosen),
+        every candidate's score and start, and the scorer's metrics when it gave some."""
+        record = {"method": self.method, "rank": self.ranking.index(index) + 1, "candidate": index,
+                  "chosen": self.chosen, "scores": [round(s, 6) if math.isfinite(s) else None for s in self.scores],
+                  "starts": list(starts)}
+        if self.details[index].metrics:
+            record["metrics"] = self.details[index].metrics
+        return record
 
-    def report(self) -> list[str]:
-        """How the candidates scored, one line each (the chosen one marked), and the chosen one's
-        metrics and recommended strength: what the CLI prints and the Train node outputs."""
-        lines = [f"Candidates, scored by {self.best.meta['selection']['method']}:"]
-        for index, direction in enumerate(self.directions):
-            mark = "  <- chosen" if index == self.ranking[0] else ""
-            lines.append(f"  {index}: score {self.scores[index]:.4f}, rank {direction.meta['selection']['rank']}, "
+    def report(self, directions: Sequence[Direction]) -> list[str]:
+        """How the candidates (their recorded ``directions``) scored, one line each (the chosen one
+        marked), and the chosen one's metrics and recommended strength: what the CLI prints and the
+        Train node outputs."""
+        best = directions[self.chosen]
+        lines = [f"Candidates, scored by {self.method}:"]
+        for index, direction in enumerate(directions):
+            mark = "  <- chosen" if index == self.chosen else ""
+            lines.append(f"  {index}: score {self.scores[index]:.4f}, rank {self.ranking.index(index) + 1}, "
                          f"training loss {direction.meta['losses']['total']:.4f} ({direction.meta['init']}){mark}")
-        metrics = self.best.meta["selection"].get("metrics", {})
+        metrics = self.details[self.chosen].metrics
         if metrics.get("summary"):
             lines.append(f"Chosen candidate at strength {metrics['strength']:g} (x100, mean ± std): " + ", ".join(
                 f"{LABELS[name]} {mean_std(value['mean'], value['std'])}"
                 for name, value in metrics["summary"].items() if value))
-        if self.best.auto_strength is not None:
-            lines.append(f"Recommended strength {self.best.auto_strength:g} stored (apply with strength 'auto'): "
-                         f"{self.best.meta['auto_strength']['note']}.")
+        if best.auto_strength is not None:
+            lines.append(f"Recommended strength {best.auto_strength:g} stored (apply with strength 'auto'): "
+                         f"{best.meta['auto_strength']['note']}.")
         return lines
 
 
-def choose_candidate(results: Sequence[TrainResult], scorer: Scorer, method: str) -> CandidateChoice:
-    """Score every candidate, rank them (higher first; a score that is not a number ranks last;
-    ties keep start order), and record in each direction's metadata, under ``selection``: how it
-    was chosen (``method``), its rank (1 = chosen), its index, every candidate's score and start.
-    A scorer returning ``CandidateScore`` adds each candidate's ``metrics`` there and stores its
-    recommended strength (``auto_strength``) on it."""
-    if not results:
+def choose_candidate(directions: Sequence[Direction], scorer: Scorer, method: str) -> CandidateChoice:
+    """Score every candidate and rank them (higher first; a score that is not a number ranks last;
+    ties keep start order). A scorer returning ``CandidateScore`` adds each candidate's ``metrics``
+    to its ``selection`` metadata and its recommended strength (``auto_strength``)."""
+    if not directions:
         raise EssenceError("there are no candidates to choose from.")
-    scored = [scorer(result.direction) for result in results]
-    details = [s if isinstance(s, CandidateScore) else CandidateScore(float(s)) for s in scored]
+    details = [s if isinstance(s, CandidateScore) else CandidateScore(float(s)) for s in map(scorer, directions)]
     scores = [float(d.value) for d in details]
     ranking = sorted(range(len(scores)), key=lambda i: (-scores[i] if math.isfinite(scores[i]) else math.inf, i))
-    starts = [result.direction.meta.get("init") for result in results]
-    directions = []
-    for index, result in enumerate(results):
-        selection = {"method": method, "rank": ranking.index(index) + 1, "candidate": index,
-                     "chosen": ranking[0], "scores": [round(s, 6) if math.isfinite(s) else None for s in scores],
-                     "starts": starts}
-        if details[index].metrics:
-            selection["metrics"] = details[index].metrics
-        direction = Direction(result.direction.tensor, {**result.direction.meta, "selection": selection},
-                              result.direction.thumbnail)
-        if details[index].auto_strength is not None:
-            direction = direction.with_auto_strength(details[index].auto_strength)
-        directions.append(direction)
-    return CandidateChoice(directions, scores, ranking, list(results))
-
-
-def train_best_candidate(target: Any, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
-                         starts: Sequence[tuple[torch.Tensor, str]], settings: TrainSettings = TrainSettings(), *,
-                         scorer: Scorer | None = None, method: str | None = None, identity: Any = None,
-                         metadata: dict[str, Any] | None = None, **kwargs: Any) -> CandidateChoice:
-    """Train one candidate per start together (``train`` with a list of starts; its keyword arguments
-    pass through) and rank them.
-
-    ``scorer`` defaults to ``metric_scorer`` on ``heldout_faces`` (ArcFace preservation with an
-    ``identity`` model, else the CLIP proxy); give ``method`` (a sentence for the metadata) with
-    your own scorer (e.g. ``objective_scorer`` with ``OBJECTIVE_METHOD``).
-    """
-    if scorer is not None and not method:
-        raise EssenceError("a custom scorer needs a method: a sentence saying how it scores, for the metadata.")
-    metas = [{**(metadata or {}), "init": note} for _, note in starts]
-    results = train(target, sources, generator, guide, [start for start, _ in starts], settings, metadata=metas,
-                    **kwargs)
-    if scorer is None:
-        if kwargs.get("target_embedding_override") is not None:  # no target picture to measure against
-            scorer = objective_scorer(generator, guide, target, heldout_faces(generator), settings,
-                                      target_embedding_override=kwargs["target_embedding_override"])
-            method = OBJECTIVE_METHOD.format(faces=HELDOUT_FACES, seed=HELDOUT_SEED)
-        else:
-            scorer = metric_scorer(generator, guide, target, heldout_faces(generator), identity)
-            method = metric_method(identity)
-    return choose_candidate(results, scorer, method)
+    return CandidateChoice(scores, ranking, method, details)

@@ -1,31 +1,35 @@
-"""A whole training job as every front end runs it: the sources, the start, one direction or the best of
-several candidates, and the metadata the kept direction records.
+"""The one training call: ``train``, which every front end (``essence train``, ``essence batch train``,
+the Train Essence node, the demo, the benchmarks) and a user's own script call.
 
-``essence train``, ``essence batch train``, the Train Essence node and the demo all call
-``train_essence``, so a direction made by any of them records the same things (``trained_direction``):
-``train``'s own record (the kept step's losses, the settings, the start used, the generator and CLIP
-model) plus the name, the target pictures (file names when they were files), where the source faces
-came from, the training mode, the start asked for, the whole loss curve and the target's thumbnail.
+It takes the target, the source faces, the start or starts, the job (the optimisation's settings and
+what is recorded) and what to do with candidates; it runs the loop (``loop``) once for every start
+together, ranks the candidates (``candidates``) and records every direction the same way
+(``trained_direction``): the kept step's losses, the settings that ran, the start used, the generator
+and CLIP model, the name, the target pictures (file names when they were files), where the source
+faces came from, the training mode, the start asked for, the whole loss curve, the candidates'
+ranking and the target's thumbnail.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import EssenceError, MissingWeightsError
-from ..latents import Direction, LatentSet, load_latents, sample_latents, target_thumbnail
-from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator, load_encoder
+from ..latents import (Direction, LatentSet, LatentSpace, direction_metadata, load_latents, sample_latents,
+                       target_thumbnail)
+from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator, encoder_from
 from ..runtime import release_device_memory
-from .candidates import CandidateChoice, train_best_candidate, training_starts
-from .loop import (INIT_CHOICES, Start, Target, TrainProgress, TrainResult, TrainSettings, first_picture,
-                   initial_direction, target_pictures, train)
+from .candidates import CandidateChoice, Selection, choose_candidate, training_starts
+from .loop import INIT_CHOICES, Start, TrainProgress, TrainResult, TrainSettings, _train_starts, initial_direction
+from .target import TargetLike, TrainingTarget
 
 SOURCE_TRUNCATION = 0.7  # sampled source faces, as TargetCLIP's random faces
+NamedStart = tuple[Start, str]  # a start and the note its direction records as ``init``
+StartLike = Start | NamedStart | list[Start | NamedStart] | None
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class EssenceJob:
     ``mode`` name they came from (recorded), the start asked for (``INIT_CHOICES``), how many
     ``candidates`` to train together (the best is kept), a ``name`` for the file, and the source
     faces when the caller does not give them: a latent ``sources`` file, else ``sample`` random faces
-    of seed ``settings.seed + 1`` (so they differ from a random start, which uses ``settings.seed``)."""
+    of seed ``settings.seed + 1`` (so they differ from a random start, which uses ``settings.seed``).
+    Plain values only, so a batch can store it and compare a rerun's."""
 
     settings: TrainSettings = field(default_factory=TrainSettings)
     mode: str | None = None
@@ -64,14 +69,20 @@ class EssenceJob:
 
 @dataclass
 class TrainedEssence:
-    """A finished job: the kept ``direction`` (with its metadata and thumbnail), its ``result``, the
-    ranking when several ``candidates`` were trained, and the ``start`` that was used."""
+    """What ``train`` made: the kept ``direction`` (with its metadata and thumbnail), its ``result``
+    and its ``start``, every start's result in order (``results``, each with its recorded direction)
+    and, when candidates were ranked, the ``choice``."""
 
     direction: Direction
     result: TrainResult
     start: str
+    results: list[TrainResult]
     choice: CandidateChoice | None = None
-    candidates: list[Direction] = field(default_factory=list)  # every candidate, recorded alike (in start order)
+
+    @property
+    def candidates(self) -> list[Direction]:
+        """Every direction trained, recorded alike, in start order."""
+        return [result.direction for result in self.results]
 
     @property
     def note(self) -> str | None:
@@ -84,10 +95,10 @@ class TrainedEssence:
     def report(self) -> list[str]:
         """What people read: the kept step's losses and time, then the candidates' scores and the
         chosen one's metrics (the CLI prints it, the Train node outputs it)."""
-        steps = self.result.direction.meta.get("losses", {}).get("steps", len(self.result.losses))
         mode = self.direction.meta.get("mode")
-        lines = [f"Trained {steps} steps" + (f" ({mode} mode)" if mode else "") + f": {self.result.summary()}."]
-        return lines + (self.choice.report() if self.choice is not None else [])
+        lines = [f"Trained {self.result.settings.steps} steps" + (f" ({mode} mode)" if mode else "")
+                 + f": {self.result.summary()}."]
+        return lines + (self.choice.report(self.candidates) if self.choice is not None else [])
 
 
 def encoder_for_start(init: str, encoder: E4EEncoder | str | os.PathLike | None = None,
@@ -97,79 +108,119 @@ def encoder_for_start(init: str, encoder: E4EEncoder | str | os.PathLike | None 
     TargetCLIP does for a target without a face); ``"inversion"`` raises ``MissingWeightsError``."""
     if init == "random":
         return None
-    if isinstance(encoder, E4EEncoder):
-        return encoder
     try:
-        return load_encoder(encoder, device=device)
+        return encoder_from(encoder, device)
     except MissingWeightsError:
         if init == "inversion":
             raise
         return None
 
 
-def train_essence(target: Target, generator: StyleGAN2Generator, guide: ClipGuide, job: EssenceJob = EssenceJob(), *,
-                  sources: LatentSet | None = None, encoder: E4EEncoder | None = None, landmarks: Any = None,
-                  start: tuple[Start, str] | None = None, identity: Any = None, progress: Callable[[TrainProgress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, on_retry: Callable[[int], None] | None = None,
-                  release: Callable[[], None] = release_device_memory) -> TrainedEssence:
-    """Train ``job`` for ``target`` (a path, picture, ComfyUI tensor or a list of pictures of one target).
+def train(target: TargetLike, sources: LatentSet | torch.Tensor | None, generator: StyleGAN2Generator,
+          guide: ClipGuide, job: EssenceJob = EssenceJob(), *, start: StartLike = None,
+          encoder: E4EEncoder | None = None, landmarks: Any = None, choose: Selection | None = Selection(),
+          metadata: Mapping[str, Any] | None = None, fit_memory: bool = True,
+          progress: Callable[[TrainProgress], None] | None = None, should_stop: Callable[[], bool] | None = None,
+          on_retry: Callable[[int], None] | None = None,
+          release: Callable[[], None] = release_device_memory) -> TrainedEssence:
+    """Train a TargetCLIP direction for ``target``, or several candidates together and keep the best.
 
-    ``sources``: the source faces (default: ``job.source_faces``). ``encoder`` (and the dlib
-    ``landmarks``) give the e4e inversion of the target as the start (``job.init``; see
-    ``initial_direction``), or ``start`` is that function's answer already made (a host that moves the
-    encoder to the GPU only for the inversion makes it first). With ``job.candidates`` > 1 they train together from ``training_starts``
-    and the best on held-out faces is kept (ranked with ArcFace when ``identity`` is given, else a
-    CLIP proxy). ``progress``, ``should_stop``, ``on_retry`` and ``release`` are ``train``'s: device
-    memory too small for a pass starts again with smaller ones (the same result). Nothing is written.
+    target: a ``TrainingTarget``, or what builds one: a path, a PIL image, a ComfyUI IMAGE
+        [B, H, W, C] in [0, 1], or a list of pictures of one target (their CLIP embeddings are averaged).
+    sources: W+ latents [N, n_latent, D] or a ``LatentSet`` (inverted photos, samples, TargetCLIP's
+        opt_latents); None: ``job.source_faces``.
+    job: the settings, the start asked for, the number of candidates and what is recorded.
+    start: None starts where ``job.init`` says (see ``initial_direction``: the e4e inversion of the
+        target with ``encoder`` and the dlib ``landmarks``, else random). Or a start already made: a
+        direction [1, n_latent, D], ``"random"``, or a ``(start, note)`` tuple (a host that moves the
+        encoder to the GPU only for the inversion makes it first); with ``job.candidates`` > 1 the
+        candidates start from it and from ``training_starts``. A list of starts trains one candidate each.
+    choose: how candidates are ranked (``Selection``: the scorer, the identity model); None ranks none
+        and keeps the first. ``metadata``: added to every direction's metadata.
+    fit_memory: on device out-of-memory, start again with half as many faces per pass, down to one
+        (the same result, later); ``on_retry`` hears each new chunk size and ``release`` frees memory
+        between attempts; otherwise a ``DeviceMemoryError``.
+    progress: called with a ``TrainProgress`` every ``settings.progress_every`` steps (with several
+        candidates, for the one with the lowest best loss so far); it may raise to abort (ComfyUI's
+        interrupt does). ``should_stop``: polled every step; True raises ``TrainingCancelled``.
+
+    Candidates train together (K x N edited faces per generator pass) but share nothing else, so each
+    ends where training from its start alone would. Runs with gradients even under ``torch.no_grad``
+    or ``inference_mode`` (ComfyUI); the models stay frozen. Nothing is written.
     """
-    pictures = target_pictures(target)  # the one reading of the target's files
-    faces = sources if sources is not None else job.source_faces(generator)
-    start, note = start or initial_direction(job.init, pictures, generator, encoder, landmarks)
-    hooks = dict(progress=progress, should_stop=should_stop, on_retry=on_retry, release=release)
+    target = TrainingTarget.read(target)
+    faces = job.source_faces(generator) if sources is None else sources
+    starts = _starts(job, target, generator, start, encoder, landmarks)
+    results = _train_starts(target, faces.latents if isinstance(faces, LatentSet) else faces, generator, guide,
+                            [init for init, _ in starts], job.settings, fit_memory=fit_memory, progress=progress,
+                            should_stop=should_stop, on_retry=on_retry, release=release)
+    notes = [note for _, note in starts]
+    choice = None
+    if choose is not None and len(results) > 1:
+        choice = choose_candidate([result.direction for result in results], *choose.ranker(generator, guide, target))
+    recorded = [replace(result, direction=trained_direction(result, index, notes, target, faces, job, generator,
+                                                            guide, choice, metadata))
+                for index, result in enumerate(results)]
+    kept = choice.chosen if choice is not None else 0
+    return TrainedEssence(recorded[kept].direction, recorded[kept], notes[kept], recorded, choice)
+
+
+def _starts(job: EssenceJob, target: TrainingTarget, generator: StyleGAN2Generator, start: StartLike,
+            encoder: E4EEncoder | None, landmarks: Any) -> list[NamedStart]:
+    """Every candidate's start with its note: the starts given, or ``job.init``'s start and, for
+    several candidates, those ``training_starts`` adds to it."""
+    if isinstance(start, list):
+        if job.candidates not in (1, len(start)):
+            raise EssenceError(f"{len(start)} starts were given for {job.candidates} candidates; give one start, "
+                               f"or one per candidate.")
+        return [_named(item) for item in start]
+    first = initial_direction(job.init, target, generator, encoder, landmarks) if start is None else _named(start)
     if job.candidates == 1:
-        result = train(pictures, faces.latents, generator, guide, start, job.settings, metadata={"init": note},
-                       **hooks)
-        return TrainedEssence(trained_direction(result, target, faces, job, pictures), result, note)
-    starts = training_starts(job.candidates, generator, start, job.settings)
-    choice = train_best_candidate(pictures, faces.latents, generator, guide, starts, job.settings, identity=identity,
-                                  **hooks)
-    candidates = [trained_direction(replace(result, direction=direction), target, faces, job, pictures)
-                  for result, direction in zip(choice.results, choice.directions)]
-    best = choice.ranking[0]
-    return TrainedEssence(candidates[best], choice.best_result, note, choice, candidates)
+        return [first]
+    return training_starts(job.candidates, generator, first[0], job.settings)
 
 
-def trained_direction(result: TrainResult, target: Target, sources: LatentSet | torch.Tensor,
-                      job: EssenceJob = EssenceJob(), pictures: Any = None) -> Direction:
-    """``result``'s direction with the metadata every front end records and the target's thumbnail.
+def _named(start: Start | NamedStart) -> NamedStart:
+    """A start with the note its direction records: its own, else "random" or "given"."""
+    if isinstance(start, tuple):
+        return start
+    return start, ("random" if isinstance(start, str) else "given")
 
-    ``target`` is the target as given (paths are recorded by file name); the name defaults to the
-    first target file's stem; ``job.mode`` and ``job.init`` are recorded as ``mode`` and
-    ``init_option`` (``train`` records the start actually used as ``init``). ``pictures``: the target
-    already read by ``target_pictures`` (read here otherwise).
-    """
-    files = _file_names(target)
-    pictures = target_pictures(target) if pictures is None else pictures
-    count = len(pictures) if isinstance(pictures, list) else (
-        pictures.shape[0] if isinstance(pictures, torch.Tensor) and pictures.ndim == 4 else 1)
-    meta: dict[str, Any] = dict(result.direction.meta)
-    name = job.name or (Path(files[0]).stem if files else None)
+
+def trained_direction(result: TrainResult, index: int, starts: Sequence[str], target: TrainingTarget,
+                      sources: LatentSet | torch.Tensor, job: EssenceJob, generator: StyleGAN2Generator,
+                      guide: ClipGuide, choice: CandidateChoice | None = None,
+                      metadata: Mapping[str, Any] | None = None) -> Direction:
+    """Candidate ``index``'s direction (of ``len(starts)``) with the metadata every front end records,
+    its recommended strength when ranking measured one, and the target's thumbnail: the one place a
+    trained direction's metadata is written."""
+    settings = result.settings
+    meta = direction_metadata(
+        latent_space=asdict(LatentSpace.of_generator(generator)), generator_fingerprint=generator.fingerprint(),
+        clip_model=guide.name, sources=sources.shape[0] if isinstance(sources, torch.Tensor) else len(sources),
+        hyperparameters={**{k: v for k, v in asdict(settings).items() if k != "progress_every"},
+                         "coefficient_lr": settings.coefficient_rate},
+        losses=result.terms(), train_seconds=round(result.seconds, 3))
+    if len(starts) > 1:
+        meta.update(candidate=index, candidates=len(starts))
+    meta["init"] = starts[index]
+    name = job.name or target.name
     if name:
         meta["name"] = name
-    meta.update(target=files or f"{count} picture(s)", targets=count,
+    meta.update(target=target.describe(), targets=target.count,
                 source_latents=sources.describe() if isinstance(sources, LatentSet) else f"{sources.shape[0]} faces")
     if job.mode is not None:
         meta["mode"] = job.mode
     meta["init_option"] = job.init
     meta["loss_curve"] = {"total": _rounded(result.losses), "transfer": _rounded(result.transfer),
                           "consistency": _rounded(result.consistency)}
-    return Direction(result.direction.tensor, meta, target_thumbnail(first_picture(pictures)))
-
-
-def _file_names(target: Target) -> list[str]:
-    """The file names of a target given as paths (none for pictures and tensors)."""
-    items = target if isinstance(target, (list, tuple)) else [target]
-    return [Path(item).name for item in items if isinstance(item, (str, os.PathLike))]
+    if choice is not None:
+        meta["selection"] = choice.selection(index, starts)
+    meta.update(metadata or {})
+    thumbnail = target_thumbnail(target.shown) if target.shown is not None else None
+    direction = Direction(result.direction.tensor, meta, thumbnail)
+    strength = choice.details[index].auto_strength if choice is not None else None
+    return direction.with_auto_strength(strength) if strength is not None else direction
 
 
 def _rounded(values: list[float]) -> list[float]:

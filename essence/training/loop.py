@@ -25,31 +25,30 @@ anyway), skipping the two most expensive resolutions. Two exact options
 trade time for memory: ``chunk_size`` renders a few sources per pass, ``recompute_from`` re-runs the
 largest layers during the backward pass instead of keeping their activations.
 
-``train`` runs this loop for one start, or for K candidates at once (K x N faces per generator pass,
-each candidate with its own parameters, optimiser state, losses and best step), and by default starts
-again with smaller passes when the device runs out of memory.
+The one training call, ``essence.training.train``, runs this loop (``_train_starts``) for one start, or
+for K candidates at once (K x N faces per generator pass, each candidate with its own parameters,
+optimiser state, losses and best step), and by default starts again with smaller passes when the
+device runs out of memory. The target reaches the loop as a ``TrainingTarget``, embedded once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence, overload
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
 
 import torch
-from PIL import Image
 
 from ..errors import (DeviceMemoryError, EssenceError, FaceNotFoundError, IncompatibleLatentSpaceError,
                       MissingWeightsError, ShapeError, TrainingCancelled, require_finite)
-from ..faces import load_image
-from ..latents import Direction, LatentSpace, direction_metadata, invert
+from ..latents import Direction, invert
 from ..networks import ClipGuide, GeneratedMode, StyleGAN2Generator, to_unit
 from ..runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .adam import ScheduledAdam, fresh_adam_step_
+from .target import TrainingTarget
 
 TrainLoop = Literal["auto", "official", "fast", "graph"]
 GRAPH_WARMUP_STEPS = 3  # steps the "graph" loop runs eagerly (on a side stream) before capturing one on CUDA
@@ -77,6 +76,11 @@ class TrainSettings:
     chunk_size: int | None = None  # sources rendered per pass; smaller = less memory, same result
     recompute_from: int | None = None  # layers at this resolution and up re-run in backward: less memory, same result
     render_size: int | None = None  # approximation: CLIP sees the generator's intermediate RGB at this size
+
+    @property
+    def coefficient_rate(self) -> float:
+        """The per-source coefficients' learning rate: ``coefficient_lr``, else the run's base ``lr``."""
+        return self.lr if self.coefficient_lr is None else self.coefficient_lr
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -140,21 +144,32 @@ class TrainProgress:
 
 @dataclass
 class TrainResult:
+    """One start's optimisation: the kept ``direction`` (its metadata is written by ``train``, which
+    records every result the same way), the loss terms before each step, and the ``settings`` that
+    actually ran (the loop "auto" chose, the chunk size an out-of-memory restart settled on)."""
+
     direction: Direction
     losses: list[float]  # total loss before each step's update
     transfer: list[float]
     consistency: list[float]
     best_step: int
     seconds: float
+    settings: TrainSettings
     coefficients: list[float] = field(default_factory=list)
 
     @property
     def best_loss(self) -> float:
         return self.losses[self.best_step]
 
+    def terms(self) -> dict[str, float | int]:
+        """The kept step's loss terms, as a direction's metadata records them under ``losses``."""
+        return {"total": self.losses[self.best_step], "transfer": self.transfer[self.best_step],
+                "consistency": self.consistency[self.best_step], "best_step": self.best_step,
+                "steps": self.settings.steps}
+
     def summary(self) -> str:
         """One line for people: the kept step's loss terms and the time taken (CLI, node report)."""
-        terms = self.direction.meta["losses"]
+        terms = self.terms()
         return (f"best loss {terms['total']:.4f} at step {terms['best_step']}: transfer {terms['transfer']:.4f}, "
                 f"consistency {terms['consistency']:.4f}; {self.seconds:.1f} s")
 
@@ -190,59 +205,13 @@ def _unit_or_zero(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
-Target = Any  # a path, a PIL image, a ComfyUI IMAGE [B, H, W, C] in [0, 1], or a list of pictures of one target
-
-
-def target_pictures(target: Target) -> Image.Image | list[Image.Image] | torch.Tensor:
-    """A target as CLIP takes it: files opened as upright RGB pictures, pictures and ComfyUI tensors as
-    given (a tensor keeps CLIP's differentiable tensor path, so no 8-bit rounding is added).
-
-    Every public entry point that takes a target (``train``, ``initial_direction``, the metrics and
-    the candidates' scores) reads it through here, so each accepts the same kinds of target.
-    """
-    if isinstance(target, (list, tuple)):
-        if not target:
-            raise EssenceError("the target is an empty list; give at least one picture of the target.")
-        pictures = [target_pictures(item) for item in target]
-        if any(isinstance(p, torch.Tensor) for p in pictures):
-            if len(pictures) == 1:
-                return pictures[0]
-            raise EssenceError("give the target as one batched image tensor or as a list of pictures, not a "
-                               "list of tensors.")
-        return [p for item in pictures for p in (item if isinstance(item, list) else [item])]
-    if isinstance(target, (Image.Image, torch.Tensor)):
-        return target
-    return load_image(target)
-
-
-def first_picture(target: Target) -> Image.Image | torch.Tensor:
-    """The target's first picture (a PIL image, or a [1, H, W, C] tensor): the one whose face is
-    inverted for the start, measured for target identity and drawn as the thumbnail."""
-    pictures = target_pictures(target)
-    if isinstance(pictures, list):
-        return pictures[0]
-    if isinstance(pictures, torch.Tensor) and pictures.ndim == 4:
-        return pictures[:1]
-    return pictures
-
-
-def target_embedding(guide: ClipGuide, target: Target) -> torch.Tensor:
-    """Unit CLIP embedding [1, C] of one target, or of several pictures of the same target.
-
-    Several pictures: the mean of their unit embeddings, renormalised (the official code takes
-    one picture; with one, this is exactly its embedding).
-    """
-    with torch.no_grad():
-        embeddings = to_unit(guide.embed_target(target_pictures(target)).float())
-    return to_unit(embeddings.mean(0, keepdim=True))
-
-
 def random_initial_direction(generator: StyleGAN2Generator, seed: int, truncation: float = 0.7) -> torch.Tensor:
     """The official fallback initialisation: z -> w -> truncation toward the mean -> W+ [1, n, D]."""
     with torch.no_grad():
         return generator.sample_wplus(1, seed=seed, truncation=truncation).clone()
 
 
+Start = torch.Tensor | Literal["random"]  # a starting direction [1, n_latent, D], or TargetCLIP's random start
 INIT_CHOICES: dict[str, str] = {  # how training may start, and what each choice means
     "auto": "the e4e inversion of the target when it has a face (TargetCLIP's behaviour), else a random latent",
     "inversion": "the e4e inversion of the (first) target picture; an error if it has no face",
@@ -251,8 +220,8 @@ INIT_CHOICES: dict[str, str] = {  # how training may start, and what each choice
 INVERTED_NOTE = "e4e inversion of the target"
 
 
-def initial_direction(choice: str, target: Target, generator: StyleGAN2Generator, encoder: Any = None,
-                      landmarks: Any = None) -> tuple[torch.Tensor | str, str]:
+def initial_direction(choice: str, target: TrainingTarget, generator: StyleGAN2Generator, encoder: Any = None,
+                      landmarks: Any = None) -> tuple[Start, str]:
     """TargetCLIP's starting direction and a note saying which start was used, for the metadata.
 
     ``"inversion"``: the e4e W+ latent [1, n_latent, D] of the largest face in the target's first
@@ -269,8 +238,13 @@ def initial_direction(choice: str, target: Target, generator: StyleGAN2Generator
             raise EssenceError("init 'inversion' starts from the e4e inversion of the target, but no e4e "
                                "encoder was given (e4e_ffhq_encode.pt). Give one, or use init 'auto' or 'random'.")
         return "random", "random (no encoder)"
+    if target.shown is None:
+        if choice == "inversion":
+            raise EssenceError("init 'inversion' inverts the target's picture, but the target was given as a CLIP "
+                               "embedding. Give its picture, or use init 'auto' or 'random'.")
+        return "random", "random (no target picture)"
     try:
-        latent = invert(first_picture(target), encoder, landmarks=landmarks).latents[:1]
+        latent = invert(target.shown, encoder, landmarks=landmarks).latents[:1]
     except (FaceNotFoundError, MissingWeightsError) as exc:
         if choice == "inversion":
             raise type(exc)(f"init 'inversion' could not invert the target: {exc}\nUse init 'auto' to start "
@@ -312,113 +286,53 @@ def autocast_for(device: torch.device, mode: str | None, cache: bool = True):
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
-Start = torch.Tensor | Literal["random"]  # a starting direction [1, n_latent, D], or TargetCLIP's random start
+def _train_starts(target: TrainingTarget, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
+                  starts: Sequence[Start], settings: TrainSettings, *, fit_memory: bool = True,
+                  progress: Callable[[TrainProgress], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, on_retry: Callable[[int], None] | None = None,
+                  release: Callable[[], None] = release_device_memory) -> list[TrainResult]:
+    """The optimisation of every start together, for ``essence.training.train`` (the one training call,
+    which documents the arguments); one ``TrainResult`` per start, in order, with no metadata yet.
 
-
-@overload
-def train(target: Any, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide, init: Start = ...,
-          settings: TrainSettings = ..., **options: Any) -> TrainResult: ...
-
-
-@overload
-def train(target: Any, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
-          init: Sequence[Start], settings: TrainSettings = ..., **options: Any) -> list[TrainResult]: ...
-
-
-def train(
-    target: Any,
-    sources: torch.Tensor,
-    generator: StyleGAN2Generator,
-    guide: ClipGuide,
-    init: Start | Sequence[Start] = "random",
-    settings: TrainSettings = TrainSettings(),
-    *,
-    fit_memory: bool = True,
-    target_embedding_override: torch.Tensor | None = None,
-    progress: Callable[[TrainProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    metadata: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
-    on_retry: Callable[[int], None] | None = None,
-    release: Callable[[], None] = release_device_memory,
-) -> TrainResult | list[TrainResult]:
-    """Train a TargetCLIP direction, or several candidates together.
-
-    target: the target's picture(s): a path, a PIL image, a ComfyUI-style tensor [B, H, W, C] in
-        [0, 1], or a list of pictures of the same target (their CLIP embeddings are averaged); or
-        pass ``target_embedding_override`` (a unit [1, C] embedding) instead.
-    sources: W+ latents [N, n_latent, D] (inverted photos, samples, or TargetCLIP's opt_latents).
-    init: the starting direction [1, n_latent, D] (TargetCLIP uses the e4e inversion of the target,
-        see ``initial_direction``) or ``"random"`` (seeded truncated sample; the official fallback);
-        a list of starts trains one candidate per start and returns one ``TrainResult`` per start.
-    fit_memory: on device out-of-memory, start again with half as many faces per pass, down to one.
-        Chunking is exact, so an 8 GB card gets the same direction, later; ``on_retry`` hears each
-        new chunk size and ``release`` frees memory between attempts. When even one face per pass does
-        not fit, or with ``fit_memory=False``, it is a ``DeviceMemoryError``.
-    progress: called with a ``TrainProgress`` every ``settings.progress_every`` steps; it may raise to
-        abort (ComfyUI's interrupt does). After an out-of-memory restart it hears steps from 1 again.
-    should_stop: polled every step; returning True raises ``TrainingCancelled``.
-    metadata: added to the direction's metadata: one dict for every candidate, or one per start.
-
-    Several starts train together (K x N edited faces per generator pass) but share nothing else:
-    each has its own direction, Adam state, per-source coefficients, losses and best step, so each
-    ends where training from that start alone would (to float rounding: a larger batch may round
-    differently). ``progress`` then reports the candidate with the lowest best loss so far.
-
-    Runs with gradients enabled even when called under ``torch.no_grad`` / ``inference_mode``
-    (ComfyUI); the models' own weights stay frozen. Nothing is written to disk.
+    On device out-of-memory it starts again with half as many faces per pass (``fit_memory``):
+    chunking is exact, so a small card gets the same directions, later.
     """
-    several = isinstance(init, (list, tuple))
-    inits = list(init) if several else [init]
-    if not inits:
-        raise EssenceError("train needs at least one start in init.")
-    rows = sources.shape[0] * len(inits)
+    if not starts:
+        raise EssenceError("training needs at least one start.")
+    rows = sources.shape[0] * len(starts)
 
     def attempt(chunk: int | None) -> list[TrainResult]:
         chunked = settings if chunk is None else replace(settings, chunk_size=chunk if chunk < rows else None)
-        return _train_together(target, sources, generator, guide, inits, chunked, target_embedding_override,
-                               progress, should_stop, metadata)
+        return _train_together(target, sources, generator, guide, starts, chunked, progress, should_stop)
 
     if not fit_memory:
-        results = attempt(None)
-    else:
-        results = retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
-                                       f"training ({_faces(sources.shape[0], len(inits))})", release=release,
-                                       on_retry=on_retry)
-    return results if several else results[0]
+        return attempt(None)
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
+                                f"training ({_faces(sources.shape[0], len(starts))})", release=release,
+                                on_retry=on_retry)
 
 
-def _train_together(target, sources, generator, guide, inits, settings, target_embedding_override, progress,
-                    should_stop, metadata) -> list[TrainResult]:
-    """One attempt of ``train`` for every start at once: inputs checked and copied out of inference
-    mode, then the loop; a device out-of-memory becomes a ``DeviceMemoryError`` saying what ran out."""
-    metas = list(metadata) if isinstance(metadata, (list, tuple)) else [metadata or {}] * len(inits)
-    if len(metas) != len(inits):
-        raise EssenceError(f"metadata must be one dict or one per start: {len(metas)} for {len(inits)} starts.")
+def _train_together(target: TrainingTarget, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
+                    starts: Sequence[Start], settings: TrainSettings, progress, should_stop) -> list[TrainResult]:
+    """One attempt for every start at once: inputs checked and copied out of inference mode (ComfyUI
+    runs nodes inside it), then the loop; a device out-of-memory becomes a ``DeviceMemoryError``."""
     device = generator.latent_avg.device
-    starts, notes = [], []
-    for init, meta in zip(inits, metas):
-        notes.append((meta or {}).get("init") or ("random" if isinstance(init, str) else "given"))
-        if isinstance(init, str):
-            if init != "random":
-                raise EssenceError(f"init must be a tensor or 'random', got {init!r}.")
-            init = random_initial_direction(generator, settings.seed, settings.random_init_truncation)
-        starts.append(init)
+    for init in starts:
+        if isinstance(init, str) and init != "random":
+            raise EssenceError(f"a start must be a tensor or 'random', got {init!r}.")
+    inits = [random_initial_direction(generator, settings.seed, settings.random_init_truncation)
+             if isinstance(init, str) else init for init in starts]
     with torch.inference_mode(False), torch.enable_grad():
         # tensors made under inference mode cannot join autograd: copy them out of it
         sources_ = sources.detach().clone().to(device, torch.float32)
-        inits_ = [init.detach().clone().to(device, torch.float32) for init in starts]
+        inits_ = [init.detach().clone().to(device, torch.float32) for init in inits]
         for init_ in inits_:
             _check_inputs(sources_, init_, generator, settings)
-        if target_embedding_override is not None:
-            require_finite(target_embedding_override, "the target embedding")
-            target_ = to_unit(target_embedding_override.detach().clone().to(device, torch.float32).reshape(1, -1))
-        else:
-            target_ = target_embedding(guide, target).clone().to(device)
+        target_ = target.embedding(guide).clone().to(device)
         settings = replace(settings, loop=resolved_loop(settings, device))
         torch.manual_seed(settings.seed)
         try:
-            return _optimise(sources_, torch.cat(inits_), target_, generator, guide, settings, progress,
-                             should_stop, [{**(meta or {}), "init": note} for meta, note in zip(metas, notes)])
+            return _optimise(sources_, torch.cat(inits_), target_, generator, guide, settings, progress, should_stop)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             _raise_if_out_of_memory(exc, sources_.shape[0], len(inits_), settings.chunk_size)
             raise
@@ -570,9 +484,8 @@ class _CudaGraphStep:
         self.calls += 1
 
 
-def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop,
-              metas: list[dict[str, Any]]) -> list[TrainResult]:
-    """The loop for K candidates at once: ``inits`` [K, n_latent, D], one metadata dict each."""
+def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop) -> list[TrainResult]:
+    """The loop for K candidates at once: ``inits`` [K, n_latent, D]."""
     device = sources.device
     count = sources.shape[0]
     candidates = inits.shape[0]
@@ -599,7 +512,7 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
             parts.append(sources[rows] + (own * coefficients[k, rows, None, None] if use_coefficients else own))
         return render_and_embed(parts[0] if len(parts) == 1 else torch.cat(parts))
 
-    coefficient_lr = s.lr if s.coefficient_lr is None else s.coefficient_lr
+    coefficient_lr = s.coefficient_rate
     cached_src = embed_sources() if s.loop != "official" else None
     best = _BestSoFar(direction, s.steps)
 
@@ -651,39 +564,19 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
             progress(TrainProgress(done, s.steps, last[0], last[1], last[2], lr, best.loss[lead].item(),
                                    direction[lead:lead + 1].detach().clone(), lead))
     seconds = time.perf_counter() - start
-    return _results(best, coefficients, seconds, generator, guide, s, coefficient_lr, count, metas)
+    return _results(best, coefficients, seconds, s)
 
 
-def _results(best: _BestSoFar, coefficients: torch.Tensor, seconds: float, generator, guide, s: TrainSettings,
-             coefficient_lr: float, count: int, metas: list[dict[str, Any]]) -> list[TrainResult]:
-    """One ``TrainResult`` per candidate, with the metadata that says how its direction was made."""
-    candidates = best.loss.shape[0]
+def _results(best: _BestSoFar, coefficients: torch.Tensor, seconds: float, s: TrainSettings) -> list[TrainResult]:
+    """One ``TrainResult`` per candidate, read back from the device once."""
     table = best.history.cpu().tolist()  # [steps][K][3]
     bests = best.step.tolist()
-    common = dict(
-        latent_space=asdict(LatentSpace.of_generator(generator)),
-        generator_fingerprint=generator.fingerprint(),
-        clip_model=guide.name,
-        hyperparameters={**{k: v for k, v in asdict(s).items() if k != "progress_every"},
-                         "coefficient_lr": coefficient_lr},
-        sources=count,
-    )
     results = []
-    for k in range(candidates):
+    for k in range(best.loss.shape[0]):
         losses, transfers, consistencies = (list(column) for column in zip(*(row[k] for row in table)))
-        best_step = bests[k]
-        result_meta = direction_metadata(
-            **copy.deepcopy(common),
-            losses={"total": losses[best_step], "transfer": transfers[best_step],
-                    "consistency": consistencies[best_step], "best_step": best_step, "steps": s.steps},
-            train_seconds=round(seconds, 3),
-        )
-        if candidates > 1:
-            result_meta.update(candidate=k, candidates=candidates)
-        result_meta.update(metas[k])
         results.append(TrainResult(
-            direction=Direction(best.direction[k:k + 1].cpu(), result_meta),
-            losses=losses, transfer=transfers, consistency=consistencies, best_step=best_step, seconds=seconds,
+            direction=Direction(best.direction[k:k + 1].cpu()), losses=losses, transfer=transfers,
+            consistency=consistencies, best_step=bests[k], seconds=seconds, settings=s,
             coefficients=coefficients[k].detach().cpu().tolist(),
         ))
     return results

@@ -56,7 +56,7 @@ from ..latents import Direction, LatentSet, apply_direction
 from ..networks import DEFAULT_BATCH, ClipGuide, StyleGAN2Generator, render, to_unit
 from ..storage import utc_now
 from ..version import __version__
-from .loop import first_picture, target_embedding, target_pictures  # the one reading of a target
+from .target import TargetLike, TrainingTarget
 
 Protocol = Literal["corrected", "official"]
 PROTOCOLS: dict[str, str] = {
@@ -211,15 +211,16 @@ class StrengthCurve:
 # ----------------------------------------------------------------------------- measuring
 
 
-def evaluate_direction(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: Any,
+def evaluate_direction(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: TargetLike,
                        faces: LatentSet | torch.Tensor, strength: float | None = None, identity: Any = None,
                        protocol: Protocol = "corrected", *, landmarks: Any = None,
                        source_images: Sequence[Any] | None = None, batch_size: int = DEFAULT_BATCH,
                        between_batches: Any = None) -> DirectionMetrics:
     """The metrics of ``direction`` at one ``strength`` (default: the protocol's, 1.0 or 1.2).
 
-    target: the target picture(s) (PIL, path, or ComfyUI IMAGE [B, H, W, C]); several pictures of
-        one target are averaged in CLIP space as training does; the first is used for target identity.
+    target: the target picture(s) (PIL, path, or ComfyUI IMAGE [B, H, W, C]) or a ``TrainingTarget``;
+        several pictures of one target are averaged in CLIP space as training does; the first is used
+        for target identity.
     faces: W+ latents [N, n_latent, D] (a tensor or ``LatentSet``): held-out faces.
     identity: an identity model (``essence.load_identity``) or None (identity metrics absent).
     landmarks: the dlib landmark model (or its file) used to align the target's face for target
@@ -233,7 +234,7 @@ def evaluate_direction(direction: Direction, generator: StyleGAN2Generator, guid
                           between_batches=between_batches).points[0]
 
 
-def strength_curve(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: Any,
+def strength_curve(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: TargetLike,
                    faces: LatentSet | torch.Tensor, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                    identity: Any = None, protocol: Protocol = "corrected", *, landmarks: Any = None,
                    source_images: Sequence[Any] | None = None, batch_size: int = DEFAULT_BATCH,
@@ -249,11 +250,11 @@ def strength_curve(direction: Direction, generator: StyleGAN2Generator, guide: C
     latents = _face_latents(faces, generator)
     if source_images is not None and len(source_images) != len(latents):
         raise ShapeError(f"source_images must hold one photo per face ({len(latents)}), got {len(source_images)}.")
-    target = target_pictures(target)  # files read once, for CLIP and for the target's face
+    target = TrainingTarget.read(target)
     measure = _Measure(generator, guide, identity, protocol, batch_size, between_batches)
     notes: list[str] = []
     with torch.no_grad():
-        target_clip = target_embedding(guide, target).float().cpu()
+        target_clip = target.embedding(guide).float().cpu()
         target_face = measure.target_face(target, landmarks, notes) if identity is not None else None
         if identity is None:
             notes.append("identity metrics absent: no identity model (ArcFace model_ir_se50.pth) was given")
@@ -263,7 +264,7 @@ def strength_curve(direction: Direction, generator: StyleGAN2Generator, guide: C
     return StrengthCurve(direction.name, points, _clip_baseline(source["clip"]), identity is not None, notes)
 
 
-def recommend_strength(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: Any,
+def recommend_strength(direction: Direction, generator: StyleGAN2Generator, guide: ClipGuide, target: TargetLike,
                        faces: LatentSet | torch.Tensor, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                        identity: Any = None, min_identity: float | None = None,
                        protocol: Protocol = "corrected", **kwargs: Any) -> StrengthRecommendation:
@@ -274,15 +275,16 @@ def recommend_strength(direction: Direction, generator: StyleGAN2Generator, guid
     return curve.recommend(min_identity)
 
 
-def parse_strengths(text: str) -> list[float]:
-    """"0, 0.5, 1.2" -> [0.0, 0.5, 1.2] (finite numbers, at least one), for text inputs."""
+def parse_strengths(text: str, what: str = "strengths") -> list[float]:
+    """"0, 0.5, 1.2" -> [0.0, 0.5, 1.2] (finite numbers, at least one): strengths typed as text, in a
+    node's field or after a command's option (``what`` names it in the message)."""
     try:
         values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
     except ValueError:
-        raise EssenceError(f"strengths must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}.") from None
+        raise EssenceError(f"{what} must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}.") from None
     if not values:
-        raise EssenceError("give at least one strength, e.g. 0,0.5,1.")
-    require_finite(values, "the strengths")
+        raise EssenceError(f"{what} needs at least one number, e.g. 0,0.5,1.")
+    require_finite(values, what)
     return values
 
 
@@ -385,11 +387,14 @@ class _Measure:
                 point.target_identity = _x100(edited["identity"] @ target_face.t())
         return point
 
-    def target_face(self, target: Any, landmarks: Any, notes: list[str]) -> torch.Tensor | None:
+    def target_face(self, target: TrainingTarget, landmarks: Any, notes: list[str]) -> torch.Tensor | None:
         """ArcFace unit embedding [1, 512] of the target's largest face, FFHQ-aligned; None (and a
-        note) when the target has no face a detector finds, or no landmark model is installed."""
+        note) when the target has no face a detector finds, no picture, or no landmark model installed."""
+        if target.shown is None:
+            notes.append("target identity absent: the target was given as a CLIP embedding, without a picture")
+            return None
         try:
-            face = align_face(first_picture(target), 256, landmarks=landmarks)
+            face = align_face(target.shown, 256, landmarks=landmarks)
         except FaceNotFoundError:
             notes.append("target identity absent: no face found in the target (a cartoon or a painting?)")
             return None

@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import EssenceError, FaceNotFoundError, VideoInputError
+from ..errors import FaceNotFoundError, VideoInputError
 from ..faces import (AlignedFace, Detections, FaceLandmarker, FaceTrack, Smoothing, Tracking, align_tracked, as_frame,
-                     build_track, detect_frames, load_landmarker, model_to_comfy, paste_back, smoothing_preset,
+                     build_track, detect_frames, landmarker_from, model_to_comfy, paste_back, smoothing_preset,
                      tracking_settings)
-from ..latents import (REFINEMENTS, STIT, Direction, Strength, TuningSettings, apply_direction, invert_aligned,
-                       load_direction)
-from ..networks import (INPUT_SIZE, E4EEncoder, StyleGAN2Generator, TunedWeights, load_encoder, load_generator,
-                        perceptual_network, render)
+from ..latents import Direction, LatentSet, PivotalTuning, Strength, apply_direction, invert_aligned, load_direction
+from ..networks import INPUT_SIZE, E4EEncoder, StyleGAN2Generator, TunedWeights, encoder_from, generator_from, render
 from .files import VideoInfo, check_audio_fits, output_container, probe_video, read_frames, write_video
-from .tuning import DEFAULT_TUNING_FRAMES, check_tuning_frames, tune_to_clip
+from .tuning import tuned_clip
 
 PathLike = str | os.PathLike
 Progress = Callable[[str, int, int], None]  # (stage, frames done, frames in all)
@@ -47,7 +46,8 @@ DEFAULT_BATCH = 8  # frames inverted and rendered per pass
 @dataclass
 class FaceEditor:
     """What happens to each tracked face: e4e inversion, ``w + strength * d``, rendering (with the
-    clip's tuned generator weights when there are some), paste-back."""
+    clip's tuned generator weights when there are some), paste-back. With ``clip`` (``tuned_clip``),
+    a frame it holds is not inverted again: its latent from the tuning is edited."""
 
     encoder: E4EEncoder
     generator: StyleGAN2Generator
@@ -57,13 +57,33 @@ class FaceEditor:
     feather: float = 0.1
     batch_size: int = DEFAULT_BATCH
     mask: str = "face"  # paste along the face's outline, or "square": the whole crop
-    tuned: TunedWeights | None = None  # the generator tuned to this clip (``tune_to_clip``)
+    clip: LatentSet | None = None  # the clip's tuned frames (``tuned_clip``): their latents and tuned weights
 
-    def faces(self, aligned: Sequence[AlignedFace]) -> torch.Tensor:
-        """Aligned faces -> the edited faces [N, S, S, 3] in 0..1, inverted and rendered in batches."""
-        latents = invert_aligned(aligned, self.encoder, batch_size=self.batch_size).latents
-        edited = apply_direction(latents, self.direction, self.strength, self.layers)
+    @cached_property
+    def tuned(self) -> TunedWeights | None:
+        """The generator weights tuned to this clip, which draw every frame; None without tuning."""
+        return None if self.clip is None else self.clip.tuned_rows()[0]
+
+    @cached_property
+    def _clip_rows(self) -> dict[int, int]:
+        """The row of ``clip`` that holds each frame it was tuned on, by frame number."""
+        return {source["photo_index"]: row for row, source in enumerate(self.clip.sources)} if self.clip else {}
+
+    def faces(self, aligned: Sequence[AlignedFace], frames: Sequence[int] = ()) -> torch.Tensor:
+        """Aligned faces (of the frames numbered ``frames``, when known) -> the edited faces
+        [N, S, S, 3] in 0..1, inverted and rendered in batches."""
+        edited = apply_direction(self._latents(aligned, frames), self.direction, self.strength, self.layers)
         return model_to_comfy(render(self.generator, edited, self.batch_size, what="video frames", tuned=self.tuned))
+
+    def _latents(self, aligned: Sequence[AlignedFace], frames: Sequence[int]) -> torch.Tensor:
+        """The faces' latents: a frame the clip was tuned on keeps its latent from then, the others
+        are e4e-encoded now."""
+        known = [self._clip_rows.get(frame) for frame in frames] or [None] * len(aligned)
+        todo = [face for face, row in zip(aligned, known) if row is None]
+        if len(todo) == len(known):
+            return invert_aligned(todo, self.encoder, batch_size=self.batch_size).latents
+        encoded = iter(invert_aligned(todo, self.encoder, batch_size=self.batch_size).latents if todo else ())
+        return torch.stack([next(encoded) if row is None else self.clip.latents[row] for row in known])
 
     def frames(self, frames: Iterable[np.ndarray], track: FaceTrack, start: int = 0) -> Iterator[np.ndarray]:
         """Frames ``start``, ``start + 1``, ... of the tracked clip, edited, ``batch_size`` at a time."""
@@ -87,7 +107,7 @@ class FaceEditor:
         present = [i for i, face in enumerate(aligned) if face is not None]
         out = list(batch)
         if present:
-            faces = self.faces([aligned[i] for i in present])
+            faces = self.faces([aligned[i] for i in present], [first + i for i in present])
             for i, face in zip(present, faces):
                 out[i] = paste_back(batch[i], face, aligned[i].transform, self.feather, self.mask)
         return out
@@ -169,47 +189,39 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
                    layers: str = "all", smoothing: Smoothing | str | None = "normal", face_index: int = 0,
                    feather: float = 0.1, batch_size: int = DEFAULT_BATCH,
                    progress: Progress | None = None, face_tracking: bool | Tracking | None = True,
-                   mask: str = "face", refine: str = "none", perceptual: Any = None,
-                   tuning: TuningSettings = STIT, tuning_frames: int = DEFAULT_TUNING_FRAMES) -> VideoResult:
+                   mask: str = "face", tuning: PivotalTuning | None = None) -> VideoResult:
     """Apply ``direction`` at ``strength`` to the main face of every frame of ``video``; write ``out``.
 
-    ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up).
+    ``encoder`` / ``generator`` / ``landmarks``: loaded models or their files (default: looked up;
+    the generator: the encoder file's own decoder when the encoder was given as a file).
     ``smoothing``: a preset name (off, light, normal, strong) or ``Smoothing`` settings.
     ``face_tracking``: follow the face between detections (True, the default, or ``Tracking``
     settings; about 10x less CPU per frame) or detect it in every frame (False).
     ``mask``: paste each edited face along its outline (``"face"``, the default: the frame outside
     the face is kept exactly) or as the whole soft-edged crop (``"square"``); see ``paste_back``.
-    ``refine="pti"`` first tunes the generator to the clip, one generator for all its frames
-    (``tune_to_clip``: STIT's ``tuning`` settings, at most ``tuning_frames`` frames, the LPIPS
-    network ``perceptual`` or its file, default looked up), then draws every edited frame with it.
+    ``tuning`` (``pivotal_tuning(clip=True)``: STIT's settings) first tunes the generator to the
+    clip, one generator for all its frames (``tuned_clip``), then draws every edited frame with it.
     ``progress(stage, done, total)`` hears each frame of the "detect" and "edit" passes (and each
-    pass of "tune"). Raises ``VideoInputError`` for an unreadable video or an unusable output name
-    and ``FaceNotFoundError`` when no frame has a face; ``out`` is then not written.
+    pass of "tune", in place of ``tuning.progress``). Raises ``VideoInputError`` for an unreadable
+    video or an unusable output name and ``FaceNotFoundError`` when no frame has a face; ``out`` is
+    then not written.
     """
     began = time.perf_counter()
-    if refine not in REFINEMENTS:
-        raise EssenceError(f"unknown refinement {refine!r}; choose one of {', '.join(REFINEMENTS)}.")
-    if refine == "pti":
-        tuning.check()
-        check_tuning_frames(tuning_frames)
     info = probe_video(video)
     output_container(out)
     check_audio_fits(out, info)
     settings = smoothing_preset(smoothing)
     direction = direction if isinstance(direction, Direction) else load_direction(direction)
-    editor = FaceEditor(_encoder(encoder), _generator(generator), direction, strength, layers,
-                        feather, batch_size, mask)
-    direction.check_fits(editor.generator)
-    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
-    if refine == "pti":  # a missing LPIPS file stops here, before any frame is read
-        perceptual = perceptual_network(perceptual, editor.generator.latent_avg.device)
+    e4e, decoder = encoder_from(encoder), generator_from(generator, fallback_encoder=encoder)
+    direction.check_fits(decoder)
+    landmarker = landmarker_from(landmarks)
+    if tuning is not None:  # a missing LPIPS file stops here, before any frame is read
+        tuning = _heard(tuning.loaded(decoder.latent_avg.device), progress)
     detections = detect_video(info, landmarker, face_index, progress=_stage(progress, "detect", info.frames),
                               tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, settings)
-    if refine == "pti":
-        editor.tuned = tune_to_clip(info, track, editor.encoder, editor.generator, perceptual, tuning,
-                                    max_frames=tuning_frames, batch_size=batch_size,
-                                    progress=_stage(progress, "tune", tuning.steps))
+    clip = None if tuning is None else tuned_clip(info, track, e4e, decoder, tuning, batch_size=batch_size)
+    editor = FaceEditor(e4e, decoder, direction, strength, layers, feather, batch_size, mask, clip)
     frames = edit_video_range(info, track, editor)
     path = write_video(_counted(frames, info.frames), out, info.rate, (info.width, info.height),
                        audio_from=info.path if info.audio else None,
@@ -217,13 +229,10 @@ def apply_to_video(video: PathLike, out: PathLike, direction: Direction | PathLi
     return VideoResult(path, info, track, time.perf_counter() - began, editor.tuned)
 
 
+def _heard(tuning: PivotalTuning, progress: Progress | None) -> PivotalTuning:
+    """``tuning`` reporting its passes as the "tune" stage of ``progress``, when there is one."""
+    return tuning if progress is None else replace(tuning, progress=_stage(progress, "tune", tuning.settings.steps))
+
+
 def _stage(progress: Progress | None, stage: str, total: int) -> Callable[..., None] | None:
     return None if progress is None else (lambda done, *_: progress(stage, done, total))
-
-
-def _encoder(encoder: E4EEncoder | PathLike | None) -> E4EEncoder:
-    return encoder if isinstance(encoder, E4EEncoder) else load_encoder(encoder)
-
-
-def _generator(generator: StyleGAN2Generator | PathLike | None) -> StyleGAN2Generator:
-    return generator if isinstance(generator, StyleGAN2Generator) else load_generator(generator)

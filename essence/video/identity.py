@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import EssenceError, EssenceWarning, VideoInputError
-from ..faces import (FaceLandmarker, FaceTrack, align_tracked, as_frame, load_landmarker, pil_to_model,
+from ..faces import (FaceLandmarker, FaceTrack, align_tracked, as_frame, landmarker_from, pil_to_model,
                      tracking_settings)
 from ..networks import INPUT_SIZE, IdentityEncoder
 from .edit import detect_video, video_track
@@ -96,7 +96,7 @@ def temporal_identity(original: PathLike, edited: PathLike, identity: IdentityEn
         raise VideoInputError(f"{other.path.name} ({other.frames} frames, {other.width}x{other.height}) is not a "
                               f"frame-for-frame edit of {info.path.name} ({info.frames} frames, {info.width}x"
                               f"{info.height}); the measures compare the two clips frame by frame.")
-    landmarker = landmarks if isinstance(landmarks, FaceLandmarker) else load_landmarker(landmarks)
+    landmarker = landmarker_from(landmarks)
     detections = detect_video(info, landmarker, face_index, progress=progress,
                               tracking=tracking_settings(face_tracking))
     track = video_track(info, detections, smoothing)
