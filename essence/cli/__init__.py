@@ -1,6 +1,6 @@
 """The command line (``essence ...``, ``python -m essence``, ``./run essence``) and the demo.
 
-- ``main``: the parser, the weight-file commands (``weights``, ``fetch``), ``invert``, ``sample``, ``demo``,
+- ``app``: the parser, the weight-file commands (``weights``, ``fetch``), ``invert``, ``sample``, ``demo``,
   and the one place errors become ``error: ...`` and exit codes;
 - ``directions``: ``train``, ``apply``, ``import-official``, ``export-npy``, ``info``;
 - ``metrics``: ``evaluate``;

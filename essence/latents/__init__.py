@@ -4,7 +4,7 @@
   TargetCLIP's ``opt_latents.pt`` / ``w_plus.npy``;
 - ``direction``: ``Direction``, the direction file format, the latent space it belongs to and its
   recommended strength;
-- ``invert``: photos to W+ latents (alignment, then e4e in batches, cached by content), and a clip's
+- ``inversion``: photos to W+ latents (alignment, then e4e in batches, cached by content), and a clip's
   faces inverted once and tuned together (``invert_clip``);
 - ``tuning``: pivotal tuning, the generator tuned to a photo around its e4e latent (PTI, STIT), and
   ``PivotalTuning``, the one tuning option every front end passes down;

@@ -10,7 +10,7 @@
   and friends: a model as given, or loaded from the path given (one rule per model);
 - ``tuned``: a generator tuned to a photo (pivotal tuning), kept as float16 differences, and the
   fingerprint of the synthesis weights they belong to;
-- ``render``: latents to images in batches that fit the device, the one rendering path.
+- ``rendering``: latents to images in batches that fit the device, the one rendering path.
 
 Each network infers its architecture from the weights and loads them with ``strict=True``.
 """

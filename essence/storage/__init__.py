@@ -5,7 +5,7 @@
 - ``checkpoints``: PyTorch and TorchScript files read safely (``weights_only``), strict state-dict loading;
 - ``weights`` and ``weights_manifest.json``: the known weight files, their lookup order and status;
 - ``outputs``: where a command writes, checked before it works (never over an input, always writable);
-- ``download``: resumable, checksummed downloads that appear under their final name only when complete.
+- ``downloads``: resumable, checksummed downloads that appear under their final name only when complete.
 
 Nothing here knows about networks or faces; every layer above stores and loads through it.
 """
