@@ -144,8 +144,9 @@ def trace() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trace_target(guide, trace) -> torch.Tensor:
-    """The trace's target as the unit embedding training starts from: its picture (face_a.jpg, which the
-    repository may not hold) went through CLIP's preprocessing into the trace; this embeds that."""
+    """The trace's target as the unit embedding training starts from: its picture (the astronaut's
+    public-domain face, tests/pictures.py trace_target()) went through the reference's CLIP
+    preprocessing into the trace; this embeds that."""
     from essence.networks.clip_guide import to_unit
 
     with torch.no_grad():
@@ -154,9 +155,10 @@ def trace_target(guide, trace) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def target(trace) -> torch.Tensor:
-    """The trace's target picture as a ComfyUI-style image [1, 224, 224, 3] in [0, 1]: face_a.jpg after
-    CLIP's resize and centre crop, recovered from the trace's CLIP input. Its embedding is the trace's
-    within 1e-7, so training on it follows the runs the reference traces record."""
+    """The trace's target picture as a ComfyUI-style image [1, 224, 224, 3] in [0, 1]: the astronaut's
+    face (tests/pictures.py trace_target(): NASA's public-domain portrait, cropped) after CLIP's resize
+    and centre crop, recovered from the trace's CLIP input. Its embedding is the trace's within 1e-7, so
+    training on it follows the runs the reference traces record."""
     from essence.networks.clip_guide import CLIP_MEAN, CLIP_STD
 
     pixels = trace["target_clip_input"] * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)

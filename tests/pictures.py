@@ -11,6 +11,9 @@ hold them; the few tests about those very photos read them from the shared fixtu
 * ``headshot``: 180 x 180, the face filling half of it; dlib still finds it at 80 px, so it serves
   small video frames and tracking scenes.
 * ``cat``: 451 x 300, no human face (the target TargetCLIP falls back to a random start for).
+* ``trace_target``: 140 x 140, her face filling most of it: the target of the reference traces in
+  ``tests/fixtures`` (``tests/tools/make_reference_trace.py`` cuts the same box; the fixtures'
+  README says why this one).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from essence.faces import scikit_image_picture
 
 PORTRAIT_BOX = (64, 0, 448, 336)   # in the 512 x 512 astronaut photo; her face is at about (175, 76, 265, 166)
 HEADSHOT_BOX = (140, 30, 320, 210)
+TRACE_TARGET_BOX = (150, 40, 290, 180)
 
 
 def astronaut() -> Image.Image:
@@ -37,6 +41,10 @@ def portrait() -> Image.Image:
 
 def headshot() -> Image.Image:
     return astronaut().crop(HEADSHOT_BOX)
+
+
+def trace_target() -> Image.Image:
+    return astronaut().crop(TRACE_TARGET_BOX)
 
 
 def cat() -> Image.Image:

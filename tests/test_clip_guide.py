@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pictures import trace_target
 
 import essence
 from essence.networks.clip_guide import load_guide_file, official_resize_matrix, to_unit
@@ -33,13 +34,27 @@ def test_target_embedding_matches_the_official_trace(guide, trace):
     assert (emb - trace["target_embedding"]).abs().max().item() < 1e-5
 
 
-def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace, shared):
-    image = Image.open(shared("face_a.jpg"))
+def assert_preprocesses_and_embeds_like_the_trace(guide, image: Image.Image, trace) -> None:
     # a changed resize filter or normalisation moves pixels by 1e-2 or more
     assert (guide.preprocess(image) - trace["target_clip_input"]).abs().max().item() < 1e-6
     with torch.no_grad():
         emb = to_unit(guide.embed_target(image))
     assert (emb - trace["target_embedding"]).abs().max().item() < 1e-5
+
+
+def test_target_preprocessing_and_embedding_match_the_official_trace(guide, trace):
+    """The repository's trace is TargetCLIP's optimization.py run on the astronaut's public-domain face
+    (tests/pictures.py trace_target()), upscaled from 140 px by CLIP's bicubic resize."""
+    assert_preprocesses_and_embeds_like_the_trace(guide, trace_target(), trace)
+
+
+def test_target_preprocessing_and_embedding_match_the_golden_trace_of_face_a(guide, shared):
+    """The shared fixtures' golden trace, made with TargetCLIP's face_a.jpg (1024 px, downscaled)."""
+    from safetensors.torch import load_file
+
+    face_a = Image.open(shared("face_a.jpg"))  # asked first: a skip names TargetCLIP's photo
+    golden = load_file(shared("targetclip_public_trace.safetensors"))
+    assert_preprocesses_and_embeds_like_the_trace(guide, face_a, golden)
 
 
 def test_embeddings_equal_openai_clip_for_the_same_weights(guide, reference_clip):

@@ -1,11 +1,13 @@
 """The repository's fixtures stand in faithfully for the golden ones: the copies are the same bytes, the
-slim CLIP embeds images bit for bit as the golden file does, and the files the tests write in
+slim CLIP embeds images bit for bit as the golden file does, the traces are the golden run with only its
+target picture changed (to one that may ship), and the files the tests write in
 TargetCLIP's formats are in the very formats of TargetCLIP's own files. The comparisons with the golden
 files run when the shared fixtures folder is beside the checkout."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import zipfile
@@ -19,8 +21,8 @@ import essence
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["stylegan2_tiny64.pt", "stylegan2_tiny64_io.safetensors", "e4e_tiny64.pt", "e4e_tiny64_io.safetensors",
-          "stylegan2_ffhq_config_f_keys.json", "e4e_ffhq_encode_keys.json", "targetclip_public_trace.safetensors",
-          "targetclip_public_trace.json"]
+          "stylegan2_ffhq_config_f_keys.json", "e4e_ffhq_encode_keys.json"]
+TRACES = ["targetclip_public_trace", "targetclip_lr0.1_trace"]  # remade with a public-domain target (README)
 MB = 1024 * 1024
 
 
@@ -31,6 +33,37 @@ def sha256(path: Path) -> str:
 @pytest.mark.parametrize("name", COPIED)
 def test_the_copied_fixtures_are_the_golden_files(name, fixtures, shared):
     assert sha256(fixtures / name) == sha256(shared(name))
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_the_traces_share_their_sources_and_start_and_have_a_public_domain_target(name, fixtures):
+    """The golden trace's target is TargetCLIP's face_a.jpg, which may not ship; the repository's traces
+    are the same run of optimization.py (same sources, start, settings) on a public-domain face."""
+    from safetensors.torch import load_file
+
+    trace = load_file(fixtures / f"{name}.safetensors")
+    made = json.loads((fixtures / f"{name}.json").read_text(encoding="utf-8"))
+    public = load_file(fixtures / "targetclip_public_trace.safetensors")
+    assert made["target_image"] == "astronaut_face" and "public domain" in made["target_source"]
+    assert torch.equal(trace["sources"], public["sources"]) and torch.equal(trace["init_direction"],
+                                                                          public["init_direction"])
+    assert made["official_args"]["step"] == len(trace["loss_per_step"]) == 40
+    assert made["official_args"]["lr"] == {"targetclip_public_trace": 0.2, "targetclip_lr0.1_trace": 0.1}[name]
+
+
+def test_the_public_trace_has_the_golden_traces_inputs_and_settings(fixtures, shared):
+    from safetensors.torch import load_file
+
+    ours, golden = (load_file(folder / "targetclip_public_trace.safetensors")
+                    for folder in (fixtures, shared("targetclip_public_trace.safetensors").parent))
+    assert set(ours) == set(golden)
+    for key in ("sources", "init_direction"):
+        assert torch.equal(ours[key], golden[key]), key
+    assert not torch.allclose(ours["target_clip_input"], golden["target_clip_input"], atol=0.1)  # not face_a
+    settings, golden_settings = (json.loads(path.read_text(encoding="utf-8"))["official_args"]
+                                 for path in (fixtures / "targetclip_public_trace.json",
+                                              shared("targetclip_public_trace.json")))
+    assert {k: settings[k] for k in golden_settings} == golden_settings
 
 
 def test_the_slim_clip_embeds_images_bit_for_bit_like_the_golden_file(tiny_files, guide, shared):

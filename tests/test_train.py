@@ -46,12 +46,12 @@ def test_a_run_with_another_learning_rate_follows_the_reference_at_that_rate(mod
     """lr 0.1 moves both of the reference's optimisers: the direction's and the coefficients'.
 
     The trace is TargetCLIP's own optimization.py at lr 0.1 (tests/tools/make_reference_trace.py), with
-    the public trace's target.
+    the public trace's sources, start and target (the astronaut's face of tests/pictures.py).
     """
     generator, guide = models
     reference = load_file(f"{LR01_TRACE}.safetensors")
     made = json.loads(Path(f"{LR01_TRACE}.json").read_text())
-    assert made["official_args"]["lr"] == 0.1 and made["target_image"] == "face_a.jpg"
+    assert made["official_args"]["lr"] == 0.1 and made["target_image"] == "astronaut_face"
     run = train(TrainingTarget.from_embedding(trace_target), reference["sources"], generator, guide,
                 EssenceJob(TrainSettings(steps=40, lr=0.1)), start=reference["init_direction"]).result
     assert_follows_reference(run, reference)
@@ -234,8 +234,13 @@ def test_chunked_sources_give_the_same_training(models, trace, target, chunk):
                   start=trace["init_direction"]).result
     chunked = train(target, trace["sources"], generator, guide, EssenceJob(TrainSettings(steps=6, chunk_size=chunk)),
                     start=trace["init_direction"]).result
-    assert chunked.losses == pytest.approx(whole.losses, abs=1e-5)
-    assert torch.allclose(chunked.direction.tensor, whole.direction.tensor, atol=1e-4)
+    # Chunks sum in another order: equal up to rounding, which the loop then grows. With the trace's
+    # target the edits nearly oppose at step 2 (consistency loss 1.18) and the next update amplifies
+    # it; measured (chunks of 1 and 3): steps 0-2 within 7.7e-7, step 3 within 1.1e-5, the direction
+    # after 6 steps within 8.7e-4 (with face_a.jpg as the target: 2.4e-6 and 2.4e-5).
+    assert chunked.losses[:3] == pytest.approx(whole.losses[:3], abs=2e-6)
+    assert chunked.losses == pytest.approx(whole.losses, abs=5e-5)
+    assert torch.allclose(chunked.direction.tensor, whole.direction.tensor, rtol=0, atol=3e-3)
 
 
 def test_render_size_option_trains_from_the_intermediate_rgb(models, trace, target):

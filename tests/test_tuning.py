@@ -426,9 +426,10 @@ def test_a_direction_moves_the_tuned_face_as_it_moves_the_e4e_face(generator, po
             ratio, own = float(mine[i].norm() / plain[i].norm()), cosine(mine[i], plain[i])
             other = max(cosine(mine[i], plain[j]) for j in range(len(directions)) if j != i)
             print(f"  {name:9s} x{strength:.0f}: ratio {ratio:.3f}, cosine {own:.3f}, other {other:.3f}")
-            if name == "trained":  # measured: ratio 0.986 (x1 and x2), cosine 0.978 / 0.984
-                assert 0.9 <= ratio <= 1.1 and own >= 0.95, (name, strength, ratio, own)
-            else:  # measured: ratio 0.70 to 1.14, cosine 0.73 to 0.91
+            if name == "trained":  # measured: ratio 0.905 / 0.942 (x1 / x2), cosine 0.975 / 0.986
+                # the bound catches tuning that undoes an edit (ratios far below), not a target's few %
+                assert 0.85 <= ratio <= 1.15 and own >= 0.95, (name, strength, ratio, own)
+            else:  # measured: ratio 0.71 to 1.09, cosine 0.72 to 0.88
                 assert 0.6 <= ratio <= 1.4 and own >= 0.6, (name, strength, ratio, own)
             assert own >= other + 0.1, (name, strength, own, other)  # measured: margin 0.15 or more
 

@@ -1,13 +1,19 @@
 """Record a trace of TargetCLIP's own ``optimization.py`` on the tiny fixtures, at any learning rate.
 
+    python tests/tools/make_reference_trace.py PATH/TO/TargetCLIP --lr 0.2 --with-target \
+        --out tests/fixtures/targetclip_public_trace
     python tests/tools/make_reference_trace.py PATH/TO/TargetCLIP --lr 0.1 \
         --out tests/fixtures/targetclip_lr0.1_trace
 
 PATH/TO/TargetCLIP is a checkout of hila-chefer/TargetCLIP (nothing of it is copied here; its
-modules are imported from that path). The tiny models and the public trace come from tests/fixtures;
-the target picture (default ``face_a.jpg``, TargetCLIP's, not redistributable) from ``--fixtures``
-(default ../shared/fixtures). Its ``main(args)`` runs unchanged in its maths, on the CPU,
-with these stand-ins for what cannot run here:
+modules are imported from that path). The tiny models and the public trace's sources and start come
+from tests/fixtures. The target picture is by default ``astronaut_face``: ``tests/pictures.py``'s
+``trace_target()``, her face cut from NASA's public-domain portrait of Eileen Collins in
+scikit-image's wheel, written losslessly as a PNG for the reference to read. ``--target NAME`` takes
+a picture from ``--fixtures`` instead (default ../shared/fixtures), e.g. ``face_a.jpg``: TargetCLIP's,
+which may not be redistributed, and the target of the shared fixtures' golden trace (this tool
+reproduces that trace: the same target tensors bit for bit, losses within 1e-6 for 7 steps).
+Its ``main(args)`` runs unchanged in its maths, on the CPU, with these stand-ins for what cannot run here:
 
 * the compiled CUDA ops ``fused_leaky_relu`` / ``upfirdn2d``: plain-PyTorch versions below (checked:
   the reference generator built on them reproduces ``stylegan2_tiny64_io.safetensors`` within 1e-4);
@@ -19,14 +25,18 @@ with these stand-ins for what cannot run here:
 * image saving and the unused e4e/OpenCV imports: no-ops.
 
 The loss before each update is read where the reference calls ``loss.backward()``; the best
-direction is the ``direction0.npy`` the reference writes. Writes ``<out>.safetensors`` and
-``<out>.json``.
+direction is the ``direction0.npy`` the reference writes. With ``--with-target`` the trace also holds
+the target as the reference saw it: ``target_clip_input``, the output of ``optimization.transform``
+(CLIP's resize, centre crop and normalisation), and ``target_embedding``, the reference model's
+``encode_image`` of it divided by its norm as ``main`` divides it (both read as they pass, not
+recomputed). Writes ``<out>.safetensors`` and ``<out>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import sys
@@ -38,11 +48,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "tests" / "fixtures"  # the tiny models, their reference outputs, the public trace
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures"  # where the target picture is
+DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures"  # where a --target picture is
+ASTRONAUT_FACE = "astronaut_face"  # the default target: tests/pictures.py trace_target(), public domain
+# tests/pictures.py's TRACE_TARGET_BOX; test_clip_guide.py checks that the trace's target is that picture
+TRACE_TARGET_BOX = (150, 40, 290, 180)
+PICTURE_SOURCES = {
+    ASTRONAUT_FACE: "tests/pictures.py trace_target(): scikit-image's astronaut.png (NASA's portrait of Eileen "
+                    "Collins, public domain) cropped to (150, 40, 290, 180), 140 x 140 px, read by the reference "
+                    "from a lossless PNG",
+    "face_a.jpg": "TargetCLIP's face_a.jpg (no licence: may not be redistributed)",
+}
 
 
 # ----------------------------------------------------------------------------- stand-in ops
@@ -119,6 +139,33 @@ def on_the_cpu():
 
 
 @contextlib.contextmanager
+def recording_target(optimization, model, seen: dict[str, torch.Tensor]):
+    """Record the reference's target as it passes: the output of its ``transform`` (the CLIP input)
+    and what ``model.encode_image`` makes of that very input."""
+    transform, encode_image = optimization.transform, model.encode_image
+
+    def recorded_transform(image):
+        pixels = transform(image)
+        seen.setdefault("target_clip_input", pixels.detach().clone().unsqueeze(0))
+        return pixels
+
+    def recorded_encode_image(images):
+        features = encode_image(images)
+        target = seen.get("target_clip_input")
+        if "target_features" not in seen and target is not None and images.shape == target.shape \
+                and torch.equal(images.detach(), target):
+            seen["target_features"] = features.detach().clone()
+        return features
+
+    optimization.transform, model.encode_image = recorded_transform, recorded_encode_image
+    try:
+        yield
+    finally:
+        optimization.transform = transform
+        del model.encode_image  # back to the class's method
+
+
+@contextlib.contextmanager
 def recording_backward(losses: list[float]):
     """Record the value of every tensor ``.backward()`` is called on (the reference's total loss)."""
     original = torch.Tensor.backward
@@ -167,8 +214,27 @@ def check_generator(generator, fixtures: Path) -> float:
     return float((image - io["image_from_wplus"]).abs().max())
 
 
+def target_picture(target: str, fixtures: Path, folder: Path) -> Path:
+    """The file the reference reads as its target: the astronaut's face written as a PNG, or ``fixtures/target``."""
+    if target != ASTRONAUT_FACE:
+        path = fixtures / target
+        if not path.is_file():
+            raise SystemExit(f"no target picture {path}")
+        return path
+    spec = importlib.util.find_spec("skimage")  # its pictures ship in the wheel: no import, no download
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the default target is cut from scikit-image's astronaut.png: pip install scikit-image")
+    astronaut = Path(list(spec.submodule_search_locations)[0]) / "data" / "astronaut.png"
+    path = folder / f"{ASTRONAUT_FACE}.png"
+    with Image.open(astronaut) as image:  # lossless: the reference reads the very pixels of the crop
+        image.convert("RGB").crop(TRACE_TARGET_BOX).save(path)
+    return path
+
+
 def run_reference(reference: Path, fixtures: Path, lr: float, weight_decay: float, steps: int,
                   target: str) -> dict:
+    work = tempfile.TemporaryDirectory()
+    target_path = target_picture(target, fixtures, Path(work.name))
     sys.path.insert(0, str(reference))
     install_stand_ins()
     import clip
@@ -185,16 +251,17 @@ def run_reference(reference: Path, fixtures: Path, lr: float, weight_decay: floa
 
     clip_load = clip.load
     losses: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, on_the_cpu(), recording_backward(losses):
+    seen: dict[str, torch.Tensor] = {}
+    tiny_clip = clip_load(str(MODELS / "clip_tiny.pt"), device="cpu", jit=False)
+    with work as tmp, on_the_cpu(), recording_backward(losses), recording_target(optimization, tiny_clip[0], seen):
         torch.save(public["sources"].clone(), Path(tmp) / "sources.pt")
-        clip.load = lambda _name, device="cpu", jit=False: clip_load(str(MODELS / "clip_tiny.pt"),
-                                                                      device="cpu", jit=False)
+        clip.load = lambda _name, device="cpu", jit=False: tiny_clip
         torchvision.utils.save_image = lambda *args, **kwargs: None
         optimization.load_model = lambda _args: torch.nn.DataParallel(generator)
         optimization.get_latent = lambda _g: public["init_direction"].clone().requires_grad_(True)
         args = Namespace(lambda_consistency=0.5, dir_name=str(Path(tmp) / "run"), output_folder=None,
                          ckpt=None, e4e_ckpt=None, stylegan_size=size, lr=lr, weight_decay=weight_decay,
-                         step=steps, target_path=str(fixtures / target), truncation=0.7,
+                         step=steps, target_path=str(target_path), truncation=0.7,
                          save_intermediate_image_every=1, lambda_transfer=1.0, num_images=4,
                          num_directions=1, generated_images=False, data_path=str(Path(tmp) / "sources.pt"),
                          dir_initialization=None, random_initiate=True)
@@ -206,8 +273,13 @@ def run_reference(reference: Path, fixtures: Path, lr: float, weight_decay: floa
         best = torch.from_numpy(np.load(Path(tmp) / "run" / "direction0.npy"))
     if len(losses) != steps or not all(math.isfinite(v) for v in losses):
         raise SystemExit(f"expected {steps} finite losses, recorded {losses}")
+    if set(seen) != {"target_clip_input", "target_features"}:
+        raise SystemExit(f"the reference's target was not seen as expected (recorded {sorted(seen)})")
+    features = seen["target_features"]
     return {"loss_per_step": torch.tensor(losses), "best_direction": best,
             "sources": public["sources"], "init_direction": public["init_direction"],
+            "target_clip_input": seen["target_clip_input"],
+            "target_embedding": features / features.norm(dim=-1),  # as optimization.main normalises it
             "generator_max_abs_error": generator_error}
 
 
@@ -217,9 +289,13 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--target", default="face_a.jpg", help="image in the --fixtures folder")
+    parser.add_argument("--target", default=ASTRONAUT_FACE,
+                        help=f"'{ASTRONAUT_FACE}' (tests/pictures.py trace_target(), public domain; the default) or "
+                             "an image in the --fixtures folder, e.g. face_a.jpg")
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES,
-                        help="the folder of the target picture (default ../shared/fixtures)")
+                        help="the folder of any other --target picture (default ../shared/fixtures)")
+    parser.add_argument("--with-target", action="store_true",
+                        help="also store target_clip_input and target_embedding (the public trace's layout)")
     parser.add_argument("--reference-commit", default="", help="the checkout's commit, recorded in the JSON")
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
     args = parser.parse_args()
@@ -229,7 +305,9 @@ def main() -> int:
                           args.target)
     losses = trace["loss_per_step"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: trace[k].contiguous() for k in ("loss_per_step", "best_direction", "sources", "init_direction")}
+    keys = ["loss_per_step", "best_direction", "sources", "init_direction"]
+    keys += ["target_clip_input", "target_embedding"] if args.with_target else []
+    tensors = {k: trace[k].contiguous() for k in keys}
     save_file(tensors, f"{args.out}.safetensors")
     summary = {
         "made_by": "tests/tools/make_reference_trace.py: TargetCLIP optimization.py main(), on the CPU",
@@ -238,7 +316,9 @@ def main() -> int:
                           "lr": args.lr, "weight_decay": args.weight_decay, "step": args.steps,
                           "num_images": 4, "num_directions": 1},
         "generator": "stylegan2_tiny64.pt", "clip": "clip_tiny.pt", "target_image": args.target,
-        "sources_and_init": "sources / init_direction of targetclip_public_trace.safetensors",
+        "target_source": PICTURE_SOURCES.get(args.target, f"{args.target} of the shared fixtures"),
+        "sources_and_init": "sources / init_direction of targetclip_public_trace.safetensors (the shared fixtures' "
+                            "golden trace's, bit for bit)",
         "generator_max_abs_error_vs_fixture": trace["generator_max_abs_error"],
         "torch": torch.__version__,
         "steps_recorded": len(losses), "loss_first": float(losses[0]), "loss_min": float(losses.min()),
