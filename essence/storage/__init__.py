@@ -17,7 +17,7 @@ from .files import (atomic_write, checked_stem, encode_metadata, folder_lock, lo
                     npy_shape, read_safetensors_header, read_typed_file, remove_temp_files, save_safetensors_atomic,
                     save_safetensors_numbered, utc_now, write_numbered)
 from .installation import cli_command
-from .outputs import (COMPANION_SUFFIX, Output, check_files, check_output, check_outputs, companion_path, same_file,
+from .outputs import (COMPANION_SUFFIX, Output, check_files, check_output, check_outputs, companion_path,
                       save_or_rescue)
 from .weights import (WeightSpec, default_weights_dir, demo_specs, fetch_command, file_sha256, find_weight,
                       get_it_lines, get_spec, load_manifest, locate, set_folder_provider, spec_for_generator,
@@ -30,7 +30,7 @@ __all__ = [
     "load_torch_file", "load_state_strict", "build_loaded", "describe_contents", "is_torchscript_archive",
     "refuse_torchscript_load_code",
     "cli_command", "check_output", "check_outputs", "check_files", "Output", "companion_path", "COMPANION_SUFFIX",
-    "same_file", "weight_inputs", "save_or_rescue",
+    "weight_inputs", "save_or_rescue",
     "WeightSpec", "load_manifest", "get_spec", "spec_for_generator", "demo_specs", "find_weight", "locate",
     "weight_status", "file_sha256", "fetch_command", "get_it_lines", "default_weights_dir", "set_folder_provider",
     "download", "fetch_weight",

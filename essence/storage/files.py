@@ -459,15 +459,19 @@ def _check_tensor_entry(path: Path, name: str, info: object, data_len: int) -> t
 
 def load_safetensors_checked(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Validated header, then the tensors (on the CPU) and the metadata."""
+    header = read_safetensors_header(path)
+    return _load_tensors(path), dict(header.get("__metadata__", {}))
+
+
+def _load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a file whose header was checked (on the CPU)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    header = read_safetensors_header(path)
     try:
-        tensors = load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise CorruptFileError(f"{path}: unreadable safetensors file ({exc}).") from None
-    return tensors, dict(header.get("__metadata__", {}))
 
 
 
@@ -514,10 +518,10 @@ def read_typed_file(path: str | os.PathLike, format_name: str, format_version: i
         raise error(f"{path}: {what} format version {version} is newer than this Essence understands "
                     f"({format_version}); update Essence.")
     try:
-        tensors, raw = load_safetensors_checked(path)
+        tensors = _load_tensors(path)
     except (CorruptFileError, MissingWeightsError) as exc:
         raise error(f"not a usable {what}: {exc}") from None
-    if raw.get("format") != format_name or tensor_name not in tensors:
+    if tensor_name not in tensors:
         raise error(f"{path}: the file changed while it was read; try again.")
     return tensors, {k: _json_or_text(v) for k, v in raw.items() if k not in ("format", "format_version")}
 

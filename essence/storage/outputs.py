@@ -41,12 +41,6 @@ class Output:
     companion: bool = False
 
 
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether two paths name the same file: the same spelling once resolved (relative or absolute,
-    through symbolic links), or, when both exist, the same file on disk (a hard link)."""
-    return _Inputs([b]).holds(Path(a)) is not None
-
-
 def check_output(path: PathLike, inputs: Iterable[PathLike | None] = (), *, what: str = "--out",
                  folder: bool = False, suffixes: Sequence[str] = ()) -> Path:
     """``path`` as an output (a file, or with ``folder=True`` a folder that will hold files), refused
@@ -199,10 +193,13 @@ def save_or_rescue(save: Callable[[Path], Path], path: PathLike, what: str) -> P
 
 def _rescue_folders(path: Path) -> list[Path]:
     """Where a file that could not be written may go instead, nearest first, never its own folder."""
-    own = os.path.realpath(path.parent)
-    places = [path.parent.parent, Path(tempfile.gettempdir()), Path.home()]
-    unique = {os.path.realpath(p): p for p in reversed(places) if p.is_dir()}
-    return [p for real, p in reversed(unique.items()) if real != own]
+    seen, folders = {os.path.realpath(path.parent)}, []
+    for place in (path.parent.parent, Path(tempfile.gettempdir()), Path.home()):
+        real = os.path.realpath(place)
+        if place.is_dir() and real not in seen:
+            seen.add(real)
+            folders.append(place)
+    return folders
 
 
 def _unused_name(path: Path) -> Path:
@@ -210,7 +207,7 @@ def _unused_name(path: Path) -> Path:
     stem, suffix = path.name.split(".", 1) if "." in path.name else (path.name, "")
     suffix = f".{suffix}" if suffix else ""
     candidate, n = path, 1
-    while candidate.exists() or Path(companion_path(candidate)).exists():
+    while candidate.exists() or companion_path(candidate).exists():
         n += 1
         candidate = path.with_name(f"{stem}-{n}{suffix}")
     return candidate
