@@ -3,6 +3,7 @@
 - ``app``: the parser, the weight-file commands (``weights``, ``fetch``), ``invert``, ``sample``, ``demo``,
   and the one place errors become ``error: ...`` and exit codes;
 - ``directions``: ``train``, ``apply``, ``import-official``, ``export-npy``, ``info``;
+- ``encoder``: ``train-encoder``, ``encode`` (TargetCLIP's encoder variant);
 - ``metrics``: ``evaluate``;
 - ``batch``: ``batch train``, ``batch apply``, ``batch video``;
 - ``demo``: the end-to-end demo (``./run demo``).

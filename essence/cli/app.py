@@ -33,6 +33,7 @@ from ..training import parse_strengths
 from .batch import SUBCOMMANDS as BATCH_COMMANDS
 from .demo import DemoOptions, run_demo
 from .directions import SUBCOMMANDS as DIRECTION_COMMANDS
+from .encoder import SUBCOMMANDS as ENCODER_COMMANDS
 from .directions import (SAFETENSORS, add_refine_options, add_training_options, check_refine_options, model_inputs, number,
                          training_progress_bar, tuning_option, whole)
 from .metrics import SUBCOMMANDS as METRICS_COMMANDS
@@ -479,4 +480,5 @@ def _display(path: Path) -> str:
 
 
 SUBCOMMANDS: list[SubcommandAdder] = [_add_weights, _add_demo, _add_align, _add_invert, _add_sample,
-                                      *DIRECTION_COMMANDS, *METRICS_COMMANDS, *BATCH_COMMANDS]
+                                      *DIRECTION_COMMANDS, *ENCODER_COMMANDS, *METRICS_COMMANDS,
+                                      *BATCH_COMMANDS]

@@ -1,0 +1,159 @@
+"""The encoder variant's commands: ``train-encoder`` (train or resume an essence encoder) and ``encode``
+(a target's pictures -> a direction file in one pass).
+
+As every command: all options and outputs are checked before any model loads or any step runs
+(``storage.check_files``), errors are one ``error:`` line, and the library does the work
+(``essence.encoding``). A ``train-encoder`` killed at any point is resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import EssenceError
+from ..latents import load_latents, sample_latents
+from ..networks import load_encoder, load_generator, load_guide
+from ..encoding import (EncoderData, EncoderProgress, EncoderSettings, check_encoder_outputs, encode_essence,
+                        folder_pictures, generated_data, load_essence_encoder, photo_data, picture_data,
+                        train_encoder_file)
+from ..runtime import resolve_device
+from ..storage import Output, check_files, save_or_rescue
+from .directions import SAFETENSORS, add_model_options, model_inputs, number, whole
+
+DEFAULTS = EncoderSettings()
+DEFAULT_SOURCES = 5  # the official encoder_sources.pt holds 5 rows
+
+
+def _add_train_encoder(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-encoder", help="fine-tune e4e so that it gives a target's essence in one pass (TargetCLIP's encoder)",
+        description="Train an essence encoder as TargetCLIP's coach does (Ranger, the README's settings); run the "
+                    "same command again to resume a run that was stopped or killed.")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--photos", help="a folder of face photos: each face is aligned (cached) and used")
+    data.add_argument("--pictures", help="a folder of pictures used as they are (aligned face crops), resized to 256 px")
+    data.add_argument("--generated", type=whole(1), metavar="N", help="train on N faces drawn by the generator")
+    p.add_argument("--heldout", type=whole(0), default=5,
+                   help="pictures held out for validation: the last ones of the folder by name, or extra generated "
+                        "faces (default 5)")
+    p.add_argument("--sources", help="source latents file (TargetCLIP's encoder_sources.pt or a latent file); "
+                                     f"default: {DEFAULT_SOURCES} seeded samples")
+    p.add_argument("--out", "-o", required=True, help="the encoder file to write (.safetensors)")
+    p.add_argument("--checkpoints", help="checkpoint folder (default: <out>.checkpoints beside the output)")
+    p.add_argument("--max-steps", type=whole(0), default=DEFAULTS.max_steps,
+                   help=f"the official max_steps: max_steps + 1 updates (default {DEFAULTS.max_steps})")
+    p.add_argument("--lr", type=number(0), default=DEFAULTS.lr, help=f"Ranger's learning rate (default {DEFAULTS.lr:g})")
+    p.add_argument("--lambda-consistency", type=number(0), default=DEFAULTS.lambda_consistency,
+                   help=f"default {DEFAULTS.lambda_consistency:g}")
+    p.add_argument("--lambda-reg", type=number(0), default=DEFAULTS.lambda_reg, help=f"default {DEFAULTS.lambda_reg:g}")
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULTS.batch_size, help="default 1")
+    p.add_argument("--flip", type=number(0), default=DEFAULTS.flip, help="chance of a left-right flip (default 0.5)")
+    p.add_argument("--no-shuffle", action="store_true", help="take the pictures in order (by name) every epoch")
+    p.add_argument("--validate-every", type=whole(1), default=DEFAULTS.validate_every,
+                   help=f"steps between validations (default {DEFAULTS.validate_every}, as the README)")
+    p.add_argument("--checkpoint-every", type=whole(1), default=DEFAULTS.checkpoint_every,
+                   help=f"steps between checkpoints (default {DEFAULTS.checkpoint_every})")
+    p.add_argument("--seed", type=whole(0), default=0, help="seed of the order, the flips, the sources and generated faces")
+    p.add_argument("--chunk", type=whole(1), default=None, help="source faces rendered per pass (less memory, same result)")
+    p.add_argument("--landmarks", help="dlib's 68-point landmark file (for --photos)")
+    add_model_options(p, encoder=True, guide=True)
+    p.set_defaults(handler=_cmd_train_encoder)
+
+
+def _settings(args: argparse.Namespace) -> EncoderSettings:
+    return EncoderSettings(max_steps=args.max_steps, lr=args.lr, lambda_consistency=args.lambda_consistency,
+                           lambda_reg=args.lambda_reg, batch_size=args.batch_size, flip=args.flip,
+                           shuffle=not args.no_shuffle, validate_every=args.validate_every,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed, chunk_size=args.chunk)
+
+
+def _cmd_train_encoder(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    folder = args.photos or args.pictures
+    if folder is not None:
+        folder_pictures(folder)  # refused now when it holds no picture
+    checkpoints = check_encoder_outputs(args.out, args.checkpoints,
+                                        [folder, args.sources, *model_inputs(args)])
+    generator = load_generator(args.generator, device=args.device)
+    guide = load_guide(args.guide, device=args.device)
+    encoder = load_encoder(args.encoder, device=args.device)
+    sources = (load_latents(args.sources, generator) if args.sources
+               else sample_latents(generator, DEFAULT_SOURCES, seed=args.seed)).latents
+    data = _data(args, generator, checkpoints)
+    print(f"Training an essence encoder: {data.train.shape[0]} training and {data.heldout.shape[0]} held-out "
+          f"picture(s) ({data.kind}), {sources.shape[0]} sources, {settings.updates} updates; checkpoints in "
+          f"{checkpoints}.", flush=True)
+    file, training = train_encoder_file(args.out, encoder, generator, guide, data, sources, settings,
+                                        checkpoints=checkpoints, start=args.encoder, progress=_progress_bar())
+    if training.resumed_from:
+        print(f"Resumed from step {training.resumed_from}.")
+    best = f"best validation loss {training.best_loss:.4f} at step {training.best_step}" \
+        if training.best_loss is not None else "no held-out pictures: the last update kept"
+    print(f"Saved {args.out} ({best}).")
+    return 0
+
+
+def _data(args: argparse.Namespace, generator, checkpoints: Path) -> EncoderData:
+    if args.generated is not None:
+        return generated_data(generator, args.generated, args.heldout, seed=args.seed)
+    if args.photos:
+        return photo_data(args.photos, args.heldout, landmarks=args.landmarks, cache=checkpoints)
+    files = folder_pictures(args.pictures)
+    if args.heldout >= len(files):
+        raise EssenceError(f"{args.pictures}: {len(files)} pictures cannot keep {args.heldout} held out and still "
+                           f"train on one.")
+    split = len(files) - args.heldout
+    return picture_data([str(f) for f in files[:split]], [str(f) for f in files[split:]],
+                        names=[f.name for f in files])
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def report(p: EncoderProgress) -> None:
+        if not bars:
+            bars.append(tqdm(total=p.updates, initial=p.done - 1, unit="step", dynamic_ncols=True))
+        bar = bars[0]
+        bar.update(p.done - bar.n)
+        shown = {"loss": f"{p.losses[0]:.4f}"}
+        if p.best_loss is not None:
+            shown["best_val"] = f"{p.best_loss:.4f}"
+        bar.set_postfix(shown)
+        if p.done == p.updates:
+            bar.close()
+
+    return report
+
+
+def _add_encode(subparsers) -> None:
+    p = subparsers.add_parser("encode", help="a target's essence in one pass with a trained encoder -> direction file",
+                              description="Encode pictures of one target with an essence encoder (train-encoder) "
+                                          "into a standard direction file; several pictures are averaged.")
+    p.add_argument("targets", nargs="+", help="picture(s) of the target")
+    p.add_argument("--encoder-file", required=True, help="the essence encoder (.safetensors from train-encoder)")
+    p.add_argument("--out", "-o", required=True, help="the direction file to write (.safetensors)")
+    p.add_argument("--no-align", action="store_true",
+                   help="use the pictures as they are (aligned crops, or pictures without a face), resized to 256 px")
+    p.add_argument("--name", help="the direction's name (default: the first picture's)")
+    p.add_argument("--landmarks", help="dlib's 68-point landmark file")
+    p.add_argument("--generator", help="when given: refuse it unless the encoder was trained against it")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    p.set_defaults(handler=_cmd_encode)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    check_files([Output(Path(args.out), "--out", SAFETENSORS)],
+                [*args.targets, args.encoder_file, args.generator, args.landmarks])
+    generator = load_generator(args.generator, device=args.device) if args.generator else None
+    encoder = load_essence_encoder(args.encoder_file, generator, device=resolve_device(args.device))
+    direction = encode_essence(encoder, args.targets, align=not args.no_align, landmarks=args.landmarks,
+                               generator=generator, name=args.name, encoder_file=args.encoder_file)
+    save_or_rescue(direction.save, args.out, "encoded direction")
+    print(f"Saved {args.out} ({len(args.targets)} picture(s) encoded with {Path(args.encoder_file).name}).")
+    return 0
+
+
+SUBCOMMANDS = [_add_train_encoder, _add_encode]

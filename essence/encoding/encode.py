@@ -1,0 +1,63 @@
+"""A target's essence in one pass: the trained encoder's output, written as a standard direction.
+
+Pictures reach the encoder as its training data did: faces aligned the FFHQ way at 256 px (or, with
+``align=False``, pictures used as they are, resized to 256 px, for crops that are aligned already),
+normalised to [-1, 1], the encoder in eval mode (BatchNorm with its running statistics, as at
+inference). Several pictures of one target give one essence: the mean of their essences, as the
+training objective averages over the pictures of a batch, each with its own essence.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..faces import FaceLandmarker, align_photos, pil_to_pixels
+from ..latents import Direction, LatentSpace, direction_metadata, target_thumbnail
+from ..networks import INPUT_SIZE, StyleGAN2Generator
+from .data import as_inputs, resized_pixels
+from .encoder_file import EssenceEncoder
+
+PathLike = str | os.PathLike
+
+
+def target_pixels(pictures: Sequence[Any], align: bool = True,
+                  landmarks: FaceLandmarker | PathLike | None = None) -> torch.Tensor:
+    """Pictures of one target -> uint8 [N, 3, 256, 256]: the face of each aligned (a picture without
+    one is refused, naming it), or with ``align=False`` each picture resized as it is."""
+    if not align:
+        return resized_pixels(pictures)
+    faces = align_photos(list(pictures), INPUT_SIZE, landmarks=landmarks)
+    return pil_to_pixels([face.crop for _, face in faces])
+
+
+def encode_essence(encoder: EssenceEncoder, pictures: Sequence[Any], *, align: bool = True,
+                   landmarks: FaceLandmarker | PathLike | None = None, generator: StyleGAN2Generator | None = None,
+                   name: str | None = None, encoder_file: PathLike | None = None) -> Direction:
+    """The essence of the target in ``pictures`` (paths, PIL images or single-image tensors) as a
+    ``Direction`` [1, n_latent, D] whose metadata says it came from this encoder. ``generator``, when
+    given, must be the one the encoder was trained against."""
+    if generator is not None:
+        encoder.check_generator(generator, str(encoder_file or encoder.name))
+    pixels = target_pixels(pictures, align, landmarks)
+    model = encoder.model.eval()
+    param = next(model.parameters())
+    with torch.inference_mode(False), torch.no_grad():
+        essences = torch.cat([model(as_inputs(part).to(param.device, param.dtype)) for part in pixels.split(8)])
+    space = encoder.meta.get("latent_space") or asdict(LatentSpace(*essences.shape[1:]))
+    files = [Path(p).name for p in pictures if isinstance(p, (str, os.PathLike))]
+    meta = direction_metadata(
+        latent_space=space, generator_fingerprint=encoder.meta.get("generator", {}).get("fingerprint"),
+        clip_model=encoder.meta.get("clip_model"), init="encoder",
+        source={"kind": "encoder", "encoder": encoder.name,
+                "file": Path(encoder_file).name if encoder_file else None,
+                "encoder_created": encoder.meta.get("created"), "data": encoder.meta.get("data"),
+                "best_validation_loss": encoder.meta.get("best_validation_loss"), "aligned": align},
+        target=files or f"{len(pixels)} picture(s)", targets=len(pixels))
+    if name or files:
+        meta["name"] = name or Path(files[0]).stem
+    return Direction(essences.mean(0, keepdim=True).float().cpu(), meta, target_thumbnail(pictures[0]))

@@ -1,0 +1,57 @@
+"""Training an encoder into its file: every check first, the training, the file when complete.
+
+The output file and the checkpoint folder are checked together against every input (the e4e file,
+the generator, CLIP, the sources file, the pictures' folder) before any picture is read or any step
+runs (``storage.check_files``), as every other Essence command does. Checkpoints go to
+``<out>.checkpoints/`` beside the output unless another folder is named; a rerun of the same command
+after a kill goes on from there. The encoder file appears, atomically, only when training is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator
+from ..storage import Output, check_files
+from .data import EncoderData
+from .encoder_file import SUFFIX, EssenceEncoder, trained_encoder
+from .settings import EncoderSettings
+from .trainer import EncoderProgress, EncoderTraining, train_encoder
+
+PathLike = str | os.PathLike
+
+
+def checkpoint_folder(out: PathLike) -> Path:
+    """Where a run writing ``out`` keeps its checkpoints by default: ``<out>.checkpoints`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(SUFFIX) + ".checkpoints")
+
+
+def check_encoder_outputs(out: PathLike, checkpoints: PathLike | None, inputs: Iterable[PathLike | None]) -> Path:
+    """Refuse, before any work, an output or checkpoint folder that would replace an input, clash, or
+    cannot be written; the checkpoint folder to use."""
+    folder = Path(checkpoints) if checkpoints is not None else checkpoint_folder(out)
+    check_files([Output(Path(out), "--out", (SUFFIX,)), Output(folder, "--checkpoints", folder=True)], inputs)
+    return folder
+
+
+def train_encoder_file(out: PathLike, encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide,
+                       data: EncoderData, sources: torch.Tensor, settings: EncoderSettings = EncoderSettings(), *,
+                       checkpoints: PathLike | None = None, inputs: Iterable[PathLike | None] = (),
+                       name: str | None = None, start: str | None = None,
+                       progress: Callable[[EncoderProgress], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> tuple[EssenceEncoder, EncoderTraining]:
+    """Train (or resume) and write the encoder file ``out``; the file's contents and the run.
+    ``inputs`` are the files the caller read, which no output may replace; ``start`` names the
+    starting e4e file in the metadata."""
+    folder = check_encoder_outputs(out, checkpoints, inputs)
+    training = train_encoder(encoder, generator, guide, data, sources, settings, checkpoints=folder,
+                             progress=progress, should_stop=should_stop)
+    result = trained_encoder(training, generator, guide.name, data, sources, settings, name or Path(out).stem,
+                             Path(start).name if start else None)
+    result.save(out)
+    return result, training

@@ -1,0 +1,217 @@
+"""Training the encoder: TargetCLIP's coach, step for step, and resumable at any point.
+
+Per global step 0..max_steps (the official loop's ``max_steps + 1`` updates): the batch of that step
+(``data.step_batch``), the encoder in train mode (BatchNorm uses the batch's own statistics and its
+running statistics move), the objective and its gradient (``objective``), one Ranger update; after
+the update, validation on the held-out pictures in eval mode at steps 0, ``validate_every``, ... and
+the last (the mean total loss over the pictures, one at a time as the coach's test loader does), the
+best encoder so far written to ``best-<step>.safetensors``; and a checkpoint (``state``) at steps 0,
+``checkpoint_every``, ... and the last. Only the encoder trains: the generator is frozen and draws
+with its fixed noise, and the sources' features are computed once (they never change).
+
+A run given a checkpoint folder that holds a checkpoint of the same run (settings, generator, CLIP,
+sources, data, starting encoder) goes on from it; since each step's pictures depend only on the seed
+and the step, it ends where an uninterrupted run ends. A checkpoint of another run is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import EssenceError, ShapeError, TrainingCancelled, require_finite
+from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator, synthesis_fingerprint
+from .data import EncoderData, as_inputs, step_batch
+from .objective import EncoderLosses, generated_features, objective, objective_backward, target_features
+from .ranger import official_ranger
+from .settings import EncoderSettings
+from .state import TrainingState, load_best, load_checkpoint, prune_best, save_best, save_checkpoint
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class EncoderProgress:
+    """After each update: ``done`` of ``updates``, that step's losses [total, similarity, consistency,
+    l2], its validation loss when it validated, and the best validation loss so far."""
+
+    done: int
+    updates: int
+    losses: list[float]
+    validation: float | None
+    best_loss: float | None
+
+
+@dataclass
+class EncoderTraining:
+    """What ``train_encoder`` returns: the encoder after the last update (eval mode), the state of
+    the best validated one (None without held-out pictures), the history and the run's record."""
+
+    encoder: E4EEncoder
+    best_state: dict[str, torch.Tensor] | None
+    best_step: int | None
+    best_loss: float | None
+    losses: list[list[float]]
+    grad_norms: list[float]
+    validations: list[list[float]]
+    run: dict[str, Any]
+    resumed_from: int
+    seconds: float
+
+    def best_encoder(self) -> E4EEncoder:
+        """The encoder that validated best (a copy; the last one when nothing was validated)."""
+        model = copy.deepcopy(self.encoder)
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state, strict=True)
+        return model.eval()
+
+
+def train_encoder(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
+                  sources: torch.Tensor, settings: EncoderSettings = EncoderSettings(), *,
+                  checkpoints: PathLike | None = None,
+                  progress: Callable[[EncoderProgress], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> EncoderTraining:
+    """Fine-tune (a copy of) ``encoder`` so that its raw output is the essence of its input picture.
+
+    ``sources`` [N, n_latent, D]: the fixed source latents (the official file holds 5). ``checkpoints``:
+    a folder for the checkpoint and the best encoder; when it holds this run's checkpoint, the run goes
+    on from there. ``should_stop`` is asked before every step; stopping raises ``TrainingCancelled``
+    (the last checkpoint stays).
+    """
+    device = generator.latent_avg.device
+    with torch.inference_mode(False), torch.enable_grad():
+        sources = _checked_sources(sources, generator, data, settings).to(device)
+        model = copy.deepcopy(encoder).to(device).requires_grad_(True)
+        run = run_record(encoder, generator, guide, data, sources, settings)
+        optimizer = official_ranger(model.parameters(), settings.lr)
+        state = _start(checkpoints, run, model, optimizer)
+        return _loop(model, optimizer, state, generator, guide, data, sources, settings, checkpoints,
+                     progress, should_stop)
+
+
+def run_record(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
+               sources: torch.Tensor, settings: EncoderSettings) -> dict[str, Any]:
+    """What makes two runs the same run: a checkpoint resumes only a run with an equal record."""
+    identity = {k: v for k, v in settings.record().items() if k != "checkpoint_every"}
+    return {"settings": identity, "generator": {"fingerprint": generator.fingerprint(),
+                                                "synthesis_sha256": synthesis_fingerprint(generator)},
+            "clip_model": guide.name, "clip_sha256": _state_sha256(guide.state_dict())[:16],
+            "sources_sha256": _tensor_sha256(sources), "data_sha256": data.digest,
+            "start_encoder_sha256": _state_sha256(encoder.state_dict())}
+
+
+def _checked_sources(sources: torch.Tensor, generator: StyleGAN2Generator, data: EncoderData,
+                     settings: EncoderSettings) -> torch.Tensor:
+    if sources.ndim != 3 or tuple(sources.shape[1:]) != (generator.n_latent, generator.style_dim):
+        raise ShapeError(f"sources must be W+ latents [N, {generator.n_latent}, {generator.style_dim}] for this "
+                         f"generator, got {list(sources.shape)}.")
+    if sources.shape[0] < 2:
+        raise EssenceError(f"the consistency loss compares sources in pairs: give at least 2 sources, got "
+                           f"{sources.shape[0]}.")
+    require_finite(sources, "the source latents")
+    if data.train.shape[0] < settings.batch_size:
+        raise EssenceError(f"{data.train.shape[0]} training pictures cannot fill a batch of {settings.batch_size}.")
+    return sources.detach().clone().float()
+
+
+def _start(checkpoints: PathLike | None, run: dict[str, Any], model: E4EEncoder,
+           optimizer: torch.optim.Optimizer) -> TrainingState:
+    """A fresh state, or the checkpoint's (loaded into the model and the optimiser) when it is this run's."""
+    saved = load_checkpoint(checkpoints) if checkpoints is not None else None
+    if saved is None:
+        return TrainingState(0, {}, {}, run)
+    if saved.run != run:
+        differs = sorted(k for k in set(run) | set(saved.run) if run.get(k) != saved.run.get(k))
+        raise EssenceError(f"{Path(checkpoints)}: holds the checkpoint of another training run (it differs in "
+                           f"{', '.join(differs)}); choose another checkpoint folder or remove that one.")
+    model.load_state_dict(saved.encoder, strict=True)
+    optimizer.load_state_dict(saved.optimizer)
+    torch.set_rng_state(saved.rng)
+    return saved
+
+
+def _loop(model, optimizer, state: TrainingState, generator, guide, data: EncoderData, sources, s: EncoderSettings,
+          checkpoints, progress, should_stop) -> EncoderTraining:
+    embed = generated_features(generator, guide)
+    device = sources.device
+    with torch.no_grad():
+        source_features = torch.cat([embed(part) for part in sources.split(s.chunk_size or sources.shape[0])])
+    best_state = load_best(checkpoints, state.best_step, state.run) if checkpoints is not None else None
+    resumed_from, start = state.step, time.perf_counter()
+    for step in range(state.step, s.max_steps + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"encoder training stopped before step {step} of {s.max_steps}; "
+                                    f"{'it resumes from its last checkpoint' if checkpoints else 'nothing was saved'}.")
+        losses, grad_norm = _update(model, optimizer, step_batch(data, step, s.batch_size, s.shuffle, s.flip, s.seed)
+                                    .to(device), sources, source_features, embed, generator.size, guide, s)
+        state.losses.append(losses.values())
+        state.grad_norms.append(grad_norm)
+        state.step = step + 1
+        validation = None
+        if data.heldout.shape[0] and (step % s.validate_every == 0 or step == s.max_steps):
+            validation = float(validate(model, data.heldout, sources, source_features, embed, generator.size, guide,
+                                        s)[:, 0].mean())
+            state.validations.append([step, validation])
+            if state.best_loss is None or validation < state.best_loss:
+                state.best_loss, state.best_step = validation, step
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if checkpoints is not None:
+                    save_best(checkpoints, best_state, step, validation, state.run)
+        if checkpoints is not None and (step % s.checkpoint_every == 0 or step == s.max_steps):
+            state.encoder, state.optimizer, state.rng = model.state_dict(), optimizer.state_dict(), torch.get_rng_state()
+            save_checkpoint(checkpoints, state)
+            prune_best(checkpoints, state.best_step)
+        if progress is not None:
+            progress(EncoderProgress(step + 1, s.updates, state.losses[-1], validation, state.best_loss))
+    return EncoderTraining(model.eval().requires_grad_(False), best_state, state.best_step, state.best_loss,
+                           state.losses, state.grad_norms, state.validations, state.run, resumed_from,
+                           time.perf_counter() - start)
+
+
+def _update(model, optimizer, images, sources, source_features, embed, size, guide, s: EncoderSettings):
+    """One step of the coach: losses and gradients in train mode, then Ranger's update."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    targets = target_features(images, size, guide)
+    losses = objective_backward(model(images), sources, source_features, targets, embed, s.lambda_consistency,
+                                s.lambda_reg, s.chunk_size)
+    require_finite(losses.total, "the encoder's training loss", fix="Lower the learning rate.")
+    grad_norm = float(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm())
+    optimizer.step()
+    return losses, grad_norm
+
+
+def validate(model: E4EEncoder, heldout: torch.Tensor, sources: torch.Tensor, source_features: torch.Tensor,
+             embed, size: int, guide: ClipGuide, s: EncoderSettings) -> torch.Tensor:
+    """Each held-out picture's losses [M, 4] (total, similarity, consistency, l2) with the encoder in
+    eval mode, one picture at a time as the coach's test loader (batch 1) gives them; train mode after."""
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for pixels in heldout.split(1):
+            images = as_inputs(pixels).to(sources.device)
+            losses: EncoderLosses = objective(model(images), sources, source_features,
+                                              target_features(images, size, guide), embed,
+                                              s.lambda_consistency, s.lambda_reg)
+            rows.append(torch.stack(list(losses)).cpu())
+    model.train()
+    return torch.stack(rows)
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _state_sha256(state: dict[str, torch.Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        sha.update(f"{name}{list(tensor.shape)}{tensor.dtype}".encode())
+        sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
