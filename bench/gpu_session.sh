@@ -12,6 +12,11 @@
 #   graph        the CUDA-graph training loop: its CUDA tests (replay == eager step for step, strict
 #                float32) and bench/graph_step.py (fast vs graph replay per step for fast, fast+256px and
 #                fast+bf16+256px at full size, checked against each other)
+#   fused        the generator's fused Triton kernels (set_kernels("fused"), unmeasured until now): their
+#                tests compiled on CUDA (tests/test_fused_kernels.py, quick ones), then bench/graph_step.py
+#                --kernels fused for fast and fast+bf16+256px at full size: fast, graph replay and graph
+#                run eagerly on the fused kernels, plus fast on the eager kernels in the same process,
+#                their losses checked against each other (records: kernels=fused|eager)
 #   candidates   K = 1 2 4 8 directions trained together (fast, 10 steps): seconds per direction
 #   tuning       pivotal tuning of one photo at full size: PTI's step and STIT's (with the locality
 #                probe), seconds per step and per photo, peak memory; video frames drawn 8 a batch with
@@ -130,6 +135,17 @@ if [ $dry = 1 ]; then
         --window 2 --check-steps 3 --json "$work/records/cpu_graph-step.json"
 else
     section graph_step 120 "$py" bench/graph_step.py --device cuda --json "$work/records/cuda_graph-step.json"
+fi
+# the fused kernels beside eager and graph, same machine, same run. The dry run has no CUDA: Triton's
+# interpreter runs the kernels on the CPU (TRITON_INTERPRET=1, this section only), 4 steps, no tests
+# (they are the CPU suite's own).
+if [ $dry = 1 ]; then
+    section fused 200 env TRITON_INTERPRET=1 "$py" bench/graph_step.py --device cpu --fixtures "$models" \
+        --kernels fused --modes fast --steps 4 --window 2 --check-steps 2 --json "$work/records/cpu_fused-step.json"
+else
+    section fused 200 bash -c '"$0" -m pytest tests/test_fused_kernels.py -q -m "not slow" -p no:cacheprovider; t=$?
+        "$0" bench/graph_step.py --device cuda --kernels fused --modes fast fast+bf16+256px --json "$1" || exit
+        exit $t' "$py" "$work/records/cuda_fused-step.json"
 fi
 if [ $dry = 1 ]; then
     section candidates 150 "${bench[@]}" --only candidates --candidates 1 2 "${train[@]}" --json "$work/candidates.json"

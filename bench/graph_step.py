@@ -4,6 +4,7 @@ and replays it, per training mode; and a check that the replay gives the eager n
 
     python bench/graph_step.py --json OUT.json [--modes fast fast+256px fast+bf16+256px] [--steps 50]
                                [--window 10] [--candidates 1] [--fixtures DIR] [--device cuda]
+                               [--kernels eager|fused]
 
 Per mode, ``train`` with several starts runs three times from the same start on the full-size random-weight
 models of ``python -m bench`` (4 sources): loop ``fast`` (eager, torch's optimisers), loop ``graph``
@@ -22,6 +23,13 @@ same step already differ by about 1e-7 on an H200), so later steps part even wit
                     loops round Adam's arithmetic differently.
 Each mode also prints both differences per step for its first 12 steps, and its records carry the
 largest replay-vs-eager difference over all steps.
+
+``--kernels fused`` runs the generator's fused Triton kernels (``StyleGAN2Generator.set_kernels``) in
+all three runs, and a fourth run, ``fast`` on the eager kernels, in the same process: its record is
+the baseline for the fused ones, and one more check compares the two:
+  fused == eager    the fused ``fast`` run's losses within the ``graph == fast`` tolerance of the eager
+                    kernels' (``fused_vs_eager_max_abs_loss``).
+On the CPU the fused kernels need Triton's interpreter (TRITON_INTERPRET=1): a dry run of the logic.
 
 ``--json`` gets ``{"records": [...]}``, one record per (mode, loop) with the common benchmark fields
 (device, what, mode, exact, batch, steps, seconds_per_step, peak_gb, torch, date) and the checks'
@@ -64,6 +72,7 @@ WHAT = {"fast": "training step, fast loop (eager)",
         "graph": "training step, graph loop (CUDA graph replay)",
         "graph-eager": "training step, graph loop run eagerly (nothing captured)"}
 NOT_CAPTURED = "training step, graph loop (eager: CUDA graphs need CUDA)"
+EAGER_BASELINE = "fast-eager-kernels"  # with --kernels fused: the fast loop on the eager kernels, same process
 
 
 def full_size_problem(device: torch.device, candidates: int) -> dict:
@@ -116,18 +125,40 @@ def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window
     return losses, (statistics.median(windows) if windows else None), peak() / 1024
 
 
+def eager_kernel_run(problem: dict, settings: loop.TrainSettings, window: int,
+                     device: torch.device) -> tuple[list[float], float | None, float]:
+    """``timed_run`` of the fast loop with the generator switched to its eager kernels for the run."""
+    generator = problem["generator"]
+    generator.set_kernels("eager")
+    try:
+        return timed_run(problem, replace(settings, loop="fast"), True, window, device)
+    finally:
+        generator.set_kernels("fused")
+
+
 def measure_mode(problem: dict, mode: str, steps: int, window: int, check_steps: int,
-                 device: torch.device, batch: int) -> tuple[list[dict], bool]:
-    """Records of one mode's three runs, and whether its checks passed."""
+                 device: torch.device, batch: int, kernels: str = "eager") -> tuple[list[dict], bool]:
+    """Records of one mode's three runs (four with the fused kernels), and whether its checks passed."""
     settings = TRAIN_MODES[mode].settings(steps=steps)
     runs = {name: timed_run(problem, replace(settings, loop=loop), capture, window, device)
             for name, (loop, capture) in RUNS.items()}
+    if kernels == "fused":
+        runs[EAGER_BASELINE] = eager_kernel_run(problem, settings, window, device)
     replay, eager, fast = runs["graph"][0], runs["graph-eager"][0], runs["fast"][0]
     first = [i for i in range(len(fast)) if i % steps < check_steps]  # each candidate's first steps
     relative = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(replay, eager)]
     replay_error, replay_error_all = max(relative[i] for i in first), max(relative)
     fast_error = max(abs(replay[i] - fast[i]) for i in first)
-    passed = replay_error <= REPLAY_TOLERANCE and fast_error <= FAST_TOLERANCE[TRAIN_MODES[mode].exact]
+    tolerance = FAST_TOLERANCE[TRAIN_MODES[mode].exact]
+    passed = replay_error <= REPLAY_TOLERANCE and fast_error <= tolerance
+    fused_check = {}
+    if kernels == "fused":
+        fused_error = max(abs(fast[i] - runs[EAGER_BASELINE][0][i]) for i in first)
+        fused_check = {"fused_vs_eager_max_abs_loss": fused_error}
+        passed = passed and fused_error <= tolerance
+        print(f"{mode}: per step, fused vs eager kernels, fast loop (absolute) "
+              + " ".join(f"{abs(fast[i] - runs[EAGER_BASELINE][0][i]):.1e}" for i in range(min(steps, 12))),
+              flush=True)
     # where the runs part: a capture bug jumps at the first replayed step, rounding grows from step 0
     shown = range(min(steps, 12))
     print(f"{mode}: per step, replay vs eager (relative) "
@@ -137,12 +168,17 @@ def measure_mode(problem: dict, mode: str, steps: int, window: int, check_steps:
     cuda = device.type == "cuda"
     records = []
     for name, (_, seconds, peak) in runs.items():
+        run_kernels = "eager" if name == EAGER_BASELINE else kernels
+        what = WHAT[name] if cuda or name == "fast" else NOT_CAPTURED
+        if name == EAGER_BASELINE:
+            what = WHAT["fast"]
         records.append(record(
-            device_label(device), WHAT[name] if cuda or name == "fast" else NOT_CAPTURED, mode,
-            TRAIN_MODES[mode].exact, batch, steps - window, seconds, peak, loop=RUNS[name][0],
-            captured=name == "graph" and cuda, tf32=bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+            device_label(device), what if run_kernels == "eager" else f"{what}, fused kernels", mode,
+            TRAIN_MODES[mode].exact, batch, steps - window, seconds, peak, loop=RUNS.get(name, ("fast",))[0],
+            kernels=run_kernels, captured=name == "graph" and cuda,
+            tf32=bool(torch.backends.cudnn.allow_tf32) if cuda else None,
             replay_vs_eager_max_rel_loss=replay_error, replay_vs_eager_max_rel_loss_all_steps=replay_error_all,
-            graph_vs_fast_max_abs_loss=fast_error,
+            graph_vs_fast_max_abs_loss=fast_error, **fused_check,
             check_steps=check_steps, checks_passed=passed))
     return records, passed
 
@@ -158,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=1, help="directions trained together (default 1)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--fixtures", type=Path, default=None, help="use the tiny fixture models from this folder")
+    parser.add_argument("--kernels", choices=["eager", "fused"], default="eager",
+                        help="the generator's kernels (default eager); fused adds an eager-kernel baseline run")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -167,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be a multiple of --window, at least two windows, and at least --check-steps")
     problem = (tiny_problem(device, args.candidates, args.fixtures) if args.fixtures
                else full_size_problem(device, args.candidates))
+    problem["generator"].set_kernels(args.kernels)
     batch = problem["sources"].shape[0] * args.candidates
     records, failed = [], []
     for mode in args.modes:
-        mode_records, passed = measure_mode(problem, mode, args.steps, args.window, args.check_steps, device, batch)
+        mode_records, passed = measure_mode(problem, mode, args.steps, args.window, args.check_steps, device, batch,
+                                            args.kernels)
         for rec in mode_records:
             print(json.dumps(rec), flush=True)
         records += mode_records
@@ -179,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_write(args.json) as tmp:
         tmp.write_text(json.dumps({"records": records}, indent=1) + "\n", encoding="utf-8")
     if failed:
-        print(f"replay != eager for {', '.join(failed)} (see replay_vs_eager_max_rel_loss, "
-              f"graph_vs_fast_max_abs_loss)", file=sys.stderr)
+        print(f"checks failed for {', '.join(failed)} (see replay_vs_eager_max_rel_loss, "
+              f"graph_vs_fast_max_abs_loss, fused_vs_eager_max_abs_loss)", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,8 @@
 """Networks: the four pretrained models TargetCLIP uses, LPIPS for pivotal tuning, and their loaders.
 
 - ``ops``: StyleGAN2's resampling and fused activation without compiled extensions;
+- ``fused`` + ``fused_kernels``: the opt-in Triton path for the generator's per-pixel passes
+  (``StyleGAN2Generator.set_kernels("fused")``): autograd functions, and their kernels' source;
 - ``stylegan2``: the generator, key for key rosinality/stylegan2-pytorch's (W+ latents -> images);
 - ``irse`` + ``e4e``: the e4e encoder, key for key omertov/encoder4editing's (faces -> W+ latents);
 - ``identity``: ArcFace IR-SE-50 (faces -> identity embeddings, the paper's identity metric);

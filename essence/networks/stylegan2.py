@@ -26,10 +26,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
 from ..storage import build_loaded, describe_contents, load_torch_file
+from .fused import fused_bias_act, fused_scale_channels, require_triton
 from .ops import LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, scale_channels, upfirdn2d
 
 NoiseSpec = str | Sequence[torch.Tensor | None]
 UPSAMPLE_METHODS = ("auto", "phases", "transposed")
+KERNELS = ("eager", "fused")  # see StyleGAN2Generator.set_kernels
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -114,6 +116,7 @@ class ModulatedConv2d(nn.Module):
         # "phases" (one conv + pixel shuffle), "transposed" (the reference's transposed conv + blur)
         # or "auto": phases on CUDA, transposed elsewhere; see StyleGAN2Generator.set_upsample_method
         self.upsample_method = "auto"
+        self.kernels = "eager"  # or "fused": see StyleGAN2Generator.set_kernels
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
@@ -139,8 +142,9 @@ class ModulatedConv2d(nn.Module):
     def _uses_phases(self, x: torch.Tensor) -> bool:
         return self.upsample_method == "phases" or (self.upsample_method == "auto" and x.device.type == "cuda")
 
-    def _upsample_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Transposed conv (stride 2) then blur, as one conv + pixel shuffle. [B, in, H, W] -> [B, out, 2H, 2W]"""
+    def _upsample_conv(self, x: torch.Tensor, weight: torch.Tensor, shuffle: bool = True) -> torch.Tensor:
+        """Transposed conv (stride 2) then blur, as one conv + pixel shuffle. [B, in, H, W] -> [B, out, 2H, 2W]
+        (without ``shuffle``: the four phases, [B, 4 * out, H, W])"""
         out_c, in_c, k, _ = weight.shape
         blur = self.blur.kernel.to(weight.dtype)
         taps, span = self.phase_taps, 2 * self.phase_taps - 1
@@ -157,19 +161,29 @@ class ModulatedConv2d(nn.Module):
         if before != after:
             x = F.pad(x, [before, after, before, after])
         out = F.conv2d(x, phases, padding=before if before == after else 0)  # [B, out * 4, H, W]
-        return F.pixel_shuffle(out, 2)  # channel 4c + 2p + q -> pixel (2i + p, 2j + q) of channel c
+        return F.pixel_shuffle(out, 2) if shuffle else out  # channel 4c + 2p + q -> pixel (2i + p, 2j + q) of channel c
 
-    def modulated(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def modulated(self, x: torch.Tensor, w: torch.Tensor,
+                  shuffle: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The convolution before demodulation, and the demodulation gains [B, out] (None without).
 
         Returned apart so ``StyledConv`` can fold the gains into its own per-channel arithmetic.
+        ``shuffle=False``: an upsampling layer that runs as phases returns them unshuffled,
+        [B, 4 * out, H, W], for the fused kernel that shuffles as it writes.
+
+        Why the style scales the input and the gains the output instead of one weight per sample
+        (the reference's grouped conv): one weight serves the batch, cuDNN's dense kernels run, and
+        on the fused path the gains cost no pass (the bias/activation kernel applies them). The
+        input scale remains one pass, which the grouped form avoids at the cost of B weights built
+        and differentiated per layer; that could win at the wide-image, few-channel layers (1024 px:
+        32 channels) and lose at the 512-channel ones. Only a GPU measurement can decide.
         """
         # x: [B, in, H, W], w: [B, style_dim]
         style = self.modulation(w)  # [B, in]
         weight = (self.weight[0] * self.scale).to(x.dtype)  # [out, in, k, k]
-        x = scale_channels(x, style)
+        x = fused_scale_channels(x, style) if self.kernels == "fused" else scale_channels(x, style)
         if self.upsample and self._uses_phases(x):
-            out = self._upsample_conv(x, weight)
+            out = self._upsample_conv(x, weight, shuffle)
         elif self.upsample:
             out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
         else:
@@ -220,12 +234,15 @@ class StyledConv(nn.Module):
                                     upsample=upsample, blur_kernel=blur_kernel)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
+        self.kernels = "eager"  # or "fused": see StyleGAN2Generator.set_kernels
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """``leaky(demod * conv + noise_weight * noise + bias) * sqrt(2)`` in three passes over the
         activations instead of six: leaky ReLU commutes with a positive scale, so the gain folds into
         the demodulation and the additive terms. At 1024 px these passes, not the convolutions,
         dominate a GPU training step."""
+        if self.kernels == "fused":
+            return self._fused_forward(x, w, noise)
         out, demod = self.conv.modulated(x, w)  # demod: [B, out]
         if noise is None:
             noise = torch.randn(out.shape[0], 1, out.shape[2], out.shape[3], device=out.device, dtype=out.dtype)
@@ -234,6 +251,17 @@ class StyledConv(nn.Module):
         out = scale_channels(out, demod * gain, noise_term)
         out = out.add_((self.activate.bias * gain).to(out.dtype)[None, :, None, None])
         return F.leaky_relu_(out, LEAKY_SLOPE)
+
+    def _fused_forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """``forward``'s arithmetic with the demodulation, noise, bias, activation and (upsampling by
+        phases) the pixel shuffle in one Triton pass."""
+        out, demod = self.conv.modulated(x, w, shuffle=False)
+        phases = out.shape[1] != self.conv.out_channel  # [B, 4 * out, H, W]: shuffled by the kernel
+        if noise is None:
+            size = [2 * s for s in out.shape[2:]] if phases else list(out.shape[2:])
+            noise = torch.randn(out.shape[0], 1, *size, device=out.device, dtype=out.dtype)
+        gain = LEAKY_GAIN
+        return fused_bias_act(out, demod * gain, self.noise.weight * gain, noise, self.activate.bias * gain, phases)
 
 
 class ToRGB(nn.Module):
@@ -402,6 +430,25 @@ class StyleGAN2Generator(nn.Module):
         for module in self.modules():
             if isinstance(module, ModulatedConv2d):
                 module.upsample_method = method
+        return self
+
+    def set_kernels(self, kernels: str) -> "StyleGAN2Generator":
+        """Which code runs the per-pixel passes around the convolutions: "eager" (the default, the
+        reference, every device) or "fused" (``fused``'s Triton kernels: the input style scale as
+        one pass, and demodulation + noise + bias + leaky ReLU (+ pixel shuffle) as another).
+
+        "fused" is an explicit choice, not a default anywhere: it runs on CUDA (and on the CPU only
+        under Triton's interpreter, for tests), and becomes the CUDA default only once a GPU has
+        measured it exact and faster (bench/gpu_session.sh, section "fused"). Like
+        ``set_upsample_method``, it changes this generator (and every user of a cached one).
+        """
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}.")
+        if kernels == "fused":
+            require_triton()
+        for module in self.modules():
+            if isinstance(module, (ModulatedConv2d, StyledConv)):
+                module.kernels = kernels
         return self
 
     def fingerprint(self) -> str:
