@@ -196,19 +196,33 @@ def test_bf16_autocast_option_trains_close_to_float32(models, trace, target):
     assert approx.losses[0] == pytest.approx(exact.losses[0], abs=0.05)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(models, mode):
-    """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0
-    in the consistency loss and a NaN direction from step 6 on (this exact case)."""
+@pytest.fixture(scope="module")
+def chelsea_run(models):
+    """40 steps toward the cat picture from a random start; ``run()`` is the exact one (computed once)."""
     from essence.faces import load_image, scikit_image_picture
 
     generator, guide = models
     target = TrainingTarget.read(load_image(scikit_image_picture("chelsea.png")))
     sources = generator.sample_wplus(4, seed=1, truncation=0.7)
-    run = lambda **kw: train(target, sources, generator, guide,  # noqa: E731
-                             EssenceJob(TrainSettings(steps=40, **kw)), start="random").result
-    exact, approx = run(), run(autocast=mode)
+    exact = []
+
+    def run(**kw):
+        if not kw and exact:
+            return exact[0]
+        result = train(target, sources, generator, guide, EssenceJob(TrainSettings(steps=40, **kw)),
+                       start="random").result
+        if not kw:
+            exact.append(result)
+        return result
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_reduced_precision_training_stays_finite_and_near_the_exact_direction(chelsea_run, mode):
+    """A coefficient reaching 0 makes an edited face equal its source; in bf16 that used to give 0/0
+    in the consistency loss and a NaN direction from step 6 on (this exact case)."""
+    exact, approx = chelsea_run(), chelsea_run(autocast=mode)
     assert all(math.isfinite(loss) for loss in approx.losses)
     assert torch.isfinite(approx.direction.tensor).all()
     cosine = torch.nn.functional.cosine_similarity(approx.direction.tensor.flatten(), exact.direction.tensor.flatten(), dim=0)
