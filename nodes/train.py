@@ -111,11 +111,11 @@ class EssenceTrain:
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
         job = EssenceJob(settings, mode=mode, init=init, candidates=candidates)
-        pictures = TrainingTarget.read(target)
-        start = _start(job, pictures, generator, encoder, landmarks)
+        target = TrainingTarget.read(target)
+        start = _start(job, target.shown, generator, encoder, landmarks)
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
-            trained = train(pictures, sources, generator, guide, job, start=start, choose=Selection(identity=identity),
+            trained = train(target, sources, generator, guide, job, start=start, choose=Selection(identity=identity),
                             progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
                                                         preview_every),
                             should_stop=_interrupted, release=host.release_memory)
@@ -124,19 +124,20 @@ class EssenceTrain:
         return (trained.direction, to_comfy_image(preview, host.intermediate_device()), "\n".join(trained.report()))
 
 
-def _start(job: EssenceJob, target: TrainingTarget, generator: essence.networks.StyleGAN2Generator,
+def _start(job: EssenceJob, picture: Any, generator: essence.networks.StyleGAN2Generator,
            encoder: essence.networks.E4EEncoder | None, landmarks: essence.faces.FaceLandmarker | None) -> NamedStart:
-    """``initial_direction`` with the encoder on the compute device only for the inversion (it need not
-    stay there while training), and a message that names the node input to connect."""
+    """``initial_direction`` from the target's ``picture`` with the encoder on the compute device only
+    for the inversion (it need not stay there while training), and a message that names the node input
+    to connect."""
     if job.init == "inversion" and encoder is None:
         raise essence.EssenceError(
             "init 'inversion' starts from the e4e inversion of the target, but Train Essence's encoder "
             "input is not connected. Connect Load Essence Encoder (e4e_ffhq_encode.pt) to it, or choose "
             "init 'auto' or 'random'.")
     if encoder is None:
-        return initial_direction(job.init, target, generator)
+        return initial_direction(job.init, picture, generator)
     with host.models_on_compute_device(encoder):
-        return initial_direction(job.init, target, generator, encoder, landmarks)
+        return initial_direction(job.init, picture, generator, encoder, landmarks)
 
 
 def _interrupted() -> bool:

@@ -1,7 +1,8 @@
 """Training: TargetCLIP's optimisation of an essence direction, its modes, candidates and metrics.
 
 - ``target``: ``TrainingTarget``, a target's pictures read once and its CLIP embedding computed once per guide;
-- ``loop``: the optimisation (``TrainSettings``, ``TrainResult``; the ``official``, ``fast``, ``graph`` loops; the start);
+- ``start``: where training starts (``initial_direction``: the e4e inversion of the target, else random);
+- ``loop``: the optimisation (``TrainSettings``, ``TrainResult``; the ``official``, ``fast``, ``graph`` loops);
 - ``job``: ``train``, the one training call every front end makes (``EssenceJob``), and what its directions record;
 - ``adam``: Adam's updates with no host value, for the ``graph`` loop;
 - ``modes``: ``TRAIN_MODES``, the named trade-offs between exactness, speed and memory;
@@ -11,14 +12,14 @@
 
 from .candidates import (CandidateChoice, CandidateScore, Selection, candidate_starts, choose_candidate, metric_scorer,
                          objective_scorer, training_starts)
-from .job import EssenceJob, NamedStart, TrainedEssence, encoder_for_start, train, trained_direction
-from .loop import (INIT_CHOICES, Start, TrainProgress, TrainResult, TrainSettings, autocast_for, embed_faces,
-                   essence_losses, initial_direction, random_initial_direction, training_memory)
+from .job import EssenceJob, TrainedEssence, train, trained_direction
+from .loop import TrainProgress, TrainResult, TrainSettings, autocast_for, embed_faces, essence_losses, training_memory
 from .metrics import (DEFAULT_MIN_IDENTITY, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, PROTOCOLS, DirectionMetrics,
                       StrengthCurve, StrengthRecommendation, evaluate_direction, mean_std, metrics_table,
                       official_summary, parse_strengths, paste_seams, plot_curves, recommend_strength, seam_energy,
                       strength_curve)
 from .modes import DEFAULT_MODE, TRAIN_MODES, TrainMode, modes_help, train_mode
+from .start import INIT_CHOICES, NamedStart, Start, encoder_for_start, initial_direction, random_initial_direction
 from .target import TargetLike, TrainingTarget
 
 __all__ = [

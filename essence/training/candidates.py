@@ -39,8 +39,9 @@ import torch
 from ..errors import EssenceError
 from ..latents import Direction
 from ..networks import ClipGuide, StyleGAN2Generator
-from .loop import TrainSettings, embed_faces, essence_losses, random_initial_direction
+from .loop import TrainSettings, embed_faces, essence_losses
 from .metrics import LABELS, mean_std, strength_curve
+from .start import INVERTED_NOTE, random_initial_direction
 from .target import TrainingTarget
 
 
@@ -88,7 +89,7 @@ def candidate_starts(count: int, generator: StyleGAN2Generator, inversion: torch
         raise EssenceError(f"perturbation must be a finite number of at least 0, got {perturbation}.")
     starts: list[tuple[torch.Tensor, str]] = []
     if inversion is not None:
-        starts.append((inversion.detach().clone(), "e4e inversion of the target"))
+        starts.append((inversion.detach().clone(), INVERTED_NOTE))
     for i in range(len(starts), count):
         random = random_initial_direction(generator, seed + i, truncation)
         if inversion is not None and i % 2 == 1:

@@ -2,8 +2,10 @@
 the Train Essence node, the demo, the benchmarks) and a user's own script call.
 
 It takes the target, the source faces, the start or starts, the job (the optimisation's settings and
-what is recorded) and what to do with candidates; it runs the loop (``loop``) once for every start
-together, ranks the candidates (``candidates``) and records every direction the same way
+what is recorded) and what to do with candidates. It reads the target once (``TrainingTarget``) and
+hands each part what it needs: the target's picture to the start (``start``), its unit CLIP embedding
+to the loop (``loop``), which runs once for every start together, and the target itself to the
+ranking of the candidates (``candidates``) and to the metadata. It records every direction the same way
 (``trained_direction``): the kept step's losses, the settings that ran, the start used, the generator
 and CLIP model, the name, the target pictures (file names when they were files), where the source
 faces came from, the training mode, the start asked for, the whole loss curve, the candidates'
@@ -12,24 +14,23 @@ ranking and the target's thumbnail.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from PIL import Image
 
-from ..errors import EssenceError, MissingWeightsError
+from ..errors import EssenceError
 from ..latents import (Direction, LatentSet, LatentSpace, direction_metadata, load_latents, sample_latents,
                        target_thumbnail)
-from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator, encoder_from
+from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator
 from ..runtime import release_device_memory
 from .candidates import CandidateChoice, Selection, choose_candidate, training_starts
-from .loop import INIT_CHOICES, Start, TrainProgress, TrainResult, TrainSettings, _train_starts, initial_direction
+from .loop import TrainProgress, TrainResult, TrainSettings, _train_starts
+from .start import INIT_CHOICES, NamedStart, StartLike, initial_direction, named_start
 from .target import TargetLike, TrainingTarget
 
 SOURCE_TRUNCATION = 0.7  # sampled source faces, as TargetCLIP's random faces
-NamedStart = tuple[Start, str]  # a start and the note its direction records as ``init``
-StartLike = Start | NamedStart | list[Start | NamedStart] | None
 
 
 @dataclass(frozen=True)
@@ -101,21 +102,6 @@ class TrainedEssence:
         return lines + (self.choice.report(self.candidates) if self.choice is not None else [])
 
 
-def encoder_for_start(init: str, encoder: E4EEncoder | str | os.PathLike | None = None,
-                      device: str | torch.device = "auto") -> E4EEncoder | None:
-    """The e4e encoder a start needs (loaded from ``encoder``, or looked up): none for ``"random"``,
-    and none for ``"auto"`` when no encoder file is installed (training then starts randomly, as
-    TargetCLIP does for a target without a face); ``"inversion"`` raises ``MissingWeightsError``."""
-    if init == "random":
-        return None
-    try:
-        return encoder_from(encoder, device)
-    except MissingWeightsError:
-        if init == "inversion":
-            raise
-        return None
-
-
 def train(target: TargetLike, sources: LatentSet | torch.Tensor | None, generator: StyleGAN2Generator,
           guide: ClipGuide, job: EssenceJob = EssenceJob(), *, start: StartLike = None,
           encoder: E4EEncoder | None = None, landmarks: Any = None, choose: Selection | None = Selection(),
@@ -150,10 +136,10 @@ def train(target: TargetLike, sources: LatentSet | torch.Tensor | None, generato
     """
     target = TrainingTarget.read(target)
     faces = job.source_faces(generator) if sources is None else sources
-    starts = _starts(job, target, generator, start, encoder, landmarks)
-    results = _train_starts(target, faces.latents if isinstance(faces, LatentSet) else faces, generator, guide,
-                            [init for init, _ in starts], job.settings, fit_memory=fit_memory, progress=progress,
-                            should_stop=should_stop, on_retry=on_retry, release=release)
+    starts = _starts(job, target.shown, generator, start, encoder, landmarks)
+    results = _train_starts(target.embedding(guide), faces.latents if isinstance(faces, LatentSet) else faces,
+                            generator, guide, [init for init, _ in starts], job.settings, fit_memory=fit_memory,
+                            progress=progress, should_stop=should_stop, on_retry=on_retry, release=release)
     notes = [note for _, note in starts]
     choice = None
     if choose is not None and len(results) > 1:
@@ -165,26 +151,19 @@ def train(target: TargetLike, sources: LatentSet | torch.Tensor | None, generato
     return TrainedEssence(recorded[kept].direction, recorded[kept], notes[kept], recorded, choice)
 
 
-def _starts(job: EssenceJob, target: TrainingTarget, generator: StyleGAN2Generator, start: StartLike,
-            encoder: E4EEncoder | None, landmarks: Any) -> list[NamedStart]:
-    """Every candidate's start with its note: the starts given, or ``job.init``'s start and, for
-    several candidates, those ``training_starts`` adds to it."""
+def _starts(job: EssenceJob, picture: Image.Image | torch.Tensor | None, generator: StyleGAN2Generator,
+            start: StartLike, encoder: E4EEncoder | None, landmarks: Any) -> list[NamedStart]:
+    """Every candidate's start with its note: the starts given, or ``job.init``'s start (from the
+    target's ``picture``) and, for several candidates, those ``training_starts`` adds to it."""
     if isinstance(start, list):
         if job.candidates not in (1, len(start)):
             raise EssenceError(f"{len(start)} starts were given for {job.candidates} candidates; give one start, "
                                f"or one per candidate.")
-        return [_named(item) for item in start]
-    first = initial_direction(job.init, target, generator, encoder, landmarks) if start is None else _named(start)
+        return [named_start(item) for item in start]
+    first = initial_direction(job.init, picture, generator, encoder, landmarks) if start is None else named_start(start)
     if job.candidates == 1:
         return [first]
     return training_starts(job.candidates, generator, first[0], job.settings)
-
-
-def _named(start: Start | NamedStart) -> NamedStart:
-    """A start with the note its direction records: its own, else "random" or "given"."""
-    if isinstance(start, tuple):
-        return start
-    return start, ("random" if isinstance(start, str) else "given")
 
 
 def trained_direction(result: TrainResult, index: int, starts: Sequence[str], target: TrainingTarget,

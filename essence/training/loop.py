@@ -28,7 +28,8 @@ largest layers during the backward pass instead of keeping their activations.
 The one training call, ``essence.training.train``, runs this loop (``_train_starts``) for one start, or
 for K candidates at once (K x N faces per generator pass, each candidate with its own parameters,
 optimiser state, losses and best step), and by default starts again with smaller passes when the
-device runs out of memory. The target reaches the loop as a ``TrainingTarget``, embedded once.
+device runs out of memory. The target reaches the loop as its unit CLIP embedding, computed once by the
+``TrainingTarget``; where training starts is ``essence.training.start``.
 """
 
 from __future__ import annotations
@@ -38,17 +39,16 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
-from ..errors import (DeviceMemoryError, EssenceError, FaceNotFoundError, IncompatibleLatentSpaceError,
-                      MissingWeightsError, ShapeError, TrainingCancelled, require_finite)
-from ..latents import Direction, invert
+from ..errors import DeviceMemoryError, EssenceError, ShapeError, TrainingCancelled, require_finite
+from ..latents import Direction
 from ..networks import ClipGuide, GeneratedMode, StyleGAN2Generator, to_unit
 from ..runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .adam import ScheduledAdam, fresh_adam_step_
-from .target import TrainingTarget
+from .start import Start, random_initial_direction
 
 TrainLoop = Literal["auto", "official", "fast", "graph"]
 GRAPH_WARMUP_STEPS = 3  # steps the "graph" loop runs eagerly (on a side stream) before capturing one on CUDA
@@ -205,59 +205,6 @@ def _unit_or_zero(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
-def random_initial_direction(generator: StyleGAN2Generator, seed: int, truncation: float = 0.7) -> torch.Tensor:
-    """The official fallback initialisation: z -> w -> truncation toward the mean -> W+ [1, n, D]."""
-    with torch.no_grad():
-        return generator.sample_wplus(1, seed=seed, truncation=truncation).clone()
-
-
-Start = torch.Tensor | Literal["random"]  # a starting direction [1, n_latent, D], or TargetCLIP's random start
-INIT_CHOICES: dict[str, str] = {  # how training may start, and what each choice means
-    "auto": "the e4e inversion of the target when it has a face (TargetCLIP's behaviour), else a random latent",
-    "inversion": "the e4e inversion of the (first) target picture; an error if it has no face",
-    "random": "a random face latent (TargetCLIP's fallback, e.g. for cartoons)",
-}
-INVERTED_NOTE = "e4e inversion of the target"
-
-
-def initial_direction(choice: str, target: TrainingTarget, generator: StyleGAN2Generator, encoder: Any = None,
-                      landmarks: Any = None) -> tuple[Start, str]:
-    """TargetCLIP's starting direction and a note saying which start was used, for the metadata.
-
-    ``"inversion"``: the e4e W+ latent [1, n_latent, D] of the largest face in the target's first
-    picture (as the paper); it raises when that is impossible (no encoder, no face, no landmark
-    model). ``"auto"``: the same, falling back to a random start in those cases (as the official code
-    does for cartoons). ``"random"``: always the seeded random start.
-    """
-    if choice not in INIT_CHOICES:
-        raise EssenceError(f"unknown initialisation {choice!r}; choose one of {', '.join(INIT_CHOICES)}.")
-    if choice == "random":
-        return "random", "random"
-    if encoder is None:
-        if choice == "inversion":
-            raise EssenceError("init 'inversion' starts from the e4e inversion of the target, but no e4e "
-                               "encoder was given (e4e_ffhq_encode.pt). Give one, or use init 'auto' or 'random'.")
-        return "random", "random (no encoder)"
-    if target.shown is None:
-        if choice == "inversion":
-            raise EssenceError("init 'inversion' inverts the target's picture, but the target was given as a CLIP "
-                               "embedding. Give its picture, or use init 'auto' or 'random'.")
-        return "random", "random (no target picture)"
-    try:
-        latent = invert(target.shown, encoder, landmarks=landmarks).latents[:1]
-    except (FaceNotFoundError, MissingWeightsError) as exc:
-        if choice == "inversion":
-            raise type(exc)(f"init 'inversion' could not invert the target: {exc}\nUse init 'auto' to start "
-                            f"from a random latent when the target has no face.") from None
-        reason = "no face found in the target" if isinstance(exc, FaceNotFoundError) else "no landmark model"
-        return "random", f"random ({reason})"
-    if latent.shape[1:] != (generator.n_latent, generator.style_dim):
-        raise IncompatibleLatentSpaceError(
-            f"the encoder makes {latent.shape[1]} x {latent.shape[2]} W+ latents but the generator uses "
-            f"{generator.n_latent} x {generator.style_dim}; use the e4e encoder made for this generator.")
-    return latent.to(generator.latent_avg.device), INVERTED_NOTE
-
-
 def _check_inputs(sources: torch.Tensor, init: torch.Tensor, generator: StyleGAN2Generator,
                   settings: TrainSettings) -> None:
     n, d = generator.n_latent, generator.style_dim
@@ -286,56 +233,53 @@ def autocast_for(device: torch.device, mode: str | None, cache: bool = True):
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
-def _train_starts(target: TrainingTarget, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
+def _train_starts(target: torch.Tensor, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
                   starts: Sequence[Start], settings: TrainSettings, *, fit_memory: bool = True,
                   progress: Callable[[TrainProgress], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, on_retry: Callable[[int], None] | None = None,
                   release: Callable[[], None] = release_device_memory) -> list[TrainResult]:
-    """The optimisation of every start together, for ``essence.training.train`` (the one training call,
-    which documents the arguments); one ``TrainResult`` per start, in order, with no metadata yet.
+    """The optimisation of every start together toward ``target``, the target's unit CLIP embedding
+    [1, C], for ``essence.training.train`` (the one training call, which documents the arguments); one
+    ``TrainResult`` per start, in order, with no metadata yet.
 
-    On device out-of-memory it starts again with half as many faces per pass (``fit_memory``):
-    chunking is exact, so a small card gets the same directions, later.
+    The inputs are checked and copied out of inference mode (ComfyUI runs nodes inside it) once; each
+    attempt runs the loop on them, and a device out-of-memory becomes a ``DeviceMemoryError``. On one,
+    it starts again with half as many faces per pass (``fit_memory``): chunking is exact, so a small
+    card gets the same directions, later.
     """
     if not starts:
         raise EssenceError("training needs at least one start.")
     rows = sources.shape[0] * len(starts)
-
-    def attempt(chunk: int | None) -> list[TrainResult]:
-        chunked = settings if chunk is None else replace(settings, chunk_size=chunk if chunk < rows else None)
-        return _train_together(target, sources, generator, guide, starts, chunked, progress, should_stop)
-
-    if not fit_memory:
-        return attempt(None)
-    return retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
-                                f"training ({_faces(sources.shape[0], len(starts))})", release=release,
-                                on_retry=on_retry)
-
-
-def _train_together(target: TrainingTarget, sources: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
-                    starts: Sequence[Start], settings: TrainSettings, progress, should_stop) -> list[TrainResult]:
-    """One attempt for every start at once: inputs checked and copied out of inference mode (ComfyUI
-    runs nodes inside it), then the loop; a device out-of-memory becomes a ``DeviceMemoryError``."""
     device = generator.latent_avg.device
     for init in starts:
         if isinstance(init, str) and init != "random":
             raise EssenceError(f"a start must be a tensor or 'random', got {init!r}.")
     inits = [random_initial_direction(generator, settings.seed, settings.random_init_truncation)
              if isinstance(init, str) else init for init in starts]
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False):
         # tensors made under inference mode cannot join autograd: copy them out of it
-        sources_ = sources.detach().clone().to(device, torch.float32)
-        inits_ = [init.detach().clone().to(device, torch.float32) for init in inits]
-        for init_ in inits_:
-            _check_inputs(sources_, init_, generator, settings)
-        target_ = target.embedding(guide).clone().to(device)
-        settings = replace(settings, loop=resolved_loop(settings, device))
-        torch.manual_seed(settings.seed)
-        try:
-            return _optimise(sources_, torch.cat(inits_), target_, generator, guide, settings, progress, should_stop)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            _raise_if_out_of_memory(exc, sources_.shape[0], len(inits_), settings.chunk_size)
-            raise
+        sources = sources.detach().clone().to(device, torch.float32)
+        inits = [init.detach().clone().to(device, torch.float32) for init in inits]
+        for init in inits:
+            _check_inputs(sources, init, generator, settings)
+        target = target.clone().to(device)
+    settings = replace(settings, loop=resolved_loop(settings, device))
+
+    def attempt(chunk: int | None) -> list[TrainResult]:
+        chunked = settings if chunk is None else replace(settings, chunk_size=chunk if chunk < rows else None)
+        with torch.inference_mode(False), torch.enable_grad():
+            torch.manual_seed(chunked.seed)
+            try:
+                return _optimise(sources, torch.cat(inits), target, generator, guide, chunked, progress, should_stop)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                _raise_if_out_of_memory(exc, sources.shape[0], len(inits), chunked.chunk_size)
+                raise
+
+    if not fit_memory:
+        return attempt(None)
+    return retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
+                                f"training ({_faces(sources.shape[0], len(starts))})", release=release,
+                                on_retry=on_retry)
 
 
 def resolved_loop(settings: TrainSettings, device: torch.device) -> TrainLoop:
@@ -367,36 +311,27 @@ def _raise_if_out_of_memory(exc: BaseException, count: int, candidates: int, chu
     raise DeviceMemoryError(f"training ({_faces(count, candidates)}, {per_pass} rendered per pass)", advice) from exc
 
 
-def _loss_and_backward(edited, candidates: int, count: int, chunk: int | None, e_src, target, s: TrainSettings):
-    """Loss terms [K] of every candidate, with their gradients accumulated into the parameters.
+def _loss_and_backward(edited, losses, e_src, candidates: int, count: int, chunk: int | None):
+    """Loss terms [K] of every candidate (``losses(e_src, e_amp)``), with their gradients accumulated
+    into the parameters.
 
-    Each candidate's loss is computed on its own N edited embeddings exactly as a single run would;
-    their sum is back-propagated (candidates share no parameter, so each gets its own gradient).
+    ``losses`` computes each candidate's loss on its own N edited embeddings exactly as a single run
+    would; their sum is back-propagated (candidates share no parameter, so each gets its own gradient).
     In one pass when ``chunk`` covers all K x N faces. Otherwise exactly the same gradient with the
     memory of one chunk: first every edited embedding without autograd, then the loss and its
     gradient with respect to those embeddings (tiny), then each chunk is rendered again with
     autograd and that slice of the gradient is back-propagated through it.
     """
-    def terms(e_amp):
-        per_candidate = e_amp.reshape(candidates, count, -1)
-        loss, transfer, consistency = [], [], []
-        for k in range(candidates):
-            t, c = essence_losses(e_src, per_candidate[k], target)
-            loss.append(s.lambda_transfer * t + s.lambda_consistency * c)
-            transfer.append(t)
-            consistency.append(c)
-        return torch.stack(loss), torch.stack(transfer), torch.stack(consistency)
-
     rows = candidates * count
     if chunk is None or chunk >= rows:
-        loss, transfer, consistency = terms(edited(0, rows))
+        loss, transfer, consistency = losses(e_src, edited(0, rows))
         (loss[0] if candidates == 1 else loss.sum()).backward()
         return loss, transfer, consistency
     slices = _passes(candidates, count, chunk)
     with torch.no_grad():
         e_amp = torch.cat([edited(*rows_) for rows_ in slices])
     e_amp.requires_grad_(True)
-    loss, transfer, consistency = terms(e_amp)
+    loss, transfer, consistency = losses(e_src, e_amp)
     (loss[0] if candidates == 1 else loss.sum()).backward()
     for start, stop in slices:
         edited(start, stop).backward(e_amp.grad[start:stop])
@@ -485,11 +420,22 @@ class _CudaGraphStep:
 
 
 def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progress, should_stop) -> list[TrainResult]:
-    """The loop for K candidates at once: ``inits`` [K, n_latent, D]."""
+    """The loop for K candidates at once: ``inits`` [K, n_latent, D], toward ``target`` [1, C]."""
     device = sources.device
     count = sources.shape[0]
     candidates = inits.shape[0]
     use_coefficients = s.lambda_consistency > 0
+
+    def losses(e_src: torch.Tensor, e_amp: torch.Tensor):
+        """(loss, transfer, consistency) [K] of the K x N edited embeddings ``e_amp``, candidate by candidate."""
+        per_candidate = e_amp.reshape(candidates, count, -1)
+        loss, transfer, consistency = [], [], []
+        for k in range(candidates):
+            t, c = essence_losses(e_src, per_candidate[k], target)
+            loss.append(s.lambda_transfer * t + s.lambda_consistency * c)
+            transfer.append(t)
+            consistency.append(c)
+        return torch.stack(loss), torch.stack(transfer), torch.stack(consistency)
 
     def render_and_embed(latents: torch.Tensor) -> torch.Tensor:
         return embed_faces(latents, generator, guide, s)
@@ -520,7 +466,7 @@ def _optimise(sources, inits, target, generator, guide, s: TrainSettings, progre
         """Losses and gradients of every candidate, then ``update`` (both optimisers) and the
         best-so-far record: the step every loop takes, whatever its optimisers."""
         direction.grad = coefficients.grad = None
-        loss, transfer, consistency = _loss_and_backward(edited, candidates, count, s.chunk_size, e_src, target, s)
+        loss, transfer, consistency = _loss_and_backward(edited, losses, e_src, candidates, count, s.chunk_size)
         with torch.no_grad():
             update()
             best.record(loss, transfer, consistency, direction)

@@ -255,7 +255,7 @@ def strength_curve(direction: Direction, generator: StyleGAN2Generator, guide: C
     notes: list[str] = []
     with torch.no_grad():
         target_clip = target.embedding(guide).float().cpu()
-        target_face = measure.target_face(target, landmarks, notes) if identity is not None else None
+        target_face = measure.target_face(target.shown, landmarks, notes) if identity is not None else None
         if identity is None:
             notes.append("identity metrics absent: no identity model (ArcFace model_ir_se50.pth) was given")
         photos = source_images if protocol == "official" else None
@@ -387,14 +387,15 @@ class _Measure:
                 point.target_identity = _x100(edited["identity"] @ target_face.t())
         return point
 
-    def target_face(self, target: TrainingTarget, landmarks: Any, notes: list[str]) -> torch.Tensor | None:
-        """ArcFace unit embedding [1, 512] of the target's largest face, FFHQ-aligned; None (and a
-        note) when the target has no face a detector finds, no picture, or no landmark model installed."""
-        if target.shown is None:
+    def target_face(self, picture: Any, landmarks: Any, notes: list[str]) -> torch.Tensor | None:
+        """ArcFace unit embedding [1, 512] of the largest face in the target's ``picture``
+        (``TrainingTarget.shown``), FFHQ-aligned; None (and a note) when the target has no face a
+        detector finds, no picture, or no landmark model installed."""
+        if picture is None:
             notes.append("target identity absent: the target was given as a CLIP embedding, without a picture")
             return None
         try:
-            face = align_face(target.shown, 256, landmarks=landmarks)
+            face = align_face(picture, 256, landmarks=landmarks)
         except FaceNotFoundError:
             notes.append("target identity absent: no face found in the target (a cartoon or a painting?)")
             return None

@@ -86,12 +86,13 @@ class TrainingTarget:
         """Unit CLIP embedding [1, C] of the target as ``guide`` sees it, computed once per guide.
 
         Several pictures: the mean of their unit embeddings, renormalised (the official code takes
-        one picture; with one, this is exactly its embedding).
+        one picture; with one, this is exactly its embedding). Computed outside inference mode, so the
+        one cached value serves every later use, training's included, whoever asked first.
         """
         if self.given_embedding is not None:
             return self.given_embedding
         if guide not in self._embeddings:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():
                 embeddings = to_unit(guide.embed_target(self.pictures).float())
             self._embeddings[guide] = to_unit(embeddings.mean(0, keepdim=True))
         return self._embeddings[guide]
