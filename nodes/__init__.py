@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import host
 from .directions import EssenceLoad, EssenceMix, EssenceSave
+from .encoder import EssenceEncode, EssenceTrainedEncoderLoader, EssenceTrainEncoder
 from .faces import EssenceAlignFace, EssenceInvertFace, EssencePasteBack
 from .latents import EssenceApply, EssenceSampleLatents
 from .loaders import (EssenceEncoderLoader, EssenceGeneratorLoader, EssenceGuideLoader, EssenceIdentityLoader,
@@ -29,6 +30,9 @@ _NODES: list[tuple[type, str]] = [
     (EssenceSampleLatents, "Sample Face Latents"),
     (EssenceApply, "Apply Essence"),
     (EssenceTrain, "Train Essence (TargetCLIP)"),
+    (EssenceTrainedEncoderLoader, "Load Essence Encoder (trained)"),
+    (EssenceEncode, "Encode Essence"),
+    (EssenceTrainEncoder, "Train Essence Encoder"),
     (EssenceSave, "Save Essence"),
     (EssenceLoad, "Load Essence"),
     (EssenceMix, "Mix Essences"),

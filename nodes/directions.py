@@ -6,7 +6,6 @@ Directions are files in ComfyUI's ``models/essence_directions`` folder: Essence'
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,7 @@ CATEGORY = "essence/directions"
 
 def directions_dir() -> Path:
     """Where new direction files go: the first registered ``essence_directions`` path."""
-    dirs = host.folder_dirs(host.DIRECTIONS_FOLDER)
-    if not dirs:
-        raise EssenceError(f"ComfyUI has no '{host.DIRECTIONS_FOLDER}' model folder registered; "
-                           f"the Essence pack did not load properly (see ComfyUI's start-up log).")
-    return Path(dirs[0])
+    return host.save_folder(host.DIRECTIONS_FOLDER)
 
 
 class EssenceSave:
@@ -78,12 +73,8 @@ class EssenceLoad:
 
     @classmethod
     def VALIDATE_INPUTS(cls, direction_file: str) -> bool | str:
-        if not isinstance(direction_file, str) or not direction_file:
-            return "pick a direction file"
-        parts = direction_file.replace("\\", "/").split("/")
-        if os.path.isabs(direction_file) or direction_file.startswith(("/", "\\")) or ".." in parts:
-            return f"{direction_file!r} is not a file inside models/{host.DIRECTIONS_FOLDER}"
-        return True
+        problem = host.folder_file_problem(host.DIRECTIONS_FOLDER, direction_file)
+        return True if problem is None else problem
 
     def load(self, direction_file: str) -> tuple[essence.Direction]:
         verdict = self.VALIDATE_INPUTS(direction_file)  # ComfyUI skips its list check when this exists

@@ -16,16 +16,18 @@ import logging
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..essence import storage as essence_storage
-from ..essence.errors import DeviceMemoryError, MissingWeightsError
+from ..essence.errors import DeviceMemoryError, EssenceError, MissingWeightsError
 from ..essence.runtime import describe_device, is_out_of_memory
 
 DIRECTIONS_FOLDER = "essence_directions"
 DIRECTION_EXTENSIONS = frozenset({".safetensors", ".npy"})
+ENCODERS_FOLDER = "essence_encoders"  # trained essence encoders (TargetCLIP's encoder variant)
+ENCODER_EXTENSIONS = frozenset({".safetensors"})
 PREVIEW_MAX_SIZE = 512  # ComfyUI's default --preview-size
 
 
@@ -72,6 +74,7 @@ def model_folders() -> dict[str, frozenset[str]]:
         ext = frozenset({Path(spec.filename).suffix.lower()}) if spec.role == "landmarks" else checkpoint_ext
         folders[spec.comfy_folder] = folders.get(spec.comfy_folder, frozenset()) | ext
     folders[DIRECTIONS_FOLDER] = DIRECTION_EXTENSIONS
+    folders[ENCODERS_FOLDER] = ENCODER_EXTENSIONS
     return folders
 
 
@@ -108,6 +111,15 @@ def folder_dirs(folder: str) -> list[str]:
     return _comfy_folder_paths(folder)
 
 
+def save_folder(folder: str) -> Path:
+    """Where new files of ``folder`` go: its first registered path."""
+    dirs = folder_dirs(folder)
+    if not dirs:
+        raise EssenceError(f"ComfyUI has no '{folder}' model folder registered; the Essence pack did not load "
+                           f"properly (see ComfyUI's start-up log).")
+    return Path(dirs[0])
+
+
 def filename_list(folder: str) -> list[str]:
     """The files a loader dropdown offers (ComfyUI's cached listing), [] outside ComfyUI."""
     fp = folder_paths()
@@ -133,6 +145,17 @@ def require_file(folder: str, filename: str, what: str) -> Path:
     raise MissingWeightsError(missing_file_message(folder, filename, what))
 
 
+def folder_file_problem(folder: str, filename: Any) -> str | None:
+    """Why a dropdown value cannot name a file inside ``folder`` (empty, absolute, or leaving it with
+    '..'), or None when it can."""
+    if not isinstance(filename, str) or not filename:
+        return "no file was picked"
+    parts = filename.replace("\\", "/").split("/")
+    if os.path.isabs(filename) or filename.startswith(("/", "\\")) or ".." in parts:
+        return f"{filename!r} is not a file inside models/{folder}"
+    return None
+
+
 def missing_file_message(folder: str, filename: str, what: str) -> str:
     """Which folder to put ``filename`` in, and (for a file the manifest knows) where to get it."""
     places = folder_dirs(folder) or [f"models/{folder}"]
@@ -147,6 +170,9 @@ def _how_to_get(folder: str, filename: str) -> list[str]:
     if folder == DIRECTIONS_FOLDER:
         return ["Directions come from Save Essence, or are TargetCLIP's published .npy files (the dirs/ "
                 "folder of github.com/hila-chefer/TargetCLIP)."]
+    if folder == ENCODERS_FOLDER:
+        return ["Essence encoders are trained by you: Train Essence Encoder saves them there, and so can "
+                "`python -m essence train-encoder --out ...` (no trained encoder is published)."]
     try:
         spec = essence_storage.get_spec(filename)
     except MissingWeightsError:
@@ -273,6 +299,25 @@ def check_interrupt() -> None:
     mm = model_management()
     if mm is not None:
         mm.throw_exception_if_processing_interrupted()
+
+
+def interrupted() -> bool:
+    """A library ``should_stop`` hook: raises ComfyUI's interrupt exception on Cancel (so the graph
+    stops as ComfyUI expects), else False."""
+    check_interrupt()
+    return False
+
+
+def preview_or_none(draw: Callable[[], Any], node: str) -> Any:
+    """``draw()`` (a progress preview), or None when the device has no room for it. A preview is only
+    a picture: running out of memory for it must not stop training, nor count as training running
+    out (which would restart it with smaller passes); the log says it was skipped."""
+    try:
+        return draw()
+    except DeviceMemoryError as exc:
+        release_memory()
+        log.warning("%s: no preview this time (%s); training goes on.", node, exc.what)
+        return None
 
 
 class Progress:

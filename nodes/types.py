@@ -19,8 +19,11 @@ DIRECTION = "ESSENCE_DIRECTION"   # essence.Direction
 LANDMARKS = "ESSENCE_LANDMARKS"   # essence.faces.FaceLandmarker (dlib detector + 68-point predictor)
 IDENTITY = "ESSENCE_IDENTITY"     # essence.networks.IdentityEncoder (ArcFace IR-SE-50)
 ALIGNMENT = "ESSENCE_ALIGNMENT"   # EssenceAlignment (below)
+# essence.encoding.EssenceEncoder: an e4e trained to give essences (TargetCLIP's encoder variant);
+# not ENCODER, the plain e4e that gives a face's own latent
+TRAINED_ENCODER = "ESSENCE_TRAINED_ENCODER"
 
-CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, IDENTITY, ALIGNMENT)
+CUSTOM_TYPES = (GENERATOR, ENCODER, GUIDE, LATENT, DIRECTION, LANDMARKS, IDENTITY, ALIGNMENT, TRAINED_ENCODER)
 
 
 @dataclass(frozen=True)

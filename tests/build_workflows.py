@@ -5,7 +5,8 @@
 
 (the Python running it needs Essence's requirements and ``playwright``; Chromium comes from
 ``apt-get install chromium``; see ``tests/real_comfyui.py``). ``--no-thumbnails`` writes the JSON
-files only and needs neither ComfyUI nor a browser.
+files only and needs neither ComfyUI nor a browser. Names of examples (``essence_encode ...``) after
+the options write only those.
 
 The graphs are declared below by node type and input name; node layouts (sockets, widget order)
 come from the nodes' own ``INPUT_TYPES`` through ``workflow_tools.widget_slots``, the frontend's
@@ -37,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the library, for essence.storage
 
 from comfy_stubs import fake_comfyui  # noqa: E402
-from workflow_tools import (CLIP_VIDEO, LANDMARKS_AUTO, PHOTO_IMAGE, TARGET_IMAGE, VIDEO_PREVIEW,  # noqa: E402
-                            WORKFLOWS, definitions_of, random_directions, socket_inputs, stage_tiny_files, widget_slots)
+from workflow_tools import (CLIP_VIDEO, ENCODER_FILE, LANDMARKS_AUTO, PHOTO_IMAGE, TARGET_IMAGE,  # noqa: E402
+                            VIDEO_PREVIEW, WORKFLOWS, definitions_of, random_directions, socket_inputs,
+                            stage_tiny_files, widget_slots)
 
 THUMBNAIL_SIZE = 400   # square, like ComfyUI's own template thumbnails (the browser shows them square)
 RENDER_SIZE = 1400     # the canvas is drawn this big, then scaled down: crisper than drawing at 400
@@ -58,6 +60,10 @@ FACES_NOTE = (
 LPIPS_NOTE = (
     "- essence_lpips/alexnet-owt-7be5be79.pth (torchvision's AlexNet, BSD-3-Clause; for refine 'pti': LPIPS), "
     "with `pip install lpips` in ComfyUI's Python.")
+ENCODER_NOTE = (
+    "Essence encoder (ComfyUI/models/essence_encoders/): one you trained with Train Essence Encoder (saved as "
+    "essence_encoder_00001.safetensors) or `python -m essence train-encoder`; none is published. It works only "
+    "with the generator it was trained against.")
 DIRECTIONS_NOTE = (
     "Essences (ComfyUI/models/essence_directions/): your own files from Save Essence, or TargetCLIP's "
     "published directions (keanu.npy, joker.npy, elsa.npy, ...) from the dirs/ folder of "
@@ -435,9 +441,47 @@ def video_essence(defs: dict[str, dict[str, Any]]) -> Graph:
     return g
 
 
+def encode_essence(defs: dict[str, dict[str, Any]]) -> Graph:
+    """(g) Encode a target's essence in one pass with a trained essence encoder, and give the face in a
+    photo that essence, pasted back along the face's outline."""
+    g = Graph(defs)
+    note = g.note("Encode the essence of the target in one pass with an essence encoder (TargetCLIP's encoder "
+                  "variant: no training per target), then give the face in your photo that essence: the photo is "
+                  "aligned and inverted, the face is edited, rendered and pasted back along its outline (hair and "
+                  "background stay the photo's). Several pictures of the same target can be batched: their "
+                  "essences are averaged. Invert Face's refine 'pti' keeps more of the person's likeness.\n\n"
+                  + ENCODER_NOTE + "\n\n" + MODELS_NOTE.replace("\n- essence_clip/ViT-B-32.pt (OpenAI CLIP)", "")
+                  + "\n" + FACES_NOTE,
+                  (520, 380))
+    gen = g.add("EssenceGeneratorLoader", generator_file="stylegan2-ffhq-config-f.pt")
+    encoder = g.add("EssenceEncoderLoader", encoder_file="e4e_ffhq_encode.pt")
+    landmarks = g.add("EssenceLandmarkLoader", landmarks_file=LANDMARKS_AUTO)
+    essence_encoder = g.add("EssenceTrainedEncoderLoader", encoder_file=ENCODER_FILE)
+    target = g.add("LoadImage", "Target Picture", image=TARGET_IMAGE)
+    encoded = g.add("EssenceEncode", essence_encoder=(essence_encoder, 0), images=(target, 0), align=True,
+                    landmarks=(landmarks, 0), generator=(gen, 0), name="my_target")
+    save = g.add("EssenceSave", direction=(encoded, 0), filename_prefix="my_encoded_essence")
+    photo = g.add("LoadImage", "Your Photo", image=PHOTO_IMAGE)
+    face = g.add("EssenceInvertFace", encoder=(encoder, 0), landmarks=(landmarks, 0), images=(photo, 0),
+                 face_index=0, no_face="error")
+    edited = g.add("EssenceApply", latents=(face, 0), direction=(encoded, 0), strength=1.0, layers="all",
+                   auto_strength=False)
+    rendered = g.add("EssenceRender", generator=(gen, 0), latents=(edited, 0), resolution="full")
+    shown = g.add("PreviewImage", "Edited Face", images=(rendered, 0))
+    pasted = g.add("EssencePasteBack", photos=(photo, 0), faces=(rendered, 0), alignment=(face, 2), feather=0.1,
+                   mask="face")
+    result = g.add("SaveImage", images=(pasted, 0), filename_prefix="essence/encoded_edit")
+    models = g.group("Models", [gen, encoder, landmarks, essence_encoder])
+    encode = g.group("Encode the target's essence in one pass", [target], [encoded, save])
+    edit = g.group("Give the face in your photo that essence", [photo], [face], [edited, rendered, shown],
+                   [pasted, result])
+    g.arrange([models, note], [encode, edit])
+    return g
+
+
 EXAMPLES = {"essence_apply": apply_essence, "essence_train": train_essence, "essence_mix_sweep": mix_and_sweep,
             "essence_train_photo": train_from_photo, "essence_train_best": train_best_essence,
-            "essence_video": video_essence}
+            "essence_video": video_essence, "essence_encode": encode_essence}
 
 
 # ----------------------------------------------------------------------------- thumbnails
@@ -480,11 +524,16 @@ def write_thumbnails(workflows: dict[str, dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-thumbnails", action="store_true", help="write the JSON files only")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"write only these examples (default: all of {', '.join(EXAMPLES)})")
     args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(EXAMPLES))
+    if unknown:
+        parser.error(f"no example called {', '.join(unknown)}; the examples: {', '.join(EXAMPLES)}")
     with tempfile.TemporaryDirectory() as tmp:
         with fake_comfyui(stage_tiny_files(Path(tmp), random_directions())) as env:
             defs = definitions_of(env.pack)
-    workflows = {name: build(defs).to_ui() for name, build in EXAMPLES.items()}
+    workflows = {name: build(defs).to_ui() for name, build in EXAMPLES.items() if name in (args.names or EXAMPLES)}
     WORKFLOWS.mkdir(exist_ok=True)
     for name, workflow in workflows.items():
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")

@@ -435,7 +435,8 @@ def check_outputs(pack: types.ModuleType, cls: type, outputs: Any) -> None:
                 "ESSENCE_GUIDE": lib.networks.ClipGuide, "ESSENCE_DIRECTION": lib.Direction,
                 "ESSENCE_LATENT": lib.LatentSet, "STRING": str,
                 "ESSENCE_LANDMARKS": lib.faces.FaceLandmarker, "ESSENCE_IDENTITY": lib.networks.IdentityEncoder,
-                "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment}
+                "ESSENCE_ALIGNMENT": pack.nodes.types.EssenceAlignment,
+                "ESSENCE_TRAINED_ENCODER": lib.encoding.EssenceEncoder}
     for kind, value in zip(cls.RETURN_TYPES, outputs):
         if kind == "IMAGE":
             assert isinstance(value, torch.Tensor) and value.dtype == torch.float32, cls.__name__

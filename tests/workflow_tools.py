@@ -20,6 +20,7 @@ the in-process runner all use it.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -260,6 +261,8 @@ STAND_INS = {
     ("essence_clip", "ViT-B-32.pt"): "clip_tiny.pt",
 }
 DIRECTION_FILES = ("keanu.npy", "joker.npy")  # official TargetCLIP directions the examples load
+ENCODERS_FOLDER = "essence_encoders"
+ENCODER_FILE = "essence_encoder_00001.safetensors"  # the trained essence encoder the encode example loads
 TARGET_IMAGE = "target.jpg"                   # the picture the training examples load (a face: they invert it)
 PHOTO_IMAGE = "photo.jpg"                     # the photo the train-from-photo example edits
 # ComfyUI's input folder: name -> the picture staged under it (tests/pictures.py)
@@ -286,6 +289,9 @@ def stage_tiny_files(base: Path, directions: dict[str, Any]) -> Path:
     lpips = models / "essence_lpips" / perceptual_weights.FILENAME  # LPIPS's backbone, for refine 'pti'
     if not lpips.exists():
         perceptual_weights.write_alexnet(lpips)
+    (models / ENCODERS_FOLDER).mkdir(parents=True, exist_ok=True)
+    if not (models / ENCODERS_FOLDER / ENCODER_FILE).exists():
+        (models / ENCODERS_FOLDER / ENCODER_FILE).write_bytes(tiny_essence_encoder())
     (models / "essence_directions").mkdir(parents=True, exist_ok=True)
     for name, array in directions.items():
         np.save(models / "essence_directions" / name, np.asarray(array, dtype=np.float32))
@@ -297,9 +303,36 @@ def stage_tiny_files(base: Path, directions: dict[str, Any]) -> Path:
     return models
 
 
+@functools.cache
+def tiny_essence_encoder() -> bytes:
+    """The bytes of an essence encoder file for the tiny generator (the fixtures hold no trained one):
+    the tiny e4e trained by ``essence.encoding`` for one update on 2 generated faces (1 held out) with
+    2 sources, in about a second; made once per process."""
+    import tempfile
+
+    from essence.encoding import EncoderSettings, generated_data, train_encoder, trained_encoder
+    from essence.latents import sample_latents
+    from essence.networks import load_encoder, load_generator, load_guide
+
+    tiny = {folder: FIXTURES / fixture for (folder, _name), fixture in STAND_INS.items()}
+    generator = load_generator(tiny["essence_stylegan2"], cache=False)
+    guide = load_guide(tiny["essence_clip"], cache=False)
+    encoder = load_encoder(tiny["essence_e4e"], cache=False)
+    settings, data = EncoderSettings(max_steps=0), generated_data(generator, 2, 1)
+    sources = sample_latents(generator, 2, seed=0).latents
+    training = train_encoder(encoder, generator, guide, data, sources, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = trained_encoder(training, generator, guide.name, data, sources, settings, "tiny").save(
+            Path(tmp) / ENCODER_FILE)
+        return path.read_bytes()
+
+
 def expected_init(prompt: dict[str, dict[str, Any]]) -> str:
-    """How the essences the examples train start, as their files record it: from the target's e4e
-    inversion when an encoder is connected (init 'auto', targets with a face), else randomly."""
+    """How the essences the examples make start, as their files record it: encoded by an essence
+    encoder (Encode Essence); trained from the target's e4e inversion when an encoder is connected
+    (init 'auto', targets with a face), else randomly."""
+    if any(n["class_type"] == "EssenceEncode" for n in prompt.values()):
+        return "encoder"
     trains = [n for n in prompt.values() if n["class_type"] == "EssenceTrain"]
     return "e4e inversion of the target" if any("encoder" in t["inputs"] for t in trains) else "random"
 

@@ -3,7 +3,8 @@
 
 As every command: all options and outputs are checked before any model loads or any step runs
 (``storage.check_files``), errors are one ``error:`` line, and the library does the work
-(``essence.encoding``). A ``train-encoder`` killed at any point is resumed by running it again.
+(``essence.encoding``; with ``--workers``, ``essence.scale.run_encoder_training`` on Ray Train). A
+``train-encoder`` killed at any point is resumed by running it again.
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ from ..encoding import (EncoderData, EncoderProgress, EncoderSettings, check_enc
                         folder_pictures, generated_data, load_essence_encoder, photo_data, picture_data,
                         train_encoder_file)
 from ..runtime import resolve_device
+from ..scale import EncoderModels, run_encoder_training
 from ..storage import Output, check_files, save_or_rescue
 from .directions import SAFETENSORS, add_model_options, model_inputs, number, whole
 
 DEFAULTS = EncoderSettings()
 DEFAULT_SOURCES = 5  # the official encoder_sources.pt holds 5 rows
+WORKERS_HELP = (
+    "train on N Ray Train workers (DDP; gloo on CPUs, one GPU each when the cluster has GPUs) instead of this "
+    "process. Each step trains on N x --batch-size pictures (the effective batch), chosen from --seed and the step "
+    "as one process would; the gradient is averaged over the workers. The official --lr 1e-4 is for a batch of 1: "
+    "for a few workers (up to about 8) we suggest keeping it, since Ranger's steps hardly grow with the batch; "
+    "for more, try lr x sqrt(N). Linear scaling (lr x N) is SGD's rule and is likely too much here. This is "
+    "guidance, not measured. A step sees N times the pictures, so --max-steps / N sees as many as one process. "
+    "Checkpoints go to <checkpoints>/ray-train/; run the same command again to resume")
 
 
 def _add_train_encoder(subparsers) -> None:
@@ -47,7 +57,8 @@ def _add_train_encoder(subparsers) -> None:
     p.add_argument("--lambda-consistency", type=number(0), default=DEFAULTS.lambda_consistency,
                    help=f"default {DEFAULTS.lambda_consistency:g}")
     p.add_argument("--lambda-reg", type=number(0), default=DEFAULTS.lambda_reg, help=f"default {DEFAULTS.lambda_reg:g}")
-    p.add_argument("--batch-size", type=whole(1), default=DEFAULTS.batch_size, help="default 1")
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULTS.batch_size,
+                   help="pictures a step, on each worker with --workers (default 1, as the README)")
     p.add_argument("--flip", type=number(0), default=DEFAULTS.flip, help="chance of a left-right flip (default 0.5)")
     p.add_argument("--no-shuffle", action="store_true", help="take the pictures in order (by name) every epoch")
     p.add_argument("--validate-every", type=whole(1), default=DEFAULTS.validate_every,
@@ -57,6 +68,10 @@ def _add_train_encoder(subparsers) -> None:
     p.add_argument("--seed", type=whole(0), default=0, help="seed of the order, the flips, the sources and generated faces")
     p.add_argument("--chunk", type=whole(1), default=None, help="source faces rendered per pass (less memory, same result)")
     p.add_argument("--landmarks", help="dlib's 68-point landmark file (for --photos)")
+    p.add_argument("--workers", type=whole(1), default=None, metavar="N", help=WORKERS_HELP)
+    p.add_argument("--address", default=None,
+                   help="with --workers: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this "
+                        "machine); the model files and the checkpoint folder must be reachable by every node")
     add_model_options(p, encoder=True, guide=True)
     p.set_defaults(handler=_cmd_train_encoder)
 
@@ -70,22 +85,32 @@ def _settings(args: argparse.Namespace) -> EncoderSettings:
 
 def _cmd_train_encoder(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.address is not None and args.workers is None:
+        raise EssenceError("--address runs the training on a Ray cluster: give --workers N too.")
     folder = args.photos or args.pictures
     if folder is not None:
         folder_pictures(folder)  # refused now when it holds no picture
-    checkpoints = check_encoder_outputs(args.out, args.checkpoints,
-                                        [folder, args.sources, *model_inputs(args)])
+    inputs = [folder, args.sources, *model_inputs(args)]
+    checkpoints = check_encoder_outputs(args.out, args.checkpoints, inputs, distributed=args.workers is not None)
     generator = load_generator(args.generator, device=args.device)
-    guide = load_guide(args.guide, device=args.device)
-    encoder = load_encoder(args.encoder, device=args.device)
     sources = (load_latents(args.sources, generator) if args.sources
                else sample_latents(generator, DEFAULT_SOURCES, seed=args.seed)).latents
     data = _data(args, generator, checkpoints)
-    print(f"Training an essence encoder: {data.train.shape[0]} training and {data.heldout.shape[0]} held-out "
-          f"picture(s) ({data.kind}), {sources.shape[0]} sources, {settings.updates} updates; checkpoints in "
-          f"{checkpoints}.", flush=True)
-    file, training = train_encoder_file(args.out, encoder, generator, guide, data, sources, settings,
-                                        checkpoints=checkpoints, start=args.encoder, progress=_progress_bar())
+    where = (f"on {args.workers} Ray Train worker(s), {args.workers} x {settings.batch_size} picture(s) a step"
+             if args.workers is not None else "in this process")
+    print(f"Training an essence encoder {where}: {data.train.shape[0]} training and {data.heldout.shape[0]} "
+          f"held-out picture(s) ({data.kind}), {sources.shape[0]} sources, {settings.updates} updates; checkpoints "
+          f"in {checkpoints}.", flush=True)
+    if args.workers is not None:
+        models = EncoderModels(args.generator, args.guide, args.encoder, args.device)
+        file, training = run_encoder_training(args.out, data, sources, settings, models, workers=args.workers,
+                                              address=args.address, checkpoints=checkpoints, inputs=inputs,
+                                              start=args.encoder)
+    else:
+        guide = load_guide(args.guide, device=args.device)
+        encoder = load_encoder(args.encoder, device=args.device)
+        file, training = train_encoder_file(args.out, encoder, generator, guide, data, sources, settings,
+                                            checkpoints=checkpoints, start=args.encoder, progress=_progress_bar())
     if training.resumed_from:
         print(f"Resumed from step {training.resumed_from}.")
     best = f"best validation loss {training.best_loss:.4f} at step {training.best_step}" \

@@ -140,6 +140,25 @@ def folder_pictures(folder: PathLike) -> list[Path]:
     return files
 
 
+def aligned_pixels(photos: Sequence[Any], landmarks: FaceLandmarker | PathLike | None = None) -> torch.Tensor:
+    """Face photos -> uint8 [N, 3, 256, 256]: the face of each aligned the FFHQ way (a photo without
+    one is refused, naming it)."""
+    faces = align_photos(list(photos), INPUT_SIZE, landmarks=landmarks)
+    return pil_to_pixels([face.crop for _, face in faces])
+
+
+def batch_data(pictures: Sequence[Any], heldout: int, *, align: bool,
+               landmarks: FaceLandmarker | PathLike | None = None) -> EncoderData:
+    """Pictures given together (files, PIL images, single-image tensors, a ComfyUI IMAGE batch): each
+    face aligned at 256 px (``align``, kind "photos") or each picture used as it is, resized (kind
+    "pictures"); the last ``heldout`` are held out for validation."""
+    _check_split(len(pictures), heldout, "the training pictures")
+    pixels = aligned_pixels(pictures, landmarks) if align else resized_pixels(pictures)
+    split = len(pictures) - heldout
+    return EncoderData(pixels[:split].clone(), pixels[split:].clone(), "photos" if align else "pictures",
+                       {"aligned": align})
+
+
 def photo_data(folder: PathLike, heldout: int, *, landmarks: FaceLandmarker | PathLike | None = None,
                cache: PathLike | None = None) -> EncoderData:
     """The face photos of ``folder``, each aligned at 256 px (a photo without a face is refused, naming
@@ -150,8 +169,7 @@ def photo_data(folder: PathLike, heldout: int, *, landmarks: FaceLandmarker | Pa
     files_sha = _files_sha256(files)
     cached = _read_cache(cache, files_sha)
     if cached is None:
-        faces = align_photos([str(p) for p in files], INPUT_SIZE, landmarks=landmarks)
-        cached = pil_to_pixels([face.crop for _, face in faces])
+        cached = aligned_pixels([str(p) for p in files], landmarks)
         if cache is not None:
             save_safetensors_atomic({"pixels": cached}, {"files_sha256": files_sha},
                                     Path(cache) / f"aligned-{files_sha[:16]}.safetensors")

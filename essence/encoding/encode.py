@@ -16,10 +16,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..faces import FaceLandmarker, align_photos, pil_to_pixels
+from ..faces import FaceLandmarker
 from ..latents import Direction, LatentSpace, direction_metadata, target_thumbnail
-from ..networks import INPUT_SIZE, StyleGAN2Generator
-from .data import as_inputs, resized_pixels
+from ..networks import E4EEncoder, StyleGAN2Generator
+from .data import aligned_pixels, as_inputs, resized_pixels
 from .encoder_file import EssenceEncoder
 
 PathLike = str | os.PathLike
@@ -29,10 +29,17 @@ def target_pixels(pictures: Sequence[Any], align: bool = True,
                   landmarks: FaceLandmarker | PathLike | None = None) -> torch.Tensor:
     """Pictures of one target -> uint8 [N, 3, 256, 256]: the face of each aligned (a picture without
     one is refused, naming it), or with ``align=False`` each picture resized as it is."""
-    if not align:
-        return resized_pixels(pictures)
-    faces = align_photos(list(pictures), INPUT_SIZE, landmarks=landmarks)
-    return pil_to_pixels([face.crop for _, face in faces])
+    return aligned_pixels(pictures, landmarks) if align else resized_pixels(pictures)
+
+
+def essences_of(model: E4EEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, 256, 256] -> each picture's essence [N, n_latent, D] (float32, CPU): the encoder's
+    raw output in eval mode (BatchNorm with its running statistics, as at inference), in parts of 8."""
+    model = model.eval()
+    param = next(model.parameters())
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.cat([model(as_inputs(part).to(param.device, param.dtype)).float().cpu()
+                          for part in pixels.split(8)])
 
 
 def encode_essence(encoder: EssenceEncoder, pictures: Sequence[Any], *, align: bool = True,
@@ -44,10 +51,7 @@ def encode_essence(encoder: EssenceEncoder, pictures: Sequence[Any], *, align: b
     if generator is not None:
         encoder.check_generator(generator, str(encoder_file or encoder.name))
     pixels = target_pixels(pictures, align, landmarks)
-    model = encoder.model.eval()
-    param = next(model.parameters())
-    with torch.inference_mode(False), torch.no_grad():
-        essences = torch.cat([model(as_inputs(part).to(param.device, param.dtype)) for part in pixels.split(8)])
+    essences = essences_of(encoder.model, pixels)
     space = encoder.meta.get("latent_space") or asdict(LatentSpace(*essences.shape[1:]))
     files = [Path(p).name for p in pictures if isinstance(p, (str, os.PathLike))]
     meta = direction_metadata(
@@ -60,4 +64,4 @@ def encode_essence(encoder: EssenceEncoder, pictures: Sequence[Any], *, align: b
         target=files or f"{len(pixels)} picture(s)", targets=len(pixels))
     if name or files:
         meta["name"] = name or Path(files[0]).stem
-    return Direction(essences.mean(0, keepdim=True).float().cpu(), meta, target_thumbnail(pictures[0]))
+    return Direction(essences.mean(0, keepdim=True), meta, target_thumbnail(pictures[0]))

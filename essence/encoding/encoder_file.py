@@ -21,7 +21,8 @@ import torch
 from ..errors import IncompatibleWeightsError, WeightFileError
 from ..latents import LatentSpace
 from ..networks import E4EEncoder, EncoderConfig, StyleGAN2Generator, synthesis_fingerprint
-from ..storage import build_loaded, encode_metadata, read_typed_file, save_safetensors_atomic, utc_now
+from ..storage import (build_loaded, encode_metadata, read_typed_file, save_safetensors_atomic,
+                       save_safetensors_numbered, utc_now)
 from ..version import __version__
 
 FORMAT_NAME = "essence.encoder"
@@ -54,11 +55,19 @@ class EssenceEncoder:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the file atomically (a failed or cancelled save leaves the previous file or none)."""
+        return save_safetensors_atomic(*self._contents(), path)
+
+    def save_numbered(self, folder: str | os.PathLike, stem: str) -> Path:
+        """Write the file as the next free ``<stem>_00001.safetensors`` in ``folder``, never replacing
+        a file (``storage.write_numbered``); its path."""
+        return save_safetensors_numbered(*self._contents(), folder, stem)
+
+    def _contents(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {f"encoder.{k}": v.detach().float().cpu().contiguous() if v.is_floating_point()
                    else v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["latent_avg"] = self.model.latent_avg.detach().float().cpu().contiguous()
         tensors["sources"] = self.sources.detach().float().cpu().contiguous()
-        return save_safetensors_atomic(tensors, encode_metadata(FORMAT_NAME, FORMAT_VERSION, self.meta), path)
+        return tensors, encode_metadata(FORMAT_NAME, FORMAT_VERSION, self.meta)
 
 
 def encoder_metadata(generator: StyleGAN2Generator, clip_model: str, run: dict[str, Any],
@@ -72,7 +81,14 @@ def encoder_metadata(generator: StyleGAN2Generator, clip_model: str, run: dict[s
 def load_essence_encoder(path: str | os.PathLike, generator: StyleGAN2Generator | None = None,
                          device: str | torch.device = "cpu") -> EssenceEncoder:
     """Read an encoder file strictly (every tensor of the architecture, nothing else), refusing it when
-    ``generator`` is not the one it was trained against."""
+    ``generator`` is not the one it was trained against. Built outside ``torch.inference_mode`` (which
+    ComfyUI runs every node under), as every Essence loader builds its models."""
+    with torch.inference_mode(False):
+        return _load_essence_encoder(path, generator, device)
+
+
+def _load_essence_encoder(path: str | os.PathLike, generator: StyleGAN2Generator | None,
+                          device: str | torch.device) -> EssenceEncoder:
     tensors, meta = read_typed_file(path, FORMAT_NAME, FORMAT_VERSION, "latent_avg", WeightFileError,
                                     "essence encoder file",
                                     "Train one with `essence train-encoder`; an e4e file goes to --encoder.")
@@ -107,5 +123,8 @@ def trained_encoder(training: Any, generator: StyleGAN2Generator, clip_model: st
     }
     if name:
         fields["name"] = name
+    if "workers" in training.run:  # a run on several workers: each step's batch was workers x batch_size
+        fields["workers"] = training.run["workers"]
+        fields["effective_batch"] = training.run["workers"] * settings.batch_size
     meta = encoder_metadata(generator, clip_model, training.run, **fields)
     return EssenceEncoder(training.best_encoder(), sources.detach().cpu(), meta)

@@ -12,6 +12,12 @@ with its fixed noise, and the sources' features are computed once (they never ch
 A run given a checkpoint folder that holds a checkpoint of the same run (settings, generator, CLIP,
 sources, data, starting encoder) goes on from it; since each step's pictures depend only on the seed
 and the step, it ends where an uninterrupted run ends. A checkpoint of another run is refused.
+
+The same loop runs on several workers (``essence.scale.run_encoder_training``, Ray Train's DDP) through
+two seams, both single-process by default: ``Workers`` (which worker this is, its share of each step's
+batch, the model the gradient flows through, losses averaged and a stop agreed over the workers) and
+``CheckpointStore`` (where checkpoints and the best encoder go: a folder here, ``ray.train.report``
+there). Nothing else differs, so one worker is the single-process run.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -32,7 +37,8 @@ from .data import EncoderData, as_inputs, step_batch
 from .objective import EncoderLosses, generated_features, objective, objective_backward, target_features
 from .ranger import official_ranger
 from .settings import EncoderSettings
-from .state import TrainingState, load_best, load_checkpoint, prune_best, save_best, save_checkpoint
+from .state import TrainingState
+from .workers import CheckpointStore, Workers, checkpoint_store
 
 PathLike = str | os.PathLike
 
@@ -40,13 +46,15 @@ PathLike = str | os.PathLike
 @dataclass(frozen=True)
 class EncoderProgress:
     """After each update: ``done`` of ``updates``, that step's losses [total, similarity, consistency,
-    l2], its validation loss when it validated, and the best validation loss so far."""
+    l2], its validation loss when it validated, the best validation loss so far, and when it
+    validated, the held-out pictures' essences [M, n_latent, D] (CPU; for previews)."""
 
     done: int
     updates: int
     losses: list[float]
     validation: float | None
     best_loss: float | None
+    essences: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,40 +83,45 @@ class EncoderTraining:
 
 def train_encoder(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
                   sources: torch.Tensor, settings: EncoderSettings = EncoderSettings(), *,
-                  checkpoints: PathLike | None = None,
+                  checkpoints: PathLike | CheckpointStore | None = None,
                   progress: Callable[[EncoderProgress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> EncoderTraining:
+                  should_stop: Callable[[], bool] | None = None, workers: Workers | None = None) -> EncoderTraining:
     """Fine-tune (a copy of) ``encoder`` so that its raw output is the essence of its input picture.
 
     ``sources`` [N, n_latent, D]: the fixed source latents (the official file holds 5). ``checkpoints``:
     a folder for the checkpoint and the best encoder; when it holds this run's checkpoint, the run goes
-    on from there. ``should_stop`` is asked before every step; stopping raises ``TrainingCancelled``
-    (the last checkpoint stays).
+    on from there (or a ``CheckpointStore``). ``should_stop`` is asked before every step; stopping raises
+    ``TrainingCancelled`` (the last checkpoint stays). ``workers``: this process as one of several
+    workers sharing each step (``essence.encoding.workers``; by default the only one).
     """
     device = generator.latent_avg.device
+    workers = workers or Workers()
+    store = checkpoint_store(checkpoints)
     with torch.inference_mode(False), torch.enable_grad():
-        sources = _checked_sources(sources, generator, data, settings).to(device)
+        sources = _checked_sources(sources, generator, data, settings, workers.count).to(device)
         model = copy.deepcopy(encoder).to(device).requires_grad_(True)
-        run = run_record(encoder, generator, guide, data, sources, settings)
+        run = run_record(encoder, generator, guide, data, sources, settings, workers.count)
         optimizer = official_ranger(model.parameters(), settings.lr)
-        state = _start(checkpoints, run, model, optimizer)
-        return _loop(model, optimizer, state, generator, guide, data, sources, settings, checkpoints,
-                     progress, should_stop)
+        state = _start(store, run, model, optimizer)
+        return _loop(model, optimizer, state, generator, guide, data, sources, settings, store,
+                     progress, should_stop, workers)
 
 
 def run_record(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
-               sources: torch.Tensor, settings: EncoderSettings) -> dict[str, Any]:
-    """What makes two runs the same run: a checkpoint resumes only a run with an equal record."""
+               sources: torch.Tensor, settings: EncoderSettings, workers: int = 1) -> dict[str, Any]:
+    """What makes two runs the same run: a checkpoint resumes only a run with an equal record. A run
+    on several workers records how many (their batches make each step's); one worker is the single process."""
     identity = {k: v for k, v in settings.record().items() if k != "checkpoint_every"}
-    return {"settings": identity, "generator": {"fingerprint": generator.fingerprint(),
-                                                "synthesis_sha256": synthesis_fingerprint(generator)},
-            "clip_model": guide.name, "clip_sha256": _state_sha256(guide.state_dict())[:16],
-            "sources_sha256": _tensor_sha256(sources), "data_sha256": data.digest,
-            "start_encoder_sha256": _state_sha256(encoder.state_dict())}
+    record = {"settings": identity, "generator": {"fingerprint": generator.fingerprint(),
+                                                  "synthesis_sha256": synthesis_fingerprint(generator)},
+              "clip_model": guide.name, "clip_sha256": _state_sha256(guide.state_dict())[:16],
+              "sources_sha256": _tensor_sha256(sources), "data_sha256": data.digest,
+              "start_encoder_sha256": _state_sha256(encoder.state_dict())}
+    return {"workers": workers, **record} if workers != 1 else record
 
 
 def _checked_sources(sources: torch.Tensor, generator: StyleGAN2Generator, data: EncoderData,
-                     settings: EncoderSettings) -> torch.Tensor:
+                     settings: EncoderSettings, workers: int = 1) -> torch.Tensor:
     if sources.ndim != 3 or tuple(sources.shape[1:]) != (generator.n_latent, generator.style_dim):
         raise ShapeError(f"sources must be W+ latents [N, {generator.n_latent}, {generator.style_dim}] for this "
                          f"generator, got {list(sources.shape)}.")
@@ -116,20 +129,22 @@ def _checked_sources(sources: torch.Tensor, generator: StyleGAN2Generator, data:
         raise EssenceError(f"the consistency loss compares sources in pairs: give at least 2 sources, got "
                            f"{sources.shape[0]}.")
     require_finite(sources, "the source latents")
-    if data.train.shape[0] < settings.batch_size:
-        raise EssenceError(f"{data.train.shape[0]} training pictures cannot fill a batch of {settings.batch_size}.")
+    if data.train.shape[0] < settings.batch_size * workers:
+        each = f" on each of {workers} workers" if workers != 1 else ""
+        raise EssenceError(f"{data.train.shape[0]} training pictures cannot fill a batch of "
+                           f"{settings.batch_size}{each}.")
     return sources.detach().clone().float()
 
 
-def _start(checkpoints: PathLike | None, run: dict[str, Any], model: E4EEncoder,
+def _start(store: CheckpointStore | None, run: dict[str, Any], model: E4EEncoder,
            optimizer: torch.optim.Optimizer) -> TrainingState:
     """A fresh state, or the checkpoint's (loaded into the model and the optimiser) when it is this run's."""
-    saved = load_checkpoint(checkpoints) if checkpoints is not None else None
+    saved = store.load() if store is not None else None
     if saved is None:
         return TrainingState(0, {}, {}, run)
     if saved.run != run:
         differs = sorted(k for k in set(run) | set(saved.run) if run.get(k) != saved.run.get(k))
-        raise EssenceError(f"{Path(checkpoints)}: holds the checkpoint of another training run (it differs in "
+        raise EssenceError(f"{store.where}: holds the checkpoint of another training run (it differs in "
                            f"{', '.join(differs)}); choose another checkpoint folder or remove that one.")
     model.load_state_dict(saved.encoder, strict=True)
     optimizer.load_state_dict(saved.optimizer)
@@ -138,69 +153,97 @@ def _start(checkpoints: PathLike | None, run: dict[str, Any], model: E4EEncoder,
 
 
 def _loop(model, optimizer, state: TrainingState, generator, guide, data: EncoderData, sources, s: EncoderSettings,
-          checkpoints, progress, should_stop) -> EncoderTraining:
+          store: CheckpointStore | None, progress, should_stop, workers: Workers) -> EncoderTraining:
     embed = generated_features(generator, guide)
     device = sources.device
     with torch.no_grad():
         source_features = torch.cat([embed(part) for part in sources.split(s.chunk_size or sources.shape[0])])
-    best_state = load_best(checkpoints, state.best_step, state.run) if checkpoints is not None else None
+    best_state = store.load_best(state) if store is not None else None
+    trained = workers.trained_through(model)  # after the checkpoint is loaded: DDP starts from rank 0's state
+    writer = workers.rank == 0
     resumed_from, start = state.step, time.perf_counter()
     for step in range(state.step, s.max_steps + 1):
-        if should_stop is not None and should_stop():
+        if workers.any(should_stop is not None and should_stop()):
             raise TrainingCancelled(f"encoder training stopped before step {step} of {s.max_steps}; "
-                                    f"{'it resumes from its last checkpoint' if checkpoints else 'nothing was saved'}.")
-        losses, grad_norm = _update(model, optimizer, step_batch(data, step, s.batch_size, s.shuffle, s.flip, s.seed)
-                                    .to(device), sources, source_features, embed, generator.size, guide, s)
-        state.losses.append(losses.values())
+                                    f"{'it resumes from its last checkpoint' if store else 'nothing was saved'}.")
+        batch = step_batch(data, step, s.batch_size * workers.count, s.shuffle, s.flip, s.seed)
+        images = workers.share(batch)
+        losses, grad_norm = _update(model, trained, optimizer, images.to(device), sources, source_features, embed,
+                                    generator.size, guide, s, workers)
+        state.losses.append(losses)
         state.grad_norms.append(grad_norm)
         state.step = step + 1
-        validation = None
-        if data.heldout.shape[0] and (step % s.validate_every == 0 or step == s.max_steps):
+        validation, essences = None, [] if progress is not None else None
+        if writer and data.heldout.shape[0] and (step % s.validate_every == 0 or step == s.max_steps):
             validation = float(validate(model, data.heldout, sources, source_features, embed, generator.size, guide,
-                                        s)[:, 0].mean())
+                                        s, essences)[:, 0].mean())
             state.validations.append([step, validation])
             if state.best_loss is None or validation < state.best_loss:
                 state.best_loss, state.best_step = validation, step
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if checkpoints is not None:
-                    save_best(checkpoints, best_state, step, validation, state.run)
-        if checkpoints is not None and (step % s.checkpoint_every == 0 or step == s.max_steps):
+                if store is not None:
+                    store.keep_best(best_state, step, validation, state.run)
+        if store is not None and (step % s.checkpoint_every == 0 or step == s.max_steps):
             state.encoder, state.optimizer, state.rng = model.state_dict(), optimizer.state_dict(), torch.get_rng_state()
-            save_checkpoint(checkpoints, state)
-            prune_best(checkpoints, state.best_step)
-        if progress is not None:
-            progress(EncoderProgress(step + 1, s.updates, state.losses[-1], validation, state.best_loss))
+            store.save(state, best_state)
+        if writer and progress is not None:
+            progress(EncoderProgress(step + 1, s.updates, state.losses[-1], validation, state.best_loss,
+                                     torch.cat(essences) if essences else None))
     return EncoderTraining(model.eval().requires_grad_(False), best_state, state.best_step, state.best_loss,
                            state.losses, state.grad_norms, state.validations, state.run, resumed_from,
                            time.perf_counter() - start)
 
 
-def _update(model, optimizer, images, sources, source_features, embed, size, guide, s: EncoderSettings):
-    """One step of the coach: losses and gradients in train mode, then Ranger's update."""
-    model.train()
+def _update(model, trained, optimizer, images, sources, source_features, embed, size, guide, s: EncoderSettings,
+            workers: Workers) -> tuple[list[float], float]:
+    """One step of the coach: losses and gradients in train mode (through ``trained``: the model, or
+    DDP's wrapper, which averages the gradient over the workers), then Ranger's update; the losses
+    [total, similarity, consistency, l2] averaged over the workers, and the gradient's norm."""
+    trained.train()
     optimizer.zero_grad(set_to_none=True)
     targets = target_features(images, size, guide)
-    losses = objective_backward(model(images), sources, source_features, targets, embed, s.lambda_consistency,
+    losses = objective_backward(trained(images), sources, source_features, targets, embed, s.lambda_consistency,
                                 s.lambda_reg, s.chunk_size)
-    require_finite(losses.total, "the encoder's training loss", fix="Lower the learning rate.")
+    values = workers.mean(torch.stack(list(losses)))
+    require_finite(values[0], "the encoder's training loss", fix="Lower the learning rate.")
     grad_norm = float(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm())
     optimizer.step()
-    return losses, grad_norm
+    return [float(v) for v in values], grad_norm
+
+
+def finished_training(state: TrainingState, best_state: dict[str, torch.Tensor] | None, encoder: E4EEncoder,
+                      resumed_from: int = 0, seconds: float = 0.0) -> EncoderTraining:
+    """What ``train_encoder`` returns, rebuilt from a complete run's last checkpoint (``state``) and
+    its best encoder: how a run on several workers hands its result to the process that writes the
+    file. ``encoder``: the starting e4e (a copy takes the checkpoint's weights)."""
+    updates = state.run["settings"]["max_steps"] + 1
+    if state.step != updates:
+        raise EssenceError(f"the encoder training's last checkpoint is after {state.step} of {updates} updates: "
+                           f"the run is not complete; run it again to go on.")
+    model = copy.deepcopy(encoder).cpu()
+    model.load_state_dict(state.encoder, strict=True)
+    return EncoderTraining(model.eval().requires_grad_(False), best_state, state.best_step, state.best_loss,
+                           state.losses, state.grad_norms, state.validations, state.run, resumed_from, seconds)
 
 
 def validate(model: E4EEncoder, heldout: torch.Tensor, sources: torch.Tensor, source_features: torch.Tensor,
-             embed, size: int, guide: ClipGuide, s: EncoderSettings) -> torch.Tensor:
+             embed, size: int, guide: ClipGuide, s: EncoderSettings,
+             essences: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Each held-out picture's losses [M, 4] (total, similarity, consistency, l2) with the encoder in
-    eval mode, one picture at a time as the coach's test loader (batch 1) gives them; train mode after."""
+    eval mode, one picture at a time as the coach's test loader (batch 1) gives them; train mode after.
+    Each picture's essence is appended to ``essences`` (CPU) when a list is given."""
     model.eval()
     rows = []
     with torch.no_grad():
         for pixels in heldout.split(1):
             images = as_inputs(pixels).to(sources.device)
-            losses: EncoderLosses = objective(model(images), sources, source_features,
+            essence = model(images)
+            losses: EncoderLosses = objective(essence, sources, source_features,
                                               target_features(images, size, guide), embed,
                                               s.lambda_consistency, s.lambda_reg)
             rows.append(torch.stack(list(losses)).cpu())
+            if essences is not None:
+                essences.append(essence.detach().float().cpu())
     model.train()
     return torch.stack(rows)
 

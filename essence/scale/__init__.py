@@ -3,7 +3,8 @@
 - ``batch``: tasks with one output each, workers that keep their models loaded, reports and resume;
 - ``train_batch``: one training per target picture (``essence.training.train`` on each);
 - ``apply_batch``: every photo edited with every direction (``apply_to_photo`` on each pair and strength);
-- ``video_batch``: one long clip as chunks of frames on the workers, resumable, assembled when complete.
+- ``video_batch``: one long clip as chunks of frames on the workers, resumable, assembled when complete;
+- ``encoder_train``: an essence encoder trained on several workers with Ray Train (DDP), resumable.
 
 Ray is imported only when a job starts.
 """
@@ -12,10 +13,12 @@ from .batch import BatchReport, BatchRunner, BatchTask, captured_output, connect
 from .train_batch import TrainModels, TrainWorker, direction_details, run_train_batch, train_tasks
 from .apply_batch import ApplyJob, ApplyModels, ApplyWorker, apply_tasks, run_apply_batch
 from .video_batch import DEFAULT_CHUNK, VideoJob, VideoModels, run_video_job
+from .encoder_train import EncoderModels, run_encoder_training
 
 __all__ = [
     "BatchTask", "BatchReport", "BatchRunner", "run_batch", "captured_output", "connect", "plan_workers",
     "TrainModels", "TrainWorker", "run_train_batch", "train_tasks", "direction_details",
     "ApplyJob", "ApplyModels", "ApplyWorker", "run_apply_batch", "apply_tasks",
     "VideoJob", "VideoModels", "run_video_job", "DEFAULT_CHUNK",
+    "EncoderModels", "run_encoder_training",
 ]

@@ -1,0 +1,180 @@
+"""Encoder training on Ray Train's ``TorchTrainer`` (DDP, gloo on the CPU), on the tiny models.
+
+One worker is the single-process ``train_encoder`` run: the same losses, validations, best step and
+encoder, even when its worker crashes part way and Ray Train restarts it from its last checkpoint
+(``FailureConfig``). Two workers train (each step's batch is two pictures, one per worker), are stopped part way
+and run again with the same checkpoint folder: Ray Train gives the workers the last reported
+checkpoint (``ray.train.get_checkpoint``) and the run ends where an uninterrupted two-worker run ends.
+All on the one local Ray of the test session (2 CPUs).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from encoder_trace import sample_picture
+from safetensors.torch import load_file
+
+import essence
+from essence.encoding import (DISTRIBUTED_RUN, EncoderSettings, check_encoder_outputs, load_essence_encoder,
+                              picture_data, save_checkpoint, train_encoder, TrainingState)
+from essence.errors import EssenceError, TrainingCancelled
+
+# 2 updates (steps 0 and 1), each validated and checkpointed; flips and shuffling on, as users run it
+SETTINGS = EncoderSettings(max_steps=1, flip=0.5, shuffle=True, validate_every=1, checkpoint_every=1, seed=3)
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def data():
+    return picture_data([sample_picture(n) for n in ("astronaut", "chelsea", "coffee")], [sample_picture("horse")])
+
+
+@pytest.fixture(scope="module")
+def sources(generator):
+    return essence.sample_latents(generator, 3, seed=5).latents
+
+
+@pytest.fixture(scope="module")
+def models(tiny_files):
+    pytest.importorskip("ray.train", reason='training on workers needs Ray Train: pip install "ray[train]"')
+    from essence.scale import EncoderModels
+
+    return EncoderModels(str(tiny_files.generator), str(tiny_files.guide), str(tiny_files.encoder), device="cpu")
+
+
+def _same_training(a, b) -> None:
+    assert len(a.losses) == len(b.losses) == SETTINGS.updates
+    assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), rtol=0, atol=TOLERANCE)
+    assert torch.allclose(torch.tensor(a.validations), torch.tensor(b.validations), rtol=0, atol=TOLERANCE)
+    assert a.best_step == b.best_step and a.best_loss == pytest.approx(b.best_loss, abs=TOLERANCE)
+    theirs = b.encoder.state_dict()
+    for key, value in a.encoder.state_dict().items():  # BatchNorm's running statistics included
+        assert torch.allclose(theirs[key].float(), value.float(), rtol=0, atol=TOLERANCE), key
+
+
+@pytest.mark.slow
+def test_one_worker_is_the_single_process_run(local_ray, encoder, generator, guide, data, sources, models, tmp_path):
+    from essence.scale import run_encoder_training
+
+    single = train_encoder(encoder, generator, guide, data, sources, SETTINGS)
+    out, crashed = tmp_path / "enc.safetensors", tmp_path / "crashed-once"
+    asked = []
+
+    def crash_once() -> bool:  # in the worker, asked before each step: a crash before step 1, the first time
+        asked.append(1)
+        if len(asked) > 1 and not crashed.exists():
+            crashed.touch()
+            raise RuntimeError("a worker crash, injected")
+        return False
+
+    file, distributed = run_encoder_training(out, data, sources, SETTINGS, models, workers=1, cpus_per_worker=1,
+                                             max_failures=1, should_stop=crash_once)
+    assert crashed.exists() and distributed.resumed_from == 1  # restarted from step 0's checkpoint
+    _same_training(single, distributed)
+    assert distributed.run == single.run  # one worker records no worker count: it is the single-process run
+    best = single.best_encoder().state_dict()
+    for key, value in load_essence_encoder(out, generator).model.state_dict().items():
+        assert torch.allclose(value.float(), best[key].float(), rtol=0, atol=TOLERANCE), key
+    assert "workers" not in file.meta
+
+
+@pytest.fixture(scope="module")
+def two_workers(local_ray, tmp_path_factory, data, sources, models):
+    from essence.scale import run_encoder_training
+
+    out = tmp_path_factory.mktemp("two") / "enc.safetensors"
+    return (out, *run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1))
+
+
+@pytest.mark.slow
+def test_two_workers_stopped_resume_and_end_where_an_uninterrupted_run_ends(two_workers, data, sources, models,
+                                                                          tmp_path):
+    from essence.scale import run_encoder_training
+
+    out = tmp_path / "enc.safetensors"
+    asked = []
+
+    def stop() -> bool:  # runs in each worker (its own copy): stop before step 1, after step 0's checkpoint
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(TrainingCancelled, match="after 1 of 2 updates"):
+        run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1, should_stop=stop)
+    assert not out.exists()  # the file appears only when training is complete
+    assert (tmp_path / "enc.checkpoints" / DISTRIBUTED_RUN).is_dir()
+
+    file, resumed = run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1)
+    whole_out, _, whole = two_workers
+    assert resumed.resumed_from == 1 and whole.resumed_from == 0
+    _same_training(whole, resumed)
+    a, b = load_file(str(whole_out)), load_file(str(out))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=TOLERANCE), key
+    assert file.meta["workers"] == 2 and file.meta["effective_batch"] == 2 and resumed.run["workers"] == 2
+
+
+@pytest.mark.slow
+def test_two_workers_share_each_step_s_pictures(two_workers, encoder, generator, guide, data, sources):
+    """Step 0 of two workers: each takes its row of ``step_batch``'s two pictures, normalises with its
+    own statistics (BatchNorm in train mode) and the recorded losses are the two workers' mean."""
+    import copy
+
+    from essence.encoding import generated_features, objective, step_batch, target_features
+
+    _, _, whole = two_workers
+    pictures = step_batch(data, 0, 2, SETTINGS.shuffle, SETTINGS.flip, SETTINGS.seed)
+    model = copy.deepcopy(encoder).train()
+    embed = generated_features(generator, guide)
+    with torch.no_grad():
+        features = embed(sources)
+        each = [torch.stack(list(objective(model(image[None]), sources, features,
+                                           target_features(image[None], generator.size, guide), embed,
+                                           SETTINGS.lambda_consistency, SETTINGS.lambda_reg)))
+                for image in pictures]
+    assert torch.allclose(torch.tensor(whole.losses[0]), torch.stack(each).mean(0), rtol=0, atol=TOLERANCE)
+
+
+def test_a_run_on_two_workers_is_another_run_than_one(encoder, generator, guide, data, sources):
+    """A checkpoint of two workers (two pictures a step) resumes only a run on two workers; one worker
+    records what the single process records: it is that run."""
+    from essence.encoding import run_record
+
+    one = run_record(encoder, generator, guide, data, sources, SETTINGS)
+    assert run_record(encoder, generator, guide, data, sources, SETTINGS, workers=1) == one
+    assert run_record(encoder, generator, guide, data, sources, SETTINGS, workers=2) == {"workers": 2, **one}
+
+
+def test_a_checkpoint_folder_holds_one_kind_of_run(tmp_path):
+    folder = tmp_path / "enc.checkpoints"
+    (folder / DISTRIBUTED_RUN).mkdir(parents=True)
+    with pytest.raises(EssenceError, match="several workers"):
+        check_encoder_outputs(tmp_path / "enc.safetensors", None, [])
+    assert check_encoder_outputs(tmp_path / "enc.safetensors", None, [], distributed=True) == folder
+    single = tmp_path / "single"
+    save_checkpoint(single, TrainingState(1, {}, {"state": {}, "param_groups": []}, {}))
+    with pytest.raises(EssenceError, match="one process"):
+        check_encoder_outputs(tmp_path / "enc.safetensors", single, [], distributed=True)
+    assert check_encoder_outputs(tmp_path / "enc.safetensors", single, []) == single
+
+
+def _cli_args(tiny_files, tmp_path, *extra: str) -> list[str]:
+    folder = tmp_path / "pictures"
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        sample_picture(name).save(folder / f"{i:02d}_{name}.png")
+    return ["train-encoder", "--pictures", str(folder), "--heldout", "1", "--max-steps", "1",
+            "--out", str(tmp_path / "enc.safetensors"), *tiny_files.cli, *extra]
+
+
+def test_the_command_refuses_a_cluster_without_workers_and_a_folder_of_the_other_kind(tiny_files, tmp_path,
+                                                                                       capsys):
+    from essence import cli
+
+    assert cli.main(_cli_args(tiny_files, tmp_path, "--address", "127.0.0.1:1")) == 2
+    assert "--workers" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "enc.checkpoints", TrainingState(1, {}, {"state": {}, "param_groups": []}, {}))
+    assert cli.main(_cli_args(tiny_files, tmp_path, "--workers", "2")) == 2
+    assert "one process" in capsys.readouterr().err
+    assert not (tmp_path / "enc.checkpoints" / DISTRIBUTED_RUN).exists()
