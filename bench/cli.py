@@ -28,12 +28,14 @@ from essence.training import TrainingTarget
 
 from . import records as rec
 from .batch_rate import SIZES, batch_rows
+from .encoder_study import add_options as add_study_options
+from .encoder_study import study_main
 from .measure import (LIBRARY_MODES, TRAIN_MODES, bench_precision, bench_quality, files_problem, format_precision,
                       format_quality_row, plan, profile_train, run_all, run_one, training_problem)
 
 PROG = "python -m bench"
-TIMED = ("generator", "encoder", "train", "candidates")
-SECTIONS = TIMED + ("quality", "precision", "breakdown", "compile", "batch")
+TIMED = ("generator", "encoder", "train", "candidates", "encode", "encoder_train")
+SECTIONS = TIMED + ("quality", "precision", "breakdown", "compile", "batch", "encoder_study")
 EXACT_MODES = {name for name, mode in LIBRARY_MODES.items() if mode.exact} | {"fast+chunk1", "fast+chunk2",
                                                                                "fast+recompute512"}
 
@@ -46,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=["generator", "encoder", "train"],
                         help="sections (default: generator encoder train; 'candidates' times K directions "
-                             "trained together; 'quality' compares the approximate training modes with the exact "
+                             "trained together; 'encode' and 'encoder_train' time the encoder variant; 'quality' compares the approximate training modes with the exact "
                              "one and 'precision' the exact objective bf16 reaches over seeds and targets, both with "
                              "the weight files unless --random-weights; 'breakdown' profiles training steps by "
                              "operator category and resolution; 'compile' times torch.compile of the generator; 'batch' measures tasks per hour of "
-                             "`essence batch train` on a local Ray and needs Ray)")
+                             "`essence batch train` on a local Ray and needs Ray; 'encoder_study' measures the encoder "
+                             "variant's warm start, quality and training data on the tiny fixture models: "
+                             "bench/encoder_study.py, about 20 minutes on 2 CPU cores)")
     parser.add_argument("--modes", nargs="+", choices=list(TRAIN_MODES), default=None, metavar="MODE",
                         help="training modes to time (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=None, metavar="N",
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="numbers of workers to compare (default 1 2)")
     batch.add_argument("--batch-tasks", type=int, default=None, metavar="N",
                        help="tasks per worker (default 8 tiny, 1 full)")
+    add_study_options(parser.add_argument_group("encoder_study section (the tiny fixture models; whole study "
+                                                "also: python -m bench.encoder_study)"), prefix="study-")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, printed as JSON
     return parser
 
@@ -154,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
             records += new_records
     if "batch" in args.only:
         report["rows"] += batch_rows(args.batch_sizes, args.batch_workers, args.batch_tasks, steps, device.type)
+    if "encoder_study" in args.only:  # its own JSON (output/encoder_study.json, bench/results/encoder_study/)
+        study_main(args.study_full, args.study_identity, args.study_results)
     if args.json is not None:
         with atomic_write(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -8,6 +8,8 @@ without any weight file. Three sections:
   encoder     e4e encoding of aligned 256 px faces (the network only; alignment is dlib on the CPU)
   train       TargetCLIP seconds per step with 4 sources, per training mode
   candidates  K directions trained together (4 sources each): seconds per step and per direction
+  encode      the encoder variant: one target's essence in one pass (bench/encoder_variant.py)
+  encoder_train  the encoder variant's training: seconds per update, 5 sources at 1024 px, peak memory
 
 Each measurement runs in its own subprocess, so "peak MB" is that run's own high-water mark: on the
 CPU the resident memory added after the models were built, on CUDA ``torch.cuda.max_memory_allocated``.
@@ -32,6 +34,7 @@ import torch
 
 from essence.training import TRAIN_MODES as LIBRARY_MODES
 
+from .encoder_variant import bench_encode, bench_encoder_train, format_encoder_row
 from .records import device_label
 
 TRAIN_MODES = {  # name: TrainSettings overrides; the library's training modes, then memory options of "fast"
@@ -274,6 +277,10 @@ def plan(device: torch.device, sections: list[str], train_steps: int, modes: lis
         mode = (modes or ["fast"])[0]
         jobs += [{"kind": "candidates", "candidates": k, "mode": mode, "steps": train_steps, "chunk": candidate_chunk,
                   **files} for k in (candidates or [1, 2, 4, 8])]
+    if "encode" in sections:
+        jobs.append({"kind": "encode"})
+    if "encoder_train" in sections:  # every source at once, then one at a time (the least memory)
+        jobs += [{"kind": "encoder_train", "steps": max(train_steps, 2), "chunk": chunk} for chunk in (None, 1)]
     return jobs
 
 
@@ -290,6 +297,10 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
         result = bench_candidates(device, job["candidates"], job["mode"], job["steps"], job.get("chunk"), job)
     elif kind == "compile":
         result = bench_compile(device, job)
+    elif kind == "encode":
+        result = bench_encode(device, repeats, _peak_tracker)
+    elif kind == "encoder_train":
+        result = bench_encoder_train(device, job["steps"], job.get("chunk"), _peak_tracker)
     else:
         result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"), job)
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
@@ -302,6 +313,8 @@ def _variant(row: dict) -> str:
 
 
 def format_row(row: dict) -> str:
+    if row["kind"] in ("encode", "encoder_train"):
+        return format_encoder_row(row)
     if row["kind"] == "generator":
         what = f"generator {row['pass']:<16} batch {row['batch']:<3} {row['dtype']:<8}{_variant(row)}"
         return f"{what:<54}{row['seconds']:>9.3f} s {row['images_per_second']:>9.2f} img/s {row['peak_mb']:>9.0f} MB"

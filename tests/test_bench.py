@@ -232,3 +232,14 @@ def test_the_gpu_script_is_valid_bash_and_measures_the_graph_loop():
     text = script.read_text(encoding="utf-8")
     assert "bench/graph_step.py --device cuda" in text and "tests/test_graph_step.py" in text
     assert "--cpu-dry-run" in text
+
+
+def test_the_encoder_variant_sections_time_encoding_and_training_with_and_without_chunks():
+    jobs = plan(torch.device("cpu"), ["encode", "encoder_train"], train_steps=3)
+    assert jobs == [{"kind": "encode"}, {"kind": "encoder_train", "steps": 3, "chunk": None},
+                    {"kind": "encoder_train", "steps": 3, "chunk": 1}]
+    encode = {"kind": "encode", "seconds": 0.5, "targets_per_second": 2.0, "peak_mb": 100.0}
+    assert "encode one target" in format_row(encode) and "2.00 targets/s" in format_row(encode)
+    step = {"kind": "encoder_train", "seconds_per_step": 4.0, "steps_per_second": 0.25, "chunk": 1, "sources": 5,
+            "peak_mb": 7000.0}
+    assert "5 sources chunk 1" in format_row(step) and "0.250 steps/s" in format_row(step)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..encoding import encode_essence, load_essence_encoder
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
 from ..latents import (AUTO_STRENGTH_KEY, DEFAULT_TUNING_FRAMES, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction,
@@ -220,10 +221,13 @@ def _add_train(subparsers: Subparsers) -> None:
                                           "applicable to any face.")
     p.add_argument("targets", nargs="+", help="target image(s); several pictures of the same target are averaged")
     p.add_argument("--out", "-o", required=True, help="direction file to write (.safetensors)")
-    add_train_options(p)
+    add_train_options(p, encoder_start=True)
     p.add_argument("--name", help="name stored in the file (default: the first target's file name)")
     p.add_argument("--keep-all", action="store_true",
                    help="with --candidates: also write every candidate as OUT_STEM.cand<i>.safetensors")
+    p.add_argument("--encoder-file", default=None, metavar="F",
+                   help="with --init encoder: the essence encoder (.safetensors from `essence train-encoder`, "
+                        "trained against --generator) whose essence of the target's face(s) training starts from")
     add_model_options(p, encoder=True, guide=True)
     p.set_defaults(handler=_cmd_train, out_of_memory_advice=TRAIN_MEMORY_ADVICE)
 
@@ -232,16 +236,23 @@ TRAIN_MEMORY_ADVICE = ("Use fewer source faces (--sample or a smaller --sources 
                        "--mode, or --device cpu.")
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
+ENCODER_INIT = "encoder"  # --init's warm start from an essence encoder (with --encoder-file; `train` only)
+ENCODER_INIT_HELP = ("encoder: the essence a trained essence encoder (--encoder-file, from train-encoder) gives the "
+                     "target's face(s) in one pass, then optimised as usual")
+
+
+def add_train_options(p: argparse.ArgumentParser, encoder_start: bool = False) -> None:
     """Everything about how one direction trains (sources, steps, seed, start, mode, losses,
-    candidates): the options ``train`` and ``batch train`` share."""
+    candidates): the options ``train`` and ``batch train`` share; ``encoder_start``: ``--init`` also
+    offers ``encoder`` (the command then has ``--encoder-file``)."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sources", help="source latents: a latent file (.safetensors) or TargetCLIP's opt_latents.pt")
     src.add_argument("--sample", type=whole(1), default=4, help="without --sources: sample this many random faces (default 4)")
     p.add_argument("--steps", type=whole(1), default=1000, help="optimisation steps (default 1000, as the paper)")
     p.add_argument("--seed", type=whole(0), default=0)
-    p.add_argument("--init", choices=list(INIT_CHOICES), default="auto",
-                   help="where training starts: " + "; ".join(f"{name}: {text}" for name, text in INIT_CHOICES.items()))
+    p.add_argument("--init", choices=list(INIT_CHOICES) + [ENCODER_INIT] * encoder_start, default="auto",
+                   help="where training starts: " + "; ".join([f"{name}: {text}" for name, text in INIT_CHOICES.items()]
+                                                              + [ENCODER_INIT_HELP] * encoder_start))
     add_training_options(p)
     p.add_argument("--clip-mode", choices=["official", "normalized"], default="official",
                    help="official: TargetCLIP's preprocessing of generated images (no CLIP mean/std)")
@@ -275,17 +286,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     outputs = [Output(out, suffixes=SAFETENSORS)]
     if args.keep_all:
         outputs += [Output(_candidate_path(out, i), "--keep-all", SAFETENSORS) for i in range(job.candidates)]
-    check_files(outputs, [*args.targets, args.sources, *model_inputs(args)])
+    check_files(outputs, [*args.targets, args.sources, args.encoder_file, *model_inputs(args)])
     generator = load_generator(args.generator, device=args.device)
+    start = encoder_start(args, generator)
     guide = load_guide(args.guide, device=args.device)
-    encoder = encoder_for_start(job.init, args.encoder, device=args.device)
+    encoder = None if start is not None else encoder_for_start(job.init, args.encoder, device=args.device)
     identity = identity_model(args) if job.candidates > 1 else None
     sources = job.source_faces(generator)
     target = TrainingTarget.read(args.targets)
     print(f"Training '{job.name or target.name}': {target.count} target picture(s), "
           f"{len(sources)} sources ({sources.describe()}), {args.steps} steps, {args.mode} mode"
           + (f", {job.candidates} candidates." if job.candidates > 1 else "."))
-    trained = train(target, sources, generator, guide, job, encoder=encoder, choose=Selection(identity=identity),
+    trained = train(target, sources, generator, guide, job, start=start, encoder=encoder,
+                    choose=Selection(identity=identity), metadata={"init_option": ENCODER_INIT} if start else None,
                     progress=training_progress_bar(args.steps), on_retry=report_memory_retry)
     if trained.note:
         print(f"note: {trained.note}", file=sys.stderr)
@@ -300,6 +313,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def encoder_start(args: argparse.Namespace, generator) -> tuple[torch.Tensor, str] | None:
+    """``--init encoder``'s start (None for the other starts): the essence the ``--encoder-file``
+    encoder gives the target picture(s), their faces aligned and averaged as ``essence encode`` does,
+    with the note its direction records as ``init`` ("essence encoder <file name>"). The file is read
+    strictly and refused when it was trained against another generator, before any training step.
+    (``training`` cannot import ``encoding``, its neighbour on the same layer, so the front end makes
+    this start and hands it to ``train`` as a start already made.)"""
+    if args.init != ENCODER_INIT:
+        return None
+    device = generator.latent_avg.device
+    encoder = load_essence_encoder(args.encoder_file, generator, device=device)
+    essence = encode_essence(encoder, args.targets, generator=generator, encoder_file=args.encoder_file)
+    return essence.tensor.to(device), f"essence encoder {Path(args.encoder_file).name}"
+
+
 def _candidate_path(out: Path, index: int) -> Path:
     """Where ``--keep-all`` writes candidate ``index`` of the direction ``out``."""
     return out.with_name(f"{out.stem}.cand{index}{out.suffix}")
@@ -310,11 +338,25 @@ def train_job(args: argparse.Namespace) -> EssenceJob:
     model loads when a value or a combination is wrong."""
     if getattr(args, "keep_all", False) and args.candidates < 2:
         raise EssenceError("--keep-all writes every candidate: use it with --candidates 2 or more.")
+    _check_encoder_start(args)
     if args.identity and args.candidates < 2:
         raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
                            "direction, use `evaluate --identity`).")
-    return EssenceJob(settings=_train_settings(args), mode=args.mode, init=args.init, candidates=args.candidates,
+    init = "auto" if args.init == ENCODER_INIT else args.init  # the start is made by the command (encoder_start)
+    return EssenceJob(settings=_train_settings(args), mode=args.mode, init=init, candidates=args.candidates,
                       name=getattr(args, "name", None), sources=args.sources, sample=args.sample)
+
+
+def _check_encoder_start(args: argparse.Namespace) -> None:
+    """``--init encoder`` and ``--encoder-file`` go together (``batch train`` offers neither yet)."""
+    if not hasattr(args, "encoder_file"):
+        return
+    if args.init == ENCODER_INIT and not args.encoder_file:
+        raise EssenceError("--init encoder starts from an essence encoder's output for the target: give the "
+                           "encoder's file with --encoder-file F (made by `essence train-encoder`).")
+    if args.encoder_file and args.init != ENCODER_INIT:
+        raise EssenceError(f"--encoder-file is the essence encoder that --init encoder starts from, but --init is "
+                           f"{args.init!r}: add --init encoder, or leave --encoder-file out.")
 
 
 def report_memory_retry(chunk: int) -> None:

@@ -4,6 +4,12 @@ The optimisation (``loop``) takes a start as a direction [1, n_latent, D] or ``"
 makes the start a target asks for (``initial_direction``, with the note its direction records as
 ``init``), and finds the e4e encoder that needs (``encoder_for_start``). The starts of several
 candidates, built around this one, are ``candidates.candidate_starts``.
+
+A warm start from a trained essence encoder (``essence.encoding``, on this layer and independent of
+it) is a start already made: the front end computes the target's essence (``encoding.encode_essence``)
+and passes it to ``train`` as ``start=(tensor, note)``, the note naming the encoder's file, with
+``metadata={"init_option": "encoder"}`` (``essence train --init encoder --encoder-file F`` does). It is
+not one of ``INIT_CHOICES``, which are the starts ``train`` makes itself.
 """
 
 from __future__ import annotations

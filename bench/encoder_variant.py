@@ -1,0 +1,88 @@
+"""Speed and memory of TargetCLIP's encoder variant at full size (random weights): an essence in one
+pass (``encode``), and the encoder's training steps (``encoder_train``).
+
+``encode`` times what ``essence encode`` does after alignment: a target's 256 px picture through the
+fine-tuned e4e (IR-SE-50, eval mode) to its essence. Set beside it, the optimiser's seconds for one
+essence are 1000 x the ``train`` section's seconds per step.
+
+``encoder_train`` times one update of the encoder's training: the e4e forward and backward at 256 px
+in train mode, the target through CLIP, the sources (5, as the official file) drawn at 1024 px with
+the essence and through CLIP, and Ranger's step. ``chunk`` renders that many source faces a pass
+(less memory, the same gradient). The first update is a warm-up; the rest are timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+SOURCES = 5  # the official encoder_sources.pt holds 5 rows
+
+
+def _full_size_encoder(device: torch.device):
+    from essence.networks import EncoderConfig, build_encoder
+
+    torch.manual_seed(0)
+    return build_encoder(EncoderConfig.ir_se50(), device=device)
+
+
+def _pictures(count: int) -> torch.Tensor:
+    """Random 8-bit 256 px pictures: timing needs the shapes, not faces."""
+    return torch.randint(0, 256, (count, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def bench_encode(device: torch.device, repeats: int, peak) -> dict:
+    """Seconds to encode one target picture (the network's part of ``essence encode``)."""
+    from essence.encoding import essences_of
+
+    model = _full_size_encoder(device).requires_grad_(False)
+    picture = _pictures(1)
+    tracker = peak(device)
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = time.perf_counter()
+        essences_of(model, picture)  # returns on the CPU: includes the copy back
+        times.append(time.perf_counter() - began)
+    seconds = statistics.median(times[1:])
+    return {"seconds": seconds, "targets_per_second": 1 / seconds, "peak_mb": tracker()}
+
+
+def bench_encoder_train(device: torch.device, steps: int, chunk: int | None, peak) -> dict:
+    """Seconds per update of the encoder's training, and the peak memory, at full size."""
+    from bench.measure import training_problem
+    from essence.encoding import EncoderData, EncoderSettings, train_encoder
+
+    problem = training_problem(device)
+    generator, guide = problem["generator"], problem["guide"]
+    encoder = _full_size_encoder(device)
+    data = EncoderData(_pictures(2), _pictures(0), "pictures", {"what": "random pixels"})
+    sources = generator.sample_wplus(SOURCES, seed=1, truncation=0.7)
+    stamps: list[float] = []
+
+    def progress(_) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    tracker = peak(device)
+    began = time.perf_counter()
+    settings = EncoderSettings(max_steps=max(steps, 2) - 1, chunk_size=chunk, flip=0.0)
+    train_encoder(encoder, generator, guide, data, sources, settings, progress=progress)
+    per_step = [b - a for a, b in zip([began] + stamps[:-1], stamps)][1:]
+    seconds = statistics.median(per_step)
+    return {"steps_timed": len(per_step), "seconds_per_step": seconds, "steps_per_second": 1 / seconds,
+            "chunk": chunk, "sources": SOURCES, "peak_mb": tracker()}
+
+
+def format_encoder_row(row: dict) -> str:
+    if row["kind"] == "encode":
+        what = "encode one target (e4e, eval)"
+        return f"{what:<54}{row['seconds']:>9.3f} s {row['targets_per_second']:>9.2f} targets/s {row['peak_mb']:>7.0f} MB"
+    chunk = f" chunk {row['chunk']}" if row.get("chunk") else ""
+    what = f"encoder training, {row['sources']} sources{chunk}"
+    return (f"{what:<54}{row['seconds_per_step']:>9.3f} s/step {row['steps_per_second']:>9.3f} steps/s "
+            f"{row['peak_mb']:>7.0f} MB")
