@@ -6,7 +6,8 @@ inference mode by ``essence.load_*`` (and are moved between devices outside it, 
 
 Starting point (``init``): TargetCLIP starts from the e4e inversion of the target and falls back to
 a random latent when the target has no face; 'auto' does the same when an encoder is connected,
-'inversion' insists on it, 'random' skips it. The direction records which start was used.
+'inversion' insists on it, 'random' skips it; 'encoder' starts from the essence a trained essence
+encoder gives the target (a warm start). The direction records which start was used.
 
 Cancelling: ComfyUI's Cancel sets a flag that ``throw_exception_if_processing_interrupted`` turns
 into an exception. It is checked every step and on every progress update; the exception leaves
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .. import essence
+from ..essence.encoding import EssenceEncoder, encoder_start
 from ..essence.errors import DeviceMemoryError
 from ..essence.networks import render
 from ..essence.training import (DEFAULT_MODE, INIT_CHOICES, TRAIN_MODES, EssenceJob, NamedStart, Selection,
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 CATEGORY = "essence/train"
 PREVIEW_FACES = 4        # sources shown in the progress preview
 PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (cheap)
+ENCODER_INIT = "encoder"  # init's warm start from a trained essence encoder (the essence_encoder input)
 PROGRESS_UPDATES = 200   # at most this many progress reports (each one synchronises the GPU)
 DEFAULTS = TrainSettings()  # the official hyperparameters, the inputs' defaults
 
@@ -69,9 +72,10 @@ class EssenceTrain:
                                              "(official: 0.5); 0 turns it off.", 0.05),
                 "seed": seed("Seed of the random starting direction and of the optimisation."),
                 "mode": choice(list(TRAIN_MODES), modes_help(), DEFAULT_MODE),
-                "init": choice(list(INIT_CHOICES), "Starting direction: " + "; ".join(
+                "init": choice([*INIT_CHOICES, ENCODER_INIT], "Starting direction: " + "; ".join(
                     f"{name} = {text}" for name, text in INIT_CHOICES.items())
-                    + ". The inversion needs the encoder input connected.", "auto"),
+                    + f"; {ENCODER_INIT} = the essence a trained essence encoder gives the target (connect "
+                    "essence_encoder). The inversion needs the encoder input connected.", "auto"),
                 "chunk_size": integer(0, 0, 64, "Faces rendered per pass: 0 = all at once; smaller uses less "
                                       "memory with the same result (halved automatically on out-of-memory)."),
             },
@@ -96,6 +100,9 @@ class EssenceTrain:
                                       "recommended strength."),
                 "identity": link(T.IDENTITY, "ArcFace identity model: with candidates > 1, they are ranked by "
                                  "target similarity while keeping identity (without it, a CLIP proxy)."),
+                "essence_encoder": link(T.TRAINED_ENCODER, "A trained essence encoder (Load Essence Encoder "
+                                        "(trained)), for init 'encoder': start from its essence of the target "
+                                        "instead of the e4e inversion."),
             },
         }
 
@@ -105,17 +112,21 @@ class EssenceTrain:
               preview_every: int = 50, encoder: essence.networks.E4EEncoder | None = None,
               landmarks: essence.faces.FaceLandmarker | None = None, lr: float = DEFAULTS.lr,
               weight_decay: float = DEFAULTS.weight_decay, candidates: int = 1,
-              identity: essence.networks.IdentityEncoder | None = None) -> tuple[essence.Direction, torch.Tensor, str]:
+              identity: essence.networks.IdentityEncoder | None = None,
+              essence_encoder: EssenceEncoder | None = None) -> tuple[essence.Direction, torch.Tensor, str]:
         settings = train_mode(mode).settings(
             steps=steps, lambda_transfer=lambda_transfer, lambda_consistency=lambda_consistency,
             clip_mode=clip_preprocessing, seed=seed, progress_every=max(1, steps // PROGRESS_UPDATES),
             chunk_size=chunk_size or None, lr=lr, weight_decay=weight_decay)
-        job = EssenceJob(settings, mode=mode, init=init, candidates=candidates)
+        warm = init == ENCODER_INIT
+        job = EssenceJob(settings, mode=mode, init="auto" if warm else init, candidates=candidates)
         target = TrainingTarget.read(target)
-        start = _start(job, target.shown, generator, encoder, landmarks)
+        start = (_warm_start(essence_encoder, target.pictures, generator, landmarks) if warm
+                 else _start(job, target.shown, generator, encoder, landmarks))
         room = training_memory(generator, len(sources), settings, candidates)
         with host.models_on_compute_device(generator, guide, working_memory=room):
             trained = train(target, sources, generator, guide, job, start=start, choose=Selection(identity=identity),
+                            metadata={"init_option": ENCODER_INIT} if warm else None,
                             progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
                                                         preview_every),
                             should_stop=_interrupted, release=host.release_memory)
@@ -138,6 +149,19 @@ def _start(job: EssenceJob, picture: Any, generator: essence.networks.StyleGAN2G
         return initial_direction(job.init, picture, generator)
     with host.models_on_compute_device(encoder):
         return initial_direction(job.init, picture, generator, encoder, landmarks)
+
+
+def _warm_start(essence_encoder: EssenceEncoder | None, pictures: Any, generator: essence.networks.StyleGAN2Generator,
+                landmarks: essence.faces.FaceLandmarker | None) -> NamedStart:
+    """init 'encoder': ``encoding.encoder_start`` with the encoder on the compute device only while it
+    encodes, and a message that names the node input to connect."""
+    if essence_encoder is None:
+        raise essence.EssenceError(
+            "init 'encoder' starts from a trained essence encoder's essence of the target, but Train Essence's "
+            "essence_encoder input is not connected. Connect Load Essence Encoder (trained) to it, or choose "
+            "init 'auto'.")
+    with host.models_on_compute_device(essence_encoder.model):
+        return encoder_start(essence_encoder, pictures, generator, landmarks=landmarks)
 
 
 def _interrupted() -> bool:

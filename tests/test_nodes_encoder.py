@@ -251,3 +251,33 @@ def test_encoder_file_saves_numbered_and_progress_carries_the_held_out_essences(
         loaded = load_essence_encoder(first, generator)
     assert not any(p.is_inference() for p in loaded.model.parameters())
     assert torch.allclose(essences_of(loaded.model, data.heldout), essences_of(result.model, data.heldout), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Train Essence's warm start
+
+
+def _train_essence(env: ComfyEnv, models, target, **overrides):
+    generator, guide, _ = models
+    inputs = dict(target=target, sources=sources(env, generator), generator=generator, guide=guide, steps=1,
+                  lambda_transfer=1.0, lambda_consistency=0.5, seed=0, mode="fast", init="encoder", chunk_size=0,
+                  preview_every=0)
+    return env.run("EssenceTrain", **{**inputs, **overrides})
+
+
+def test_train_essence_starts_from_a_trained_encoders_essence(comfy_env, models, staged_encoder, headshot):
+    if installed_landmarks() is None:
+        pytest.fail("dlib's landmark model is not installed: `pip install face-recognition-models`.")
+    (landmarks,) = comfy_env.run("EssenceLandmarkLoader", landmarks_file="auto")
+    direction, _, _ = _train_essence(comfy_env, models, headshot, essence_encoder=staged_encoder,
+                                     landmarks=landmarks, lr=0.0, weight_decay=0.0)
+    assert direction.meta["init"] == f"essence encoder {staged_encoder.name}"
+    assert direction.meta["init_option"] == "encoder"
+    # with a learning rate of 0 the kept direction is the start itself: what Encode Essence gives
+    (encoded,) = comfy_env.run("EssenceEncode", essence_encoder=staged_encoder, images=headshot, align=True,
+                               landmarks=landmarks)
+    assert torch.allclose(direction.tensor, encoded.tensor, atol=1e-6)
+
+
+def test_train_essence_with_init_encoder_and_no_encoder_says_what_to_connect(comfy_env, models, headshot):
+    with pytest.raises(Exception, match="essence_encoder input is not connected"):
+        _train_essence(comfy_env, models, headshot)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..encoding import encode_essence, load_essence_encoder
+from ..encoding import encoder_start, load_essence_encoder
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS, grid_to_pil
 from ..latents import (AUTO_STRENGTH_KEY, DEFAULT_TUNING_FRAMES, FALLBACK_STRENGTH, PTI, REFINEMENTS, STIT, Direction,
@@ -288,7 +288,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         outputs += [Output(_candidate_path(out, i), "--keep-all", SAFETENSORS) for i in range(job.candidates)]
     check_files(outputs, [*args.targets, args.sources, args.encoder_file, *model_inputs(args)])
     generator = load_generator(args.generator, device=args.device)
-    start = encoder_start(args, generator)
+    start = _warm_start(args, generator)
     guide = load_guide(args.guide, device=args.device)
     encoder = None if start is not None else encoder_for_start(job.init, args.encoder, device=args.device)
     identity = identity_model(args) if job.candidates > 1 else None
@@ -313,19 +313,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def encoder_start(args: argparse.Namespace, generator) -> tuple[torch.Tensor, str] | None:
-    """``--init encoder``'s start (None for the other starts): the essence the ``--encoder-file``
-    encoder gives the target picture(s), their faces aligned and averaged as ``essence encode`` does,
-    with the note its direction records as ``init`` ("essence encoder <file name>"). The file is read
-    strictly and refused when it was trained against another generator, before any training step.
-    (``training`` cannot import ``encoding``, its neighbour on the same layer, so the front end makes
-    this start and hands it to ``train`` as a start already made.)"""
+def _warm_start(args: argparse.Namespace, generator) -> tuple[torch.Tensor, str] | None:
+    """``--init encoder``'s start (None for the other starts): ``encoding.encoder_start`` of the
+    ``--encoder-file`` encoder (read strictly, refused when trained against another generator) for the
+    target picture(s). (``training`` cannot import ``encoding``, its neighbour on the same layer, so
+    the front end makes this start and hands it to ``train`` as a start already made.)"""
     if args.init != ENCODER_INIT:
         return None
-    device = generator.latent_avg.device
-    encoder = load_essence_encoder(args.encoder_file, generator, device=device)
-    essence = encode_essence(encoder, args.targets, generator=generator, encoder_file=args.encoder_file)
-    return essence.tensor.to(device), f"essence encoder {Path(args.encoder_file).name}"
+    encoder = load_essence_encoder(args.encoder_file, generator, device=generator.latent_avg.device)
+    return encoder_start(encoder, args.targets, generator, encoder_file=args.encoder_file)
 
 
 def _candidate_path(out: Path, index: int) -> Path:
@@ -342,7 +338,7 @@ def train_job(args: argparse.Namespace) -> EssenceJob:
     if args.identity and args.candidates < 2:
         raise EssenceError("--identity ranks candidates: use it with --candidates 2 or more (to measure one "
                            "direction, use `evaluate --identity`).")
-    init = "auto" if args.init == ENCODER_INIT else args.init  # the start is made by the command (encoder_start)
+    init = "auto" if args.init == ENCODER_INIT else args.init  # the start is made by the command (_warm_start)
     return EssenceJob(settings=_train_settings(args), mode=args.mode, init=init, candidates=args.candidates,
                       name=getattr(args, "name", None), sources=args.sources, sample=args.sample)
 

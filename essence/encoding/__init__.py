@@ -16,7 +16,7 @@
 
 from .data import (EncoderData, aligned_pixels, as_inputs, batch_data, folder_pictures, generated_data, photo_data,
                    picture_data, resized_pixels, step_batch)
-from .encode import encode_essence, essences_of, target_pixels
+from .encode import encode_essence, encoder_start, essences_of, target_pixels
 from .encoder_file import EssenceEncoder, encoder_metadata, load_essence_encoder, trained_encoder
 from .job import DISTRIBUTED_RUN, check_encoder_outputs, checkpoint_folder, train_encoder_file
 from .objective import EncoderLosses, generated_features, loss_terms, objective, objective_backward, target_features
@@ -36,5 +36,5 @@ __all__ = [
     "Workers", "CheckpointStore", "CheckpointFolder", "checkpoint_store",
     "EssenceEncoder", "load_essence_encoder", "encoder_metadata", "trained_encoder",
     "train_encoder_file", "check_encoder_outputs", "checkpoint_folder", "DISTRIBUTED_RUN",
-    "encode_essence", "target_pixels", "essences_of",
+    "encode_essence", "target_pixels", "essences_of", "encoder_start",
 ]

@@ -65,3 +65,16 @@ def encode_essence(encoder: EssenceEncoder, pictures: Sequence[Any], *, align: b
     if name or files:
         meta["name"] = name or Path(files[0]).stem
     return Direction(essences.mean(0, keepdim=True), meta, target_thumbnail(pictures[0]))
+
+
+def encoder_start(encoder: EssenceEncoder, pictures: Sequence[Any], generator: StyleGAN2Generator, *,
+                  align: bool = True, landmarks: FaceLandmarker | PathLike | None = None,
+                  encoder_file: PathLike | None = None) -> tuple[torch.Tensor, str]:
+    """The optimiser's warm start from a trained encoder: the target's essence (``encode_essence``;
+    the encoder checked against ``generator`` first) on the generator's device, and the note its
+    direction records as ``init``. ``essence.train`` takes the pair as ``start``; every front end that
+    offers this start (``essence train --init encoder``, the Train Essence node) makes it here."""
+    essence = encode_essence(encoder, pictures, align=align, landmarks=landmarks, generator=generator,
+                             encoder_file=encoder_file)
+    label = Path(encoder_file).name if encoder_file is not None else encoder.name
+    return essence.tensor.to(generator.latent_avg.device), f"essence encoder {label}"
