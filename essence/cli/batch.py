@@ -1,9 +1,12 @@
-"""``essence batch train``, ``apply`` and ``video``: many directions, many photos, long clips, on Ray.
+"""``essence batch train``, ``apply``, ``encode`` and ``video``: many directions, many photos, a folder of
+targets, long clips, on Ray.
 
 Each command turns its inputs into ``essence.scale.batch`` tasks (one per target; one per photo x
 direction x strength) and runs them on workers that load the models once. The work of one task is
-exactly what the single commands do (``essence.training.train`` is ``essence train``'s own call, and
-``apply_to_photo`` the photo pipeline), so a batch gives the same files as a loop over them would.
+exactly what the single commands do (``essence.training.train`` is ``essence train``'s own call,
+``apply_to_photo`` the photo pipeline, ``essence.encoding.encode_targets`` what ``essence encode``
+does), so a batch gives the same files as a loop over them would. ``encode_folder`` is also
+``essence encode --targets-dir``: the same tasks in this process.
 Results go to ``--out`` with ``report.json`` and ``report.csv``; a rerun skips finished outputs.
 """
 
@@ -15,16 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..encoding import FOLDER_RULE, folder_targets
 from ..errors import EssenceError
 from ..faces import MASKS, SMOOTHING_PRESETS
 from ..latents import LAYER_PRESETS, load_direction
-from ..scale import (DEFAULT_CHUNK, ApplyJob, ApplyModels, BatchReport, TrainModels, VideoJob, VideoModels, apply_tasks,
-                     run_apply_batch, run_train_batch, run_video_job, train_tasks)
-from ..storage import check_output, check_outputs, folder_lock
+from ..scale import (DEFAULT_CHUNK, ApplyJob, ApplyModels, BatchReport, EncodeJob, EncodeModels, TrainModels, VideoJob,
+                     VideoModels, apply_tasks, encode_here, run_apply_batch, run_encode_batch, run_train_batch,
+                     run_video_job, train_tasks)
+from ..storage import Output, check_files, check_output, check_outputs, folder_lock
 from ..video import STAGES, VIDEO_SUFFIXES
-from .directions import (PASTE_MASK_HELP, TRAIN_MEMORY_ADVICE, add_model_options, add_refine_options, add_train_options,
-                         check_refine_options, model_inputs, strength_tokens, strengths_for, train_job,
-                         tuning_option, whole)
+from .directions import (PASTE_MASK_HELP, SAFETENSORS, TRAIN_MEMORY_ADVICE, add_model_options, add_refine_options,
+                         add_train_options, check_refine_options, model_inputs, strength_tokens, strengths_for,
+                         train_job, tuning_option, whole)
 
 Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -35,9 +40,9 @@ MAX_ERRORS_SHOWN = 10
 
 def _add_batch(subparsers: Subparsers) -> None:
     batch = subparsers.add_parser(
-        "batch", help="train or apply many directions at once on Ray (resumable; a cluster with --address)",
-        description="Batch jobs on Ray: one task per target (train) or per photo x direction (apply), on workers "
-                    "that load the models once. Without --address a local Ray uses this machine. Finished outputs "
+        "batch", help="train, encode or apply many directions at once on Ray (resumable; a cluster with --address)",
+        description="Batch jobs on Ray: one task per target (train, encode) or per photo x direction (apply), on "
+                    "workers that load the models once. Without --address a local Ray uses this machine. Finished outputs "
                     "are skipped when run again; report.json / report.csv list every task.")
     actions = batch.add_subparsers(title="batch commands", metavar="ACTION")
     batch.set_defaults(handler=lambda _args: _usage(batch))
@@ -69,6 +74,7 @@ def _add_batch(subparsers: Subparsers) -> None:
     add_model_options(apply, encoder=True)
     _add_ray_options(apply)
     apply.set_defaults(handler=_cmd_batch_apply)
+    _add_batch_encode(actions)
     _add_batch_video(actions)
 
 
@@ -117,6 +123,55 @@ def _cmd_batch_apply(args: argparse.Namespace) -> int:
     with folder_lock(args.out, "another batch"), _report_when_stopped(args.out):  # one run at a time
         report = run_apply_batch(photos, directions, args.out, job, models, **_runner_options(args))
         return _finish(args.out, report)
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+ENCODE_FOLDER_HELP = f"a folder of targets: {FOLDER_RULE}"
+
+
+def _add_batch_encode(actions: Subparsers) -> None:
+    encode = actions.add_parser(
+        "encode", help="one essence per target of a folder, with an essence encoder: OUT/<target>.safetensors",
+        description="Encode every target of a folder with a trained essence encoder (train-encoder) into "
+                    "OUT/<target>.safetensors, the file `essence encode` writes for that target alone; one task per "
+                    "target on the workers.")
+    encode.add_argument("targets_dir", metavar="TARGETS_DIR", help=ENCODE_FOLDER_HELP)
+    encode.add_argument("--encoder-file", required=True, help="the essence encoder (.safetensors from train-encoder)")
+    encode.add_argument("--out", "-o", type=Path, required=True, help="folder for the essences and the report")
+    add_encode_options(encode)
+    _add_ray_options(encode)
+    encode.set_defaults(handler=_cmd_batch_encode)
+
+
+def _cmd_batch_encode(args: argparse.Namespace) -> int:
+    return encode_folder(args, args.out, "--out", on_ray=True)
+
+
+def add_encode_options(p: argparse.ArgumentParser) -> None:
+    """The options ``essence encode`` and ``essence batch encode`` share."""
+    p.add_argument("--no-align", action="store_true",
+                   help="use the pictures as they are (aligned crops, or pictures without a face), resized to 256 px")
+    p.add_argument("--landmarks", help="dlib's 68-point landmark file")
+    p.add_argument("--generator", help="when given: refuse it unless the encoder was trained against it")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+
+
+def encode_folder(args: argparse.Namespace, out: Path, what: str, on_ray: bool) -> int:
+    """Every target of ``args.targets_dir`` encoded into ``out`` (``<target>.safetensors`` and the report),
+    on Ray or in this process; every output checked first, finished ones skipped."""
+    targets = folder_targets(args.targets_dir)
+    job = EncodeJob(align=not args.no_align)
+    models = EncodeModels(args.encoder_file, args.generator, args.landmarks if job.align else None, args.device)
+    inputs = [*(p for target in targets for p in target.pictures), args.encoder_file, *model_inputs(args)]
+    check_files([Output(out, what, folder=True),
+                 *(Output(out / f"{target.name}.safetensors", what, SAFETENSORS) for target in targets),
+                 *(Output(out / f"{REPORT_NAME}{suffix}", what) for suffix in (".json", ".csv"))], inputs)
+    with folder_lock(out, "another batch"), _report_when_stopped(out):  # one run at a time
+        report = (run_encode_batch(targets, out, job, models, **_runner_options(args)) if on_ray
+                  else encode_here(targets, out, job, models, progress=not args.no_progress))
+        return _finish(out, report)
 
 
 # ----------------------------------------------------------------------------- video

@@ -1,5 +1,6 @@
 """The encoder variant's commands: ``train-encoder`` (train or resume an essence encoder) and ``encode``
-(a target's pictures -> a direction file in one pass).
+(a target's pictures -> a direction file in one pass; with ``--targets-dir``, every target of a folder,
+their faces through the encoder in batches, as ``essence batch encode`` does on Ray).
 
 As every command: all options and outputs are checked before any model loads or any step runs
 (``storage.check_files``), errors are one ``error:`` line, and the library does the work
@@ -15,12 +16,13 @@ from pathlib import Path
 from ..errors import EssenceError
 from ..latents import load_latents, sample_latents
 from ..networks import load_encoder, load_generator, load_guide
-from ..encoding import (EncoderData, EncoderProgress, EncoderSettings, check_encoder_outputs, encode_essence,
-                        folder_pictures, generated_data, load_essence_encoder, photo_data, picture_data,
-                        train_encoder_file)
+from ..encoding import (EncoderData, EncoderProgress, EncoderSettings, check_encoder_outputs,
+                        encode_essence, folder_pictures, generated_data, load_essence_encoder, photo_data,
+                        picture_data, train_encoder_file)
 from ..runtime import resolve_device
 from ..scale import EncoderModels, run_encoder_training
 from ..storage import Output, check_files, save_or_rescue
+from .batch import ENCODE_FOLDER_HELP, add_encode_options, encode_folder
 from .directions import SAFETENSORS, add_model_options, model_inputs, number, whole
 
 DEFAULTS = EncoderSettings()
@@ -156,20 +158,36 @@ def _progress_bar():
 def _add_encode(subparsers) -> None:
     p = subparsers.add_parser("encode", help="a target's essence in one pass with a trained encoder -> direction file",
                               description="Encode pictures of one target with an essence encoder (train-encoder) "
-                                          "into a standard direction file; several pictures are averaged.")
-    p.add_argument("targets", nargs="+", help="picture(s) of the target")
+                                          "into a standard direction file; several pictures are averaged. With "
+                                          "--targets-dir, every target of a folder (see below) into --out-dir/"
+                                          "<target>.safetensors, their faces through the encoder in batches. "
+                                          "Finished outputs are skipped when run again; report.json / report.csv "
+                                          "list every target (`essence batch encode` does the same on Ray).")
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="picture(s) of the target")
+    p.add_argument("--targets-dir", help=f"instead of TARGET...: {ENCODE_FOLDER_HELP}")
     p.add_argument("--encoder-file", required=True, help="the essence encoder (.safetensors from train-encoder)")
-    p.add_argument("--out", "-o", required=True, help="the direction file to write (.safetensors)")
-    p.add_argument("--no-align", action="store_true",
-                   help="use the pictures as they are (aligned crops, or pictures without a face), resized to 256 px")
+    p.add_argument("--out", "-o", help="the direction file to write (.safetensors)")
+    p.add_argument("--out-dir", type=Path, help="with --targets-dir: the folder for the directions and the report")
     p.add_argument("--name", help="the direction's name (default: the first picture's)")
-    p.add_argument("--landmarks", help="dlib's 68-point landmark file")
-    p.add_argument("--generator", help="when given: refuse it unless the encoder was trained against it")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
+    add_encode_options(p)
+    p.add_argument("--no-progress", action="store_true", help="with --targets-dir: no progress bar")
     p.set_defaults(handler=_cmd_encode)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
+    if args.targets_dir is not None:
+        given = [option for option, value in (("TARGET", args.targets), ("--out", args.out), ("--name", args.name))
+                 if value]
+        if given:
+            raise EssenceError(f"--targets-dir encodes every target of a folder into --out-dir, each named after "
+                               f"its target: leave out {', '.join(given)}.")
+        if args.out_dir is None:
+            raise EssenceError("--targets-dir needs --out-dir, the folder its directions go to.")
+        return encode_folder(args, args.out_dir, "--out-dir", on_ray=False)
+    if not args.targets:
+        raise EssenceError("give the target's picture(s), or --targets-dir for a folder of targets.")
+    if args.out is None or args.out_dir is not None:
+        raise EssenceError("one target is written to --out (a .safetensors file); --out-dir goes with --targets-dir.")
     check_files([Output(Path(args.out), "--out", SAFETENSORS)],
                 [*args.targets, args.encoder_file, args.generator, args.landmarks])
     generator = load_generator(args.generator, device=args.device) if args.generator else None

@@ -11,12 +11,14 @@
   (``CheckpointStore``, ``CheckpointFolder``), which ``essence.scale`` fills in for Ray Train;
 - ``encoder_file``: the trained encoder's file (``EssenceEncoder``), its metadata, strict loading;
 - ``job``: ``train_encoder_file``: the checks before any step, the training, the file when complete;
-- ``encode``: ``encode_essence``: a target's pictures -> a standard direction in one pass.
+- ``encode``: ``encode_essence``: a target's pictures -> a standard direction in one pass; ``encode_targets``:
+  many targets (``folder_targets``: a folder of them) with their faces in batches.
 """
 
 from .data import (EncoderData, aligned_pixels, as_inputs, batch_data, folder_pictures, generated_data, photo_data,
                    picture_data, resized_pixels, step_batch)
-from .encode import encode_essence, encoder_start, essences_of, target_pixels
+from .encode import (FOLDER_RULE, EncodedTarget, EncodeTarget, encode_essence, encode_targets, encoder_start,
+                     essences_of, folder_targets, target_pixels)
 from .encoder_file import EssenceEncoder, encoder_metadata, load_essence_encoder, trained_encoder
 from .job import DISTRIBUTED_RUN, check_encoder_outputs, checkpoint_folder, train_encoder_file
 from .objective import EncoderLosses, generated_features, loss_terms, objective, objective_backward, target_features
@@ -37,4 +39,5 @@ __all__ = [
     "EssenceEncoder", "load_essence_encoder", "encoder_metadata", "trained_encoder",
     "train_encoder_file", "check_encoder_outputs", "checkpoint_folder", "DISTRIBUTED_RUN",
     "encode_essence", "target_pixels", "essences_of", "encoder_start",
+    "EncodeTarget", "EncodedTarget", "encode_targets", "folder_targets", "FOLDER_RULE",
 ]
