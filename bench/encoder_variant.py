@@ -33,27 +33,21 @@ def _pictures(count: int) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-def bench_encode(device: torch.device, repeats: int, peak) -> dict:
+def bench_encode(device: torch.device, repeats: int) -> dict:
     """Seconds to encode one target picture (the network's part of ``essence encode``)."""
+    from bench.measure import _peak_tracker, _timed
     from essence.encoding import essences_of
 
     model = _full_size_encoder(device).requires_grad_(False)
     picture = _pictures(1)
-    tracker = peak(device)
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        began = time.perf_counter()
-        essences_of(model, picture)  # returns on the CPU: includes the copy back
-        times.append(time.perf_counter() - began)
-    seconds = statistics.median(times[1:])
-    return {"seconds": seconds, "targets_per_second": 1 / seconds, "peak_mb": tracker()}
+    peak = _peak_tracker(device)
+    seconds = statistics.median(_timed(lambda: essences_of(model, picture), device, repeats))  # back on the CPU
+    return {"seconds": seconds, "targets_per_second": 1 / seconds, "peak_mb": peak()}
 
 
-def bench_encoder_train(device: torch.device, steps: int, chunk: int | None, peak) -> dict:
+def bench_encoder_train(device: torch.device, steps: int, chunk: int | None) -> dict:
     """Seconds per update of the encoder's training, and the peak memory, at full size."""
-    from bench.measure import training_problem
+    from bench.measure import _peak_tracker, training_problem
     from essence.encoding import EncoderData, EncoderSettings, train_encoder
 
     problem = training_problem(device)
@@ -68,7 +62,7 @@ def bench_encoder_train(device: torch.device, steps: int, chunk: int | None, pea
             torch.cuda.synchronize(device)
         stamps.append(time.perf_counter())
 
-    tracker = peak(device)
+    tracker = _peak_tracker(device)
     began = time.perf_counter()
     settings = EncoderSettings(max_steps=max(steps, 2) - 1, chunk_size=chunk, flip=0.0)
     train_encoder(encoder, generator, guide, data, sources, settings, progress=progress)

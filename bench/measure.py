@@ -298,9 +298,9 @@ def run_one(device: torch.device, job: dict, repeats: int) -> dict:
     elif kind == "compile":
         result = bench_compile(device, job)
     elif kind == "encode":
-        result = bench_encode(device, repeats, _peak_tracker)
+        result = bench_encode(device, repeats)
     elif kind == "encoder_train":
-        result = bench_encoder_train(device, job["steps"], job.get("chunk"), _peak_tracker)
+        result = bench_encoder_train(device, job["steps"], job.get("chunk"))
     else:
         result = bench_train(device, job["mode"], job["steps"], job.get("upsample", "auto"), job)
     extras = {key: job[key] for key in ("cudnn_benchmark", "upsample") if key in job}
