@@ -12,6 +12,7 @@ trace's ``train_images`` and ``heldout_images`` exactly (``tests/test_encoder_tr
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 TRAIN = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field")
@@ -32,3 +33,22 @@ def trace_data():
 
     return picture_data([sample_picture(n) for n in TRAIN], [sample_picture(n) for n in HELDOUT],
                         names=[f"skimage:{n}" for n in TRAIN + HELDOUT])
+
+
+# ----------------------------------------------------------------------------- fixtures of the encoder's tests
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Three training pictures and one held out, for short encoder trainings."""
+    from essence.encoding import picture_data
+
+    return picture_data([sample_picture(n) for n in ("astronaut", "chelsea", "coffee")], [sample_picture("horse")])
+
+
+@pytest.fixture(scope="module")
+def sources(generator):
+    """Three seeded source latents of the tiny generator."""
+    import essence
+
+    return essence.sample_latents(generator, 3, seed=5).latents

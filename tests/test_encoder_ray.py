@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from encoder_trace import sample_picture
+from encoder_trace import data, sample_picture, sources  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
 
-import essence
 from essence.encoding import (DISTRIBUTED_RUN, EncoderSettings, check_encoder_outputs, load_essence_encoder,
-                              picture_data, save_checkpoint, train_encoder, TrainingState)
+                              save_checkpoint, train_encoder, TrainingState)
 from essence.errors import EssenceError, TrainingCancelled
 
 # 2 updates (steps 0 and 1), each validated and checkpointed; flips and shuffling on, as users run it
 SETTINGS = EncoderSettings(max_steps=1, flip=0.5, shuffle=True, validate_every=1, checkpoint_every=1, seed=3)
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def data():
-    return picture_data([sample_picture(n) for n in ("astronaut", "chelsea", "coffee")], [sample_picture("horse")])
-
-
-@pytest.fixture(scope="module")
-def sources(generator):
-    return essence.sample_latents(generator, 3, seed=5).latents
 
 
 @pytest.fixture(scope="module")

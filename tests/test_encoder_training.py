@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from encoder_trace import sample_picture
+from encoder_trace import data, sample_picture, sources  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
 
 import essence
 from essence.encoding import (EncoderSettings, as_inputs, check_encoder_outputs, encode_essence, generated_data,
-                              load_checkpoint, load_essence_encoder, objective_backward, picture_data, step_batch,
+                              load_checkpoint, load_essence_encoder, objective_backward, step_batch,
                               target_features, train_encoder_file)
 from essence.encoding.objective import generated_features
 from essence.errors import EssenceError, IncompatibleWeightsError, TrainingCancelled
 
 SETTINGS = EncoderSettings(max_steps=2, flip=0.5, shuffle=True, validate_every=1, checkpoint_every=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return picture_data([sample_picture(n) for n in ("astronaut", "chelsea", "coffee")], [sample_picture("horse")])
-
-
-@pytest.fixture(scope="module")
-def sources(generator):
-    return essence.sample_latents(generator, 3, seed=5).latents
 
 
 @pytest.fixture(scope="module")
