@@ -180,6 +180,31 @@ def test_a_worker_killed_mid_task_loses_nothing(local_ray, tiny_files, pictures,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["portrait.safetensors"]  # no partial or temporary file
 
 
+@pytest.mark.slow
+def test_a_task_its_worker_finished_as_ctrl_c_came_is_reported_done(local_ray, tmp_path):
+    """The worker writes its output, then Ctrl-C reaches this process before the task's result does:
+    the report says what is on the disk (done), not stopped."""
+    driver = os.getpid()
+
+    class WritesThenCtrlC:  # defined here, so Ray's workers receive the class itself
+        def __init__(self, config) -> None:
+            pass
+
+        def run(self, task) -> dict:
+            Path(task.output).write_text("made")
+            os.kill(driver, signal.SIGINT)
+            time.sleep(5)  # the result comes after the interrupt
+            return {}
+
+    tasks = [BatchTask("a", tmp_path / "a.txt"), BatchTask("b", tmp_path / "b.txt")]
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with BatchRunner(WritesThenCtrlC, workers=1, gpus_per_worker=0) as runner:
+            runner.run(tasks, validate=lambda path: {"text": path.read_text()}, progress=False)
+    report = batch.BatchReport.of_stopped(stopped.value)
+    assert [(r.key, r.status, r.details) for r in report.records] == [("a", "done", {"text": "made"}),
+                                                                     ("b", "stopped", {})]
+
+
 def _wait_for_busy_worker(runner: BatchRunner, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -442,17 +442,21 @@ class BatchRunner:
             except BaseException as exc:  # Ctrl-C, SIGTERM, lost cluster: stop the writers before their files go
                 self.close()
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    setattr(exc, _STOPPED_REPORT, self._report(tasks, records, start))
+                    setattr(exc, _STOPPED_REPORT, self._report(tasks, records, start, validate))
                 raise
             finally:
                 bar.close()
                 remove_temp_files(task.output for task in tasks)  # a retried task's killed attempt may have left one
         return self._report(tasks, records, start)
 
-    def _report(self, tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float) -> BatchReport:
-        """Every task's record in task order; a task without one was stopped before it finished."""
+    def _report(self, tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float,
+                validate: Callable[[Path], dict[str, Any] | None] | None = None) -> BatchReport:
+        """Every task's record in task order. A task without one was stopped before it finished, unless
+        its output is there and ``validate`` accepts it: its worker wrote it while the batch was being
+        stopped, before this process heard of it."""
         plan = self.plan or WorkerPlan(0, 0, 0)
-        rows = [records.get(t.key) or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
+        rows = [records.get(t.key) or _finished(t, validate, "done")
+                or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
         return BatchReport(rows, time.perf_counter() - start, plan.workers,
                            plan.describe() if self.plan else "no workers (nothing to do)")
 
@@ -598,9 +602,10 @@ def _check_unique(tasks: Sequence[BatchTask]) -> None:
         outputs[resolved] = task
 
 
-def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None) -> TaskRecord | None:
-    """A ``skipped`` record when the task's output exists, validates and was made with the task's
-    options, else None (run it)."""
+def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None] | None,
+              status: Status = "skipped") -> TaskRecord | None:
+    """A record (``skipped`` unless ``status`` says) when the task's output exists, validates and was
+    made with the task's options, else None (run it)."""
     if validate is None or not Path(task.output).exists():
         return None
     try:
@@ -609,7 +614,7 @@ def _finished(task: BatchTask, validate: Callable[[Path], dict[str, Any] | None]
         return None
     if _comparable(details.pop("options", None)) != _comparable(task.options or None):
         return None  # made by another job (other options, or unknown ones): done again, as asked now
-    return TaskRecord(task.key, "skipped", str(task.output), details=details)
+    return TaskRecord(task.key, status, str(task.output), details=details)
 
 
 def _comparable(options: Any) -> Any:
