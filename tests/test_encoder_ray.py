@@ -10,6 +10,11 @@ All on the one local Ray of the test session (2 CPUs).
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from encoder_trace import data, sample_picture, sources  # noqa: F401 (fixtures)
@@ -17,7 +22,7 @@ from safetensors.torch import load_file
 
 from essence.encoding import (DISTRIBUTED_RUN, EncoderSettings, check_encoder_outputs, load_essence_encoder,
                               save_checkpoint, train_encoder, TrainingState)
-from essence.errors import EssenceError, TrainingCancelled
+from essence.errors import EssenceError
 
 # 2 updates (steps 0 and 1), each validated and checkpointed; flips and shuffling on, as users run it
 SETTINGS = EncoderSettings(max_steps=1, flip=0.5, shuffle=True, validate_every=1, checkpoint_every=1, seed=3)
@@ -76,22 +81,43 @@ def two_workers(local_ray, tmp_path_factory, data, sources, models):
     return (out, *run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1))
 
 
-@pytest.mark.slow
-def test_two_workers_stopped_resume_and_end_where_an_uninterrupted_run_ends(two_workers, data, sources, models,
-                                                                          tmp_path):
-    from essence.scale import run_encoder_training
-
-    out = tmp_path / "enc.safetensors"
+def _ctrl_c_before_step_1(driver: int, stop_file: Path):
+    """``should_stop`` for every worker (a closure: Ray's workers cannot import this module): rank 0,
+    before step 1 (after step 0's checkpoint), sends Ctrl-C (SIGINT) to the driver, this test's
+    process, and votes to stop once the driver has asked the workers to."""
     asked = []
 
-    def stop() -> bool:  # runs in each worker (its own copy): stop before step 1, after step 0's checkpoint
-        asked.append(1)
-        return len(asked) > 1
+    def ctrl_c() -> bool:
+        import ray.train
 
-    with pytest.raises(TrainingCancelled, match="after 1 of 2 updates"):
-        run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1, should_stop=stop)
+        asked.append(1)
+        if len(asked) != 2 or ray.train.get_context().get_world_rank() != 0:
+            return False
+        os.kill(driver, signal.SIGINT)
+        deadline = time.monotonic() + 120
+        while not stop_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return stop_file.exists()
+
+    return ctrl_c
+
+
+@pytest.mark.slow
+def test_two_workers_interrupted_by_ctrl_c_resume_and_end_where_an_uninterrupted_run_ends(
+        two_workers, data, sources, models, tmp_path):
+    from essence.scale import run_encoder_training
+    from essence.scale.encoder_train import PROGRESS_FILE, STOP_FILE
+
+    out, folder = tmp_path / "enc.safetensors", tmp_path / "enc.checkpoints"
+    shown = []
+    with pytest.raises(KeyboardInterrupt):
+        run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1,
+                             should_stop=_ctrl_c_before_step_1(os.getpid(), folder / STOP_FILE), progress=shown.append)
     assert not out.exists()  # the file appears only when training is complete
-    assert (tmp_path / "enc.checkpoints" / DISTRIBUTED_RUN).is_dir()
+    assert (folder / DISTRIBUTED_RUN).is_dir()
+    assert not (folder / STOP_FILE).exists() and not (folder / PROGRESS_FILE).exists()
+    assert [(p.done, p.updates) for p in shown] == [(1, 2)]  # step 0's progress reached this process
+    assert shown[0].validation is not None and shown[0].essences is None
 
     file, resumed = run_encoder_training(out, data, sources, SETTINGS, models, workers=2, cpus_per_worker=1)
     whole_out, _, whole = two_workers

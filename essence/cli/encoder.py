@@ -107,7 +107,7 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         models = EncoderModels(args.generator, args.guide, args.encoder, args.device)
         file, training = run_encoder_training(args.out, data, sources, settings, models, workers=args.workers,
                                               address=args.address, checkpoints=checkpoints, inputs=inputs,
-                                              start=args.encoder)
+                                              start=args.encoder, progress=_progress_bar())
     else:
         guide = load_guide(args.guide, device=args.device)
         encoder = load_encoder(args.encoder, device=args.device)

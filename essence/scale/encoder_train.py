@@ -28,6 +28,12 @@ seams (``essence.encoding.workers``) differ from the single process, so there is
   kill ends where an uninterrupted run ends.
 - **Stopping**: when ``should_stop`` says so on any worker, all of them end without failing (so Ray
   Train does not restart them) and the driver raises ``TrainingCancelled``; the last checkpoint stays.
+  Ctrl-C in the driver does the same through a file in the checkpoint folder (``stop-requested``) that
+  every worker checks before each step, and ends in ``KeyboardInterrupt``; a second Ctrl-C raises at
+  once. ``fit`` runs in a thread of the driver, so Ray Train installs no Ctrl-C handler of its own
+  (its handler ends the program with status 0, as if the run had succeeded).
+- **Progress**: rank 0 writes each update's ``EncoderProgress`` (without the essences) to
+  ``progress.json`` in the checkpoint folder; the driver reads it while it waits, for ``progress``.
 - **The file**: the driver checks the output and the checkpoint folder before anything starts
   (``encoding.check_encoder_outputs``), and writes the encoder file from the final checkpoint only
   when the run is complete (``encoding.finished_training``, ``trained_encoder``).
@@ -38,12 +44,13 @@ requires of a storage path.
 
 from __future__ import annotations
 
+import json
 import os
-import signal
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -51,12 +58,19 @@ import torch
 
 from ..errors import EssenceError, TrainingCancelled
 from ..networks import load_encoder, load_generator, load_guide
-from ..encoding import (DISTRIBUTED_RUN, CheckpointFolder, EncoderData, EncoderSettings, EncoderTraining,
-                        EssenceEncoder, TrainingState, Workers, check_encoder_outputs, finished_training,
-                        load_checkpoint, train_encoder, trained_encoder)
+from ..encoding import (DISTRIBUTED_RUN, CheckpointFolder, EncoderData, EncoderProgress, EncoderSettings,
+                        EncoderTraining, EssenceEncoder, TrainingState, Workers, check_encoder_outputs,
+                        finished_training, load_checkpoint, train_encoder, trained_encoder)
+from ..storage import atomic_write
 from .batch import connect, plan_workers
 
 PathLike = str | os.PathLike
+STOP_FILE = "stop-requested"  # in the checkpoint folder: the driver asks the workers to stop (Ctrl-C)
+PROGRESS_FILE = "progress.json"  # in the checkpoint folder: rank 0's last EncoderProgress, for the driver
+PROGRESS_POLL_S = 0.5
+# Ray Train watches a cluster's nodes for preemption (spot instances) with an actor of its own; a
+# cluster of one node, this machine, has none to watch: one process less to start for each run
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,9 @@ def run_encoder_training(out: PathLike, data: EncoderData, sources: torch.Tensor
                          workers: int, address: str | None = None, checkpoints: PathLike | None = None,
                          inputs: Iterable[PathLike | None] = (), name: str | None = None, start: str | None = None,
                          max_failures: int = 0, cpus_per_worker: float | None = None,
-                         should_stop: Callable[[], bool] | None = None) -> tuple[EssenceEncoder, EncoderTraining]:
+                         should_stop: Callable[[], bool] | None = None,
+                         progress: Callable[[EncoderProgress], None] | None = None,
+                         ) -> tuple[EssenceEncoder, EncoderTraining]:
     """Train (or resume) an essence encoder on ``workers`` Ray Train workers and write ``out`` when
     complete; the file's contents and the run (module docstring). ``settings.batch_size`` is each
     worker's batch: a step trains on ``workers x batch_size`` pictures. ``address``: a Ray cluster (else
@@ -84,8 +100,9 @@ def run_encoder_training(out: PathLike, data: EncoderData, sources: torch.Tensor
     after a failure within the run (0: the run fails; running it again resumes). ``cpus_per_worker``: CPUs (and torch
     threads) each worker asks for (default: the cluster's CPUs shared among CPU workers, 1 beside a
     GPU). ``should_stop`` (picklable: it runs in every worker) is asked before every step; when any
-    worker's says so, the run stops with ``TrainingCancelled`` and its last checkpoint stays.
-    ``inputs``, ``name``, ``start``: as ``encoding.train_encoder_file``."""
+    worker's says so, the run stops with ``TrainingCancelled`` and its last checkpoint stays; Ctrl-C
+    stops it the same way and raises ``KeyboardInterrupt``. ``progress`` is called in this process
+    after updates (``EncoderProgress`` without essences; a quick run may skip some). ``inputs``, ``name``, ``start``: as ``encoding.train_encoder_file``."""
     if workers < 1:
         raise EssenceError(f"the number of workers must be at least 1, got {workers}.")
     if max_failures < 0:
@@ -111,8 +128,10 @@ def run_encoder_training(out: PathLike, data: EncoderData, sources: torch.Tensor
         raise EssenceError(f"{workers} workers need {needed:g} {kind}s together, and the Ray cluster has "
                            f"{float(cluster.get(kind, 0)):g}: use fewer workers or a bigger cluster (--address).")
     resources = {"CPU": plan.cpus, **({"GPU": plan.gpus} if plan.gpus else {})}
+    files = _RunFiles(folder)
     config = {"data": data, "sources": sources.detach().cpu().float(), "settings": settings, "models": models,
-              "gpu": bool(plan.gpus), "threads": max(1, int(plan.cpus)), "should_stop": should_stop}
+              "gpu": bool(plan.gpus), "threads": max(1, int(plan.cpus)), "should_stop": should_stop,
+              "files": files}
     trainer = torch_trainer(
         _worker, train_loop_config=config,
         scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=bool(plan.gpus),
@@ -121,8 +140,14 @@ def run_encoder_training(out: PathLike, data: EncoderData, sources: torch.Tensor
                                    failure_config=train.FailureConfig(max_failures=max_failures),
                                    checkpoint_config=train.CheckpointConfig(num_to_keep=1)))
     started = time.perf_counter()
-    result = _fit(trainer, train)
-    training = _finished(result, models, time.perf_counter() - started)
+    one_node = sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+    result, interrupted = _fit(trainer, train, files, progress, {PREEMPTION_WATCHER: "0"} if one_node else {})
+    try:
+        training = _finished(result, models, time.perf_counter() - started)
+    except TrainingCancelled:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
     generator = load_generator(models.generator, device="cpu")
     encoder = trained_encoder(training, generator, training.run["clip_model"], data, sources, settings,
                               name or Path(out).stem, Path(start).name if start else None)
@@ -150,20 +175,98 @@ def _ray_train() -> tuple[Any, Any]:
     return ray.train, TorchTrainer
 
 
-def _fit(trainer: Any, train: Any) -> Any:
-    """``trainer.fit()``, with the program's Ctrl-C handler back afterwards (Ray Train installs its own),
-    and a worker's Essence error (a refused checkpoint, a non-finite loss) raised as itself."""
-    keep = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+def _fit(trainer: Any, train: Any, files: "_RunFiles", progress: Callable[[EncoderProgress], None] | None,
+         environment: dict[str, str]) -> tuple[Any, bool]:
+    """``trainer.fit()`` in a thread, and whether Ctrl-C stopped it. Meanwhile this thread feeds
+    ``progress`` from rank 0's progress file and turns a first Ctrl-C into the stop file (the workers
+    end after their step, with its checkpoint); a second Ctrl-C raises at once. A worker's Essence
+    error (a refused checkpoint, a non-finite loss) is raised as itself. ``environment``: Ray Train's
+    settings for this run (``fit`` passes them on to its controller), unless the user set them."""
+    files.clear()
+    added = {name: value for name, value in environment.items() if name not in os.environ}
+    os.environ.update(added)
+    outcome: dict[str, Any] = {}
+    ended = threading.Event()  # not Thread.join: a join that Ctrl-C interrupts can leave the thread seen as ended
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 (raised again in the calling thread)
+            outcome["error"] = exc
+        finally:
+            ended.set()
+
+    threading.Thread(target=fit, name="essence-ray-train", daemon=True).start()
+    interrupted, shown = False, 0
     try:
-        return trainer.fit()
-    except train.TrainingFailedError as exc:
-        cause = _essence_error(exc)
+        while not ended.is_set():
+            try:
+                ended.wait(PROGRESS_POLL_S)
+                shown = files.show_progress(progress, shown)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                files.ask_to_stop()
+                print("Stopping the workers after their current step (Ctrl-C again to stop at once); the last "
+                      "checkpoint stays and the same run started again goes on from it.", file=sys.stderr, flush=True)
+        files.show_progress(progress, shown)
+    finally:
+        files.clear()
+        for name in added:
+            os.environ.pop(name, None)
+    error = outcome.get("error")
+    if isinstance(error, train.TrainingFailedError):
+        cause = _essence_error(error)
         if cause is not None:
             raise cause from None
-        raise EssenceError(f"encoder training on Ray Train failed: {exc}") from exc
-    finally:
-        if keep is not None:
-            signal.signal(signal.SIGINT, keep)
+        raise EssenceError(f"encoder training on Ray Train failed: {error}") from error
+    if error is not None:
+        raise error
+    return outcome["result"], interrupted
+
+
+@dataclass(frozen=True)
+class _RunFiles:
+    """The two files by which the driver and the workers talk during a run, in the checkpoint folder
+    (which every worker sees, as Ray Train's storage): the driver's request to stop, rank 0's progress."""
+
+    folder: Path
+
+    @property
+    def stop(self) -> Path:
+        return self.folder / STOP_FILE
+
+    @property
+    def progress(self) -> Path:
+        return self.folder / PROGRESS_FILE
+
+    def clear(self) -> None:
+        """No request and no progress left from another run (or this one, once it ended)."""
+        self.stop.unlink(missing_ok=True)
+        self.progress.unlink(missing_ok=True)
+
+    def ask_to_stop(self) -> None:
+        self.stop.touch()
+
+    def stop_asked(self) -> bool:
+        return self.stop.exists()
+
+    def write_progress(self, p: EncoderProgress) -> None:
+        with atomic_write(self.progress) as tmp:
+            tmp.write_text(json.dumps(asdict(replace(p, essences=None))))
+
+    def show_progress(self, progress: Callable[[EncoderProgress], None] | None, shown: int) -> int:
+        """Call ``progress`` with rank 0's progress if it is newer than update ``shown``; the newest shown."""
+        if progress is None:
+            return shown
+        try:
+            p = EncoderProgress(**json.loads(self.progress.read_text()))
+        except (OSError, ValueError, TypeError):  # not written yet, or removed
+            return shown
+        if p.done > shown:
+            progress(p)
+        return max(shown, p.done)
 
 
 def _essence_error(exc: BaseException) -> EssenceError | None:
@@ -213,10 +316,13 @@ def _worker(config: dict[str, Any]) -> None:
     guide = load_guide(models.guide, device=device)
     encoder = load_encoder(models.encoder, device=device)
     workers = _TrainWorkers(context.get_world_rank(), context.get_world_size(), device)
+    files: _RunFiles = config["files"]
+    asked: Callable[[], bool] | None = config["should_stop"]
     try:
         train_encoder(encoder, generator, guide, config["data"], config["sources"], config["settings"],
                       checkpoints=_ReportedCheckpoints(workers.rank), workers=workers,
-                      should_stop=config["should_stop"])
+                      should_stop=lambda: files.stop_asked() or (asked is not None and asked()),
+                      progress=files.write_progress)
     except TrainingCancelled:
         return  # every worker agreed to stop: the run ends, not failed (so no restart), before its last step
 
