@@ -9,13 +9,17 @@ Essence Encoder, or ``essence train-encoder``).
 
 Train Essence Encoder runs ``essence.encoding.train_encoder`` with ComfyUI's progress bar (a preview
 of the held-out pictures' essences, each applied to a source face, at every validation) and Cancel
-(checked before every step and on every progress report; nothing is saved then). When training is
-complete it writes ``<prefix>_00001.safetensors`` (counting up, never overwriting) into
-``models/essence_encoders``, where Load Essence Encoder finds it.
+(checked before every step and on every progress report). Every ``checkpoint_every`` steps it keeps a
+checkpoint in ComfyUI's ``output/essence_encoder_checkpoints/<prefix>-<run>/``, ``<run>`` naming the
+run (``essence.encoding.run_id``: the settings, pictures, sources and models): the same run queued
+again after Cancel, or after ComfyUI was closed, goes on from there, and any other starts afresh.
+When training is complete it writes ``<prefix>_00001.safetensors`` (counting up, never overwriting)
+into ``models/essence_encoders``, where Load Essence Encoder finds it, and removes the checkpoints.
 """
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import torch
@@ -23,8 +27,8 @@ import torch.nn.functional as F
 
 from .. import essence
 from ..essence.encoding import (EncoderData, EncoderProgress, EncoderSettings, EssenceEncoder, as_inputs, batch_data,
-                                encode_essence, essences_of, generated_data, load_essence_encoder, train_encoder,
-                                trained_encoder)
+                                encode_essence, essences_of, generated_data, load_essence_encoder, run_id, run_record,
+                                train_encoder, trained_encoder)
 from ..essence.errors import EssenceError
 from ..essence.faces import grid_to_pil
 from ..essence.latents import image_grid
@@ -45,6 +49,7 @@ PREVIEW_RESOLUTION = 256  # previews of big generators stop early at this size (
 # what training holds besides the generator and CLIP: the encoder's copy, its gradients, and Ranger's
 # two moments and slow weights (activations, small at batch 1, are not counted)
 ENCODER_COPIES = 5
+CHECKPOINTS_FOLDER = "essence_encoder_checkpoints"  # in ComfyUI's output folder
 
 
 class EssenceTrainedEncoderLoader:
@@ -132,7 +137,9 @@ class EssenceTrainEncoder:
                    "targets: faces the generator draws, or your photos. The defaults are the paper's (3000 steps, "
                    "hours on a CPU; a GPU is recommended). The preview shows held-out pictures over the source "
                    "faces given their essence, at each validation. When complete, the encoder is saved to "
-                   "models/essence_encoders/<prefix>_00001.safetensors; Cancel stops it and saves nothing.")
+                   "models/essence_encoders/<prefix>_00001.safetensors. Cancel stops it; queued again unchanged "
+                   "(even after a restart of ComfyUI) it goes on from its last checkpoint, kept every "
+                   "checkpoint_every steps in output/essence_encoder_checkpoints until the encoder is saved.")
     CATEGORY = "essence/train"
     FUNCTION = "train"
     OUTPUT_NODE = True
@@ -184,6 +191,9 @@ class EssenceTrainEncoder:
                                           "previews); the last step always validates (official: 31)."),
                 "chunk_size": integer(0, 0, 64, "Source faces rendered per pass: 0 = all at once; smaller uses "
                                       "less memory with the same result."),
+                "checkpoint_every": integer(DEFAULTS.checkpoint_every, 1, 100000, "Steps between checkpoints "
+                                            "(output/essence_encoder_checkpoints): the same run queued again goes "
+                                            "on from the last one."),
             },
         }
 
@@ -193,10 +203,12 @@ class EssenceTrainEncoder:
               filename_prefix: str, images: torch.Tensor | None = None,
               landmarks: essence.faces.FaceLandmarker | None = None, batch_size: int = DEFAULTS.batch_size,
               flip: float = DEFAULTS.flip, shuffle: bool = DEFAULTS.shuffle,
-              validate_every: int = DEFAULTS.validate_every, chunk_size: int = 0) -> dict[str, Any]:
+              validate_every: int = DEFAULTS.validate_every, chunk_size: int = 0,
+              checkpoint_every: int = DEFAULTS.checkpoint_every) -> dict[str, Any]:
         settings = EncoderSettings(max_steps=max_steps, lr=lr, lambda_consistency=lambda_consistency,
                                    lambda_reg=lambda_reg, batch_size=batch_size, flip=flip, shuffle=shuffle,
-                                   validate_every=validate_every, seed=seed, chunk_size=chunk_size or None)
+                                   validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed,
+                                   chunk_size=chunk_size or None)
         stem = checked_stem(filename_prefix, ".safetensors", f"the '{host.ENCODERS_FOLDER}' model folder",
                             "the essence encoder")
         folder = host.save_folder(host.ENCODERS_FOLDER)
@@ -204,7 +216,9 @@ class EssenceTrainEncoder:
         with host.models_on_compute_device(generator, guide, working_memory=room):
             pictures = _training_data(data, images, generated_count, heldout, seed, generator, landmarks)
             latents = sources.latents
-            training = train_encoder(encoder, generator, guide, pictures, latents, settings,
+            run = run_id(run_record(encoder, generator, guide, pictures, latents, settings))
+            checkpoints = host.output_folder(CHECKPOINTS_FOLDER) / f"{stem}-{run}"
+            training = train_encoder(encoder, generator, guide, pictures, latents, settings, checkpoints=checkpoints,
                                      progress=_progress_reporter(generator, latents, pictures, settings.updates),
                                      should_stop=host.interrupted)
             result = trained_encoder(training, generator, guide.name, pictures, latents, settings, stem)
@@ -213,6 +227,7 @@ class EssenceTrainEncoder:
                 essences = essences_of(result.model, shown[:PREVIEW_FACES])
             preview = _preview_grid(generator, latents, essences, shown, None)
         path = result.save_numbered(folder, stem)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: its file holds what they did
         report = _report(training, pictures, path.name)
         return {"ui": {"text": [path.name]},
                 "result": (result, grid_to_comfy_image(preview, host.intermediate_device()), report)}
@@ -266,6 +281,7 @@ def _preview_grid(generator: essence.networks.StyleGAN2Generator, sources: torch
 def _report(training: Any, data: EncoderData, filename: str) -> str:
     kept = (f"best validation loss {training.best_loss:.4f} at step {training.best_step} (kept)"
             if training.best_loss is not None else "no held-out pictures: the last update kept")
-    return (f"Trained an essence encoder: {len(training.losses)} updates in {training.seconds:.1f} s on "
+    resumed = f" (resumed from its checkpoint after update {training.resumed_from})" if training.resumed_from else ""
+    return (f"Trained an essence encoder: {len(training.losses)} updates{resumed} in {training.seconds:.1f} s on "
             f"{data.train.shape[0]} {data.kind} (+{data.heldout.shape[0]} held out); {kept}; final loss "
             f"{training.losses[-1][0]:.4f}.\nSaved models/{host.ENCODERS_FOLDER}/{filename}.")

@@ -120,6 +120,14 @@ def save_folder(folder: str) -> Path:
     return Path(dirs[0])
 
 
+def output_folder(name: str) -> Path:
+    """``name`` in ComfyUI's output folder (where saved images go): for working files a user may
+    want to find, such as a long training's checkpoints. Outside ComfyUI: ``output/name`` here."""
+    fp = folder_paths()
+    root = Path(fp.get_output_directory()) if fp is not None else Path("output")
+    return root / name
+
+
 def filename_list(folder: str) -> list[str]:
     """The files a loader dropdown offers (ComfyUI's cached listing), [] outside ComfyUI."""
     fp = folder_paths()

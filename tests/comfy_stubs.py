@@ -97,7 +97,11 @@ def make_folder_paths(models_dir: Path) -> types.ModuleType:
                 return candidate
         return None
 
+    def get_output_directory() -> str:  # ComfyUI's output/ beside models/
+        return str(models_dir.parent / "output")
+
     fp.add_model_folder_path = add_model_folder_path
+    fp.get_output_directory = get_output_directory
     fp.get_folder_paths = get_folder_paths
     fp.get_filename_list = get_filename_list
     fp.get_full_path = get_full_path

@@ -155,7 +155,7 @@ def test_encode_averages_a_batch_and_aligns_faces_like_align_face(comfy_env, sta
 
 
 @pytest.mark.slow
-def test_cancel_stops_training_cleanly_and_saves_nothing(comfy_env, models):
+def test_cancel_keeps_the_checkpoints_and_the_same_run_queued_again_ends_where_it_would_have(comfy_env, models):
     generator, _, encoder = models
     mm = comfy_env.model_management
 
@@ -165,13 +165,23 @@ def test_cancel_stops_training_cleanly_and_saves_nothing(comfy_env, models):
 
     comfy_env.progress.hook = press_cancel
     with pytest.raises(InterruptProcessingException):
-        train(comfy_env, models, max_steps=20)
-    assert comfy_env.progress.updates[-1][0] == 2  # stopped at the next check, long before the 21 updates
+        train(comfy_env, models, max_steps=3, checkpoint_every=1)
+    assert comfy_env.progress.updates[-1][0] == 2  # stopped at the next check, before the 4 updates
     assert files(comfy_env) == []  # no encoder file, no partial file
     assert not any(p.is_inference() for p in generator.parameters())
     assert not any(p.is_inference() for p in encoder.parameters())
+    kept = comfy_env.models_dir.parent / "output" / "essence_encoder_checkpoints"
+    assert [p.name.split("-")[0] for p in kept.iterdir()] == ["faces"]  # <prefix>-<run>
+
     comfy_env.progress.hook = None
-    assert train(comfy_env, models, max_steps=0)[0].meta["updates"] == 1  # the next run goes on normally
+    resumed, _, report = train(comfy_env, models, max_steps=3, checkpoint_every=1)
+    assert "resumed from its checkpoint after update 2" in report
+    assert list(kept.iterdir()) == []  # complete: the checkpoints go
+    whole, _, report = train(comfy_env, models, max_steps=3, checkpoint_every=1, filename_prefix="whole")
+    assert "resumed" not in report and files(comfy_env) == ["faces_00001.safetensors", "whole_00001.safetensors"]
+    theirs = whole.model.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        assert torch.allclose(value.float(), theirs[key].float(), rtol=0, atol=1e-5), key
 
 
 @pytest.mark.parametrize("overrides, message", [

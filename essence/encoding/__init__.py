@@ -25,7 +25,8 @@ from .objective import EncoderLosses, generated_features, loss_terms, objective,
 from .ranger import RANGER_OPTIONS, official_ranger
 from .settings import EncoderSettings
 from .state import TrainingState, load_checkpoint, save_checkpoint
-from .trainer import EncoderProgress, EncoderTraining, finished_training, run_record, train_encoder, validate
+from .trainer import (EncoderProgress, EncoderTraining, finished_training, run_id, run_record, train_encoder,
+                      validate)
 from .workers import CheckpointFolder, CheckpointStore, Workers, checkpoint_store
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "EncoderData", "as_inputs", "step_batch", "resized_pixels", "aligned_pixels", "picture_data", "batch_data",
     "photo_data", "generated_data", "folder_pictures",
     "EncoderSettings", "TrainingState", "save_checkpoint", "load_checkpoint",
-    "train_encoder", "EncoderTraining", "EncoderProgress", "run_record", "validate", "finished_training",
+    "train_encoder", "EncoderTraining", "EncoderProgress", "run_record", "run_id", "validate", "finished_training",
     "Workers", "CheckpointStore", "CheckpointFolder", "checkpoint_store",
     "EssenceEncoder", "load_essence_encoder", "encoder_metadata", "trained_encoder",
     "train_encoder_file", "check_encoder_outputs", "checkpoint_folder", "DISTRIBUTED_RUN",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -118,6 +119,12 @@ def run_record(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGu
               "sources_sha256": _tensor_sha256(sources), "data_sha256": data.digest,
               "start_encoder_sha256": _state_sha256(encoder.state_dict())}
     return {"workers": workers, **record} if workers != 1 else record
+
+
+def run_id(record: dict[str, Any]) -> str:
+    """A short name for the run ``record`` describes (``run_record``): its digest, so that a folder of
+    checkpoints per run is found again by the same run and by no other."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _checked_sources(sources: torch.Tensor, generator: StyleGAN2Generator, data: EncoderData,
