@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 __all__ = ["default_device", "resolve_device", "describe_device", "unused_gpu_reason", "gpu_hardware", "cached_model",
            "clear_model_cache", "cached_models", "is_out_of_memory", "release_device_memory", "run_in_chunks_on_oom",
-           "retry_smaller_on_oom"]
+           "retry_smaller_on_oom", "backward_in_slices"]
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
@@ -215,3 +215,25 @@ def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str,
         if on_retry is not None:
             on_retry(size)
 
+
+
+def backward_in_slices(outputs: Callable[[int, int], torch.Tensor], slices: Sequence[tuple[int, int]],
+                       loss: Callable[[torch.Tensor], T], total: Callable[[T], torch.Tensor]) -> T:
+    """``loss`` of every row of ``outputs`` together, with the gradient of ``total(loss(...))``
+    accumulated into whatever ``outputs(start, stop)`` is computed from, while holding the autograd
+    graph of one slice of rows at a time: the same gradient as one pass, in the memory of one slice.
+
+    Why by hand: activation checkpointing (``torch.utils.checkpoint``) keeps every slice's output
+    for the backward pass, and a loss over all rows together (the consistency of a source with every
+    other) cannot be split into per-slice losses. So: every row without autograd, the loss and its
+    gradient with respect to those rows (small), then each slice again with autograd, back-propagating
+    its part of that gradient. ``slices`` cover ``0 .. rows`` in order.
+    """
+    with torch.no_grad():
+        rows = torch.cat([outputs(start, stop) for start, stop in slices])
+    rows.requires_grad_(True)
+    result = loss(rows)
+    total(result).backward()
+    for start, stop in slices:
+        outputs(start, stop).backward(rows.grad[start:stop])
+    return result

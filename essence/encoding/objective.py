@@ -17,11 +17,8 @@ CLIP sees every picture the coach's way: the [-1, 1] 256 px input resized to the
 ``embed_generated`` path (upsample x7, average pool, no CLIP mean/std), which generated faces take too.
 
 Memory: each picture renders N faces with their activations kept for the backward pass. With
-``chunk_size`` the gradient is the same but only ``chunk_size`` faces are kept at a time: every edited
-feature is first computed without autograd, the loss's gradient with respect to those features
-taken (tiny), then each chunk rendered again with autograd and back-propagated with its slice of
-that gradient. (The optimiser's loop does the same privately inside ``training.loop``; its helper
-serves the optimiser's objective and is not public, so this module holds the encoder's.)
+``chunk_size`` the gradient is the same but only ``chunk_size`` faces are kept at a time
+(``runtime.backward_in_slices``, which the optimiser's chunked sources use too).
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..networks import ClipGuide, StyleGAN2Generator, to_unit
+from ..runtime import backward_in_slices
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # W+ latents [n, L, D] -> raw CLIP features [n, C]
 
@@ -103,17 +101,17 @@ def objective_backward(essence: torch.Tensor, sources: torch.Tensor, source_feat
         losses = objective(essence, sources, source_features, targets, embed, lambda_consistency, lambda_reg)
         losses.total.backward()
         return _detached(losses)
-    leaf = essence.detach().requires_grad_(True)
-    slices = [(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
-    with torch.no_grad():
-        edited = torch.stack([torch.cat([embed(sources[a:b] + leaf[i:i + 1]) for a, b in slices])
-                              for i in range(leaf.shape[0])])
-    edited.requires_grad_(True)
-    losses = loss_terms(leaf, edited, source_features, targets, lambda_consistency, lambda_reg)
-    losses.total.backward()
-    for i in range(leaf.shape[0]):
-        for a, b in slices:
-            embed(sources[a:b] + leaf[i:i + 1]).backward(edited.grad[i, a:b])
+    leaf = essence.detach().requires_grad_(True)  # [B, n_latent, D]; rows: (essence i, source j) at i x N + j
+
+    def edited(start: int, stop: int) -> torch.Tensor:  # within one essence's sources
+        i, j = divmod(start, count)
+        return embed(sources[j:j + stop - start] + leaf[i:i + 1])
+
+    slices = [(i * count + start, i * count + min(start + chunk_size, count))
+              for i in range(leaf.shape[0]) for start in range(0, count, chunk_size)]
+    losses = backward_in_slices(edited, slices, lambda rows: loss_terms(
+        leaf, rows.view(leaf.shape[0], count, -1), source_features, targets, lambda_consistency, lambda_reg),
+        lambda terms: terms.total)
     essence.backward(leaf.grad)
     return _detached(losses)
 

@@ -46,7 +46,7 @@ import torch
 from ..errors import DeviceMemoryError, EssenceError, ShapeError, TrainingCancelled, require_finite
 from ..latents import Direction
 from ..networks import ClipGuide, GeneratedMode, StyleGAN2Generator, to_unit
-from ..runtime import is_out_of_memory, release_device_memory, retry_smaller_on_oom
+from ..runtime import backward_in_slices, is_out_of_memory, release_device_memory, retry_smaller_on_oom
 from .adam import ScheduledAdam, fresh_adam_step_
 from .start import Start, random_initial_direction
 
@@ -318,24 +318,15 @@ def _loss_and_backward(edited, losses, e_src, candidates: int, count: int, chunk
     ``losses`` computes each candidate's loss on its own N edited embeddings exactly as a single run
     would; their sum is back-propagated (candidates share no parameter, so each gets its own gradient).
     In one pass when ``chunk`` covers all K x N faces. Otherwise exactly the same gradient with the
-    memory of one chunk: first every edited embedding without autograd, then the loss and its
-    gradient with respect to those embeddings (tiny), then each chunk is rendered again with
-    autograd and that slice of the gradient is back-propagated through it.
+    memory of one chunk (``runtime.backward_in_slices``).
     """
     rows = candidates * count
     if chunk is None or chunk >= rows:
         loss, transfer, consistency = losses(e_src, edited(0, rows))
         (loss[0] if candidates == 1 else loss.sum()).backward()
         return loss, transfer, consistency
-    slices = _passes(candidates, count, chunk)
-    with torch.no_grad():
-        e_amp = torch.cat([edited(*rows_) for rows_ in slices])
-    e_amp.requires_grad_(True)
-    loss, transfer, consistency = losses(e_src, e_amp)
-    (loss[0] if candidates == 1 else loss.sum()).backward()
-    for start, stop in slices:
-        edited(start, stop).backward(e_amp.grad[start:stop])
-    return loss, transfer, consistency
+    return backward_in_slices(edited, _passes(candidates, count, chunk), lambda e_amp: losses(e_src, e_amp),
+                              lambda terms: terms[0][0] if candidates == 1 else terms[0].sum())
 
 
 def embed_faces(latents: torch.Tensor, generator: StyleGAN2Generator, guide: ClipGuide,
