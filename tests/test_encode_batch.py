@@ -110,6 +110,26 @@ def test_faces_of_several_targets_in_one_pass_give_each_its_own_essence(targets,
         torch.testing.assert_close(a, b, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
+def test_a_folder_of_photos_is_aligned_like_one_target_alone_and_a_faceless_one_fails_alone(encoder_file, pictures,
+                                                                                             tmp_path):
+    """With alignment (the default), each photo's face is found and aligned as ``encode`` aligns it for
+    one target; a picture without a face is that target's error, the others go on."""
+    from essence.encoding import encode_essence
+    from essence.errors import FaceNotFoundError
+    from essence.faces import load_landmarker
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "portrait.jpg").write_bytes(pictures.portrait.read_bytes())
+    (folder / "cat.png").write_bytes(pictures.cat.read_bytes())
+    encoder, landmarks = load_essence_encoder(encoder_file), load_landmarker()
+    results = {r.target.name: r for r in encode_targets(encoder, folder_targets(folder), landmarks=landmarks)}
+    assert isinstance(results["cat"].error, FaceNotFoundError) and results["cat"].direction is None
+    alone = encode_essence(encoder, [folder / "portrait.jpg"], landmarks=landmarks)
+    torch.testing.assert_close(results["portrait"].direction.tensor, alone.tensor, rtol=0, atol=TOLERANCE)
+
+
 def test_a_target_that_cannot_be_read_fails_alone(encoder_file, tmp_path, capsys):
     folder = tmp_path / "targets"
     folder.mkdir()
