@@ -212,7 +212,8 @@ def _fit(trainer: Any, train: Any, files: "_RunFiles", progress: Callable[[Encod
                       "checkpoint stays and the same run started again goes on from it.", file=sys.stderr, flush=True)
         files.show_progress(progress, shown)
     finally:
-        files.clear()
+        if ended.is_set():  # after a second Ctrl-C the request stays, so that the workers still stop
+            files.clear()
         for name in added:
             os.environ.pop(name, None)
     error = outcome.get("error")
