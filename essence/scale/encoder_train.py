@@ -102,7 +102,8 @@ def run_encoder_training(out: PathLike, data: EncoderData, sources: torch.Tensor
     GPU). ``should_stop`` (picklable: it runs in every worker) is asked before every step; when any
     worker's says so, the run stops with ``TrainingCancelled`` and its last checkpoint stays; Ctrl-C
     stops it the same way and raises ``KeyboardInterrupt``. ``progress`` is called in this process
-    after updates (``EncoderProgress`` without essences; a quick run may skip some). ``inputs``, ``name``, ``start``: as ``encoding.train_encoder_file``."""
+    after updates (``EncoderProgress`` without essences; a quick run may skip some). ``inputs``,
+    ``name``, ``start``: as ``encoding.train_encoder_file``."""
     if workers < 1:
         raise EssenceError(f"the number of workers must be at least 1, got {workers}.")
     if max_failures < 0:
@@ -179,7 +180,7 @@ def _fit(trainer: Any, train: Any, files: "_RunFiles", progress: Callable[[Encod
          environment: dict[str, str]) -> tuple[Any, bool]:
     """``trainer.fit()`` in a thread, and whether Ctrl-C stopped it. Meanwhile this thread feeds
     ``progress`` from rank 0's progress file and turns a first Ctrl-C into the stop file (the workers
-    end after their step, with its checkpoint); a second Ctrl-C raises at once. A worker's Essence
+    finish their step and stop; the last checkpoint stays); a second Ctrl-C raises at once. A worker's Essence
     error (a refused checkpoint, a non-finite loss) is raised as itself. ``environment``: Ray Train's
     settings for this run (``fit`` passes them on to its controller), unless the user set them."""
     files.clear()
