@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import essence
-from ..essence.errors import EssenceError
 from ..essence.latents import mix_directions
 from ..essence.storage import checked_stem
 from . import host
@@ -77,11 +76,7 @@ class EssenceLoad:
         return True if problem is None else problem
 
     def load(self, direction_file: str) -> tuple[essence.Direction]:
-        verdict = self.VALIDATE_INPUTS(direction_file)  # ComfyUI skips its list check when this exists
-        if verdict is not True:
-            raise EssenceError(f"cannot load the essence: {verdict}.")
-        path = host.require_file(host.DIRECTIONS_FOLDER, direction_file, "essence")
-        return (essence.Direction.load(path),)
+        return (essence.Direction.load(host.picked_file(host.DIRECTIONS_FOLDER, direction_file, "essence")),)
 
 
 class EssenceMix:

@@ -77,10 +77,7 @@ class EssenceTrainedEncoderLoader:
         return True if problem is None else problem
 
     def load(self, encoder_file: str) -> tuple[EssenceEncoder]:
-        problem = host.folder_file_problem(host.ENCODERS_FOLDER, encoder_file)  # ComfyUI skips its list check
-        if problem is not None:
-            raise EssenceError(f"cannot load the essence encoder: {problem}.")
-        path = host.require_file(host.ENCODERS_FOLDER, encoder_file, "essence encoder")
+        path = host.picked_file(host.ENCODERS_FOLDER, encoder_file, "essence encoder")
         return (load_essence_encoder(path, device=host.offload_device()),)
 
 

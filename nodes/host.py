@@ -153,6 +153,16 @@ def require_file(folder: str, filename: str, what: str) -> Path:
     raise MissingWeightsError(missing_file_message(folder, filename, what))
 
 
+def picked_file(folder: str, filename: Any, what: str) -> Path:
+    """The file a loader's dropdown value names inside ``folder``: an ``EssenceError`` for a value that
+    cannot name one (ComfyUI skips its own list check for a node with VALIDATE_INPUTS), a
+    ``MissingWeightsError`` for one that is not there."""
+    problem = folder_file_problem(folder, filename)
+    if problem is not None:
+        raise EssenceError(f"cannot load the {what}: {problem}.")
+    return require_file(folder, filename, what)
+
+
 def folder_file_problem(folder: str, filename: Any) -> str | None:
     """Why a dropdown value cannot name a file inside ``folder`` (empty, absolute, or leaving it with
     '..'), or None when it can."""
