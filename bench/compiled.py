@@ -33,19 +33,13 @@ LOSS_STEPS = 3
 def _train_timed(problem: dict, settings, device: torch.device) -> dict:
     """One ``train`` run: its losses, the time to the end of its first step (set-up, the
     sources' embedding, step 0: where compilation happens) and the median of the later steps."""
+    from bench.measure import StepClock
     from essence.training import EssenceJob, train
 
-    stamps: list[float] = []
-
-    def progress(_) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
-    start = time.perf_counter()
-    result = train(**problem, job=EssenceJob(settings), progress=progress).result
-    later = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"losses": result.losses, "first_step_s": stamps[0] - start,
+    clock = StepClock(device)
+    result = train(**problem, job=EssenceJob(settings), progress=clock).result
+    later = clock.intervals()
+    return {"losses": result.losses, "first_step_s": clock.stamps[0] - clock.started,
             "seconds_per_step": statistics.median(later) if later else float("nan")}
 
 

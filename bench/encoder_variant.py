@@ -14,7 +14,6 @@ the essence and through CLIP, and Ranger's step. ``chunk`` renders that many sou
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
@@ -47,7 +46,7 @@ def bench_encode(device: torch.device, repeats: int) -> dict:
 
 def bench_encoder_train(device: torch.device, steps: int, chunk: int | None) -> dict:
     """Seconds per update of the encoder's training, and the peak memory, at full size."""
-    from bench.measure import _peak_tracker, training_problem
+    from bench.measure import StepClock, _peak_tracker, training_problem
     from essence.encoding import EncoderData, EncoderSettings, train_encoder
 
     problem = training_problem(device)
@@ -55,18 +54,11 @@ def bench_encoder_train(device: torch.device, steps: int, chunk: int | None) -> 
     encoder = _full_size_encoder(device)
     data = EncoderData(_pictures(2), _pictures(0), "pictures", {"what": "random pixels"})
     sources = generator.sample_wplus(SOURCES, seed=1, truncation=0.7)
-    stamps: list[float] = []
-
-    def progress(_) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
     tracker = _peak_tracker(device)
-    began = time.perf_counter()
+    clock = StepClock(device)
     settings = EncoderSettings(max_steps=max(steps, 2) - 1, chunk_size=chunk, flip=0.0)
-    train_encoder(encoder, generator, guide, data, sources, settings, progress=progress)
-    per_step = [b - a for a, b in zip([began] + stamps[:-1], stamps)][1:]
+    train_encoder(encoder, generator, guide, data, sources, settings, progress=clock)
+    per_step = clock.intervals()
     seconds = statistics.median(per_step)
     return {"steps_timed": len(per_step), "seconds_per_step": seconds, "steps_per_second": 1 / seconds,
             "chunk": chunk, "sources": SOURCES, "peak_mb": tracker()}

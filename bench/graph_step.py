@@ -44,7 +44,6 @@ import gc
 import json
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the loop's module itself: the eager comparison runs the graph loop with its capture switched off
 import essence.training.loop as loop  # noqa: E402
-from bench.measure import _peak_tracker, training_problem  # noqa: E402
+from bench.measure import StepClock, _peak_tracker, training_problem  # noqa: E402
 from bench.records import device_label, record  # noqa: E402
 from essence.storage import atomic_write  # noqa: E402
 from essence.training import TRAIN_MODES, EssenceJob, TrainingTarget, train  # noqa: E402
@@ -102,25 +101,19 @@ def tiny_problem(device: torch.device, candidates: int, fixtures: Path) -> dict:
 def timed_run(problem: dict, settings: loop.TrainSettings, capture: bool, window: int,
               device: torch.device) -> tuple[list[float], float | None, float]:
     """Losses of every step, seconds per step (None if too few windows) and peak GB of one training."""
-    stamps: list[float] = []
-
-    def progress(_) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     peak = _peak_tracker(device)
+    clock = StepClock(device)
     warmup = loop.GRAPH_WARMUP_STEPS
     loop.GRAPH_WARMUP_STEPS = warmup if capture else settings.steps + 1  # never captured: every step eager
     try:
         results = train(**problem, job=EssenceJob(replace(settings, progress_every=window)), choose=None,
-                        fit_memory=False, progress=progress).results
+                        fit_memory=False, progress=clock).results
     finally:
         loop.GRAPH_WARMUP_STEPS = warmup
-    windows = [(b - a) / window for a, b in zip(stamps[:-1], stamps[1:])]  # the first window is left out
+    windows = [seconds / window for seconds in clock.intervals()]  # the first window is left out
     losses = [loss for result in results for loss in result.losses]
     return losses, (statistics.median(windows) if windows else None), peak() / 1024
 

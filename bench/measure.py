@@ -60,6 +60,25 @@ def _peak_tracker(device: torch.device) -> Callable[[], float]:
     return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
 
+class StepClock:
+    """A training ``progress`` callback recording when each reported step ended (after the device has
+    finished its work), from the moment the clock is made: how the benchmarks time training."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = time.perf_counter()
+        self.stamps: list[float] = []
+
+    def __call__(self, _progress: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive reports: every reported step after the first (a warm-up)."""
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
 def _timed(step: Callable[[], None], device: torch.device, repeats: int) -> list[float]:
     step()  # warm-up
     times = []
@@ -198,18 +217,11 @@ def _timed_training(device: torch.device, problem: dict, inits: list[torch.Tenso
     the seconds of every step after the first (a warm-up) and the peak MB."""
     from essence.training import EssenceJob, train
 
-    stamps: list[float] = []
-
-    def progress(_) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
     peak = _peak_tracker(device)
-    start = time.perf_counter()
+    clock = StepClock(device)
     train(**problem, job=EssenceJob(replace(settings, progress_every=1)), start=inits, choose=None, fit_memory=False,
-          progress=progress)
-    return [b - a for a, b in zip([start] + stamps[:-1], stamps)][1:], peak()
+          progress=clock)
+    return clock.intervals(), peak()
 
 
 def bench_compile(device: torch.device, job: dict) -> dict:
