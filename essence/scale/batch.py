@@ -451,14 +451,9 @@ class BatchRunner:
 
     def _report(self, tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float,
                 validate: Callable[[Path], dict[str, Any] | None] | None = None) -> BatchReport:
-        """Every task's record in task order. A task without one was stopped before it finished, unless
-        its output is there and ``validate`` accepts it: its worker wrote it while the batch was being
-        stopped, before this process heard of it."""
         plan = self.plan or WorkerPlan(0, 0, 0)
-        rows = [records.get(t.key) or _finished(t, validate, "done")
-                or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
-        return BatchReport(rows, time.perf_counter() - start, plan.workers,
-                           plan.describe() if self.plan else "no workers (nothing to do)")
+        return tasks_report(tasks, records, start, plan.workers,
+                            plan.describe() if self.plan else "no workers (nothing to do)", validate)
 
     def _run(self, todo: deque[BatchTask], records: dict[str, TaskRecord], bar: Any) -> None:
         in_flight: dict[Any, tuple[int, BatchTask]] = {}
@@ -524,6 +519,16 @@ class BatchRunner:
         actor_class = self._ray.remote(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=self.retries,
                                        max_task_retries=self.retries, max_concurrency=2)(_Actor)
         return actor_class.remote(self.worker_class, self.config, int(plan.cpus))
+
+
+def tasks_report(tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float, workers: int,
+                 resources: str, validate: Callable[[Path], dict[str, Any] | None] | None = None) -> BatchReport:
+    """Every task's record in task order, timed from ``start``. A task without one was stopped before
+    it finished, unless its output is there and ``validate`` accepts it: its worker wrote it while the
+    batch was being stopped, before the stop reached the code keeping the records."""
+    rows = [records.get(t.key) or _finished(t, validate, "done")
+            or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
+    return BatchReport(rows, time.perf_counter() - start, workers, resources)
 
 
 def run_batch(tasks: Sequence[BatchTask], worker_class: type, config: Any = None, *,

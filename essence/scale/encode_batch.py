@@ -26,8 +26,8 @@ from ..latents import load_direction
 from ..networks import load_generator
 from ..runtime import resolve_device
 from ..storage import file_sha256, remove_temp_files
-from .batch import (_STOPPED_REPORT, STOPPED_ERROR, BatchReport, BatchTask, TaskRecord, _check_unique, _message,
-                    _NoBar, _progress_bar, _unfinished, run_batch)
+from .batch import (_STOPPED_REPORT, BatchReport, BatchTask, TaskRecord, _check_unique, _message, _NoBar,
+                    _progress_bar, _unfinished, run_batch, tasks_report)
 
 OPTIONS_KEY = "batch_options"  # where a direction records the options it was encoded with (what a rerun compares)
 
@@ -133,6 +133,7 @@ def encode_here(targets: Sequence[EncodeTarget], out: Path, job: EncodeJob, mode
     where = f"{socket.gethostname()}:{os.getpid()}"
     worker = EncodeWorker((job, models)) if todo else None  # a bad encoder file is refused before any target
     resources = f"this process ({worker.device})" if worker is not None else "no workers (nothing to do)"
+    workers = 1 if worker is not None else 0
     bar: Any = _NoBar()
     try:
         bar = _progress_bar(len(tasks), len(tasks) - len(todo), "encoding", progress)
@@ -146,15 +147,10 @@ def encode_here(targets: Sequence[EncodeTarget], out: Path, job: EncodeJob, mode
             last = now
             bar.update(1)
     except (KeyboardInterrupt, SystemExit) as exc:
-        setattr(exc, _STOPPED_REPORT, _report(tasks, records, start, resources))
+        setattr(exc, _STOPPED_REPORT, tasks_report(tasks, records, start, workers, resources, finished_essence))
         raise
     finally:
         bar.close()
         remove_temp_files(task.output for task in tasks)
-    return _report(tasks, records, start, resources)
-
-
-def _report(tasks: Sequence[BatchTask], records: dict[str, TaskRecord], start: float, resources: str) -> BatchReport:
-    rows = [records.get(t.key) or TaskRecord(t.key, "stopped", str(t.output), error=STOPPED_ERROR) for t in tasks]
-    return BatchReport(rows, time.perf_counter() - start, 1 if resources.startswith("this") else 0, resources)
+    return tasks_report(tasks, records, start, workers, resources)
 
