@@ -13,7 +13,7 @@ and exits 1 if any fails.
 Tolerances are looser than the CPU tests' because PyTorch runs float32 convolutions on TF32 tensor
 cores by default (about 1e-3 relative). The official loop is chaotic: after step 6
 such rounding sends it down another path, so with TF32 the trajectory checks compare the loss it
-reaches; ``--no-tf32`` runs strict float32 and checks the reference's own trajectory.
+reaches; ``--no-tf32`` runs strict float32 and checks the reference's own steps 0-6 and minimum loss.
 """
 
 from __future__ import annotations
@@ -80,9 +80,8 @@ def _check(fixtures: Path, device: str, tf32: bool, records: Path | None = None)
     if tf32:  # another path through the chaos: it must reach a comparable loss, not the same direction
         results.append(("official trace, minimum loss above the reference's (relative)", reached, 0.5))
     else:
+        # not the kept direction: from step 7 rounding alone moves it 6% to 129% (tests/test_train.py)
         results.append(("official trace, minimum loss relative error", abs(reached), 0.10))
-        results.append(("official trace, best direction relative error",
-                        relative(official.direction.tensor, trace["best_direction"]), 0.10))
     fast = run()
     results.append(("fast vs official, steps 0-6 max loss difference",
                     max(abs(a - b) for a, b in zip(fast.losses[:7], official.losses[:7])), 1e-3))

@@ -32,13 +32,17 @@ LR01_TRACE = Path(__file__).parent / "fixtures" / "targetclip_lr0.1_trace"
 
 
 def assert_follows_reference(run, reference: dict[str, torch.Tensor]) -> None:
-    """The fixtures README's criteria: the reference itself agrees to 1e-6 for 7 steps, then drifts."""
+    """What every CPU reproduces of a trace: the losses of steps 0-6 within 1e-4, where the reference
+    agrees with itself, and the minimum loss over the 40 steps within 10%.
+
+    Not the kept direction: from step 7 the loop is chaotic (tests/fixtures/README.md). Moving the
+    target's embedding by 1e-7, less than another CPU's rounding, put the kept direction 6% to 129%
+    from this trace's (public trace; 3% to 18% at lr 0.1) while the minimum loss stayed within 8%.
+    """
     losses = torch.tensor(run.losses)
     assert losses.shape == reference["loss_per_step"].shape
     assert (losses[:7] - reference["loss_per_step"][:7]).abs().max().item() < 1e-4
     assert min(run.losses) == pytest.approx(reference["loss_per_step"].min().item(), rel=0.10)
-    best = reference["best_direction"]
-    assert ((run.direction.tensor - best).norm() / best.norm()).item() < 0.10
 
 
 @pytest.mark.slow
