@@ -25,11 +25,25 @@ def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 def make_blur_kernel(taps: Sequence[float]) -> torch.Tensor:
-    """Separable FIR taps -> normalised 2-D kernel (outer product, sums to 1)."""
-    k = torch.as_tensor(taps, dtype=torch.float32)
+    """Separable FIR taps -> normalised 2-D kernel (outer product, sums to 1).
+
+    Made on the CPU even while a model is built on the meta device to receive a file's weights: torch's
+    meta kernels for this arithmetic import its compiler, 1.1 s of every process that loads a model."""
+    k = torch.as_tensor(taps, dtype=torch.float32, device="cpu")
     if k.ndim == 1:
         k = k[None, :] * k[:, None]
     return k / k.sum()
+
+
+def standard_normal(*shape: int, divisor: float = 1.0) -> torch.Tensor:
+    """``torch.randn(*shape) / divisor``, the reference's initial weights; left unfilled on the meta device,
+    where a model is built only to receive a file's weights (filling it there would import torch's
+    compiler: 1.1 s of every process that loads a model)."""
+    tensor = torch.empty(*shape)
+    if tensor.is_meta:
+        return tensor
+    tensor.normal_()
+    return tensor if divisor == 1.0 else tensor.div_(divisor)
 
 
 def upfirdn2d(

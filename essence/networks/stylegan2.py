@@ -27,7 +27,8 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import IncompatibleWeightsError, ShapeError, WrongFileKindError
 from ..storage import build_loaded, describe_contents, load_torch_file
 from .fused import fused_bias_act, fused_scale_channels, require_triton
-from .ops import LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, scale_channels, upfirdn2d
+from .ops import (LEAKY_GAIN, LEAKY_SLOPE, bias_leaky_relu, make_blur_kernel, scale_channels, standard_normal,
+                  upfirdn2d)
 
 NoiseSpec = str | Sequence[torch.Tensor | None]
 UPSAMPLE_METHODS = ("auto", "phases", "transposed")
@@ -48,7 +49,7 @@ class EqualLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
                  activation: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.weight = nn.Parameter(standard_normal(out_dim, in_dim, divisor=lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
@@ -119,7 +120,7 @@ class ModulatedConv2d(nn.Module):
         self.kernels = "eager"  # or "fused": see StyleGAN2Generator.set_kernels
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.padding = kernel_size // 2
-        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.weight = nn.Parameter(standard_normal(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
 
     def _init_phases(self, kernel_size: int, taps: int) -> None:
@@ -211,7 +212,7 @@ class NoiseInjection(nn.Module):
 class ConstantInput(nn.Module):
     def __init__(self, channel: int, size: int = 4):
         super().__init__()
-        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+        self.input = nn.Parameter(standard_normal(1, channel, size, size))
 
     def forward(self, batch: int) -> torch.Tensor:
         return self.input.expand(batch, -1, -1, -1)
@@ -365,7 +366,7 @@ class StyleGAN2Generator(nn.Module):
         self.noises = nn.Module()
         for layer in range(c.num_layers):
             res = 2 ** ((layer + 5) // 2)
-            self.noises.register_buffer(f"noise_{layer}", torch.randn(1, 1, res, res))
+            self.noises.register_buffer(f"noise_{layer}", standard_normal(1, 1, res, res))
         in_channel = c.width(4)
         for i in range(3, c.log_size + 1):
             out_channel = c.width(2**i)
