@@ -351,9 +351,12 @@ def random_directions(n_latent: int = 10, style_dim: int = 64, scale: float = 0.
 
 
 def quick_run(node_type: str, name: str, value: Any) -> Any:
-    """Overrides for smoke runs with the tiny models: a few training steps instead of 1000."""
+    """Overrides for smoke runs with the tiny models: a few training and tuning steps instead of
+    hundreds (tests/test_video_tuning.py and test_tuning.py check what tuning achieves)."""
     if node_type == "EssenceTrain" and name == "steps":
         return min(value, 6)
+    if node_type == "EssenceInvertFace" and name in ("pti_steps", "pti_passes"):
+        return min(value, 2)
     if node_type == "EssenceTrain" and name == "preview_every":
         return 2
     return value
