@@ -151,10 +151,16 @@ def test_batch_apply_edits_every_photo_with_every_direction(trained, tiny_files,
     assert difference.max() <= 2
     original = np.asarray(Image.open(photos[0]).convert("RGB"), dtype=np.int16)
     assert np.abs(np.asarray(got, dtype=np.int16) - original).max() > 50  # the face was edited
-    # a rerun does nothing new
+    # a rerun with another strength is another job: its pictures are made again, never reported as done
+    made_at_08 = (out / "headshot" / "photo.png").read_bytes()
+    again = ["batch", "apply", *chosen, "--photos", str(photos[0]), "--out", str(out), "--strength", "1.5", *models,
+             "--no-progress"]
+    assert cli.main(again) == 0
+    assert {(r["status"], r["strength"]) for r in _rows(out).values()} == {("done", 1.5)}
+    assert (out / "headshot" / "photo.png").read_bytes() != made_at_08
+    # the same job again has nothing to do
     before = (out / "headshot" / "photo.png").stat().st_mtime_ns
-    assert cli.main(["batch", "apply", *chosen, "--photos", str(photos[0]), "--out", str(out), "--strength", "0.8",
-                     *models, "--no-progress"]) == 0
+    assert cli.main(again) == 0
     assert {r["status"] for r in _rows(out).values()} == {"skipped"}
     assert (out / "headshot" / "photo.png").stat().st_mtime_ns == before
 

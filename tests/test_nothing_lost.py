@@ -180,36 +180,6 @@ def test_a_second_batch_into_a_folder_in_use_is_refused(inputs, tmp_path, capsys
     assert not any(p.suffix == ".png" for p in out.rglob("*"))
 
 
-@pytest.mark.slow
-def test_a_batch_rerun_with_another_strength_redoes_the_pictures(local_ray, fixtures, tmp_path, capsys):
-    """A rerun with other options is another job: its pictures are made again, never reported as done."""
-    from PIL import Image
-
-    photo = tmp_path / "astronaut.png"
-    Image.open(scikit_image_picture("astronaut.png")).reduce(2).save(photo)
-    direction = Direction(torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(0)) * 0.5,
-                          {"name": "d"}).save(tmp_path / "d.safetensors")
-    out = tmp_path / "edited"
-    models = ["--generator", fixtures / "stylegan2_tiny64.pt", "--encoder", fixtures / "e4e_tiny64.pt", "--device",
-              "cpu", "--no-progress"]
-
-    def run(strength: str) -> dict:
-        code, err = _run(["batch", "apply", direction, "--photos", photo, "--out", out, "--strength", strength,
-                          *models], capsys)
-        assert code == 0, err
-        import json
-        return json.loads((out / "report.json").read_text())["tasks"][0]
-
-    first = run("0.5")
-    picture = out / "d" / "astronaut.png"
-    made_at_half = picture.read_bytes()
-    assert first["status"] == "done" and first["strength"] == 0.5
-    again = run("1.5")
-    assert again["status"] == "done" and again["strength"] == 1.5  # redone, not "already complete"
-    assert picture.read_bytes() != made_at_half
-    assert run("1.5")["status"] == "skipped"  # the same job again has nothing to do
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
