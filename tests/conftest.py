@@ -11,6 +11,7 @@ and skip, naming the file, when it is absent. ``ESSENCE_REQUIRE_SHARED=1`` (CI) 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,16 @@ def shared_file(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt in this process and in the processes it starts, as in
+    a terminal. A suite started in the background by a shell inherits SIGINT ignored, and so would
+    every process it starts (an ignored signal stays ignored across exec; a handled one does not)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -187,7 +187,7 @@ def test_a_worker_killed_mid_task_loses_nothing(local_ray, tiny_files, pictures,
 
 
 @pytest.mark.slow
-def test_a_task_its_worker_finished_as_ctrl_c_came_is_reported_done(local_ray, tmp_path):
+def test_a_task_its_worker_finished_as_ctrl_c_came_is_reported_done(local_ray, ctrl_c_raises, tmp_path):
     """The worker writes its output, then Ctrl-C reaches this process before the task's result does:
     the report says what is on the disk (done), not stopped."""
     driver = os.getpid()
@@ -269,7 +269,7 @@ def test_the_benchmark_times_the_commands_own_options(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 @pytest.mark.parametrize("sent, status, line", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
 def test_kill_or_ctrl_c_ends_a_batch_with_the_report_of_what_finished(sent, status, line, pictures, tiny_files,
-                                                                      tmp_path):
+                                                                      ctrl_c_raises, tmp_path):
     """``kill`` (SIGTERM) once a task is done: the command stops its workers, writes the report (the
     finished task done, the others stopped) and ends with 143 in one line, without Ray's abort (134) or
     crash dump; Ctrl-C (SIGINT) the same way, with 130. ``essence batch`` starts its own local Ray, as a

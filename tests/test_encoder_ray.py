@@ -104,7 +104,7 @@ def _ctrl_c_before_step_1(driver: int, stop_file: Path):
 
 @pytest.mark.slow
 def test_two_workers_interrupted_by_ctrl_c_resume_and_end_where_an_uninterrupted_run_ends(
-        two_workers, data, sources, models, tmp_path):
+        two_workers, data, sources, models, ctrl_c_raises, tmp_path):
     from essence.scale import run_encoder_training
     from essence.scale.encoder_train import PROGRESS_FILE, STOP_FILE
 
