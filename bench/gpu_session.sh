@@ -131,7 +131,8 @@ section() {
 section cuda_check 90 "$py" bench/cuda_check.py "$models" --no-tf32 --records "$work/records"
 section train 120 "${bench[@]}" --only train --modes fast official fast+bf16 --repeats 1 "${train[@]}" \
     --json "$work/train.json"
-section graph_tests 90 "$py" -m pytest tests/test_graph_step.py -q -p no:cacheprovider
+section graph_tests 90 "$py" -m pytest tests/test_graph_step.py -q -p no:cacheprovider \
+    "tests/test_stylegan2.py::test_every_tensor_of_a_built_or_loaded_generator_is_on_its_device"
 if [ $dry = 1 ]; then
     section graph_step 150 "$py" bench/graph_step.py --device cpu --fixtures "$models" --modes fast --steps 6 \
         --window 2 --check-steps 3 --json "$work/records/cpu_graph-step.json"

@@ -65,6 +65,20 @@ def test_full_size_config_is_inferred_back_from_its_own_state_dict():
     assert GeneratorConfig.from_state_dict(state) == config
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_tensor_of_a_built_or_loaded_generator_is_on_its_device(generator, tiny_files, device):
+    """``build_generator`` makes the model in place on the device; the loaders build on the meta device
+    and assign the file's tensors. Neither may leave a tensor (a blur kernel, say) anywhere else."""
+    built = build_generator(generator.config, device=device)
+    loaded = essence.load_generator(tiny_files.generator, device=device, cache=False)
+    for model in (built, loaded):
+        places = {t.device.type for t in [*model.parameters(), *model.buffers()]}
+        assert places == {device}, places
+
+
 def test_checkpoint_with_training_extras_and_namespace_args_loads(tmp_path, tiny_files, generator, tiny_io):
     """rosinality's train.py saves g, d and an argparse Namespace beside g_ema."""
     ckpt = torch.load(tiny_files.generator, weights_only=True)

@@ -25,14 +25,17 @@ def bias_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 
 
 def make_blur_kernel(taps: Sequence[float]) -> torch.Tensor:
-    """Separable FIR taps -> normalised 2-D kernel (outer product, sums to 1).
+    """Separable FIR taps -> normalised 2-D kernel (outer product, sums to 1), on the default device.
 
-    Made on the CPU even while a model is built on the meta device to receive a file's weights: torch's
-    meta kernels for this arithmetic import its compiler, 1.1 s of every process that loads a model."""
+    Computed on the CPU, and left there while a model is built on the meta device to receive a file's
+    weights (which hold the kernels): torch's meta kernels for this arithmetic import its compiler,
+    1.1 s of every process that loads a model."""
     k = torch.as_tensor(taps, dtype=torch.float32, device="cpu")
     if k.ndim == 1:
         k = k[None, :] * k[:, None]
-    return k / k.sum()
+    k = k / k.sum()
+    device = torch.get_default_device()
+    return k if device.type == "meta" else k.to(device)
 
 
 def standard_normal(*shape: int, divisor: float = 1.0) -> torch.Tensor:
