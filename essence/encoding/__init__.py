@@ -7,7 +7,8 @@
 - ``settings``: ``EncoderSettings``, the README command's values;
 - ``state``: the resumable checkpoint (encoder, optimiser, step, history, random state) and the best encoder;
 - ``trainer``: ``train_encoder``, the coach's loop step for step, resumable at any point;
-- ``workers``: the loop's two seams, one process or one of several workers (``Workers``) and where checkpoints go
+- ``workers``: the loop's two seams, one process or one of several workers (``Workers``, ``DistributedWorkers``: DDP)
+  and where checkpoints go
   (``CheckpointStore``, ``CheckpointFolder``), which ``essence.scale`` fills in for Ray Train;
 - ``encoder_file``: the trained encoder's file (``EssenceEncoder``), its metadata, strict loading;
 - ``job``: ``train_encoder_file``: the checks before any step, the training, the file when complete;
@@ -27,7 +28,7 @@ from .settings import EncoderSettings
 from .state import TrainingState, load_checkpoint, save_checkpoint
 from .trainer import (EncoderProgress, EncoderTraining, finished_training, run_id, run_record, train_encoder,
                       validate)
-from .workers import CheckpointFolder, CheckpointStore, Workers, checkpoint_store
+from .workers import CheckpointFolder, CheckpointStore, DistributedWorkers, Workers, checkpoint_store
 
 __all__ = [
     "official_ranger", "RANGER_OPTIONS",
@@ -36,7 +37,7 @@ __all__ = [
     "photo_data", "generated_data", "folder_pictures",
     "EncoderSettings", "TrainingState", "save_checkpoint", "load_checkpoint",
     "train_encoder", "EncoderTraining", "EncoderProgress", "run_record", "run_id", "validate", "finished_training",
-    "Workers", "CheckpointStore", "CheckpointFolder", "checkpoint_store",
+    "Workers", "DistributedWorkers", "CheckpointStore", "CheckpointFolder", "checkpoint_store",
     "EssenceEncoder", "load_essence_encoder", "encoder_metadata", "trained_encoder",
     "train_encoder_file", "check_encoder_outputs", "checkpoint_folder", "DISTRIBUTED_RUN",
     "encode_essence", "target_pixels", "essences_of", "encoder_start",

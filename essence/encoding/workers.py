@@ -11,6 +11,8 @@ averages it over the workers, so every worker makes the same update); the record
 ``mean`` over the workers; a stop asked by ``should_stop`` is agreed with ``any``. Rank 0 alone validates,
 reports progress and writes checkpoints.
 
+``DistributedWorkers`` is one process of a ``torch.distributed`` run (DDP), as on Ray Train's workers.
+
 ``CheckpointStore`` is where checkpoints and the best encoder go: ``CheckpointFolder`` (a folder, the
 files of ``state``), or Ray Train's checkpoints (the same files, reported with ``ray.train.report``).
 """
@@ -48,6 +50,40 @@ class Workers:
     def any(self, flag: bool) -> bool:
         """True on every worker when any worker's ``flag`` is."""
         return flag
+
+
+class DistributedWorkers(Workers):
+    """Rank ``rank`` of ``count`` processes of one ``torch.distributed`` run, whose default process group is
+    ready (Ray Train's workers, or any launcher of torch's): the encoder in torch's DistributedDataParallel,
+    which averages the gradient so that every worker makes the same update, and collectives for the
+    losses and the stop vote. DDP's default ``broadcast_buffers`` gives every worker rank 0's BatchNorm
+    running statistics before each forward. One worker is the single process: no wrapper, nothing sent."""
+
+    def __init__(self, rank: int, count: int, device: torch.device) -> None:
+        self.rank, self.count, self.device = rank, count, device
+
+    def trained_through(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.count == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_gpu = self.device.type == "cuda"  # as Ray Train's prepare_model: the worker's own GPU
+        return DistributedDataParallel(model, device_ids=[self.device] if on_gpu else None,
+                                       output_device=self.device if on_gpu else None)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.count == 1:
+            return values
+        summed = values.detach().clone()
+        torch.distributed.all_reduce(summed)
+        return summed / self.count
+
+    def any(self, flag: bool) -> bool:
+        if self.count == 1:
+            return flag
+        vote = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+        return bool(vote.item())
 
 
 class CheckpointStore(Protocol):

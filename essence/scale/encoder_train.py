@@ -8,9 +8,10 @@ seams (``essence.encoding.workers``) differ from the single process, so there is
   The pictures and the sources travel with the job (Ray's object store), read once by the caller.
 - **Each step**: the batch is ``workers x batch_size`` pictures, chosen and flipped from the seed and the
   step alone as in one process (``encoding.step_batch``); worker r takes rows r x batch_size onwards.
-  The encoder is wrapped by ``ray.train.torch.prepare_model`` (DDP; gloo on CPUs, NCCL on GPUs),
-  which averages the gradient, so every worker makes the same Ranger update; the recorded losses
-  are the workers' mean. One worker is the single-process run, step for step.
+  The encoder is wrapped in torch's DDP (``encoding.DistributedWorkers``, as Ray Train's
+  ``prepare_model`` wraps it; gloo on CPUs, NCCL on GPUs), which averages the gradient, so every
+  worker makes the same Ranger update; the recorded losses are the workers' mean. One worker is the
+  single-process run, step for step.
 - **BatchNorm**: plain BatchNorm, as the official coach: in train mode each worker normalises with
   its own pictures' statistics (with batch 1, each picture's own, exactly as the official batch 1).
   DDP's default ``broadcast_buffers`` copies rank 0's running statistics to every worker before each
@@ -59,7 +60,7 @@ import torch
 from ..errors import EssenceError, TrainingCancelled
 from ..networks import load_encoder, load_generator, load_guide
 from ..encoding import (DISTRIBUTED_RUN, CheckpointFolder, EncoderData, EncoderProgress, EncoderSettings,
-                        EncoderTraining, EssenceEncoder, TrainingState, Workers, check_encoder_outputs,
+                        DistributedWorkers, EncoderTraining, EssenceEncoder, TrainingState, check_encoder_outputs,
                         finished_training, load_checkpoint, train_encoder, trained_encoder)
 from ..storage import atomic_write
 from .batch import connect, plan_workers
@@ -317,7 +318,7 @@ def _worker(config: dict[str, Any]) -> None:
     generator = load_generator(models.generator, device=device)
     guide = load_guide(models.guide, device=device)
     encoder = load_encoder(models.encoder, device=device)
-    workers = _TrainWorkers(context.get_world_rank(), context.get_world_size(), device)
+    workers = DistributedWorkers(context.get_world_rank(), context.get_world_size(), device)
     files: _RunFiles = config["files"]
     asked: Callable[[], bool] | None = config["should_stop"]
     try:
@@ -327,33 +328,6 @@ def _worker(config: dict[str, Any]) -> None:
                       progress=files.write_progress)
     except TrainingCancelled:
         return  # every worker agreed to stop: the run ends, not failed (so no restart), before its last step
-
-
-class _TrainWorkers(Workers):
-    """A Ray Train worker's view of the run: its rank, DDP around the encoder, collectives for the rest."""
-
-    def __init__(self, rank: int, count: int, device: torch.device) -> None:
-        self.rank, self.count, self.device = rank, count, device
-
-    def trained_through(self, model: torch.nn.Module) -> torch.nn.Module:
-        import ray.train.torch
-
-        # DDP (one worker: the model itself); the default broadcast_buffers: rank 0's BatchNorm statistics
-        return ray.train.torch.prepare_model(model, move_to_device=False)
-
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        if self.count == 1:
-            return values
-        summed = values.detach().clone()
-        torch.distributed.all_reduce(summed)
-        return summed / self.count
-
-    def any(self, flag: bool) -> bool:
-        if self.count == 1:
-            return flag
-        vote = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
-        return bool(vote.item())
 
 
 class _ReportedCheckpoints:
