@@ -206,12 +206,16 @@ def targetclip_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray for the whole run: 2 CPUs, no dashboard, started the way ``essence batch`` starts
-    one, and never someone's cluster. Ray Train's controller looks at its workers every 0.5 s instead
-    of 2 s, so that a short run's end (and a crashed worker) is seen sooner."""
+    one (but with no idle workers waiting), and never someone's cluster. Ray Train's controller looks
+    at its workers every 0.5 s instead of 2 s, so that a short run's end (and a crashed worker) is
+    seen sooner."""
     ray = pytest.importorskip("ray", reason="batch jobs need Ray: pip install -r requirements-dev.txt")
     from essence.scale import batch
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # No idle workers started in advance: this Ray lives for the whole run, mostly between tests, and
+    # each idle worker costs about 1 % of a core meanwhile (the tests' actors start their own)
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     previous = os.environ.pop("RAY_ADDRESS", None)
     if ray.is_initialized():
         ray.shutdown()
