@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -243,3 +245,30 @@ def test_the_encoder_variant_sections_time_encoding_and_training_with_and_withou
     step = {"kind": "encoder_train", "seconds_per_step": 4.0, "steps_per_second": 0.25, "chunk": 1, "sources": 5,
             "peak_mb": 7000.0}
     assert "5 sources chunk 1" in format_row(step) and "0.250 steps/s" in format_row(step)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_the_suite_cpu_plugin_charges_each_test_the_busy_time_around_it(tmp_path, capsys):
+    """``./run test -n 0 -p bench.suite_cpu``: a test that computes for 0.3 s of CPU is charged at least
+    that (machine-wide, so never less), and the summary lists it under its file."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench import suite_cpu
+
+    (tmp_path / "test_work.py").write_text("import time\n\ndef test_busy():\n    end = time.process_time() + 0.3\n"
+                                           "    while time.process_time() < end:\n        pass\n")
+    out = tmp_path / "cpu.json"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, suite_cpu.OUT_ENV: str(out), "PYTHONPATH": repo}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "bench.suite_cpu", "-p", "no:xdist",
+                           "-p", "no:cacheprovider", "test_work.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(out.read_text())["tests"]["test_work.py::test_busy"]
+    assert record["core_seconds"] >= 0.25 and record["seconds"] >= 0.25
+    assert suite_cpu.main([str(out), "--top", "1"]) == 0
+    assert "test_work.py" in capsys.readouterr().out
