@@ -31,9 +31,8 @@ import torch
 from essence.scale import TrainModels, TrainWorker, connect, run_batch, train_tasks
 from essence.training import DEFAULT_MODE, EssenceJob, train_mode
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "tests" / "fixtures"
-PHOTOS = Path(os.environ.get("ESSENCE_FIXTURES") or REPO.parent / "shared" / "fixtures")
+from bench import FIXTURES, SHARED_FIXTURES
+
 TARGETS = ("face_a.jpg", "face_b.jpg", "photos/aligned_0.jpg", "photos/aligned_3.jpg")
 SIZES = ("tiny", "full")
 TASKS_PER_WORKER = {"tiny": 8, "full": 1}
@@ -57,8 +56,8 @@ def batch_config(size: str, steps: int, device: str) -> tuple[EssenceJob, TrainM
     (``--sample 2`` and the tiny model files; ``--sample 4 --init random``, and ``--chunk 1`` on the CPU)."""
     if size == "tiny":
         settings = train_mode(DEFAULT_MODE).settings(steps=steps)
-        models = TrainModels(str(MODELS / "stylegan2_tiny64.pt"), str(MODELS / "clip_tiny.pt"),
-                             str(MODELS / "e4e_tiny64.pt"), device=device)
+        models = TrainModels(str(FIXTURES / "stylegan2_tiny64.pt"), str(FIXTURES / "clip_tiny.pt"),
+                             str(FIXTURES / "e4e_tiny64.pt"), device=device)
         return EssenceJob(settings, mode=DEFAULT_MODE, sample=2), models
     # TargetCLIP's 4 sources; one at a time on the CPU (the same result, faster and 3.6x smaller there)
     settings = train_mode(DEFAULT_MODE).settings(steps=steps, chunk_size=1 if device == "cpu" else None)
@@ -69,15 +68,15 @@ def bench_batch(size: str, workers: int, tasks: int, steps: int, device: str = "
     """One measurement on a fresh local Ray; the row for the table."""
     import ray
 
-    missing = [name for name in TARGETS if not (PHOTOS / name).is_file()]
+    missing = [name for name in TARGETS if not (SHARED_FIXTURES / name).is_file()]
     if size == "tiny" and missing:
-        raise FileNotFoundError(f"the tiny batch's target photos ({', '.join(missing)}) are not in {PHOTOS}; "
+        raise FileNotFoundError(f"the tiny batch's target photos ({', '.join(missing)}) are not in {SHARED_FIXTURES}; "
                                 f"set ESSENCE_FIXTURES to the shared fixtures folder")
     folder = Path(tempfile.mkdtemp(prefix="essence-bench-batch-"))
     try:
         targets = []
         for i in range(tasks):  # distinct names, the same few pictures
-            source = PHOTOS / TARGETS[i % len(TARGETS)]
+            source = SHARED_FIXTURES / TARGETS[i % len(TARGETS)]
             targets.append(folder / f"target{i:03d}{source.suffix}")
             shutil.copy(source, targets[-1])
         out = folder / "out"

@@ -46,8 +46,8 @@ from typing import Any, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
+from bench import FIXTURES, REPO
+
 RESULTS = REPO / "bench" / "results" / "encoder_study"
 GOAL_STEPS = 200  # §4's goal: the encoder start reaches the e4e start's longest-run objective within this many steps
 # scikit-image's sample pictures (essence.faces.scikit_image_picture): held out first, then the pictures

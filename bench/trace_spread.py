@@ -15,7 +15,6 @@ are present, TargetCLIP's golden ``face_a.jpg`` trace. Tiny models, CPU, one thr
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -25,8 +24,8 @@ import essence
 from essence.networks import to_unit
 from essence.training import EssenceJob, TrainingTarget, TrainSettings, train
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-SHARED = Path(os.environ.get("ESSENCE_FIXTURES") or FIXTURES.parents[2] / "shared" / "fixtures")
+from bench import FIXTURES, SHARED_FIXTURES
+
 
 
 def traces() -> dict[str, tuple[Path, Path, float]]:
@@ -34,7 +33,7 @@ def traces() -> dict[str, tuple[Path, Path, float]]:
     astronaut = FIXTURES / "targetclip_public_trace.safetensors"
     found = {"astronaut lr 0.2": (astronaut, astronaut, 0.2),
              "astronaut lr 0.1": (FIXTURES / "targetclip_lr0.1_trace.safetensors", astronaut, 0.1)}
-    golden = SHARED / "targetclip_public_trace.safetensors"
+    golden = SHARED_FIXTURES / "targetclip_public_trace.safetensors"
     if golden.is_file():
         found["face_a.jpg lr 0.2"] = (golden, golden, 0.2)
     return found
