@@ -136,7 +136,6 @@ def test_two_workers_share_each_step_s_pictures(two_workers, encoder, generator,
 
     from essence.encoding import generated_features, objective, step_batch, target_features
 
-    whole = two_workers
     pictures = step_batch(data, 0, 2, SETTINGS.shuffle, SETTINGS.flip, SETTINGS.seed)
     model = copy.deepcopy(encoder).train()
     embed = generated_features(generator, guide)
@@ -148,7 +147,7 @@ def test_two_workers_share_each_step_s_pictures(two_workers, encoder, generator,
                 for image in pictures]
     # computed in another order than the worker's (which differentiates): the consistency term, a
     # normalised difference of features, rounds apart by up to 1.1e-5 on an AVX-512 CPU
-    torch.testing.assert_close(torch.tensor(whole.losses[0]), torch.stack(each).mean(0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(two_workers.losses[0]), torch.stack(each).mean(0), rtol=0, atol=1e-4)
 
 
 def test_a_run_on_two_workers_is_another_run_than_one(encoder, generator, guide, data, sources):
