@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 __all__ = ["default_device", "resolve_device", "describe_device", "unused_gpu_reason", "gpu_hardware", "cached_model",
            "clear_model_cache", "cached_models", "is_out_of_memory", "release_device_memory", "run_in_chunks_on_oom",
-           "retry_smaller_on_oom", "backward_in_slices"]
+           "retry_smaller_on_oom", "passes_fitting_memory", "backward_in_slices"]
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
@@ -214,6 +214,38 @@ def retry_smaller_on_oom(run: Callable[[int], T], size: int, what: str,
         size = max(1, size // 2)
         if on_retry is not None:
             on_retry(size)
+
+
+def passes_fitting_memory(attempt: Callable[[int | None], T], rows: int, chunk_size: int | None, what: str,
+                          faces: str, *, fit: bool = True, smallest_advice: str = "",
+                          release: Callable[[], None] = release_device_memory,
+                          on_retry: Callable[[int], None] | None = None) -> T:
+    """``attempt(chunk_size)``: training whose passes render ``rows`` faces, at most ``chunk_size`` of
+    them at a time (None: all in one pass), with a result that does not depend on the chunk size
+    (``backward_in_slices``). Every trainer sizes its passes this way, so a small card gets the same
+    result, later, and every user hears the same words when it cannot.
+
+    On device out-of-memory, with ``fit``, memory is released and the attempt starts again with half
+    as many faces a pass, down to one (``retry_smaller_on_oom``; ``on_retry`` hears each new size).
+    Otherwise a ``DeviceMemoryError``: "``what`` (``faces``, N rendered per pass)", advising a lower
+    ``chunk_size``, or ``smallest_advice`` at one face a pass.
+    """
+    def once(per_pass: int) -> T:
+        try:
+            return attempt(per_pass if per_pass < rows else None)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if not fit:  # (retry_smaller_on_oom releases between attempts)
+                release()
+            advice = (f"Lower chunk_size (it is {per_pass}): the same result with less memory." if per_pass > 1
+                      else smallest_advice)
+            raise DeviceMemoryError(f"{what} ({faces}, {per_pass} rendered per pass)", advice) from exc
+
+    first = min(chunk_size or rows, rows)
+    if not fit:
+        return once(first)
+    return retry_smaller_on_oom(once, first, f"{what} ({faces})", release=release, on_retry=on_retry)
 
 
 

@@ -43,15 +43,16 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
-from ..errors import DeviceMemoryError, EssenceError, ShapeError, TrainingCancelled, require_finite
+from ..errors import EssenceError, ShapeError, TrainingCancelled, require_finite
 from ..latents import Direction
 from ..networks import ClipGuide, GeneratedMode, StyleGAN2Generator, to_unit
-from ..runtime import backward_in_slices, is_out_of_memory, release_device_memory, retry_smaller_on_oom
+from ..runtime import backward_in_slices, passes_fitting_memory, release_device_memory
 from .adam import ScheduledAdam, fresh_adam_step_
 from .start import Start, random_initial_direction
 
 TrainLoop = Literal["auto", "official", "fast", "graph"]
 GRAPH_WARMUP_STEPS = 3  # steps the "graph" loop runs eagerly (on a side stream) before capturing one on CUDA
+SMALLEST_PASS_ADVICE = "Use fewer source faces, render_size=256 or a reduced-precision autocast."
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,9 @@ def _train_starts(target: torch.Tensor, sources: torch.Tensor, generator: StyleG
     ``TrainResult`` per start, in order, with no metadata yet.
 
     The inputs are checked and copied out of inference mode (ComfyUI runs nodes inside it) once; each
-    attempt runs the loop on them, and a device out-of-memory becomes a ``DeviceMemoryError``. On one,
-    it starts again with half as many faces per pass (``fit_memory``): chunking is exact, so a small
-    card gets the same directions, later.
+    attempt runs the loop on them, its passes sized by ``runtime.passes_fitting_memory``: on device
+    out-of-memory it starts again with half as many faces per pass (``fit_memory``), and chunking is
+    exact, so a small card gets the same directions, later.
     """
     if not starts:
         raise EssenceError("training needs at least one start.")
@@ -266,20 +267,14 @@ def _train_starts(target: torch.Tensor, sources: torch.Tensor, generator: StyleG
     settings = replace(settings, loop=resolved_loop(settings, device))
 
     def attempt(chunk: int | None) -> list[TrainResult]:
-        chunked = settings if chunk is None else replace(settings, chunk_size=chunk if chunk < rows else None)
         with torch.inference_mode(False), torch.enable_grad():
-            torch.manual_seed(chunked.seed)
-            try:
-                return _optimise(sources, torch.cat(inits), target, generator, guide, chunked, progress, should_stop)
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
-                _raise_if_out_of_memory(exc, sources.shape[0], len(inits), chunked.chunk_size)
-                raise
+            torch.manual_seed(settings.seed)
+            return _optimise(sources, torch.cat(inits), target, generator, guide, replace(settings, chunk_size=chunk),
+                             progress, should_stop)
 
-    if not fit_memory:
-        return attempt(None)
-    return retry_smaller_on_oom(attempt, min(settings.chunk_size or rows, rows),
-                                f"training ({_faces(sources.shape[0], len(starts))})", release=release,
-                                on_retry=on_retry)
+    return passes_fitting_memory(attempt, rows, settings.chunk_size, "training", _faces(sources.shape[0], len(starts)),
+                                 fit=fit_memory, smallest_advice=SMALLEST_PASS_ADVICE, release=release,
+                                 on_retry=on_retry)
 
 
 def resolved_loop(settings: TrainSettings, device: torch.device) -> TrainLoop:
@@ -296,19 +291,6 @@ def _faces(count: int, candidates: int) -> str:
     if candidates == 1:
         return f"{count} source faces"
     return f"{candidates} candidates x {count} source faces"
-
-
-def _raise_if_out_of_memory(exc: BaseException, count: int, candidates: int, chunk: int | None) -> None:
-    """Turn a device out-of-memory error into a ``DeviceMemoryError`` saying what ran out, with the
-    library's advice (its keyword arguments); ``train(fit_memory=True)`` retries it smaller."""
-    if not is_out_of_memory(exc):
-        return
-    release_device_memory()
-    rows = count * candidates
-    per_pass = min(chunk or rows, rows)
-    advice = (f"Lower chunk_size (it is {per_pass}): the same result with less memory."
-              if per_pass > 1 else "Use fewer source faces, render_size=256 or a reduced-precision autocast.")
-    raise DeviceMemoryError(f"training ({_faces(count, candidates)}, {per_pass} rendered per pass)", advice) from exc
 
 
 def _loss_and_backward(edited, losses, e_src, candidates: int, count: int, chunk: int | None):
