@@ -187,7 +187,7 @@ class EssenceTrainEncoder:
                 "validate_every": integer(DEFAULTS.validate_every, 1, 100000, "Steps between validations (and "
                                           "previews); the last step always validates (official: 31)."),
                 "chunk_size": integer(0, 0, 64, "Source faces rendered per pass: 0 = all at once; smaller uses "
-                                      "less memory with the same result."),
+                                      "less memory with the same result (halved automatically on out-of-memory)."),
                 "checkpoint_every": integer(DEFAULTS.checkpoint_every, 1, 100000, "Steps between checkpoints "
                                             "(output/essence_encoder_checkpoints): the same run queued again goes "
                                             "on from the last one."),
@@ -217,7 +217,7 @@ class EssenceTrainEncoder:
             checkpoints = host.output_folder(CHECKPOINTS_FOLDER) / f"{stem}-{run}"
             training = train_encoder(encoder, generator, guide, pictures, latents, settings, checkpoints=checkpoints,
                                      progress=_progress_reporter(generator, latents, pictures, settings.updates),
-                                     should_stop=host.interrupted)
+                                     should_stop=host.interrupted, release=host.release_memory)
             result = trained_encoder(training, generator, guide.name, pictures, latents, settings, stem)
             shown = pictures.heldout if len(pictures.heldout) else pictures.train
             with host.models_on_compute_device(result.model):

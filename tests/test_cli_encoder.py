@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from encoder_trace import sample_picture
 
 from essence import cli
@@ -79,3 +80,24 @@ def test_train_encoder_refuses_an_empty_folder(tiny_files, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(_train_args(tiny_files, tmp_path / "empty", tmp_path / "e.safetensors")) == 2
     assert "no pictures" in capsys.readouterr().err
+
+
+def test_train_encoder_out_of_memory_goes_on_with_fewer_faces_a_pass_and_says_so(tiny_files, picture_folder,
+                                                                                 tmp_path, monkeypatch, capsys):
+    from essence.networks import StyleGAN2Generator
+
+    real = StyleGAN2Generator.synthesize
+
+    def one_face_a_pass(self, latents, *args, **kwargs):  # a device with room for one rendered face
+        if len(latents) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(StyleGAN2Generator, "synthesize", one_face_a_pass)
+    out = tmp_path / "enc.safetensors"
+    assert cli.main(_train_args(tiny_files, picture_folder, out)) == 0
+    printed = capsys.readouterr().out
+    assert ("Out of device memory: starting again with 2 source face(s) per pass (the same result, less memory; "
+            "--chunk 2 skips this next time)." in printed)  # 5 default sources -> 2 -> 1
+    assert "starting again with 1 source face(s) per pass" in printed and "Saved" in printed
+    assert load_essence_encoder(out).meta["updates"] == 3

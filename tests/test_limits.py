@@ -13,6 +13,8 @@ Out of memory (no GPU needed: the failure is simulated by raising what CUDA rais
   smaller and give identical results, and only at one image at a time raise a ``DeviceMemoryError``
   (an ``EssenceError`` and still a ``torch.OutOfMemoryError``) saying what ran out;
 - ``train(fit_memory=False)`` raises a ``DeviceMemoryError`` naming ``chunk_size``;
+- the encoder's training starts again from its last checkpoint with fewer faces a pass, ending where a
+  run that fitted ends (``tests/test_cli_encoder.py``: and the command line says so);
 - the caller adds its own advice: the CLI names its flags, the ComfyUI nodes name ComfyUI's remedies
   and never a CLI flag (``tests/test_nodes.py`` checks the exact batch sizes a node tries).
 """
@@ -33,12 +35,15 @@ import numpy as np
 import pytest
 import torch
 from comfy_stubs import comfy_env, extra_model_paths  # noqa: F401 (fixtures)
+from encoder_trace import data, sources  # noqa: F401 (fixtures)
 from PIL import Image
 
 import essence
 from essence import cli
 from essence.cli import directions as cli_directions
+from essence.cli import encoder as cli_encoder
 from essence.faces import images
+from essence.encoding import EncoderSettings, train_encoder
 from essence.errors import DeviceMemoryError, EssenceError, FaceNotFoundError
 from essence.faces import load_landmarker
 from essence.latents import strength_sweep
@@ -247,9 +252,52 @@ def test_whole_runs_retry_smaller_on_any_backend_out_of_memory() -> None:
         retry_smaller_on_oom(lambda size: run(8), 1, "testing")
 
 
+ENCODER_RUN = EncoderSettings(max_steps=2, validate_every=1, checkpoint_every=1, seed=3)
+
+
+def test_encoder_training_out_of_memory_goes_on_from_its_checkpoint_with_fewer_faces_a_pass(
+        tiny_files, encoder, guide, data, sources, tmp_path) -> None:
+    generator = essence.load_generator(tiny_files.generator, cache=False)  # its own: synthesize is replaced below
+    fitted = train_encoder(encoder, generator, guide, data, sources, ENCODER_RUN)
+    real, steps = generator.synthesize, []
+
+    def out_of_memory_from_step_1(batch, *args, **kwargs):  # CUDA's error for more than one face a pass
+        if len(steps) > 1 and len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch, *args, **kwargs)
+
+    def count_steps() -> bool:  # asked before every step
+        steps.append(1)
+        return False
+
+    generator.synthesize = out_of_memory_from_step_1
+    heard: list[int] = []
+    again = train_encoder(encoder, generator, guide, data, sources, ENCODER_RUN, checkpoints=tmp_path / "run",
+                          should_stop=count_steps, on_retry=heard.append)
+    assert heard == [1] and again.resumed_from == 1  # 3 faces a pass -> 1, from step 0's checkpoint
+    assert torch.allclose(torch.tensor(again.losses), torch.tensor(fitted.losses), rtol=0, atol=1e-5)
+    assert torch.allclose(torch.tensor(again.validations), torch.tensor(fitted.validations), rtol=0, atol=1e-5)
+    theirs = fitted.encoder.state_dict()
+    for key, value in again.encoder.state_dict().items():
+        assert torch.allclose(value.float(), theirs[key].float(), rtol=0, atol=1e-5), key
+
+
+def test_encoder_training_that_cannot_fit_says_what_ran_out(tiny_files, encoder, guide, data, sources) -> None:
+    generator = essence.load_generator(tiny_files.generator, cache=False)  # its own: synthesize is replaced below
+    generator.synthesize = _failing_above(generator.synthesize, 1)
+    with pytest.raises(DeviceMemoryError, match=r"^out of device memory while training the encoder \(3 source faces, "
+                                                r"3 rendered per pass\)\. Lower chunk_size \(it is 3\)"):
+        train_encoder(encoder, generator, guide, data, sources, ENCODER_RUN, fit_memory=False)
+    generator.synthesize = _failing_above(generator.synthesize, 0)
+    with pytest.raises(DeviceMemoryError, match=r"training the encoder \(3 source faces\), even one at a time"):
+        train_encoder(encoder, generator, guide, data, sources, ENCODER_RUN)
+
+
 @pytest.mark.parametrize(("command", "module", "handler", "advice"), [
     (["sample", "--out", "x.safetensors"], cli.app, "_cmd_sample", "Run on the CPU (--device cpu)"),
     (["train", "t.jpg", "--out", "x.safetensors"], cli_directions, "_cmd_train", "--render-size 256, a +bf16 --mode"),
+    (["train-encoder", "--generated", "4", "--out", "x.safetensors"], cli_encoder, "_cmd_train_encoder",
+     "Lower --chunk (source faces rendered per pass"),
 ])
 def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, advice, monkeypatch, capsys) -> None:
     def out_of_memory(_args):

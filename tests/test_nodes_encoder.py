@@ -151,6 +151,27 @@ def test_encode_averages_a_batch_and_aligns_faces_like_align_face(comfy_env, sta
     assert both.meta["targets"] == 2
 
 
+def test_train_encoder_that_runs_out_of_memory_goes_on_with_fewer_faces_a_pass(comfy_env, models):
+    generator = models[0]
+    real = generator.synthesize
+
+    def one_face_a_pass(latents, *args, **kwargs):  # a device with room for one rendered face
+        if len(latents) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(latents, *args, **kwargs)
+
+    generator.synthesize = one_face_a_pass
+    try:
+        fitted, _, report = train(comfy_env, models)
+    finally:
+        generator.synthesize = real
+    reference, _, _ = train(comfy_env, models, chunk_size=1)
+    assert "Saved" in report and files(comfy_env) == ["faces_00001.safetensors", "faces_00002.safetensors"]
+    theirs = reference.model.state_dict()
+    for key, value in fitted.model.state_dict().items():
+        assert torch.allclose(value.float(), theirs[key].float(), rtol=0, atol=1e-5), key
+
+
 # ----------------------------------------------------------------------------- cancel and bad input
 
 

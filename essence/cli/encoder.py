@@ -23,7 +23,7 @@ from ..runtime import resolve_device
 from ..scale import EncoderModels, run_encoder_training
 from ..storage import Output, check_files, save_or_rescue
 from .batch import ENCODE_FOLDER_HELP, add_encode_options, encode_folder
-from .directions import SAFETENSORS, add_model_options, model_inputs, number, whole
+from .directions import SAFETENSORS, add_model_options, model_inputs, number, report_memory_retry, whole
 
 DEFAULTS = EncoderSettings()
 DEFAULT_SOURCES = 5  # the official encoder_sources.pt holds 5 rows
@@ -68,14 +68,20 @@ def _add_train_encoder(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=whole(1), default=DEFAULTS.checkpoint_every,
                    help=f"steps between checkpoints (default {DEFAULTS.checkpoint_every})")
     p.add_argument("--seed", type=whole(0), default=0, help="seed of the order, the flips, the sources and generated faces")
-    p.add_argument("--chunk", type=whole(1), default=None, help="source faces rendered per pass (less memory, same result)")
+    p.add_argument("--chunk", type=whole(1), default=None,
+                   help="source faces rendered per pass (less memory, same result; default: all at once, and in one "
+                        "process fewer when the device runs out of memory)")
     p.add_argument("--landmarks", help="dlib's 68-point landmark file (for --photos)")
     p.add_argument("--workers", type=whole(1), default=None, metavar="N", help=WORKERS_HELP)
     p.add_argument("--address", default=None,
                    help="with --workers: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on this "
                         "machine); the model files and the checkpoint folder must be reachable by every node")
     add_model_options(p, encoder=True, guide=True)
-    p.set_defaults(handler=_cmd_train_encoder)
+    p.set_defaults(handler=_cmd_train_encoder, out_of_memory_advice=ENCODER_MEMORY_ADVICE)
+
+
+ENCODER_MEMORY_ADVICE = ("Lower --chunk (source faces rendered per pass: the same result with less memory), use "
+                         "fewer source faces (--sources), or run on the CPU (--device cpu).")
 
 
 def _settings(args: argparse.Namespace) -> EncoderSettings:
@@ -112,7 +118,8 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         guide = load_guide(args.guide, device=args.device)
         encoder = load_encoder(args.encoder, device=args.device)
         file, training = train_encoder_file(args.out, encoder, generator, guide, data, sources, settings,
-                                            checkpoints=checkpoints, start=args.encoder, progress=_progress_bar())
+                                            checkpoints=checkpoints, start=args.encoder, progress=_progress_bar(),
+                                            on_retry=report_memory_retry)
     if training.resumed_from:
         print(f"Resumed from step {training.resumed_from}.")
     best = f"best validation loss {training.best_loss:.4f} at step {training.best_step}" \

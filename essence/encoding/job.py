@@ -57,13 +57,14 @@ def train_encoder_file(out: PathLike, encoder: E4EEncoder, generator: StyleGAN2G
                        checkpoints: PathLike | None = None, inputs: Iterable[PathLike | None] = (),
                        name: str | None = None, start: str | None = None,
                        progress: Callable[[EncoderProgress], None] | None = None,
-                       should_stop: Callable[[], bool] | None = None) -> tuple[EssenceEncoder, EncoderTraining]:
+                       should_stop: Callable[[], bool] | None = None,
+                       on_retry: Callable[[int], None] | None = None) -> tuple[EssenceEncoder, EncoderTraining]:
     """Train (or resume) and write the encoder file ``out``; the file's contents and the run.
     ``inputs`` are the files the caller read, which no output may replace; ``start`` names the
-    starting e4e file in the metadata."""
+    starting e4e file in the metadata; ``on_retry``: as ``train_encoder``'s."""
     folder = check_encoder_outputs(out, checkpoints, inputs)
     training = train_encoder(encoder, generator, guide, data, sources, settings, checkpoints=folder,
-                             progress=progress, should_stop=should_stop)
+                             progress=progress, should_stop=should_stop, on_retry=on_retry)
     result = trained_encoder(training, generator, guide.name, data, sources, settings, name or Path(out).stem,
                              Path(start).name if start else None)
     result.save(out)

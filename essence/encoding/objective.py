@@ -81,10 +81,14 @@ def loss_terms(essence: torch.Tensor, edited: torch.Tensor, sources: torch.Tenso
 
 
 def objective(essence: torch.Tensor, sources: torch.Tensor, source_features: torch.Tensor,
-              targets: torch.Tensor, embed: Embed, lambda_consistency: float, lambda_reg: float) -> EncoderLosses:
+              targets: torch.Tensor, embed: Embed, lambda_consistency: float, lambda_reg: float,
+              chunk_size: int | None = None) -> EncoderLosses:
     """The losses of ``essence`` [B, L, D] with autograd through every rendered face (validation
-    calls it under ``no_grad``). ``sources`` [N, L, D] are the W+ source latents."""
-    edited = torch.stack([embed(sources + essence[i:i + 1]) for i in range(essence.shape[0])])
+    calls it under ``no_grad``, where ``chunk_size`` faces a pass bound its memory; with autograd,
+    ``objective_backward`` does). ``sources`` [N, L, D] are the W+ source latents."""
+    parts = sources.split(chunk_size or sources.shape[0])
+    edited = torch.stack([torch.cat([embed(part + essence[i:i + 1]) for part in parts])
+                          for i in range(essence.shape[0])])
     return loss_terms(essence, edited, source_features, targets, lambda_consistency, lambda_reg)
 
 

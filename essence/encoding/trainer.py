@@ -27,13 +27,14 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
 
 from ..errors import EssenceError, ShapeError, TrainingCancelled, require_finite
 from ..networks import ClipGuide, E4EEncoder, StyleGAN2Generator, synthesis_fingerprint
+from ..runtime import passes_fitting_memory, release_device_memory
 from .data import EncoderData, as_inputs, step_batch
 from .objective import EncoderLosses, generated_features, objective, objective_backward, target_features
 from .ranger import official_ranger
@@ -42,6 +43,7 @@ from .state import TrainingState
 from .workers import CheckpointStore, Workers, checkpoint_store
 
 PathLike = str | os.PathLike
+SMALLEST_PASS_ADVICE = "Use fewer source faces (2 at the least), or a device with more memory."
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ def train_encoder(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: Cli
                   sources: torch.Tensor, settings: EncoderSettings = EncoderSettings(), *,
                   checkpoints: PathLike | CheckpointStore | None = None,
                   progress: Callable[[EncoderProgress], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, workers: Workers | None = None) -> EncoderTraining:
+                  should_stop: Callable[[], bool] | None = None, workers: Workers | None = None,
+                  fit_memory: bool = True, on_retry: Callable[[int], None] | None = None,
+                  release: Callable[[], None] = release_device_memory) -> EncoderTraining:
     """Fine-tune (a copy of) ``encoder`` so that its raw output is the essence of its input picture.
 
     ``sources`` [N, n_latent, D]: the fixed source latents (the official file holds 5). ``checkpoints``:
@@ -94,18 +98,33 @@ def train_encoder(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: Cli
     on from there (or a ``CheckpointStore``). ``should_stop`` is asked before every step; stopping raises
     ``TrainingCancelled`` (the last checkpoint stays). ``workers``: this process as one of several
     workers sharing each step (``essence.encoding.workers``; by default the only one).
+
+    ``fit_memory``: on device out-of-memory, start again from the last checkpoint (or the start) with
+    half as many source faces rendered per pass, down to one: the same training, later, as the
+    optimiser's ``train`` does (``runtime.passes_fitting_memory``; ``on_retry`` hears each new chunk
+    size, ``release`` frees memory between attempts). Otherwise, and on several workers (whose steps
+    are collective), a ``DeviceMemoryError`` naming the chunk size to lower.
     """
     device = generator.latent_avg.device
     workers = workers or Workers()
     store = checkpoint_store(checkpoints)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False):
         sources = _checked_sources(sources, generator, data, settings, workers.count).to(device)
-        model = copy.deepcopy(encoder).to(device).requires_grad_(True)
-        run = run_record(encoder, generator, guide, data, sources, settings, workers.count)
-        optimizer = official_ranger(model.parameters(), settings.lr)
-        state = _start(store, run, model, optimizer)
-        return _loop(model, optimizer, state, generator, guide, data, sources, settings, store,
-                     progress, should_stop, workers)
+    run = run_record(encoder, generator, guide, data, sources, settings, workers.count)
+
+    def attempt(chunk: int | None) -> EncoderTraining:
+        chunked = replace(settings, chunk_size=chunk)
+        with torch.inference_mode(False), torch.enable_grad():
+            model = copy.deepcopy(encoder).to(device).requires_grad_(True)
+            optimizer = official_ranger(model.parameters(), chunked.lr)
+            state = _start(store, run, model, optimizer)
+            return _loop(model, optimizer, state, generator, guide, data, sources, chunked, store,
+                         progress, should_stop, workers)
+
+    faces = (f"{settings.batch_size} pictures x " if settings.batch_size > 1 else "") + f"{sources.shape[0]} source faces"
+    return passes_fitting_memory(attempt, sources.shape[0], settings.chunk_size, "training the encoder", faces,
+                                 fit=fit_memory and workers.count == 1, smallest_advice=SMALLEST_PASS_ADVICE,
+                                 release=release, on_retry=on_retry)
 
 
 def run_record(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
@@ -247,7 +266,7 @@ def validate(model: E4EEncoder, heldout: torch.Tensor, sources: torch.Tensor, so
             essence = model(images)
             losses: EncoderLosses = objective(essence, sources, source_features,
                                               target_features(images, size, guide), embed,
-                                              s.lambda_consistency, s.lambda_reg)
+                                              s.lambda_consistency, s.lambda_reg, s.chunk_size)
             rows.append(torch.stack(list(losses)).cpu())
             if essences is not None:
                 essences.append(essence.detach().float().cpu())
