@@ -297,7 +297,7 @@ def test_encoder_training_that_cannot_fit_says_what_ran_out(tiny_files, encoder,
     (["sample", "--out", "x.safetensors"], cli.app, "_cmd_sample", "Run on the CPU (--device cpu)"),
     (["train", "t.jpg", "--out", "x.safetensors"], cli_directions, "_cmd_train", "--render-size 256, a +bf16 --mode"),
     (["train-encoder", "--generated", "4", "--out", "x.safetensors"], cli_encoder, "_cmd_train_encoder",
-     "Lower --chunk (source faces rendered per pass"),
+     "Use fewer source faces (--sources), or run on the CPU"),
 ])
 def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, advice, monkeypatch, capsys) -> None:
     def out_of_memory(_args):

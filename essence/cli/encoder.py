@@ -80,8 +80,10 @@ def _add_train_encoder(subparsers) -> None:
     p.set_defaults(handler=_cmd_train_encoder, out_of_memory_advice=ENCODER_MEMORY_ADVICE)
 
 
-ENCODER_MEMORY_ADVICE = ("Lower --chunk (source faces rendered per pass: the same result with less memory), use "
-                         "fewer source faces (--sources), or run on the CPU (--device cpu).")
+# in one process training already went down to one face a pass before it gives up; workers do not retry
+ENCODER_MEMORY_ADVICE = "Use fewer source faces (--sources), or run on the CPU (--device cpu)."
+WORKERS_MEMORY_ADVICE = ("Give --chunk 1 (source faces rendered per pass: the same result with less memory), or use "
+                         "fewer source faces (--sources).")
 
 
 def _settings(args: argparse.Namespace) -> EncoderSettings:
@@ -110,6 +112,7 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
           f"held-out picture(s) ({data.kind}), {sources.shape[0]} sources, {settings.updates} updates; checkpoints "
           f"in {checkpoints}.", flush=True)
     if args.workers is not None:
+        args.out_of_memory_advice = WORKERS_MEMORY_ADVICE
         models = EncoderModels(args.generator, args.guide, args.encoder, args.device)
         file, training = run_encoder_training(args.out, data, sources, settings, models, workers=args.workers,
                                               address=args.address, checkpoints=checkpoints, inputs=inputs,

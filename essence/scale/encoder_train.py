@@ -33,6 +33,9 @@ seams (``essence.encoding.workers``) differ from the single process, so there is
   every worker checks before each step, and ends in ``KeyboardInterrupt``; a second Ctrl-C raises at
   once. ``fit`` runs in a thread of the driver, so Ray Train installs no Ctrl-C handler of its own
   (its handler ends the program with status 0, as if the run had succeeded).
+- **Memory**: the workers render the chunk size they are given (``--chunk``); one that runs out of
+  device memory fails the run with a ``DeviceMemoryError`` that says so, since a worker starting again
+  alone would leave the others waiting in a collective step. One process retries smaller by itself.
 - **Progress**: rank 0 writes each update's ``EncoderProgress`` (without the essences) to
   ``progress.json`` in the checkpoint folder; the driver reads it while it waits, for ``progress``.
 - **The file**: the driver checks the output and the checkpoint folder before anything starts
@@ -325,7 +328,7 @@ def _worker(config: dict[str, Any]) -> None:
         train_encoder(encoder, generator, guide, config["data"], config["sources"], config["settings"],
                       checkpoints=_ReportedCheckpoints(workers.rank), workers=workers,
                       should_stop=lambda: files.stop_asked() or (asked is not None and asked()),
-                      progress=files.write_progress)
+                      progress=files.write_progress, fit_memory=False)  # workers run the chunk size given
     except TrainingCancelled:
         return  # every worker agreed to stop: the run ends, not failed (so no restart), before its last step
 
