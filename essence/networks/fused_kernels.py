@@ -18,6 +18,7 @@ interpreter recognises this combine function and sums with numpy. (``tl.zeros`` 
 
 from __future__ import annotations
 
+import types
 from types import SimpleNamespace
 
 import triton
@@ -51,13 +52,10 @@ def _scale_backward(grad_ptr, x_ptr, scale_ptr, grad_x_ptr, sums_ptr, rows, cols
         tl.store(sums_ptr + tl.program_id(0) * rows + r, tl.reduce(g * x, 1, tl.standard._sum_combine), mask=r < rows)
 
 
-def _bias_act_forward(conv_ptr, scale_ptr, weight_ptr, noise_ptr, bias_ptr, out_ptr, rows, channels, cols,
-                      noise_stride, width, PHASES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out = leaky(conv * scale[row] + weight * noise[sample] + bias[channel]).
-
-    With PHASES, output pixel (Y, X) of a row is read from phase 2 (Y % 2) + X % 2 of that row's four
-    (each h * w = cols / 4 long, ``width`` = w) at (Y // 2, X // 2): the pixel shuffle, done by the load.
-    """
+def _activation_tile(rows, cols, width, PHASES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's tile of the bias-act kernels: its rows ``r`` and output columns ``n``, their
+    masks, each row's start, and the column of ``conv`` each output pixel reads (see
+    ``_bias_act_forward``)."""
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = r < rows
@@ -68,6 +66,17 @@ def _bias_act_forward(conv_ptr, scale_ptr, weight_ptr, noise_ptr, bias_ptr, out_
         source = ((y % 2) * 2 + x % 2) * (cols // 4) + (y // 2) * width + x // 2
     else:
         source = n
+    return r, n, rmask, mask, row_start, source
+
+
+def _bias_act_forward(conv_ptr, scale_ptr, weight_ptr, noise_ptr, bias_ptr, out_ptr, rows, channels, cols,
+                      noise_stride, width, PHASES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = leaky(conv * scale[row] + weight * noise[sample] + bias[channel]).
+
+    With PHASES, output pixel (Y, X) of a row is read from phase 2 (Y % 2) + X % 2 of that row's four
+    (each h * w = cols / 4 long, ``width`` = w) at (Y // 2, X // 2): the pixel shuffle, done by the load.
+    """
+    r, n, rmask, mask, row_start, source = _activation_tile(rows, cols, width, PHASES, BLOCK_R, BLOCK_N)
     conv = tl.load(conv_ptr + row_start + source[None, :], mask=mask, other=0.0).to(tl.float32)
     s = tl.load(scale_ptr + r, mask=rmask, other=0.0).to(tl.float32)
     b = tl.load(bias_ptr + r % channels, mask=rmask, other=0.0).to(tl.float32)
@@ -86,16 +95,7 @@ def _bias_act_backward(grad_ptr, out_ptr, conv_ptr, scale_ptr, noise_ptr, grad_c
                        BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """With gp = grad * leaky'(out) (the output's sign is the pre-activation's): grad_conv = gp * scale,
     written in conv's layout; per (tile, row) sums of gp * conv (scale), gp (bias) and gp * noise (weight)."""
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = r < rows
-    mask = rmask[:, None] & (n[None, :] < cols)
-    row_start = r.to(tl.int64)[:, None] * cols
-    if PHASES:
-        y, x = n // (2 * width), n % (2 * width)
-        source = ((y % 2) * 2 + x % 2) * (cols // 4) + (y // 2) * width + x // 2
-    else:
-        source = n
+    r, n, rmask, mask, row_start, source = _activation_tile(rows, cols, width, PHASES, BLOCK_R, BLOCK_N)
     g = tl.load(grad_ptr + row_start + n[None, :], mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + row_start + n[None, :], mask=mask, other=0.0).to(tl.float32)
     gp = tl.where(out > 0, g, g * 0.2)
@@ -133,8 +133,24 @@ def _noise_backward(grad_ptr, out_ptr, weight_ptr, grad_noise_ptr, channels, col
 
 
 def build() -> SimpleNamespace:
-    """The kernels, jitted now: interpreted if TRITON_INTERPRET is set at this moment, else compiled."""
-    return SimpleNamespace(scale_forward=triton.jit(_scale_forward), scale_backward=triton.jit(_scale_backward),
-                           bias_act_forward=triton.jit(_bias_act_forward),
-                           bias_act_backward=triton.jit(_bias_act_backward),
-                           noise_backward=triton.jit(_noise_backward))
+    """The kernels, jitted now: interpreted if TRITON_INTERPRET is set at this moment, else compiled.
+
+    A kernel finds the helpers it calls among its globals, jitted the same way as itself; each build
+    gives its kernels their own copy of this module's globals, so interpreted and compiled kernels
+    can live in one process (the tests run both) without one build's helpers replacing the other's.
+    """
+    names = {**globals()}
+    names.update({name: triton.jit(names[name]) for name in _HELPERS})
+
+    def jitted(kernel):
+        own = types.FunctionType(kernel.__code__, names, kernel.__name__, kernel.__defaults__)
+        own.__annotations__, own.__module__, own.__qualname__ = kernel.__annotations__, kernel.__module__, \
+            kernel.__qualname__  # the annotations say which parameters are tl.constexpr
+        return triton.jit(own)
+
+    return SimpleNamespace(scale_forward=jitted(_scale_forward), scale_backward=jitted(_scale_backward),
+                           bias_act_forward=jitted(_bias_act_forward), bias_act_backward=jitted(_bias_act_backward),
+                           noise_backward=jitted(_noise_backward))
+
+
+_HELPERS = ("_activation_tile",)  # device functions the kernels call
