@@ -188,12 +188,9 @@ def test_metrics_node_measures_and_apply_uses_the_recommended_strength(server):
     assert len(entry["outputs"]["9"]["images"]) == 3 and len(entry["outputs"]["10"]["images"]) == 1
 
 
-def test_cancel_stops_training_and_saves_nothing(server):
-    workflow = next(p for p in workflow_files() if p.stem == "essence_train")
-    definitions = server.get("/object_info")
-    prompt = ui_to_api(load_workflow(workflow), definitions,
-                       lambda t, n, v: 20000 if (t, n) == ("EssenceTrain", "steps") else
-                       ("cancelled" if (t, n) == ("EssenceSave", "filename_prefix") else v))
+def cancelled_while_running(server: Server, prompt: dict[str, Any]) -> str:
+    """Queue ``prompt``, press Cancel a few seconds into its run (ComfyUI's ``POST /interrupt``), and
+    the type of the node that ComfyUI says was interrupted."""
     prompt_id = server.queue(prompt)
     deadline = time.monotonic() + 60
     while not server.get("/queue")["queue_running"]:
@@ -203,7 +200,17 @@ def test_cancel_stops_training_and_saves_nothing(server):
     server.post("/interrupt", {})
     entry = server.wait(prompt_id)
     interrupted = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted"]
-    assert interrupted and interrupted[0]["node_type"] == "EssenceTrain", entry["status"]
+    assert interrupted, entry["status"]
+    return interrupted[0]["node_type"]
+
+
+def test_cancel_stops_training_and_saves_nothing(server):
+    workflow = next(p for p in workflow_files() if p.stem == "essence_train")
+    definitions = server.get("/object_info")
+    prompt = ui_to_api(load_workflow(workflow), definitions,
+                       lambda t, n, v: 20000 if (t, n) == ("EssenceTrain", "steps") else
+                       ("cancelled" if (t, n) == ("EssenceSave", "filename_prefix") else v))
+    assert cancelled_while_running(server, prompt) == "EssenceTrain"
     assert not [f for f in os.listdir(server.directions) if f.startswith("cancelled")]
 
 
@@ -240,16 +247,7 @@ def test_train_encoder_saves_an_encoder_that_encodes_and_cancel_saves_nothing(se
     names = server.get("/object_info/EssenceTrainedEncoderLoader")["EssenceTrainedEncoderLoader"]["input"]
     assert "server_encoder_00001.safetensors" in names["required"]["encoder_file"][0]
 
-    prompt_id = server.queue(encoder_training("cancelled_encoder", 20000))
-    deadline = time.monotonic() + 60
-    while not server.get("/queue")["queue_running"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(3)  # well inside the training loop
-    server.post("/interrupt", {})
-    entry = server.wait(prompt_id)
-    interrupted = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted"]
-    assert interrupted and interrupted[0]["node_type"] == "EssenceTrainEncoder", entry["status"]
+    assert cancelled_while_running(server, encoder_training("cancelled_encoder", 20000)) == "EssenceTrainEncoder"
     assert not [f for f in os.listdir(folder) if f.startswith("cancelled")]
 
 
