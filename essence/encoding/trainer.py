@@ -112,19 +112,26 @@ def train_encoder(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: Cli
         sources = _checked_sources(sources, generator, data, settings, workers.count).to(device)
     run = run_record(encoder, generator, guide, data, sources, settings, workers.count)
 
+    began: list[int] = []  # the step each attempt started from
+
     def attempt(chunk: int | None) -> EncoderTraining:
         chunked = replace(settings, chunk_size=chunk)
         with torch.inference_mode(False), torch.enable_grad():
             model = copy.deepcopy(encoder).to(device).requires_grad_(True)
             optimizer = official_ranger(model.parameters(), chunked.lr)
             state = _start(store, run, model, optimizer)
+            began.append(state.step)
             return _loop(model, optimizer, state, generator, guide, data, sources, chunked, store,
                          progress, should_stop, workers)
 
     faces = (f"{settings.batch_size} pictures x " if settings.batch_size > 1 else "") + f"{sources.shape[0]} source faces"
-    return passes_fitting_memory(attempt, sources.shape[0], settings.chunk_size, "training the encoder", faces,
-                                 fit=fit_memory and workers.count == 1, smallest_advice=SMALLEST_PASS_ADVICE,
-                                 release=release, on_retry=on_retry)
+    started = time.perf_counter()
+    training = passes_fitting_memory(attempt, sources.shape[0], settings.chunk_size, "training the encoder", faces,
+                                     fit=fit_memory and workers.count == 1, smallest_advice=SMALLEST_PASS_ADVICE,
+                                     release=release, on_retry=on_retry)
+    # what this call did, whichever attempt finished: where it started and how long it took in all
+    training.resumed_from, training.seconds = began[0], time.perf_counter() - started
+    return training
 
 
 def run_record(encoder: E4EEncoder, generator: StyleGAN2Generator, guide: ClipGuide, data: EncoderData,
