@@ -25,7 +25,8 @@
 #   precision    the exact objective fast+bf16 reaches vs exact: 5 seeds x 2 targets, 40 steps,
 #                full-size models with random weights
 #   encoder_variant  TargetCLIP's encoder: seconds to encode a target, seconds per training update and
-#                peak memory (5 sources at 1024 px, all at once and one a pass)
+#                peak memory (5 sources at 1024 px, all at once and one a pass, and the default run within
+#                11.5 GiB as on a 12 GB card, with the chunk size it ended with)
 #   compile      torch.compile of the generator: compile time cold and warm cache, step time vs eager
 #                (at most 110 s per process)
 # Every section saves JSON records (bench/records.py) in $WORK/records. OUTDIR receives only four
@@ -164,12 +165,12 @@ else
     section tuning 90 "$py" bench/tuning.py --device cuda --steps 40 --records "$work/records"
 fi
 # the encoder variant: one essence in one pass, and the encoder's training (full size, random weights;
-# all 5 sources at once, then one a pass). The dry run times the encoding only: a full-size training
+# all 5 sources at once, one a pass, then as on a 12 GB card). The dry run times the encoding only: a full-size training
 # step takes minutes on the CPU.
 if [ $dry = 1 ]; then
     section encoder_variant 120 "${bench[@]}" --only encode --repeats 2 --json "$work/encoder_variant.json"
 else
-    section encoder_variant 150 "${bench[@]}" --only encode encoder_train --train-steps 10 \
+    section encoder_variant 210 "${bench[@]}" --only encode encoder_train --train-steps 10 \
         --json "$work/encoder_variant.json"
 fi
 section breakdown 100 "${bench[@]}" --only breakdown --profile-steps 3 "${study[@]}" --breakdown-md "$work/breakdown.md" \

@@ -9,6 +9,7 @@ import torch
 
 import essence
 from bench import cli
+from bench.encoder_variant import bench_encoder_train
 from bench.measure import TRAIN_MODES, format_row, plan
 
 
@@ -245,6 +246,13 @@ def test_the_encoder_variant_sections_time_encoding_and_training_with_and_withou
     step = {"kind": "encoder_train", "seconds_per_step": 4.0, "steps_per_second": 0.25, "chunk": 1, "sources": 5,
             "peak_mb": 7000.0}
     assert "5 sources chunk 1" in format_row(step) and "0.250 steps/s" in format_row(step)
+    # on CUDA also the default run within a 12 GB card's memory, which says the chunk size it ended with
+    assert plan(torch.device("cuda"), ["encoder_train"], train_steps=10)[-1] == {
+        "kind": "encoder_train", "steps": 10, "chunk": None, "memory_gib": 11.5}
+    small_card = {**step, "chunk": None, "memory_gib": 11.5, "chunk_used": 2}
+    assert "5 sources in 11.5 GiB (chunk 2)" in format_row(small_card)
+    with pytest.raises(ValueError, match="CUDA"):
+        bench_encoder_train(torch.device("cpu"), 2, None, memory_gib=11.5)
 
 
 @pytest.mark.slow
