@@ -110,7 +110,7 @@ def test_a_rerun_skips_finished_work_and_redoes_damaged_outputs(trained, targets
     leftover.write_bytes(b"partial")
     capsys.readouterr()
     code = cli.main(["batch", "train", str(targets), "--out", str(out), *_train_options(), *tiny_files.cli,
-                     "--no-progress"])
+                     "--workers", "1", "--no-progress"])  # (what a rerun skips is the point here, not parallelism)
     assert code == 2  # the damaged picture still fails
     rows = _rows(out)
     assert rows["portrait"]["status"] == "skipped" and kept.stat().st_mtime_ns == before
@@ -154,7 +154,7 @@ def test_batch_apply_edits_every_photo_with_every_direction(trained, tiny_files,
     # a rerun with another strength is another job: its pictures are made again, never reported as done
     made_at_08 = (out / "headshot" / "photo.png").read_bytes()
     again = ["batch", "apply", *chosen, "--photos", str(photos[0]), "--out", str(out), "--strength", "1.5", *models,
-             "--no-progress"]
+             "--workers", "1", "--no-progress"]
     assert cli.main(again) == 0
     assert {(r["status"], r["strength"]) for r in _rows(out).values()} == {("done", 1.5)}
     assert (out / "headshot" / "photo.png").read_bytes() != made_at_08
