@@ -217,7 +217,8 @@ class EssenceTrainEncoder:
             checkpoints = host.output_folder(CHECKPOINTS_FOLDER) / f"{stem}-{run}"
             training = train_encoder(encoder, generator, guide, pictures, latents, settings, checkpoints=checkpoints,
                                      progress=_progress_reporter(generator, latents, pictures, settings.updates),
-                                     should_stop=host.interrupted, release=host.release_memory)
+                                     should_stop=host.interrupted, release=host.release_memory,
+                                     on_retry=host.memory_retry_log("Train Essence Encoder"))
             result = trained_encoder(training, generator, guide.name, pictures, latents, settings, stem)
             shown = pictures.heldout if len(pictures.heldout) else pictures.train
             with host.models_on_compute_device(result.model):

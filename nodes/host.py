@@ -227,6 +227,15 @@ def release_memory() -> None:
         mm.soft_empty_cache()
 
 
+def memory_retry_log(node: str) -> Callable[[int], None]:
+    """A training ``on_retry`` hook for ``node``: a line in ComfyUI's log saying why its progress bar
+    starts again (out of device memory, fewer faces a pass from now on, the same result)."""
+    def retried(faces: int) -> None:
+        log.warning("%s: out of device memory; going on with %d face(s) rendered per pass (the same result, "
+                    "later; chunk_size %d skips this next time).", node, faces, faces)
+    return retried
+
+
 OUT_OF_MEMORY_ADVICE = ("Free GPU memory with ComfyUI's 'Unload Models' button, use fewer or smaller inputs, "
                         "or start ComfyUI with --cpu.")
 

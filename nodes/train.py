@@ -129,7 +129,8 @@ class EssenceTrain:
                             metadata={"init_option": ENCODER_INIT} if warm else None,
                             progress=_progress_reporter(generator, sources.latents[:PREVIEW_FACES], settings.steps,
                                                         preview_every),
-                            should_stop=_interrupted, release=host.release_memory)
+                            should_stop=_interrupted, release=host.release_memory,
+                            on_retry=host.memory_retry_log("Train Essence"))
             preview = render(generator, sources.latents + trained.direction.tensor,
                              between_batches=host.check_interrupt)
         return (trained.direction, to_comfy_image(preview, host.intermediate_device()), "\n".join(trained.report()))

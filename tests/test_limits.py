@@ -311,7 +311,7 @@ def test_the_cli_gives_its_own_out_of_memory_advice(command, module, handler, ad
     assert "chunk_size" not in message  # the library's words for Python callers are replaced
 
 
-def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, pictures) -> None:
+def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, pictures, caplog) -> None:
     (generator,) = comfy_env.run("EssenceGeneratorLoader", generator_file="stylegan2_tiny64.pt")
     (guide,) = comfy_env.run("EssenceGuideLoader", clip_file="clip_tiny.pt")
     (latents,) = comfy_env.run("EssenceSampleLatents", generator=generator, count=4, seed=0, truncation=0.7)
@@ -327,6 +327,8 @@ def test_render_and_train_nodes_split_batches_that_do_not_fit(comfy_env, picture
                   lambda_consistency=0.5, seed=3, mode="fast", init="random", chunk_size=0, preview_every=5)
     direction, _preview, _report = comfy_env.run("EssenceTrain", **inputs)
     assert direction.meta["hyperparameters"]["chunk_size"] == 1  # 4 -> 2 -> 1 source per pass
+    assert "Train Essence: out of device memory; going on with 2 face(s) rendered per pass" in caplog.text
+    assert "going on with 1 face(s) rendered per pass (the same result, later; chunk_size 1 skips" in caplog.text
     generator.synthesize = real
     reference, _, _ = comfy_env.run("EssenceTrain", **{**inputs, "chunk_size": 1})
     assert torch.allclose(direction.tensor, reference.tensor, atol=1e-5)

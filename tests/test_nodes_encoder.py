@@ -151,7 +151,7 @@ def test_encode_averages_a_batch_and_aligns_faces_like_align_face(comfy_env, sta
     assert both.meta["targets"] == 2
 
 
-def test_train_encoder_that_runs_out_of_memory_goes_on_with_fewer_faces_a_pass(comfy_env, models):
+def test_train_encoder_that_runs_out_of_memory_goes_on_with_fewer_faces_a_pass(comfy_env, models, caplog):
     generator = models[0]
     real = generator.synthesize
 
@@ -167,6 +167,7 @@ def test_train_encoder_that_runs_out_of_memory_goes_on_with_fewer_faces_a_pass(c
         generator.synthesize = real
     reference, _, _ = train(comfy_env, models, chunk_size=1)
     assert "Saved" in report and files(comfy_env) == ["faces_00001.safetensors", "faces_00002.safetensors"]
+    assert "Train Essence Encoder: out of device memory; going on with 1 face(s) rendered per pass" in caplog.text
     theirs = reference.model.state_dict()
     for key, value in fitted.model.state_dict().items():
         assert torch.allclose(value.float(), theirs[key].float(), rtol=0, atol=1e-5), key
