@@ -101,6 +101,10 @@ class DeviceMemoryError(EssenceError, torch.OutOfMemoryError):
         self.what, self.advice = what, advice
         super().__init__(f"out of device memory while {what}." + (f" {advice}" if advice else ""))
 
+    def __reduce__(self):
+        # rebuilt from its parts, not from its message: how a Ray worker's error reaches the driver
+        return type(self), (self.what, self.advice)
+
     def advised(self, advice: str) -> "DeviceMemoryError":
         """The same error with ``advice`` (the caller's words for what to do) instead of the library's."""
         return DeviceMemoryError(self.what, advice)

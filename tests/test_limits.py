@@ -180,6 +180,16 @@ def test_out_of_memory_is_recognised_on_every_backend() -> None:
     assert issubclass(DeviceMemoryError, EssenceError) and issubclass(DeviceMemoryError, torch.OutOfMemoryError)
 
 
+def test_a_device_memory_error_from_a_worker_reads_as_it_was_raised() -> None:
+    import pickle
+
+    raised = DeviceMemoryError("training the encoder (5 source faces, 5 rendered per pass)", "Lower chunk_size.")
+    received = pickle.loads(pickle.dumps(raised))  # how a Ray worker's error reaches the driver
+    assert str(received) == str(raised) == ("out of device memory while training the encoder (5 source faces, "
+                                            "5 rendered per pass). Lower chunk_size.")
+    assert (received.what, received.advice) == (raised.what, raised.advice)
+
+
 def test_chunks_are_split_on_out_of_memory_keeping_order() -> None:
     fn = _failing_above(lambda rows: rows * 10, 3, RuntimeError, "MPS backend out of memory")
     outputs = run_in_chunks_on_oom(fn, torch.arange(10), 8, "testing")
