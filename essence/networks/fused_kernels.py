@@ -25,37 +25,10 @@ import triton
 import triton.language as tl
 
 
-def _scale_forward(x_ptr, scale_ptr, out_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out = x * scale[row]."""
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (r[:, None] < rows) & (n[None, :] < cols)
-    offsets = r.to(tl.int64)[:, None] * cols + n[None, :]
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(scale_ptr + r, mask=r < rows, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, (x * s[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _scale_backward(grad_ptr, x_ptr, scale_ptr, grad_x_ptr, sums_ptr, rows, cols,
-                    WANT_X: tl.constexpr, WANT_SCALE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """grad_x = grad * scale[row]; sums[tile, row] = sum over the tile's columns of grad * x."""
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (r[:, None] < rows) & (n[None, :] < cols)
-    offsets = r.to(tl.int64)[:, None] * cols + n[None, :]
-    g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    if WANT_X:
-        s = tl.load(scale_ptr + r, mask=r < rows, other=0.0).to(tl.float32)
-        tl.store(grad_x_ptr + offsets, (g * s[:, None]).to(grad_x_ptr.dtype.element_ty), mask=mask)
-    if WANT_SCALE:
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        tl.store(sums_ptr + tl.program_id(0) * rows + r, tl.reduce(g * x, 1, tl.standard._sum_combine), mask=r < rows)
-
-
 def _activation_tile(rows, cols, width, PHASES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """This program's tile of the bias-act kernels: its rows ``r`` and output columns ``n``, their
-    masks, each row's start, and the column of ``conv`` each output pixel reads (see
-    ``_bias_act_forward``)."""
+    """This program's BLOCK_R x BLOCK_N tile of a rows x cols activation: its rows ``r`` and columns
+    ``n``, their masks, each row's start, and the column each output pixel reads from (``n`` itself;
+    with PHASES, the pixel shuffle of ``_bias_act_forward``)."""
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = r < rows
@@ -67,6 +40,32 @@ def _activation_tile(rows, cols, width, PHASES: tl.constexpr, BLOCK_R: tl.conste
     else:
         source = n
     return r, n, rmask, mask, row_start, source
+
+
+_HELPERS = ("_activation_tile",)  # device functions the kernels call (see build)
+
+
+def _scale_forward(x_ptr, scale_ptr, out_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = x * scale[row]."""
+    r, n, rmask, mask, row_start, _ = _activation_tile(rows, cols, 0, False, BLOCK_R, BLOCK_N)
+    offsets = row_start + n[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(scale_ptr + r, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, (x * s[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _scale_backward(grad_ptr, x_ptr, scale_ptr, grad_x_ptr, sums_ptr, rows, cols,
+                    WANT_X: tl.constexpr, WANT_SCALE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """grad_x = grad * scale[row]; sums[tile, row] = sum over the tile's columns of grad * x."""
+    r, n, rmask, mask, row_start, _ = _activation_tile(rows, cols, 0, False, BLOCK_R, BLOCK_N)
+    offsets = row_start + n[None, :]
+    g = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if WANT_X:
+        s = tl.load(scale_ptr + r, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(grad_x_ptr + offsets, (g * s[:, None]).to(grad_x_ptr.dtype.element_ty), mask=mask)
+    if WANT_SCALE:
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        tl.store(sums_ptr + tl.program_id(0) * rows + r, tl.reduce(g * x, 1, tl.standard._sum_combine), mask=rmask)
 
 
 def _bias_act_forward(conv_ptr, scale_ptr, weight_ptr, noise_ptr, bias_ptr, out_ptr, rows, channels, cols,
@@ -151,6 +150,3 @@ def build() -> SimpleNamespace:
     return SimpleNamespace(scale_forward=jitted(_scale_forward), scale_backward=jitted(_scale_backward),
                            bias_act_forward=jitted(_bias_act_forward), bias_act_backward=jitted(_bias_act_backward),
                            noise_backward=jitted(_noise_backward))
-
-
-_HELPERS = ("_activation_tile",)  # device functions the kernels call
