@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from essence.storage import atomic_write
+
 OUT_ENV = "SUITE_CPU_OUT"
 DEFAULT_OUT = "suite_cpu.json"
 
@@ -45,9 +47,9 @@ def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001 (pytest's signature
 
 
 def pytest_sessionfinish(session):  # noqa: ARG001
-    path = Path(os.environ.get(OUT_ENV) or DEFAULT_OUT)
-    path.write_text(json.dumps({"tests": {k: {"core_seconds": c, "seconds": s} for k, (c, s) in _recorded.items()}},
-                               indent=1), encoding="utf-8")
+    records = {"tests": {k: {"core_seconds": c, "seconds": s} for k, (c, s) in _recorded.items()}}
+    with atomic_write(os.environ.get(OUT_ENV) or DEFAULT_OUT) as tmp:  # a stopped run leaves the last file whole
+        tmp.write_text(json.dumps(records, indent=1), encoding="utf-8")
 
 
 def summary(records: dict[str, dict[str, float]], top: int = 30) -> list[str]:
