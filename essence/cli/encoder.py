@@ -27,6 +27,10 @@ from .directions import SAFETENSORS, add_model_options, model_inputs, number, re
 
 DEFAULTS = EncoderSettings()
 DEFAULT_SOURCES = 5  # the official encoder_sources.pt holds 5 rows
+# in one process training already went down to one face a pass before it gives up; workers do not retry
+ENCODER_MEMORY_ADVICE = "Use fewer source faces (--sources), or run on the CPU (--device cpu)."
+WORKERS_MEMORY_ADVICE = ("Give --chunk 1 (source faces rendered per pass: the same result with less memory), or use "
+                         "fewer source faces (--sources).")
 WORKERS_HELP = (
     "train on N Ray Train workers (DDP; gloo on CPUs, one GPU each when the cluster has GPUs) instead of this "
     "process. Each step trains on N x --batch-size pictures (the effective batch), chosen from --seed and the step "
@@ -78,12 +82,6 @@ def _add_train_encoder(subparsers) -> None:
                         "machine); the model files and the checkpoint folder must be reachable by every node")
     add_model_options(p, encoder=True, guide=True)
     p.set_defaults(handler=_cmd_train_encoder, out_of_memory_advice=ENCODER_MEMORY_ADVICE)
-
-
-# in one process training already went down to one face a pass before it gives up; workers do not retry
-ENCODER_MEMORY_ADVICE = "Use fewer source faces (--sources), or run on the CPU (--device cpu)."
-WORKERS_MEMORY_ADVICE = ("Give --chunk 1 (source faces rendered per pass: the same result with less memory), or use "
-                         "fewer source faces (--sources).")
 
 
 def _settings(args: argparse.Namespace) -> EncoderSettings:
